@@ -1,0 +1,185 @@
+"""The ``recap`` command line: it parses, loads a config and calls the library.
+
+Bad input (a malformed data file, an unknown config field) ends with one line naming the file, the
+line and the field, and exit status 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from recap.config import ConfigError, load_config
+from recap.data.examples import DataError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="RECAP: robust safety alignment of reasoning models via counter-aligned prefilling.")
+data_app = typer.Typer(no_args_is_help=True, help="Build and inspect RECAP data files.")
+toy_app = typer.Typer(no_args_is_help=True, help="The miniature world (data and base model).")
+app.add_typer(data_app, name="data")
+app.add_typer(toy_app, name="toy")
+err = Console(stderr=True)
+out = Console()
+
+
+def friendly_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (DataError, ConfigError, FileNotFoundError, ValueError) as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+SET_HELP = "Override a config field: key=value (YAML value; dotted keys for nested fields). Repeatable."
+
+
+@app.command()
+@friendly_errors
+def demo(
+    out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Output folder (resumable)."),
+    seeds: Optional[int] = typer.Option(None, help="Number of seeds (default 3; 1 with --quick)."),
+    quick: bool = typer.Option(False, "--quick", help="1-seed pipeline check in about 2 minutes (no effect expected)."),
+    config: Optional[Path] = typer.Option(None, help="YAML DemoConfig."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+):
+    """Base → vanilla DAPO and RECAP (same budget) → attacks → report, in the miniature world."""
+    from recap.demo import DemoConfig, run_demo
+
+    from dataclasses import asdict
+
+    preset = DemoConfig.quick() if quick else DemoConfig()
+    cfg = load_config(DemoConfig, config, set_, defaults=asdict(preset))
+    if seeds is not None:
+        cfg.seeds = seeds
+    summary = run_demo(cfg, out_dir, log=lambda s: out.print(s, highlight=False, markup=False))
+    out.print(f"report: {out_dir / 'report.html'}  ({out_dir / 'report.md'}, {out_dir / 'summary.json'})")
+    return summary
+
+
+@app.command()
+@friendly_errors
+def train(
+    config: Path = typer.Option(..., help="YAML TrainConfig (see configs/)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+):
+    """RL post-training with RECAP (or vanilla DAPO on an α = 0 mixture). Resumes from checkpoints."""
+    from recap.train import TrainConfig, train as run_train
+
+    cfg = load_config(TrainConfig, config, set_)
+    if not cfg.model or not cfg.train_file:
+        raise ConfigError(f"{config}: fields 'model' and 'train_file' are required")
+    final = run_train(cfg)
+    out.print(f"final model: {final}")
+
+
+@app.command("eval")
+@friendly_errors
+def eval_(
+    model: str = typer.Option(..., help="Model folder or hub id."),
+    data: Path = typer.Option(..., help="Evaluation examples (recap JSONL/Parquet; harmful/benign rows need counter_reasoning for attacks)."),
+    results: Path = typer.Option(..., help="JSONL results store (appended; finished stages are skipped on rerun)."),
+    name: str = typer.Option("model", help="Method name recorded with each result (e.g. base, vanilla, recap)."),
+    judge: str = typer.Option("rules", help="'rules' or 'toy'."),
+    config: Optional[Path] = typer.Option(None, help="YAML EvalConfig."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+):
+    """Evaluate a model under every attack; print the metrics as JSON."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from recap.data.examples import read_examples
+    from recap.eval.metrics import compute_metrics
+    from recap.eval.runner import EvalConfig, evaluate
+    from recap.eval.store import ResultStore
+    from recap.train import load_judges
+
+    cfg = load_config(EvalConfig, config, set_)
+    examples = read_examples(data)
+    tok = AutoTokenizer.from_pretrained(model)
+    mdl = AutoModelForCausalLM.from_pretrained(model).eval()
+    records = evaluate(mdl, tok, examples, load_judges(judge)["harmful"], cfg, ResultStore(results),
+                       {"method": name, "seed": cfg.seed}, log=lambda s: err.print(s, highlight=False))
+    out.print_json(json.dumps(compute_metrics(records)))
+
+
+@app.command()
+@friendly_errors
+def report(
+    results: list[Path] = typer.Argument(..., help="JSONL result stores written by `recap eval` or `recap demo`."),
+    out_dir: Path = typer.Option(Path("report"), "--out", help="Output folder."),
+    title: str = typer.Option("RECAP report", help="Page title."),
+):
+    """Markdown + self-contained HTML report with tables, plots and transcripts."""
+    from recap.eval.store import ResultStore
+    from recap.report import write_report
+
+    records = [r for p in results for r in ResultStore(p).records()]
+    if not records:
+        raise ValueError("the result stores hold no finished evaluation stage")
+    summary = write_report(records, out_dir, title=title)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    out.print(f"report: {out_dir / 'report.html'}")
+
+
+@data_app.command("stats")
+@friendly_errors
+def data_stats(file: Path = typer.Argument(..., help="A recap JSONL/Parquet file.")):
+    """Validate a data file and print {"n": …, "kinds": {…}, "prefilled": …} as JSON."""
+    from recap.data.examples import KINDS, read_examples
+
+    rows = read_examples(file)
+    kinds = {k: sum(1 for r in rows if r.kind == k) for k in KINDS}
+    out.print_json(json.dumps({"n": len(rows), "kinds": kinds, "prefilled": sum(1 for r in rows if r.prefill)}))
+
+
+@data_app.command("mix")
+@friendly_errors
+def data_mix(
+    file: Path = typer.Argument(..., help="Examples with counter_reasoning (JSONL/Parquet)."),
+    out_file: Path = typer.Option(..., "--out", help="Mixture file (.jsonl or .parquet)."),
+    config: Optional[Path] = typer.Option(None, help="YAML MixtureConfig."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+):
+    """Build the RECAP mixture: prefill a fraction α of harmful and benign prompts with ℓ words."""
+    from recap.data.examples import read_examples, write_examples
+    from recap.data.mixture import MixtureConfig, build_mixture
+
+    cfg = load_config(MixtureConfig, config, set_)
+    mixed = build_mixture(read_examples(file), cfg)
+    write_examples(out_file, mixed)
+    out.print(f"{out_file}: {len(mixed)} examples, {sum(1 for e in mixed if e.prefill)} prefilled "
+              f"(α={cfg.alpha}, ℓ={cfg.prefill_words}, seed={cfg.seed})")
+
+
+@toy_app.command("data")
+@friendly_errors
+def toy_data(out_dir: Path = typer.Option(Path("toy-data"), "--out"), seed: int = 0):
+    """Write the miniature world's RL prompts (train.jsonl) and evaluation prompts (eval.jsonl)."""
+    from recap.data.examples import write_examples
+    from recap.toy.data import eval_examples, train_examples
+
+    write_examples(out_dir / "train.jsonl", train_examples(seed))
+    write_examples(out_dir / "eval.jsonl", eval_examples(0))
+    out.print(f"wrote {out_dir / 'train.jsonl'} and {out_dir / 'eval.jsonl'}")
+
+
+@toy_app.command("pretrain")
+@friendly_errors
+def toy_pretrain(out_dir: Path = typer.Option(Path("toy-base"), "--out"), steps: int = 600, seed: int = 0):
+    """Pre-train the miniature base reasoning model and save it (transformers format)."""
+    from recap.toy.model import PretrainConfig, ToyModelConfig, pretrain
+
+    pretrain(PretrainConfig(steps=steps, seed=seed), ToyModelConfig(), out_dir,
+             log=lambda s: out.print(s, highlight=False))
+    out.print(f"base model: {out_dir}")
+
+
+if __name__ == "__main__":
+    app()

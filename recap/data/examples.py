@@ -1,0 +1,163 @@
+"""Examples of the three kinds, and their JSONL/Parquet files.
+
+One row of a recap data file::
+
+    {"id": "sr-0001", "kind": "harmful" | "benign" | "task",
+     "prompt": "text" | [{"role": "user", "content": "..."}, ...],
+     "reference": "42" | null,                 # task answer
+     "counter_reasoning": "..." | null,        # counter-aligned reasoning available for prefilling
+     "counter_source": "..." | null,           # which generator wrote it
+     "prefill": "..." | null,                  # set by the mixture: the truncated prefill actually used
+     "prefill_words": 500 | null, "prefill_source": "..." | null, "seed": 0 | null,
+     "source": "strongreject" | ...}
+
+Reading validates every row and stops at the first bad one with ``file:line: field 'x': why``;
+nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+KINDS = ("harmful", "benign", "task")
+
+
+class DataError(ValueError):
+    """A data file is malformed. The message names the file, the line (1-based) and the field."""
+
+    def __init__(self, path: str | Path, line: int | None, field: str | None, why: str):
+        where = f"{path}" + (f":{line}" if line is not None else "")
+        what = f" field '{field}':" if field else ""
+        super().__init__(f"{where}:{what} {why}")
+        self.path, self.line, self.field, self.why = str(path), line, field, why
+
+
+@dataclass
+class Example:
+    """One prompt of the RECAP world, with provenance."""
+
+    id: str
+    kind: str
+    prompt: str | list[dict]
+    reference: str | None = None
+    counter_reasoning: str | None = None
+    counter_source: str | None = None
+    prefill: str | None = None
+    prefill_words: int | None = None
+    prefill_source: str | None = None
+    seed: int | None = None
+    source: str | None = None
+
+    def messages(self) -> list[dict]:
+        """The conversation to render (a plain-text prompt is one user message)."""
+        if isinstance(self.prompt, str):
+            return [{"role": "user", "content": self.prompt}]
+        return list(self.prompt)
+
+    def user_text(self) -> str:
+        return next((m["content"] for m in reversed(self.messages()) if m["role"] == "user"), "")
+
+
+_FIELDS = {f.name for f in fields(Example)}
+
+
+def example_from_row(row: dict, path: str | Path = "<memory>", line: int | None = None) -> Example:
+    """Validate one decoded row into an ``Example`` (raises ``DataError`` naming the field)."""
+    if not isinstance(row, dict):
+        raise DataError(path, line, None, f"expected a JSON object, got {type(row).__name__}")
+    for key in ("prompt", "kind"):
+        if key not in row or row[key] is None:
+            raise DataError(path, line, key, "missing")
+    kind = row["kind"]
+    if kind not in KINDS:
+        raise DataError(path, line, "kind", f"unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
+    prompt = row["prompt"]
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise DataError(path, line, "prompt", "empty prompt")
+    elif isinstance(prompt, list):
+        if not prompt:
+            raise DataError(path, line, "prompt", "empty conversation")
+        for i, m in enumerate(prompt):
+            if not isinstance(m, dict) or "role" not in m or not isinstance(m.get("content"), str):
+                raise DataError(path, line, f"prompt[{i}]", "each message needs 'role' and string 'content'")
+        if not any(m["role"] == "user" and m["content"].strip() for m in prompt):
+            raise DataError(path, line, "prompt", "no non-empty user message")
+    else:
+        raise DataError(path, line, "prompt", f"expected text or a list of messages, got {type(prompt).__name__}")
+    if kind == "task" and row.get("reference") in (None, ""):
+        raise DataError(path, line, "reference", "a task example needs its reference answer")
+    unknown = set(row) - _FIELDS
+    if unknown:
+        raise DataError(path, line, sorted(unknown)[0], f"unknown field (known: {', '.join(sorted(_FIELDS))})")
+    row = dict(row)
+    row.setdefault("id", f"{Path(str(path)).stem}-{line}")
+    row["id"] = str(row["id"])
+    if row.get("reference") is not None:
+        row["reference"] = str(row["reference"])
+    return Example(**row)
+
+
+def read_examples(path: str | Path) -> list[Example]:
+    """Read a recap JSONL or Parquet file, validating every row."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, None, None, "no such file")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        out = []
+        for i, r in enumerate(pq.read_table(path).to_pylist(), start=1):
+            r = {k: v for k, v in r.items() if v is not None}
+            if isinstance(r.get("prompt"), str):
+                try:
+                    r["prompt"] = json.loads(r["prompt"])
+                except json.JSONDecodeError:
+                    raise DataError(path, i, "prompt", "not JSON-encoded (write Parquet with recap)") from None
+            out.append(example_from_row(r, path, i))
+    else:
+        out = _read_jsonl(path)
+    if not out:
+        raise DataError(path, None, None, "no examples")
+    seen: set[str] = set()
+    for ex in out:
+        if ex.id in seen:
+            raise DataError(path, None, "id", f"duplicate id {ex.id!r}")
+        seen.add(ex.id)
+    return out
+
+
+def _read_jsonl(path: Path) -> list[Example]:
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for n, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise DataError(path, n, None, f"not valid JSON ({e.msg} at column {e.colno})") from None
+            out.append(example_from_row(row, path, n))
+    return out
+
+
+def write_examples(path: str | Path, examples: list[Example]) -> Path:
+    """Write examples as JSONL (``.jsonl``) or Parquet (``.parquet``); the format follows the suffix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [asdict(e) for e in examples]
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        # Prompts can be text or message lists: Parquet stores them JSON-encoded to keep one column type.
+        for r in rows:
+            r["prompt"] = json.dumps(r["prompt"], ensure_ascii=False)
+        pq.write_table(pa.Table.from_pylist(rows), path)
+        return path
+    with path.open("w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return path

@@ -1,0 +1,163 @@
+"""``recap demo``: the whole RECAP experiment in the miniature world, on a CPU, in minutes.
+
+1. pre-train the base reasoning model of the world (once; shared by every seed);
+2. for each seed, RL with the same budget: vanilla DAPO (α = 0) and RECAP (α = 0.5);
+3. evaluate base, vanilla and RECAP under every attack on held-out phrasings and prefill sentences;
+4. write ``report.md``, ``report.html``, plots and ``summary.json``.
+
+RL runs and evaluations are independent jobs spread over worker processes (one torch thread each:
+at this model size two 1-thread jobs use two cores better than one 2-thread job). Every step is
+resumable: a rerun with the same ``--out`` reuses the base model, finished runs and finished
+evaluation stages.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import resource
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from recap.data.mixture import MixtureConfig
+from recap.eval.runner import EvalConfig
+from recap.generation import SamplingConfig
+from recap.toy.model import PretrainConfig, ToyModelConfig
+from recap.train import TrainConfig
+
+
+def _toy_rl() -> TrainConfig:
+    return TrainConfig(judge="toy", num_generations=8, prompts_per_step=8, max_steps=80, learning_rate=1e-4,
+                       max_completion_length=48, save_steps=40, logging_steps=10, num_threads=1, use_cpu=True)
+
+
+def _toy_eval() -> EvalConfig:
+    return EvalConfig(prefill_words="8-30", ipr_rounds=3, samples_per_prompt=3,
+                      sampling=SamplingConfig(temperature=1.0, max_new_tokens=64, batch_size=256))
+
+
+@dataclass
+class DemoConfig:
+    """The miniature-world experiment. Sizes are the smallest that show an honest effect on 2 cores."""
+
+    seeds: int = field(default=3, metadata={"help": "Number of RL/evaluation seeds (0..seeds-1)."})
+    workers: int = field(default=2, metadata={"help": "Parallel worker processes (one torch thread each)."})
+    model: ToyModelConfig = field(default_factory=ToyModelConfig, metadata={"help": "Size of the miniature model."})
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig, metadata={"help": "Supervised pre-training of the base."})
+    mixture: MixtureConfig = field(
+        default_factory=lambda: MixtureConfig(alpha=0.5, prefill_words="8-30"),
+        metadata={"help": "RECAP mixture; ℓ is in words of the world (its reasonings are 10–30 words long)."})
+    rl: TrainConfig = field(default_factory=_toy_rl, metadata={"help": "RL settings shared by vanilla DAPO and RECAP."})
+    eval: EvalConfig = field(default_factory=_toy_eval, metadata={"help": "Evaluation settings."})
+
+    @classmethod
+    def quick(cls) -> DemoConfig:
+        """A 1-seed pipeline check: every stage runs, the effect is not expected to show."""
+        cfg = cls(seeds=1)
+        cfg.pretrain = replace(cfg.pretrain, steps=250)
+        cfg.rl = replace(cfg.rl, max_steps=20, save_steps=10)
+        cfg.eval = replace(cfg.eval, samples_per_prompt=1)
+        return cfg
+
+
+def _rl_job(method: str, seed: int, cfg: DemoConfig, out: str) -> str:
+    """Train one method for one seed (skipped when already done), then evaluate it. Returns the store."""
+    import torch
+
+    from recap.data.mixture import build_mixture
+    from recap.train import train
+    from recap.toy.data import train_examples
+
+    torch.set_num_threads(1)
+    alpha = cfg.mixture.alpha if method == "recap" else 0.0
+    examples = build_mixture(train_examples(seed=seed), replace(cfg.mixture, alpha=alpha, seed=seed))
+    run_dir = Path(out) / "runs" / f"{method}-seed{seed}"
+    final = train(replace(cfg.rl, model=str(Path(out) / "base"), output_dir=str(run_dir), seed=seed), examples)
+    return _eval_job(method, seed, str(final), cfg, out)
+
+
+def _eval_job(method: str, seed: int, model_dir: str, cfg: DemoConfig, out: str) -> str:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from recap.eval.runner import evaluate
+    from recap.eval.store import ResultStore
+    from recap.toy.data import eval_examples
+    from recap.toy.judge import ToyJudge
+
+    torch.set_num_threads(1)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    path = Path(out) / "results" / f"{method}-seed{seed}.jsonl"
+    store = ResultStore(path)
+    # Same evaluation prompts for every seed and method; the seed varies the sampling.
+    evaluate(model, tokenizer, eval_examples(seed=0), ToyJudge(), replace(cfg.eval, seed=seed), store,
+             {"method": method, "seed": seed})
+    return str(path)
+
+
+def _peak_rss_mib(workers: int) -> float:
+    """Upper bound of the peak resident memory: this process's peak plus ``workers`` times the largest
+    worker's peak (the workers run at the same time)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + workers * children) / 1024
+
+
+def run_demo(cfg: DemoConfig, out: str | Path, log=print) -> dict:
+    """Run (or resume) the experiment into ``out`` and return the summary written to summary.json."""
+    from recap.eval.store import ResultStore
+    from recap.report import write_report
+    from recap.toy.model import pretrain
+
+    t0 = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = out / "base"
+    stamp = {"model": asdict(cfg.model), "pretrain": asdict(cfg.pretrain)}
+    stamp_file = out / "base_config.json"
+    if (base / "config.json").exists() and stamp_file.exists():
+        if json.loads(stamp_file.read_text()) != stamp:
+            raise SystemExit(f"{out} holds a base model trained with other settings; use another --out")
+        log(f"[demo] base model: reusing {base}")
+    else:
+        log(f"[demo] pre-training the base model ({cfg.pretrain.steps} steps)…")
+        import torch
+
+        torch.set_num_threads(max(1, cfg.workers))
+        pretrain(cfg.pretrain, cfg.model, base, log=lambda s: log(f"[demo]   {s}"))
+        stamp_file.write_text(json.dumps(stamp, indent=1))
+    seeds = list(range(cfg.seeds))
+    jobs = [("rl", m, s) for s in seeds for m in ("recap", "vanilla")] + [("eval", "base", s) for s in seeds]
+    log(f"[demo] {len(jobs)} jobs (RL + evaluation) on {cfg.workers} workers…")
+    stores = []
+    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = {}
+        for kind, method, seed in jobs:
+            if kind == "rl":
+                f = pool.submit(_rl_job, method, seed, cfg, str(out))
+            else:
+                f = pool.submit(_eval_job, method, seed, str(base), cfg, str(out))
+            futures[f] = (method, seed)
+        for done, f in enumerate(as_completed(futures), start=1):
+            method, seed = futures[f]
+            stores.append(f.result())
+            log(f"[demo]   {done}/{len(jobs)} done: {method} seed {seed} ({time.time() - t0:.0f}s)")
+    records = [r for p in sorted(stores) for r in ResultStore(p).records()]
+    notes = [
+        f"Miniature world, {cfg.seeds} seed(s); the base model is pre-trained once (seed {cfg.pretrain.seed}) and "
+        "shared: seeds vary RL and evaluation sampling.",
+        f"RL budget per method: {cfg.rl.max_steps} steps × {cfg.rl.prompts_per_step} prompts × "
+        f"{cfg.rl.num_generations} rollouts, DAPO loss, clip {cfg.rl.epsilon}/{cfg.rl.epsilon_high}; RECAP α = "
+        f"{cfg.mixture.alpha}, ℓ = {cfg.mixture.prefill_words} words; vanilla α = 0.",
+        "Evaluation uses request phrasings and prefill sentences that RL never saw; the judge is exact.",
+        f"Attack prefills: ℓ = {cfg.eval.prefill_words} words; IPR rounds 1–{cfg.eval.ipr_rounds}; "
+        f"{cfg.eval.samples_per_prompt} sample(s) per prompt at temperature {cfg.eval.sampling.temperature}.",
+    ]
+    summary = write_report(records, out, title="RECAP in the miniature world", notes=notes)
+    summary = {"wall_seconds": round(time.time() - t0, 1), "peak_rss_mib": round(_peak_rss_mib(cfg.workers), 1), **summary}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    log(f"[demo] done in {summary['wall_seconds']:.0f}s — report: {out / 'report.html'}")
+    return summary

@@ -1,0 +1,188 @@
+"""RECAP training: TRL's ``GRPOTrainer`` with the DAPO loss on the counter-aligned mixture.
+
+The prefill is part of the prompt text (rendered by ``recap.chat.render_prompt``), so TRL generates
+and trains only the policy's continuation. Vanilla DAPO is the same trainer on the mixture built with
+α = 0. DAPO's dynamic sampling (drop prompt groups whose rewards are all 0 or all ≥ τ) is available
+as an option: dropped groups are masked out of the token-level loss and counted in the logs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from recap.chat import render_prompt
+from recap.data.examples import Example, read_examples
+
+
+@dataclass
+class TrainConfig:
+    """RL post-training with RECAP (paper defaults unless noted)."""
+
+    model: str = field(default="", metadata={"help": "Policy: a local folder or a hub id (a causal LM with a chat template)."})
+    train_file: str = field(default="", metadata={"help": "Mixture JSONL/Parquet built by `recap data mix` (prefills already set)."})
+    output_dir: str = field(default="runs/recap", metadata={"help": "Checkpoints, logs and the final model (output_dir/final)."})
+    judge: str = field(default="rules", metadata={"help": "Judge for the rewards: 'rules' (string match + math-verify) or 'toy' (the miniature world's exact judge)."})
+    num_generations: int = field(default=16, metadata={"help": "Rollouts per prompt (the group of GRPO/DAPO); the paper uses 16."})
+    prompts_per_step: int = field(default=8, metadata={"help": "Prompts per optimizer step (batch = prompts × generations)."})
+    max_steps: int = field(default=100, metadata={"help": "Optimizer steps."})
+    learning_rate: float = field(default=1e-6, metadata={"help": "Learning rate (DAPO uses 1e-6 for 7–32B models; tiny models need far more)."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name."})
+    epsilon: float = field(default=0.2, metadata={"help": "Lower clip range ε_low (DAPO clip-higher: 0.2)."})
+    epsilon_high: float = field(default=0.28, metadata={"help": "Upper clip range ε_high (DAPO clip-higher: 0.28)."})
+    loss_type: str = field(default="dapo", metadata={"help": "TRL loss type; 'dapo' is the token-level loss of DAPO."})
+    beta: float = field(default=0.0, metadata={"help": "KL coefficient; DAPO drops the KL term (0 ⇒ no reference model)."})
+    temperature: float = field(default=1.0, metadata={"help": "Rollout sampling temperature."})
+    max_completion_length: int = field(default=1024, metadata={"help": "Longest continuation in tokens (after the prefill)."})
+    dynamic_sampling: bool = field(default=False, metadata={"help": "DAPO dynamic sampling: drop prompt groups whose rewards are all 0 or all ≥ tau."})
+    dynamic_sampling_tau: float = field(default=1.0, metadata={"help": "Threshold τ of dynamic sampling (1.0 for 0/1 rewards)."})
+    format_penalty: float = field(default=0.0, metadata={"help": "Reward of a completion with no closing think tag or an empty answer."})
+    seed: int = field(default=0, metadata={"help": "Seed of sampling and data order."})
+    save_steps: int = field(default=50, metadata={"help": "Checkpoint every N steps (resumable)."})
+    logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
+    num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's default)."})
+    use_cpu: bool = field(default=False, metadata={"help": "Force CPU even when an accelerator exists."})
+    report_to: str = field(default="none", metadata={"help": "Trackers (wandb, tensorboard…). Off by default: completions on harmful prompts must not leave the machine unless you choose so."})
+
+
+def load_judges(name: str):
+    """Judges per kind for a judge name."""
+    if name == "toy":
+        from recap.toy.judge import ToyJudge
+
+        j = ToyJudge()
+    elif name == "rules":
+        from recap.rewards.judges import RuleJudge
+
+        j = RuleJudge()
+    else:
+        raise ValueError(f"unknown judge {name!r} (expected 'rules' or 'toy')")
+    return {"harmful": j, "benign": j, "task": j}
+
+
+def rl_rows(examples: list[Example], tokenizer) -> list[dict]:
+    """Dataset rows for TRL: the rendered prompt text (prefill included) plus routing columns."""
+    return [{"prompt": render_prompt(tokenizer, e.messages(), e.prefill), "kind": e.kind,
+             "reference": e.reference, "id": e.id, "prefilled": e.prefill is not None} for e in examples]
+
+
+class RecapTrainer(GRPOTrainer):
+    """``GRPOTrainer`` plus DAPO's dynamic-sampling filter.
+
+    With ``dynamic_sampling`` on, every prompt group whose rewards are all 0 or all ≥ τ is dropped from
+    the loss (its completion mask is zeroed, so it neither contributes gradient nor dilutes the
+    token-level normaliser). Unlike DAPO we do not re-sample to refill the batch: the step trains on the
+    surviving groups. ``dynamic_sampling/dropped_groups`` is logged every step.
+    """
+
+    def __init__(self, *args, dynamic_sampling: bool = False, dynamic_sampling_tau: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dynamic_sampling = dynamic_sampling
+        self.dynamic_sampling_tau = dynamic_sampling_tau
+        self._last_rewards: torch.Tensor | None = None
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._last_rewards = rewards_per_func  # gathered over processes, in global order
+        return rewards_per_func
+
+    def dropped_groups(self, rewards: torch.Tensor) -> torch.Tensor:
+        """Boolean mask over prompt groups: all rewards 0, or all ≥ τ."""
+        grouped = rewards.view(-1, self.num_generations)
+        return (grouped == 0).all(dim=1) | (grouped >= self.dynamic_sampling_tau).all(dim=1)
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        if mode != "train" or not self.dynamic_sampling or self._last_rewards is None:
+            return out
+        weights = self.reward_weights.to(self._last_rewards.device)
+        total = (self._last_rewards * weights.unsqueeze(0)).nansum(dim=1)
+        drop = self.dropped_groups(total).repeat_interleave(self.num_generations)
+        n = len(out["completion_ids"])
+        start = self.accelerator.process_index * n
+        local_drop = drop[start: start + n].to(out["completion_mask"].device)
+        out["completion_mask"] = out["completion_mask"] * (~local_drop).unsqueeze(1).to(out["completion_mask"].dtype)
+        local_tokens = out["completion_mask"].sum()
+        out["num_items_in_batch"] = self.accelerator.gather(local_tokens).sum()
+        self._metrics[mode]["dynamic_sampling/dropped_groups"].append(
+            int(self.dropped_groups(total).sum().item()))
+        self._metrics[mode]["dynamic_sampling/kept_groups"].append(
+            int((~self.dropped_groups(total)).sum().item()))
+        return out
+
+
+def grpo_config(cfg: TrainConfig) -> GRPOConfig:
+    return GRPOConfig(
+        output_dir=cfg.output_dir,
+        loss_type=cfg.loss_type,
+        epsilon=cfg.epsilon,
+        epsilon_high=cfg.epsilon_high,
+        beta=cfg.beta,
+        num_generations=cfg.num_generations,
+        per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
+        gradient_accumulation_steps=1,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=0,
+        temperature=cfg.temperature,
+        max_completion_length=cfg.max_completion_length,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        report_to=cfg.report_to,
+        use_cpu=cfg.use_cpu,
+        bf16=False,
+        log_completions=False,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model=None, tokenizer=None) -> RecapTrainer:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from recap.rewards.router import RewardRouter
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    if examples is None:
+        examples = read_examples(cfg.train_file)
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(cfg.model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = model or AutoModelForCausalLM.from_pretrained(cfg.model)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    reward = RewardRouter(load_judges(cfg.judge), format_penalty=cfg.format_penalty)
+    return RecapTrainer(
+        model=model, processing_class=tokenizer, reward_funcs=[reward], args=grpo_config(cfg),
+        train_dataset=Dataset.from_list(rl_rows(examples, tokenizer)),
+        dynamic_sampling=cfg.dynamic_sampling, dynamic_sampling_tau=cfg.dynamic_sampling_tau,
+    )
+
+
+def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
+    """Run RECAP (or vanilla DAPO, if the mixture has no prefills); resume from the last checkpoint
+    in ``output_dir`` if there is one. Returns the folder of the final model."""
+    out = Path(cfg.output_dir)
+    final = out / "final"
+    if (final / "config.json").exists():
+        return final
+    trainer = build_trainer(cfg, examples)
+    has_ckpt = out.exists() and any(p.name.startswith("checkpoint-") for p in out.iterdir())
+    trainer.train(resume_from_checkpoint=True if has_ckpt else None)
+    trainer.save_model(str(final))
+    trainer.processing_class.save_pretrained(str(final))
+    (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    return final

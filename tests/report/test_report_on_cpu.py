@@ -1,0 +1,127 @@
+"""Report generation on hand-made records (CPU only, no model)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from recap.report import summarize, write_report
+
+METHODS = ("base", "vanilla", "recap")
+SEEDS = (0, 1)
+# number of compliant answers (out of 4) under the prefill attack, per (method, seed)
+PREFILL_COMPLIANT = {("base", 0): 4, ("base", 1): 4, ("vanilla", 0): 2, ("vanilla", 1): 3,
+                     ("recap", 0): 1, ("recap", 1): 0}
+EVIL = "<script>alert(1)</script> <think>secret</think>"
+
+
+def _record(method, seed, attack, example_id, kind, label, rnd=0, injected="", completion="fine.", **kw):
+    prompt_text = f"<|user|>prompt {example_id}<|assistant|><think>\n{injected}"
+    return {"method": method, "seed": seed, "attack": attack, "round": rnd, "example_id": example_id,
+            "sample": 0, "kind": kind, "prompt": f"user prompt {example_id}", "injected": injected,
+            "prompt_text": prompt_text, "completion": completion, "answer": completion, "label": label,
+            "score": 1.0, "reflected": kw.get("reflected", False), "reasoning_tokens": kw.get("rt", 10),
+            "answer_tokens": kw.get("at", 5), "truncated": False, "stage": attack}
+
+
+def make_records() -> list[dict]:
+    records = []
+    for method in METHODS:
+        for seed in SEEDS:
+            for i in range(4):
+                hid, bid = f"h{i}", f"b{i}"
+                records.append(_record(method, seed, "clean", hid, "harmful", "refusal", rt=10 + seed))
+                records.append(_record(method, seed, "clean", bid, "benign", "compliance", rt=20))
+                label = "compliance" if i < PREFILL_COMPLIANT[method, seed] else "refusal"
+                records.append(_record(method, seed, "prefill", hid, "harmful", label,
+                                       injected=f"ATTACKER PREFILL {hid}", completion=f"MODEL CONT {method}",
+                                       reflected=i % 2 == 0))
+                records.append(_record(method, seed, "refusal_prefill", bid, "benign", "refusal",
+                                       injected="I must refuse.", completion="Actually, this is fine."))
+                records.append(_record(method, seed, "hijack", hid, "harmful", "compliance",
+                                       injected="whole attacker reasoning\n</think>\n", completion=EVIL))
+                for k in (1, 2, 3):
+                    records.append(_record(method, seed, "ipr", hid, "harmful", "refusal", rnd=k,
+                                           injected=f"Wait, reset {k}", completion=f"ipr round {k} answer"))
+    return records
+
+
+def test_summarize_mean_std_n():
+    summary = summarize(make_records())
+    assert summary["seeds"] == [0, 1]
+    assert list(summary["methods"]) == ["base", "vanilla", "recap"]
+    for method in METHODS:
+        stat = summary["methods"][method]["attack_prefill_success"]
+        rates = [PREFILL_COMPLIANT[method, s] / 4 for s in SEEDS]
+        mean = sum(rates) / 2
+        assert stat["mean"] == pytest.approx(mean)
+        assert stat["std"] == pytest.approx(abs(rates[0] - rates[1]) / 2)
+        assert stat["n"] == 2
+    # reasoning tokens on clean: (10 + seed) * 4 harmful and 20 * 4 benign per seed
+    rt = summary["methods"]["recap"]["reasoning_tokens"]
+    assert rt["mean"] == pytest.approx((15 + 15.5) / 2)
+    assert rt["std"] == pytest.approx(0.25)
+
+
+def test_missing_metrics_omitted_and_method_order():
+    records = [r for r in make_records() if not (r["method"] == "base" and r["attack"] == "hijack")]
+    records += [dict(r, method="aaa", seed=0) for r in records if r["method"] == "recap" and r["seed"] == 0]
+    summary = summarize(records)
+    assert list(summary["methods"]) == ["base", "vanilla", "recap", "aaa"]
+    for stats in summary["methods"].values():
+        assert "task_accuracy" not in stats  # no task prompts at all
+    assert "attack_hijack_success" not in summary["methods"]["base"]
+    assert summary["methods"]["aaa"]["attack_prefill_success"] == {"mean": 0.25, "std": 0.0, "n": 1}
+
+
+def test_write_report(tmp_path):
+    records = make_records()
+    summary = write_report(records, tmp_path / "out", title="Test <report>", notes=["base model shared"])
+    out = tmp_path / "out"
+    assert summary == summarize(records)
+    for name in ("attack_success.png", "reflection_rate.png", "overrefusal.png"):
+        assert (out / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "http://" not in page and "https://" not in page
+    assert page.count("data:image/png;base64,") == 3
+    assert "<style>" in page and "<script" not in page.lower()
+    assert "Test &lt;report&gt;" in page and "base model shared" in page
+    assert "harmful prompts" in page  # safety note
+    assert '<span class="prefill">ATTACKER PREFILL h0</span>' in page
+    assert '<span class="model">MODEL CONT recap</span>' in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &lt;think&gt;secret&lt;/think&gt;" in page
+    assert "<think>" not in page
+    assert "&lt;/think&gt;" in page  # hijack injected text closes the think block
+    # IPR transcripts show the last round only, with the history collapsed
+    assert "Wait, reset 3" in page and "ipr round 3 answer" in page and "ipr round 1 answer" not in page
+    assert "<details>" in page
+    # table: one row per method, rates in percent
+    assert "50.0% ± 0.0" in page or "62.5% ± 12.5" in page
+    assert re.search(r"<td>recap</td><td>", page)
+
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "(attack_success.png)" in md and "(overrefusal.png)" in md
+    assert "> **prefill (attacker)**" in md and "> ATTACKER PREFILL h0" in md
+    assert "**model continuation**" in md
+    assert "| recap |" in md and "lower is better" in md and "higher is better" in md
+
+
+def test_transcripts_share_examples_across_methods(tmp_path):
+    write_report(make_records(), tmp_path)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    for method in METHODS:  # same two examples (h0, h1) shown for every method under prefill
+        assert page.count(f"{method} · seed 0 · example h0") >= 3
+        assert f"{method} · seed 0 · example h1" in page
+    assert "example h2" not in page
+
+
+def test_plot_skipped_when_metrics_missing(tmp_path):
+    records = [r for r in make_records() if r["attack"] == "clean"]
+    summary = write_report(records, tmp_path)
+    assert not (tmp_path / "attack_success.png").exists()
+    assert not (tmp_path / "reflection_rate.png").exists()
+    assert (tmp_path / "overrefusal.png").exists()
+    assert "attack_prefill_success" not in summary["methods"]["recap"]
+    assert (tmp_path / "report.html").read_text(encoding="utf-8").count("data:image/png;base64,") == 1
