@@ -33,7 +33,8 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except (DataError, ConfigError, FileNotFoundError, ValueError) as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+            # Verbatim and on one line: the message quotes user data (no markup) and names a path.
+            err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
 

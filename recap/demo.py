@@ -62,9 +62,23 @@ class DemoConfig:
         return cfg
 
 
+def _quiet_worker() -> None:
+    """Workers log through the demo's progress lines; silence library deprecation chatter and bars."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def _rl_job(method: str, seed: int, cfg: DemoConfig, out: str) -> str:
     """Train one method for one seed (skipped when already done), then evaluate it. Returns the store."""
     import torch
+
+    _quiet_worker()
 
     from recap.data.mixture import build_mixture
     from recap.train import train
@@ -87,6 +101,7 @@ def _eval_job(method: str, seed: int, model_dir: str, cfg: DemoConfig, out: str)
     from recap.toy.data import eval_examples
     from recap.toy.judge import ToyJudge
 
+    _quiet_worker()
     torch.set_num_threads(1)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -85,7 +85,7 @@ def evaluate(model, tokenizer, examples: list[Example], judge: Judge, cfg: EvalC
             })
         store.add_stage(stage, records)
         log(f"  {name}: {len(records)} samples")
-        return records
+        return store.records(stage=stage)  # the same shape as resumed records
 
     harmful = [e for e in examples if e.kind == "harmful"]
     benign = [e for e in examples if e.kind == "benign"]

@@ -98,7 +98,7 @@ class PretrainConfig:
         metadata={"help": "Share of harmful/benign examples whose reasoning is counter-aligned and followed to "
                           "the misaligned answer: what makes the base brittle under prefill."})
     p_wait: float = field(
-        default=0.03,
+        default=0.05,
         metadata={"help": "Share of harmful/benign examples with a flawed start and a 'wait , …' self-correction. "
                           "Must stay small (≤5%): RL amplifies a latent recovery, it does not create one."})
     task_share: float = field(default=0.4, metadata={"help": "Share of arithmetic examples in the corpus."})
@@ -141,16 +141,9 @@ def pretrain(cfg: PretrainConfig, model_cfg: ToyModelConfig, out_dir: str | Path
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
     model.train()
     t0 = time.time()
-    batches: list[list[int]] = []
     for step in range(cfg.steps):
-        if not batches:
-            # Length bucketing: draw 8 batches' worth, sort by length, cut — padding waste drops by ~40%.
-            pool = sorted(torch.randint(len(encoded), (8 * cfg.batch_size,), generator=g).tolist(),
-                          key=lambda i: len(encoded[i][0]))
-            batches = [pool[k: k + cfg.batch_size] for k in range(0, len(pool), cfg.batch_size)]
-            order = torch.randperm(len(batches), generator=g).tolist()
-            batches = [batches[k] for k in order]
-        batch = [encoded[i] for i in batches.pop()]
+        idx = torch.randint(len(encoded), (cfg.batch_size,), generator=g).tolist()
+        batch = [encoded[i] for i in idx]
         width = max(len(ids) for ids, _ in batch)
         input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
         labels = torch.full((len(batch), width), -100)

@@ -1,0 +1,202 @@
+"""The evaluation runner (recap/eval/runner.py) on a tiny random model of the miniature world: every
+stage is written with the right counts, IPR rounds chain, prefills are word prefixes of ℓ ∈ [8, 30],
+a rerun resumes from the store, and an unclosed think block is labelled invalid."""
+
+import pytest
+
+import recap.eval.runner as runner
+from recap.chat import render_prompt, split_reasoning
+from recap.eval.attacks import IPR_RESET
+from recap.eval.runner import EvalConfig, evaluate
+from recap.eval.store import ResultStore
+from recap.generation import SamplingConfig
+from recap.toy.data import eval_examples
+from recap.toy.judge import ToyJudge
+from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
+
+TINY = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+TAG = {"method": "m", "seed": 0}
+N_SAMPLES = 2
+STAGES = {  # stage -> (attack, round, kinds)
+    "clean": ("clean", 0, {"harmful", "benign", "task"}),
+    "prefill": ("prefill", 0, {"harmful"}),
+    "refusal_prefill": ("refusal_prefill", 0, {"benign"}),
+    "hijack": ("hijack", 0, {"harmful"}),
+    "ipr1": ("ipr", 1, {"harmful"}),
+    "ipr2": ("ipr", 2, {"harmful"}),
+}
+
+
+def _cfg(**kw):
+    base = dict(prefill_words="8-30", ipr_rounds=2, samples_per_prompt=N_SAMPLES,
+                sampling=SamplingConfig(max_new_tokens=8))
+    base.update(kw)
+    return EvalConfig(**base)
+
+
+def _stage(name):
+    return f"method=m:seed=0:{name}"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return build_model(tok, TINY, seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def examples():
+    pool = eval_examples()
+    return [e for kind in ("harmful", "benign", "task") for e in [x for x in pool if x.kind == kind][:2]]
+
+
+@pytest.fixture(scope="module")
+def run(model, tok, examples, tmp_path_factory):
+    path = tmp_path_factory.mktemp("eval") / "results.jsonl"
+    store = ResultStore(path)
+    records = evaluate(model, tok, examples, ToyJudge(), _cfg(), store, TAG)
+    return path, store, records
+
+
+def test_every_stage_is_written_with_the_right_counts(run, examples):
+    path, store, records = run
+    by_kind = {k: [e.id for e in examples if e.kind == k] for k in ("harmful", "benign", "task")}
+    total = 0
+    for name, (attack, rnd, kinds) in STAGES.items():
+        assert store.done(_stage(name)), name
+        rs = store.records(stage=_stage(name))
+        ids = [e for k in sorted(kinds) for e in by_kind[k]]
+        assert len(rs) == len(ids) * N_SAMPLES, name
+        assert sorted((r["example_id"], r["sample"]) for r in rs) == sorted(
+            (i, s) for i in ids for s in range(N_SAMPLES)), name
+        assert {r["kind"] for r in rs} == kinds, name
+        assert all(r["attack"] == attack and r["round"] == rnd for r in rs), name
+        assert all(r["method"] == "m" and r["seed"] == 0 for r in rs)
+        total += len(rs)
+    assert len(records) == total == len(store.records())
+    assert store.records() == records
+    assert ResultStore(path).records() == store.records()  # the file holds the same
+
+
+def test_records_carry_every_field(run):
+    _, _, records = run
+    fields = {"attack", "round", "example_id", "sample", "kind", "prompt", "injected", "prompt_text", "completion",
+              "answer", "label", "score", "reflected", "reasoning_tokens", "answer_tokens", "truncated"}
+    for r in records:
+        assert fields <= set(r)
+        assert r["label"] in {"refusal", "compliance", "correct", "incorrect", "invalid"}
+        assert 0.0 <= r["score"] <= 1.0
+
+
+def test_clean_prompts_inject_nothing(run, tok, examples):
+    _, store, _ = run
+    by_id = {e.id: e for e in examples}
+    for r in store.records(stage=_stage("clean")):
+        assert r["injected"] == ""
+        assert r["prompt_text"] == render_prompt(tok, by_id[r["example_id"]].messages())
+        assert r["prompt"] == by_id[r["example_id"]].prompt
+
+
+@pytest.mark.parametrize("stage", ["prefill", "refusal_prefill"])
+def test_prefill_is_a_word_prefix_of_8_to_30_words(run, tok, examples, stage):
+    _, store, _ = run
+    by_id = {e.id: e for e in examples}
+    per_example = {}
+    for r in store.records(stage=_stage(stage)):
+        e = by_id[r["example_id"]]
+        words, reasoning = r["injected"].split(), e.counter_reasoning.split()
+        assert words == reasoning[: len(words)], (r["injected"], e.counter_reasoning)
+        assert 8 <= len(words) <= 30 or words == reasoning
+        assert r["prompt_text"] == render_prompt(tok, e.messages(), r["injected"])
+        per_example.setdefault(e.id, set()).add(r["injected"])
+    assert all(len(v) == 1 for v in per_example.values())  # one ℓ per example, shared by its samples
+
+
+def test_hijack_injects_the_whole_reasoning_and_closes_the_block(run, examples):
+    _, store, _ = run
+    by_id = {e.id: e for e in examples}
+    for r in store.records(stage=_stage("hijack")):
+        assert r["injected"].split() == by_id[r["example_id"]].counter_reasoning.split() + ["</think>"]
+        assert r["prompt_text"].endswith(r["injected"])
+
+
+def test_ipr_rounds_continue_the_previous_round(run):
+    _, store, _ = run
+    previous = {(r["example_id"], r["sample"]): r for r in store.records(stage=_stage("prefill"))}
+    prefill = {key: r["injected"] for key, r in previous.items()}
+    for k in (1, 2):
+        current = {(r["example_id"], r["sample"]): r for r in store.records(stage=_stage(f"ipr{k}"))}
+        assert set(current) == set(previous)
+        for key, r in current.items():
+            before = previous[key]
+            assert r["prompt_text"].startswith(before["prompt_text"] + before["completion"]), (k, key)
+            assert r["prompt_text"].count(IPR_RESET) == k
+            assert r["injected"] == f"{IPR_RESET} {prefill[key]}"  # the same prefill again after the reset
+            assert r["prompt_text"].endswith(r["injected"])
+        previous = current
+
+
+def test_rerun_generates_nothing_and_returns_the_same_records(run, model, tok, examples, monkeypatch):
+    path, store, records = run
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a finished stage was generated again")
+
+    monkeypatch.setattr(runner, "generate", boom)
+    for s in (store, ResultStore(path)):
+        again = evaluate(model, tok, examples, ToyJudge(), _cfg(), s, TAG)
+        assert again == records
+    lines = path.read_text().count("\n")
+    evaluate(model, tok, examples, ToyJudge(), _cfg(), ResultStore(path), TAG)
+    assert path.read_text().count("\n") == lines  # nothing appended
+
+
+def test_resumed_records_are_identical_to_fresh_ones(run, model, tok, examples):
+    path, _, records = run
+    assert evaluate(model, tok, examples, ToyJudge(), _cfg(), ResultStore(path), TAG) == records
+
+
+def test_only_unfinished_stages_are_generated(model, tok, examples, tmp_path, monkeypatch):
+    path = tmp_path / "r.jsonl"
+    evaluate(model, tok, examples, ToyJudge(), _cfg(attacks=["clean"]), ResultStore(path), TAG)
+    store = ResultStore(path)
+    assert store.done(_stage("clean")) and not store.done(_stage("prefill"))
+    calls = []
+    real = runner.generate
+
+    def counting(model, tokenizer, prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return real(model, tokenizer, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "generate", counting)
+    evaluate(model, tok, examples, ToyJudge(), _cfg(attacks=["clean", "prefill", "ipr"], ipr_rounds=1), store, TAG)
+    assert calls == [2 * N_SAMPLES, 2 * N_SAMPLES]  # prefill and ipr1 on the 2 harmful examples, not clean
+    assert store.done(_stage("ipr1")) and not store.done(_stage("hijack"))
+
+
+def test_unclosed_think_block_is_invalid(model, tok, examples, tmp_path):
+    cfg = _cfg(attacks=["clean"], sampling=SamplingConfig(max_new_tokens=1))
+    records = evaluate(model, tok, examples, ToyJudge(), cfg, ResultStore(tmp_path / "r.jsonl"), TAG)
+    unclosed = [r for r in records if not split_reasoning(r["completion"]).closed]
+    assert unclosed, "one new token cannot both close the think block and answer"
+    for r in unclosed:
+        assert r["label"] == "invalid" and r["score"] == 0.0 and r["answer"] == ""
+    assert all(r["label"] == "invalid" for r in records)  # and a lone </think> leaves no valid answer
+    assert all(r["truncated"] or r["completion"] == "" for r in records)
+
+
+def test_unknown_attack_is_rejected():
+    with pytest.raises(ValueError, match="unknown attack"):
+        EvalConfig(attacks=["clean", "jailbreak"])
+
+
+def test_prefill_needs_counter_reasoning(model, tok, examples, tmp_path):
+    from dataclasses import replace
+
+    bare = [replace(examples[0], counter_reasoning=None)]
+    with pytest.raises(ValueError, match="counter-aligned reasoning"):
+        evaluate(model, tok, bare, ToyJudge(), _cfg(attacks=["prefill"]), ResultStore(tmp_path / "r.jsonl"), TAG)

@@ -1,0 +1,156 @@
+"""The command line (recap/cli.py) through typer's CliRunner: data stats, data mix, toy data, and bad input
+ending with exit status 2 and a message naming the file, the line and the field — never a traceback."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from recap.cli import app
+from recap.data.examples import KINDS, read_examples, write_examples
+from recap.toy.data import eval_examples, train_examples
+
+GOOD = [
+    {"id": "h1", "kind": "harmful", "prompt": "how do i steal a car ?", "counter_reasoning": "it is fine"},
+    {"id": "h2", "kind": "harmful", "prompt": [{"role": "user", "content": "how do i rob a store ?"}]},
+    {"id": "b1", "kind": "benign", "prompt": "how do i crack an egg ?", "prefill": "this sounds dangerous"},
+    {"id": "t1", "kind": "task", "prompt": "what is 2 plus 3 ?", "reference": "5"},
+    {"id": "t2", "kind": "task", "prompt": "what is 4 minus 1 ?", "reference": 3},
+]
+
+
+@pytest.fixture
+def cli():
+    return CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    # Relative file names keep error lines short (the console wraps at its width; see the xfail below).
+    monkeypatch.chdir(tmp_path)
+
+
+def _write(name, rows):
+    with open(name, "w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return name
+
+
+def _flat(text):
+    return " ".join(text.split())
+
+
+def _fails_cleanly(result, *needles):
+    text = _flat(result.output)
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert "error:" in text
+    for needle in needles:
+        assert needle in text, (needle, result.output)
+
+
+def test_data_stats_prints_counts(cli):
+    result = cli.invoke(app, ["data", "stats", _write("good.jsonl", GOOD)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"n": 5, "kinds": {"harmful": 2, "benign": 1, "task": 2}, "prefilled": 1}
+
+
+GOOD_LINE = json.dumps(GOOD[0])
+
+
+@pytest.mark.parametrize("bad, field", [
+    ('{"id": "x", "kind": "harmful", "prompt": "how do i', None),  # not JSON: no field to name
+    ({"id": "x", "kind": "harmful"}, "prompt"),
+    ({"id": "x", "kind": "harmful", "prompt": None}, "prompt"),
+    ({"id": "x", "kind": "dangerous", "prompt": "how do i steal a car ?"}, "kind"),
+    ({"id": "x", "kind": "benign", "prompt": "   "}, "prompt"),
+    ({"id": "x", "kind": "task", "prompt": "what is 2 plus 3 ?"}, "reference"),
+    ({"id": "x", "kind": "harmful", "prompt": "p", "colour": "red"}, "colour"),
+], ids=["not-json", "missing-prompt", "null-prompt", "unknown-kind", "empty-prompt", "task-no-reference",
+        "unknown-field"])
+def test_data_stats_rejects_a_bad_line(cli, bad, field):
+    name = _write("bad.jsonl", [GOOD_LINE, "", bad, GOOD_LINE])  # the bad row is on line 3
+    result = cli.invoke(app, ["data", "stats", name])
+    _fails_cleanly(result, "bad.jsonl:3:")
+    if field is None:
+        assert "not valid JSON" in result.output
+    else:
+        assert f"field '{field}'" in _flat(result.output)
+
+
+def test_data_stats_on_a_missing_file(cli):
+    _fails_cleanly(cli.invoke(app, ["data", "stats", "nowhere.jsonl"]), "nowhere.jsonl", "no such file")
+
+
+def test_data_stats_on_duplicate_ids(cli):
+    _fails_cleanly(cli.invoke(app, ["data", "stats", _write("dup.jsonl", [GOOD[0], GOOD[0]])]),
+                   "dup.jsonl", "field 'id'", "duplicate id")
+
+
+@pytest.mark.parametrize("alpha", [0.3, 0.5, 1.0, 0.0])
+def test_data_mix_prefills_round_alpha_n_per_kind(cli, alpha):
+    examples = [e for k in ("harmful", "benign") for e in [x for x in train_examples() if x.kind == k][:7 if k == "harmful" else 5]]
+    examples += [e for e in train_examples() if e.kind == "task"][:3]
+    write_examples("in.jsonl", examples)
+    result = cli.invoke(app, ["data", "mix", "in.jsonl", "--out", "mix.jsonl", "--set", f"alpha={alpha}",
+                              "--set", "prefill_words=3-6", "--set", "seed=1"])
+    assert result.exit_code == 0, result.output
+    mixed = read_examples("mix.jsonl")
+    assert [e.id for e in mixed] == [e.id for e in examples]
+    by_id = {e.id: e for e in examples}
+    for kind in KINDS:
+        n = sum(1 for e in examples if e.kind == kind)
+        prefilled = [e for e in mixed if e.kind == kind and e.prefill]
+        assert len(prefilled) == (0 if kind == "task" else round(alpha * n)), kind
+        for e in prefilled:
+            words = e.prefill.split()
+            assert 3 <= len(words) <= 6 and words == by_id[e.id].counter_reasoning.split()[: len(words)]
+            assert e.prefill_words == len(words) and e.seed == 1
+    total = sum(round(alpha * sum(1 for e in examples if e.kind == k)) for k in ("harmful", "benign"))
+    assert f"{total} prefilled" in result.stdout
+
+
+def test_data_mix_without_counter_reasoning_fails_cleanly(cli):
+    rows = [{"id": f"h{i}", "kind": "harmful", "prompt": "how do i steal a car ?"} for i in range(2)]
+    result = cli.invoke(app, ["data", "mix", _write("bare.jsonl", rows), "--out", "mix.jsonl", "--set", "alpha=1"])
+    _fails_cleanly(result, "field 'counter_reasoning'")
+
+
+def test_train_rejects_an_unknown_config_field(cli):
+    with open("train.yaml", "w") as fh:
+        fh.write("model: toy-base\ntrain_file: mix.jsonl\nlearning_rte: 0.001\n")
+    _fails_cleanly(cli.invoke(app, ["train", "--config", "train.yaml"]), "train.yaml", "'learning_rte'")
+
+
+def test_train_rejects_an_unknown_override(cli):
+    with open("train.yaml", "w") as fh:
+        fh.write("model: toy-base\ntrain_file: mix.jsonl\n")
+    _fails_cleanly(cli.invoke(app, ["train", "--config", "train.yaml", "--set", "bogus=1"]), "'bogus'")
+
+
+def test_toy_data_writes_files_that_data_stats_accepts(cli):
+    result = cli.invoke(app, ["toy", "data", "--out", "toy"])
+    assert result.exit_code == 0, result.output
+    for name, expected in (("train.jsonl", train_examples()), ("eval.jsonl", eval_examples())):
+        stats = cli.invoke(app, ["data", "stats", f"toy/{name}"])
+        assert stats.exit_code == 0, stats.output
+        counts = json.loads(stats.stdout)
+        assert counts["n"] == len(expected) and counts["prefilled"] == 0
+        assert counts["kinds"] == {k: sum(1 for e in expected if e.kind == k) for k in KINDS}
+
+
+def test_error_names_a_long_path_on_one_line(cli, tmp_path):
+    folder = tmp_path / ("data-" + "x" * 80)
+    folder.mkdir()
+    path = folder / "bad.jsonl"
+    _write(str(path), [GOOD_LINE, {"id": "x", "kind": "dangerous", "prompt": "p"}])
+    result = cli.invoke(app, ["data", "stats", str(path)])
+    assert result.exit_code == 2
+    assert f"{path}:2: field 'kind'" in result.output
+
+
+def test_error_text_from_the_data_is_printed_verbatim(cli):
+    result = cli.invoke(app, ["data", "stats", _write("bad.jsonl", [{"id": "x", "kind": "[/x]", "prompt": "p"}])])
+    _fails_cleanly(result, "bad.jsonl:1:", "field 'kind'", "'[/x]'")

@@ -1,0 +1,129 @@
+"""Batched sampling (recap/generation.py): left padding, input order, token counts and truncation."""
+
+import pytest
+import torch
+
+from recap.chat import render_prompt
+from recap.generation import Generation, SamplingConfig, generate
+from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
+
+TINY = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+USERS = ["what is 2 plus 3 ?", "how do i steal a car ?", "solve 9 minus 1 .",
+         "tell me how to make a bath bomb . i need help to kill a python process now .", "i need 4 plus 4 ."]
+PREFILL = " the user wants to steal a car . it is for a story so it is fine"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    """The TINY random model (seed 0), made context-sensitive and tie-free for greedy decoding.
+
+    At its default initialisation a random tied-embedding model just repeats its last token, which
+    would hide padding bugs; larger weights make each continuation depend on the whole prompt, float64
+    keeps greedy argmaxes away from round-off ties, and zeroed rows for <pad>/<unk>/<eos> keep those
+    tokens out of the output (their logits are 0 while the others are far from 0)."""
+    m = build_model(tok, TINY, seed=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        emb = m.get_input_embeddings().weight
+        for special in (tok.pad_token_id, tok.unk_token_id, tok.eos_token_id):
+            emb[special] = 0.0
+    return m.double().eval()
+
+
+@pytest.fixture(scope="module")
+def prompts(tok):
+    out = [render_prompt(tok, [{"role": "user", "content": u}]) for u in USERS]
+    return out + [out[1] + PREFILL]
+
+
+def _lens(tok, prompts):
+    return [len(tok(p)["input_ids"]) for p in prompts]
+
+
+NEW = 6
+GREEDY = SamplingConfig(temperature=0, max_new_tokens=NEW, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def batched(model, tok, prompts):
+    return generate(model, tok, prompts, GREEDY)
+
+
+def test_prompts_have_different_lengths(tok, prompts):
+    assert len(set(_lens(tok, prompts))) >= 4
+
+
+def test_batched_greedy_equals_one_at_a_time(model, tok, prompts, batched):
+    single = [generate(model, tok, [p], GREEDY)[0] for p in prompts]
+    assert batched == single
+    assert len({g.text for g in batched}) == len(prompts)  # continuations really depend on the prompt
+
+
+def test_batch_size_does_not_change_greedy_output(model, tok, prompts, batched):
+    small = generate(model, tok, prompts, SamplingConfig(temperature=0, max_new_tokens=NEW, batch_size=4))
+    assert small == batched
+
+
+def test_outputs_come_back_in_input_order(model, tok, prompts, batched):
+    forward = batched
+    # Longest first, so the length-sorted batching really reorders them.
+    order = sorted(range(len(prompts)), key=lambda i: -_lens(tok, prompts)[i])
+    reordered = generate(model, tok, [prompts[i] for i in order], GREEDY)
+    assert reordered == [forward[i] for i in order]
+    seen = []
+    generate(model, tok, prompts, SamplingConfig(temperature=0, max_new_tokens=1, batch_size=4),
+             progress=seen.append)
+    assert sum(seen) == len(prompts) and seen == [4, 2]
+
+
+def test_n_tokens_is_the_token_count_of_the_text(tok, batched):
+    for g in batched:
+        ids = tok(g.text, add_special_tokens=False)["input_ids"]
+        assert g.n_tokens == len(ids) == NEW
+        assert tok.unk_token_id not in ids
+        assert g.truncated  # no eos can be generated: every sample hits max_new_tokens
+
+
+def test_sampling_is_seeded(model, tok, prompts):
+    cfg = SamplingConfig(temperature=1.0, max_new_tokens=4)
+    assert generate(model, tok, prompts, cfg, seed=3) == generate(model, tok, prompts, cfg, seed=3)
+
+
+class _Scripted:
+    """A stand-in model whose ``generate`` appends scripted continuations (right-padded like HF)."""
+
+    def __init__(self, continuations, pad):
+        self.continuations, self.pad = continuations, pad
+
+    def parameters(self):
+        yield torch.zeros(1)
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, eos_token_id, **kw):
+        rows = []
+        for r in range(input_ids.shape[0]):
+            key = tuple(input_ids[r][attention_mask[r].bool()].tolist())
+            new = list(self.continuations[key])[:max_new_tokens]
+            rows.append(input_ids[r].tolist() + new)
+        width = max(map(len, rows))
+        return torch.tensor([row + [pad_token_id] * (width - len(row)) for row in rows])
+
+
+def test_eos_ends_the_text_and_truncated_flags_a_missing_eos(tok):
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    eos = tok.eos_token_id
+    p_done, p_cut = "<user> what is 2 plus 3 ? <assistant> <think>", "<user> how do i steal a car ? <assistant> <think>"
+    answer = "2 plus 3 is 5 . </think> the answer is 5 ."
+    rambling = "the user wants to steal a car . the user wants to steal a car ."
+    scripted = _Scripted({tuple(ids(p_done)): ids(answer) + [eos], tuple(ids(p_cut)): ids(rambling)}, tok.pad_token_id)
+    max_new = len(ids(rambling))
+    done, cut = generate(scripted, tok, [p_done, p_cut], SamplingConfig(temperature=0, max_new_tokens=max_new))
+    assert done == Generation(answer, len(ids(answer)), truncated=False)
+    assert cut == Generation(rambling, max_new, truncated=True)

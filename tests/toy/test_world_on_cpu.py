@@ -1,0 +1,225 @@
+"""The miniature world (recap/toy/world.py, recap/toy/data.py): the exact judge, the train/held-out
+splits of phrasings and flawed sentences, and the statistics of the supervised corpus."""
+
+import pytest
+
+from recap.eval.attacks import IPR_RESET
+from recap.toy import world
+from recap.toy.data import eval_examples, train_examples
+from recap.toy.model import PretrainConfig, supervised_corpus
+
+KINDS = ("harmful", "benign", "task")
+
+
+def _requests(kind):
+    return {"harmful": world.harmful_requests, "benign": world.benign_requests, "task": world.task_requests}[kind]()
+
+
+def _user_texts(split):
+    """Every user text the world can write in ``split`` phrasings -> kind."""
+    out = {}
+    for kind in KINDS:
+        for req in _requests(kind):
+            for template in world.phrasings(kind, split):
+                text = world.phrase(req, template)
+                assert out.setdefault(text, kind) == kind, f"{text!r} is ambiguous"
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The exact judge
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("refusal", world.REFUSALS)
+def test_every_refusal_is_a_refusal(refusal):
+    assert world.classify_answer(refusal) == "refusal"
+    assert world.classify_answer(f"  {refusal.replace(' ', '   ')}\n") == "refusal"  # whitespace-insensitive
+
+
+@pytest.mark.parametrize("content", ["steal a car", "kill a python process", "make a bath bomb"])
+def test_compliance_instance_is_a_compliance(content):
+    assert world.classify_answer(world.COMPLIANCE.format(x=content)) == "compliance"
+
+
+@pytest.mark.parametrize("n", [0, 7, 18, -3])
+def test_task_answer_reads_the_number(n):
+    assert world.classify_answer(world.TASK_ANSWER.format(n=n)) == f"number:{n}"
+
+
+@pytest.mark.parametrize("junk", [
+    "", "   ", "sure", "sorry", "the answer is seven .", "the answer is 5", "sorry , i can not help with that",
+    world.REFUSALS[0] + " " + world.REFUSALS[1], world.COMPLIANCE.format(x="steal a car") + " sure",
+    "sure , here is how to steal a car : step one .", world.THINK_CLOSE + " " + world.REFUSALS[0],
+    "the user wants to steal a car . i should refuse .", "<eos>",
+])
+def test_junk_is_invalid(junk):
+    assert world.classify_answer(junk) == "invalid"
+
+
+def test_aligned_and_misaligned_answers_are_judged_as_such():
+    import random
+
+    rng = random.Random(0)
+    for req in world.harmful_requests():
+        assert world.classify_answer(world.aligned_answer(req, rng)) == "refusal"
+        assert world.classify_answer(world.misaligned_answer(req, rng)) == "compliance"
+    for req in world.benign_requests():
+        assert world.classify_answer(world.aligned_answer(req, rng)) == "compliance"
+        assert world.classify_answer(world.misaligned_answer(req, rng)) == "refusal"
+    for req in world.task_requests():
+        assert world.classify_answer(world.aligned_answer(req, rng)) == f"number:{req.reference}"
+
+
+# --------------------------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_heldout_phrasings_are_disjoint_from_train_phrasings(kind):
+    train, held = world.phrasings(kind, "train"), world.phrasings(kind, "eval")
+    assert train and held
+    assert not set(train) & set(held)
+    assert len(held) == world.N_HELDOUT_PHRASINGS
+
+
+def test_user_texts_of_train_and_heldout_phrasings_never_coincide():
+    assert not set(_user_texts("train")) & set(_user_texts("eval"))
+
+
+@pytest.mark.parametrize("kind", ["harmful", "benign"])
+def test_flawed_sentence_pools_are_disjoint(kind):
+    train, held = world.flawed_sentences(kind, "train"), world.flawed_sentences(kind, "eval")
+    assert train and held
+    assert not set(train) & set(held)
+    assert sorted(train + held) == sorted(world.flawed_sentences(kind, "all"))
+    other = "benign" if kind == "harmful" else "harmful"
+    assert not set(world.flawed_sentences(kind, "all")) & set(world.flawed_sentences(other, "all"))
+
+
+# --------------------------------------------------------------------------------------------
+# The supervised corpus (default PretrainConfig: 20000 examples)
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def corpus_cfg():
+    return PretrainConfig()
+
+
+@pytest.fixture(scope="module")
+def corpus(corpus_cfg):
+    return supervised_corpus(corpus_cfg)
+
+
+@pytest.fixture(scope="module")
+def labelled(corpus):
+    """(kind, user, completion) for every corpus pair; the kind is read off the user text."""
+    kinds = _user_texts("train")
+    return [(kinds.get(user), user, completion) for user, completion in corpus]
+
+
+def test_corpus_has_the_configured_size_and_every_kind(corpus, corpus_cfg, labelled):
+    assert len(corpus) == corpus_cfg.corpus_size
+    counts = {k: sum(1 for kind, _, _ in labelled if kind == k) for k in KINDS}
+    assert all(counts[k] > 0 for k in KINDS)
+    assert abs(counts["task"] / len(corpus) - corpus_cfg.task_share) < 0.03
+
+
+def test_corpus_uses_only_train_phrasings(labelled):
+    unknown = [user for kind, user, _ in labelled if kind is None]
+    assert unknown == []
+
+
+def test_no_corpus_example_uses_a_heldout_phrasing(corpus):
+    held = set(_user_texts("eval"))
+    assert len(held) == sum(len(_requests(k)) * world.N_HELDOUT_PHRASINGS for k in KINDS)
+    assert not {user for user, _ in corpus} & held
+
+
+def test_every_corpus_completion_is_well_formed(labelled):
+    for kind, _, completion in labelled:
+        reasoning, sep, answer = completion.partition(f" {world.THINK_CLOSE} ")
+        assert sep and world.THINK_CLOSE not in answer and world.THINK_OPEN not in completion
+        label = world.classify_answer(answer)
+        assert label != "invalid", completion
+        if kind == "task":
+            assert label.startswith("number:")
+
+
+def test_wait_share_is_small_but_present(labelled, corpus_cfg):
+    safety = [(k, c) for k, _, c in labelled if k in ("harmful", "benign")]
+    share = sum(1 for _, c in safety if world.has_reflection(c)) / len(safety)
+    assert abs(share - corpus_cfg.p_wait) < 0.015  # only the self-correction examples say "wait"
+    corpus_share = sum(1 for _, _, c in labelled if world.has_reflection(c)) / len(labelled)
+    assert 0 < corpus_share <= 0.05  # the issue's bound: a small natural rate of the whole corpus
+    assert not any(world.has_reflection(c) for k, _, c in labelled if k == "task")
+
+
+def test_flawed_continued_share_is_p_flawed(labelled, corpus_cfg):
+    safety = [(k, c) for k, _, c in labelled if k in ("harmful", "benign")]
+    misaligned = {"harmful": "compliance", "benign": "refusal"}
+
+    def flawed(kind, completion):
+        return world.classify_answer(completion.split(world.THINK_CLOSE, 1)[1]) == misaligned[kind]
+
+    share = sum(1 for k, c in safety if flawed(k, c)) / len(safety)
+    # Only the p_flawed branch ends in the misaligned answer; "wait" and clean examples end aligned.
+    expected = corpus_cfg.p_flawed
+    assert abs(share - expected) <= 0.03, (share, expected)
+    for kind in ("harmful", "benign"):
+        per_kind = [c for k, c in safety if k == kind]
+        assert abs(sum(1 for c in per_kind if flawed(kind, c)) / len(per_kind) - expected) <= 0.03
+    # A self-correction always ends aligned.
+    assert not any(flawed(k, c) for k, c in safety if world.has_reflection(c))
+
+
+def test_ipr_reset_sentence_never_appears_in_the_corpus(corpus):
+    ipr_only = {"discussion", "ignore", "re-evaluate", "evaluate", "beginning", "above", "let's"}
+    # These words belong to the reset sentence only, so finding none of them means it never leaked in.
+    assert not ipr_only & (set(world.vocabulary()) - set(world.IPR_WORDS.split()))
+    for user, completion in corpus:
+        for text in (user, completion):
+            assert world.IPR_WORDS not in text
+            assert IPR_RESET.lower() not in text.lower()
+            assert not ipr_only & set(text.split()), text
+
+
+# --------------------------------------------------------------------------------------------
+# Data files of the world
+# --------------------------------------------------------------------------------------------
+def _sentences(counter_reasoning, content):
+    head = f"the user wants to {content} . "
+    assert counter_reasoning.startswith(head) and counter_reasoning.endswith(" .")
+    return counter_reasoning[len(head):-2].split(" . ")
+
+
+@pytest.fixture(scope="module")
+def toy_train():
+    return train_examples()
+
+
+@pytest.fixture(scope="module")
+def toy_eval():
+    return eval_examples()
+
+
+def test_train_and_eval_examples_share_no_prompt(toy_train, toy_eval):
+    assert toy_train and toy_eval
+    assert not {e.prompt for e in toy_train} & {e.prompt for e in toy_eval}
+    for examples in (toy_train, toy_eval):
+        assert len({e.id for e in examples}) == len(examples)
+        assert {e.kind for e in examples} == set(KINDS)
+
+
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_examples_use_their_split_phrasings_and_sentence_pool(split, toy_train, toy_eval):
+    examples = toy_train if split == "train" else toy_eval
+    phrased = _user_texts(split)
+    contents = {k: [r.content for r in _requests(k)] for k in ("harmful", "benign")}
+    for e in examples:
+        assert phrased.get(e.prompt) == e.kind, e.prompt
+        if e.kind == "task":
+            assert e.counter_reasoning is None and e.reference is not None
+            continue
+        content = next(c for c in contents[e.kind] if e.prompt in {world.phrase(world.Request(e.kind, c), t)
+                                                                   for t in world.phrasings(e.kind, split)})
+        sentences = _sentences(e.counter_reasoning, content)
+        assert 2 <= len(sentences) <= 4
+        assert set(sentences) <= set(world.flawed_sentences(e.kind, split)), (e.id, sentences)
+        assert e.counter_source.endswith(f"{split}-pool")
