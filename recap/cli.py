@@ -21,7 +21,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="RECAP: robust safety alignment of reasoning models via counter-aligned prefilling.")
 data_app = typer.Typer(no_args_is_help=True, help="Build and inspect RECAP data files.")
 toy_app = typer.Typer(no_args_is_help=True, help="The miniature world (data and base model).")
+judge_app = typer.Typer(no_args_is_help=True, help="Fit, evaluate and apply refusal/compliance judges.")
 app.add_typer(data_app, name="data")
+app.add_typer(judge_app, name="judge")
 app.add_typer(toy_app, name="toy")
 err = Console(stderr=True)
 out = Console()
@@ -88,7 +90,7 @@ def eval_(
     data: Path = typer.Option(..., help="Evaluation examples (recap JSONL/Parquet; harmful/benign rows need counter_reasoning for attacks)."),
     results: Path = typer.Option(..., help="JSONL results store (appended; finished stages are skipped on rerun)."),
     name: str = typer.Option("model", help="Method name recorded with each result (e.g. base, vanilla, recap)."),
-    judge: str = typer.Option("rules", help="'rules' or 'toy'."),
+    judge: str = typer.Option("rules", help="Judge spec: rules, rules:<family>, toy, classifier:<file>, guard:<yaml>."),
     config: Optional[Path] = typer.Option(None, help="YAML EvalConfig."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
@@ -99,13 +101,13 @@ def eval_(
     from recap.eval.metrics import compute_metrics
     from recap.eval.runner import EvalConfig, evaluate
     from recap.eval.store import ResultStore
-    from recap.train import load_judges
+    from recap.rewards.judges import load_judges
 
     cfg = load_config(EvalConfig, config, set_)
     examples = read_examples(data)
     tok = AutoTokenizer.from_pretrained(model)
     mdl = AutoModelForCausalLM.from_pretrained(model).eval()
-    records = evaluate(mdl, tok, examples, load_judges(judge)["harmful"], cfg, ResultStore(results),
+    records = evaluate(mdl, tok, examples, load_judges(judge), cfg, ResultStore(results),
                        {"method": name, "seed": cfg.seed}, log=lambda s: err.print(s, highlight=False))
     out.print_json(json.dumps(compute_metrics(records)))
 
@@ -131,13 +133,16 @@ def report(
 
 @data_app.command("stats")
 @friendly_errors
-def data_stats(file: Path = typer.Argument(..., help="A recap JSONL/Parquet file.")):
-    """Validate a data file and print {"n": …, "kinds": {…}, "prefilled": …} as JSON."""
-    from recap.data.examples import KINDS, read_examples
+def data_stats(
+    file: str = typer.Argument(..., help="A data file (or a hub dataset id when online)."),
+    format: str = typer.Option("auto", "--format", help="auto, recap, chat-jsonl, strongreject-csv, wildjailbreak, "
+                               "xstest-csv, gsm8k, math500, aime."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N rows."),
+):
+    """Validate a data file and print {"n": …, "kinds": {"harmful": …, "benign": …, "task": …}} as JSON."""
+    from recap.data.benchmarks import load_benchmark, stats
 
-    rows = read_examples(file)
-    kinds = {k: sum(1 for r in rows if r.kind == k) for k in KINDS}
-    out.print_json(json.dumps({"n": len(rows), "kinds": kinds, "prefilled": sum(1 for r in rows if r.prefill)}))
+    out.print_json(json.dumps(stats(load_benchmark(file, format=format, limit=limit))))
 
 
 @data_app.command("mix")
@@ -157,6 +162,68 @@ def data_mix(
     write_examples(out_file, mixed)
     out.print(f"{out_file}: {len(mixed)} examples, {sum(1 for e in mixed if e.prefill)} prefilled "
               f"(α={cfg.alpha}, ℓ={cfg.prefill_words}, seed={cfg.seed})")
+
+
+@judge_app.command("fit")
+@friendly_errors
+def judge_fit(
+    data: list[Path] = typer.Option(..., "--data", help="Labelled completions (XSTest format: prompt, completion, final_label). Repeatable."),
+    out_file: Path = typer.Option(..., "--out", help="Where to save the fitted judge (.npz)."),
+    features: str = typer.Option("answer+rules", help="Feature blocks joined by '+': answer (required), prompt, rules."),
+    override: str = typer.Option("xstest", help="Rule family whose match forces 'refusal' ('none' to disable)."),
+):
+    """Fit the offline refusal classifier (MiniLM embeddings + logistic regression) and save it."""
+    from recap.rewards.refusal import fit_refusal_judge
+
+    judge = fit_refusal_judge([str(p) for p in data], out_file, features=features,
+                              override=None if override == "none" else override)
+    out.print_json(json.dumps({"out": str(out_file), "n": judge.meta["training"]["n"], "features": judge.features}))
+
+
+@judge_app.command("eval")
+@friendly_errors
+def judge_eval(
+    judge: str = typer.Option("rules", help="A saved judge file, 'rules' or 'rules:<family>' (recap, xstest, gcg)."),
+    data: list[Path] = typer.Option(..., "--data", help="Labelled completions (XSTest format). Repeatable."),
+):
+    """Binary accuracy (compliance vs any refusal) of a judge: prints {"n": …, "accuracy": …}."""
+    from recap.rewards.refusal import evaluate_refusal_judge
+
+    result = evaluate_refusal_judge(judge, [str(p) for p in data])
+    out.print_json(json.dumps({"n": result["n"], "accuracy": result["accuracy"]}))
+
+
+@judge_app.command("score")
+@friendly_errors
+def judge_score(
+    judge: str = typer.Option(..., help="Judge spec: rules, rules:<family>, toy, classifier:<file>, guard:<yaml>."),
+    data: Path = typer.Option(..., "--data", help="JSONL rows with prompt, answer, kind (and reference for tasks)."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Write JSONL here (default: standard output)."),
+):
+    """Judge final answers: each input row comes back with score, label and rationale."""
+    from recap.data.examples import DataError
+    from recap.rewards.judges import JudgeItem, load_judge
+
+    rows = []
+    for n, line in enumerate(data.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(data, n, None, f"not valid JSON ({e.msg})") from None
+        for key in ("prompt", "answer", "kind"):
+            if not isinstance(row.get(key), str):
+                raise DataError(data, n, key, "missing or not text")
+        rows.append(row)
+    verdicts = load_judge(judge).judge([JudgeItem(r["prompt"], r["answer"], r["kind"], r.get("reference"))
+                                        for r in rows])
+    lines = [json.dumps({**r, "score": v.score, "label": v.label, "rationale": v.rationale}, ensure_ascii=False)
+             for r, v in zip(rows, verdicts)]
+    if out_file:
+        out_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    else:
+        print("\n".join(lines))
 
 
 @toy_app.command("data")

@@ -54,7 +54,7 @@ def _fails_cleanly(result, *needles):
 def test_data_stats_prints_counts(cli):
     result = cli.invoke(app, ["data", "stats", _write("good.jsonl", GOOD)])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == {"n": 5, "kinds": {"harmful": 2, "benign": 1, "task": 2}, "prefilled": 1}
+    assert json.loads(result.stdout) == {"n": 5, "kinds": {"harmful": 2, "benign": 1, "task": 2}}
 
 
 GOOD_LINE = json.dumps(GOOD[0])
@@ -137,7 +137,7 @@ def test_toy_data_writes_files_that_data_stats_accepts(cli):
         stats = cli.invoke(app, ["data", "stats", f"toy/{name}"])
         assert stats.exit_code == 0, stats.output
         counts = json.loads(stats.stdout)
-        assert counts["n"] == len(expected) and counts["prefilled"] == 0
+        assert counts["n"] == len(expected)
         assert counts["kinds"] == {k: sum(1 for e in expected if e.kind == k) for k in KINDS}
 
 

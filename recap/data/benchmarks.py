@@ -1,0 +1,537 @@
+"""Load public safety, over-refusal and math benchmarks as recap ``Example`` lists.
+
+Formats (``format=``)::
+
+    recap             recap's own JSONL/Parquet (``read_examples``)
+    chat-jsonl        {"prompt": [{"role", "content"}, ...], "label": "safe" | "unsafe" | <answer>}
+                      unsafe → harmful, safe → benign, any other label → task (reference = label)
+    strongreject-csv  CSV ``category,source,forbidden_prompt`` → harmful
+    wildjailbreak     chat-jsonl with safe/unsafe labels, or the upstream TSV/CSV with columns
+                      ``vanilla``/``adversarial``/``data_type`` (``data_type`` = {vanilla,adversarial}_
+                      {harmful,benign}: the adversarial text is used for adversarial_* rows)
+    xstest-csv        CSV ``id,prompt,type,label,focus,note``: label safe → benign, unsafe → harmful
+                      (without a label: ``type`` starting ``contrast_`` → harmful, else benign)
+    gsm8k             JSONL ``question``, ``answer``; reference = the number after ``#### ``, commas removed
+    math500, aime     chat-jsonl (or ``problem``/``answer`` rows) where every label is a task reference,
+                      kept verbatim (LaTeX included)
+
+``format="auto"`` picks the format from the suffix and the header / first row (and, for chat files,
+a benchmark name in the file name); :func:`detect_format` says which and why, and the returned
+:class:`Benchmark` list carries it. A path that does not exist but looks like a Hugging Face dataset id
+(``owner/name``) is loaded with ``datasets.load_dataset`` (imported only then).
+
+Prompts pass through untouched (the ``csv`` and ``json`` modules do the only decoding). Every row gets
+``source`` (the benchmark name) and a stable ``id`` (``<source>-0001`` by position, or
+``<source>-<the file's own id>``). Malformed input raises ``DataError`` naming the file, the line
+(1-based physical line for JSONL; the line where the CSV record starts; the row number for Parquet
+and hub rows) and the field; no row is dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from recap.data.examples import KINDS, DataError, Example, example_from_row, read_examples
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("recap", "chat-jsonl", "strongreject-csv", "wildjailbreak", "xstest-csv", "gsm8k", "math500", "aime")
+_ALIASES = {"auto": "auto", "chat": "chat-jsonl", "jsonl": "chat-jsonl", "strongreject": "strongreject-csv",
+            "xstest": "xstest-csv", "math-500": "math500", "math_500": "math500", "gsm8k": "gsm8k"}
+
+# The benchmark name a format gives its rows (chat-jsonl and recap fall back to the file name).
+_FORMAT_SOURCE = {"strongreject-csv": "strongreject", "wildjailbreak": "wildjailbreak", "xstest-csv": "xstest",
+                  "gsm8k": "gsm8k", "math500": "math500", "aime": "aime"}
+
+_JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
+_TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+_FILE_SUFFIXES = _JSONL_SUFFIXES | set(_TABLE_SUFFIXES) | {".parquet", ".txt", ".gz", ".zip", ".json"}
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+_HUB_DEFAULT_CONFIG = {"openai/gsm8k": "main", "gsm8k": "main"}
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+
+
+class Benchmark(list):
+    """A ``list[Example]`` that also says how it was read: ``format``, ``source``, ``origin`` (the path
+    or hub id) and ``reason`` (why ``auto`` picked the format, or "given")."""
+
+    def __init__(self, items: Iterable[Example] = (), *, format: str = "", source: str = "", origin: str = "",
+                 reason: str = ""):
+        super().__init__(items)
+        self.format, self.source, self.origin, self.reason = format, source, origin, reason
+
+
+def stats(examples: Iterable[Example]) -> dict:
+    """``{"n": int, "kinds": {"harmful": int, "benign": int, "task": int}}``."""
+    kinds = {k: 0 for k in KINDS}
+    n = 0
+    for ex in examples:
+        if ex.kind not in kinds:
+            raise ValueError(f"example {ex.id!r}: unknown kind {ex.kind!r}")
+        kinds[ex.kind] += 1
+        n += 1
+    return {"n": n, "kinds": kinds}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def load_benchmark(path_or_id: str | Path, format: str = "auto", limit: int | None = None, *,
+                   subset_seed: int | None = None, source: str | None = None, split: str | None = None,
+                   config: str | None = None) -> Benchmark:
+    """Load a benchmark file (or Hugging Face dataset id) as examples.
+
+    ``limit`` keeps the first N rows in file order (rows after the N-th are not read); with
+    ``subset_seed`` it instead keeps a seeded random sample of N rows (all rows are read and validated;
+    the sample stays in file order). ``source`` overrides the benchmark name used for ``source`` and
+    ids. ``split``/``config`` only apply to hub ids (default split: test, else eval, else train, else the
+    first one).
+    """
+    fmt = _canonical_format(format, path_or_id)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive int, got {limit!r}")
+    if subset_seed is not None and limit is None:
+        raise ValueError("subset_seed samples `limit` rows: give limit too")
+    read_limit = limit if subset_seed is None else None
+
+    path = Path(path_or_id)
+    if path.exists():
+        if path.is_dir():
+            raise DataError(path, None, None, "is a directory, expected a benchmark file")
+        reason = "given"
+        if fmt == "auto":
+            fmt, reason = detect_format(path)
+            log.info("%s: auto-detected format %s (%s)", path, fmt, reason)
+        name = source or _FORMAT_SOURCE.get(fmt) or _slug(path.stem)
+        if fmt == "recap":
+            out = [e if e.source else replace(e, source=name) for e in read_examples(path)]
+            if read_limit is not None:
+                out = out[:read_limit]
+        else:
+            out = _convert(_file_rows(path, fmt), fmt, name, path, read_limit)
+        origin = str(path)
+    elif _looks_like_hub_id(str(path_or_id)):
+        hub_id = str(path_or_id)
+        rows, cols = _hub_rows(hub_id, split, config)
+        reason = "given"
+        if fmt == "auto":
+            fmt, reason = _detect_from_columns(cols, hub_id.lower(), hub_id, "hub")
+            log.info("%s: auto-detected format %s (%s)", hub_id, fmt, reason)
+        if fmt == "recap":
+            raise DataError(hub_id, None, None, "format 'recap' reads local recap files only")
+        missing = _missing_columns(fmt, cols)
+        if missing:
+            raise DataError(hub_id, None, missing, f"missing column for format {fmt} (columns: {', '.join(cols)})")
+        name = source or _FORMAT_SOURCE.get(fmt) or _slug(hub_id.split("/")[-1])
+        out = _convert(rows, fmt, name, hub_id, read_limit)
+        origin = hub_id
+    else:
+        raise DataError(path_or_id, None, None,
+                        "no such file (and not a Hugging Face dataset id of the form 'owner/name')")
+
+    if not out:
+        raise DataError(origin, None, None, "no examples")
+    if subset_seed is not None and limit < len(out):
+        keep = sorted(random.Random(subset_seed).sample(range(len(out)), limit))
+        out = [out[i] for i in keep]
+    return Benchmark(out, format=fmt, source=name, origin=origin, reason=reason)
+
+
+def detect_format(path: str | Path) -> tuple[str, str]:
+    """Return ``(format, reason)`` for a local file, from its suffix and header / first row; raises
+    ``DataError`` naming the file when no format fits."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, None, "no such file")
+    suffix = path.suffix.lower()
+    name = path.name.lower()
+    if suffix in _JSONL_SUFFIXES:
+        line, first = _first_jsonl_row(path)
+        if not isinstance(first, dict):
+            raise DataError(path, line, None, f"cannot detect the format: expected a JSON object a line, "
+                                              f"got {type(first).__name__}")
+        if "kind" in first and "prompt" in first:
+            return "recap", f"JSONL whose first row (line {line}) has recap's 'kind' and 'prompt' keys"
+        return _detect_from_columns(list(first), name, path, f"JSONL keys of line {line}")
+    if suffix in _TABLE_SUFFIXES:
+        header = _table_header(path, _TABLE_SUFFIXES[suffix])
+        return _detect_from_columns(header, name, path, f"{suffix[1:].upper()} header")
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        cols = pq.read_schema(path).names
+        if "kind" in cols and "prompt" in cols:
+            return "recap", "Parquet with recap's 'kind' and 'prompt' columns"
+        return _detect_from_columns(cols, name, path, "Parquet columns")
+    raise DataError(path, None, None, f"cannot detect the format from the suffix {path.suffix or '(none)'!r} "
+                                      f"(expected .jsonl, .csv, .tsv or .parquet); pass format= one of "
+                                      f"{', '.join(FORMATS)}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Detection
+
+
+def _canonical_format(format: str, where) -> str:
+    fmt = _ALIASES.get(str(format).lower(), str(format).lower())
+    if fmt != "auto" and fmt not in FORMATS:
+        raise DataError(where, None, "format", f"unknown format {format!r} (known: auto, {', '.join(FORMATS)})")
+    return fmt
+
+
+def _detect_from_columns(cols, name: str, where, what: str) -> tuple[str, str]:
+    c = set(cols)
+    shown = ", ".join(map(str, cols)) or "(none)"
+    if "forbidden_prompt" in c:
+        return "strongreject-csv", f"{what} has 'forbidden_prompt'"
+    if {"question", "answer"} <= c:
+        return "gsm8k", f"{what} has 'question' and 'answer'"
+    if "data_type" in c and c & {"adversarial", "vanilla"}:
+        return "wildjailbreak", f"{what} has 'data_type' and 'adversarial'/'vanilla'"
+    if c & {"completion", "final_label"}:
+        raise DataError(where, None, None, f"cannot detect the format: {what} ({shown}) looks like judged "
+                                           "completions, not a prompt benchmark; pass format='xstest-csv' "
+                                           "to read only its prompts")
+    if {"prompt", "type", "label"} <= c or ({"prompt", "type"} <= c and "xstest" in name):
+        return "xstest-csv", f"{what} has 'prompt', 'type' and 'label'"
+    hint = _name_hint(name)
+    if {"problem", "answer"} <= c:
+        fmt = "aime" if hint == "aime" else "math500"
+        return fmt, f"{what} has 'problem' and 'answer'" + (" and the name says AIME" if fmt == "aime" else "")
+    if {"prompt", "label"} <= c:
+        if hint:
+            return hint, f"{what} has chat 'prompt' and 'label' and the name says {hint}"
+        return "chat-jsonl", f"{what} has chat 'prompt' and 'label'"
+    if "prompt" in c and "strongreject" in name:
+        return "strongreject-csv", f"{what} has 'prompt' and the name contains 'strongreject'"
+    raise DataError(where, None, None, f"cannot detect the format from {what} ({shown}); pass format= one of "
+                                       f"{', '.join(FORMATS)}")
+
+
+_NAME_HINTS = ((re.compile(r"math[-_ ]?500"), "math500"), (re.compile(r"(?<![a-z])aime"), "aime"),
+               (re.compile(r"wild[-_ ]?jailbreak"), "wildjailbreak"))
+
+
+def _name_hint(name: str) -> str | None:
+    """A chat-format benchmark named in a file name or hub id (math500, aime, wildjailbreak), else None."""
+    return next((fmt for rx, fmt in _NAME_HINTS if rx.search(name)), None)
+
+
+def _missing_columns(fmt: str, cols) -> str | None:
+    """For tables (CSV, Parquet, hub): the first column the format needs that is absent, else None."""
+    c = set(cols)
+    if fmt == "strongreject-csv":
+        return None if c & {"forbidden_prompt", "prompt"} else "forbidden_prompt"
+    if fmt == "xstest-csv":
+        if "prompt" not in c:
+            return "prompt"
+        return None if c & {"label", "type"} else "label"
+    if fmt == "gsm8k":
+        return next((k for k in ("question", "answer") if k not in c), None)
+    if fmt == "wildjailbreak":
+        if "data_type" in c:
+            return None if c & {"adversarial", "vanilla"} else "adversarial"
+        return next((k for k in ("prompt", "label") if k not in c), None)
+    if fmt in ("math500", "aime"):
+        if {"problem", "answer"} <= c:
+            return None
+        return next((k for k in ("prompt", "label") if k not in c), None)
+    if fmt == "chat-jsonl":
+        return next((k for k in ("prompt", "label") if k not in c), None)
+    return None
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    if not _HUB_ID.fullmatch(s) or s.startswith((".", "~")):
+        return False
+    return Path(s).suffix.lower() not in _FILE_SUFFIXES
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-").lower() or "benchmark"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Containers: each yields (line, row dict); the line is what a DataError names.
+
+
+def _file_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:
+    suffix = path.suffix.lower()
+    if suffix in _TABLE_SUFFIXES:
+        return _table_rows(path, _TABLE_SUFFIXES[suffix], fmt)
+    if suffix == ".parquet":
+        return _parquet_rows(path, fmt)
+    if suffix in _JSONL_SUFFIXES or fmt not in ("strongreject-csv", "xstest-csv"):
+        return _jsonl_rows(path)
+    return _table_rows(path, ",", fmt)
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    # Physical lines are split on b"\n" only, so U+2028, U+0085 and friends inside a prompt never
+    # split a row and line numbers match what an editor shows.
+    for n, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(path, n, None, f"not UTF-8 (byte {e.start + 1} of the line)") from None
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(path, n, None, f"not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise DataError(path, n, None, f"expected a JSON object, got {type(row).__name__}")
+        yield n, row
+
+
+def _first_jsonl_row(path: Path) -> tuple[int, object]:
+    for n, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(path, n, None, "not UTF-8") from None
+        if not text.strip():
+            continue
+        try:
+            return n, json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(path, n, None, f"cannot detect the format: not valid JSON ({e.msg} at column "
+                                           f"{e.colno})") from None
+    raise DataError(path, None, None, "empty file")
+
+
+def _raise_csv_limit() -> None:
+    # Long role-play prompts can exceed csv's default 128 KiB field limit.
+    if csv.field_size_limit() < 2**30:
+        csv.field_size_limit(2**30)
+
+
+def _table_header(path: Path, delimiter: str) -> list[str]:
+    _raise_csv_limit()
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh, delimiter=delimiter)
+            for header in reader:
+                if header:
+                    return header
+    except UnicodeDecodeError:
+        raise DataError(path, None, None, "not UTF-8") from None
+    except csv.Error as e:
+        raise DataError(path, 1, None, f"not valid CSV ({e})") from None
+    raise DataError(path, None, None, "empty file")
+
+
+def _table_rows(path: Path, delimiter: str, fmt: str) -> Iterator[tuple[int, dict]]:
+    _raise_csv_limit()
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh, delimiter=delimiter)
+            header = None
+            start = 1
+            while True:
+                try:
+                    values = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as e:
+                    raise DataError(path, start, None, f"not valid CSV ({e})") from None
+                line, start = start, reader.line_num + 1   # a quoted record can span several lines
+                if not values:
+                    continue
+                if header is None:
+                    header = values
+                    missing = _missing_columns(fmt, header)
+                    if missing:
+                        raise DataError(path, line, missing, f"missing column for format {fmt} "
+                                                             f"(header: {', '.join(header)})")
+                    continue
+                if len(values) < len(header):
+                    raise DataError(path, line, header[len(values)],
+                                    f"row has {len(values)} values but the header has {len(header)} columns")
+                if len(values) > len(header):
+                    raise DataError(path, line, None,
+                                    f"row has {len(values)} values but the header has {len(header)} columns")
+                yield line, dict(zip(header, values))
+    except UnicodeDecodeError:
+        raise DataError(path, None, None, "not UTF-8") from None
+    if header is None:
+        raise DataError(path, None, None, "empty file")
+
+
+def _parquet_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    missing = _missing_columns(fmt, table.column_names)
+    if missing:
+        raise DataError(path, None, missing, f"missing column for format {fmt} "
+                                             f"(columns: {', '.join(table.column_names)})")
+    for i, row in enumerate(table.to_pylist(), start=1):
+        yield i, row
+
+
+def _hub_rows(hub_id: str, split: str | None, config: str | None):
+    try:
+        import datasets  # only here: loading local files never needs it
+    except ImportError:
+        raise DataError(hub_id, None, None, "is not a local file, and loading it from the Hugging Face hub "
+                                            "needs the 'datasets' package") from None
+    config = config or _HUB_DEFAULT_CONFIG.get(hub_id.lower())
+    try:
+        ds = datasets.load_dataset(hub_id, config, split=split) if config else \
+            datasets.load_dataset(hub_id, split=split)
+    except Exception as e:  # network, auth, unknown id: one clear line
+        raise DataError(hub_id, None, None, f"could not load from the Hugging Face hub "
+                                            f"({type(e).__name__}: {e})") from None
+    if split is None and isinstance(ds, dict):
+        names = list(ds)
+        if not names:
+            raise DataError(hub_id, None, None, "the hub dataset has no splits")
+        split = next((s for s in ("test", "eval", "train") if s in ds), names[0])
+        log.info("%s: using split %r of %s", hub_id, split, names)
+        ds = ds[split]
+    cols = list(getattr(ds, "column_names", None) or [])
+    if not cols:
+        first = next(iter(ds), None)
+        cols = list(first) if isinstance(first, dict) else []
+    return ((i, dict(row)) for i, row in enumerate(ds, start=1)), cols
+
+
+# ----------------------------------------------------------------------------------------------------
+# Row converters: (row, where, line) → fields of an Example (kind, prompt, reference, own id)
+
+
+def _text(row: dict, key: str, where, line: int) -> str:
+    if key not in row or row[key] is None:
+        raise DataError(where, line, key, "missing")
+    value = row[key]
+    if not isinstance(value, str):
+        raise DataError(where, line, key, f"expected text, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(where, line, key, "empty")
+    return value
+
+
+def _label(row: dict, key: str, where, line: int) -> str:
+    if key not in row or row[key] is None:
+        raise DataError(where, line, key, "missing")
+    value = row[key]
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise DataError(where, line, key, f"expected text or a number, got {type(value).__name__}")
+    value = value if isinstance(value, str) else str(value)
+    if not value.strip():
+        raise DataError(where, line, key, "empty")
+    return value
+
+
+def _chat_prompt(row: dict, where, line: int):
+    if "prompt" not in row or row["prompt"] is None:
+        raise DataError(where, line, "prompt", "missing")
+    prompt = row["prompt"]
+    if isinstance(prompt, str):
+        return _text(row, "prompt", where, line)
+    if not isinstance(prompt, list):
+        raise DataError(where, line, "prompt", f"expected a list of messages or text, got {type(prompt).__name__}")
+    return prompt  # example_from_row checks each message
+
+
+def _chat(mode: str) -> Callable:
+    def convert(row: dict, where, line: int) -> dict:
+        if "prompt" not in row and "problem" in row and mode == "task":     # upstream MATH-500 / AIME rows
+            return {"kind": "task", "prompt": _text(row, "problem", where, line),
+                    "reference": _label(row, "answer", where, line), "own_id": row.get("id", row.get("unique_id"))}
+        prompt = _chat_prompt(row, where, line)
+        label = _label(row, "label", where, line)
+        safety = {"unsafe": "harmful", "safe": "benign"}.get(label.strip().lower())
+        if mode == "task" or (mode == "auto" and safety is None):
+            return {"kind": "task", "prompt": prompt, "reference": label, "own_id": row.get("id")}
+        if safety is None:
+            raise DataError(where, line, "label", f"expected 'safe' or 'unsafe', got {label!r}")
+        return {"kind": safety, "prompt": prompt, "own_id": row.get("id")}
+    return convert
+
+
+def _strongreject(row: dict, where, line: int) -> dict:
+    key = "forbidden_prompt" if "forbidden_prompt" in row or "prompt" not in row else "prompt"
+    return {"kind": "harmful", "prompt": _text(row, key, where, line), "own_id": row.get("id")}
+
+
+def _wildjailbreak(row: dict, where, line: int) -> dict:
+    if "data_type" not in row:
+        return _chat("safety")(row, where, line)
+    data_type = _label(row, "data_type", where, line)
+    m = re.fullmatch(r"(vanilla|adversarial)_(harmful|benign)", data_type.strip())
+    if not m:
+        raise DataError(where, line, "data_type", "expected vanilla_harmful, vanilla_benign, adversarial_harmful "
+                                                  f"or adversarial_benign, got {data_type!r}")
+    return {"kind": m.group(2), "prompt": _text(row, m.group(1), where, line), "own_id": row.get("id")}
+
+
+def _xstest(row: dict, where, line: int) -> dict:
+    prompt = _text(row, "prompt", where, line)
+    label = row.get("label")
+    label = label.strip().lower() if isinstance(label, str) else label
+    typ = row.get("type")
+    contrast = isinstance(typ, str) and typ.startswith("contrast_")
+    if label in ("safe", "unsafe"):
+        kind = "harmful" if label == "unsafe" else "benign"
+        if contrast and kind == "benign":
+            raise DataError(where, line, "label", f"'safe' contradicts type {typ!r} (contrast_ prompts are unsafe)")
+    elif label in (None, ""):
+        if not isinstance(typ, str) or not typ.strip():
+            raise DataError(where, line, "label", "missing (and no 'type' to tell safe from contrast_ prompts)")
+        kind = "harmful" if contrast else "benign"
+    else:
+        raise DataError(where, line, "label", f"expected 'safe' or 'unsafe', got {row.get('label')!r}")
+    return {"kind": kind, "prompt": prompt, "own_id": row.get("id")}
+
+
+def _gsm8k(row: dict, where, line: int) -> dict:
+    question = _text(row, "question", where, line)
+    answer = _text(row, "answer", where, line)
+    if "####" not in answer:
+        raise DataError(where, line, "answer", "no final answer after '####'")
+    final = answer.rsplit("####", 1)[1].strip().replace(",", "")
+    if not _NUMBER.fullmatch(final):
+        raise DataError(where, line, "answer", f"the final answer after '####' is not a number: {final!r}")
+    return {"kind": "task", "prompt": question, "reference": final, "own_id": row.get("id")}
+
+
+_CONVERTERS: dict[str, Callable] = {
+    "chat-jsonl": _chat("auto"), "strongreject-csv": _strongreject, "wildjailbreak": _wildjailbreak,
+    "xstest-csv": _xstest, "gsm8k": _gsm8k, "math500": _chat("task"), "aime": _chat("task"),
+}
+
+
+def _convert(rows: Iterable[tuple[int, dict]], fmt: str, name: str, where, limit: int | None) -> list[Example]:
+    convert = _CONVERTERS[fmt]
+    out: list[Example] = []
+    seen: dict[str, int] = {}
+    for line, row in rows:
+        if limit is not None and len(out) >= limit:
+            break
+        fields = convert(row, where, line)
+        own = fields.pop("own_id", None)
+        if own is None or (isinstance(own, str) and not own.strip()):
+            ex_id = f"{name}-{len(out) + 1:04d}"
+        else:
+            own = str(own)
+            ex_id = own if own.startswith(f"{name}-") else f"{name}-{own}"
+        if ex_id in seen:
+            raise DataError(where, line, "id", f"duplicate id {ex_id!r} (first at line {seen[ex_id]})")
+        seen[ex_id] = line
+        out.append(example_from_row({**fields, "id": ex_id, "source": name}, where, line))
+    return out
