@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from recap.chat import THINK_CLOSE, THINK_OPEN, split_reasoning
-from recap.rewards.judges import INVALID, Judge, JudgeItem, Verdict
+from recap.rewards.judges import INVALID, Judge, JudgeItem, KindRouter, Verdict
 
 
 class RewardRouter:
@@ -24,10 +24,7 @@ class RewardRouter:
 
     def __init__(self, judges: Mapping[str, Judge], format_penalty: float = 0.0,
                  think_open: str = THINK_OPEN, think_close: str = THINK_CLOSE):
-        missing = {"harmful", "benign", "task"} - set(judges)
-        if missing:
-            raise ValueError(f"no judge for kind(s): {', '.join(sorted(missing))}")
-        self.judges = dict(judges)
+        self.router = KindRouter(judges)
         self.format_penalty = format_penalty
         self.think_open, self.think_close = think_open, think_close
         self.__name__ = "recap_reward"  # TRL names reward columns after it
@@ -36,21 +33,20 @@ class RewardRouter:
     def verdicts(self, prompts: Sequence[str], completions: Sequence[str], kinds: Sequence[str],
                  references: Sequence[str | None]) -> list[Verdict]:
         out: list[Verdict | None] = [None] * len(completions)
-        by_kind: dict[str, list[int]] = {}
-        items: dict[int, JudgeItem] = {}
+        judged: list[int] = []
+        items: list[JudgeItem] = []
         for i, (p, c, k, r) in enumerate(zip(prompts, completions, kinds, references, strict=True)):
-            if k not in self.judges:
+            if k not in self.router.judges:
                 raise ValueError(f"unknown kind {k!r} for completion {i}")
             split = split_reasoning(c, self.think_open, self.think_close)
             if not split.closed or not split.answer:
                 why = "no closing think tag" if not split.closed else "empty answer"
                 out[i] = Verdict(self.format_penalty, INVALID, why)
                 continue
-            items[i] = JudgeItem(prompt=p, answer=split.answer, kind=k, reference=r)
-            by_kind.setdefault(k, []).append(i)
-        for k, idx in by_kind.items():
-            for i, v in zip(idx, self.judges[k].judge([items[i] for i in idx]), strict=True):
-                out[i] = v
+            judged.append(i)
+            items.append(JudgeItem(prompt=p, answer=split.answer, kind=k, reference=r))
+        for i, v in zip(judged, self.router.judge(items), strict=True):
+            out[i] = v
         self.last_verdicts = out  # type: ignore[assignment]
         return out  # type: ignore[return-value]
 
