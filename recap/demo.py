@@ -30,11 +30,12 @@ from recap.train import TrainConfig
 
 def _toy_rl() -> TrainConfig:
     return TrainConfig(judge="toy", num_generations=8, prompts_per_step=8, max_steps=80, learning_rate=1e-4,
-                       max_completion_length=48, save_steps=40, logging_steps=10, num_threads=1, use_cpu=True)
+                       max_completion_length=48, save_steps=40, logging_steps=10, num_threads=1, use_cpu=True,
+                       gradient_checkpointing=False)
 
 
 def _toy_eval() -> EvalConfig:
-    return EvalConfig(prefill_words="8-30", ipr_rounds=3, samples_per_prompt=3,
+    return EvalConfig(prefill_words="8-30", ipr_rounds=3, samples_per_prompt=2,
                       sampling=SamplingConfig(temperature=1.0, max_new_tokens=64, batch_size=256))
 
 

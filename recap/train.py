@@ -26,7 +26,8 @@ class TrainConfig:
     model: str = field(default="", metadata={"help": "Policy: a local folder or a hub id (a causal LM with a chat template)."})
     train_file: str = field(default="", metadata={"help": "Mixture JSONL/Parquet built by `recap data mix` (prefills already set)."})
     output_dir: str = field(default="runs/recap", metadata={"help": "Checkpoints, logs and the final model (output_dir/final)."})
-    judge: str = field(default="rules", metadata={"help": "Judge for the rewards: 'rules' (string match + math-verify) or 'toy' (the miniature world's exact judge)."})
+    judge: str = field(default="rules", metadata={"help": "Judge of every kind's reward: rules, rules:<family>, toy, classifier:<file>, guard:<yaml> (see recap.rewards.judges.load_judge)."})
+    judges: dict[str, str] = field(default_factory=dict, metadata={"help": "Per-kind judge overrides, e.g. {harmful: 'guard:configs/guard.yaml'}; kinds not named use `judge`."})
     num_generations: int = field(default=16, metadata={"help": "Rollouts per prompt (the group of GRPO/DAPO); the paper uses 16."})
     prompts_per_step: int = field(default=8, metadata={"help": "Prompts per optimizer step (batch = prompts × generations)."})
     max_steps: int = field(default=100, metadata={"help": "Optimizer steps."})
@@ -45,23 +46,9 @@ class TrainConfig:
     save_steps: int = field(default=50, metadata={"help": "Checkpoint every N steps (resumable)."})
     logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's default)."})
+    gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute activations in the backward pass (TRL's default; saves memory on real models, costs ~40% extra compute — turn off for tiny models)."})
     use_cpu: bool = field(default=False, metadata={"help": "Force CPU even when an accelerator exists."})
     report_to: str = field(default="none", metadata={"help": "Trackers (wandb, tensorboard…). Off by default: completions on harmful prompts must not leave the machine unless you choose so."})
-
-
-def load_judges(name: str):
-    """Judges per kind for a judge name."""
-    if name == "toy":
-        from recap.toy.judge import ToyJudge
-
-        j = ToyJudge()
-    elif name == "rules":
-        from recap.rewards.judges import RuleJudge
-
-        j = RuleJudge()
-    else:
-        raise ValueError(f"unknown judge {name!r} (expected 'rules' or 'toy')")
-    return {"harmful": j, "benign": j, "task": j}
 
 
 def rl_rows(examples: list[Example], tokenizer) -> list[dict]:
@@ -140,6 +127,7 @@ def grpo_config(cfg: TrainConfig) -> GRPOConfig:
         save_total_limit=2,
         report_to=cfg.report_to,
         use_cpu=cfg.use_cpu,
+        gradient_checkpointing=cfg.gradient_checkpointing,
         bf16=False,
         log_completions=False,
         disable_tqdm=True,
@@ -151,6 +139,7 @@ def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from recap.rewards.judges import load_judges
     from recap.rewards.router import RewardRouter
 
     if cfg.num_threads:
@@ -163,7 +152,7 @@ def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model
     model = model or AutoModelForCausalLM.from_pretrained(cfg.model)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    reward = RewardRouter(load_judges(cfg.judge), format_penalty=cfg.format_penalty)
+    reward = RewardRouter(load_judges(cfg.judge, cfg.judges).judges, format_penalty=cfg.format_penalty)
     return RecapTrainer(
         model=model, processing_class=tokenizer, reward_funcs=[reward], args=grpo_config(cfg),
         train_dataset=Dataset.from_list(rl_rows(examples, tokenizer)),

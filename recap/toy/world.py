@@ -88,8 +88,6 @@ TASK_ANSWER = "the answer is {n} ."
 # this world; the supervised corpus never contains it.
 IPR_WORDS = "wait , let's ignore the discussion above and re-evaluate the problem from the beginning ."
 
-_REFLECTION = re.compile(r"\bwait\b")
-
 
 @dataclass(frozen=True)
 class Request:
@@ -221,11 +219,6 @@ def classify_answer(answer: str) -> str:
     if m:
         return f"number:{int(m.group(1))}"
     return "invalid"
-
-
-def has_reflection(reasoning: str) -> bool:
-    """Whether the world's reasoning revises itself ("wait , ...")."""
-    return bool(_REFLECTION.search(reasoning))
 
 
 def vocabulary() -> list[str]:

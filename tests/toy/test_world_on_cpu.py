@@ -4,6 +4,7 @@ splits of phrasings and flawed sentences, and the statistics of the supervised c
 import pytest
 
 from recap.eval.attacks import IPR_RESET
+from recap.eval.metrics import has_reflection
 from recap.toy import world
 from recap.toy.data import eval_examples, train_examples
 from recap.toy.model import PretrainConfig, supervised_corpus
@@ -144,11 +145,11 @@ def test_every_corpus_completion_is_well_formed(labelled):
 
 def test_wait_share_is_small_but_present(labelled, corpus_cfg):
     safety = [(k, c) for k, _, c in labelled if k in ("harmful", "benign")]
-    share = sum(1 for _, c in safety if world.has_reflection(c)) / len(safety)
+    share = sum(1 for _, c in safety if has_reflection(c)) / len(safety)
     assert abs(share - corpus_cfg.p_wait) < 0.015  # only the self-correction examples say "wait"
-    corpus_share = sum(1 for _, _, c in labelled if world.has_reflection(c)) / len(labelled)
+    corpus_share = sum(1 for _, _, c in labelled if has_reflection(c)) / len(labelled)
     assert 0 < corpus_share <= 0.05  # the bound: a small natural rate of the whole corpus
-    assert not any(world.has_reflection(c) for k, _, c in labelled if k == "task")
+    assert not any(has_reflection(c) for k, _, c in labelled if k == "task")
 
 
 def test_flawed_continued_share_is_p_flawed(labelled, corpus_cfg):
@@ -166,7 +167,7 @@ def test_flawed_continued_share_is_p_flawed(labelled, corpus_cfg):
         per_kind = [c for k, c in safety if k == kind]
         assert abs(sum(1 for c in per_kind if flawed(kind, c)) / len(per_kind) - expected) <= 0.03
     # A self-correction always ends aligned.
-    assert not any(flawed(k, c) for k, c in safety if world.has_reflection(c))
+    assert not any(flawed(k, c) for k, c in safety if has_reflection(c))
 
 
 def test_ipr_reset_sentence_never_appears_in_the_corpus(corpus):
