@@ -201,19 +201,13 @@ def judge_score(
     out_file: Optional[Path] = typer.Option(None, "--out", help="Write JSONL here (default: standard output)."),
 ):
     """Judge final answers: each input row comes back with score, label and rationale."""
-    from recap.data.examples import DataError
+    from recap.data.examples import DataError, iter_jsonl
     from recap.rewards.judges import JudgeItem, load_judge
 
     rows = []
-    for n, line in enumerate(data.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(data, n, None, f"not valid JSON ({e.msg})") from None
+    for n, row in iter_jsonl(data):
         for key in ("prompt", "answer", "kind"):
-            if not isinstance(row.get(key), str):
+            if not isinstance(row, dict) or not isinstance(row.get(key), str):
                 raise DataError(data, n, key, "missing or not text")
         rows.append(row)
     verdicts = load_judge(judge).judge([JudgeItem(r["prompt"], r["answer"], r["kind"], r.get("reference"))

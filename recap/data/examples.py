@@ -129,18 +129,22 @@ def read_examples(path: str | Path) -> list[Example]:
     return out
 
 
-def _read_jsonl(path: Path) -> list[Example]:
-    out = []
-    with path.open(encoding="utf-8") as fh:
+def iter_jsonl(path: str | Path):
+    """``(line number, decoded object)`` for every non-blank line of a JSONL file; a line that is not
+    JSON raises ``DataError`` naming the file and the line. Lines end at ``\n`` only, so separators such
+    as U+2028 inside a prompt stay in it."""
+    with Path(path).open(encoding="utf-8", newline="") as fh:
         for n, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
             try:
-                row = json.loads(raw)
+                yield n, json.loads(raw)
             except json.JSONDecodeError as e:
                 raise DataError(path, n, None, f"not valid JSON ({e.msg} at column {e.colno})") from None
-            out.append(example_from_row(row, path, n))
-    return out
+
+
+def _read_jsonl(path: Path) -> list[Example]:
+    return [example_from_row(row, path, n) for n, row in iter_jsonl(path)]
 
 
 def write_examples(path: str | Path, examples: list[Example]) -> Path:

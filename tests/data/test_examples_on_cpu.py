@@ -159,3 +159,13 @@ def test_numeric_zero_reference_is_accepted(tmp_path):
     path.write_text(json.dumps({"id": "z", "kind": "task", "prompt": "what is 3 minus 3 ?", "reference": 0}) + "\n")
     (ex,) = read_examples(path)
     assert ex.reference == "0"
+
+
+def test_line_separator_inside_a_prompt_stays_in_the_row(tmp_path):
+    from recap.data.examples import iter_jsonl
+
+    path = tmp_path / "u.jsonl"
+    path.write_text(json.dumps({"kind": "benign", "prompt": "a\u2028b\u0085c"}, ensure_ascii=False) + "\r\n",
+                    encoding="utf-8")
+    assert [n for n, _ in iter_jsonl(path)] == [1]
+    assert read_examples(path)[0].prompt == "a\u2028b\u0085c"
