@@ -38,7 +38,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from recap.data.examples import KINDS, DataError, Example, example_from_row, read_examples
+from recap.data.examples import KINDS, DataError, Example, csv_records, example_from_row, read_examples
 
 log = logging.getLogger(__name__)
 
@@ -340,15 +340,7 @@ def _table_rows(path: Path, delimiter: str, fmt: str) -> Iterator[tuple[int, dic
         with path.open(encoding="utf-8-sig", newline="") as fh:
             reader = csv.reader(fh, delimiter=delimiter)
             header = None
-            start = 1
-            while True:
-                try:
-                    values = next(reader)
-                except StopIteration:
-                    break
-                except csv.Error as e:
-                    raise DataError(path, start, None, f"not valid CSV ({e})") from None
-                line, start = start, reader.line_num + 1   # a quoted record can span several lines
+            for line, values in csv_records(path, reader):
                 if not values:
                     continue
                 if header is None:

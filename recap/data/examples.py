@@ -17,6 +17,7 @@ nothing is dropped silently.
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -141,6 +142,21 @@ def iter_jsonl(path: str | Path):
                 yield n, json.loads(raw)
             except json.JSONDecodeError as e:
                 raise DataError(path, n, None, f"not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def csv_records(path: str | Path, reader):
+    """``(line where the record starts, values)`` for every record of a ``csv.reader`` over ``path``
+    (quoted records may span several lines); a CSV syntax error raises ``DataError`` naming that line."""
+    start = 1
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(path, start, None, f"not valid CSV ({e})") from None
+        line, start = start, reader.line_num + 1
+        yield line, values
 
 
 def _read_jsonl(path: Path) -> list[Example]:

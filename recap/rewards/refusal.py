@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from recap.data.examples import DataError
+from recap.data.examples import DataError, csv_records
 from recap.rewards.judges import (COMPLIANCE, CORRECT, INCORRECT, INVALID, REFUSAL, RULE_FAMILIES, JudgeItem, Judge,
                                   RuleJudge, Verdict, math_equal, rule_match, rule_refused)
 
@@ -86,11 +86,8 @@ def read_labelled_completions(path: str | Path) -> list[LabelledCompletion]:
     path = Path(path)
     out: list[LabelledCompletion] = []
     with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        try:
-            header = next(reader, None)
-        except csv.Error as e:
-            raise DataError(path, 1, None, f"unreadable CSV header ({e})") from None
+        records = csv_records(path, csv.reader(f))
+        _, header = next(records, (1, None))
         if header is None:
             raise DataError(path, 1, None, "empty file (expected a header with prompt, completion, final_label)")
         header = [h.strip() for h in header]
@@ -99,15 +96,7 @@ def read_labelled_completions(path: str | Path) -> list[LabelledCompletion]:
             if name not in header:
                 raise DataError(path, 1, name, f"missing column (header has: {', '.join(header)})")
             col[name] = header.index(name)
-        line = reader.line_num + 1  # where the next record starts
-        while True:
-            try:
-                rec = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as e:
-                raise DataError(path, line, None, f"malformed CSV ({e})") from None
-            start, line = line, reader.line_num + 1
+        for start, rec in records:
             if not rec or all(not c.strip() for c in rec):
                 continue  # blank line
             if len(rec) != len(header):
