@@ -191,13 +191,14 @@ class KindRouter:
         return out  # type: ignore[return-value]
 
 
-JUDGE_SPECS = "rules, rules:<family>, toy, classifier:<file>, guard:<yaml>"
+JUDGE_SPECS = "rules, rules:<family>, toy, classifier:<file>, guard:<yaml>, rubric:<yaml>"
 
 
 def load_judge(spec: str) -> Judge:
     """A judge from its spec: ``rules`` / ``rules:xstest`` (string match + math-verify), ``toy`` (the
     miniature world's exact judge), ``classifier:PATH`` (a refusal classifier fitted with ``recap judge
-    fit``) or ``guard:PATH`` (a YAML ``GuardConfig`` for a generative guard model)."""
+    fit``), ``guard:PATH`` (a YAML ``GuardConfig`` for a generative guard model) or ``rubric:PATH`` (a YAML
+    ``RubricConfig``: an LLM rubric judge behind an OpenAI-compatible endpoint)."""
     name, _, arg = spec.partition(":")
     if name == "rules":
         return RuleJudge(arg) if arg else RuleJudge()
@@ -214,6 +215,11 @@ def load_judge(spec: str) -> Judge:
         from recap.rewards.guard import GuardConfig, GuardJudge
 
         return GuardJudge(load_config(GuardConfig, arg))
+    if name == "rubric" and arg:
+        from recap.config import load_config
+        from recap.rewards.rubric import RubricConfig, RubricJudge
+
+        return RubricJudge(load_config(RubricConfig, arg))
     raise ValueError(f"unknown judge {spec!r} (expected one of: {JUDGE_SPECS})")
 
 

@@ -1,0 +1,74 @@
+"""An append-only JSONL cache of expensive results (generated prefills, LLM judge calls).
+
+Rows are ``{"key": <sha256>, ...}``; each ``add`` appends and fsyncs, so a killed run keeps everything
+written before it. A truncated last line (the write in flight when the process died) is ignored and
+recomputed (and cut from the file before the next append); a broken line anywhere else is an error naming the file and line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+from recap.data.examples import DataError
+
+
+def cache_key(*parts) -> str:
+    """A stable key of JSON-serialisable ``parts``."""
+    blob = json.dumps(parts, ensure_ascii=False, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class JsonlCache:
+    """Thread-safe ``key -> row`` store backed by one JSONL file (``None`` path: memory only)."""
+
+    def __init__(self, path: str | os.PathLike | None):
+        self.path = Path(path) if path else None
+        self.rows: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        self._torn_at: int | None = None  # byte offset of a torn last line, cut before the next append
+        if self.path is None or not self.path.exists():
+            return
+        lines = self.path.read_text(encoding="utf-8").split("\n")
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                if n >= len(lines) - 1:  # the last line of a killed run: recompute it
+                    self._torn_at = len("".join(x + "\n" for x in lines[: n - 1]).encode("utf-8"))
+                    continue
+                raise DataError(self.path, n, None, "not valid JSON (delete the cache file to recompute)") from None
+            if not isinstance(row, dict) or not isinstance(row.get("key"), str):
+                raise DataError(self.path, n, "key", "missing (not a recap cache file?)")
+            self.rows[row["key"]] = row
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def get(self, key: str) -> dict | None:
+        return self.rows.get(key)
+
+    def add(self, rows: list[dict]) -> None:
+        with self._lock:
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                if self._torn_at is not None:
+                    os.truncate(self.path, self._torn_at)
+                    self._torn_at = None
+                fresh = True
+                if self.path.exists() and self.path.stat().st_size:
+                    with self.path.open("rb") as f:
+                        f.seek(-1, os.SEEK_END)
+                        fresh = f.read(1) == b"\n"
+                with self.path.open("a", encoding="utf-8") as f:
+                    # After a truncated line, start ours on a fresh line.
+                    f.write(("" if fresh else "\n") + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+                    f.flush()
+                    os.fsync(f.fileno())
+            for r in rows:
+                self.rows[r["key"]] = r
