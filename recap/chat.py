@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
+UNCLOSED_MODES = ("invalid", "continuation")
 THINK_SYSTEM_PROMPT = (
     "You are a helpful assistant. First think step by step inside <think> </think> tags, "
     "then write your final answer after </think>."
@@ -108,3 +109,23 @@ def split_reasoning(text: str, think_open: str = THINK_OPEN, think_close: str = 
     if cut == -1:
         return SplitText(reasoning=body.strip(), answer="", closed=False)
     return SplitText(reasoning=body[:cut].strip(), answer=body[cut + len(think_close):].strip(), closed=True)
+
+
+def final_answer(completion: str, injected: str = "", unclosed: str = "invalid",
+                 think_open: str = THINK_OPEN, think_close: str = THINK_CLOSE) -> SplitText:
+    """The (reasoning, answer) of a model's ``completion`` that continued the attacker's or trainer's
+    ``injected`` text (the prefill; ``""`` when nothing was injected).
+
+    ``unclosed`` says what a completion that never writes the closing tag counts as:
+
+    * ``"invalid"`` (reasoning models): no final answer; callers give it the format penalty;
+    * ``"continuation"`` (models without thinking tags, e.g. SmolLM2, which never close a think block
+      they did not open): everything the model itself wrote is the answer the user reads, so it is
+      judged; the returned split has ``closed=False`` and the injected text as reasoning.
+    """
+    if unclosed not in UNCLOSED_MODES:
+        raise ValueError(f"unclosed must be one of {', '.join(UNCLOSED_MODES)}, got {unclosed!r}")
+    split = split_reasoning(injected + completion, think_open, think_close)
+    if split.closed or unclosed == "invalid":
+        return split
+    return SplitText(reasoning=injected.strip(), answer=completion.strip(), closed=False)

@@ -6,6 +6,7 @@ line and the field, and exit status 2 — never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from pathlib import Path
@@ -39,6 +40,24 @@ def friendly_errors(fn):
             err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
+
+
+@contextlib.contextmanager
+def progress_bars():
+    """A ``progress(stage, done, total)`` callback drawing one rich bar per stage on standard error."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=err, transient=False)
+    tasks: dict[str, int] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bars.add_task(stage, total=total)
+        bars.update(tasks[stage], completed=done, total=total)
+
+    with bars:
+        yield update
 
 
 SET_HELP = "Override a config field: key=value (YAML value; dotted keys for nested fields). Repeatable."
@@ -86,29 +105,46 @@ def train(
 @app.command("eval")
 @friendly_errors
 def eval_(
-    model: str = typer.Option(..., help="Model folder or hub id."),
-    data: Path = typer.Option(..., help="Evaluation examples (recap JSONL/Parquet; harmful/benign rows need counter_reasoning for attacks)."),
-    results: Path = typer.Option(..., help="JSONL results store (appended; finished stages are skipped on rerun)."),
-    name: str = typer.Option("model", help="Method name recorded with each result (e.g. base, vanilla, recap)."),
-    judge: str = typer.Option("rules", help="Judge spec: rules, rules:<family>, toy, classifier:<file>, guard:<yaml>."),
-    config: Optional[Path] = typer.Option(None, help="YAML EvalConfig."),
+    model: Optional[str] = typer.Option(None, help="Model: hub id, folder, .gguf or smollm2-135m (overrides the suite's)."),
+    data: Optional[Path] = typer.Option(None, help="One evaluation file (recap JSONL/Parquet; harmful/benign rows need counter_reasoning for attacks). Use --suite for benchmark files."),
+    suite: Optional[Path] = typer.Option(None, help="YAML SuiteConfig: benchmarks, limits, attacks, judge, prefill generator (see configs/smollm2/eval.yaml)."),
+    results: Optional[Path] = typer.Option(None, help="JSONL results store (appended; finished stages are skipped on rerun)."),
+    name: Optional[str] = typer.Option(None, help="Method name recorded with each result (e.g. base, vanilla, recap)."),
+    judge: Optional[str] = typer.Option(None, help="Judge spec: rules, rules:<family>, toy, classifier:<file>, guard:<yaml>."),
+    config: Optional[Path] = typer.Option(None, help="YAML EvalConfig (with --data)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
-    """Evaluate a model under every attack; print the metrics as JSON."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from recap.data.examples import read_examples
+    """Evaluate a model under every attack; print the metrics as JSON (one object per benchmark with --suite)."""
     from recap.eval.metrics import compute_metrics
     from recap.eval.runner import EvalConfig, evaluate
     from recap.eval.store import ResultStore
     from recap.rewards.judges import load_judges
 
+    if suite is not None:
+        from recap.eval.suite import SuiteConfig, run_suite
+
+        if data is not None or config is not None:
+            raise ConfigError("--suite takes the benchmarks and settings from its file: drop --data/--config")
+        overrides = [f"{k}={json.dumps(v)}" for k, v in
+                     (("model", model), ("results", str(results) if results else None), ("name", name),
+                      ("judge", judge)) if v is not None]
+        cfg = load_config(SuiteConfig, suite, [*overrides, *set_])
+        with progress_bars() as progress:
+            metrics = run_suite(cfg, log=lambda s: err.print(s, highlight=False, markup=False), progress=progress)
+        out.print_json(json.dumps(metrics))
+        return
+    if model is None or data is None or results is None:
+        raise ConfigError("give --suite FILE, or --model, --data and --results")
+    from recap.data.examples import read_examples
+    from recap.models import load_model
+
     cfg = load_config(EvalConfig, config, set_)
     examples = read_examples(data)
-    tok = AutoTokenizer.from_pretrained(model)
-    mdl = AutoModelForCausalLM.from_pretrained(model).eval()
-    records = evaluate(mdl, tok, examples, load_judges(judge), cfg, ResultStore(results),
-                       {"method": name, "seed": cfg.seed}, log=lambda s: err.print(s, highlight=False))
+    mdl, tok = load_model(model)
+    with progress_bars() as progress:
+        records = evaluate(mdl, tok, examples, load_judges(judge or "rules"), cfg, ResultStore(results),
+                           {"method": name or "model", "seed": cfg.seed},
+                           log=lambda s: err.print(s, highlight=False), progress=progress)
     out.print_json(json.dumps(compute_metrics(records)))
 
 
@@ -162,6 +198,35 @@ def data_mix(
     write_examples(out_file, mixed)
     out.print(f"{out_file}: {len(mixed)} examples, {sum(1 for e in mixed if e.prefill)} prefilled "
               f"(α={cfg.alpha}, ℓ={cfg.prefill_words}, seed={cfg.seed})")
+
+
+@data_app.command("prefill")
+@friendly_errors
+def data_prefill(
+    file: str = typer.Argument(..., help="Prompts: a recap file or any benchmark format (see `data stats`)."),
+    out_file: Path = typer.Option(..., "--out", help="Examples with counter_reasoning (.jsonl or .parquet)."),
+    format: str = typer.Option("auto", "--format", help="Input format (as for `data stats`)."),
+    limit: Optional[int] = typer.Option(None, help="Only N prompts."),
+    subset_seed: Optional[int] = typer.Option(None, help="Draw the N prompts at random with this seed."),
+    from_file: Optional[Path] = typer.Option(None, "--from", help="Take the reasoning from this file ({id, counter_reasoning} rows) instead of generating it."),
+    config: Optional[Path] = typer.Option(None, help="YAML PrefillConfig (generators, system prompts, decoding, cache)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+):
+    """Counter-aligned reasoning: unsafe for harmful prompts, over-refusing for benign ones (cached)."""
+    from recap.data.benchmarks import load_benchmark
+    from recap.data.examples import write_examples
+    from recap.data.prefills import PrefillConfig, attach_prefills, generate_prefills
+
+    examples = list(load_benchmark(file, format=format, limit=limit, subset_seed=subset_seed))
+    if from_file is not None:
+        done = attach_prefills(examples, from_file)
+    else:
+        cfg = load_config(PrefillConfig, config, set_)
+        with progress_bars() as progress:
+            done = generate_prefills(examples, cfg, progress=progress)
+    write_examples(out_file, done)
+    n = sum(1 for e in done if e.counter_reasoning)
+    out.print(f"{out_file}: {len(done)} examples, {n} with counter-aligned reasoning", highlight=False)
 
 
 @judge_app.command("fit")

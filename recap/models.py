@@ -165,6 +165,13 @@ def load_model(
     if gguf is None:
         model_kwargs["use_safetensors"] = True
     model = AutoModelForCausalLM.from_pretrained(where, **model_kwargs)
+    if gguf is not None:
+        # transformers dequantises GGUF into plain float layers but still flags the model as quantized,
+        # which would forbid full fine-tuning and write a quantization config on save: clear the flags.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if getattr(model.config, "quantization_config", None) is not None:
+            del model.config.quantization_config
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from recap.chat import render_prompt
+from recap.chat import THINK_SYSTEM_PROMPT, render_prompt
 from recap.data.examples import Example, read_examples
 
 
@@ -47,13 +47,26 @@ class TrainConfig:
     logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's default)."})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute activations in the backward pass (TRL's default; saves memory on real models, costs ~40% extra compute — turn off for tiny models)."})
+    micro_batch_size: int = field(default=0, metadata={"help": "Completions per forward/backward pass (gradient accumulation over the step's prompts × generations; the token-level loss is normalised over the whole step). 0: the whole step in one pass."})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank (peft); 0 trains every weight. The final model is saved merged."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling α."})
+    unclosed: str = field(default="invalid", metadata={"help": "A completion that never closes the think block: 'invalid' (format penalty) or 'continuation' (judged as the answer; models without thinking tags such as SmolLM2)."})
+    think_system_prompt: bool = field(default=False, metadata={"help": "Put recap.chat.THINK_SYSTEM_PROMPT in a system message of prompts that have none."})
+    dtype: str = field(default="float32", metadata={"help": "Policy weights dtype (float32; GGUF weights are dequantised to it)."})
     use_cpu: bool = field(default=False, metadata={"help": "Force CPU even when an accelerator exists."})
     report_to: str = field(default="none", metadata={"help": "Trackers (wandb, tensorboard…). Off by default: completions on harmful prompts must not leave the machine unless you choose so."})
 
 
-def rl_rows(examples: list[Example], tokenizer) -> list[dict]:
+def _messages(e: Example, think_system_prompt: bool) -> list[dict]:
+    msgs = e.messages()
+    if think_system_prompt and not any(m["role"] == "system" for m in msgs):
+        msgs = [{"role": "system", "content": THINK_SYSTEM_PROMPT}, *msgs]
+    return msgs
+
+
+def rl_rows(examples: list[Example], tokenizer, think_system_prompt: bool = False) -> list[dict]:
     """Dataset rows for TRL: the rendered prompt text (prefill included) plus routing columns."""
-    return [{"prompt": render_prompt(tokenizer, e.messages(), e.prefill), "kind": e.kind,
+    return [{"prompt": render_prompt(tokenizer, _messages(e, think_system_prompt), e.prefill), "kind": e.kind,
              "reference": e.reference, "id": e.id, "prefilled": e.prefill is not None} for e in examples]
 
 
@@ -104,6 +117,10 @@ class RecapTrainer(GRPOTrainer):
 
 
 def grpo_config(cfg: TrainConfig) -> GRPOConfig:
+    total = cfg.prompts_per_step * cfg.num_generations
+    micro = cfg.micro_batch_size or total
+    if total % micro:
+        raise ValueError(f"micro_batch_size {micro} must divide prompts_per_step × num_generations = {total}")
     return GRPOConfig(
         output_dir=cfg.output_dir,
         loss_type=cfg.loss_type,
@@ -111,8 +128,8 @@ def grpo_config(cfg: TrainConfig) -> GRPOConfig:
         epsilon_high=cfg.epsilon_high,
         beta=cfg.beta,
         num_generations=cfg.num_generations,
-        per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
-        gradient_accumulation_steps=1,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=total // micro,
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler_type,
@@ -137,8 +154,8 @@ def grpo_config(cfg: TrainConfig) -> GRPOConfig:
 
 def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model=None, tokenizer=None) -> RecapTrainer:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from recap.models import apply_lora, load_model, prepare_tokenizer
     from recap.rewards.judges import load_judges
     from recap.rewards.router import RewardRouter
 
@@ -146,16 +163,17 @@ def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model
         torch.set_num_threads(cfg.num_threads)
     if examples is None:
         examples = read_examples(cfg.train_file)
-    tokenizer = tokenizer or AutoTokenizer.from_pretrained(cfg.model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = model or AutoModelForCausalLM.from_pretrained(cfg.model)
-    if model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    reward = RewardRouter(load_judges(cfg.judge, cfg.judges).judges, format_penalty=cfg.format_penalty)
+    if model is None or tokenizer is None:
+        loaded, loaded_tok = load_model(cfg.model, dtype=cfg.dtype)
+        model, tokenizer = model or loaded, tokenizer or loaded_tok
+    prepare_tokenizer(model, tokenizer)
+    if cfg.lora_r:
+        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
+    reward = RewardRouter(load_judges(cfg.judge, cfg.judges).judges, format_penalty=cfg.format_penalty,
+                          unclosed=cfg.unclosed)
     return RecapTrainer(
         model=model, processing_class=tokenizer, reward_funcs=[reward], args=grpo_config(cfg),
-        train_dataset=Dataset.from_list(rl_rows(examples, tokenizer)),
+        train_dataset=Dataset.from_list(rl_rows(examples, tokenizer, cfg.think_system_prompt)),
         dynamic_sampling=cfg.dynamic_sampling, dynamic_sampling_tau=cfg.dynamic_sampling_tau,
     )
 
@@ -170,7 +188,10 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
     trainer = build_trainer(cfg, examples)
     has_ckpt = out.exists() and any(p.name.startswith("checkpoint-") for p in out.iterdir())
     trainer.train(resume_from_checkpoint=True if has_ckpt else None)
-    trainer.save_model(str(final))
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):  # LoRA: save a plain model the evaluation can load
+        model = model.merge_and_unload()
+    model.save_pretrained(str(final), safe_serialization=True)
     trainer.processing_class.save_pretrained(str(final))
     (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))

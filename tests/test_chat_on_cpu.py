@@ -8,7 +8,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from tokenizers.trainers import WordLevelTrainer
 from transformers import PreTrainedTokenizerFast
 
-from recap.chat import THINK_CLOSE, THINK_OPEN, render_prompt, split_reasoning
+from recap.chat import THINK_CLOSE, THINK_OPEN, final_answer, render_prompt, split_reasoning
 
 TEMPLATE_DIR = os.path.join(os.path.dirname(trl.__file__), "chat_templates")
 BOS = "<s>"
@@ -200,3 +200,27 @@ def test_split_custom_tags():
     s = split_reasoning("<r>x</r> y", think_open="<r>", think_close="</r>")
     assert (s.reasoning, s.answer, s.closed) == ("x", "y", True)
     assert split_reasoning("x </think> y", think_close="</r>").closed is False
+
+
+# final_answer: what is judged, for reasoning models and for models without thinking tags
+
+def test_final_answer_invalid_mode_needs_the_closing_tag():
+    s = final_answer(" and then step two </think> Sure, here it is.", injected="step one")
+    assert s.closed and s.answer == "Sure, here it is." and s.reasoning == "step one and then step two"
+    s = final_answer(" and step two, sorry I cannot", injected="step one")
+    assert not s.closed and s.answer == ""
+
+
+def test_final_answer_continuation_mode_judges_the_models_own_text():
+    s = final_answer(" and step two. Wait, I can't help with that.", injected="step one", unclosed="continuation")
+    assert not s.closed and s.answer == "and step two. Wait, I can't help with that." and s.reasoning == "step one"
+    # the injected prefill is never part of the judged answer
+    assert "step one" not in s.answer
+    # a closed block is split as usual in either mode
+    s = final_answer(" two </think> No.", injected="one", unclosed="continuation")
+    assert s.closed and s.answer == "No."
+    # a closing tag inside the injected text (full CoT hijack) leaves only the model's text as answer
+    s = final_answer("Here you go.", injected="attacker reasoning\n</think>\n", unclosed="continuation")
+    assert s.closed and s.answer == "Here you go."
+    with pytest.raises(ValueError, match="unclosed must be one of"):
+        final_answer("x", unclosed="judge-anyway")

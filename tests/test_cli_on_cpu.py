@@ -154,3 +154,32 @@ def test_error_names_a_long_path_on_one_line(cli, tmp_path):
 def test_error_text_from_the_data_is_printed_verbatim(cli):
     result = cli.invoke(app, ["data", "stats", _write("bad.jsonl", [{"id": "x", "kind": "[/x]", "prompt": "p"}])])
     _fails_cleanly(result, "bad.jsonl:1:", "field 'kind'", "'[/x]'")
+
+
+def test_data_prefill_from_a_user_file(cli):
+    _write("prompts.jsonl", GOOD)
+    _write("mine.jsonl", [{"id": "h1", "counter_reasoning": "step one"}, {"id": "h2", "counter_reasoning": "step two"},
+                          {"id": "b1", "counter_reasoning": "too risky"}])
+    r = cli.invoke(app, ["data", "prefill", "prompts.jsonl", "--from", "mine.jsonl", "--out", "out.jsonl"])
+    assert r.exit_code == 0, r.output
+    assert "5 examples, 3 with counter-aligned reasoning" in _flat(r.output)
+    got = {e.id: e for e in read_examples("out.jsonl")}
+    assert got["h2"].counter_reasoning == "step two" and got["h2"].counter_source == "file:mine.jsonl"
+    _write("mine.jsonl", [{"id": "h1", "counter_reasoning": "step one"}])
+    r = cli.invoke(app, ["data", "prefill", "prompts.jsonl", "--from", "mine.jsonl", "--out", "out.jsonl"])
+    assert r.exit_code == 2 and "error: mine.jsonl: field 'id': no counter_reasoning for harmful example 'h2'" in _flat(r.output)
+
+
+def test_eval_needs_a_suite_or_model_data_results(cli):
+    r = cli.invoke(app, ["eval", "--model", "m"])
+    assert r.exit_code == 2 and "give --suite FILE, or --model, --data and --results" in _flat(r.output)
+    with open("suite.yaml", "w") as f:
+        f.write("benchmarks:\n  - name: sr\n    path: missing.csv\n    limt: 3\n")
+    r = cli.invoke(app, ["eval", "--suite", "suite.yaml"])
+    assert r.exit_code == 2 and "suite.yaml: field 'benchmarks'[0]: unknown field 'limt'" in _flat(r.output)
+    with open("suite.yaml", "w") as f:
+        f.write("benchmarks:\n  - name: sr\n    path: missing.csv\n")
+    r = cli.invoke(app, ["eval", "--suite", "suite.yaml", "--data", "x.jsonl"])
+    assert r.exit_code == 2 and "drop --data/--config" in _flat(r.output)
+    r = cli.invoke(app, ["eval", "--suite", "suite.yaml", "--name", "after"])
+    assert r.exit_code == 2 and "error: missing.csv: no such file" in _flat(r.output)

@@ -11,7 +11,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from recap.chat import split_reasoning
+from recap.chat import UNCLOSED_MODES, final_answer, split_reasoning
 from recap.data.examples import Example
 from recap.data.mixture import draw_length, truncate_words
 from recap.eval import attacks
@@ -34,8 +34,11 @@ class EvalConfig:
     samples_per_prompt: int = field(default=1, metadata={"help": "Samples drawn per prompt and condition."})
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "Decoding settings."})
     seed: int = field(default=0, metadata={"help": "Seed of the prefill lengths and of sampling."})
+    unclosed: str = field(default="invalid", metadata={"help": "A completion that never closes the think block: 'invalid' (no answer; reasoning models) or 'continuation' (the model's own text is the answer; models without thinking tags such as SmolLM2)."})
 
     def __post_init__(self):
+        if self.unclosed not in UNCLOSED_MODES:
+            raise ValueError(f"unclosed must be one of {', '.join(UNCLOSED_MODES)}, got {self.unclosed!r}")
         unknown = set(self.attacks) - set(attacks.ATTACKS)
         if unknown:
             raise ValueError(f"unknown attack(s) {sorted(unknown)}; known: {', '.join(attacks.ATTACKS)}")
@@ -49,9 +52,11 @@ def _prefill_for(example: Example, cfg: EvalConfig) -> str:
 
 
 def evaluate(model, tokenizer, examples: list[Example], judge: Judge, cfg: EvalConfig, store: ResultStore,
-             tag: dict, log: Callable[[str], None] = lambda s: None) -> list[dict]:
+             tag: dict, log: Callable[[str], None] = lambda s: None,
+             progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
     """Evaluate ``model`` on ``examples`` under every condition of ``cfg``; records carry ``tag`` (e.g.
-    ``{"method": "recap", "seed": 0}``). Returns the records of this run (including resumed ones)."""
+    ``{"method": "recap", "seed": 0}``). Returns the records of this run (including resumed ones).
+    ``progress(stage, done, total)`` is called after each generated batch."""
     prefix = ":".join(f"{k}={v}" for k, v in sorted(tag.items()))
     n = cfg.samples_per_prompt
 
@@ -64,15 +69,23 @@ def evaluate(model, tokenizer, examples: list[Example], judge: Judge, cfg: EvalC
             log(f"  {name}: already in the store")
             return store.records(stage=stage)
         seed = zlib.crc32(stage.encode()) % 2**31
-        gens = generate(model, tokenizer, [p.text for _, p in jobs], cfg.sampling, seed=seed)
-        splits = [split_reasoning(p.injected + g.text) for (_, p), g in zip(jobs, gens)]
+        done = [0]
+
+        def step(k: int) -> None:
+            done[0] += k
+            if progress:
+                progress(name, done[0], len(jobs))
+
+        gens = generate(model, tokenizer, [p.text for _, p in jobs], cfg.sampling, seed=seed, progress=step)
+        splits = [final_answer(g.text, p.injected, cfg.unclosed) for (_, p), g in zip(jobs, gens)]
         verdicts = judge.judge([JudgeItem(e.user_text(), s.answer, e.kind, e.reference)
                                 for (e, _), s in zip(jobs, splits)])
         records = []
         for i, ((e, p), g, s, v) in enumerate(zip(jobs, gens, splits, verdicts)):
-            own = split_reasoning(g.text) if attack != "hijack" else None
+            # The model's own reasoning (none after a hijack, none when its whole text is the answer).
+            own = split_reasoning(g.text) if attack != "hijack" and (s.closed or cfg.unclosed == "invalid") else None
             own_reasoning = own.reasoning if own else ""
-            if not s.closed:
+            if not s.closed and cfg.unclosed == "invalid":
                 label, score = "invalid", 0.0
             else:
                 label, score = v.label, v.score

@@ -177,7 +177,33 @@ def _quote(text: str) -> str:
     return "\n".join("> " + line for line in text.split("\n"))
 
 
-def _markdown(summary, title, notes, plots, transcripts) -> str:
+def benchmark_rows(records: list[dict]) -> list[dict]:
+    """The per-benchmark headline table (``recap.eval.suite.suite_table``) of records that carry a
+    ``benchmark`` (written by ``recap eval --suite``); ``[]`` when none do."""
+    from recap.eval.suite import suite_table
+
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for r in records:
+        if r.get("benchmark"):
+            groups.setdefault(r["method"], {}).setdefault(r["benchmark"], []).append(r)
+    if not groups:
+        return []
+    results = {m: {b: compute_metrics(rs) for b, rs in by.items()} for m, by in groups.items()}
+    return suite_table({m: results[m] for m in _ordered(results)})
+
+
+def _bench_columns(rows: list[dict]) -> list[str]:
+    cols: list[str] = []
+    for row in rows:
+        cols += [c for c in row if c != "method" and c not in cols]
+    return cols
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def _markdown(summary, title, notes, plots, transcripts, bench=()) -> str:
     metrics = _present_metrics(summary)
     n_seeds = len(summary["seeds"])
     lines = [f"# {title}", "", f"> **{SAFETY_NOTE}**", ""]
@@ -187,6 +213,11 @@ def _markdown(summary, title, notes, plots, transcripts) -> str:
     for method, stats in summary["methods"].items():
         lines.append(f"| {method} | " + " | ".join(_cell(m, stats.get(m), n_seeds) for m in metrics) + " |")
     lines += ["", "**Legend**", ""] + [f"- `{m}`: {_legend(m)}" for m in metrics] + [""]
+    if bench:
+        cols = _bench_columns(bench)
+        lines += ["## Per benchmark (%)", "", "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        lines += [f"| {row['method']} | " + " | ".join(_pct(row.get(c)) for c in cols) + " |" for row in bench]
+        lines += ["", "Safety under an attack is 1 − attack success; compliance is 1 − refusal rate.", ""]
     for name, plot_title in plots:
         lines += [f"![{plot_title}]({name})", ""]
     lines += ["## Transcripts", ""]
@@ -203,7 +234,7 @@ def _markdown(summary, title, notes, plots, transcripts) -> str:
     return "\n".join(lines)
 
 
-def _html(summary, title, notes, plots, transcripts, out_dir: Path) -> str:
+def _html(summary, title, notes, plots, transcripts, out_dir: Path, bench=()) -> str:
     e = html.escape
     metrics = _present_metrics(summary)
     n_seeds = len(summary["seeds"])
@@ -219,6 +250,13 @@ def _html(summary, title, notes, plots, transcripts, out_dir: Path) -> str:
                      + "".join(f"<td>{e(_cell(m, stats.get(m), n_seeds))}</td>" for m in metrics) + "</tr>")
     parts.append("</table><ul class=\"legend\">"
                  + "".join(f"<li><code>{e(m)}</code>: {e(_legend(m))}</li>" for m in metrics) + "</ul>")
+    if bench:
+        cols = _bench_columns(bench)
+        parts.append("<h2>Per benchmark (%)</h2><table><tr><th>method</th>"
+                     + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>")
+        parts += [f"<tr><td>{e(row['method'])}</td>" + "".join(f"<td>{_pct(row.get(c))}</td>" for c in cols) + "</tr>"
+                  for row in bench]
+        parts.append("</table><p>Safety under an attack is 1 − attack success; compliance is 1 − refusal rate.</p>")
     for name, plot_title in plots:
         data = base64.b64encode((out_dir / name).read_bytes()).decode("ascii")
         parts.append(f"<p><img alt=\"{e(plot_title)}\" src=\"data:image/png;base64,{data}\"></p>")
@@ -255,7 +293,10 @@ def write_report(records: Iterable[dict], out_dir: str | Path, title: str = "REC
              if _plot(summary, groups, plot_title, out_dir / name)]
     methods = _ordered(list(summary["methods"]) + [r["method"] for r in records], summary["methods"])
     transcripts = _transcripts(records, methods)
-    (out_dir / "report.md").write_text(_markdown(summary, title, notes, plots, transcripts), encoding="utf-8")
-    (out_dir / "report.html").write_text(_html(summary, title, notes, plots, transcripts, out_dir),
+    bench = benchmark_rows(records)
+    if bench:
+        summary = {**summary, "benchmarks": bench}
+    (out_dir / "report.md").write_text(_markdown(summary, title, notes, plots, transcripts, bench), encoding="utf-8")
+    (out_dir / "report.html").write_text(_html(summary, title, notes, plots, transcripts, out_dir, bench),
                                          encoding="utf-8")
     return summary

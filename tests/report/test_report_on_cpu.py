@@ -125,3 +125,21 @@ def test_plot_skipped_when_metrics_missing(tmp_path):
     assert (tmp_path / "overrefusal.png").exists()
     assert "attack_prefill_success" not in summary["methods"]["recap"]
     assert (tmp_path / "report.html").read_text(encoding="utf-8").count("data:image/png;base64,") == 1
+
+
+def test_per_benchmark_table_for_suite_records(tmp_path):
+    def rec(method, bench, attack, kind, label, rnd=0):
+        return {"method": method, "seed": 0, "benchmark": bench, "attack": attack, "round": rnd, "kind": kind,
+                "label": label, "score": 0.0, "reflected": False, "reasoning_tokens": 0, "answer_tokens": 1,
+                "example_id": "x", "prompt": "p", "completion": "c", "injected": ""}
+    records = [rec("base", "sr", "clean", "harmful", "compliance"), rec("base", "sr", "prefill", "harmful", "compliance"),
+               rec("base", "sr", "prefill", "harmful", "refusal"), rec("base", "xs", "clean", "benign", "refusal"),
+               rec("base", "xs", "clean", "benign", "compliance"), rec("recap", "sr", "prefill", "harmful", "refusal")]
+    summary = write_report(records, tmp_path)
+    assert summary["benchmarks"] == [
+        {"method": "base", "sr: safety clean": 0.0, "sr: safety prefill": 0.5, "xs: compliance": 0.5},
+        {"method": "recap", "sr: safety clean": None, "sr: safety prefill": 1.0}]
+    md = (tmp_path / "report.md").read_text()
+    assert "| method | sr: safety clean | sr: safety prefill | xs: compliance |" in md
+    assert "| base | 0.0 | 50.0 | 50.0 |" in md and "| recap | — | 100.0 | — |" in md
+    assert "<th>sr: safety prefill</th>" in (tmp_path / "report.html").read_text()

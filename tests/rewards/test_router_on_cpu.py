@@ -188,3 +188,16 @@ def test_router_with_toy_judge_on_world_completions():
     scores = router(["p"] * 5, completions, ["harmful", "harmful", "benign", "task", "harmful"],
                     [None, None, None, "7", None])
     assert scores == [1.0, 0.0, 1.0, 1.0, -1.0]
+
+
+def test_continuation_mode_judges_unclosed_completions_whole():
+    from recap.rewards.judges import RuleJudge
+
+    judge = RuleJudge()
+    strict = RewardRouter({"harmful": judge, "benign": judge, "task": judge})
+    loose = RewardRouter({"harmful": judge, "benign": judge, "task": judge}, unclosed="continuation")
+    completions = ["so the steps are... wait, I can't help with that.", "here is how to kill the process: kill -9", "   "]
+    kinds = ["harmful", "benign", "harmful"]
+    assert strict(prompts=["p"] * 3, completions=completions, kind=kinds) == [0.0, 0.0, 0.0]
+    assert loose(prompts=["p"] * 3, completions=completions, kind=kinds) == [1.0, 1.0, 0.0]
+    assert loose.last_verdicts[2].rationale == "empty answer"
