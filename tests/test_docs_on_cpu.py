@@ -16,16 +16,23 @@ def test_config_reference_is_current():
 
 def test_shipped_configs_load():
     from recap.data.mixture import MixtureConfig
+    from recap.data.prefills import PrefillConfig
     from recap.demo import DemoConfig
     from recap.eval.runner import EvalConfig
+    from recap.eval.suite import SuiteConfig
+    from recap.rewards.rubric import RubricConfig
     from recap.train import TrainConfig
 
-    classes = {"mixture.yaml": MixtureConfig, "train.yaml": TrainConfig, "eval.yaml": EvalConfig,
-               "demo.yaml": DemoConfig, "recap-dapo.yaml": TrainConfig}
+    classes = {"toy/mixture.yaml": MixtureConfig, "toy/train.yaml": TrainConfig, "toy/eval.yaml": EvalConfig,
+               "toy/demo.yaml": DemoConfig, "recap-dapo.yaml": TrainConfig,
+               "smollm2/prefills.yaml": PrefillConfig, "smollm2/mixture.yaml": MixtureConfig,
+               "smollm2/eval.yaml": SuiteConfig, "smollm2/train.yaml": TrainConfig,
+               "judges/strongreject-rubric.yaml": RubricConfig, "judges/overrefusal-rubric.yaml": RubricConfig}
     files = sorted((ROOT / "configs").rglob("*.yaml"))
-    assert {f.name for f in files} == set(classes)
-    for f in files:
-        cfg = load_config(classes[f.name], f)
+    names = {f.relative_to(ROOT / "configs").as_posix(): f for f in files}
+    assert set(names) == set(classes)
+    for name, f in names.items():
+        cfg = load_config(classes[name], f)
         assert yaml.safe_load(f.read_text())  # not empty
 
 

@@ -167,3 +167,13 @@ def test_apply_lora_trains_adapters_only():
     out = peft_model(input_ids=ids, labels=ids)
     assert out.logits.shape[:2] == ids.shape and torch.isfinite(out.loss)
     out.loss.backward()
+
+
+def test_dequantised_gguf_is_a_plain_trainable_float_model(smollm2, tmp_path):
+    model, _ = smollm2
+    assert not model.is_quantized and model.hf_quantizer is None
+    assert getattr(model.config, "quantization_config", None) is None
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in model.parameters())
+    from transformers.trainer_utils import validate_quantization_for_training
+
+    validate_quantization_for_training(model)  # what Trainer calls: raises for "purely quantized" models

@@ -102,3 +102,30 @@ def test_a_training_step_changes_every_parameter(tok, tmp_path):
     trainer.train()
     changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())]
     assert set(changed) == set(before)
+
+
+def test_micro_batches_give_the_same_update_as_one_pass(tok, tmp_path):
+    """micro_batch_size splits a step into gradient-accumulation passes; the token-level DAPO loss is
+    normalised over the whole step, so the update equals the one-pass update."""
+    after = []
+    for micro in (0, 2):
+        torch.manual_seed(0)
+        model = build_model(tok, TINY, 0)
+        cfg = _cfg(tmp_path / f"m{micro}", micro_batch_size=micro, max_completion_length=8, temperature=1.5,
+                   learning_rate=1e-3)
+        trainer = build_trainer(cfg, _examples(), model=model, tokenizer=tok)
+        assert trainer.args.gradient_accumulation_steps == (3 if micro else 1)
+        trainer.reward_funcs = [lambda prompts, completions, **kw: [float(len(c)) for c in completions]]
+        trainer.reward_func_names = ["length"]
+        trainer.args.optim = "sgd"  # Adam's first step is scale-free; SGD shows a wrong loss normaliser
+        trainer.train()
+        after.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    start = {n: p.detach() for n, p in build_model(tok, TINY, 0).named_parameters()}
+    assert any(not torch.allclose(after[0][n], start[n]) for n in start)
+    for n in after[0]:
+        torch.testing.assert_close(after[0][n] - start[n], after[1][n] - start[n], atol=1e-7, rtol=1e-3)
+
+
+def test_micro_batch_must_divide_the_step(tmp_path):
+    with pytest.raises(ValueError, match="micro_batch_size 4 must divide prompts_per_step × num_generations = 6"):
+        grpo_config(_cfg(tmp_path, micro_batch_size=4))
