@@ -155,7 +155,7 @@ def server(tmp_path_factory):
     with open(log, "wb") as f:
         proc = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", os.path.join(folder, gguf), "--host", "127.0.0.1",
-             "--port", str(port), "--model_alias", "smollm2", "--n_ctx", "2048", "--n_threads", "2",
+             "--port", str(port), "--model_alias", "smollm2", "--n_ctx", "2048", "--n_threads", "1",
              "--verbose", "False"], stdout=f, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -185,8 +185,9 @@ ITEMS = [
 
 
 def _cfg(server, tmp_path, **kw) -> RubricConfig:
-    base = dict(base_url=server, model="smollm2", response_format="json_object", max_tokens=96,
-                timeout_s=60, max_retries=1, cache=str(tmp_path / "rubric.jsonl"))
+    # Generous timeout: on a busy 2-core machine one constrained reply can take tens of seconds.
+    base = dict(base_url=server, model="smollm2", response_format="json_object", max_tokens=80,
+                timeout_s=300, max_retries=1, cache=str(tmp_path / "rubric.jsonl"))
     return RubricConfig(**{**base, **kw})
 
 
