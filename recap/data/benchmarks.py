@@ -139,10 +139,17 @@ def load_benchmark(path_or_id: str | Path, format: str = "auto", limit: int | No
 
     if not out:
         raise DataError(origin, None, None, "no examples")
-    if subset_seed is not None and limit < len(out):
-        keep = sorted(random.Random(subset_seed).sample(range(len(out)), limit))
-        out = [out[i] for i in keep]
+    if subset_seed is not None:
+        out = seeded_subset(out, limit, subset_seed)
     return Benchmark(out, format=fmt, source=name, origin=origin, reason=reason)
+
+
+def seeded_subset(items: list, limit: int, seed: int | None) -> list:
+    """``limit`` items: the first ones without ``seed``, else a seeded random sample kept in order."""
+    if seed is None or limit >= len(items):
+        return items[:limit]
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in keep]
 
 
 def detect_format(path: str | Path) -> tuple[str, str]:

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from recap.data.benchmarks import load_benchmark
+from recap.chat import with_think_system
+from recap.data.benchmarks import load_benchmark, seeded_subset
 from recap.data.examples import Example
 from recap.data.prefills import PrefillConfig, attach_prefills, generate_prefills
 from recap.eval.metrics import compute_metrics
@@ -54,18 +55,6 @@ class SuiteConfig:
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)."})
 
 
-def _with_system(examples: list[Example]) -> list[Example]:
-    from recap.chat import THINK_SYSTEM_PROMPT
-
-    out = []
-    for e in examples:
-        msgs = e.messages()
-        if not any(m["role"] == "system" for m in msgs):
-            msgs = [{"role": "system", "content": THINK_SYSTEM_PROMPT}, *msgs]
-        out.append(replace(e, prompt=msgs))
-    return out
-
-
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
@@ -93,13 +82,7 @@ def load_suite(cfg: SuiteConfig) -> dict[str, list[Example]]:
         if b.kinds:
             examples = [e for e in examples if e.kind in b.kinds]
             if b.limit is not None:
-                if b.subset_seed is not None and b.limit < len(examples):
-                    import random
-
-                    keep = sorted(random.Random(b.subset_seed).sample(range(len(examples)), b.limit))
-                    examples = [examples[i] for i in keep]
-                else:
-                    examples = examples[: b.limit]
+                examples = seeded_subset(examples, b.limit, b.subset_seed)
         if not examples:
             raise ValueError(f"benchmark {b.name!r} ({b.path}): no examples of kinds {b.kinds}")
         suite[b.name] = examples
@@ -143,7 +126,9 @@ def run_suite(cfg: SuiteConfig, *, model=None, tokenizer=None, log: Callable[[st
     store = ResultStore(cfg.results)
     out: dict[str, dict] = {}
     for b in cfg.benchmarks:
-        examples = _with_system(suite[b.name]) if cfg.think_system_prompt else suite[b.name]
+        examples = suite[b.name]
+        if cfg.think_system_prompt:
+            examples = [replace(e, prompt=with_think_system(e.messages())) for e in examples]
         log(f"{b.name}: {len(examples)} prompts, attacks {', '.join(b.attacks)}")
         ecfg = replace(cfg.eval, attacks=list(b.attacks))
         if b.max_new_tokens:
