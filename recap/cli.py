@@ -112,6 +112,7 @@ def eval_(
     name: Optional[str] = typer.Option(None, help="Method name recorded with each result (e.g. base, vanilla, recap)."),
     judge: Optional[str] = typer.Option(None, help="Judge spec: rules, rules:<family>, toy, classifier:<file>, guard:<yaml>."),
     config: Optional[Path] = typer.Option(None, help="YAML EvalConfig (with --data)."),
+    engine: Optional[str] = typer.Option(None, help="Generation engine: auto (vllm with a GPU, else hf), hf, llamacpp (GGUF on CPU), vllm."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
     """Evaluate a model under every attack; print the metrics as JSON (one object per benchmark with --suite)."""
@@ -127,7 +128,7 @@ def eval_(
             raise ConfigError("--suite takes the benchmarks and settings from its file: drop --data/--config")
         overrides = [f"{k}={json.dumps(v)}" for k, v in
                      (("model", model), ("results", str(results) if results else None), ("name", name),
-                      ("judge", judge)) if v is not None]
+                      ("judge", judge), ("engine", engine)) if v is not None]
         cfg = load_config(SuiteConfig, suite, [*overrides, *set_])
         with progress_bars() as progress:
             metrics = run_suite(cfg, log=lambda s: err.print(s, highlight=False, markup=False), progress=progress)
@@ -136,11 +137,11 @@ def eval_(
     if model is None or data is None or results is None:
         raise ConfigError("give --suite FILE, or --model, --data and --results")
     from recap.data.examples import read_examples
-    from recap.models import load_model
+    from recap.engines import load_engine
 
     cfg = load_config(EvalConfig, config, set_)
     examples = read_examples(data)
-    mdl, tok = load_model(model)
+    mdl, tok = load_engine(engine or "auto", model)
     with progress_bars() as progress:
         records = evaluate(mdl, tok, examples, load_judges(judge or "rules"), cfg, ResultStore(results),
                            {"method": name or "model", "seed": cfg.seed},

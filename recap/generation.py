@@ -1,5 +1,17 @@
 """Batched sampling with a Hugging Face causal LM: left padding, length-sorted batches, settings from a
-config, a progress callback. Used by evaluation and by the attacks; training generates inside TRL."""
+config, a progress callback, and KV-cache reuse across continued conversations. Used by evaluation and
+by the attacks; training generates inside TRL.
+
+``generate`` continues each prompt once. ``generate_rounds`` continues each prompt, then appends a
+suffix to what was read and written so far and continues again, ``rounds`` times (iterative prefill
+reset). The conversation grows by exact token concatenation — prompt ids, generated ids, suffix ids — so
+with ``reuse_prefix`` each batch's KV cache is carried from one round to the next and only the suffix
+is read again; without it every round re-reads the whole conversation. Both read the same token ids
+in the same batches, so greedy outputs agree (up to floating-point ties).
+
+``model`` may also be an *engine* (``recap.engines``: llama.cpp, vLLM) — any object with
+``generate(prompts, sampling, seed, progress)`` — in which case the call is handed to it.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +28,8 @@ class SamplingConfig:
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature; 0 means greedy."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
     max_new_tokens: int = field(default=64, metadata={"help": "Longest continuation, in tokens."})
-    batch_size: int = field(default=64, metadata={"help": "Prompts per forward batch."})
+    batch_size: int = field(default=64, metadata={"help": "Prompts per forward batch (sorted by length, so a batch holds prompts of similar length)."})
+    reuse_prefix: bool = field(default=True, metadata={"help": "Carry each batch's KV cache from one round of a continued conversation to the next (iterative prefill reset), so only the new text is read."})
 
 
 @dataclass(frozen=True)
@@ -24,6 +37,61 @@ class Generation:
     text: str
     n_tokens: int
     truncated: bool  # hit max_new_tokens without an end-of-sequence token
+    ids: tuple[int, ...] = ()  # the new token ids, without the end-of-sequence token
+
+
+def is_engine(model) -> bool:
+    """An engine object (llama.cpp, vLLM) rather than a transformers model."""
+    return not isinstance(model, torch.nn.Module) and callable(getattr(model, "generate", None)) \
+        and hasattr(model, "engine_name")
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(list(r))
+            mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def _decode_kwargs(sampling: SamplingConfig) -> dict:
+    if sampling.temperature == 0:
+        return dict(do_sample=False)
+    return dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+
+
+def _sample(model, ids, mask, cache, sampling: SamplingConfig, pad: int, eos: int):
+    """One ``model.generate`` call; returns (sequences, cache, list of new-id lists, ended flags)."""
+    device = next(model.parameters()).device
+    out = model.generate(
+        input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=sampling.max_new_tokens,
+        pad_token_id=pad, eos_token_id=eos, cache=cache, use_cache=True, return_dict_in_generate=True,
+        **_decode_kwargs(sampling))
+    seqs = out.sequences.cpu()
+    news, ended = [], []
+    for r in range(len(ids)):
+        new = seqs[r, ids.shape[1]:].tolist()
+        stop = eos in new
+        if stop:
+            new = new[: new.index(eos)]
+        else:
+            while new and new[-1] == pad and pad != eos:
+                new.pop()
+        news.append(new)
+        ended.append(stop)
+    return seqs, out.cache, news, ended
+
+
+def _generation(tokenizer, new: list[int], ended: bool) -> Generation:
+    return Generation(tokenizer.decode(new, skip_special_tokens=True), len(new), not ended, tuple(new))
+
+
+def _pad_eos(tokenizer) -> tuple[int, int]:
+    eos = tokenizer.eos_token_id
+    return (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos), eos
 
 
 @torch.no_grad()
@@ -37,35 +105,110 @@ def generate(
 ) -> list[Generation]:
     """Continue each prompt text once. Prompts are tokenized exactly as TRL does for raw text
     (``tokenizer(text)``), sorted by length into batches, left-padded, and returned in input order."""
+    if is_engine(model):
+        return model.generate(prompts, sampling, seed=seed, progress=progress)
     torch.manual_seed(seed)
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[Generation | None] = [None] * len(prompts)
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    device = next(model.parameters()).device
+    pad, eos = _pad_eos(tokenizer)
     for start in range(0, len(order), sampling.batch_size):
         idx = order[start: start + sampling.batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        ids, mask = _left_pad([encoded[i] for i in idx], pad)
+        _, _, news, ended = _sample(model, ids, mask, None, sampling, pad, eos)
         for r, i in enumerate(idx):
-            ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[r, width - len(encoded[i]):] = 1
-        kwargs = dict(do_sample=False) if sampling.temperature == 0 else dict(
-            do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-        seqs = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=sampling.max_new_tokens,
-            pad_token_id=pad, eos_token_id=eos, **kwargs)
-        for r, i in enumerate(idx):
-            new = seqs[r, width:].tolist()
-            ended = eos in new
-            if ended:
-                new = new[: new.index(eos)]
-            else:
-                while new and new[-1] == pad:
-                    new.pop()
-            out[i] = Generation(tokenizer.decode(new, skip_special_tokens=True), len(new), not ended)
+            out[i] = _generation(tokenizer, news[r], ended[r])
         if progress:
             progress(len(idx))
     return out  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One round of a continued conversation: what the model read (as text, for the record) and wrote."""
+
+    prompt_text: str
+    generation: Generation
+
+
+@torch.no_grad()
+def generate_rounds(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    suffix: Callable[[int, int, Generation], str],
+    rounds: int,
+    sampling: SamplingConfig,
+    seeds: Sequence[int] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[list[Turn]]:
+    """Round 0 continues each prompt; round r ≥ 1 continues round r-1's conversation (its prompt and
+    generated ids) followed by the ids of ``suffix(r, i, previous generation)``. Returns one list of
+    ``Turn`` per round, in input order. ``seeds[r]`` seeds round r (each batch adds its offset);
+    ``progress(round, n)`` is called after each batch of each round.
+
+    With ``sampling.reuse_prefix`` the batch's KV cache is kept between rounds: positions that are not
+    part of the conversation (left padding, padding after an end-of-sequence token, the end token
+    itself) stay in the cache but are masked out, and position ids follow the mask, so each row sees
+    exactly its own conversation. Rows keep their batch across rounds in both modes.
+    """
+    seeds = list(seeds) if seeds is not None else [0] * (rounds + 1)
+    if len(seeds) != rounds + 1:
+        raise ValueError(f"need {rounds + 1} seeds (one per round), got {len(seeds)}")
+    if is_engine(model):
+        if hasattr(model, "generate_rounds"):
+            return model.generate_rounds(prompts, suffix, rounds, sampling, seeds, progress)
+        return _engine_rounds(model, prompts, suffix, rounds, sampling, seeds, progress)
+    pad, eos = _pad_eos(tokenizer)
+    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    out: list[list[Turn | None]] = [[None] * len(prompts) for _ in range(rounds + 1)]
+    for b, start in enumerate(range(0, len(order), sampling.batch_size)):
+        idx = order[start: start + sampling.batch_size]
+        convo = [list(encoded[i]) for i in idx]  # each row's conversation so far, as token ids
+        texts = [prompts[i] for i in idx]
+        ids, mask = _left_pad(convo, pad)
+        cache = None
+        for r in range(rounds + 1):
+            if r:
+                added = [suffix(r, i, out[r - 1][i].generation) for i in idx]  # type: ignore[union-attr]
+                added_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in added]
+                for row, (new, a_ids) in enumerate(zip(last_new, added_ids)):
+                    convo[row] += new + a_ids
+                texts = [t + out[r - 1][i].generation.text + a  # type: ignore[union-attr]
+                         for t, i, a in zip(texts, idx, added)]
+                if sampling.reuse_prefix:
+                    # Keep everything read and written so far; mask what is not conversation.
+                    block, block_mask = _left_pad(added_ids, pad)
+                    gen_mask = torch.zeros((len(idx), seqs.shape[1] - ids.shape[1]), dtype=torch.long)
+                    for row, new in enumerate(last_new):
+                        gen_mask[row, : len(new)] = 1
+                    ids = torch.cat([seqs, block], dim=1)
+                    mask = torch.cat([mask, gen_mask, block_mask], dim=1)
+                else:
+                    ids, mask = _left_pad(convo, pad)
+                    cache = None
+            torch.manual_seed(seeds[r] + b)
+            seqs, cache, last_new, ended = _sample(model, ids, mask, cache if sampling.reuse_prefix else None,
+                                                   sampling, pad, eos)
+            for row, i in enumerate(idx):
+                out[r][i] = Turn(texts[row], _generation(tokenizer, last_new[row], ended[row]))
+            if progress:
+                progress(r, len(idx))
+        del cache
+    return out  # type: ignore[return-value]
+
+
+def _engine_rounds(engine, prompts, suffix, rounds, sampling, seeds, progress) -> list[list[Turn]]:
+    """Rounds on an engine, at the text level: each round's prompts are the previous round's prompt,
+    completion and suffix (engines such as llama.cpp and vLLM reuse a shared prefix's cache themselves)."""
+    texts = list(prompts)
+    out: list[list[Turn]] = []
+    for r in range(rounds + 1):
+        if r:
+            texts = [t + turn.generation.text + suffix(r, i, turn.generation)
+                     for i, (t, turn) in enumerate(zip(texts, out[-1]))]
+        gens = engine.generate(texts, sampling, seed=seeds[r],
+                               progress=(lambda n, r=r: progress(r, n)) if progress else None)
+        out.append([Turn(t, g) for t, g in zip(texts, gens)])
+    return out

@@ -131,6 +131,27 @@ def prepare_tokenizer(model, tokenizer) -> None:
         gen.pad_token_id = tokenizer.pad_token_id
 
 
+def _source_kwargs(where: str, gguf: str | None, trust_remote_code: bool) -> dict:
+    kwargs: dict = dict(trust_remote_code=trust_remote_code)
+    if gguf is not None:
+        if importlib.util.find_spec("gguf") is None:
+            raise ModuleNotFoundError("loading a GGUF file needs the 'gguf' package: pip install gguf")
+        kwargs["gguf_file"] = gguf
+    elif Path(where).is_dir():
+        _check_safetensors(Path(where))
+    return kwargs
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, *, gguf_file: str | None = None, trust_remote_code: bool = False):
+    """The tokenizer of a model (same sources as ``load_model``), with a pad token and left padding."""
+    from transformers import AutoTokenizer
+
+    where, gguf = resolve_model(name_or_path, gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(where, **_source_kwargs(where, gguf, trust_remote_code))
+    prepare_tokenizer(None, tokenizer)
+    return tokenizer
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     *,
@@ -149,18 +170,11 @@ def load_model(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``… or ``"auto"`` (CUDA when available).
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     where, gguf = resolve_model(name_or_path, gguf_file)
-    kwargs: dict = dict(trust_remote_code=trust_remote_code)
-    if gguf is not None:
-        if importlib.util.find_spec("gguf") is None:
-            raise ModuleNotFoundError("loading a GGUF file needs the 'gguf' package: pip install gguf")
-        kwargs["gguf_file"] = gguf
-    else:
-        if Path(where).is_dir():
-            _check_safetensors(Path(where))
-    tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+    kwargs = _source_kwargs(where, gguf, trust_remote_code)
+    tokenizer = load_tokenizer(name_or_path, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
     model_kwargs = dict(kwargs, dtype=_torch_dtype(dtype))
     if gguf is None:
         model_kwargs["use_safetensors"] = True

@@ -53,6 +53,10 @@ class TrainConfig:
     unclosed: str = field(default="invalid", metadata={"help": "A completion that never closes the think block: 'invalid' (format penalty) or 'continuation' (judged as the answer; models without thinking tags such as SmolLM2)."})
     think_system_prompt: bool = field(default=False, metadata={"help": "Put recap.chat.THINK_SYSTEM_PROMPT in a system message of prompts that have none."})
     dtype: str = field(default="float32", metadata={"help": "Policy weights dtype (float32; GGUF weights are dequantised to it)."})
+    vllm: str = field(default="auto", metadata={"help": "Rollouts with vLLM (TRL use_vllm): auto (colocate when vLLM and a GPU are present, else off), off, colocate (vLLM shares the training GPUs), server (a `trl vllm-serve` process; see docs/scaling.md)."})
+    vllm_server_host: str = field(default="127.0.0.1", metadata={"help": "Host of the `trl vllm-serve` rollout server (vllm: server)."})
+    vllm_server_port: int = field(default=8000, metadata={"help": "Port of the rollout server (vllm: server)."})
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "GPU memory fraction vLLM may take in colocate mode (the rest is for training)."})
     use_cpu: bool = field(default=False, metadata={"help": "Force CPU even when an accelerator exists."})
     report_to: str = field(default="none", metadata={"help": "Trackers (wandb, tensorboard…). Off by default: completions on harmful prompts must not leave the machine unless you choose so."})
 
@@ -110,8 +114,27 @@ class RecapTrainer(GRPOTrainer):
         return out
 
 
+VLLM_MODES = ("auto", "off", "colocate", "server")
+
+
+def vllm_mode(cfg: TrainConfig) -> str | None:
+    """The TRL ``vllm_mode`` the run uses, or None for transformers rollouts."""
+    if cfg.vllm not in VLLM_MODES:
+        raise ValueError(f"vllm must be one of {', '.join(VLLM_MODES)}, got {cfg.vllm!r}")
+    if cfg.vllm == "off" or (cfg.vllm == "auto" and (cfg.use_cpu or not _vllm_usable())):
+        return None
+    return "colocate" if cfg.vllm == "auto" else cfg.vllm
+
+
+def _vllm_usable() -> bool:
+    from recap.engines import vllm_usable
+
+    return vllm_usable()
+
+
 def grpo_config(cfg: TrainConfig) -> GRPOConfig:
     total = cfg.prompts_per_step * cfg.num_generations
+    mode = vllm_mode(cfg)
     micro = cfg.micro_batch_size or total
     if total % micro:
         raise ValueError(f"micro_batch_size {micro} must divide prompts_per_step × num_generations = {total}")
@@ -143,6 +166,11 @@ def grpo_config(cfg: TrainConfig) -> GRPOConfig:
         log_completions=False,
         disable_tqdm=True,
         dataloader_num_workers=0,
+        use_vllm=mode is not None,
+        vllm_mode=mode or "colocate",
+        vllm_server_host=cfg.vllm_server_host,
+        vllm_server_port=cfg.vllm_server_port,
+        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
     )
 
 

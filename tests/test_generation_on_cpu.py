@@ -1,10 +1,12 @@
 """Batched sampling (recap/generation.py): left padding, input order, token counts and truncation."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from recap.chat import render_prompt
-from recap.generation import Generation, SamplingConfig, generate
+from recap.generation import Generation, SamplingConfig, generate, generate_rounds
 from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
 
 TINY = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
@@ -113,7 +115,8 @@ class _Scripted:
             new = list(self.continuations[key])[:max_new_tokens]
             rows.append(input_ids[r].tolist() + new)
         width = max(map(len, rows))
-        return torch.tensor([row + [pad_token_id] * (width - len(row)) for row in rows])
+        return SimpleNamespace(sequences=torch.tensor([row + [pad_token_id] * (width - len(row)) for row in rows]),
+                               cache=None)
 
 
 def test_eos_ends_the_text_and_truncated_flags_a_missing_eos(tok):
@@ -125,5 +128,78 @@ def test_eos_ends_the_text_and_truncated_flags_a_missing_eos(tok):
     scripted = _Scripted({tuple(ids(p_done)): ids(answer) + [eos], tuple(ids(p_cut)): ids(rambling)}, tok.pad_token_id)
     max_new = len(ids(rambling))
     done, cut = generate(scripted, tok, [p_done, p_cut], SamplingConfig(temperature=0, max_new_tokens=max_new))
-    assert done == Generation(answer, len(ids(answer)), truncated=False)
-    assert cut == Generation(rambling, max_new, truncated=True)
+    assert done == Generation(answer, len(ids(answer)), truncated=False, ids=tuple(ids(answer)))
+    assert cut == Generation(rambling, max_new, truncated=True, ids=tuple(ids(rambling)))
+
+
+@pytest.fixture(scope="module")
+def eos_model(tok):
+    """Like ``model``, but <eos> has a random embedding too, so some rows end early and others run to
+    ``max_new_tokens``: the conversations of a batch then differ in length from round to round."""
+    m = build_model(tok, TINY, seed=0)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        emb = m.get_input_embeddings().weight
+        for special in (tok.pad_token_id, tok.unk_token_id):
+            emb[special] = 0.0
+        emb[tok.eos_token_id] *= 3.0
+    return m.double().eval()
+
+
+def _suffix(r, i, gen):
+    return f" wait , round {r} . " + "the user wants to steal a car ." * (i % 3)
+
+
+def _rounds(model, tok, prompts, reuse, **kw):
+    sampling = SamplingConfig(temperature=0, max_new_tokens=10, batch_size=3, reuse_prefix=reuse)
+    return generate_rounds(model, tok, prompts, _suffix, 3, sampling, **kw)
+
+
+def _tokens_read(model, fn):
+    """Total input positions the model's forward passes read while ``fn`` runs."""
+    seen = []
+    handle = model.register_forward_pre_hook(lambda mod, args, kw: seen.append(kw["input_ids"].numel()),
+                                             with_kwargs=True)
+    try:
+        return fn(), sum(seen)
+    finally:
+        handle.remove()
+
+
+def test_rounds_with_prefix_reuse_equal_rounds_without(eos_model, tok, prompts):
+    with_reuse, read_reuse = _tokens_read(eos_model, lambda: _rounds(eos_model, tok, prompts, True))
+    without, read_plain = _tokens_read(eos_model, lambda: _rounds(eos_model, tok, prompts, False))
+    ended = [not t.generation.truncated for rnd in with_reuse for t in rnd]
+    assert any(ended) and not all(ended), "the test needs rows that end early and rows that do not"
+    for r, (a, b) in enumerate(zip(with_reuse, without)):
+        assert [t.generation.ids for t in a] == [t.generation.ids for t in b], f"round {r}"
+        assert [t.prompt_text for t in a] == [t.prompt_text for t in b]
+    assert read_reuse < read_plain  # only the suffixes (and new tokens) are read again
+
+
+def test_each_round_continues_the_previous_conversation_token_for_token(eos_model, tok, prompts):
+    """Round r's conversation is round r-1's prompt, its generated ids and the suffix's ids — the same
+    continuation a single ``generate`` call gives on exactly those ids."""
+    rounds = _rounds(eos_model, tok, prompts, True)
+    first = generate(eos_model, tok, prompts, SamplingConfig(temperature=0, max_new_tokens=10, batch_size=3))
+    assert [t.generation for t in rounds[0]] == first
+    for i, p in enumerate(prompts):
+        ids = tok(p)["input_ids"]
+        for r in (1, 2):
+            prev = rounds[r - 1][i].generation
+            ids = ids + list(prev.ids) + tok(_suffix(r, i, prev), add_special_tokens=False)["input_ids"]
+            assert rounds[r][i].prompt_text == rounds[r - 1][i].prompt_text + prev.text + _suffix(r, i, prev)
+            alone = eos_model.generate(input_ids=torch.tensor([ids]), max_new_tokens=10, do_sample=False,
+                                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[0, len(ids):]
+            alone = alone.tolist()
+            if tok.eos_token_id in alone:
+                alone = alone[: alone.index(tok.eos_token_id)]
+            assert list(rounds[r][i].generation.ids) == alone, (i, r)
+
+
+def test_rounds_need_one_seed_per_round(model, tok, prompts):
+    with pytest.raises(ValueError, match="need 4 seeds"):
+        _rounds(model, tok, prompts, True, seeds=[0, 1])

@@ -41,8 +41,15 @@ def hijack_prompt(tokenizer, messages, reasoning: str, think_close: str = THINK_
     return AttackPrompt(render_prompt(tokenizer, messages, injected), injected)
 
 
+def ipr_suffix(prefill: str, think_open: str = THINK_OPEN) -> tuple[str, str]:
+    """What one more round of iterative prefill reset appends after the previous completion:
+    ``(text appended, text injected in the new think block)``."""
+    injected = f"{IPR_RESET} {prefill}"
+    return f"\n{think_open}\n{injected}", injected
+
+
 def ipr_prompt(previous: AttackPrompt, previous_completion: str, prefill: str,
                think_open: str = THINK_OPEN) -> AttackPrompt:
     """One more round of iterative prefill reset after ``previous_completion``."""
-    injected = f"{IPR_RESET} {prefill}"
-    return AttackPrompt(f"{previous.text}{previous_completion}\n{think_open}\n{injected}", injected)
+    appended, injected = ipr_suffix(prefill, think_open)
+    return AttackPrompt(f"{previous.text}{previous_completion}{appended}", injected)

@@ -51,8 +51,15 @@ class SuiteConfig:
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Attack and sampling settings shared by all benchmarks (the per-benchmark attacks replace eval.attacks)."})
     think_system_prompt: bool = field(default=False, metadata={"help": "Put recap.chat.THINK_SYSTEM_PROMPT in a system message (models without thinking tags)."})
     held_out_from: list[str] = field(default_factory=list, metadata={"help": "Training files (any loader format); an evaluated prompt found in one is an error."})
-    dtype: str = field(default="float32", metadata={"help": "Weights dtype of the model under test."})
+    dtype: str = field(default="float32", metadata={"help": "Weights dtype of the model under test (bfloat16 halves memory; measure the metric change first, see docs/performance.md)."})
+    engine: str = field(default="auto", metadata={"help": "Generation engine: auto (vllm with a GPU and vLLM installed, else hf), hf (transformers, batched), llamacpp (GGUF files on CPU), vllm."})
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)."})
+
+    def __post_init__(self):
+        from recap.engines import ENGINES
+
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
 
 
 def _norm(text: str) -> str:
@@ -102,7 +109,7 @@ def _needs_reasoning(b: BenchmarkSpec) -> list[str]:
 def run_suite(cfg: SuiteConfig, *, model=None, tokenizer=None, log: Callable[[str], None] = lambda s: None,
               progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict]:
     """Evaluate ``cfg.model`` on every benchmark; returns ``{benchmark: metrics}``."""
-    from recap.models import load_model
+    from recap.engines import load_engine
     from recap.rewards.judges import load_judges
 
     suite = load_suite(cfg)
@@ -122,7 +129,7 @@ def run_suite(cfg: SuiteConfig, *, model=None, tokenizer=None, log: Callable[[st
             import torch
 
             torch.set_num_threads(cfg.num_threads)
-        model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
+        model, tokenizer = load_engine(cfg.engine, cfg.model, dtype=cfg.dtype, num_threads=cfg.num_threads)
     store = ResultStore(cfg.results)
     out: dict[str, dict] = {}
     for b in cfg.benchmarks:

@@ -165,17 +165,49 @@ def test_only_unfinished_stages_are_generated(model, tok, examples, tmp_path, mo
     evaluate(model, tok, examples, ToyJudge(), _cfg(attacks=["clean"]), ResultStore(path), TAG)
     store = ResultStore(path)
     assert store.done(_stage("clean")) and not store.done(_stage("prefill"))
+    calls = _count_generation(monkeypatch)
+    evaluate(model, tok, examples, ToyJudge(), _cfg(attacks=["clean", "prefill", "ipr"], ipr_rounds=1), store, TAG)
+    # prefill and ipr1 on the 2 harmful examples as one chain of 2 rounds; clean is not generated again
+    assert calls == [("rounds", 2 * N_SAMPLES, 1)]
+    assert store.done(_stage("ipr1")) and not store.done(_stage("hijack"))
+
+
+def _count_generation(monkeypatch) -> list:
     calls = []
-    real = runner.generate
+    real, real_rounds = runner.generate, runner.generate_rounds
 
     def counting(model, tokenizer, prompts, *args, **kwargs):
-        calls.append(len(prompts))
+        calls.append(("once", len(prompts)))
         return real(model, tokenizer, prompts, *args, **kwargs)
 
+    def counting_rounds(model, tokenizer, prompts, suffix, rounds, *args, **kwargs):
+        calls.append(("rounds", len(prompts), rounds))
+        return real_rounds(model, tokenizer, prompts, suffix, rounds, *args, **kwargs)
+
     monkeypatch.setattr(runner, "generate", counting)
-    evaluate(model, tok, examples, ToyJudge(), _cfg(attacks=["clean", "prefill", "ipr"], ipr_rounds=1), store, TAG)
-    assert calls == [2 * N_SAMPLES, 2 * N_SAMPLES]  # prefill and ipr1 on the 2 harmful examples, not clean
-    assert store.done(_stage("ipr1")) and not store.done(_stage("hijack"))
+    monkeypatch.setattr(runner, "generate_rounds", counting_rounds)
+    return calls
+
+
+def test_ipr_chain_resumes_from_its_last_finished_round(model, tok, examples, tmp_path, monkeypatch):
+    """A run killed after ipr1 was stored continues with ipr2..3 from the stored ipr1 conversations."""
+    path = tmp_path / "r.jsonl"
+    cfg = _cfg(attacks=["prefill", "ipr"], ipr_rounds=3)
+    full = evaluate(model, tok, examples, ToyJudge(), cfg, ResultStore(path), TAG)
+    kept = [line for line in path.read_text().splitlines()
+            if not any(f'"{_stage(s)}"' in line for s in ("ipr2", "ipr3"))]
+    path.write_text("\n".join(kept) + "\n")
+    store = ResultStore(path)
+    assert store.done(_stage("ipr1")) and not store.done(_stage("ipr2"))
+    calls = _count_generation(monkeypatch)
+    again = evaluate(model, tok, examples, ToyJudge(), cfg, store, TAG)
+    assert calls == [("rounds", 2 * N_SAMPLES, 1)]  # ipr2 and ipr3 only
+    by_round = {r: [x for x in again if x["round"] == r] for r in range(4)}
+    assert [len(v) for v in by_round.values()] == [2 * N_SAMPLES] * 4
+    assert by_round[1] == [x for x in full if x["round"] == 1]
+    for prev, cur in zip(by_round[1], by_round[2]):  # round 2 continues the stored round-1 conversation
+        assert cur["prompt_text"].startswith(prev["prompt_text"] + prev["completion"])
+        assert cur["injected"].startswith(IPR_RESET)
 
 
 def test_unclosed_think_block_is_invalid(model, tok, examples, tmp_path):
