@@ -6,7 +6,7 @@ is given the *token ids* it produces (``tokenizer(prompt_text)``, as TRL tokeniz
 engines read exactly the same prompts and their outputs can be compared side by side.
 
 * ``hf``: ``transformers`` ``generate``, batched and length-sorted, KV cache carried across IPR rounds.
-* ``llamacpp``: ``llama-cpp-python`` (``pip install recap-align[llamacpp]``; builds from source in about
+* ``llamacpp``: ``llama-cpp-python`` (``pip install -e '.[llamacpp]'``; builds from source in about
   six minutes on a 2-core machine) on the GGUF file itself, quantised weights and all. One stream at a
   time; llama.cpp keeps the KV cache of the longest common prefix with the previous request, so IPR
   rounds are run conversation by conversation to reuse it.

@@ -9,6 +9,8 @@ with ``reuse_prefix`` each batch's KV cache is carried from one round to the nex
 is read again; without it every round re-reads the whole conversation. Both read the same token ids
 in the same batches, so greedy outputs agree (up to floating-point ties).
 
+``generate`` also reads a prompt once when a batch holds several samples of it (``samples_per_prompt``).
+
 ``model`` may also be an *engine* (``recap.engines``: llama.cpp, vLLM) — any object with
 ``generate(prompts, sampling, seed, progress)`` — in which case the call is handed to it.
 """
@@ -29,7 +31,7 @@ class SamplingConfig:
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
     max_new_tokens: int = field(default=64, metadata={"help": "Longest continuation, in tokens."})
     batch_size: int = field(default=64, metadata={"help": "Prompts per forward batch (sorted by length, so a batch holds prompts of similar length)."})
-    reuse_prefix: bool = field(default=True, metadata={"help": "Carry each batch's KV cache from one round of a continued conversation to the next (iterative prefill reset), so only the new text is read."})
+    reuse_prefix: bool = field(default=True, metadata={"help": "Read a shared prefix once: the prompt of several samples of the same prompt, and each batch's conversation from one round of iterative prefill reset to the next (its KV cache is carried over, so only the new text is read)."})
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,25 @@ def _pad_eos(tokenizer) -> tuple[int, int]:
     return (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos), eos
 
 
+def _shared_prompt_cache(model, ids, mask, rows):
+    """The KV cache of a batch whose rows repeat prompts (several samples per prompt): each distinct
+    prompt is read once (all but its last token) and its cache copied to every row that holds it.
+    None when all prompts of the batch differ. Identical prompts sort next to each other, so the
+    samples of a prompt share a batch."""
+    first: dict[tuple, int] = {}
+    inverse = [first.setdefault(tuple(r), len(first)) for r in rows]
+    if len(first) == len(rows) or ids.shape[1] < 2:
+        return None
+    device = next(model.parameters()).device
+    keys = list(first)
+    distinct = torch.tensor([inverse.index(k) for k in range(len(keys))])
+    u_ids, u_mask = ids[distinct, :-1].to(device), mask[distinct, :-1].to(device)
+    positions = (u_mask.cumsum(-1) - 1).clamp(min=0)
+    cache = model(input_ids=u_ids, attention_mask=u_mask, position_ids=positions, use_cache=True).cache
+    cache.batch_select_indices(torch.tensor(inverse, device=device))
+    return cache
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -114,8 +135,10 @@ def generate(
     pad, eos = _pad_eos(tokenizer)
     for start in range(0, len(order), sampling.batch_size):
         idx = order[start: start + sampling.batch_size]
-        ids, mask = _left_pad([encoded[i] for i in idx], pad)
-        _, _, news, ended = _sample(model, ids, mask, None, sampling, pad, eos)
+        rows = [encoded[i] for i in idx]
+        ids, mask = _left_pad(rows, pad)
+        cache = _shared_prompt_cache(model, ids, mask, rows) if sampling.reuse_prefix else None
+        _, _, news, ended = _sample(model, ids, mask, cache, sampling, pad, eos)
         for r, i in enumerate(idx):
             out[i] = _generation(tokenizer, news[r], ended[r])
         if progress:

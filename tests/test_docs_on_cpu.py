@@ -26,7 +26,8 @@ def test_shipped_configs_load():
     classes = {"toy/mixture.yaml": MixtureConfig, "toy/train.yaml": TrainConfig, "toy/eval.yaml": EvalConfig,
                "toy/demo.yaml": DemoConfig, "recap-dapo.yaml": TrainConfig,
                "smollm2/prefills.yaml": PrefillConfig, "smollm2/mixture.yaml": MixtureConfig,
-               "smollm2/eval.yaml": SuiteConfig, "smollm2/train.yaml": TrainConfig,
+               "smollm2/eval.yaml": SuiteConfig, "smollm2/eval-full.yaml": SuiteConfig,
+               "smollm2/train.yaml": TrainConfig,
                "judges/strongreject-rubric.yaml": RubricConfig, "judges/overrefusal-rubric.yaml": RubricConfig}
     files = sorted((ROOT / "configs").rglob("*.yaml"))
     names = {f.relative_to(ROOT / "configs").as_posix(): f for f in files}

@@ -203,3 +203,20 @@ def test_each_round_continues_the_previous_conversation_token_for_token(eos_mode
 def test_rounds_need_one_seed_per_round(model, tok, prompts):
     with pytest.raises(ValueError, match="need 4 seeds"):
         _rounds(model, tok, prompts, True, seeds=[0, 1])
+
+
+def test_samples_of_one_prompt_read_the_prompt_once(model, tok, prompts):
+    """Several samples per prompt: the batch's distinct prompts are read once and their cache shared;
+    outputs (greedy, and sampled with the same seed) are those of reading every row in full."""
+    repeated = [p for p in prompts[:3] for _ in range(3)] + [prompts[3]]
+    for temperature in (0, 1.0):
+        runs = {}
+        for reuse in (True, False):
+            sampling = SamplingConfig(temperature=temperature, max_new_tokens=NEW, batch_size=16, reuse_prefix=reuse)
+            runs[reuse] = _tokens_read(model, lambda: generate(model, tok, repeated, sampling, seed=3))
+        (shared, read_shared), (plain, read_plain) = runs[True], runs[False]
+        assert [g.ids for g in shared] == [g.ids for g in plain]
+        prompt_tokens = sum(_lens(tok, repeated))
+        distinct_tokens = sum(_lens(tok, prompts[:4]))
+        assert read_plain - read_shared == pytest.approx(prompt_tokens - distinct_tokens, abs=len(repeated) * 40)
+        assert read_shared < read_plain

@@ -86,7 +86,7 @@ def evaluate(model, tokenizer, examples: list[Example], judge: Judge, cfg: EvalC
                 "prompt": e.user_text(), "injected": p.injected, "prompt_text": p.text, "completion": g.text,
                 "answer": s.answer, "label": label, "score": score, "reflected": has_reflection(own_reasoning),
                 "reasoning_tokens": ntok(own_reasoning), "answer_tokens": ntok(s.answer),
-                "truncated": g.truncated,
+                "new_tokens": g.n_tokens, "truncated": g.truncated,
             })
         store.add_stage(stage, records)
         log(f"  {name}: {len(records)} samples")
