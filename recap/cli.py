@@ -26,6 +26,8 @@ judge_app = typer.Typer(no_args_is_help=True, help="Fit, evaluate and apply refu
 app.add_typer(data_app, name="data")
 app.add_typer(judge_app, name="judge")
 app.add_typer(toy_app, name="toy")
+export_app = typer.Typer(no_args_is_help=True, help="Hand a RECAP mixture to another RL framework.")
+app.add_typer(export_app, name="export")
 err = Console(stderr=True)
 out = Console()
 
@@ -199,6 +201,31 @@ def data_mix(
     write_examples(out_file, mixed)
     out.print(f"{out_file}: {len(mixed)} examples, {sum(1 for e in mixed if e.prefill)} prefilled "
               f"(α={cfg.alpha}, ℓ={cfg.prefill_words}, seed={cfg.seed})")
+
+
+@export_app.command("verl")
+@friendly_errors
+def export_verl_cmd(
+    file: Path = typer.Argument(..., help="A RECAP mixture (`recap data mix` output, JSONL/Parquet)."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for train.parquet and recap_reward.py."),
+    model: Optional[str] = typer.Option(None, help="Policy whose chat template renders extra_info.prompt_text (template + think block + prefill); without it prompt_text is empty."),
+    judge: str = typer.Option("rules", help="Judge spec the reward module uses (as in TrainConfig.judge)."),
+    unclosed: str = typer.Option("invalid", help="A response that never closes the think block: invalid or continuation."),
+    format_penalty: float = typer.Option(0.0, help="Reward of a response with no final answer."),
+):
+    """verl's Parquet schema (data_source, prompt, ability, reward_model, extra_info with the prefill) and
+    a reward module with verl's compute_score signature that calls recap's judges."""
+    from recap.data.examples import read_examples
+    from recap.verl import export_verl
+
+    tokenizer = None
+    if model:
+        from recap.models import load_tokenizer
+
+        tokenizer = load_tokenizer(model)
+    paths = export_verl(read_examples(file), out_dir, tokenizer=tokenizer, judge=judge, unclosed=unclosed,
+                        format_penalty=format_penalty)
+    out.print(f"{paths['data']}\n{paths['reward']}")
 
 
 @data_app.command("prefill")

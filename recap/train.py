@@ -9,6 +9,7 @@ as an option: dropped groups are masked out of the token-level loss and counted 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ class TrainConfig:
     judge: str = field(default="rules", metadata={"help": "Judge of every kind's reward: rules, rules:<family>, toy, classifier:<file>, guard:<yaml> (see recap.rewards.judges.load_judge)."})
     judges: dict[str, str] = field(default_factory=dict, metadata={"help": "Per-kind judge overrides, e.g. {harmful: 'guard:configs/guard.yaml'}; kinds not named use `judge`."})
     num_generations: int = field(default=16, metadata={"help": "Rollouts per prompt (the group of GRPO/DAPO); the paper uses 16."})
-    prompts_per_step: int = field(default=8, metadata={"help": "Prompts per optimizer step (batch = prompts × generations)."})
+    prompts_per_step: int = field(default=8, metadata={"help": "Prompts per optimizer step over all processes (global batch = prompts × generations)."})
     max_steps: int = field(default=100, metadata={"help": "Optimizer steps."})
     learning_rate: float = field(default=1e-6, metadata={"help": "Learning rate (DAPO uses 1e-6 for 7–32B models; tiny models need far more)."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name."})
@@ -47,7 +48,7 @@ class TrainConfig:
     logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's default)."})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute activations in the backward pass (TRL's default; saves memory on real models, costs ~40% extra compute — turn off for tiny models)."})
-    micro_batch_size: int = field(default=0, metadata={"help": "Completions per forward/backward pass (gradient accumulation over the step's prompts × generations; the token-level loss is normalised over the whole step). 0: the whole step in one pass."})
+    micro_batch_size: int = field(default=0, metadata={"help": "Completions per forward/backward pass on each process (gradient accumulation over the step's prompts × generations; the token-level loss is normalised over the whole step). 0: the process's whole share of the step in one pass. With several processes, prompts_per_step × num_generations is the global batch, split across them; a multiple of num_generations keeps each prompt's group on one process."})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank (peft); 0 trains every weight. The final model is saved merged."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling α."})
     unclosed: str = field(default="invalid", metadata={"help": "A completion that never closes the think block: 'invalid' (format penalty) or 'continuation' (judged as the answer; models without thinking tags such as SmolLM2)."})
@@ -57,6 +58,7 @@ class TrainConfig:
     vllm_server_host: str = field(default="127.0.0.1", metadata={"help": "Host of the `trl vllm-serve` rollout server (vllm: server)."})
     vllm_server_port: int = field(default=8000, metadata={"help": "Port of the rollout server (vllm: server)."})
     vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "GPU memory fraction vLLM may take in colocate mode (the rest is for training)."})
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed-precision training (GPUs; the paper trained in bf16 with DeepSpeed ZeRO-3). Must match the accelerate config's mixed_precision."})
     use_cpu: bool = field(default=False, metadata={"help": "Force CPU even when an accelerator exists."})
     report_to: str = field(default="none", metadata={"help": "Trackers (wandb, tensorboard…). Off by default: completions on harmful prompts must not leave the machine unless you choose so."})
 
@@ -117,6 +119,11 @@ class RecapTrainer(GRPOTrainer):
 VLLM_MODES = ("auto", "off", "colocate", "server")
 
 
+def world_size() -> int:
+    """Processes of this run (``WORLD_SIZE``, set by ``accelerate launch`` and ``torchrun``; 1 otherwise)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def vllm_mode(cfg: TrainConfig) -> str | None:
     """The TRL ``vllm_mode`` the run uses, or None for transformers rollouts."""
     if cfg.vllm not in VLLM_MODES:
@@ -135,9 +142,11 @@ def _vllm_usable() -> bool:
 def grpo_config(cfg: TrainConfig) -> GRPOConfig:
     total = cfg.prompts_per_step * cfg.num_generations
     mode = vllm_mode(cfg)
-    micro = cfg.micro_batch_size or total
-    if total % micro:
-        raise ValueError(f"micro_batch_size {micro} must divide prompts_per_step × num_generations = {total}")
+    world = world_size()
+    micro = cfg.micro_batch_size or total // world
+    if total % (micro * world):
+        raise ValueError(f"micro_batch_size {micro} × {world} process(es) must divide prompts_per_step × "
+                         f"num_generations = {total}")
     return GRPOConfig(
         output_dir=cfg.output_dir,
         loss_type=cfg.loss_type,
@@ -146,7 +155,7 @@ def grpo_config(cfg: TrainConfig) -> GRPOConfig:
         beta=cfg.beta,
         num_generations=cfg.num_generations,
         per_device_train_batch_size=micro,
-        gradient_accumulation_steps=total // micro,
+        gradient_accumulation_steps=total // (micro * world),
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler_type,
@@ -162,7 +171,7 @@ def grpo_config(cfg: TrainConfig) -> GRPOConfig:
         report_to=cfg.report_to,
         use_cpu=cfg.use_cpu,
         gradient_checkpointing=cfg.gradient_checkpointing,
-        bf16=False,
+        bf16=cfg.bf16,
         log_completions=False,
         disable_tqdm=True,
         dataloader_num_workers=0,
@@ -210,11 +219,15 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
     trainer = build_trainer(cfg, examples)
     has_ckpt = out.exists() and any(p.name.startswith("checkpoint-") for p in out.iterdir())
     trainer.train(resume_from_checkpoint=True if has_ckpt else None)
-    model = trainer.model
-    if hasattr(model, "merge_and_unload"):  # LoRA: save a plain model the evaluation can load
-        model = model.merge_and_unload()
-    model.save_pretrained(str(final), safe_serialization=True)
-    trainer.processing_class.save_pretrained(str(final))
-    (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    accelerator = trainer.accelerator
+    accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(trainer.model)
+    if accelerator.is_main_process:  # one writer; every rank holds the same weights
+        if hasattr(model, "merge_and_unload"):  # LoRA: save a plain model the evaluation can load
+            model = model.merge_and_unload()
+        model.save_pretrained(str(final), safe_serialization=True)
+        trainer.processing_class.save_pretrained(str(final))
+        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    accelerator.wait_for_everyone()
     return final

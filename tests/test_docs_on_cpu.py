@@ -27,9 +27,10 @@ def test_shipped_configs_load():
                "toy/demo.yaml": DemoConfig, "recap-dapo.yaml": TrainConfig,
                "smollm2/prefills.yaml": PrefillConfig, "smollm2/mixture.yaml": MixtureConfig,
                "smollm2/eval.yaml": SuiteConfig, "smollm2/eval-full.yaml": SuiteConfig,
-               "smollm2/train.yaml": TrainConfig,
+               "smollm2/train.yaml": TrainConfig, "scale/recap-8b.yaml": TrainConfig,
+               "scale/recap-8b-vllm-server.yaml": TrainConfig,
                "judges/strongreject-rubric.yaml": RubricConfig, "judges/overrefusal-rubric.yaml": RubricConfig}
-    files = sorted((ROOT / "configs").rglob("*.yaml"))
+    files = sorted(f for f in (ROOT / "configs").rglob("*.yaml") if f.parent.name != "accelerate")
     names = {f.relative_to(ROOT / "configs").as_posix(): f for f in files}
     assert set(names) == set(classes)
     for name, f in names.items():
@@ -43,3 +44,23 @@ def test_demo_yaml_spells_out_the_demo_defaults():
     from recap.demo import DemoConfig
 
     assert asdict(load_config(DemoConfig, ROOT / "configs" / "toy" / "demo.yaml")) == asdict(DemoConfig())
+
+
+def test_accelerate_launch_configs_load_and_match_the_train_configs():
+    """The launch configs are valid for `accelerate launch`, in bf16 like the training configs they launch."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from recap.train import TrainConfig, vllm_mode
+
+    kinds = {}
+    for f in sorted((ROOT / "configs" / "accelerate").glob("*.yaml")):
+        c = load_config_from_file(str(f))
+        assert c.mixed_precision == "bf16" and not c.use_cpu
+        kinds[f.stem] = str(c.distributed_type).split(".")[-1]
+        if f.stem == "zero3":
+            assert c.deepspeed_config["zero_stage"] == 3
+    assert kinds == {"ddp": "MULTI_GPU", "fsdp": "FSDP", "zero3": "DEEPSPEED"}
+    for name, mode in (("recap-8b", "colocate"), ("recap-8b-vllm-server", "server")):
+        cfg = load_config(TrainConfig, ROOT / "configs" / "scale" / f"{name}.yaml")
+        assert (cfg.num_generations, cfg.epsilon, cfg.epsilon_high, cfg.max_completion_length) == (16, 0.2, 0.28, 8000)
+        assert cfg.bf16 and cfg.vllm == mode and vllm_mode(cfg) == mode and cfg.report_to == "none"
