@@ -167,7 +167,7 @@ def main(argv=None) -> dict:
     for mode, r in result["modes"].items():
         r["speedup_vs_sequential"] = r["tokens_per_s"] / seq if seq else None
         print(f"  {mode:<17} {r['new_tokens']:7d} {r['seconds']:7.2f} {r['tokens_per_s']:7.1f} "
-              f"{(r['speedup_vs_sequential'] or 0):5.2f}x {str(r['identical_to_fp32_batched']) + '/' + str(len(prompts)):>21} "
+              f"{format(r['speedup_vs_sequential'], '5.2f') + 'x' if r['speedup_vs_sequential'] else '     -'} {str(r['identical_to_fp32_batched']) + '/' + str(len(prompts)):>21} "
               f"{'' if r['metric'] is None else format(r['metric'], '.1f'):>10}")
     if "llamacpp" in result["modes"] and "batched-sorted" in result["modes"]:
         ratio = result["modes"]["batched-sorted"]["tokens_per_s"] / result["modes"]["llamacpp"]["tokens_per_s"]

@@ -49,6 +49,7 @@ class TrainConfig:
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's default)."})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute activations in the backward pass (TRL's default; saves memory on real models, costs ~40% extra compute — turn off for tiny models)."})
     micro_batch_size: int = field(default=0, metadata={"help": "Completions per forward/backward pass on each process (gradient accumulation over the step's prompts × generations; the token-level loss is normalised over the whole step). 0: the process's whole share of the step in one pass. With several processes, prompts_per_step × num_generations is the global batch, split across them; a multiple of num_generations keeps each prompt's group on one process."})
+    loss_length_buckets: int = field(default=2, metadata={"help": "Run each micro-batch's loss pass in this many chunks of rows with similar lengths, each trimmed of its own padding (TRL pads every row to the longest prompt of the generation batch, and prefilled prompts are the longest). Same loss and gradient up to float rounding; 1 turns it off."})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank (peft); 0 trains every weight. The final model is saved merged."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling α."})
     unclosed: str = field(default="invalid", metadata={"help": "A completion that never closes the think block: 'invalid' (format penalty) or 'continuation' (judged as the answer; models without thinking tags such as SmolLM2)."})
@@ -79,11 +80,54 @@ class RecapTrainer(GRPOTrainer):
     surviving groups. ``dynamic_sampling/dropped_groups`` is logged every step.
     """
 
-    def __init__(self, *args, dynamic_sampling: bool = False, dynamic_sampling_tau: float = 1.0, **kwargs):
+    def __init__(self, *args, dynamic_sampling: bool = False, dynamic_sampling_tau: float = 1.0,
+                 loss_length_buckets: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
         self.dynamic_sampling = dynamic_sampling
         self.dynamic_sampling_tau = dynamic_sampling_tau
+        self.loss_length_buckets = loss_length_buckets
         self._last_rewards: torch.Tensor | None = None
+
+    def length_buckets(self, inputs: dict) -> list[dict] | None:
+        """Split a micro-batch into ``loss_length_buckets`` chunks of rows sorted by length, each with the
+        prompt's left padding and the completion's right padding that no row of the chunk needs trimmed
+        off. None when that would not save at least 10 % of the padded positions.
+
+        Trimming is exact: dropped columns are masked for every row of the chunk, and left padding only
+        shifts absolute positions, which rotary attention does not see (relative positions are kept)."""
+        k = self.loss_length_buckets
+        prompt_mask, completion_mask = inputs["prompt_mask"], inputs["completion_mask"]
+        rows, width = prompt_mask.shape[0], prompt_mask.shape[1] + completion_mask.shape[1]
+        if k <= 1 or rows < 2:
+            return None
+        length = prompt_mask.sum(1) * (completion_mask.shape[1] + 1) + completion_mask.sum(1)
+        order = torch.argsort(length, stable=True)
+        chunks = [c for c in torch.tensor_split(order, min(k, rows)) if len(c)]
+        out, cost = [], 0
+        for idx in chunks:
+            pm, cm = prompt_mask[idx], completion_mask[idx]
+            first = int(pm.any(0).float().argmax()) if pm.any() else pm.shape[1]
+            last = int(cm.any(0).nonzero().max()) + 1 if cm.any() else 1
+            chunk = {}
+            for key, value in inputs.items():
+                if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == rows:
+                    value = value[idx]
+                    if key.startswith("prompt_") and value.dim() == 2:
+                        value = value[:, first:]
+                    elif value.dim() == 2 and value.shape[1] == cm.shape[1]:
+                        value = value[:, :last]
+                chunk[key] = value
+            out.append(chunk)
+            cost += len(idx) * (pm.shape[1] - first + last)
+        return out if cost <= 0.9 * rows * width else None
+
+    def _compute_loss(self, model, inputs):
+        chunks = self.length_buckets(inputs)
+        if chunks is None:
+            return super()._compute_loss(model, inputs)
+        # The DAPO normaliser is the step's token count (num_items_in_batch), the same for every chunk,
+        # so the chunks' losses add up to the micro-batch's loss.
+        return sum(super(RecapTrainer, self)._compute_loss(model, chunk) for chunk in chunks)
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -206,6 +250,7 @@ def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model
         model=model, processing_class=tokenizer, reward_funcs=[reward], args=grpo_config(cfg),
         train_dataset=Dataset.from_list(rl_rows(examples, tokenizer, cfg.think_system_prompt)),
         dynamic_sampling=cfg.dynamic_sampling, dynamic_sampling_tau=cfg.dynamic_sampling_tau,
+        loss_length_buckets=cfg.loss_length_buckets,
     )
 
 

@@ -127,5 +127,42 @@ def test_micro_batches_give_the_same_update_as_one_pass(tok, tmp_path):
 
 
 def test_micro_batch_must_divide_the_step(tmp_path):
-    with pytest.raises(ValueError, match="micro_batch_size 4 must divide prompts_per_step × num_generations = 6"):
+    with pytest.raises(ValueError, match=r"micro_batch_size 4 × 1 process\(es\) must divide prompts_per_step × num_generations = 6"):
         grpo_config(_cfg(tmp_path, micro_batch_size=4))
+
+
+def test_length_buckets_give_the_same_loss_and_gradient_with_less_padding(tok, tmp_path):
+    """The loss pass in length-sorted chunks, each trimmed of its own padding, equals the padded pass."""
+    model = build_model(tok, TINY, 0).double()
+    examples = _examples() + [Example(id="b", kind="benign", prompt="how do i kill a python process ?")]
+    trainer = build_trainer(_cfg(tmp_path, prompts_per_step=3, max_completion_length=8, temperature=1.5),
+                            examples, model=model, tokenizer=tok)
+    trainer.reward_funcs = [lambda prompts, completions, **kw: [float(len(c)) for c in completions]]
+    trainer.reward_func_names = ["length"]
+    rows = rl_rows(examples, tok)
+    torch.manual_seed(0)
+    inputs = trainer._generate_and_score_completions([r for r in rows for _ in range(3)])
+    assert inputs["prompt_mask"].sum(1).unique().numel() == 3  # three prompt lengths, one long (prefilled)
+    trainer.current_gradient_accumulation_steps = 1  # set by train(); one pass here
+    model.train()
+    results = {}
+    for k in (1, 2, 3):
+        trainer.loss_length_buckets = k
+        chunks = trainer.length_buckets(inputs)
+        model.zero_grad()
+        loss = trainer.compute_loss(model, inputs)
+        loss.backward()
+        results[k] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+                      chunks)
+    assert results[1][2] is None
+    chunks = results[3][2]
+    assert [c["prompt_ids"].shape[0] for c in chunks] == [3, 3, 3]
+    assert sum(c["prompt_ids"].shape[1] for c in chunks) < 3 * inputs["prompt_ids"].shape[1]  # padding trimmed
+    for c in chunks:
+        assert c["prompt_mask"][:, 0].any() and c["completion_mask"][:, -1].any()
+    scale = max(g.abs().max().item() for g in results[1][1].values())
+    assert scale > 0
+    for k in (2, 3):  # advantages are float32: sums in another order differ by ~1e-8
+        torch.testing.assert_close(results[k][0], results[1][0], atol=1e-6, rtol=0)
+        for n, g in results[1][1].items():
+            torch.testing.assert_close(results[k][1][n], g, atol=1e-6 * scale, rtol=1e-5)
