@@ -152,12 +152,23 @@ class VLLMEngine:
         return out
 
 
-def load_engine(name: str, model: str, *, dtype: str = "float32", num_threads: int = 0, n_ctx: int = 0):
+def resolve_dtype(dtype: str) -> str:
+    """``auto`` → bfloat16 on a CUDA GPU (the precision reasoning models are trained and served in),
+    float32 on CPU (where bf16 changed most greedy outputs of SmolLM2-135M; see docs/performance.md)."""
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+def load_engine(name: str, model: str, *, dtype: str = "auto", num_threads: int = 0, n_ctx: int = 0):
     """``(model_or_engine, tokenizer)`` for ``recap.generation.generate``. ``model`` as for
     ``recap.models.load_model`` (the llama.cpp engine needs a GGUF file or ``smollm2-135m``)."""
     from recap.models import load_model, load_tokenizer, resolve_model
 
     engine = resolve_engine(name)
+    dtype = resolve_dtype(dtype)
     if engine == "hf":
         return load_model(model, dtype=dtype, device="auto")
     tokenizer = load_tokenizer(model)

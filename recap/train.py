@@ -49,7 +49,7 @@ class TrainConfig:
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's default)."})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute activations in the backward pass (TRL's default; saves memory on real models, costs ~40% extra compute — turn off for tiny models)."})
     micro_batch_size: int = field(default=0, metadata={"help": "Completions per forward/backward pass on each process (gradient accumulation over the step's prompts × generations; the token-level loss is normalised over the whole step). 0: the process's whole share of the step in one pass. With several processes, prompts_per_step × num_generations is the global batch, split across them; a multiple of num_generations keeps each prompt's group on one process."})
-    loss_length_buckets: int = field(default=2, metadata={"help": "Run each micro-batch's loss pass in this many chunks of rows with similar lengths, each trimmed of its own padding (TRL pads every row to the longest prompt of the generation batch, and prefilled prompts are the longest). Same loss and gradient up to float rounding; 1 turns it off."})
+    loss_length_buckets: int = field(default=2, metadata={"help": "Run each micro-batch's loss pass in this many chunks of rows with similar lengths, each trimmed of its own padding (TRL pads every row to the longest prompt of the generation batch, and prefilled prompts are the longest). Same loss and gradient up to float rounding; 1 turns it off. Single-process runs only (with several processes each forward must pair with one backward)."})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank (peft); 0 trains every weight. The final model is saved merged."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling α."})
     unclosed: str = field(default="invalid", metadata={"help": "A completion that never closes the think block: 'invalid' (format penalty) or 'continuation' (judged as the answer; models without thinking tags such as SmolLM2)."})
@@ -96,6 +96,10 @@ class RecapTrainer(GRPOTrainer):
         Trimming is exact: dropped columns are masked for every row of the chunk, and left padding only
         shifts absolute positions, which rotary attention does not see (relative positions are kept)."""
         k = self.loss_length_buckets
+        if self.accelerator.num_processes > 1:
+            # DDP (and the sharded engines) pair each forward with one backward and one gradient
+            # reduction; several forwards per backward would desynchronise the ranks' collectives.
+            return None
         prompt_mask, completion_mask = inputs["prompt_mask"], inputs["completion_mask"]
         rows, width = prompt_mask.shape[0], prompt_mask.shape[1] + completion_mask.shape[1]
         if k <= 1 or rows < 2:

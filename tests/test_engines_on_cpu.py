@@ -198,3 +198,12 @@ def test_llamacpp_on_the_real_gguf_agrees_with_transformers_on_the_same_weights(
                             seeds=[0, 1])
     assert turns[0][0].generation == a[0]
     assert turns[1][0].prompt_text == prompts[0] + a[0].text + "\n<think>\nWait, let me restart."
+
+
+@pytest.mark.parametrize("cuda, expected", [(False, "float32"), (True, "bfloat16")])
+def test_auto_dtype_is_bf16_on_gpus_only(monkeypatch, cuda, expected):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert engines.resolve_dtype("auto") == expected
+    assert engines.resolve_dtype("float32") == "float32"
