@@ -101,13 +101,12 @@ def _shared_prompt_cache(model, ids, mask, rows):
     prompt is read once (all but its last token) and its cache copied to every row that holds it.
     None when all prompts of the batch differ. Identical prompts sort next to each other, so the
     samples of a prompt share a batch."""
-    first: dict[tuple, int] = {}
-    inverse = [first.setdefault(tuple(r), len(first)) for r in rows]
-    if len(first) == len(rows) or ids.shape[1] < 2:
+    groups: dict[tuple, int] = {}
+    inverse = [groups.setdefault(tuple(r), len(groups)) for r in rows]  # each row's distinct prompt
+    if len(groups) == len(rows) or ids.shape[1] < 2:
         return None
     device = next(model.parameters()).device
-    keys = list(first)
-    distinct = torch.tensor([inverse.index(k) for k in range(len(keys))])
+    distinct = torch.tensor([inverse.index(g) for g in range(len(groups))])  # first row of each prompt
     u_ids, u_mask = ids[distinct, :-1].to(device), mask[distinct, :-1].to(device)
     positions = (u_mask.cumsum(-1) - 1).clamp(min=0)
     cache = model(input_ids=u_ids, attention_mask=u_mask, position_ids=positions, use_cache=True).cache

@@ -144,10 +144,14 @@ def _source_kwargs(where: str, gguf: str | None, trust_remote_code: bool) -> dic
 
 def load_tokenizer(name_or_path: str | os.PathLike, *, gguf_file: str | None = None, trust_remote_code: bool = False):
     """The tokenizer of a model (same sources as ``load_model``), with a pad token and left padding."""
+    where, gguf = resolve_model(name_or_path, gguf_file)
+    return _tokenizer(where, _source_kwargs(where, gguf, trust_remote_code))
+
+
+def _tokenizer(where: str, kwargs: dict):
     from transformers import AutoTokenizer
 
-    where, gguf = resolve_model(name_or_path, gguf_file)
-    tokenizer = AutoTokenizer.from_pretrained(where, **_source_kwargs(where, gguf, trust_remote_code))
+    tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
     prepare_tokenizer(None, tokenizer)
     return tokenizer
 
@@ -174,7 +178,7 @@ def load_model(
 
     where, gguf = resolve_model(name_or_path, gguf_file)
     kwargs = _source_kwargs(where, gguf, trust_remote_code)
-    tokenizer = load_tokenizer(name_or_path, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+    tokenizer = _tokenizer(where, kwargs)
     model_kwargs = dict(kwargs, dtype=_torch_dtype(dtype))
     if gguf is None:
         model_kwargs["use_safetensors"] = True

@@ -28,15 +28,23 @@ def model(tok):
     would hide padding bugs; larger weights make each continuation depend on the whole prompt, float64
     keeps greedy argmaxes away from round-off ties, and zeroed rows for <pad>/<unk>/<eos> keep those
     tokens out of the output (their logits are 0 while the others are far from 0)."""
+    return _random_model(tok, seed=0, silent=(tok.pad_token_id, tok.unk_token_id, tok.eos_token_id))
+
+
+def _random_model(tok, seed, silent, eos_scale=1.0):
+    """TINY with N(0, 0.5²) weights drawn with ``seed``, float64; the ``silent`` tokens' embedding rows are
+    zeroed (their logits are 0 while the others are far from 0, so they are never chosen) and <eos>'s row
+    is scaled by ``eos_scale``."""
     m = build_model(tok, TINY, seed=0)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in m.parameters():
             if p.dim() > 1:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
         emb = m.get_input_embeddings().weight
-        for special in (tok.pad_token_id, tok.unk_token_id, tok.eos_token_id):
+        for special in silent:
             emb[special] = 0.0
+        emb[tok.eos_token_id] *= eos_scale
     return m.double().eval()
 
 
@@ -136,17 +144,7 @@ def test_eos_ends_the_text_and_truncated_flags_a_missing_eos(tok):
 def eos_model(tok):
     """Like ``model``, but <eos> has a random embedding too, so some rows end early and others run to
     ``max_new_tokens``: the conversations of a batch then differ in length from round to round."""
-    m = build_model(tok, TINY, seed=0)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-        emb = m.get_input_embeddings().weight
-        for special in (tok.pad_token_id, tok.unk_token_id):
-            emb[special] = 0.0
-        emb[tok.eos_token_id] *= 3.0
-    return m.double().eval()
+    return _random_model(tok, seed=1, silent=(tok.pad_token_id, tok.unk_token_id), eos_scale=3.0)
 
 
 def _suffix(r, i, gen):
