@@ -25,11 +25,12 @@ def cache_key(*parts) -> str:
 class JsonlCache:
     """Thread-safe ``key -> row`` store backed by one JSONL file (``None`` path: memory only)."""
 
-    def __init__(self, path: str | os.PathLike | None):
+    def __init__(self, path: str | os.PathLike | None, hint: str = "delete the cache file to recompute"):
         self.path = Path(path) if path else None
         self.rows: dict[str, dict] = {}
         self._lock = threading.Lock()
         self._torn_at: int | None = None  # byte offset of a torn last line, cut before the next append
+        self.torn_line: int | None = None  # its line number, for the caller to report
         if self.path is None or not self.path.exists():
             return
         lines = self.path.read_text(encoding="utf-8").split("\n")
@@ -41,8 +42,9 @@ class JsonlCache:
             except json.JSONDecodeError:
                 if n >= len(lines) - 1:  # the last line of a killed run: recompute it
                     self._torn_at = len("".join(x + "\n" for x in lines[: n - 1]).encode("utf-8"))
+                    self.torn_line = n
                     continue
-                raise DataError(self.path, n, None, "not valid JSON (delete the cache file to recompute)") from None
+                raise DataError(self.path, n, None, f"not valid JSON ({hint})") from None
             if not isinstance(row, dict) or not isinstance(row.get("key"), str):
                 raise DataError(self.path, n, "key", "missing (not a recap cache file?)")
             self.rows[row["key"]] = row

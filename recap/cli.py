@@ -110,7 +110,7 @@ def eval_(
     model: Optional[str] = typer.Option(None, help="Model: hub id, folder, .gguf or smollm2-135m (overrides the suite's)."),
     data: Optional[Path] = typer.Option(None, help="One evaluation file (recap JSONL/Parquet; harmful/benign rows need counter_reasoning for attacks). Use --suite for benchmark files."),
     suite: Optional[Path] = typer.Option(None, help="YAML SuiteConfig: benchmarks, limits, attacks, judge, prefill generator (see configs/smollm2/eval.yaml)."),
-    results: Optional[Path] = typer.Option(None, help="JSONL results store (appended; finished stages are skipped on rerun)."),
+    results: Optional[Path] = typer.Option(None, help="JSONL results store (appended as results are judged; a rerun skips what is stored)."),
     name: Optional[str] = typer.Option(None, help="Method name recorded with each result (e.g. base, vanilla, recap)."),
     judge: Optional[str] = typer.Option(None, help="Judge spec: rules, rules:<family>, toy, classifier:<file>, guard:<yaml>."),
     config: Optional[Path] = typer.Option(None, help="YAML EvalConfig (with --data)."),
@@ -146,7 +146,7 @@ def eval_(
     mdl, tok = load_engine(engine or "auto", model)
     with progress_bars() as progress:
         records = evaluate(mdl, tok, examples, load_judges(judge or "rules"), cfg, ResultStore(results),
-                           {"method": name or "model", "seed": cfg.seed},
+                           {"method": name or "model", "model": model, "seed": cfg.seed},
                            log=lambda s: err.print(s, highlight=False), progress=progress)
     out.print_json(json.dumps(compute_metrics(records)))
 
@@ -164,7 +164,7 @@ def report(
 
     records = [r for p in results for r in ResultStore(p).records()]
     if not records:
-        raise ValueError("the result stores hold no finished evaluation stage")
+        raise ValueError("the result stores hold no results")
     summary = write_report(records, out_dir, title=title)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     out.print(f"report: {out_dir / 'report.html'}")

@@ -1,54 +1,53 @@
-"""The JSONL results store: one record per generated sample, appended and flushed as it is made, plus
-``{"stage_start": ...}`` / ``{"stage_done": ...}`` markers around each stage so an interrupted evaluation resumes where it
-stopped without losing or duplicating results."""
+"""The JSONL results store: every judged sample is appended (and fsynced) as soon as its chunk is
+judged, under a key that names exactly what it is — (tag: model/method, benchmark, seed; judge; attack
+and round, i.e. the stage; item; sample index). A rerun after a crash skips every key already stored
+and redoes only what is missing.
+
+A killed process can leave a torn last line (the write in flight). It is detected when the store is
+opened, reported in ``ResultStore.warnings``, cut off before the next append, and its chunk is redone;
+a broken line anywhere else is an error naming the file and the line (something else edited the file).
+Nothing valid is ever deleted; a key written twice (a chunk redone after a torn line) keeps its latest
+record.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from recap.cache import JsonlCache, cache_key
+
+
+def record_key(stage: str, judge: str, example_id: str, sample: int) -> str:
+    """The identity of one result (``stage`` already holds the tag, the attack and the round)."""
+    return cache_key("result", stage, judge, example_id, sample)
 
 
 class ResultStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._done: set[str] = set()
-        self._records: list[dict] = []
-        if self.path.exists():
-            self._load()
+        self._rows = JsonlCache(self.path, hint="the results file was edited; fix or remove that line")
+        self.warnings: list[str] = []
+        if self._rows.torn_line is not None:
+            self.warnings.append(
+                f"{self.path}:{self._rows.torn_line}: truncated last line (a write cut off by a crash); "
+                "it is dropped and its results are redone")
 
-    def _load(self) -> None:
-        pending: dict[str, list[dict]] = {}
-        with self.path.open(encoding="utf-8") as fh:
-            for n, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    raise ValueError(f"{self.path}:{n}: not valid JSON; the store is corrupt") from None
-                if "stage_start" in row:  # a (re)started stage: drop what an interrupted attempt left
-                    pending[row["stage_start"]] = []
-                elif "stage_done" in row:
-                    self._done.add(row["stage_done"])
-                    self._records.extend(pending.pop(row["stage_done"], []))
-                else:
-                    pending.setdefault(row["stage"], []).append(row)
-        # Records of a stage without its marker were cut off mid-stage: that stage is redone (its partial
-        # records stay in the file, ignored, so nothing written is ever deleted).
+    def __len__(self) -> int:
+        return len(self._rows)
 
-    def done(self, stage: str) -> bool:
-        return stage in self._done
+    def has(self, key: str) -> bool:
+        return self._rows.get(key) is not None
 
-    def add_stage(self, stage: str, records: list[dict]) -> None:
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"stage_start": stage}) + "\n")
-            for r in records:
-                fh.write(json.dumps({**r, "stage": stage}, ensure_ascii=False) + "\n")
-            fh.write(json.dumps({"stage_done": stage}) + "\n")
-            fh.flush()
-        self._done.add(stage)
-        self._records.extend({**r, "stage": stage} for r in records)
+    def get(self, key: str) -> dict | None:
+        return self._rows.get(key)
+
+    def add(self, records: list[dict]) -> None:
+        """Append records (each with its ``key``) in one write, flushed to disk before returning."""
+        for r in records:
+            if not isinstance(r.get("key"), str):
+                raise ValueError("every result record needs its 'key' (recap.eval.store.record_key)")
+        if records:
+            self._rows.add(records)
 
     def records(self, **match) -> list[dict]:
-        return [r for r in self._records if all(r.get(k) == v for k, v in match.items())]
+        return [r for r in self._rows.rows.values() if all(r.get(k) == v for k, v in match.items())]

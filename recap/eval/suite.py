@@ -42,7 +42,7 @@ class SuiteConfig:
 
     model: str = field(default="smollm2-135m", metadata={"help": "Model under test: hub id, folder, .gguf or smollm2-135m."})
     name: str = field(default="model", metadata={"help": "Method name recorded with each result (base, vanilla, recap…)."})
-    results: str = field(default="results/eval.jsonl", metadata={"help": "Result store (JSONL; finished stages are skipped on rerun)."})
+    results: str = field(default="results/eval.jsonl", metadata={"help": "Result store (JSONL, appended as results are judged; a rerun skips what is stored)."})
     judge: str = field(default="rules", metadata={"help": "Judge of every kind (see recap.rewards.judges.load_judge)."})
     judges: dict[str, str] = field(default_factory=dict, metadata={"help": "Per-kind judge overrides."})
     benchmarks: list[BenchmarkSpec] = field(default_factory=list, metadata={"help": "The benchmarks, each with its own attacks."})
@@ -141,7 +141,7 @@ def run_suite(cfg: SuiteConfig, *, model=None, tokenizer=None, log: Callable[[st
         if b.max_new_tokens:
             ecfg = replace(ecfg, sampling=replace(ecfg.sampling, max_new_tokens=b.max_new_tokens))
         records = evaluate(model, tokenizer, examples, judge, ecfg, store,
-                           {"method": cfg.name, "seed": cfg.eval.seed, "benchmark": b.name}, log=log,
+                           {"method": cfg.name, "model": cfg.model, "seed": cfg.eval.seed, "benchmark": b.name}, log=log,
                            progress=progress and (lambda s, d, t, n=b.name: progress(f"{n}/{s}", d, t)))
         out[b.name] = compute_metrics(records)
     return out

@@ -38,6 +38,10 @@ def _stage(name):
     return f"method=m:seed=0:{name}"
 
 
+def _done(store, name):
+    return bool(store.records(stage=_stage(name)))
+
+
 @pytest.fixture(scope="module")
 def tok():
     return build_tokenizer()
@@ -67,7 +71,7 @@ def test_every_stage_is_written_with_the_right_counts(run, examples):
     by_kind = {k: [e.id for e in examples if e.kind == k] for k in ("harmful", "benign", "task")}
     total = 0
     for name, (attack, rnd, kinds) in STAGES.items():
-        assert store.done(_stage(name)), name
+        assert _done(store, name), name
         rs = store.records(stage=_stage(name))
         ids = [e for k in sorted(kinds) for e in by_kind[k]]
         assert len(rs) == len(ids) * N_SAMPLES, name
@@ -164,12 +168,12 @@ def test_only_unfinished_stages_are_generated(model, tok, examples, tmp_path, mo
     path = tmp_path / "r.jsonl"
     evaluate(model, tok, examples, ToyJudge(), _cfg(attacks=["clean"]), ResultStore(path), TAG)
     store = ResultStore(path)
-    assert store.done(_stage("clean")) and not store.done(_stage("prefill"))
+    assert _done(store, "clean") and not _done(store, "prefill")
     calls = _count_generation(monkeypatch)
     evaluate(model, tok, examples, ToyJudge(), _cfg(attacks=["clean", "prefill", "ipr"], ipr_rounds=1), store, TAG)
     # prefill and ipr1 on the 2 harmful examples as one chain of 2 rounds; clean is not generated again
     assert calls == [("rounds", 2 * N_SAMPLES, 1)]
-    assert store.done(_stage("ipr1")) and not store.done(_stage("hijack"))
+    assert _done(store, "ipr1") and not _done(store, "hijack")
 
 
 def _count_generation(monkeypatch) -> list:
@@ -198,7 +202,7 @@ def test_ipr_chain_resumes_from_its_last_finished_round(model, tok, examples, tm
             if not any(f'"{_stage(s)}"' in line for s in ("ipr2", "ipr3"))]
     path.write_text("\n".join(kept) + "\n")
     store = ResultStore(path)
-    assert store.done(_stage("ipr1")) and not store.done(_stage("ipr2"))
+    assert _done(store, "ipr1") and not _done(store, "ipr2")
     calls = _count_generation(monkeypatch)
     again = evaluate(model, tok, examples, ToyJudge(), cfg, store, TAG)
     assert calls == [("rounds", 2 * N_SAMPLES, 1)]  # ipr2 and ipr3 only
@@ -232,3 +236,46 @@ def test_prefill_needs_counter_reasoning(model, tok, examples, tmp_path):
     bare = [replace(examples[0], counter_reasoning=None)]
     with pytest.raises(ValueError, match="counter-aligned reasoning"):
         evaluate(model, tok, bare, ToyJudge(), _cfg(attacks=["prefill"]), ResultStore(tmp_path / "r.jsonl"), TAG)
+
+
+class _FailingJudge(ToyJudge):
+    """The toy judge, failing (like an endpoint going down) on its ``fail_at``-th call."""
+
+    def __init__(self, fail_at):
+        self.calls, self.fail_at = 0, fail_at
+
+    def judge(self, items):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise ConnectionError("judge endpoint down")
+        return super().judge(items)
+
+
+def test_crash_mid_stage_loses_only_the_chunk_in_flight_and_resumes_identically(model, tok, examples, tmp_path,
+                                                                             monkeypatch):
+    cfg = _cfg(attacks=["clean", "prefill", "ipr"], ipr_rounds=1, chunk_size=4,
+               sampling=SamplingConfig(max_new_tokens=8, temperature=1.0))
+    whole = evaluate(model, tok, examples, ToyJudge(), cfg, ResultStore(tmp_path / "whole.jsonl"), TAG)
+    path = tmp_path / "r.jsonl"
+    with pytest.raises(ConnectionError):  # clean has 12 jobs = chunks of 4, 4, 4: the 2nd chunk's judge fails
+        evaluate(model, tok, examples, _FailingJudge(fail_at=2), cfg, ResultStore(path), TAG)
+    assert len(ResultStore(path)) == 4  # the first chunk was written before the failure
+    calls = _count_generation(monkeypatch)
+    resumed = evaluate(model, tok, examples, ToyJudge(), cfg, ResultStore(path), TAG)
+    assert calls == [("once", 4), ("once", 4), ("rounds", 4, 1)]  # 2 clean chunks, then the prefill+ipr1 chain
+    assert resumed == whole  # chunk seeds depend on the chunk's position only
+
+
+def test_torn_last_line_is_reported_and_its_chunk_redone(model, tok, examples, tmp_path, monkeypatch):
+    cfg = _cfg(attacks=["clean"], chunk_size=4)
+    path = tmp_path / "r.jsonl"
+    whole = evaluate(model, tok, examples, ToyJudge(), cfg, ResultStore(path), TAG)
+    data = path.read_bytes()
+    path.write_bytes(data[: data.rstrip(b"\n").rfind(b"\n") + 30])  # the last record cut mid-write
+    logs = []
+    calls = _count_generation(monkeypatch)
+    again = evaluate(model, tok, examples, ToyJudge(), cfg, ResultStore(path), TAG, log=logs.append)
+    assert any("truncated last line" in line and f"{path}:12" in line for line in logs)
+    assert calls == [("once", 4)]  # only the last chunk (it lost its 12th record)
+    assert again == whole
+    assert ResultStore(path).warnings == [] and len(ResultStore(path)) == 12

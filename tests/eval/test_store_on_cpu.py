@@ -1,73 +1,70 @@
-"""The resumable JSONL results store (recap/eval/store.py)."""
+"""The keyed, append-only results store (recap/eval/store.py)."""
 
 import json
 
 import pytest
 
-from recap.eval.store import ResultStore
+from recap.data.examples import DataError
+from recap.eval.store import ResultStore, record_key
 
 
-def test_records_persist_across_reopen(tmp_path):
+def _rec(stage, example_id, sample=0, **kw):
+    return {"key": record_key(stage, "judge", example_id, sample), "stage": stage, "example_id": example_id,
+            "sample": sample, **kw}
+
+
+def test_records_persist_across_reopen_in_write_order(tmp_path):
     path = tmp_path / "deep" / "results.jsonl"
     store = ResultStore(path)
-    assert not store.done("m:clean") and store.records() == []
-    store.add_stage("m:clean", [{"example_id": "a", "label": "refusal"}, {"example_id": "b", "label": "Ⓗ"}])
-    store.add_stage("m:prefill", [{"example_id": "a", "label": "compliance"}])
-    store.add_stage("m:empty", [])
-    assert store.done("m:clean") and store.done("m:empty")
+    a, b, c = _rec("m:clean", "a", label="refusal"), _rec("m:clean", "b", label="Ⓗ"), _rec("m:prefill", "a")
+    store.add([a, b])
+    store.add([c])
+    store.add([])
     again = ResultStore(path)
-    assert again.done("m:clean") and again.done("m:prefill") and again.done("m:empty")
-    assert not again.done("m:hijack")
-    assert again.records() == store.records()
-    assert again.records(stage="m:clean") == [{"example_id": "a", "label": "refusal", "stage": "m:clean"},
-                                              {"example_id": "b", "label": "Ⓗ", "stage": "m:clean"}]
-    assert again.records(example_id="a") == [{"example_id": "a", "label": "refusal", "stage": "m:clean"},
-                                             {"example_id": "a", "label": "compliance", "stage": "m:prefill"}]
-    assert again.records(stage="m:empty") == []
-    assert again.records(example_id="a", label="compliance") == [
-        {"example_id": "a", "label": "compliance", "stage": "m:prefill"}]
+    assert again.records() == [a, b, c] == store.records()
+    assert again.records(stage="m:clean") == [a, b]
+    assert again.records(example_id="a") == [a, c]
+    assert again.has(a["key"]) and not again.has(record_key("m:clean", "judge", "a", 1))
+    assert again.warnings == []
 
 
-def _append(path, rows):
-    with open(path, "a", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps(r) + "\n")
+def test_keys_separate_judges_samples_and_stages():
+    keys = {record_key(s, j, "x", n) for s in ("m:clean", "m:prefill") for j in ("rules", "guard") for n in (0, 1)}
+    assert len(keys) == 8
 
 
-def test_stage_without_marker_is_not_done_and_partial_records_hidden(tmp_path):
+def test_a_redone_key_keeps_its_latest_record_once(tmp_path):
     path = tmp_path / "r.jsonl"
-    ResultStore(path).add_stage("s1", [{"x": 1}])
-    _append(path, [{"x": 2, "stage": "s2"}, {"x": 3, "stage": "s2"}])  # interrupted mid-stage
+    ResultStore(path).add([_rec("s", "a", label="old"), _rec("s", "b")])
+    ResultStore(path).add([_rec("s", "a", label="new")])
+    records = ResultStore(path).records()
+    assert [(r["example_id"], r.get("label")) for r in records] == [("a", "new"), ("b", None)]
+
+
+def test_truncated_last_line_is_reported_dropped_and_cut_before_the_next_append(tmp_path):
+    path = tmp_path / "r.jsonl"
+    ResultStore(path).add([_rec("s", "a"), _rec("s", "b")])
+    whole = path.read_bytes()
+    path.write_bytes(whole + json.dumps(_rec("s", "c")).encode()[:25])  # the write in flight at a kill
     store = ResultStore(path)
-    assert store.done("s1") and not store.done("s2")
-    assert store.records(stage="s2") == []
-    assert store.records() == [{"x": 1, "stage": "s1"}]
-    # nothing written is deleted: start marker, record, done marker, two partial records
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    assert [r.get("x") for r in lines if "x" in r] == [1, 2, 3]
+    assert [r["example_id"] for r in store.records()] == ["a", "b"]
+    assert len(store.warnings) == 1 and f"{path}:3: truncated last line" in store.warnings[0]
+    store.add([_rec("s", "c")])
+    assert path.read_bytes() == whole + (json.dumps(_rec("s", "c")) + "\n").encode()
+    assert ResultStore(path).warnings == []
 
 
-def test_redoing_an_interrupted_stage_in_the_same_session(tmp_path):
+def test_broken_line_in_the_middle_is_an_error_naming_file_and_line(tmp_path):
     path = tmp_path / "r.jsonl"
-    _append(path, [{"x": 1, "stage": "s"}])
-    store = ResultStore(path)
-    store.add_stage("s", [{"x": 1}, {"x": 2}])
-    assert store.records(stage="s") == [{"x": 1, "stage": "s"}, {"x": 2, "stage": "s"}]
-
-
-def test_redone_stage_is_not_duplicated_after_reopen(tmp_path):
-    path = tmp_path / "r.jsonl"
-    _append(path, [{"x": 1, "stage": "s"}])  # interrupted run: one record, no marker
-    ResultStore(path).add_stage("s", [{"x": 1}, {"x": 2}])  # the resumed run redoes the stage
-    assert ResultStore(path).records(stage="s") == [{"x": 1, "stage": "s"}, {"x": 2, "stage": "s"}]
-
-
-def test_corrupt_line_names_file_and_line(tmp_path):
-    path = tmp_path / "r.jsonl"
-    ResultStore(path).add_stage("s1", [{"x": 1}, {"x": 2}])
+    ResultStore(path).add([_rec("s", "a")])
     with open(path, "a", encoding="utf-8") as fh:
-        fh.write('\n{"x": 3, "stage": "s2"\n')
-    with pytest.raises(ValueError) as info:
+        fh.write('{"key": "x", "stage"\n' + json.dumps(_rec("s", "b")) + "\n")
+    with pytest.raises(DataError) as info:
         ResultStore(path)
-    assert str(info.value).startswith(f"{path}:6:")  # start marker, 2 records, done marker, blank line
-    assert "corrupt" in str(info.value)
+    assert str(info.value).startswith(f"{path}:2:") and "not valid JSON" in str(info.value)
+
+
+def test_record_without_key_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="needs its 'key'"):
+        ResultStore(tmp_path / "r.jsonl").add([{"stage": "s"}])
+    assert not (tmp_path / "r.jsonl").exists()

@@ -80,10 +80,10 @@ def test_run_suite_streams_each_benchmark_with_its_own_attacks(files, toy):
     assert metrics["strongreject"]["attack_prefill_success"] is not None and metrics["gsm8k"]["task_accuracy"] is not None
     assert metrics["xstest"]["overrefusal_clean"] is not None and metrics["xstest"]["attack_prefill_success"] is None
     assert ("strongreject/prefill", 4, 4) in calls and ("gsm8k/clean", 3, 3) in calls
-    # a rerun finds every stage in the store and generates nothing
+    # a rerun finds every result in the store and generates nothing (the bars jump to done)
     calls.clear()
-    again = run_suite(_suite(files), model=model, tokenizer=tok, progress=lambda s, d, t: calls.append(s))
-    assert calls == [] and again == metrics
+    again = run_suite(_suite(files), model=model, tokenizer=tok, progress=lambda s, d, t: calls.append((s, d, t)))
+    assert calls and all(d == t for _, d, t in calls) and again == metrics
 
 
 def test_held_out_check_names_the_overlap(files):
