@@ -17,6 +17,8 @@ from rich.console import Console
 
 from recap.config import ConfigError, load_config
 from recap.data.examples import DataError
+from recap.files import write_text
+from recap.security import redact_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="RECAP: robust safety alignment of reasoning models via counter-aligned prefilling.")
@@ -37,9 +39,13 @@ def friendly_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (DataError, ConfigError, FileNotFoundError, ValueError) as e:
-            # Verbatim and on one line: the message quotes user data (no markup) and names a path.
-            err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+        except (DataError, ConfigError, ValueError, OSError, ModuleNotFoundError) as e:
+            # Verbatim and on one line: the message quotes user data (no markup) and names a path; the
+            # values of secret environment variables never reach the terminal or a log.
+            message = str(e) if not isinstance(e, OSError) or str(e) else f"{type(e).__name__}"
+            if isinstance(e, (ConnectionError, TimeoutError)):
+                message = f"{type(e).__name__}: {message}"
+            err.print(f"error: {redact_text(message)}", highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
 
@@ -92,15 +98,17 @@ def demo(
 @friendly_errors
 def train(
     config: Path = typer.Option(..., help="YAML TrainConfig (see configs/)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the killed run in output_dir from its last complete checkpoint (weights, optimizer, scheduler, RNG, data position). Without it, an output_dir holding checkpoints is an error."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
-    """RL post-training with RECAP (or vanilla DAPO on an α = 0 mixture). Resumes from checkpoints."""
+    """RL post-training with RECAP (or vanilla DAPO on an α = 0 mixture); --resume continues a killed run."""
     from recap.train import TrainConfig, train as run_train
 
     cfg = load_config(TrainConfig, config, set_)
     if not cfg.model or not cfg.train_file:
         raise ConfigError(f"{config}: fields 'model' and 'train_file' are required")
-    final = run_train(cfg)
+    cfg.resume = "must" if resume else "never"
+    final = run_train(cfg, log=lambda s: err.print(redact_text(s), highlight=False, markup=False))
     out.print(f"final model: {final}")
 
 
@@ -166,7 +174,7 @@ def report(
     if not records:
         raise ValueError("the result stores hold no results")
     summary = write_report(records, out_dir, title=title)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
     out.print(f"report: {out_dir / 'report.html'}")
 
 
@@ -308,7 +316,7 @@ def judge_score(
     lines = [json.dumps({**r, "score": v.score, "label": v.label, "rationale": v.rationale}, ensure_ascii=False)
              for r, v in zip(rows, verdicts)]
     if out_file:
-        out_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_text(out_file, "\n".join(lines) + "\n")
     else:
         print("\n".join(lines))
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from recap.data.mixture import MixtureConfig
 from recap.eval.runner import EvalConfig
+from recap.files import write_text
 from recap.generation import SamplingConfig
 from recap.toy.model import PretrainConfig, ToyModelConfig
 from recap.train import TrainConfig
@@ -144,7 +145,7 @@ def run_demo(cfg: DemoConfig, out: str | Path, log=print) -> dict:
 
         torch.set_num_threads(max(1, cfg.workers))
         pretrain(cfg.pretrain, cfg.model, base, log=lambda s: log(f"[demo]   {s}"))
-        stamp_file.write_text(json.dumps(stamp, indent=1))
+        write_text(stamp_file, json.dumps(stamp, indent=1))
     seeds = list(range(cfg.seeds))
     jobs = [("rl", m, s) for s in seeds for m in ("recap", "vanilla")] + [("eval", "base", s) for s in seeds]
     log(f"[demo] {len(jobs)} jobs (RL + evaluation) on {cfg.workers} workers…")
@@ -174,6 +175,6 @@ def run_demo(cfg: DemoConfig, out: str | Path, log=print) -> dict:
     ]
     summary = write_report(records, out, title="RECAP in the miniature world", notes=notes)
     summary = {"wall_seconds": round(time.time() - t0, 1), "peak_rss_mib": round(_peak_rss_mib(cfg.workers), 1), **summary}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_text(out / "summary.json", json.dumps(summary, indent=1))
     log(f"[demo] done in {summary['wall_seconds']:.0f}s — report: {out / 'report.html'}")
     return summary

@@ -162,7 +162,8 @@ def resolve_dtype(dtype: str) -> str:
     return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
-def load_engine(name: str, model: str, *, dtype: str = "auto", num_threads: int = 0, n_ctx: int = 0):
+def load_engine(name: str, model: str, *, dtype: str = "auto", num_threads: int = 0, n_ctx: int = 0,
+                trust_remote_code: bool = False, allow_pickle: bool = False):
     """``(model_or_engine, tokenizer)`` for ``recap.generation.generate``. ``model`` as for
     ``recap.models.load_model`` (the llama.cpp engine needs a GGUF file or ``smollm2-135m``)."""
     from recap.models import load_model, load_tokenizer, resolve_model
@@ -170,8 +171,9 @@ def load_engine(name: str, model: str, *, dtype: str = "auto", num_threads: int 
     engine = resolve_engine(name)
     dtype = resolve_dtype(dtype)
     if engine == "hf":
-        return load_model(model, dtype=dtype, device="auto")
-    tokenizer = load_tokenizer(model)
+        return load_model(model, dtype=dtype, device="auto", trust_remote_code=trust_remote_code,
+                          allow_pickle=allow_pickle)
+    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     if engine == "llamacpp":
         where, gguf = resolve_model(model)
         if gguf is None:

@@ -90,21 +90,34 @@ def resolve_model(name_or_path: str | os.PathLike, gguf_file: str | None = None)
         path = Path(name).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file not found: {name}")
+        check_gguf(path)
         return str(path.resolve().parent), path.name
+    if gguf_file is not None and (Path(name) / gguf_file).is_file():
+        check_gguf(Path(name) / gguf_file)
     return name, gguf_file
 
 
-def _check_safetensors(folder: Path) -> None:
+def check_gguf(path: Path) -> None:
+    """Refuse a file that does not start with the GGUF magic bytes (before any parser reads it)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head != b"GGUF":
+        raise ValueError(f"{path}: not a GGUF file (it starts with {head!r}, a GGUF file starts with b'GGUF')")
+
+
+def _check_safetensors(folder: Path, allow_pickle: bool = False) -> None:
     """Refuse a local folder whose weights are pickles only (before anything is unpickled)."""
     if any((folder / f).is_file() for f in _SAFE_WEIGHTS):
         return
     found = [f for f in _PICKLE_WEIGHTS if (folder / f).is_file()]
+    if found and allow_pickle:
+        return
     if found:
         raise ValueError(
             f"{folder} holds only pickled PyTorch weights ({', '.join(found)}); recap loads safetensors "
             "weights only, because unpickling a .bin file can run arbitrary code. If you trust the file, "
             "convert it once: AutoModelForCausalLM.from_pretrained(folder, use_safetensors=False)"
-            ".save_pretrained(new_folder, safe_serialization=True).")
+            ".save_pretrained(new_folder, safe_serialization=True), or set allow_pickle_weights: true.")
     raise FileNotFoundError(f"no model.safetensors (or model.safetensors.index.json) in {folder}")
 
 
@@ -131,15 +144,23 @@ def prepare_tokenizer(model, tokenizer) -> None:
         gen.pad_token_id = tokenizer.pad_token_id
 
 
-def _source_kwargs(where: str, gguf: str | None, trust_remote_code: bool) -> dict:
+def _source_kwargs(where: str, gguf: str | None, trust_remote_code: bool, allow_pickle: bool = False) -> dict:
     kwargs: dict = dict(trust_remote_code=trust_remote_code)
     if gguf is not None:
         if importlib.util.find_spec("gguf") is None:
             raise ModuleNotFoundError("loading a GGUF file needs the 'gguf' package: pip install gguf")
         kwargs["gguf_file"] = gguf
     elif Path(where).is_dir():
-        _check_safetensors(Path(where))
+        _check_safetensors(Path(where), allow_pickle)
+    elif _looks_like_path(where):
+        raise FileNotFoundError(f"model not found: {where} (no such folder; a hub id looks like 'org/name')")
     return kwargs
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name that can only be a local path (a hub id is ``name`` or ``org/name``)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or Path(name).suffix in (
+        ".safetensors", ".bin", ".pt")
 
 
 def load_tokenizer(name_or_path: str | os.PathLike, *, gguf_file: str | None = None, trust_remote_code: bool = False):
@@ -163,6 +184,7 @@ def load_model(
     trust_remote_code: bool = False,
     dtype="float32",
     device: str = "cpu",
+    allow_pickle: bool = False,
 ):
     """Load a causal LM and its tokenizer: ``(model, tokenizer)``, the model in eval mode on ``device``.
 
@@ -172,15 +194,17 @@ def load_model(
         trust_remote_code: allow the repository's own modelling code (off by default).
         dtype: ``"float32"`` (default; GGUF weights are dequantised to it), ``"bfloat16"``, ``"auto"``…
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``… or ``"auto"`` (CUDA when available).
+        allow_pickle: accept a folder whose weights are ``pytorch_model.bin`` pickles (off: only trust
+            files you made yourself; unpickling can run code).
     """
     import torch
     from transformers import AutoModelForCausalLM
 
     where, gguf = resolve_model(name_or_path, gguf_file)
-    kwargs = _source_kwargs(where, gguf, trust_remote_code)
+    kwargs = _source_kwargs(where, gguf, trust_remote_code, allow_pickle)
     tokenizer = _tokenizer(where, kwargs)
     model_kwargs = dict(kwargs, dtype=_torch_dtype(dtype))
-    if gguf is None:
+    if gguf is None and not allow_pickle:
         model_kwargs["use_safetensors"] = True
     model = AutoModelForCausalLM.from_pretrained(where, **model_kwargs)
     if gguf is not None:
@@ -195,6 +219,32 @@ def load_model(
     model.to(device).eval()
     prepare_tokenizer(model, tokenizer)
     return model, tokenizer
+
+
+def context_length(model) -> int | None:
+    """The most tokens ``model`` (a transformers model or a recap engine) can attend to, if it says."""
+    llm = getattr(model, "llm", None)
+    if llm is not None and callable(getattr(llm, "n_ctx", None)):
+        return int(llm.n_ctx())
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_context(tokenizer, model, prompts: list[tuple[str, str]], new_tokens: int, what: str = "max_new_tokens") -> None:
+    """Raise ``ValueError`` naming the first ``(label, prompt text)`` whose tokens plus ``new_tokens`` do not
+    fit the model's context (a longer prompt would be cut or fail deep inside the model)."""
+    limit = context_length(model)
+    if limit is None:
+        return
+    for label, text in prompts:
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if n + new_tokens > limit:
+            raise ValueError(f"{label}: the prompt is {n} tokens and {what} adds {new_tokens}, more than the "
+                             f"model's context of {limit} tokens; shorten the prompt or prefill, or lower {what}")
 
 
 def think_messages(user_text: str, think_system_prompt: bool = False) -> list[dict]:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -61,6 +64,9 @@ class TrainConfig:
     vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "GPU memory fraction vLLM may take in colocate mode (the rest is for training)."})
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed-precision training (GPUs; the paper trained in bf16 with DeepSpeed ZeRO-3). Must match the accelerate config's mixed_precision."})
     use_cpu: bool = field(default=False, metadata={"help": "Force CPU even when an accelerator exists."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run the model repository's own Python code (off: only transformers' built-in architectures)."})
+    allow_pickle_weights: bool = field(default=False, metadata={"help": "Accept pytorch_model.bin pickle weights (off: safetensors/GGUF only; unpickling can run code)."})
+    resume: str = field(default="auto", metadata={"help": "What to do with checkpoints already in output_dir: auto (continue from the last complete one, start fresh if none), must (continue; an error if there is none — `recap train --resume`), never (an error if there is one — `recap train` without --resume, so two runs never mix)."})
     report_to: str = field(default="none", metadata={"help": "Trackers (wandb, tensorboard…). Off by default: completions on harmful prompts must not leave the machine unless you choose so."})
 
 
@@ -234,7 +240,7 @@ def grpo_config(cfg: TrainConfig) -> GRPOConfig:
 def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model=None, tokenizer=None) -> RecapTrainer:
     from datasets import Dataset
 
-    from recap.models import apply_lora, load_model, prepare_tokenizer
+    from recap.models import apply_lora, check_context, load_model, prepare_tokenizer
     from recap.rewards.judges import load_judges
     from recap.rewards.router import RewardRouter
 
@@ -243,40 +249,138 @@ def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model
     if examples is None:
         examples = read_examples(cfg.train_file)
     if model is None or tokenizer is None:
-        loaded, loaded_tok = load_model(cfg.model, dtype=cfg.dtype)
+        loaded, loaded_tok = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                                        allow_pickle=cfg.allow_pickle_weights)
         model, tokenizer = model or loaded, tokenizer or loaded_tok
     prepare_tokenizer(model, tokenizer)
     if cfg.lora_r:
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
+    rows = rl_rows(examples, tokenizer, cfg.think_system_prompt)
+    check_context(tokenizer, model, [(f"{cfg.train_file or 'examples'}: example {r['id']!r}", r["prompt"]) for r in rows],
+                  cfg.max_completion_length, "max_completion_length")
     reward = RewardRouter(load_judges(cfg.judge, cfg.judges).judges, format_penalty=cfg.format_penalty,
                           unclosed=cfg.unclosed)
     return RecapTrainer(
         model=model, processing_class=tokenizer, reward_funcs=[reward], args=grpo_config(cfg),
-        train_dataset=Dataset.from_list(rl_rows(examples, tokenizer, cfg.think_system_prompt)),
+        train_dataset=Dataset.from_list(rows),
         dynamic_sampling=cfg.dynamic_sampling, dynamic_sampling_tau=cfg.dynamic_sampling_tau,
         loss_length_buckets=cfg.loss_length_buckets,
     )
 
 
-def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
-    """Run RECAP (or vanilla DAPO, if the mixture has no prefills); resume from the last checkpoint
-    in ``output_dir`` if there is one. Returns the folder of the final model."""
+RESUME_MODES = ("auto", "must", "never")
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# Fields that may change between a run and its resumption (they do not change what is trained).
+_RESUMABLE_CHANGES = {"resume", "max_steps", "save_steps", "logging_steps", "num_threads", "report_to",
+                      "vllm", "vllm_server_host", "vllm_server_port", "vllm_gpu_memory_utilization"}
+
+
+def checkpoint_complete(folder: Path) -> bool:
+    """A checkpoint is complete when its ``trainer_state.json`` — the last file the Trainer writes, after
+    the weights, optimizer, scheduler and RNG states — is whole and names the checkpoint's own step."""
+    m = _CHECKPOINT.match(folder.name)
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    weights = any((folder / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json",
+                                                    "adapter_model.safetensors"))
+    return bool(m) and state.get("global_step") == int(m.group(1)) and weights and (folder / "optimizer.pt").is_file()
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """The ``checkpoint-N`` folders in ``out``, oldest first."""
+    if not out.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in out.iterdir() for m in [_CHECKPOINT.match(p.name)] if m and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def last_checkpoint(out: Path, log: Callable[[str], None] = print, set_aside: bool = True) -> Path | None:
+    """The newest complete ``checkpoint-N`` in ``out``. With ``set_aside``, newer incomplete ones (a kill
+    during a save) are renamed ``incomplete-checkpoint-N`` — kept for inspection, never loaded — and
+    reported."""
+    for folder in reversed(checkpoints(out)):
+        if checkpoint_complete(folder):
+            return folder
+        if not set_aside:
+            continue
+        aside = folder.with_name(f"incomplete-{folder.name}")
+        shutil.rmtree(aside, ignore_errors=True)
+        folder.rename(aside)
+        log(f"{folder}: incomplete (the run was killed while saving it); moved to {aside.name}, "
+            "resuming from the previous checkpoint")
+    return None
+
+
+def _check_same_run(cfg: TrainConfig, out: Path) -> None:
+    """A resumed run must train what the first run trained: compare with its ``train_config.json``."""
+    saved_file = out / "train_config.json"
+    if not saved_file.is_file():
+        return
+    saved, now = json.loads(saved_file.read_text(encoding="utf-8")), asdict(cfg)
+    for key in sorted(set(saved) | set(now)):
+        if key not in _RESUMABLE_CHANGES and saved.get(key) != now.get(key):
+            raise ValueError(f"{saved_file}: field '{key}' was {saved.get(key)!r} in the run being resumed, now "
+                             f"{now.get(key)!r}; use another output_dir for a different run")
+
+
+def train(cfg: TrainConfig, examples: list[Example] | None = None, log: Callable[[str], None] = print) -> Path:
+    """Run RECAP (or vanilla DAPO, if the mixture has no prefills). Checkpoints in ``output_dir`` are
+    handled as ``cfg.resume`` says; resuming restores the weights, optimizer, scheduler, RNG states and
+    the data position of the last complete checkpoint. Returns the folder of the final model, which is
+    written whole or not at all."""
+    from recap.files import atomic_dir, write_text
+    from recap.security import redacted
+
+    if cfg.resume not in RESUME_MODES:
+        raise ValueError(f"resume must be one of {', '.join(RESUME_MODES)}, got {cfg.resume!r}")
     out = Path(cfg.output_dir)
     final = out / "final"
     if (final / "config.json").exists():
+        if cfg.resume == "never":
+            raise ValueError(f"{out} already holds a finished run ({final}); choose another output_dir")
         return final
+    if cfg.resume == "never" and checkpoints(out):
+        last = last_checkpoint(out, set_aside=False)
+        raise ValueError(f"{out} holds checkpoints of an earlier run (last complete: "
+                         f"{last.name if last else 'none'}); pass --resume to continue it, or choose another output_dir")
+    if cfg.resume == "must" and last_checkpoint(out, set_aside=False) is None:
+        raise ValueError(f"{out}: no complete checkpoint to resume from; run without --resume to start")
+    accelerator_main = int(os.environ.get("RANK", "0")) == 0
+    ckpt = last_checkpoint(out, log) if accelerator_main else None
+    if world_size() > 1:  # every rank resumes from the checkpoint rank 0 chose
+        ckpt = _broadcast_checkpoint(ckpt)
+    if ckpt is not None:
+        _check_same_run(cfg, out)
+        log(f"resuming from {ckpt}")
+    elif accelerator_main:
+        write_text(out / "train_config.json", json.dumps(redacted(asdict(cfg)), indent=1))
+    if cfg.report_to not in ("none", ""):
+        log(f"reporting scalar metrics to {cfg.report_to}; completions and prompts are not sent (log_completions off)")
     trainer = build_trainer(cfg, examples)
-    has_ckpt = out.exists() and any(p.name.startswith("checkpoint-") for p in out.iterdir())
-    trainer.train(resume_from_checkpoint=True if has_ckpt else None)
+    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
     accelerator = trainer.accelerator
     accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(trainer.model)
     if accelerator.is_main_process:  # one writer; every rank holds the same weights
         if hasattr(model, "merge_and_unload"):  # LoRA: save a plain model the evaluation can load
             model = model.merge_and_unload()
-        model.save_pretrained(str(final), safe_serialization=True)
-        trainer.processing_class.save_pretrained(str(final))
-        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        write_text(out / "log_history.json", json.dumps(trainer.state.log_history, indent=1))
+        with atomic_dir(final) as tmp:  # last: its config.json marks the run as finished
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            trainer.processing_class.save_pretrained(str(tmp))
     accelerator.wait_for_everyone()
     return final
+
+
+def _broadcast_checkpoint(ckpt: Path | None) -> Path | None:
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        from accelerate import PartialState
+
+        PartialState()  # initialises the process group from the launcher's environment
+    box = [str(ckpt) if ckpt is not None else None]
+    dist.broadcast_object_list(box, src=0)
+    return Path(box[0]) if box[0] is not None else None

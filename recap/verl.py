@@ -27,12 +27,12 @@ the final answer after ``</think>`` judged by the kind's judge, the format penal
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from recap.chat import render_prompt
 from recap.data.examples import Example
+from recap.files import atomic_write, write_text
 
 ABILITY = {"harmful": "safety", "benign": "overrefusal", "task": "math"}
 REWARD_MODULE = '''"""RECAP reward for verl, written by `recap export verl` (settings below).
@@ -87,13 +87,10 @@ def export_verl(examples: Sequence[Example], out_dir: str | Path, *, tokenizer=N
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data, module = out / "train.parquet", out / "recap_reward.py"
-    tmp = data.with_suffix(".parquet.tmp")
-    pq.write_table(pa.Table.from_pylist(verl_rows(examples, tokenizer)), tmp)
-    os.replace(tmp, data)
-    tmp = module.with_suffix(".py.tmp")
-    tmp.write_text(REWARD_MODULE.format(path=module.resolve(), judge=judge, unclosed=unclosed,
-                                        format_penalty=float(format_penalty)), encoding="utf-8")
-    os.replace(tmp, module)
+    with atomic_write(data, "wb") as fh:
+        pq.write_table(pa.Table.from_pylist(verl_rows(examples, tokenizer)), fh)
+    write_text(module, REWARD_MODULE.format(path=module.resolve(), judge=judge, unclosed=unclosed,
+                                            format_penalty=float(format_penalty)))
     return {"data": data, "reward": module}
 
 

@@ -56,8 +56,11 @@ def test_alias_without_package_says_how_to_install(monkeypatch):
 
 def test_gguf_path_resolves_to_folder_and_file(tmp_path):
     f = tmp_path / "m.Q4.gguf"
-    f.write_bytes(b"")
+    f.write_bytes(b"GGUF\x03\x00\x00\x00")
     assert resolve_model(str(f)) == (str(tmp_path.resolve()), "m.Q4.gguf")
+    f.write_bytes(b"PK\x03\x04 a zip, not a model")
+    with pytest.raises(ValueError, match=r"m.Q4.gguf: not a GGUF file \(it starts with b'PK"):
+        resolve_model(str(f))
     assert resolve_model("org/repo", gguf_file="x.gguf") == ("org/repo", "x.gguf")
     with pytest.raises(FileNotFoundError):
         resolve_model(str(tmp_path / "missing.gguf"))

@@ -164,7 +164,10 @@ def _read_jsonl(path: Path) -> list[Example]:
 
 
 def write_examples(path: str | Path, examples: list[Example]) -> Path:
-    """Write examples as JSONL (``.jsonl``) or Parquet (``.parquet``); the format follows the suffix."""
+    """Write examples as JSONL (``.jsonl``) or Parquet (``.parquet``); the format follows the suffix.
+    The file appears whole or not at all (``recap.files.atomic_write``)."""
+    from recap.files import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [asdict(e) for e in examples]
@@ -175,9 +178,10 @@ def write_examples(path: str | Path, examples: list[Example]) -> Path:
         # Prompts can be text or message lists: Parquet stores them JSON-encoded to keep one column type.
         for r in rows:
             r["prompt"] = json.dumps(r["prompt"], ensure_ascii=False)
-        pq.write_table(pa.Table.from_pylist(rows), path)
+        with atomic_write(path, "wb") as fh:
+            pq.write_table(pa.Table.from_pylist(rows), fh)
         return path
-    with path.open("w", encoding="utf-8") as fh:
+    with atomic_write(path) as fh:
         for r in rows:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
     return path

@@ -21,8 +21,9 @@ from recap.data.mixture import draw_length, truncate_words
 from recap.eval import attacks
 from recap.eval.metrics import has_reflection
 from recap.eval.store import ResultStore, record_key
+from recap.models import check_context
 from recap.generation import Generation, SamplingConfig, generate, generate_rounds
-from recap.rewards.judges import Judge, JudgeItem
+from recap.rewards.judges import Judge, JudgeItem, checked_judge, judge_name
 
 
 @dataclass
@@ -72,7 +73,7 @@ def evaluate(model, tokenizer, examples: list[Example], judge: Judge, cfg: EvalC
     prefix = ":".join(f"{k}={v}" for k, v in sorted(tag.items()))
     n = cfg.samples_per_prompt
     size = cfg.chunk_size
-    judge_name = getattr(judge, "name", type(judge).__name__)
+    jname = judge_name(judge)
     for w in store.warnings:
         log(f"  warning: {w}")
 
@@ -80,12 +81,12 @@ def evaluate(model, tokenizer, examples: list[Example], judge: Judge, cfg: EvalC
         return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
 
     def keys_of(name: str, jobs: list, start: int) -> list[str]:
-        return [record_key(f"{prefix}:{name}", judge_name, e.id, (start + i) % n) for i, (e, _) in enumerate(jobs)]
+        return [record_key(f"{prefix}:{name}", jname, e.id, (start + i) % n) for i, (e, _) in enumerate(jobs)]
 
     def judge_chunk(name: str, jobs: list[tuple[Example, attacks.AttackPrompt]], gens: list[Generation],
                     keys: list[str], start: int, attack: str, rnd: int = 0) -> None:
         splits = [final_answer(g.text, p.injected, cfg.unclosed) for (_, p), g in zip(jobs, gens)]
-        verdicts = judge.judge([JudgeItem(e.user_text(), s.answer, e.kind, e.reference)
+        verdicts = checked_judge(judge, [JudgeItem(e.user_text(), s.answer, e.kind, e.reference)
                                 for (e, _), s in zip(jobs, splits)])
         records = []
         for i, ((e, p), g, s, v, key) in enumerate(zip(jobs, gens, splits, verdicts, keys)):
@@ -97,7 +98,7 @@ def evaluate(model, tokenizer, examples: list[Example], judge: Judge, cfg: EvalC
             else:
                 label, score = v.label, v.score
             records.append({
-                "key": key, **tag, "stage": f"{prefix}:{name}", "judge": judge_name, "attack": attack, "round": rnd,
+                "key": key, **tag, "stage": f"{prefix}:{name}", "judge": jname, "attack": attack, "round": rnd,
                 "example_id": e.id, "sample": (start + i) % n, "kind": e.kind,
                 "prompt": e.user_text(), "injected": p.injected, "prompt_text": p.text, "completion": g.text,
                 "answer": s.answer, "label": label, "score": score, "reflected": has_reflection(own_reasoning),
@@ -122,7 +123,12 @@ def evaluate(model, tokenizer, examples: list[Example], judge: Judge, cfg: EvalC
         log(f"  {name}: already in the store" if not new else f"  {name}: {len(keys)} samples ({new} new)")
         return [store.get(k) for k in keys]
 
+    def fits(name: str, jobs: list[tuple[Example, attacks.AttackPrompt]], new_tokens: int) -> None:
+        check_context(tokenizer, model, [(f"example {e.id!r} ({name})", p.text) for e, p in jobs], new_tokens,
+                      "sampling.max_new_tokens" + (" × IPR rounds" if new_tokens > cfg.sampling.max_new_tokens else ""))
+
     def run_stage(name: str, jobs: list[tuple[Example, attacks.AttackPrompt]], attack: str) -> list[dict]:
+        fits(name, jobs, cfg.sampling.max_new_tokens)
         step, all_keys, new = counter(name, len(jobs)), [], 0
         for start in range(0, len(jobs), size):
             part = jobs[start: start + size]
@@ -180,6 +186,10 @@ def evaluate(model, tokenizer, examples: list[Example], judge: Judge, cfg: EvalC
                 continue
             if first == 0:
                 jobs = [(e, attacks.prefill_prompt(tokenizer, e.messages(), _prefill_for(e, cfg))) for e, _ in part]
+                # each IPR round appends the model's answer and the prefill again
+                extra = sum(len(tokenizer(attacks.ipr_suffix(p.injected)[0], add_special_tokens=False)["input_ids"])
+                            for _, p in jobs[:1]) * (len(names) - 1)
+                fits("prefill", jobs, cfg.sampling.max_new_tokens * len(names) + extra)
             else:  # resume: continue the stored conversations of the last finished round
                 jobs = [(e, attacks.ipr_prompt(attacks.AttackPrompt(r["prompt_text"], r["injected"]), r["completion"],
                                                _prefill_for(e, cfg)))

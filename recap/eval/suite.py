@@ -54,6 +54,8 @@ class SuiteConfig:
     dtype: str = field(default="auto", metadata={"help": "Weights dtype of the model under test: auto (bfloat16 on a GPU, float32 on CPU), float32 or bfloat16 (1.5-1.9x faster on CPUs with AVX512-BF16; the metric change is in docs/performance.md)."})
     engine: str = field(default="auto", metadata={"help": "Generation engine: auto (vllm with a GPU and vLLM installed, else hf), hf (transformers, batched), llamacpp (GGUF files on CPU), vllm."})
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run the model repository's own Python code (off: only transformers' built-in architectures)."})
+    allow_pickle_weights: bool = field(default=False, metadata={"help": "Accept pytorch_model.bin pickle weights (off: safetensors/GGUF only; unpickling can run code)."})
 
     def __post_init__(self):
         from recap.engines import ENGINES
@@ -129,7 +131,8 @@ def run_suite(cfg: SuiteConfig, *, model=None, tokenizer=None, log: Callable[[st
             import torch
 
             torch.set_num_threads(cfg.num_threads)
-        model, tokenizer = load_engine(cfg.engine, cfg.model, dtype=cfg.dtype, num_threads=cfg.num_threads)
+        model, tokenizer = load_engine(cfg.engine, cfg.model, dtype=cfg.dtype, num_threads=cfg.num_threads,
+                                       trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights)
     store = ResultStore(cfg.results)
     out: dict[str, dict] = {}
     for b in cfg.benchmarks:

@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from recap.files import atomic_write, write_text  # noqa: E402
 from recap.eval.metrics import DESCRIPTIONS, HIGHER_IS_BETTER, METRICS, compute_metrics  # noqa: E402
 
 METHODS_ORDER = ("base", "vanilla", "recap")
@@ -119,7 +120,8 @@ def _plot(summary: dict, groups: list[tuple[str, str]], title: str, path: Path) 
     ax.set_title(title)
     ax.legend(fontsize="small", loc="upper center", ncol=max(len(methods), 1))
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
     return True
 
@@ -296,7 +298,6 @@ def write_report(records: Iterable[dict], out_dir: str | Path, title: str = "REC
     bench = benchmark_rows(records)
     if bench:
         summary = {**summary, "benchmarks": bench}
-    (out_dir / "report.md").write_text(_markdown(summary, title, notes, plots, transcripts, bench), encoding="utf-8")
-    (out_dir / "report.html").write_text(_html(summary, title, notes, plots, transcripts, out_dir, bench),
-                                         encoding="utf-8")
+    write_text(out_dir / "report.md", _markdown(summary, title, notes, plots, transcripts, bench))
+    write_text(out_dir / "report.html", _html(summary, title, notes, plots, transcripts, out_dir, bench))
     return summary

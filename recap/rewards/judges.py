@@ -7,6 +7,7 @@ a label and, where it has one, a rationale. Judges are batched: ``judge(items) -
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -167,16 +168,43 @@ def math_equal(answer: str, reference: str | None) -> bool:
     return bool(gold) and bool(pred) and bool(verify(gold, pred))
 
 
-class KindRouter:
-    """A judge that sends each item to the judge configured for its kind (batched per kind)."""
+class JudgeOutputError(ValueError):
+    """A judge returned something that is not a verdict in [0, 1]."""
 
-    name = "by-kind"
+
+def judge_name(judge) -> str:
+    return getattr(judge, "name", type(judge).__name__)
+
+
+def checked_judge(judge: Judge, items: Sequence[JudgeItem]) -> list[Verdict]:
+    """``judge.judge(items)``, refusing any output that is not one ``Verdict`` per item with a finite
+    score in [0, 1] (a NaN or out-of-range score would silently poison a reward or a metric)."""
+    verdicts = list(judge.judge(items))
+    name = judge_name(judge)
+    if len(verdicts) != len(items):
+        raise JudgeOutputError(f"judge {name} returned {len(verdicts)} verdicts for {len(items)} items")
+    for i, (it, v) in enumerate(zip(items, verdicts)):
+        score = getattr(v, "score", None)
+        ok = isinstance(v, Verdict) and isinstance(score, (int, float)) and not isinstance(score, bool) \
+            and math.isfinite(score) and 0.0 <= score <= 1.0
+        if not ok:
+            raise JudgeOutputError(f"judge {name} returned {v!r} for item {i} ({it.kind}, prompt "
+                                   f"{it.prompt[:60]!r}); a verdict needs a finite score in [0, 1]")
+    return verdicts
+
+
+class KindRouter:
+    """A judge that sends each item to the judge configured for its kind (batched per kind). Its name
+    names every kind's judge, so results judged differently never share a key."""
 
     def __init__(self, judges: Mapping[str, Judge]):
         missing = {"harmful", "benign", "task"} - set(judges)
         if missing:
             raise ValueError(f"no judge for kind(s): {', '.join(sorted(missing))}")
         self.judges = dict(judges)
+        names = {k: judge_name(j) for k, j in sorted(self.judges.items())}
+        self.name = next(iter(names.values())) if len(set(names.values())) == 1 else \
+            ",".join(f"{k}={v}" for k, v in names.items())
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
         out: list[Verdict | None] = [None] * len(items)
@@ -186,7 +214,7 @@ class KindRouter:
                 raise ValueError(f"unknown kind {it.kind!r} for item {i}")
             by_kind.setdefault(it.kind, []).append(i)
         for kind, idx in by_kind.items():
-            for i, v in zip(idx, self.judges[kind].judge([items[i] for i in idx]), strict=True):
+            for i, v in zip(idx, checked_judge(self.judges[kind], [items[i] for i in idx]), strict=True):
                 out[i] = v
         return out  # type: ignore[return-value]
 

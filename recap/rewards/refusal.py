@@ -369,9 +369,10 @@ class EmbeddingRefusalJudge:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = dict(self.meta, format=FILE_FORMAT, version=FILE_VERSION,
                     weights_sha256=_weights_digest(self.coef, self.intercept))
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, coef=self.coef, intercept=np.array([self.intercept]), meta=np.array(json.dumps(meta)))
-        os.replace(tmp, path)
+        from recap.files import atomic_write
+
+        with atomic_write(path, "wb") as fh:
+            np.savez(fh, coef=self.coef, intercept=np.array([self.intercept]), meta=np.array(json.dumps(meta)))
         self.meta = meta
         return path
 

@@ -161,7 +161,9 @@ def pretrain(cfg: PretrainConfig, model_cfg: ToyModelConfig, out_dir: str | Path
         if step % 100 == 0 or step == cfg.steps - 1:
             log(f"pretrain step {step + 1}/{cfg.steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
     model.eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    from recap.files import atomic_dir
+
+    with atomic_dir(out_dir) as tmp:  # a crash mid-save never leaves a base model that loads
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return model, tokenizer
