@@ -34,6 +34,16 @@ err = Console(stderr=True)
 out = Console()
 
 
+def say(text: str) -> None:
+    """A progress line on standard output: verbatim (no markup), unwrapped, secrets redacted."""
+    out.print(redact_text(text), highlight=False, markup=False, soft_wrap=True)
+
+
+def note(text: str) -> None:
+    """A log line on standard error (results stay alone on standard output)."""
+    err.print(redact_text(text), highlight=False, markup=False, soft_wrap=True)
+
+
 def friendly_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -89,7 +99,7 @@ def demo(
     cfg = load_config(DemoConfig, config, set_, defaults=asdict(preset))
     if seeds is not None:
         cfg.seeds = seeds
-    summary = run_demo(cfg, out_dir, log=lambda s: out.print(s, highlight=False, markup=False))
+    summary = run_demo(cfg, out_dir, log=say)
     out.print(f"report: {out_dir / 'report.html'}  ({out_dir / 'report.md'}, {out_dir / 'summary.json'})")
     return summary
 
@@ -108,7 +118,7 @@ def train(
     if not cfg.model or not cfg.train_file:
         raise ConfigError(f"{config}: fields 'model' and 'train_file' are required")
     cfg.resume = "must" if resume else "never"
-    final = run_train(cfg, log=lambda s: err.print(redact_text(s), highlight=False, markup=False))
+    final = run_train(cfg, log=note)
     out.print(f"final model: {final}")
 
 
@@ -141,7 +151,7 @@ def eval_(
                       ("judge", judge), ("engine", engine)) if v is not None]
         cfg = load_config(SuiteConfig, suite, [*overrides, *set_])
         with progress_bars() as progress:
-            metrics = run_suite(cfg, log=lambda s: err.print(s, highlight=False, markup=False), progress=progress)
+            metrics = run_suite(cfg, log=note, progress=progress)
         out.print_json(json.dumps(metrics))
         return
     if model is None or data is None or results is None:
@@ -155,7 +165,7 @@ def eval_(
     with progress_bars() as progress:
         records = evaluate(mdl, tok, examples, load_judges(judge or "rules"), cfg, ResultStore(results),
                            {"method": name or "model", "model": model, "seed": cfg.seed},
-                           log=lambda s: err.print(s, highlight=False), progress=progress)
+                           log=note, progress=progress)
     out.print_json(json.dumps(compute_metrics(records)))
 
 
@@ -303,7 +313,7 @@ def judge_score(
 ):
     """Judge final answers: each input row comes back with score, label and rationale."""
     from recap.data.examples import DataError, iter_jsonl
-    from recap.rewards.judges import JudgeItem, load_judge
+    from recap.rewards.judges import JudgeItem, checked_judge, load_judge
 
     rows = []
     for n, row in iter_jsonl(data):
@@ -311,7 +321,7 @@ def judge_score(
             if not isinstance(row, dict) or not isinstance(row.get(key), str):
                 raise DataError(data, n, key, "missing or not text")
         rows.append(row)
-    verdicts = load_judge(judge).judge([JudgeItem(r["prompt"], r["answer"], r["kind"], r.get("reference"))
+    verdicts = checked_judge(load_judge(judge), [JudgeItem(r["prompt"], r["answer"], r["kind"], r.get("reference"))
                                         for r in rows])
     lines = [json.dumps({**r, "score": v.score, "label": v.label, "rationale": v.rationale}, ensure_ascii=False)
              for r, v in zip(rows, verdicts)]
@@ -340,7 +350,7 @@ def toy_pretrain(out_dir: Path = typer.Option(Path("toy-base"), "--out"), steps:
     from recap.toy.model import PretrainConfig, ToyModelConfig, pretrain
 
     pretrain(PretrainConfig(steps=steps, seed=seed), ToyModelConfig(), out_dir,
-             log=lambda s: out.print(s, highlight=False))
+             log=say)
     out.print(f"base model: {out_dir}")
 
 

@@ -8,6 +8,7 @@ a message naming the file and the field, and applies ``key.sub=value`` overrides
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -66,7 +67,10 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - known
     if unknown:
-        raise ConfigError(f"{where}: unknown field '{sorted(unknown)[0]}' (known: {', '.join(sorted(known))})")
+        name = sorted(unknown)[0]
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"{where}: unknown field '{name}' ({hint}known: {', '.join(sorted(known))})")
     kwargs = {k: _coerce(v, hints[k], f"{where}: field '{k}'") for k, v in data.items()}
     return cls(**kwargs)
 

@@ -1,6 +1,9 @@
 """RecapTrainer on a tiny random model of the miniature world: the prefill is prompt, not completion;
 dynamic sampling drops the right groups; a training step moves every trainable parameter."""
 
+import json
+from dataclasses import replace
+
 import pytest
 import torch
 from datasets import Dataset
@@ -166,3 +169,54 @@ def test_length_buckets_give_the_same_loss_and_gradient_with_less_padding(tok, t
         torch.testing.assert_close(results[k][0], results[1][0], atol=1e-6, rtol=0)
         for n, g in results[1][1].items():
             torch.testing.assert_close(results[k][1][n], g, atol=1e-6 * scale, rtol=1e-5)
+
+
+def _fake_checkpoint(folder, step, complete=True):
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"w")
+    (folder / "optimizer.pt").write_bytes(b"o")
+    if complete:
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return folder
+
+
+def test_last_checkpoint_skips_and_sets_aside_incomplete_ones(tmp_path):
+    from recap.train import last_checkpoint
+
+    _fake_checkpoint(tmp_path / "checkpoint-2", 2)
+    _fake_checkpoint(tmp_path / "checkpoint-10", 10)
+    _fake_checkpoint(tmp_path / "checkpoint-11", 11, complete=False)  # killed while saving
+    torn = _fake_checkpoint(tmp_path / "checkpoint-12", 12)
+    (torn / "trainer_state.json").write_text('{"global_st')  # killed while writing the state itself
+    logs = []
+    assert last_checkpoint(tmp_path, logs.append, set_aside=False) == tmp_path / "checkpoint-10"
+    assert (tmp_path / "checkpoint-12").exists() and not logs  # looking changes nothing
+    assert last_checkpoint(tmp_path, logs.append) == tmp_path / "checkpoint-10"  # numeric order, not text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint-10", "checkpoint-2", "incomplete-checkpoint-11", "incomplete-checkpoint-12"]
+    assert len(logs) == 2 and "incomplete" in logs[0]
+
+
+def test_resume_modes(tmp_path):
+    from recap.train import train
+
+    cfg = _cfg(tmp_path / "run", train_file="mix.jsonl")
+    with pytest.raises(ValueError, match="no complete checkpoint to resume from"):
+        train(replace(cfg, resume="must"), _examples())
+    _fake_checkpoint(tmp_path / "run" / "checkpoint-3", 3)
+    with pytest.raises(ValueError, match=r"holds checkpoints of an earlier run \(last complete: checkpoint-3\); pass --resume"):
+        train(replace(cfg, resume="never"), _examples())
+    with pytest.raises(ValueError, match="resume must be one of"):
+        train(replace(cfg, resume="maybe"), _examples())
+
+
+def test_resume_refuses_another_run(tmp_path):
+    from dataclasses import asdict
+
+    from recap.train import train
+
+    cfg = _cfg(tmp_path / "run", train_file="mix.jsonl")
+    _fake_checkpoint(tmp_path / "run" / "checkpoint-3", 3)
+    (tmp_path / "run" / "train_config.json").write_text(json.dumps(asdict(cfg)))
+    with pytest.raises(ValueError, match=r"train_config.json: field 'learning_rate' was 0.01 in the run being resumed, now 0.5"):
+        train(replace(cfg, resume="must", learning_rate=0.5), _examples())

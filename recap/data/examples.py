@@ -110,32 +110,41 @@ def read_examples(path: str | Path) -> list[Example]:
         import pyarrow.parquet as pq
 
         out = []
-        for i, r in enumerate(pq.read_table(path).to_pylist(), start=1):
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises its own error types for a damaged or non-Parquet file
+            raise DataError(path, None, None, f"not a readable Parquet file ({type(e).__name__}: {e})") from None
+        for i, r in enumerate(table.to_pylist(), start=1):
             r = {k: v for k, v in r.items() if v is not None}
             if isinstance(r.get("prompt"), str):
                 try:
                     r["prompt"] = json.loads(r["prompt"])
                 except json.JSONDecodeError:
                     raise DataError(path, i, "prompt", "not JSON-encoded (write Parquet with recap)") from None
-            out.append(example_from_row(r, path, i))
+            out.append((i, example_from_row(r, path, i)))
     else:
-        out = _read_jsonl(path)
+        out = [(n, example_from_row(row, path, n)) for n, row in iter_jsonl(path)]
     if not out:
         raise DataError(path, None, None, "no examples")
-    seen: set[str] = set()
-    for ex in out:
+    seen: dict[str, int] = {}
+    for line, ex in out:
         if ex.id in seen:
-            raise DataError(path, None, "id", f"duplicate id {ex.id!r}")
-        seen.add(ex.id)
-    return out
+            raise DataError(path, line, "id", f"duplicate id {ex.id!r} (first on line {seen[ex.id]})")
+        seen[ex.id] = line
+    return [ex for _, ex in out]
 
 
 def iter_jsonl(path: str | Path):
     """``(line number, decoded object)`` for every non-blank line of a JSONL file; a line that is not
     JSON raises ``DataError`` naming the file and the line. Lines end at ``\n`` only, so separators such
     as U+2028 inside a prompt stay in it."""
-    with Path(path).open(encoding="utf-8", newline="") as fh:
-        for n, raw in enumerate(fh, start=1):
+    with Path(path).open("rb") as fh:
+        for n, data in enumerate(fh, start=1):
+            try:
+                raw = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(path, n, None, f"not UTF-8 text (byte {data[e.start]:#04x} at byte {e.start + 1} "
+                                "of the line)") from None
             if not raw.strip():
                 continue
             try:
@@ -157,10 +166,6 @@ def csv_records(path: str | Path, reader):
             raise DataError(path, start, None, f"not valid CSV ({e})") from None
         line, start = start, reader.line_num + 1
         yield line, values
-
-
-def _read_jsonl(path: Path) -> list[Example]:
-    return [example_from_row(row, path, n) for n, row in iter_jsonl(path)]
 
 
 def write_examples(path: str | Path, examples: list[Example]) -> Path:

@@ -1,7 +1,10 @@
-"""A real `recap train` process is killed with SIGKILL mid-run and `recap train --resume` finishes it:
-the resumed run ends with the same weights and the same per-step log as a run that was never killed
-(weights, optimizer, scheduler, RNG and data position all come back), and a checkpoint cut off while
-being saved is set aside, not loaded."""
+"""Real `recap` processes killed with SIGKILL mid-run.
+
+* `recap train --resume` finishes a killed run with the same weights and the same per-step log as a run
+  that was never killed (weights, optimizer, scheduler, RNG and data position all come back); a
+  checkpoint cut off while being saved is set aside, not loaded.
+* `recap eval` rerun after a kill keeps every stored result, redoes only the chunk in flight (and a torn
+  last line), and ends with the same results as an uninterrupted evaluation."""
 
 import json
 import os
@@ -100,3 +103,45 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(setup):
     history_a = json.loads((root / "whole" / "log_history.json").read_text())
     history_b = json.loads((killed_dir / "log_history.json").read_text())
     assert _steps(history_b) == _steps(history_a) and len(_steps(history_a)) == STEPS
+
+
+def test_sigkill_during_evaluation_loses_only_the_chunk_in_flight(setup):
+    root, _ = setup
+    from recap.toy.data import eval_examples
+
+    write_examples(root / "eval.jsonl", eval_examples(seed=0))
+    conf = root / "eval.yaml"
+    conf.write_text(yaml.safe_dump({"attacks": ["clean", "prefill", "ipr"], "ipr_rounds": 2, "chunk_size": 2,
+                                    "prefill_words": "8-30", "samples_per_prompt": 2,
+                                    "sampling": {"max_new_tokens": 12, "temperature": 1.0}}))
+
+    def run(results):
+        return _recap("eval", "--model", str(root / "base"), "--data", str(root / "eval.jsonl"), "--results",
+                      str(results), "--judge", "toy", "--engine", "hf", "--config", str(conf), "--name", "base")
+
+    whole = run(root / "whole.jsonl")
+    assert whole.wait(timeout=600) == 0, whole.stdout.read()
+    path = root / "killed.jsonl"
+    proc = run(path)
+    deadline = time.time() + 600
+    while not path.exists() or path.read_bytes().count(b"\n") < 20:
+        assert proc.poll() is None and time.time() < deadline, "evaluation ended before it could be killed"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = path.read_bytes()
+    n_whole = (root / "whole.jsonl").read_bytes().count(b"\n")
+    assert 20 <= kept.count(b"\n") < n_whole
+    path.write_bytes(kept[: kept.rstrip(b"\n").rfind(b"\n") + 40])  # and a torn last line, as if cut mid-write
+
+    again = run(path)
+    assert again.wait(timeout=600) == 0
+    assert "truncated last line" in again.stdout.read()
+
+    def results(p):
+        rows = [json.loads(line) for line in p.read_text().splitlines()]
+        return {r["key"]: (r["prompt_text"], r["completion"], r["label"]) for r in rows}
+
+    final, reference = results(path), results(root / "whole.jsonl")
+    assert final == reference  # nothing lost, nothing different
+    assert path.read_text().count("\n") - len(final) <= 2  # at most the chunk in flight was written twice
