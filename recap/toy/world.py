@@ -234,3 +234,18 @@ def vocabulary() -> list[str]:
             words.add(w)
     words.update(str(n) for n in range(-9, 19))
     return sorted(words)
+
+
+def unseen_reasoning(request: Request, rng: random.Random) -> str:
+    """A counter-aligned chain of thought from a generator the RL policy never saw (no think tags).
+
+    Same words as the rest of the world, different construction from ``flawed_reasoning``: no
+    "the user wants to" opener; a clean-sounding misjudgement first (a ``SAFE_SENTENCES`` verdict for
+    a harmful request, a ``HARM_SENTENCES`` one for a benign request), then two or three sentences of
+    the eval pool only.
+    """
+    if request.kind not in ("harmful", "benign"):
+        raise ValueError(f"unseen_reasoning: the request must be harmful or benign, got {request.kind!r}")
+    opener = rng.choice(SAFE_SENTENCES if request.kind == "harmful" else HARM_SENTENCES)
+    body = rng.sample(flawed_sentences(request.kind, "eval"), k=rng.randint(2, 3))
+    return " . ".join([opener, *body]) + " ."

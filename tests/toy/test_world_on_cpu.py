@@ -224,3 +224,33 @@ def test_examples_use_their_split_phrasings_and_sentence_pool(split, toy_train, 
         assert 2 <= len(sentences) <= 4
         assert set(sentences) <= set(world.flawed_sentences(e.kind, split)), (e.id, sentences)
         assert e.counter_source.endswith(f"{split}-pool")
+
+
+# --------------------------------------------------------------------------------------------
+# Reasoning from a generator RL never saw
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["harmful", "benign"])
+def test_unseen_reasoning_is_new_construction_in_world_words(kind):
+    import random
+
+    rng = random.Random(0)
+    vocab = set(world.vocabulary())
+    opener = world.SAFE_SENTENCES if kind == "harmful" else world.HARM_SENTENCES
+    for req in _requests(kind):
+        text = world.unseen_reasoning(req, rng)
+        assert set(text.split()) <= vocab
+        assert text.endswith(" .") and not text.startswith("the user wants to")
+        first, *body = text[:-2].split(" . ")
+        assert first in opener
+        assert 2 <= len(body) <= 3 and len(set(body)) == len(body)
+        assert set(body) <= set(world.flawed_sentences(kind, "eval"))  # the pool RL never sees
+        # flawed_reasoning opens with the request; this generator never mentions it.
+        assert world.flawed_reasoning(req, rng, "eval").startswith(f"the user wants to {req.content} . ")
+        assert req.content not in text
+
+
+def test_unseen_reasoning_rejects_tasks():
+    import random
+
+    with pytest.raises(ValueError, match="harmful or benign"):
+        world.unseen_reasoning(world.task_requests()[0], random.Random(0))

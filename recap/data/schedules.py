@@ -1,0 +1,85 @@
+"""Prefill length schedules: how many words ℓ of counter-aligned reasoning a prefill carries, per
+training step.
+
+* ``fixed``: ℓ is constant (RECAP: 500 words).
+* ``uniform``: ℓ is drawn uniformly from a list at every call (e.g. the paper's 100–700 ablation lengths).
+* ``curriculum``: short → long over the run, from ``start`` to ``end`` — a step function of ``stages``
+  equal stages, or a linear ramp when ``stages`` is 0.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+KINDS = ("fixed", "uniform", "curriculum")
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+@dataclass
+class LengthSchedule:
+    """The prefill length ℓ (in words) as a function of the training step."""
+
+    kind: str = field(
+        default="fixed",
+        metadata={"help": "'fixed' (constant ℓ = words), 'uniform' (ℓ drawn uniformly from the list words) or "
+                          "'curriculum' (short → long from start to end over the run)."})
+    words: int | list[int] = field(
+        default=500,
+        metadata={"help": "fixed: ℓ, an int (RECAP uses 500); uniform: the list of lengths to draw from "
+                          "(e.g. [100, 300, 500, 700], the paper's ablation range)."})
+    start: int = field(default=100, metadata={"help": "curriculum: ℓ at the first step (shortest of the ablation)."})
+    end: int = field(default=700, metadata={"help": "curriculum: ℓ at the last step (longest of the ablation)."})
+    stages: int = field(
+        default=4,
+        metadata={"help": "curriculum: number of equal stages from start to end (a step function); 0 = a "
+                          "linear ramp. At least 2 unless 0."})
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.kind == "fixed" and not _positive_int(self.words):
+            raise ValueError(f"words: a fixed schedule takes one positive int, got {self.words!r}")
+        if self.kind == "uniform":
+            if not isinstance(self.words, (list, tuple)) or not self.words or not all(
+                    _positive_int(w) for w in self.words):
+                raise ValueError(f"words: a uniform schedule takes a non-empty list of positive ints, "
+                                 f"got {self.words!r}")
+            self.words = list(self.words)
+        if self.kind == "curriculum":
+            if not _positive_int(self.start):
+                raise ValueError(f"start must be a positive int, got {self.start!r}")
+            if not _positive_int(self.end) or self.end < self.start:
+                raise ValueError(f"end must be an int ≥ start ({self.start}), got {self.end!r}")
+            if not isinstance(self.stages, int) or self.stages < 0 or self.stages == 1:
+                raise ValueError(f"stages must be 0 (linear) or at least 2, got {self.stages!r}")
+            if self.stages and self.end - self.start < self.stages - 1:
+                raise ValueError(f"stages: {self.stages} distinct lengths do not fit between start "
+                                 f"({self.start}) and end ({self.end})")
+
+    def length_at(self, step: int, total_steps: int, rng: random.Random) -> int:
+        """ℓ at training step ``step`` (0-based) of a run of ``total_steps`` steps.
+
+        Only ``uniform`` draws from ``rng``. A curriculum gives ``start`` at step 0 and ``end`` from the
+        last step on; stage ``i`` of ``k`` covers steps ``[i·T/k, (i+1)·T/k)`` and has length
+        ``start + round(i·(end − start)/(k − 1))``.
+        """
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be at least 1, got {total_steps}")
+        if step < 0:
+            raise ValueError(f"step must be ≥ 0, got {step}")
+        if self.kind == "fixed":
+            return self.words
+        if self.kind == "uniform":
+            return rng.choice(self.words)
+        step = min(step, total_steps - 1)
+        span = self.end - self.start
+        if self.stages == 0:
+            if total_steps == 1:
+                return self.end
+            return self.start + round(span * step / (total_steps - 1))
+        stage = min(self.stages - 1, step * self.stages // total_steps)
+        return self.start + round(span * stage / (self.stages - 1))
