@@ -87,15 +87,18 @@ def demo(
     out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Output folder (resumable)."),
     seeds: Optional[int] = typer.Option(None, help="Number of seeds (default 3; 1 with --quick)."),
     quick: bool = typer.Option(False, "--quick", help="1-seed pipeline check in about 2 minutes (no effect expected)."),
+    compare: bool = typer.Option(False, "--compare", help="Also train on-policy and mixed prefill methods (same budget) and add H-CoT, unseen-generator prefills and the adaptive attacker's worst case to the evaluation."),
     config: Optional[Path] = typer.Option(None, help="YAML DemoConfig."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
-    """Base → vanilla DAPO and RECAP (same budget) → attacks → report, in the miniature world."""
+    """Base → vanilla DAPO and RECAP (same budget; --compare adds on-policy and mixed prefills) → attacks → report, in the miniature world."""
     from recap.demo import DemoConfig, run_demo
 
     from dataclasses import asdict
 
     preset = DemoConfig.quick() if quick else DemoConfig()
+    if compare:
+        preset = preset.compare()
     cfg = load_config(DemoConfig, config, set_, defaults=asdict(preset))
     if seeds is not None:
         cfg.seeds = seeds

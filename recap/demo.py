@@ -1,9 +1,11 @@
 """``recap demo``: the whole RECAP experiment in the miniature world, on a CPU, in minutes.
 
 1. pre-train the base reasoning model of the world (once; shared by every seed);
-2. for each seed, RL with the same budget: vanilla DAPO (α = 0) and RECAP (α = 0.5);
-3. evaluate base, vanilla and RECAP under every attack on held-out phrasings and prefill sentences;
-4. write ``report.md``, ``report.html``, plots and ``summary.json``.
+2. for each seed, RL with the same budget: vanilla DAPO (α = 0) and RECAP (α = 0.5) — and with
+   ``--compare`` also on-policy prefixes (Self-ReSET style) and mixed static + on-policy prefills;
+3. evaluate base and every method under every attack on held-out phrasings and prefill sentences
+   (``--compare`` adds H-CoT, prefills from an unseen generator and the adaptive attacker's worst case);
+4. write ``report.md``, ``report.html``, plots and ``summary.json`` (with the on-policy buffer statistics).
 
 RL runs and evaluations are independent jobs spread over worker processes (one torch thread each:
 at this model size two 1-thread jobs use two cores better than one 2-thread job). Every step is
@@ -22,8 +24,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from recap.data.mixture import MixtureConfig
+from recap.data.onpolicy import PrefillSourceConfig
 from recap.eval.runner import EvalConfig
 from recap.files import write_text
+from recap.security import inside
+from recap.eval.attacks import TOY_HCOT_FRAME
 from recap.generation import SamplingConfig
 from recap.toy.model import PretrainConfig, ToyModelConfig
 from recap.train import TrainConfig
@@ -40,6 +45,16 @@ def _toy_eval() -> EvalConfig:
                       sampling=SamplingConfig(temperature=1.0, max_new_tokens=64, batch_size=256))
 
 
+# method -> (α of the mixture, prefill sources). Every method has the same RL budget.
+METHODS = {
+    "vanilla": (0.0, {"static": 1.0}),
+    "recap": (None, {"static": 1.0}),  # None: the mixture's α
+    "on_policy": (None, {"on_policy": 1.0}),
+    "mixed": (None, {"static": 0.5, "on_policy": 0.5}),
+}
+COMPARE_ATTACKS = ["hcot", "prefill_unseen", "adaptive"]
+
+
 @dataclass
 class DemoConfig:
     """The miniature-world experiment. Sizes are the smallest that show an honest effect on 2 cores."""
@@ -53,6 +68,20 @@ class DemoConfig:
         metadata={"help": "RECAP mixture; ℓ is in words of the world (its reasonings are 10–30 words long)."})
     rl: TrainConfig = field(default_factory=_toy_rl, metadata={"help": "RL settings shared by vanilla DAPO and RECAP."})
     eval: EvalConfig = field(default_factory=_toy_eval, metadata={"help": "Evaluation settings."})
+    methods: list[str] = field(default_factory=lambda: ["recap", "vanilla"], metadata={"help": f"RL methods trained and evaluated beside the base model, among {', '.join(METHODS)} (--compare: all of them)."})
+    onpolicy: PrefillSourceConfig = field(default_factory=lambda: PrefillSourceConfig(buffer_size=256, per_example=2), metadata={"help": "Buffer settings of the on_policy and mixed methods (their weights come from the method)."})
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"methods: unknown method {unknown[0]!r} (known: {', '.join(METHODS)})")
+
+    def compare(self) -> DemoConfig:
+        """Every method, and the stronger attacks in the evaluation (``recap demo --compare``)."""
+        attacks = [*self.eval.attacks, *[a for a in COMPARE_ATTACKS if a not in self.eval.attacks]]
+        return replace(self, methods=list(METHODS),
+                       eval=replace(self.eval, attacks=attacks, hcot_frame=self.eval.hcot_frame or TOY_HCOT_FRAME,
+                                    adaptive_lengths=[6, 12, 20, 40]))
 
     @classmethod
     def quick(cls) -> DemoConfig:
@@ -87,10 +116,13 @@ def _rl_job(method: str, seed: int, cfg: DemoConfig, out: str) -> str:
     from recap.toy.data import train_examples
 
     torch.set_num_threads(1)
-    alpha = cfg.mixture.alpha if method == "recap" else 0.0
+    alpha, weights = METHODS[method]
+    alpha = cfg.mixture.alpha if alpha is None else alpha
     examples = build_mixture(train_examples(seed=seed), replace(cfg.mixture, alpha=alpha, seed=seed))
-    run_dir = Path(out) / "runs" / f"{method}-seed{seed}"
-    final = train(replace(cfg.rl, model=str(Path(out) / "base"), output_dir=str(run_dir), seed=seed), examples)
+    run_dir = inside(Path(out) / "runs", f"{method}-seed{seed}")
+    rl = replace(cfg.rl, model=str(Path(out) / "base"), output_dir=str(run_dir), seed=seed,
+                 prefill_sources=replace(cfg.onpolicy, weights=weights))
+    final = train(rl, examples, log=lambda s: None)
     return _eval_job(method, seed, str(final), cfg, out)
 
 
@@ -107,11 +139,14 @@ def _eval_job(method: str, seed: int, model_dir: str, cfg: DemoConfig, out: str)
     torch.set_num_threads(1)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    path = Path(out) / "results" / f"{method}-seed{seed}.jsonl"
+    from recap.toy.data import unseen_reasoning
+
+    path = inside(Path(out) / "results", f"{method}-seed{seed}.jsonl")
     store = ResultStore(path)
     # Same evaluation prompts for every seed and method; the seed varies the sampling.
-    evaluate(model, tokenizer, eval_examples(seed=0), ToyJudge(), replace(cfg.eval, seed=seed), store,
-             {"method": method, "seed": seed})
+    examples = eval_examples(seed=0)
+    evaluate(model, tokenizer, examples, ToyJudge(), replace(cfg.eval, seed=seed), store,
+             {"method": method, "seed": seed}, unseen=unseen_reasoning(examples, seed=0))
     return str(path)
 
 
@@ -121,6 +156,33 @@ def _peak_rss_mib(workers: int) -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return (own + workers * children) / 1024
+
+
+def _buffer_stats(out: Path, cfg: DemoConfig) -> dict[str, dict]:
+    """Mean over seeds of each on-policy method's buffer statistics (``prefix_buffer_stats.json``)."""
+    result = {}
+    for method in cfg.methods:
+        runs = [json.loads(p.read_text()) for s in range(cfg.seeds)
+                if (p := out / "runs" / f"{method}-seed{s}" / "prefix_buffer_stats.json").is_file()]
+        if not runs:
+            continue
+
+        def mean(values):
+            values = [v for v in values if v is not None]
+            return sum(values) / len(values) if values else 0.0
+
+        shares = []
+        for r in runs:
+            src = r["prefill_sources"]
+            total = sum(src.values())
+            shares.append(src.get("on_policy", 0) / total if total else 0.0)
+        result[method] = {"size": mean([r["size"] for r in runs]), "refresh_rate": mean([r["refresh_rate"] for r in runs]),
+                          "cut_rate": mean([r["cut_rate"] for r in runs]),
+                          "cut_fraction_mean": mean([r["cut_fraction_mean"] for r in runs]),
+                          "cut_step_mean": mean([r["cut_step_mean"] for r in runs]),
+                          "on_policy_share": mean(shares), "evicted": mean([r["evicted"] for r in runs]),
+                          "seeds": len(runs)}
+    return result
 
 
 def run_demo(cfg: DemoConfig, out: str | Path, log=print) -> dict:
@@ -147,7 +209,7 @@ def run_demo(cfg: DemoConfig, out: str | Path, log=print) -> dict:
         pretrain(cfg.pretrain, cfg.model, base, log=lambda s: log(f"[demo]   {s}"))
         write_text(stamp_file, json.dumps(stamp, indent=1))
     seeds = list(range(cfg.seeds))
-    jobs = [("rl", m, s) for s in seeds for m in ("recap", "vanilla")] + [("eval", "base", s) for s in seeds]
+    jobs = [("rl", m, s) for s in seeds for m in cfg.methods] + [("eval", "base", s) for s in seeds]
     log(f"[demo] {len(jobs)} jobs (RL + evaluation) on {cfg.workers} workers…")
     stores = []
     with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
@@ -173,8 +235,20 @@ def run_demo(cfg: DemoConfig, out: str | Path, log=print) -> dict:
         f"Attack prefills: ℓ = {cfg.eval.prefill_words} words; IPR rounds 1–{cfg.eval.ipr_rounds}; "
         f"{cfg.eval.samples_per_prompt} sample(s) per prompt at temperature {cfg.eval.sampling.temperature}.",
     ]
+    buffers = _buffer_stats(out, cfg)
+    if buffers:
+        notes.append(f"On-policy methods: the buffer holds at most {cfg.onpolicy.buffer_size} prefixes "
+                     f"({cfg.onpolicy.per_example} per prompt), refreshed every {cfg.onpolicy.refresh_every} step(s) "
+                     "from the policy's unprefilled rollouts cut at their first unsafe sentence (exact judge); "
+                     "slots with nothing stored yet get no prefill (on_policy) or a static one (mixed).")
+        for method, b in buffers.items():
+            notes.append(f"{method} buffer (mean over seeds): size {b['size']:.0f}, {b['refresh_rate']:.1f} prefixes "
+                         f"added per step, {100 * b['cut_rate']:.0f}% of scanned rollouts cut, cut after "
+                         f"{100 * b['cut_fraction_mean']:.0f}% of the reasoning (mean), on-policy share of prefills "
+                         f"{100 * b['on_policy_share']:.0f}%.")
     summary = write_report(records, out, title="RECAP in the miniature world", notes=notes)
-    summary = {"wall_seconds": round(time.time() - t0, 1), "peak_rss_mib": round(_peak_rss_mib(cfg.workers), 1), **summary}
+    summary = {"wall_seconds": round(time.time() - t0, 1), "peak_rss_mib": round(_peak_rss_mib(cfg.workers), 1),
+               **({"onpolicy_buffers": buffers} if buffers else {}), **summary}
     write_text(out / "summary.json", json.dumps(summary, indent=1))
     log(f"[demo] done in {summary['wall_seconds']:.0f}s — report: {out / 'report.html'}")
     return summary

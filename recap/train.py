@@ -21,6 +21,8 @@ from trl import GRPOConfig, GRPOTrainer
 
 from recap.chat import render_prompt, with_think_system
 from recap.data.examples import Example, read_examples
+from recap.data.onpolicy import PrefillPlanner, PrefillSourceConfig, step_judge_for
+from recap.data.schedules import LengthSchedule
 
 
 @dataclass
@@ -64,6 +66,8 @@ class TrainConfig:
     vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "GPU memory fraction vLLM may take in colocate mode (the rest is for training)."})
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed-precision training (GPUs; the paper trained in bf16 with DeepSpeed ZeRO-3). Must match the accelerate config's mixed_precision."})
     use_cpu: bool = field(default=False, metadata={"help": "Force CPU even when an accelerator exists."})
+    prefill_sources: PrefillSourceConfig = field(default_factory=PrefillSourceConfig, metadata={"help": "Where the prefills of the mixture's prefill slots come from at each step: static (the mixture's counter-aligned reasoning, RECAP), on_policy (the policy's own unsafe reasoning cut at its first unsafe step, Self-ReSET style) or both by weight."})
+    prefill_length: LengthSchedule | None = field(default=None, metadata={"help": "Length schedule of static prefills (fixed, uniform over a set, or a short→long curriculum), applied to each slot's counter_reasoning at every step; null keeps the mixture's prefills as written."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run the model repository's own Python code (off: only transformers' built-in architectures)."})
     allow_pickle_weights: bool = field(default=False, metadata={"help": "Accept pytorch_model.bin pickle weights (off: safetensors/GGUF only; unpickling can run code)."})
     resume: str = field(default="auto", metadata={"help": "What to do with checkpoints already in output_dir: auto (continue from the last complete one, start fresh if none), must (continue; an error if there is none — `recap train --resume`), never (an error if there is one — `recap train` without --resume, so two runs never mix)."})
@@ -71,10 +75,23 @@ class TrainConfig:
 
 
 def rl_rows(examples: list[Example], tokenizer, think_system_prompt: bool = False) -> list[dict]:
-    """Dataset rows for TRL: the rendered prompt text (prefill included) plus routing columns."""
-    return [{"prompt": render_prompt(tokenizer, with_think_system(e.messages()) if think_system_prompt else e.messages(),
-                                 e.prefill), "kind": e.kind,
-             "reference": e.reference, "id": e.id, "prefilled": e.prefill is not None} for e in examples]
+    """Dataset rows for TRL: the rendered prompt text (prefill included) plus routing columns, and what a
+    ``PrefillPlanner`` needs to choose another prefill at each step (the conversation, the counter-aligned
+    reasoning and the mixture's own prefill)."""
+    rows = []
+    for e in examples:
+        messages = with_think_system(e.messages()) if think_system_prompt else e.messages()
+        rows.append({"prompt": render_prompt(tokenizer, messages, e.prefill), "kind": e.kind,
+                     "reference": e.reference, "id": e.id, "prefilled": e.prefill is not None,
+                     "conversation": json.dumps(messages, ensure_ascii=False),
+                     "counter_reasoning": e.counter_reasoning or "", "static_prefill": e.prefill or ""})
+    return rows
+
+
+def dynamic_prefills(cfg: TrainConfig) -> bool:
+    """Whether prefills are chosen at each step (on-policy source or a length schedule) rather than fixed
+    by the mixture file."""
+    return cfg.prefill_sources.weights.get("on_policy", 0.0) > 0 or cfg.prefill_length is not None
 
 
 class RecapTrainer(GRPOTrainer):
@@ -87,12 +104,22 @@ class RecapTrainer(GRPOTrainer):
     """
 
     def __init__(self, *args, dynamic_sampling: bool = False, dynamic_sampling_tau: float = 1.0,
-                 loss_length_buckets: int = 1, **kwargs):
+                 loss_length_buckets: int = 1, planner: PrefillPlanner | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.dynamic_sampling = dynamic_sampling
         self.dynamic_sampling_tau = dynamic_sampling_tau
         self.loss_length_buckets = loss_length_buckets
+        self.planner = planner
         self._last_rewards: torch.Tensor | None = None
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.planner is not None and self.args.should_save:  # the buffer resumes with the run
+            from recap.files import write_text
+
+            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            if folder.is_dir():
+                write_text(folder / PLANNER_STATE, json.dumps(self.planner.state()))
 
     def length_buckets(self, inputs: dict) -> list[dict] | None:
         """Split a micro-batch into ``loss_length_buckets`` chunks of rows sorted by length, each with the
@@ -150,8 +177,25 @@ class RecapTrainer(GRPOTrainer):
         return (grouped == 0).all(dim=1) | (grouped >= self.dynamic_sampling_tau).all(dim=1)
 
     def _generate_and_score_completions(self, inputs):
-        out = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
+        if self.planner is not None and mode == "train":
+            inputs = self.planner.prepare(inputs, self.state.global_step)
+        out = super()._generate_and_score_completions(inputs)
+        if self.planner is not None and mode == "train":
+            ids, mask = out["completion_ids"], out["completion_mask"]
+            texts = [self.processing_class.decode(i[m.bool()], skip_special_tokens=True) for i, m in zip(ids, mask)]
+            # TRL repeats each prompt num_generations times in ``inputs``; one completion per input row.
+            self.planner.harvest(inputs, texts, self.state.global_step)
+            stats = self.planner.buffer.stats()
+            metrics = self._metrics[mode]
+            metrics["onpolicy/buffer_size"].append(stats["size"])
+            metrics["onpolicy/added"].append(self.planner.history[-1]["added"] if self.planner.history else 0)
+            if stats["cut_fraction_mean"] is not None:
+                metrics["onpolicy/cut_fraction_mean"].append(stats["cut_fraction_mean"])
+            slots = [x for x in inputs if x.get("prefilled")]
+            if slots:
+                metrics["prefill/on_policy_share"].append(
+                    sum(x.get("prefill_source") == "on_policy" for x in slots) / len(slots))
         if mode != "train" or not self.dynamic_sampling or self._last_rewards is None:
             return out
         weights = self.reward_weights.to(self._last_rewards.device)
@@ -258,17 +302,23 @@ def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model
     rows = rl_rows(examples, tokenizer, cfg.think_system_prompt)
     check_context(tokenizer, model, [(f"{cfg.train_file or 'examples'}: example {r['id']!r}", r["prompt"]) for r in rows],
                   cfg.max_completion_length, "max_completion_length")
-    reward = RewardRouter(load_judges(cfg.judge, cfg.judges).judges, format_penalty=cfg.format_penalty,
-                          unclosed=cfg.unclosed)
+    judges = load_judges(cfg.judge, cfg.judges).judges
+    reward = RewardRouter(judges, format_penalty=cfg.format_penalty, unclosed=cfg.unclosed)
+    planner = None
+    if dynamic_prefills(cfg):
+        planner = PrefillPlanner(cfg.prefill_sources, lambda messages, text: render_prompt(tokenizer, messages, text),
+                                 step_judge_for(cfg.prefill_sources.judge, judges), schedule=cfg.prefill_length,
+                                 max_steps=cfg.max_steps, seed=cfg.seed)
     return RecapTrainer(
         model=model, processing_class=tokenizer, reward_funcs=[reward], args=grpo_config(cfg),
         train_dataset=Dataset.from_list(rows),
         dynamic_sampling=cfg.dynamic_sampling, dynamic_sampling_tau=cfg.dynamic_sampling_tau,
-        loss_length_buckets=cfg.loss_length_buckets,
+        loss_length_buckets=cfg.loss_length_buckets, planner=planner,
     )
 
 
 RESUME_MODES = ("auto", "must", "never")
+PLANNER_STATE = "prefix_buffer.json"  # the on-policy buffer, saved with each checkpoint
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Fields that may change between a run and its resumption (they do not change what is trained).
 _RESUMABLE_CHANGES = {"resume", "max_steps", "save_steps", "logging_steps", "num_threads", "report_to",
@@ -359,6 +409,8 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None, log: Callable
     if cfg.report_to not in ("none", ""):
         log(f"reporting scalar metrics to {cfg.report_to}; completions and prompts are not sent (log_completions off)")
     trainer = build_trainer(cfg, examples)
+    if trainer.planner is not None and ckpt is not None and (ckpt / PLANNER_STATE).is_file():
+        trainer.planner.load_state(json.loads((ckpt / PLANNER_STATE).read_text(encoding="utf-8")))
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
     accelerator = trainer.accelerator
     accelerator.wait_for_everyone()
@@ -367,6 +419,9 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None, log: Callable
         if hasattr(model, "merge_and_unload"):  # LoRA: save a plain model the evaluation can load
             model = model.merge_and_unload()
         write_text(out / "log_history.json", json.dumps(trainer.state.log_history, indent=1))
+        if trainer.planner is not None:
+            write_text(out / "prefix_buffer_stats.json", json.dumps(
+                {**trainer.planner.stats(), "history": trainer.planner.history}, indent=1))
         with atomic_dir(final) as tmp:  # last: its config.json marks the run as finished
             model.save_pretrained(str(tmp), safe_serialization=True)
             trainer.processing_class.save_pretrained(str(tmp))

@@ -20,6 +20,7 @@ def test_shipped_configs_load():
     from recap.demo import DemoConfig
     from recap.eval.runner import EvalConfig
     from recap.eval.suite import SuiteConfig
+    from recap.rewards.guard import GuardConfig
     from recap.rewards.rubric import RubricConfig
     from recap.train import TrainConfig
 
@@ -29,7 +30,8 @@ def test_shipped_configs_load():
                "smollm2/eval.yaml": SuiteConfig, "smollm2/eval-full.yaml": SuiteConfig,
                "smollm2/train.yaml": TrainConfig, "scale/recap-8b.yaml": TrainConfig,
                "scale/recap-8b-vllm-server.yaml": TrainConfig,
-               "judges/strongreject-rubric.yaml": RubricConfig, "judges/overrefusal-rubric.yaml": RubricConfig}
+               "judges/strongreject-rubric.yaml": RubricConfig, "judges/overrefusal-rubric.yaml": RubricConfig,
+               "judges/guard.yaml": GuardConfig, "recap-mixed-curriculum.yaml": TrainConfig}
     files = sorted(f for f in (ROOT / "configs").rglob("*.yaml") if f.parent.name != "accelerate")
     names = {f.relative_to(ROOT / "configs").as_posix(): f for f in files}
     assert set(names) == set(classes)

@@ -31,14 +31,17 @@ class EvalConfig:
     """Which conditions to run and how to sample."""
 
     attacks: list[str] = field(
-        default_factory=lambda: list(attacks.ATTACKS),
-        metadata={"help": f"Conditions to run, among {', '.join(attacks.ATTACKS)}."})
+        default_factory=lambda: list(attacks.DEFAULT_ATTACKS),
+        metadata={"help": f"Conditions to run, among {', '.join(attacks.ATTACKS)} (hcot, prefill_unseen and adaptive are opt-in: see docs/design.md)."})
     prefill_words: int | list[int] | str = field(
         default=500, metadata={"help": "Attack prefill length ℓ in words (int, list or 'lo-hi' range)."})
     ipr_rounds: int = field(default=3, metadata={"help": "Rounds k of iterative prefill reset (the paper reports 1–3)."})
     samples_per_prompt: int = field(default=1, metadata={"help": "Samples drawn per prompt and condition."})
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "Decoding settings."})
     seed: int = field(default=0, metadata={"help": "Seed of the prefill lengths and of sampling."})
+    hcot_frame: str = field(default="", metadata={"help": "H-CoT frame with {request} and {reasoning} slots placed in the user turn ('' = recap.eval.attacks.HCOT_FRAME)."})
+    unseen_prefills: str = field(default="", metadata={"help": "Reasoning from a generator the policy never saw in training ({id, counter_reasoning} rows, e.g. `recap data prefill` with another model), for prefill_unseen and as a second phrasing of adaptive."})
+    adaptive_lengths: list[int] = field(default_factory=lambda: [100, 300, 500, 700], metadata={"help": "Prefill lengths (words) the adaptive attacker tries per prompt and phrasing (the paper's ablation range)."})
     chunk_size: int = field(default=256, metadata={"help": "Jobs generated, judged and written to the result store together: the most a killed run loses. A chunk's sampling seed depends only on its position, so resumed and uninterrupted runs draw the same samples."})
     unclosed: str = field(default="invalid", metadata={"help": "A completion that never closes the think block: 'invalid' (no answer; reasoning models) or 'continuation' (the model's own text is the answer; models without thinking tags such as SmolLM2)."})
 
@@ -59,12 +62,35 @@ def _prefill_for(example: Example, cfg: EvalConfig) -> str:
     return truncate_words(example.counter_reasoning, draw_length(cfg.prefill_words, rng))
 
 
+def _unseen_for(example: Example, unseen: dict[str, str], cfg: EvalConfig) -> str:
+    if example.id not in unseen:
+        raise ValueError(f"{cfg.unseen_prefills or 'unseen prefills'}: no reasoning for example {example.id!r} "
+                         "(prefill_unseen needs one per harmful prompt)")
+    rng = random.Random(zlib.crc32(f"{cfg.seed}:unseen:{example.id}".encode()))
+    return truncate_words(unseen[example.id], draw_length(cfg.prefill_words, rng))
+
+
+def read_reasoning(path: str) -> dict[str, str]:
+    """``{id: counter_reasoning}`` from a JSONL file of rows with those fields."""
+    from recap.data.examples import DataError, iter_jsonl
+
+    out = {}
+    for n, row in iter_jsonl(path):
+        for key in ("id", "counter_reasoning"):
+            if not isinstance(row, dict) or not isinstance(row.get(key), str) or not row[key].strip():
+                raise DataError(path, n, key, "missing or not text")
+        out[row["id"]] = row["counter_reasoning"]
+    return out
+
+
 def evaluate(model, tokenizer, examples: list[Example], judge: Judge, cfg: EvalConfig, store: ResultStore,
              tag: dict, log: Callable[[str], None] = lambda s: None,
-             progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
+             progress: Callable[[str, int, int], None] | None = None,
+             unseen: dict[str, str] | None = None) -> list[dict]:
     """Evaluate ``model`` on ``examples`` under every condition of ``cfg``; records carry ``tag`` (e.g.
     ``{"method": "recap", "seed": 0}``). Returns the records of this run (including resumed ones).
-    ``progress(stage, done, total)`` is called after each generated batch.
+    ``progress(stage, done, total)`` is called after each generated batch. ``unseen`` (id → reasoning from
+    a generator the policy never saw) replaces ``cfg.unseen_prefills``.
 
     Each stage runs in fixed chunks of ``cfg.chunk_size`` jobs; a chunk is generated, judged and appended
     to ``store`` before the next starts, so a kill loses at most the chunk in flight, and a rerun skips
@@ -80,11 +106,12 @@ def evaluate(model, tokenizer, examples: list[Example], judge: Judge, cfg: EvalC
     def ntok(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
 
-    def keys_of(name: str, jobs: list, start: int) -> list[str]:
-        return [record_key(f"{prefix}:{name}", jname, e.id, (start + i) % n) for i, (e, _) in enumerate(jobs)]
+    def keys_of(name: str, jobs: list, start: int, variants: list[str] | None = None) -> list[str]:
+        return [record_key(f"{prefix}:{name}", jname, e.id + (f"#{variants[start + i]}" if variants else ""),
+                           (start + i) % n) for i, (e, _) in enumerate(jobs)]
 
     def judge_chunk(name: str, jobs: list[tuple[Example, attacks.AttackPrompt]], gens: list[Generation],
-                    keys: list[str], start: int, attack: str, rnd: int = 0) -> None:
+                    keys: list[str], start: int, attack: str, rnd: int = 0, variants: list[str] | None = None) -> None:
         splits = [final_answer(g.text, p.injected, cfg.unclosed) for (_, p), g in zip(jobs, gens)]
         verdicts = checked_judge(judge, [JudgeItem(e.user_text(), s.answer, e.kind, e.reference)
                                 for (e, _), s in zip(jobs, splits)])
@@ -104,6 +131,7 @@ def evaluate(model, tokenizer, examples: list[Example], judge: Judge, cfg: EvalC
                 "answer": s.answer, "label": label, "score": score, "reflected": has_reflection(own_reasoning),
                 "reasoning_tokens": ntok(own_reasoning), "answer_tokens": ntok(s.answer),
                 "new_tokens": g.n_tokens, "truncated": g.truncated,
+                **({"variant": variants[start + i]} if variants else {}),
             })
         store.add(records)
 
@@ -127,19 +155,21 @@ def evaluate(model, tokenizer, examples: list[Example], judge: Judge, cfg: EvalC
         check_context(tokenizer, model, [(f"example {e.id!r} ({name})", p.text) for e, p in jobs], new_tokens,
                       "sampling.max_new_tokens" + (" × IPR rounds" if new_tokens > cfg.sampling.max_new_tokens else ""))
 
-    def run_stage(name: str, jobs: list[tuple[Example, attacks.AttackPrompt]], attack: str) -> list[dict]:
+    def run_stage(name: str, jobs: list[tuple[Example, attacks.AttackPrompt]], attack: str,
+                  variants: list[str] | None = None) -> list[dict]:
+        """``variants[i]`` (the adaptive attacker's try) is part of job i's key and record."""
         fits(name, jobs, cfg.sampling.max_new_tokens)
         step, all_keys, new = counter(name, len(jobs)), [], 0
         for start in range(0, len(jobs), size):
             part = jobs[start: start + size]
-            keys = keys_of(name, part, start)
+            keys = keys_of(name, part, start, variants)
             all_keys += keys
             if all(store.has(k) for k in keys):
                 step(len(part))
                 continue
             gens = generate(model, tokenizer, [p.text for _, p in part], cfg.sampling, seed=stage_seed(name) + start,
                             progress=step)
-            judge_chunk(name, part, gens, keys, start, attack)
+            judge_chunk(name, part, gens, keys, start, attack, variants=variants)
             new += len(part)
         return report(name, all_keys, new)
 
@@ -213,4 +243,26 @@ def evaluate(model, tokenizer, examples: list[Example], judge: Judge, cfg: EvalC
     if "hijack" in cfg.attacks:
         out += run_stage("hijack", [(e, attacks.hijack_prompt(tokenizer, e.messages(), e.counter_reasoning))
                                     for e in harmful for _ in range(n)], "hijack")
+    if "hcot" in cfg.attacks:
+        frame = cfg.hcot_frame or attacks.HCOT_FRAME
+        out += run_stage("hcot", [(e, attacks.hcot_prompt(tokenizer, e.messages(), _prefill_for(e, cfg), frame))
+                                  for e in harmful for _ in range(n)], "hcot")
+    if unseen is None and cfg.unseen_prefills and {"prefill_unseen", "adaptive"} & set(cfg.attacks):
+        unseen = read_reasoning(cfg.unseen_prefills)
+    if "prefill_unseen" in cfg.attacks:
+        if not unseen:
+            raise ValueError("the prefill_unseen attack needs reasoning from an unseen generator: set "
+                             "unseen_prefills to a file of {id, counter_reasoning} rows")
+        out += run_stage("prefill_unseen", [(e, attacks.prefill_prompt(tokenizer, e.messages(), _unseen_for(e, unseen, cfg)))
+                                            for e in harmful for _ in range(n)], "prefill_unseen")
+    if "adaptive" in cfg.attacks:
+        jobs, variants = [], []
+        for e in harmful:
+            _prefill_for(e, cfg)  # the same clear error when the static reasoning is missing
+            phrasings = {"static": e.counter_reasoning, **({"unseen": unseen[e.id]} if unseen and e.id in unseen else {})}
+            for v in attacks.adaptive_variants(phrasings, cfg.adaptive_lengths):
+                for _ in range(n):
+                    jobs.append((e, attacks.prefill_prompt(tokenizer, e.messages(), v.prefill)))
+                    variants.append(v.name)
+        out += run_stage("adaptive", jobs, "adaptive", variants)
     return out

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from recap.files import atomic_write, write_text  # noqa: E402
 from recap.eval.metrics import DESCRIPTIONS, HIGHER_IS_BETTER, METRICS, compute_metrics  # noqa: E402
 
-METHODS_ORDER = ("base", "vanilla", "recap")
+METHODS_ORDER = ("base", "vanilla", "recap", "on_policy", "mixed")
 TOKEN_METRICS = ("reasoning_tokens", "answer_tokens")
 SAFETY_NOTE = ("Content warning: this report contains model outputs on harmful prompts, "
                "including attacker-written reasoning and possibly unsafe completions.")
@@ -30,6 +30,9 @@ PLOTS = (
     ("attack_success.png", "Attack success (lower is better)",
      [("prefill", "attack_prefill_success"), ("hijack", "attack_hijack_success"),
       ("ipr1", "attack_ipr1_success"), ("ipr2", "attack_ipr2_success"), ("ipr3", "attack_ipr3_success")]),
+    ("stronger_attacks.png", "Stronger attacks (lower is better)",
+     [("H-CoT", "attack_hcot_success"), ("unseen prefill", "attack_prefill_unseen_success"),
+      ("adaptive, worst case", "attack_adaptive_worst_case")]),
     ("reflection_rate.png", "Reflection rate under prefill (higher is better)",
      [("prefill", "reflection_rate_prefill")]),
     ("overrefusal.png", "Over-refusal on benign prompts (lower is better)",

@@ -34,6 +34,22 @@ def train_examples(seed: int = 0, per_request: int = 4, n_tasks: int = 120) -> l
     return _examples("train", seed, per_request, n_tasks)
 
 
+def unseen_reasoning(examples: list[Example], seed: int = 0) -> dict[str, str]:
+    """``{id: reasoning}`` for the harmful and benign examples, from ``world.unseen_reasoning``: a
+    generator of counter-aligned reasoning that RL never saw (other construction, eval-pool sentences)."""
+    rng = random.Random(seed + 20_000)
+    requests = [*world.harmful_requests(), *world.benign_requests()]
+    out = {}
+    for e in examples:
+        if e.kind not in ("harmful", "benign"):
+            continue
+        matches = [r for r in requests if r.kind == e.kind and f" {r.content} " in f" {e.user_text()} "]
+        if not matches:
+            raise ValueError(f"example {e.id!r}: not a request of the miniature world")
+        out[e.id] = world.unseen_reasoning(max(matches, key=lambda r: len(r.content)), rng)
+    return out
+
+
 def eval_examples(seed: int = 0, per_request: int = 2, n_tasks: int = 80) -> list[Example]:
     """Evaluation prompts in the held-out phrasings, with counter-aligned reasoning from the eval pool
     (sentences RL never saw)."""
