@@ -32,7 +32,7 @@ class BenchmarkSpec:
     limit: int | None = field(default=None, metadata={"help": "Evaluate only N items (the first N, or a seeded sample with subset_seed)."})
     subset_seed: int | None = field(default=None, metadata={"help": "Draw the `limit` items at random with this seed instead of taking the first."})
     kinds: list[str] = field(default_factory=list, metadata={"help": "Keep only these kinds (e.g. [benign] for XSTest's safe prompts); empty keeps all."})
-    attacks: list[str] = field(default_factory=lambda: ["clean"], metadata={"help": "Conditions run on this benchmark (clean, prefill, refusal_prefill, hijack, ipr)."})
+    attacks: list[str] = field(default_factory=lambda: ["clean"], metadata={"help": "Conditions run on this benchmark (clean, prefill, refusal_prefill, hijack, ipr; opt-in hcot, prefill_unseen, adaptive)."})
     max_new_tokens: int | None = field(default=None, metadata={"help": "Token budget of this benchmark's answers (default: eval.sampling.max_new_tokens)."})
 
 
@@ -101,7 +101,7 @@ def load_suite(cfg: SuiteConfig) -> dict[str, list[Example]]:
 
 def _needs_reasoning(b: BenchmarkSpec) -> list[str]:
     kinds = []
-    if {"prefill", "ipr", "hijack"} & set(b.attacks):
+    if {"prefill", "ipr", "hijack", "hcot", "adaptive"} & set(b.attacks):
         kinds.append("harmful")
     if "refusal_prefill" in b.attacks:
         kinds.append("benign")
