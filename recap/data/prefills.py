@@ -144,14 +144,12 @@ def generate_prefills(
     return out
 
 
-def attach_prefills(examples: list[Example], path: str | os.PathLike, source: str | None = None, *,
-                    kinds: tuple[str, ...] = tuple(STANCES), extra_ids_ok: bool = False) -> list[Example]:
-    """Take ``counter_reasoning`` from a user file: JSONL rows ``{"id": …, "counter_reasoning": …}``
-    (or a recap examples file). Every example of ``kinds`` must find its row; a duplicate id or an empty
-    text is an error naming the line, and so is an id that matches no example unless ``extra_ids_ok``
-    (a file that covers a whole benchmark used on a subset of it)."""
+def read_counter_reasoning(path: str | os.PathLike) -> dict[str, tuple[int | None, str]]:
+    """``{id: (line, counter_reasoning)}`` from JSONL rows ``{"id": …, "counter_reasoning": …}`` or a
+    recap examples file (line None). A missing id, an empty text or a duplicate id is an error naming
+    the line."""
     path = Path(path)
-    texts: dict[str, tuple[int, str]] = {}
+    texts: dict[str, tuple[int | None, str]] = {}
     rows = ((n, r) for n, r in iter_jsonl(path)) if path.suffix == ".jsonl" else \
         ((None, {"id": e.id, "counter_reasoning": e.counter_reasoning}) for e in read_examples(path))
     for n, row in rows:
@@ -163,6 +161,17 @@ def attach_prefills(examples: list[Example], path: str | os.PathLike, source: st
         if row["id"] in texts:
             raise DataError(path, n, "id", f"duplicate id {row['id']!r} (first on line {texts[row['id']][0]})")
         texts[row["id"]] = (n, text)
+    return texts
+
+
+def attach_prefills(examples: list[Example], path: str | os.PathLike, source: str | None = None, *,
+                    kinds: tuple[str, ...] = tuple(STANCES), extra_ids_ok: bool = False) -> list[Example]:
+    """Take ``counter_reasoning`` from a user file: JSONL rows ``{"id": …, "counter_reasoning": …}``
+    (or a recap examples file). Every example of ``kinds`` must find its row; a duplicate id or an empty
+    text is an error naming the line, and so is an id that matches no example unless ``extra_ids_ok``
+    (a file that covers a whole benchmark used on a subset of it)."""
+    path = Path(path)
+    texts = read_counter_reasoning(path)
     ids = {e.id for e in examples}
     for key, (n, _) in texts.items():
         if key not in ids and not extra_ids_ok:

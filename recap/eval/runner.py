@@ -70,19 +70,6 @@ def _unseen_for(example: Example, unseen: dict[str, str], cfg: EvalConfig) -> st
     return truncate_words(unseen[example.id], draw_length(cfg.prefill_words, rng))
 
 
-def read_reasoning(path: str) -> dict[str, str]:
-    """``{id: counter_reasoning}`` from a JSONL file of rows with those fields."""
-    from recap.data.examples import DataError, iter_jsonl
-
-    out = {}
-    for n, row in iter_jsonl(path):
-        for key in ("id", "counter_reasoning"):
-            if not isinstance(row, dict) or not isinstance(row.get(key), str) or not row[key].strip():
-                raise DataError(path, n, key, "missing or not text")
-        out[row["id"]] = row["counter_reasoning"]
-    return out
-
-
 def evaluate(model, tokenizer, examples: list[Example], judge: Judge, cfg: EvalConfig, store: ResultStore,
              tag: dict, log: Callable[[str], None] = lambda s: None,
              progress: Callable[[str, int, int], None] | None = None,
@@ -248,7 +235,9 @@ def evaluate(model, tokenizer, examples: list[Example], judge: Judge, cfg: EvalC
         out += run_stage("hcot", [(e, attacks.hcot_prompt(tokenizer, e.messages(), _prefill_for(e, cfg), frame))
                                   for e in harmful for _ in range(n)], "hcot")
     if unseen is None and cfg.unseen_prefills and {"prefill_unseen", "adaptive"} & set(cfg.attacks):
-        unseen = read_reasoning(cfg.unseen_prefills)
+        from recap.data.prefills import read_counter_reasoning
+
+        unseen = {i: text for i, (_, text) in read_counter_reasoning(cfg.unseen_prefills).items()}
     if "prefill_unseen" in cfg.attacks:
         if not unseen:
             raise ValueError("the prefill_unseen attack needs reasoning from an unseen generator: set "
