@@ -22,7 +22,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from recap.rewards.judges import INVALID, Judge, JudgeItem
+from recap.rewards.judges import INVALID, Judge, JudgeItem, checked_judge
 from recap.toy import world
 
 StepJudge = Callable[[list[str]], list[bool]]
@@ -139,10 +139,7 @@ def judge_step_fn(judge: Judge, prompt: str, kind: str, threshold: float = 0.5) 
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
 
     def is_unsafe(prefixes: list[str]) -> list[bool]:
-        verdicts = judge.judge([JudgeItem(prompt, p, kind, None) for p in prefixes])
-        if len(verdicts) != len(prefixes):
-            raise ValueError(f"judge {getattr(judge, 'name', judge)!r} returned {len(verdicts)} verdicts "
-                             f"for {len(prefixes)} prefixes")
+        verdicts = checked_judge(judge, [JudgeItem(prompt, p, kind, None) for p in prefixes], "prefixes")
         return [v.label != INVALID and v.score < threshold for v in verdicts]
 
     return is_unsafe

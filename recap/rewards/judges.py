@@ -176,13 +176,14 @@ def judge_name(judge) -> str:
     return getattr(judge, "name", type(judge).__name__)
 
 
-def checked_judge(judge: Judge, items: Sequence[JudgeItem]) -> list[Verdict]:
+def checked_judge(judge: Judge, items: Sequence[JudgeItem], what: str = "items") -> list[Verdict]:
     """``judge.judge(items)``, refusing any output that is not one ``Verdict`` per item with a finite
-    score in [0, 1] (a NaN or out-of-range score would silently poison a reward or a metric)."""
+    score in [0, 1] (a NaN or out-of-range score would silently poison a reward or a metric). ``what``
+    names the items in the error (e.g. ``"prefixes"``)."""
     verdicts = list(judge.judge(items))
     name = judge_name(judge)
     if len(verdicts) != len(items):
-        raise JudgeOutputError(f"judge {name} returned {len(verdicts)} verdicts for {len(items)} items")
+        raise JudgeOutputError(f"judge {name} returned {len(verdicts)} verdicts for {len(items)} {what}")
     for i, (it, v) in enumerate(zip(items, verdicts)):
         score = getattr(v, "score", None)
         ok = isinstance(v, Verdict) and isinstance(score, (int, float)) and not isinstance(score, bool) \

@@ -163,6 +163,9 @@ def test_judge_step_fn_ignores_invalid_verdicts_and_checks_the_count():
     assert fn(["a", "a b"]) == [False, True]
     with pytest.raises(ValueError, match="1 verdicts for 2 prefixes"):
         judge_step_fn(_FakeJudge([0.0]), "p", "harmful")(["a", "a b"])
+    # a NaN score is refused, not read as "safe" (nan < threshold is False)
+    with pytest.raises(ValueError, match="finite score in"):
+        judge_step_fn(_FakeJudge([0.0, float("nan")]), "p", "harmful")(["a", "a b"])
     with pytest.raises(ValueError, match="threshold"):
         judge_step_fn(_FakeJudge([]), "p", "harmful", threshold=2.0)
 
