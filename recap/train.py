@@ -185,11 +185,11 @@ class RecapTrainer(GRPOTrainer):
             ids, mask = out["completion_ids"], out["completion_mask"]
             texts = [self.processing_class.decode(i[m.bool()], skip_special_tokens=True) for i, m in zip(ids, mask)]
             # TRL repeats each prompt num_generations times in ``inputs``; one completion per input row.
-            self.planner.harvest(inputs, texts, self.state.global_step)
+            added = self.planner.harvest(inputs, texts, self.state.global_step)  # 0 on steps without a scan
             stats = self.planner.buffer.stats()
             metrics = self._metrics[mode]
             metrics["onpolicy/buffer_size"].append(stats["size"])
-            metrics["onpolicy/added"].append(self.planner.history[-1]["added"] if self.planner.history else 0)
+            metrics["onpolicy/added"].append(added)
             if stats["cut_fraction_mean"] is not None:
                 metrics["onpolicy/cut_fraction_mean"].append(stats["cut_fraction_mean"])
             slots = [x for x in inputs if x.get("prefilled")]

@@ -254,3 +254,17 @@ def test_on_policy_buffer_is_saved_with_checkpoints_and_stats_written(tok, tmp_p
     assert set(state) == {"entries", "history", "sources"} and len(state["history"]) == 2
     stats = json.loads((tmp_path / "run" / "prefix_buffer_stats.json").read_text())
     assert stats["scans"] == 2 and stats["capacity"] == 512 and "refresh_rate" in stats
+
+
+def test_onpolicy_added_is_zero_on_steps_without_a_scan(tok, tmp_path):
+    from recap.data.onpolicy import PrefillSourceConfig
+
+    cfg = _cfg(tmp_path, prefill_sources=PrefillSourceConfig(weights={"on_policy": 1.0}, refresh_every=2))
+    trainer = build_trainer(cfg, _examples(), model=build_model(tok, TINY, 0), tokenizer=tok)
+    trainer.planner.history.append({"step": 0, "scanned": 3, "cut": 2, "added": 2, "size": 2})  # the last scan
+    trainer.state.global_step = 1  # refresh_every 2: no scan at this step
+    rows = rl_rows(_examples(), tok)
+    trainer.model.train()
+    trainer._generate_and_score_completions([rows[0]] * 3 + [rows[1]] * 3)
+    assert trainer._metrics["train"]["onpolicy/added"] == [0]  # not the last scan's count again
+    assert len(trainer.planner.history) == 1
