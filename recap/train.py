@@ -363,12 +363,20 @@ def last_checkpoint(out: Path, log: Callable[[str], None] = print, set_aside: bo
     return None
 
 
+def config_dump(cfg: TrainConfig) -> dict:
+    """The run's ``train_config.json``: the config as JSON, secrets redacted (``recap.security``)."""
+    from recap.security import redacted
+
+    return json.loads(json.dumps(redacted(asdict(cfg))))
+
+
 def _check_same_run(cfg: TrainConfig, out: Path) -> None:
-    """A resumed run must train what the first run trained: compare with its ``train_config.json``."""
+    """A resumed run must train what the first run trained: compare its ``train_config.json`` with the
+    same dump of ``cfg`` (redacted alike, so a secret in a field is no difference)."""
     saved_file = out / "train_config.json"
     if not saved_file.is_file():
         return
-    saved, now = json.loads(saved_file.read_text(encoding="utf-8")), asdict(cfg)
+    saved, now = json.loads(saved_file.read_text(encoding="utf-8")), config_dump(cfg)
     for key in sorted(set(saved) | set(now)):
         if key not in _RESUMABLE_CHANGES and saved.get(key) != now.get(key):
             raise ValueError(f"{saved_file}: field '{key}' was {saved.get(key)!r} in the run being resumed, now "
@@ -381,7 +389,6 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None, log: Callable
     the data position of the last complete checkpoint. Returns the folder of the final model, which is
     written whole or not at all."""
     from recap.files import atomic_dir, write_text
-    from recap.security import redacted
 
     if cfg.resume not in RESUME_MODES:
         raise ValueError(f"resume must be one of {', '.join(RESUME_MODES)}, got {cfg.resume!r}")
@@ -405,7 +412,7 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None, log: Callable
         _check_same_run(cfg, out)
         log(f"resuming from {ckpt}")
     elif accelerator_main:
-        write_text(out / "train_config.json", json.dumps(redacted(asdict(cfg)), indent=1))
+        write_text(out / "train_config.json", json.dumps(config_dump(cfg), indent=1))
     if cfg.report_to not in ("none", ""):
         log(f"reporting scalar metrics to {cfg.report_to}; completions and prompts are not sent (log_completions off)")
     trainer = build_trainer(cfg, examples)

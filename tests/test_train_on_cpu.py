@@ -268,3 +268,15 @@ def test_onpolicy_added_is_zero_on_steps_without_a_scan(tok, tmp_path):
     trainer._generate_and_score_completions([rows[0]] * 3 + [rows[1]] * 3)
     assert trainer._metrics["train"]["onpolicy/added"] == [0]  # not the last scan's count again
     assert len(trainer.planner.history) == 1
+
+
+def test_resume_compares_the_config_as_written_with_secrets_redacted(tmp_path, monkeypatch):
+    from recap.train import _check_same_run, config_dump
+
+    monkeypatch.setenv("JUDGE_API_KEY", "sk-not-a-real-key-123")
+    cfg = _cfg(tmp_path, judge="rubric:http://judge.local/v1?key=sk-not-a-real-key-123")
+    (tmp_path / "train_config.json").write_text(json.dumps(config_dump(cfg), indent=1))
+    assert "sk-not-a-real-key-123" not in (tmp_path / "train_config.json").read_text()
+    _check_same_run(cfg, tmp_path)  # the same run: the redacted key is no difference
+    with pytest.raises(ValueError, match="field 'judge' was"):
+        _check_same_run(replace(cfg, judge="toy"), tmp_path)
