@@ -158,6 +158,12 @@ def _peak_rss_mib(workers: int) -> float:
     return (own + workers * children) / 1024
 
 
+def _mean(values) -> float:
+    """Mean of the values that are not None (0.0 if none)."""
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else 0.0
+
+
 def _buffer_stats(out: Path, cfg: DemoConfig) -> dict[str, dict]:
     """Mean over seeds of each on-policy method's buffer statistics (``prefix_buffer_stats.json``)."""
     result = {}
@@ -166,21 +172,16 @@ def _buffer_stats(out: Path, cfg: DemoConfig) -> dict[str, dict]:
                 if (p := out / "runs" / f"{method}-seed{s}" / "prefix_buffer_stats.json").is_file()]
         if not runs:
             continue
-
-        def mean(values):
-            values = [v for v in values if v is not None]
-            return sum(values) / len(values) if values else 0.0
-
         shares = []
         for r in runs:
             src = r["prefill_sources"]
             total = sum(src.values())
             shares.append(src.get("on_policy", 0) / total if total else 0.0)
-        result[method] = {"size": mean([r["size"] for r in runs]), "refresh_rate": mean([r["refresh_rate"] for r in runs]),
-                          "cut_rate": mean([r["cut_rate"] for r in runs]),
-                          "cut_fraction_mean": mean([r["cut_fraction_mean"] for r in runs]),
-                          "cut_step_mean": mean([r["cut_step_mean"] for r in runs]),
-                          "on_policy_share": mean(shares), "evicted": mean([r["evicted"] for r in runs]),
+        result[method] = {"size": _mean([r["size"] for r in runs]), "refresh_rate": _mean([r["refresh_rate"] for r in runs]),
+                          "cut_rate": _mean([r["cut_rate"] for r in runs]),
+                          "cut_fraction_mean": _mean([r["cut_fraction_mean"] for r in runs]),
+                          "cut_step_mean": _mean([r["cut_step_mean"] for r in runs]),
+                          "on_policy_share": _mean(shares), "evicted": _mean([r["evicted"] for r in runs]),
                           "seeds": len(runs)}
     return result
 

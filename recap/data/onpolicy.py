@@ -16,12 +16,16 @@ policy learns to recover from the mistakes it actually makes.
 
 from __future__ import annotations
 
+import json
 import random
 import re
+import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from recap.chat import split_reasoning
+from recap.data.mixture import truncate_words
 from recap.rewards.judges import INVALID, Judge, JudgeItem, checked_judge
 from recap.toy import world
 
@@ -360,11 +364,6 @@ class PrefillPlanner:
         self.sources: Counter = Counter()
 
     def prepare(self, rows: list[dict], step: int) -> list[dict]:
-        import json
-        import zlib
-
-        from recap.data.mixture import truncate_words
-
         out = []
         static_on = self.cfg.weights.get("static", 0.0) > 0
         for row in rows:
@@ -384,10 +383,6 @@ class PrefillPlanner:
         return out
 
     def harvest(self, rows: list[dict], completions: list[str], step: int) -> int:
-        import json
-
-        from recap.chat import split_reasoning
-
         if step % self.cfg.refresh_every:
             return 0
         found, scanned = [], 0

@@ -204,8 +204,7 @@ def evaluate(model, tokenizer, examples: list[Example], judge: Judge, cfg: EvalC
             if first == 0:
                 jobs = [(e, attacks.prefill_prompt(tokenizer, e.messages(), _prefill_for(e, cfg))) for e, _ in part]
                 # each IPR round appends the model's answer and the prefill again
-                extra = sum(len(tokenizer(attacks.ipr_suffix(p.injected)[0], add_special_tokens=False)["input_ids"])
-                            for _, p in jobs[:1]) * (len(names) - 1)
+                extra = ntok(attacks.ipr_suffix(jobs[0][1].injected)[0]) * (len(names) - 1)
                 fits("prefill", jobs, cfg.sampling.max_new_tokens * len(names) + extra)
             else:  # resume: continue the stored conversations of the last finished round
                 jobs = [(e, attacks.ipr_prompt(attacks.AttackPrompt(r["prompt_text"], r["injected"]), r["completion"],
