@@ -1,7 +1,7 @@
 """Same seed, same bytes: the mixture file, the attack prompts and the evaluation outputs (greedy, and
 sampled with the same seed) are reproduced exactly; another seed changes them. RL rollouts are not
 bit-reproducible across machines or thread counts (docs/reliability.md), so they are not asserted here;
-tests/test_train_resume_slow.py shows a resumed run equals an uninterrupted one on the same machine."""
+tests/test_crash_recovery_slow.py shows a resumed run equals an uninterrupted one on the same machine."""
 
 from dataclasses import replace
 
