@@ -7,9 +7,12 @@ One row of a recap data file::
      "reference": "42" | null,                 # task answer
      "counter_reasoning": "..." | null,        # counter-aligned reasoning available for prefilling
      "counter_source": "..." | null,           # which generator wrote it
+     "counter_complete": true | false | null,  # the reasoning ended on its own (false: cut by the token budget)
      "prefill": "..." | null,                  # set by the mixture: the truncated prefill actually used
      "prefill_words": 500 | null, "prefill_source": "..." | null, "seed": 0 | null,
-     "source": "strongreject" | ...}
+     "source": "strongreject" | ...,
+     "category": "..." | null,                 # benchmark category (HarmBench, StrongREJECT, Fortress)
+     "rubric": ["...", ...] | null}            # instance-specific rubric items (Fortress)
 
 Reading validates every row and stops at the first bad one with ``file:line: field 'x': why``;
 nothing is dropped silently.
@@ -50,6 +53,9 @@ class Example:
     prefill_source: str | None = None
     seed: int | None = None
     source: str | None = None
+    counter_complete: bool | None = None  # counter_reasoning ended on its own (False: cut by the generator's budget)
+    category: str | None = None
+    rubric: list[str] | None = None  # instance-specific rubric items (Fortress): yes = the answer has that harm
 
     def messages(self) -> list[dict]:
         """The conversation to render (a plain-text prompt is one user message)."""

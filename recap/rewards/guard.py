@@ -28,8 +28,9 @@ Kinds. A guard measures safety, not helpfulness or correctness: by default the j
 judge). Listing more kinds in ``GuardConfig.kinds`` makes it return P(safe) for them too, still a safety
 score (e.g. to check that answers to benign prompts stay safe), never a helpfulness score.
 
-Labels are ``"safe"`` / ``"unsafe"`` (score ≥ ``threshold`` → safe), not refusal/compliance: a guard
-judges the content, and a safe answer need not be a refusal. An empty answer is
+Labels are ``"safe"`` / ``"unsafe"`` (score ≥ ``threshold`` → safe, also ``Verdict.safe``), not
+refusal/compliance: a guard judges the content, and a safe answer need not be a refusal. The refusal
+reported beside it (``Verdict.refused``) comes from the string rules (``rule_refused``). An empty answer is
 ``Verdict(0.0, "invalid", "empty answer")``. The rationale gives P(safe) and the share of the next-token
 probability that the verdict tokens hold; a low share means the template, the prefix or the verdict
 strings do not match what the guard writes (a warning is issued once per judge when it is below
@@ -63,7 +64,7 @@ from typing import Any
 
 import torch
 
-from recap.rewards.judges import INVALID, JudgeItem, Verdict
+from recap.rewards.judges import INVALID, JudgeItem, Verdict, rule_refused
 
 SAFE = "safe"
 UNSAFE = "unsafe"
@@ -349,7 +350,9 @@ class GuardJudge:
                 why = f"P(safe)={p:.4f}; verdict tokens hold {m:.1%} of the next-token probability"
                 if cut:
                     why += "; input truncated to max_length"
-                out[i] = Verdict(p, SAFE if p >= self.cfg.threshold else UNSAFE, why)
+                # A guard judges content, not refusal: the refusal beside it comes from the string rules.
+                out[i] = Verdict(p, SAFE if p >= self.cfg.threshold else UNSAFE, why, safe=p >= self.cfg.threshold,
+                                 refused=rule_refused(items[i].answer))
                 if m < LOW_VERDICT_MASS and not self._warned_mass:
                     self._warned_mass = True
                     warnings.warn(f"guard verdict tokens hold only {m:.1%} of the next-token probability: check "

@@ -38,7 +38,8 @@ import numpy as np
 
 from recap.data.examples import DataError, csv_records
 from recap.rewards.judges import (COMPLIANCE, CORRECT, INCORRECT, INVALID, REFUSAL, RULE_FAMILIES, JudgeItem, Judge,
-                                  RuleJudge, Verdict, math_equal, rule_match, rule_refused)
+                                  RuleJudge, Verdict, math_equal, refusal_verdict, rule_match,
+                                  rule_refused)
 
 __all__ = [
     "RULE_FAMILIES", "rule_refused", "rule_match", "LabelledCompletion", "read_labelled_completions",
@@ -356,8 +357,7 @@ class EmbeddingRefusalJudge:
                     m = rule_match(items[i].answer, self.override)
                     if m is not None:
                         why += f"; rule {self.override} matched {m.group(0)!r}"
-                score = p if items[i].kind == "harmful" else 1.0 - p
-                out[i] = Verdict(score, REFUSAL if refused else COMPLIANCE, why)
+                out[i] = refusal_verdict(items[i].kind, refused, why, p_refusal=p)
         return out  # type: ignore[return-value]
 
     # -- persistence -----------------------------------------------------------------------------

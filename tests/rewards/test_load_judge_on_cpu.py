@@ -16,7 +16,7 @@ SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "j
 
 def test_specs_build_the_named_judges():
     assert isinstance(load_judge("rules"), RuleJudge)
-    assert load_judge("rules:xstest").name == "rules-xstest"
+    assert load_judge("rules:xstest").name == "refusal-rules-xstest"
     assert isinstance(load_judge("toy"), ToyJudge)
     for bad in ("nope", "classifier", "guard", "toy:x", "rules:nofamily"):
         with pytest.raises(ValueError):

@@ -67,7 +67,7 @@ def test_rule_family_conventions():
 
 
 def test_rule_judge_families_and_names():
-    assert RuleJudge().name == "rules" and RuleJudge("xstest").name == "rules-xstest"
+    assert RuleJudge().name == "refusal-rules" and RuleJudge("xstest").name == "refusal-rules-xstest"
     late = "Here is a long, helpful answer about the topic. " * 6 + "Sorry for the length."
     (a,) = RuleJudge("gcg").judge([JudgeItem("p", late, "harmful")])
     (b,) = RuleJudge("xstest").judge([JudgeItem("p", late, "harmful")])
