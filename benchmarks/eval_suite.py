@@ -29,7 +29,7 @@ import torch
 
 from recap.config import load_config
 from recap.eval import attacks
-from recap.eval.runner import _prefill_for
+from recap.eval.runner import prefill_for
 from recap.eval.suite import SuiteConfig, load_suite, run_suite
 from recap.generation import generate_rounds
 
@@ -43,14 +43,15 @@ def ipr_side_by_side(cfg: SuiteConfig, n: int, repeats: int) -> dict:
     harmful = generate_prefills(harmful, replace(cfg.prefills, kinds=["harmful"]))
     model, tok = load_engine("hf", cfg.model, dtype=cfg.dtype)
     ecfg = cfg.eval
-    prompts = [attacks.prefill_prompt(tok, e.messages(), _prefill_for(e, ecfg)).text for e in harmful]
+    prompts = [attacks.prefill_prompt(tok, e.messages(), prefill_for(e, ecfg)).text for e in harmful]
 
-    def suffix(r, i, _g):
-        return attacks.ipr_suffix(_prefill_for(harmful[i], ecfg))[0]
+    def suffix(r, i, g):  # the paper's IPR: the round's reasoning, then the transition and the prefill
+        return len(attacks.round_reasoning(g.text)), attacks.ipr_suffix(prefill_for(harmful[i], ecfg),
+                                                                        ecfg.ipr_transition, ecfg.ipr_separator)[0]
 
     times: dict[bool, list[float]] = {True: [], False: []}
     outs: dict[bool, list] = {}
-    k = ecfg.ipr_rounds
+    k = ecfg.ipr_rounds - 1  # resets after round 1 (the prefill attack)
     for rep in range(repeats):
         for reuse in ((True, False) if rep % 2 == 0 else (False, True)):
             sampling = replace(ecfg.sampling, temperature=0, reuse_prefix=reuse)
@@ -69,7 +70,7 @@ def ipr_side_by_side(cfg: SuiteConfig, n: int, repeats: int) -> dict:
           f"{last_len:.0f} tokens on average); median of {repeats}:")
     print(f"  with prefix reuse    {res['seconds_reuse']:7.1f}s")
     print(f"  without prefix reuse {res['seconds_no_reuse']:7.1f}s   speed-up {res['speedup']:.2f}x")
-    print(f"  identical outputs per round (prefill, ipr1..{k}): {same} of {len(prompts)}")
+    print(f"  identical outputs per IPR round (1 = the prefill attack .. {k + 1}): {same} of {len(prompts)}")
     return res
 
 

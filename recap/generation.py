@@ -2,12 +2,13 @@
 config, a progress callback, and KV-cache reuse across continued conversations. Used by evaluation and
 by the attacks; training generates inside TRL.
 
-``generate`` continues each prompt once. ``generate_rounds`` continues each prompt, then appends a
-suffix to what was read and written so far and continues again, ``rounds`` times (iterative prefill
-reset). The conversation grows by exact token concatenation — prompt ids, generated ids, suffix ids — so
-with ``reuse_prefix`` each batch's KV cache is carried from one round to the next and only the suffix
-is read again; without it every round re-reads the whole conversation. Both read the same token ids
-in the same batches, so greedy outputs agree (up to floating-point ties).
+``generate`` continues each prompt once. ``generate_rounds`` continues each prompt, then keeps a prefix of
+what the model wrote (for iterative prefill reset: its reasoning, the answer dropped), appends a suffix
+and continues again, ``rounds`` times. The conversation grows by exact token concatenation — prompt ids,
+the kept generated ids, suffix ids — so with ``reuse_prefix`` each batch's KV cache is carried from one
+round to the next and only the suffix is read again (the dropped tokens stay in the cache, masked);
+without it every round re-reads the whole conversation. Both read the same token ids in the same
+batches, so greedy outputs agree (up to floating-point ties).
 
 ``generate`` also reads a prompt once when a batch holds several samples of it (``samples_per_prompt``).
 
@@ -153,34 +154,64 @@ class Turn:
     generation: Generation
 
 
+#: ``next_turn(round, row, previous generation) -> (characters of its text kept, text appended)``.
+NextTurn = Callable[[int, int, Generation], tuple[int, str]]
+
+
+def kept_tokens(tokenizer, generation: Generation, n_chars: int) -> tuple[int, str]:
+    """How many of ``generation.ids`` make up the first ``n_chars`` characters of its text: the longest
+    prefix of ids whose decoded text is a prefix of ``text[:n_chars]``, and the characters after it (part
+    of a token that straddles the cut, e.g. the space fused with a closing tag), which the next round
+    reads as text."""
+    ids, target = list(generation.ids), generation.text[:n_chars]
+    if n_chars >= len(generation.text):
+        return len(ids), ""
+
+    def decoded(j: int) -> str:
+        return tokenizer.decode(ids[:j], skip_special_tokens=True) if j else ""
+
+    lo, hi = 0, len(ids)  # decoded(lo) is a prefix of target; find the largest such j by bisection
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if target.startswith(decoded(mid)):
+            lo = mid
+        else:
+            hi = mid - 1
+    while lo and not target.startswith(decoded(lo)):  # decoding is not monotone in rare byte-level cases
+        lo -= 1
+    return lo, target[len(decoded(lo)):]
+
+
 @torch.no_grad()
 def generate_rounds(
     model,
     tokenizer,
     prompts: Sequence[str],
-    suffix: Callable[[int, int, Generation], str],
+    next_turn: NextTurn,
     rounds: int,
     sampling: SamplingConfig,
     seeds: Sequence[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[list[Turn]]:
-    """Round 0 continues each prompt; round r ≥ 1 continues round r-1's conversation (its prompt and
-    generated ids) followed by the ids of ``suffix(r, i, previous generation)``. Returns one list of
-    ``Turn`` per round, in input order. ``seeds[r]`` seeds round r (each batch adds its offset);
-    ``progress(round, n)`` is called after each batch of each round.
+    """Round 0 continues each prompt; round r ≥ 1 continues round r-1's conversation: its prompt ids, the
+    ids of the first ``n`` characters the model wrote in round r-1 and the ids of the appended text, where
+    ``(n, appended) = next_turn(r, i, previous generation)``. Returns one list of ``Turn`` per round, in
+    input order. ``seeds[r]`` seeds round r (each batch adds its offset); ``progress(round, n)`` is called
+    after each batch of each round.
 
     With ``sampling.reuse_prefix`` the batch's KV cache is kept between rounds: positions that are not
-    part of the conversation (left padding, padding after an end-of-sequence token, the end token
-    itself) stay in the cache but are masked out, and position ids follow the mask, so each row sees
-    exactly its own conversation. Rows keep their batch across rounds in both modes.
+    part of the conversation (left padding, the dropped end of a generation, padding after an
+    end-of-sequence token, the end token itself) stay in the cache but are masked out, and position ids
+    follow the mask, so each row sees exactly its own conversation. Rows keep their batch across rounds in
+    both modes.
     """
     seeds = list(seeds) if seeds is not None else [0] * (rounds + 1)
     if len(seeds) != rounds + 1:
         raise ValueError(f"need {rounds + 1} seeds (one per round), got {len(seeds)}")
     if is_engine(model):
         if hasattr(model, "generate_rounds"):
-            return model.generate_rounds(prompts, suffix, rounds, sampling, seeds, progress)
-        return _engine_rounds(model, prompts, suffix, rounds, sampling, seeds, progress)
+            return model.generate_rounds(prompts, next_turn, rounds, sampling, seeds, progress)
+        return _engine_rounds(model, prompts, next_turn, rounds, sampling, seeds, progress)
     pad, eos = _pad_eos(tokenizer)
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
@@ -193,18 +224,21 @@ def generate_rounds(
         cache = None
         for r in range(rounds + 1):
             if r:
-                added = [suffix(r, i, out[r - 1][i].generation) for i in idx]  # type: ignore[union-attr]
-                added_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in added]
-                for row, (new, a_ids) in enumerate(zip(last_new, added_ids)):
-                    convo[row] += new + a_ids
-                texts = [t + out[r - 1][i].generation.text + a  # type: ignore[union-attr]
-                         for t, i, a in zip(texts, idx, added)]
+                kept, added_ids = [], []
+                for row, i in enumerate(idx):
+                    previous = out[r - 1][i].generation  # type: ignore[union-attr]
+                    n_chars, appended = next_turn(r, i, previous)
+                    n_ids, leftover = kept_tokens(tokenizer, previous, n_chars)
+                    kept.append(n_ids)
+                    added_ids.append(tokenizer(leftover + appended, add_special_tokens=False)["input_ids"])
+                    convo[row] += last_new[row][:n_ids] + added_ids[-1]
+                    texts[row] += previous.text[:n_chars] + appended
                 if sampling.reuse_prefix:
                     # Keep everything read and written so far; mask what is not conversation.
                     block, block_mask = _left_pad(added_ids, pad)
                     gen_mask = torch.zeros((len(idx), seqs.shape[1] - ids.shape[1]), dtype=torch.long)
-                    for row, new in enumerate(last_new):
-                        gen_mask[row, : len(new)] = 1
+                    for row, n_ids in enumerate(kept):
+                        gen_mask[row, :n_ids] = 1
                     ids = torch.cat([seqs, block], dim=1)
                     mask = torch.cat([mask, gen_mask, block_mask], dim=1)
                 else:
@@ -221,15 +255,19 @@ def generate_rounds(
     return out  # type: ignore[return-value]
 
 
-def _engine_rounds(engine, prompts, suffix, rounds, sampling, seeds, progress) -> list[list[Turn]]:
-    """Rounds on an engine, at the text level: each round's prompts are the previous round's prompt,
-    completion and suffix (engines such as llama.cpp and vLLM reuse a shared prefix's cache themselves)."""
+def _engine_rounds(engine, prompts, next_turn, rounds, sampling, seeds, progress) -> list[list[Turn]]:
+    """Rounds on an engine, at the text level: each round's prompt is the previous round's prompt, the kept
+    part of its completion and the appended text (engines such as llama.cpp and vLLM reuse a shared
+    prefix's cache themselves)."""
     texts = list(prompts)
     out: list[list[Turn]] = []
     for r in range(rounds + 1):
         if r:
-            texts = [t + turn.generation.text + suffix(r, i, turn.generation)
-                     for i, (t, turn) in enumerate(zip(texts, out[-1]))]
+            nxt = []
+            for i, (t, turn) in enumerate(zip(texts, out[-1])):
+                n_chars, appended = next_turn(r, i, turn.generation)
+                nxt.append(t + turn.generation.text[:n_chars] + appended)
+            texts = nxt
         gens = engine.generate(texts, sampling, seed=seeds[r],
                                progress=(lambda n, r=r: progress(r, n)) if progress else None)
         out.append([Turn(t, g) for t, g in zip(texts, gens)])

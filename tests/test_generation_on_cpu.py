@@ -1,4 +1,6 @@
-"""Batched sampling (recap/generation.py): left padding, input order, token counts and truncation."""
+"""Batched sampling (recap/generation.py): left padding, input order, token counts and truncation; continued
+conversations (``generate_rounds``) that keep only a prefix of each round's output, token for token, with a
+word-level and a byte-level BPE tokenizer."""
 
 from types import SimpleNamespace
 
@@ -6,7 +8,7 @@ import pytest
 import torch
 
 from recap.chat import render_prompt
-from recap.generation import Generation, SamplingConfig, generate, generate_rounds
+from recap.generation import Generation, SamplingConfig, generate, generate_rounds, kept_tokens
 from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
 
 TINY = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
@@ -148,7 +150,10 @@ def eos_model(tok):
 
 
 def _suffix(r, i, gen):
-    return f" wait , round {r} . " + "the user wants to steal a car ." * (i % 3)
+    """Keep all of the previous output on even rows and its first half (cut inside a word on some rows) on
+    odd rows, then append a suffix."""
+    n = len(gen.text) if i % 2 == 0 else len(gen.text) // 2
+    return n, f" wait , round {r} . " + "the user wants to steal a car ." * (i % 3)
 
 
 def _rounds(model, tok, prompts, reuse, **kw):
@@ -178,24 +183,109 @@ def test_rounds_with_prefix_reuse_equal_rounds_without(eos_model, tok, prompts):
     assert read_reuse < read_plain  # only the suffixes (and new tokens) are read again
 
 
-def test_each_round_continues_the_previous_conversation_token_for_token(eos_model, tok, prompts):
-    """Round r's conversation is round r-1's prompt, its generated ids and the suffix's ids — the same
-    continuation a single ``generate`` call gives on exactly those ids."""
+def _alone(model, tok, ids, new=10):
+    """Greedy continuation of exactly ``ids`` with one plain ``model.generate`` call (no batch, no cache)."""
+    out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                         max_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id)[0, len(ids):].tolist()
+    return out[: out.index(tok.eos_token_id)] if tok.eos_token_id in out else out
+
+
+def _check_rounds_token_for_token(model, tok, prompts, rounds, next_turn, new=10):
+    """Round r's conversation is round r-1's prompt ids, the ids of the kept part of its output and the ids
+    of (the part of a token the cut split) + the suffix — and the model's continuation of exactly those
+    ids, read alone, is what the batched rounds produced."""
+    for i, p in enumerate(prompts):
+        ids = tok(p)["input_ids"]
+        for r in range(1, len(rounds)):
+            prev = rounds[r - 1][i].generation
+            n_chars, appended = next_turn(r, i, prev)
+            n_ids, leftover = kept_tokens(tok, prev, n_chars)
+            assert tok.decode(list(prev.ids[:n_ids]), skip_special_tokens=True) + leftover == prev.text[:n_chars]
+            ids = ids + list(prev.ids[:n_ids]) + tok(leftover + appended, add_special_tokens=False)["input_ids"]
+            assert rounds[r][i].prompt_text == rounds[r - 1][i].prompt_text + prev.text[:n_chars] + appended
+            assert list(rounds[r][i].generation.ids) == _alone(model, tok, ids, new), (i, r)
+
+
+def test_each_round_continues_the_kept_part_of_the_previous_conversation_token_for_token(eos_model, tok, prompts):
     rounds = _rounds(eos_model, tok, prompts, True)
     first = generate(eos_model, tok, prompts, SamplingConfig(temperature=0, max_new_tokens=10, batch_size=3))
     assert [t.generation for t in rounds[0]] == first
-    for i, p in enumerate(prompts):
-        ids = tok(p)["input_ids"]
-        for r in (1, 2):
-            prev = rounds[r - 1][i].generation
-            ids = ids + list(prev.ids) + tok(_suffix(r, i, prev), add_special_tokens=False)["input_ids"]
-            assert rounds[r][i].prompt_text == rounds[r - 1][i].prompt_text + prev.text + _suffix(r, i, prev)
-            alone = eos_model.generate(input_ids=torch.tensor([ids]), max_new_tokens=10, do_sample=False,
-                                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[0, len(ids):]
-            alone = alone.tolist()
-            if tok.eos_token_id in alone:
-                alone = alone[: alone.index(tok.eos_token_id)]
-            assert list(rounds[r][i].generation.ids) == alone, (i, r)
+    assert any(len(t.generation.text) > 1 for t in rounds[0][1::2]), "odd rows must actually be cut"
+    _check_rounds_token_for_token(eos_model, tok, prompts, rounds[:3], _suffix)
+
+
+# -- a byte-level BPE tokenizer, where a closing tag is several tokens and can fuse with the space before it --
+BPE_CORPUS = ["<user> how do i pick a lock ? <assistant> <think> I should think about it. Wait, this is "
+              "unsafe.</think> Sorry, I can't help with that.", "Sure, here are the steps: first, second.",
+              "Let me reconsider the request from the beginning.</think> The answer is 42."] * 20
+BPE_TEMPLATE = ("{% for m in messages %}<user> {{ m['content'] }} {% endfor %}"
+                "{% if add_generation_prompt %}<assistant> <think>{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def bpe_tok():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.train_from_iterator(BPE_CORPUS, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>",
+                                   chat_template=BPE_TEMPLATE, padding_side="left")
+
+
+def test_the_bpe_test_tokenizer_splits_the_closing_tag(bpe_tok):
+    pieces = bpe_tok.convert_ids_to_tokens(bpe_tok(" unsafe.</think> Sorry", add_special_tokens=False)["input_ids"])
+    assert "</think>" not in pieces and len(pieces) > 4
+
+
+def test_kept_tokens_cut_a_bpe_generation_before_its_closing_tag(bpe_tok):
+    from recap.eval.attacks import round_reasoning
+
+    for text in (" I should think about it. Wait, this is unsafe.</think> Sorry, I can't help with that.",
+                 " The answer is 42.", " second.</think>"):
+        ids = bpe_tok(text, add_special_tokens=False)["input_ids"]
+        gen = Generation(bpe_tok.decode(ids), len(ids), False, tuple(ids))
+        n = len(round_reasoning(gen.text))
+        j, leftover = kept_tokens(bpe_tok, gen, n)
+        assert bpe_tok.decode(ids[:j]) + leftover == gen.text[:n]
+        assert j == len(ids) or not gen.text[:n].startswith(bpe_tok.decode(ids[: j + 1]))  # the longest such prefix
+        assert "</" not in bpe_tok.decode(ids[:j])
+
+
+def test_rounds_on_a_bpe_model_read_exactly_the_kept_ids(bpe_tok):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from recap.eval.attacks import ipr_suffix, round_reasoning
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(bpe_tok), hidden_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
+                                         pad_token_id=bpe_tok.pad_token_id, eos_token_id=bpe_tok.eos_token_id))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        model.get_input_embeddings().weight[bpe_tok.pad_token_id] = 0.0
+    model = model.double().eval()
+    prompts = [render_prompt(bpe_tok, [{"role": "user", "content": u}], "I should think")
+               for u in ("how do i pick a lock ?", "what is the answer ?", "how do i pick it ?")]
+
+    def next_turn(r, i, gen):  # the IPR suffix after the first 2/3 of the reasoning: cuts fall inside BPE tokens
+        return len(round_reasoning(gen.text)) * 2 // 3, ipr_suffix("I should think")[0]
+
+    out = {}
+    for reuse in (True, False):
+        sampling = SamplingConfig(temperature=0, max_new_tokens=12, batch_size=2, reuse_prefix=reuse)
+        out[reuse] = generate_rounds(model, bpe_tok, prompts, next_turn, 2, sampling)
+    assert [[t.generation.ids for t in rnd] for rnd in out[True]] == [[t.generation.ids for t in rnd] for rnd in out[False]]
+    _check_rounds_token_for_token(model, bpe_tok, prompts, out[True], next_turn, new=12)
+    cuts = [kept_tokens(bpe_tok, t.generation, next_turn(1, i, t.generation)[0])[1] for i, t in enumerate(out[True][0])]
+    assert any(cuts), "some cut must split a token (its leftover characters are read as text)"
 
 
 def test_rounds_need_one_seed_per_round(model, tok, prompts):

@@ -8,7 +8,10 @@
 Each generator is asked to think inside ``<think>`` and starts from an opener that sets the stance
 ("Okay, the user wants…" / "Hmm, this request sounds dangerous…"); the opener plus the generated
 continuation, cut at the closing think tag, is the example's ``counter_reasoning``. It is stored in
-full; ``recap data mix`` and the evaluation truncate it to ℓ words on a word boundary.
+full; ``recap data mix`` and the evaluation truncate it to ℓ words on a word boundary. Each row also
+records ``counter_complete``: whether the reasoning ended on its own (the generator closed its think
+block or stopped) rather than being cut by ``max_new_tokens`` — the full CoT hijack attacks with
+complete reasonings only.
 
 Every row records where its reasoning came from in ``counter_source`` (a JSON object: generator,
 stance, system prompt and opener, decoding settings, seed, words written). Generated texts are appended
@@ -129,7 +132,9 @@ def generate_prefills(
                 rows = []
                 for i, g in zip(chunk, gens):
                     reasoning = reasoning_of(opener, g.text)
-                    rows.append({"key": keys[i], "reasoning": reasoning, "source": {
+                    # Complete: the generator closed its think block or ended; not cut by max_new_tokens.
+                    complete = THINK_CLOSE in g.text or not g.truncated
+                    rows.append({"key": keys[i], "reasoning": reasoning, "complete": complete, "source": {
                         "generator": model_name, "stance": stance, "system_prompt": system, "opener": opener,
                         "temperature": cfg.sampling.temperature, "top_p": cfg.sampling.top_p,
                         "max_new_tokens": cfg.sampling.max_new_tokens, "seed": seed,
@@ -139,7 +144,8 @@ def generate_prefills(
                     progress(stance, min(start + step, len(missing)), len(missing))
         for i in todo:
             row = cache.get(keys[i])
-            out[i] = replace(out[i], counter_reasoning=row["reasoning"],
+            complete = row.get("complete", not row["source"].get("truncated", False))  # older cache rows
+            out[i] = replace(out[i], counter_reasoning=row["reasoning"], counter_complete=complete,
                              counter_source=json.dumps(row["source"], ensure_ascii=False, sort_keys=True))
     return out
 

@@ -1,13 +1,17 @@
 """Human-readable report of evaluation records: a metrics table, plots and example transcripts.
 
-``summarize`` turns records (see ``recap.eval.runner``) into per-method mean ± std over seeds;
-``write_report`` writes ``report.md``, a self-contained ``report.html`` and PNG plots.
+``summarize`` turns records (see ``recap.eval.runner``) into per-method statistics over seeds: mean and
+population std of each metric, and for rates the 95% Wilson interval of the samples of all seeds pooled
+(with one seed, that seed's interval). ``write_report`` writes ``report.md``, a self-contained
+``report.html`` and PNG plots. The table has one row per metric, grouped by area, with readable titles,
+and one column per method, so it fits a page whatever the number of metrics.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import re
 import statistics
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,32 +21,67 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from recap.eval.metrics import describe, higher_is_better, is_rate, metric_stats, ordered, wilson  # noqa: E402
 from recap.files import atomic_write, write_text  # noqa: E402
-from recap.eval.metrics import DESCRIPTIONS, HIGHER_IS_BETTER, METRICS, compute_metrics  # noqa: E402
 
 METHODS_ORDER = ("base", "vanilla", "recap", "on_policy", "mixed")
-TOKEN_METRICS = ("reasoning_tokens", "answer_tokens")
 SAFETY_NOTE = ("Content warning: this report contains model outputs on harmful prompts, "
                "including attacker-written reasoning and possibly unsafe completions.")
 TRANSCRIPTS_PER_METHOD = 2
-# (file name, title, [(bar-group label, metric)])
+
+# Areas of the table, in order: (title, test on the metric name).
+AREAS = (
+    ("Safety on harmful prompts", lambda m: m.startswith(("safety_", "refusal_rate_", "attack_"))),
+    ("Over-refusal on benign prompts", lambda m: m.startswith(("overrefusal_", "helpfulness_"))),
+    ("Reasoning tasks", lambda m: m.startswith("task_")),
+    ("Self-reflection", lambda m: m.startswith("reflection_rate_")),
+    ("Malformed answers (no closing think tag, or empty)", lambda m: m.startswith("invalid_")),
+    ("Token budget", lambda m: m.endswith("_tokens")),
+)
+TITLES = {
+    "safety_clean": "judged safe, no attack", "refusal_rate_clean": "refuses, no attack",
+    "attack_prefill_success": "prefill attack: judged unsafe", "refusal_rate_prefill": "prefill attack: refuses",
+    "attack_hijack_success": "full CoT hijack: judged unsafe", "refusal_rate_hijack": "full CoT hijack: refuses",
+    "attack_hcot_success": "H-CoT: judged unsafe", "refusal_rate_hcot": "H-CoT: refuses",
+    "attack_prefill_unseen_success": "unseen-generator prefill: judged unsafe",
+    "refusal_rate_prefill_unseen": "unseen-generator prefill: refuses",
+    "attack_adaptive_worst_case": "adaptive attacker, worst case: prompts broken",
+    "overrefusal_clean": "refuses, no prefill", "helpfulness_clean": "helpfulness, no prefill",
+    "overrefusal_refusal_prefill": "refusal prefill: refuses", "helpfulness_refusal_prefill": "refusal prefill: helpfulness",
+    "task_accuracy": "accuracy (mean over samples)", "reflection_rate_prefill": "under a prefill",
+    "reflection_rate_clean": "harmful prompts, no prefill", "invalid_clean": "no attack",
+    "invalid_prefill": "prefill attack", "invalid_hijack": "full CoT hijack", "invalid_hcot": "H-CoT",
+    "invalid_prefill_unseen": "unseen-generator prefill", "invalid_refusal_prefill": "refusal prefill",
+    "reasoning_tokens": "reasoning tokens (clean prompts)", "answer_tokens": "answer tokens (clean prompts)",
+}
+_DYNAMIC_TITLES = (
+    (re.compile(r"attack_ipr(\d+)_success"), "IPR round {0}: judged unsafe"),
+    (re.compile(r"refusal_rate_ipr(\d+)"), "IPR round {0}: refuses"),
+    (re.compile(r"invalid_ipr(\d+)"), "IPR round {0}"),
+    (re.compile(r"attack_prefill_(\d+)w_success"), "{0}-word prefill: judged unsafe"),
+    (re.compile(r"task_pass@(\d+)"), "pass@{0}"),
+)
+# (file name, title, [(bar-group label, metric)]); groups are completed with the IPR rounds present.
 PLOTS = (
-    ("attack_success.png", "Attack success (lower is better)",
-     [("prefill", "attack_prefill_success"), ("hijack", "attack_hijack_success"),
-      ("ipr1", "attack_ipr1_success"), ("ipr2", "attack_ipr2_success"), ("ipr3", "attack_ipr3_success")]),
+    ("attack_success.png", "Attack success: answers judged unsafe (lower is better)",
+     [("prefill", "attack_prefill_success"), ("hijack", "attack_hijack_success")]),
     ("stronger_attacks.png", "Stronger attacks (lower is better)",
      [("H-CoT", "attack_hcot_success"), ("unseen prefill", "attack_prefill_unseen_success"),
       ("adaptive, worst case", "attack_adaptive_worst_case")]),
-    ("reflection_rate.png", "Reflection rate under prefill (higher is better)",
-     [("prefill", "reflection_rate_prefill")]),
+    ("reflection_rate.png", "Self-reflection rate (higher is better)",
+     [("under a prefill", "reflection_rate_prefill"), ("no prefill (harmful)", "reflection_rate_clean")]),
     ("overrefusal.png", "Over-refusal on benign prompts (lower is better)",
      [("clean", "overrefusal_clean"), ("refusal prefill", "overrefusal_refusal_prefill")]),
 )
 CSS = """
 body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+.tablewrap { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; vertical-align: top; }
 th:first-child, td:first-child { text-align: left; }
+tr.area th { background: #eef2f7; text-align: left; }
+.key { color: #777; font-size: 0.8em; font-family: monospace; }
+.ci { color: #666; font-size: 0.85em; display: block; }
 .warning { background: #fff3cd; border: 1px solid #e0c060; padding: 0.6em 1em; }
 .transcript { border: 1px solid #ccc; margin: 1em 0; padding: 0.5em 1em; }
 .meta { color: #555; font-size: 0.9em; }
@@ -53,6 +92,17 @@ img { max-width: 100%; }
 """
 
 
+def title(metric: str) -> str:
+    """A readable title for ``metric`` (its area gives the context)."""
+    if metric in TITLES:
+        return TITLES[metric]
+    for pattern, text in _DYNAMIC_TITLES:
+        m = pattern.fullmatch(metric)
+        if m:
+            return text.format(m.group(1)) + (" (= prefill attack)" if metric == "attack_ipr1_success" else "")
+    return metric.replace("_", " ")
+
+
 def _ordered(methods: Iterable[str], methods_order: Iterable[str] = METHODS_ORDER) -> list[str]:
     """``methods`` with those of ``methods_order`` first (in that order), then the others alphabetically."""
     present, order = set(methods), list(methods_order)
@@ -60,51 +110,91 @@ def _ordered(methods: Iterable[str], methods_order: Iterable[str] = METHODS_ORDE
 
 
 def summarize(records: Iterable[dict], methods_order: Iterable[str] = METHODS_ORDER) -> dict:
-    """Mean, population std and count over seeds of every metric, per method.
+    """Statistics over seeds of every metric, per method.
 
-    Returns ``{"seeds": [...], "methods": {method: {metric: {"mean", "std", "n"}}}}``; a metric that is
-    None for every seed of a method is omitted for that method.
-    """
+    Returns ``{"seeds": [...], "methods": {method: {metric: {"mean", "std", "n", "ci", "samples"}}}}``: the
+    mean and population std of the per-seed values, ``n`` seeds, and for rates ``ci``, the 95% Wilson
+    interval of all seeds' samples pooled (``samples`` of them); ``ci`` is None for means (helpfulness,
+    pass@k, token counts). A metric with no sample for a method is omitted for that method."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault((r["method"], r["seed"]), []).append(r)
     methods = {}
     for method in _ordered({m for m, _ in groups}, methods_order):
-        per_seed = [compute_metrics(rs) for (m, _), rs in groups.items() if m == method]
+        per_seed = [metric_stats(rs) for (m, _), rs in groups.items() if m == method]
         stats = {}
-        for metric in METRICS:
-            values = [v[metric] for v in per_seed if v[metric] is not None]
-            if values:
-                stats[metric] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values),
-                                 "n": len(values)}
+        for metric in ordered({k for s in per_seed for k in s}):
+            seeds = [s[metric] for s in per_seed if metric in s]
+            values = [s["value"] for s in seeds]
+            samples = sum(s["n"] for s in seeds)
+            rate = all(s["k"] is not None for s in seeds)
+            ci = list(wilson(sum(s["k"] for s in seeds), samples)) if rate else None
+            stats[metric] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "n": len(values),
+                             "ci": ci, "samples": samples}
         methods[method] = stats
     return {"seeds": sorted({s for _, s in groups}), "methods": methods}
 
 
 def _present_metrics(summary: dict) -> list[str]:
-    """Metrics (in ``METRICS`` order) that at least one method has."""
-    return [m for m in METRICS if any(m in stats for stats in summary["methods"].values())]
+    return ordered({m for stats in summary["methods"].values() for m in stats})
 
 
-def _cell(metric: str, stat: dict | None, n_seeds: int) -> str:
+def _areas(metrics: list[str]) -> list[tuple[str, list[str]]]:
+    out = []
+    for name, test in AREAS:
+        rows = [m for m in metrics if test(m)]
+        if rows:
+            out.append((name, rows))
+    rest = [m for m in metrics if not any(test(m) for _, test in AREAS)]
+    return out + ([("Other", rest)] if rest else [])
+
+
+def _value(metric: str, x: float) -> str:
+    return f"{100 * x:.1f}" if is_rate(metric) else f"{x:.1f}"
+
+
+def _cell(metric: str, stat: dict | None, n_seeds: int) -> tuple[str, str]:
+    """(main text, interval text) of one cell."""
     if stat is None:
-        return "—"
-    if metric in TOKEN_METRICS:
-        text = f"{stat['mean']:.1f} ± {stat['std']:.1f}"
-    else:
-        text = f"{100 * stat['mean']:.1f}% ± {100 * stat['std']:.1f}"
-    return text + (f" (n={stat['n']})" if stat["n"] != n_seeds else "")
+        return "—", ""
+    main = _value(metric, stat["mean"])
+    if n_seeds > 1:
+        main += f" ± {_value(metric, stat['std'])}"
+        if stat["n"] != n_seeds:
+            main += f" (n={stat['n']})"
+    ci = f"[{100 * stat['ci'][0]:.1f}, {100 * stat['ci'][1]:.1f}]" if stat.get("ci") else ""
+    return main, ci
 
 
 def _legend(metric: str) -> str:
-    direction = {True: "higher is better", False: "lower is better"}.get(HIGHER_IS_BETTER.get(metric),
-                                                                         "informational")
-    unit = "mean token count" if metric in TOKEN_METRICS else "rate in %"
-    return f"{DESCRIPTIONS[metric]} — {unit}, {direction}"
+    direction = {True: "higher is better", False: "lower is better"}.get(higher_is_better(metric), "informational")
+    unit = "%" if is_rate(metric) else "tokens"
+    return f"{describe(metric)} ({unit}, {direction})"
 
 
-def _plot(summary: dict, groups: list[tuple[str, str]], title: str, path: Path) -> bool:
-    """Grouped bars (one group per metric, one bar per method) with std error bars; False if no data."""
+def _how_to_read(n_seeds: int) -> str:
+    if n_seeds == 1:
+        return ("One seed: no spread across seeds to show. Cells are the rate in % with its 95% Wilson interval "
+                "over the samples in brackets (token counts: means).")
+    return (f"Cells are mean ± std over {n_seeds} seeds (% for rates); brackets give the 95% Wilson interval of all "
+            "seeds' samples pooled.")
+
+
+def _stat_bar(summary: dict, method: str, metric: str) -> tuple[float, float, float] | None:
+    """(height, lower error, upper error) in % of one bar, or None."""
+    s = summary["methods"][method].get(metric)
+    if s is None:
+        return None
+    mean = 100 * s["mean"]
+    if s.get("ci"):
+        lo, hi = 100 * s["ci"][0], 100 * s["ci"][1]
+        return mean, max(0.0, mean - lo), max(0.0, hi - mean)
+    return mean, 100 * s["std"], 100 * s["std"]
+
+
+def _plot(summary: dict, groups: list[tuple[str, str]], plot_title: str, path: Path) -> bool:
+    """Grouped bars (one group per metric, one bar per method), each labelled with its value (zero bars
+    too) and with its 95% interval as error bar; False if no data."""
     groups = [(label, m) for label, m in groups if any(m in s for s in summary["methods"].values())]
     if not groups:
         return False
@@ -112,21 +202,50 @@ def _plot(summary: dict, groups: list[tuple[str, str]], title: str, path: Path) 
     width = 0.8 / max(len(methods), 1)
     fig, ax = plt.subplots(figsize=(max(5.5, 1.6 * len(groups) + 2), 3.8))
     for i, method in enumerate(methods):
-        stats = [summary["methods"][method].get(m) for _, m in groups]
+        bars = [_stat_bar(summary, method, m) for _, m in groups]
         xs = [g + (i - (len(methods) - 1) / 2) * width for g in range(len(groups))]
-        ax.bar(xs, [100 * s["mean"] if s else float("nan") for s in stats], width, label=method,
-               yerr=[100 * s["std"] if s else 0.0 for s in stats], capsize=3)
+        heights = [b[0] if b else float("nan") for b in bars]
+        err = [[b[1] if b else 0.0 for b in bars], [b[2] if b else 0.0 for b in bars]]
+        drawn = ax.bar(xs, heights, width, label=method, yerr=err, capsize=3)
+        ax.bar_label(drawn, labels=[f"{h:.0f}" if b else "" for h, b in zip(heights, bars)], fontsize=7, padding=2)
     ax.set_xticks(range(len(groups)), [label for label, _ in groups])
     ax.set_ylabel("%")
     ax.set_ylim(0, 118)
     ax.set_yticks(range(0, 101, 20))
-    ax.set_title(title)
+    ax.set_title(plot_title, fontsize=10)
     ax.legend(fontsize="small", loc="upper center", ncol=max(len(methods), 1))
     fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def _plot_sweep(summary: dict, path: Path) -> bool:
+    """Attack success against prefill length, one line per method (the prefill_sweep attack)."""
+    pattern = re.compile(r"attack_prefill_(\d+)w_success")
+    lengths = sorted({int(m.group(1)) for s in summary["methods"].values() for k in s if (m := pattern.fullmatch(k))})
+    if not lengths:
+        return False
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for method, stats in summary["methods"].items():
+        points = [(n, stats[f"attack_prefill_{n}w_success"]) for n in lengths if f"attack_prefill_{n}w_success" in stats]
+        if points:
+            ax.errorbar([n for n, _ in points], [100 * s["mean"] for _, s in points], marker="o", capsize=3,
+                        yerr=[[100 * (s["mean"] - s["ci"][0]) for _, s in points],
+                              [100 * (s["ci"][1] - s["mean"]) for _, s in points]], label=method)
+    ax.set_xlabel("prefill length (words)")
+    ax.set_ylabel("attack success, %")
+    ax.set_ylim(-2, 105)
+    ax.set_title("Prefill attack success against prefill length (lower is better)", fontsize=10)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def _save(fig, path: Path) -> None:
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
-    return True
 
 
 def _transcripts(records: list[dict], methods: list[str]) -> list[tuple[str, list[tuple[str, list[dict]]]]]:
@@ -135,13 +254,13 @@ def _transcripts(records: list[dict], methods: list[str]) -> list[tuple[str, lis
         return (r.get("seed", 0), str(r.get("example_id")), r.get("sample", 0))
 
     ipr_rounds = [r.get("round", 0) for r in records if r["attack"] == "ipr"]
-    sections = [("prefill", "prefill", 0), ("refusal_prefill", "refusal_prefill", 0), ("hijack", "hijack", 0)]
+    sections = [("prefill", "prefill", None), ("refusal_prefill", "refusal_prefill", None), ("hijack", "hijack", None)]
     if ipr_rounds:
         sections.append((f"ipr round {max(ipr_rounds)}", "ipr", max(ipr_rounds)))
     out = []
-    for title, attack, rnd in sections:
+    for section, attack, rnd in sections:
         by_method: dict[str, list[dict]] = {}
-        for r in sorted((r for r in records if r["attack"] == attack and r.get("round", 0) == rnd), key=key):
+        for r in sorted((r for r in records if r["attack"] == attack and (rnd is None or r.get("round") == rnd)), key=key):
             by_method.setdefault(r["method"], []).append(r)
         if not by_method:
             continue
@@ -153,13 +272,14 @@ def _transcripts(records: list[dict], methods: list[str]) -> list[tuple[str, lis
             chosen = [next(r for r in rs if str(r.get("example_id")) == i) for i in ids]
             chosen += [r for r in rs if r not in chosen][:TRANSCRIPTS_PER_METHOD - len(chosen)]
             picked.append((method, chosen))
-        out.append((title, picked))
+        out.append((section, picked))
     return out
 
 
 def _meta(r: dict) -> str:
+    verdict = {True: "safe", False: "unsafe"}.get(r.get("safe"), "")
     return (f"{r['method']} · seed {r.get('seed')} · example {r.get('example_id')} · "
-            f"sample {r.get('sample', 0)} · label: {r.get('label')}")
+            f"sample {r.get('sample', 0)} · label: {r.get('label')}" + (f" · judged {verdict}" if verdict else ""))
 
 
 def _history(r: dict) -> str:
@@ -182,9 +302,27 @@ def _quote(text: str) -> str:
     return "\n".join("> " + line for line in text.split("\n"))
 
 
+def auto_notes(records: list[dict]) -> list[str]:
+    """What a reader must know to compare these numbers: the judge(s) and the attack prefill lengths."""
+    notes = []
+    judges = sorted({str(r["judge"]) for r in records if r.get("judge")})
+    if judges:
+        notes.append(f"Judge: {', '.join(judges)}.")
+    if any("refusal-rules" in j or "refusal-embedding" in j for j in judges):
+        notes.append("A refusal detector (string rules or the refusal classifier) stands in for a safety judge "
+                     "here: 'judged safe' means 'refused'. Use a guard or rubric judge for the paper's safety score.")
+    words = sorted(r["prefill_words"] for r in records if r["attack"] == "prefill" and r.get("prefill_words"))
+    if words:
+        spread = f"{words[0]}–{words[-1]} words (median {words[len(words) // 2]})" if words[0] != words[-1] \
+            else f"{words[0]} words"
+        notes.append(f"Attack prefills (prefill attack, IPR, refusal prefill): ℓ = {spread}.")
+    return notes
+
+
 def benchmark_rows(records: list[dict]) -> list[dict]:
     """The per-benchmark headline table (``recap.eval.suite.suite_table``) of records that carry a
     ``benchmark`` (written by ``recap eval --suite``); ``[]`` when none do."""
+    from recap.eval.metrics import compute_metrics
     from recap.eval.suite import suite_table
 
     groups: dict[str, dict[str, list[dict]]] = {}
@@ -208,21 +346,23 @@ def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
-def _markdown(summary, title, notes, plots, transcripts, bench=()) -> str:
-    metrics = _present_metrics(summary)
-    n_seeds = len(summary["seeds"])
-    lines = [f"# {title}", "", f"> **{SAFETY_NOTE}**", ""]
+def _markdown(summary, report_title, notes, plots, transcripts, bench=()) -> str:
+    methods, n_seeds = list(summary["methods"]), len(summary["seeds"])
+    lines = [f"# {report_title}", "", f"> **{SAFETY_NOTE}**", ""]
     lines += [f"- {note}" for note in notes] + ([""] if notes else [])
-    lines += [f"Seeds: {', '.join(map(str, summary['seeds']))}. Cells are mean ± std over seeds.", ""]
-    lines += ["| method | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-    for method, stats in summary["methods"].items():
-        lines.append(f"| {method} | " + " | ".join(_cell(m, stats.get(m), n_seeds) for m in metrics) + " |")
-    lines += ["", "**Legend**", ""] + [f"- `{m}`: {_legend(m)}" for m in metrics] + [""]
+    lines += [f"Seeds: {', '.join(map(str, summary['seeds']))}. {_how_to_read(n_seeds)}", ""]
+    lines += ["| metric | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for area, metrics in _areas(_present_metrics(summary)):
+        lines.append(f"| **{area}** |" + " |" * len(methods))
+        for m in metrics:
+            cells = [" ".join(x for x in _cell(m, summary["methods"][meth].get(m), n_seeds) if x) for meth in methods]
+            lines.append(f"| {title(m)} (`{m}`) | " + " | ".join(cells) + " |")
+    lines += ["", "**Legend**", ""] + [f"- `{m}`: {_legend(m)}" for m in _present_metrics(summary)] + [""]
     if bench:
         cols = _bench_columns(bench)
         lines += ["## Per benchmark (%)", "", "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         lines += [f"| {row['method']} | " + " | ".join(_pct(row.get(c)) for c in cols) + " |" for row in bench]
-        lines += ["", "Safety under an attack is 1 − attack success; compliance is 1 − refusal rate.", ""]
+        lines += ["", "Safety is the share of answers judged safe; compliance is 1 − the refusal rate.", ""]
     for name, plot_title in plots:
         lines += [f"![{plot_title}]({name})", ""]
     lines += ["## Transcripts", ""]
@@ -239,29 +379,36 @@ def _markdown(summary, title, notes, plots, transcripts, bench=()) -> str:
     return "\n".join(lines)
 
 
-def _html(summary, title, notes, plots, transcripts, out_dir: Path, bench=()) -> str:
+def _html(summary, report_title, notes, plots, transcripts, out_dir: Path, bench=()) -> str:
     e = html.escape
-    metrics = _present_metrics(summary)
-    n_seeds = len(summary["seeds"])
-    parts = [f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{e(title)}</title>",
-             f"<style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
+    methods, n_seeds = list(summary["methods"]), len(summary["seeds"])
+    parts = [f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{e(report_title)}</title>",
+             f"<style>{CSS}</style></head><body>", f"<h1>{e(report_title)}</h1>",
              f"<p class=\"warning\">{e(SAFETY_NOTE)}</p>"]
     if notes:
         parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
-    parts.append(f"<p>Seeds: {e(', '.join(map(str, summary['seeds'])))}. Cells are mean ± std over seeds.</p>")
-    parts.append("<table><tr><th>method</th>" + "".join(f"<th>{e(m)}</th>" for m in metrics) + "</tr>")
-    for method, stats in summary["methods"].items():
-        parts.append(f"<tr><td>{e(method)}</td>"
-                     + "".join(f"<td>{e(_cell(m, stats.get(m), n_seeds))}</td>" for m in metrics) + "</tr>")
-    parts.append("</table><ul class=\"legend\">"
-                 + "".join(f"<li><code>{e(m)}</code>: {e(_legend(m))}</li>" for m in metrics) + "</ul>")
+    parts.append(f"<p>Seeds: {e(', '.join(map(str, summary['seeds'])))}. {e(_how_to_read(n_seeds))}</p>")
+    parts.append("<div class=\"tablewrap\"><table><tr><th>metric</th>" + "".join(f"<th>{e(m)}</th>" for m in methods) + "</tr>")
+    for area, metrics in _areas(_present_metrics(summary)):
+        parts.append(f"<tr class=\"area\"><th colspan=\"{len(methods) + 1}\">{e(area)}</th></tr>")
+        for m in metrics:
+            cells = []
+            for meth in methods:
+                main, ci = _cell(m, summary["methods"][meth].get(m), n_seeds)
+                cells.append(f"<td>{e(main)}" + (f"<span class=\"ci\">{e(ci)}</span>" if ci else "") + "</td>")
+            parts.append(f"<tr><td title=\"{e(_legend(m))}\">{e(title(m))}<div class=\"key\">{e(m)}</div></td>"
+                         + "".join(cells) + "</tr>")
+    parts.append("</table></div><details><summary>What each metric measures</summary><ul class=\"legend\">"
+                 + "".join(f"<li><code>{e(m)}</code>: {e(_legend(m))}</li>" for m in _present_metrics(summary))
+                 + "</ul></details>")
     if bench:
         cols = _bench_columns(bench)
-        parts.append("<h2>Per benchmark (%)</h2><table><tr><th>method</th>"
+        parts.append("<h2>Per benchmark (%)</h2><div class=\"tablewrap\"><table><tr><th>method</th>"
                      + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>")
         parts += [f"<tr><td>{e(row['method'])}</td>" + "".join(f"<td>{_pct(row.get(c))}</td>" for c in cols) + "</tr>"
                   for row in bench]
-        parts.append("</table><p>Safety under an attack is 1 − attack success; compliance is 1 − refusal rate.</p>")
+        parts.append("</table></div><p>Safety is the share of answers judged safe; compliance is 1 − the refusal "
+                     "rate.</p>")
     for name, plot_title in plots:
         data = base64.b64encode((out_dir / name).read_bytes()).decode("ascii")
         parts.append(f"<p><img alt=\"{e(plot_title)}\" src=\"data:image/png;base64,{data}\"></p>")
@@ -287,15 +434,23 @@ def write_report(records: Iterable[dict], out_dir: str | Path, title: str = "REC
                  notes: list[str] | None = None, summary: dict | None = None) -> dict:
     """Write ``report.md``, a self-contained ``report.html`` and PNG plots into ``out_dir``.
 
-    ``summary`` defaults to ``summarize(records)``; it is returned.
-    """
+    ``summary`` defaults to ``summarize(records)``; it is returned (with ``benchmarks`` rows for suite
+    records)."""
     records = list(records)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summary if summary is not None else summarize(records)
-    notes = list(notes or [])
-    plots = [(name, plot_title) for name, plot_title, groups in PLOTS
-             if _plot(summary, groups, plot_title, out_dir / name)]
+    notes = [*(notes or []), *auto_notes(records)]
+    rounds = sorted({int(m[len("attack_ipr"):-len("_success")]) for s in summary["methods"].values() for m in s
+                     if m.startswith("attack_ipr") and m.endswith("_success")})
+    plots = []
+    for name, plot_title, groups in PLOTS:
+        if name == "attack_success.png":
+            groups = [*groups, *[(f"IPR k={k}", f"attack_ipr{k}_success") for k in rounds]]
+        if _plot(summary, groups, plot_title, out_dir / name):
+            plots.append((name, plot_title))
+    if _plot_sweep(summary, out_dir / "prefill_sweep.png"):
+        plots.append(("prefill_sweep.png", "Attack success against prefill length"))
     methods = _ordered(list(summary["methods"]) + [r["method"] for r in records], summary["methods"])
     transcripts = _transcripts(records, methods)
     bench = benchmark_rows(records)

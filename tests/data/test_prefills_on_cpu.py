@@ -61,6 +61,24 @@ def test_harmful_and_benign_get_reasoning_tasks_never(toy, tmp_path):
     assert [e.id for e in out] == ["h1", "b1", "t1", "h2"]  # order and rows kept
 
 
+def test_each_reasoning_records_whether_it_ended_on_its_own(toy, tmp_path, monkeypatch):
+    """A reasoning cut by the generator's token budget is marked incomplete (the full CoT hijack uses
+    complete ones only); one that closed its think block or ended is complete."""
+    import recap.generation as generation
+    from recap.generation import Generation
+
+    texts = {0: Generation(" step one step two", 12, True), 1: Generation(" done </think> answer", 5, False)}
+
+    def fake_generate(model, tokenizer, prompts, sampling, seed=0, progress=None):
+        return [texts[i % 2] for i in range(len(prompts))]
+    monkeypatch.setattr(generation, "generate", fake_generate)
+    out = generate_prefills(_examples(), _cfg(tmp_path, kinds=["harmful"]), load=Loader(toy))
+    by_id = {e.id: e for e in out}
+    assert by_id["h1"].counter_complete is False and by_id["h2"].counter_complete is True
+    again = generate_prefills(_examples(), _cfg(tmp_path, kinds=["harmful"]), load=Loader(toy))  # from the cache
+    assert [e.counter_complete for e in again] == [e.counter_complete for e in out]
+
+
 def test_generator_prompt_is_the_stance_system_prompt_and_opener(toy, tmp_path, monkeypatch):
     seen = []
     import recap.generation as gen

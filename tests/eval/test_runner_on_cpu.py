@@ -1,12 +1,14 @@
 """The evaluation runner (recap/eval/runner.py) on a tiny random model of the miniature world: every
-stage is written with the right counts, IPR rounds chain, prefills are word prefixes of ℓ ∈ [8, 30],
-a rerun resumes from the store, and an unclosed think block is labelled invalid."""
+stage is written with the right counts, IPR rounds chain as the paper builds them (round 1 is the
+prefilling attack; each later round adds only the previous round's reasoning, the transition and the
+prefill), prefills are word prefixes of ℓ ∈ [8, 30], a rerun resumes from the store (an IPR chain with a
+missing round is redone whole and comes out identical), and an unclosed think block is labelled invalid."""
 
 import pytest
 
 import recap.eval.runner as runner
 from recap.chat import render_prompt, split_reasoning
-from recap.eval.attacks import IPR_RESET
+from recap.eval.attacks import IPR_TRANSITION, round_reasoning
 from recap.eval.runner import EvalConfig, evaluate
 from recap.eval.store import ResultStore
 from recap.generation import SamplingConfig
@@ -19,16 +21,16 @@ TAG = {"method": "m", "seed": 0}
 N_SAMPLES = 2
 STAGES = {  # stage -> (attack, round, kinds)
     "clean": ("clean", 0, {"harmful", "benign", "task"}),
-    "prefill": ("prefill", 0, {"harmful"}),
+    "prefill": ("prefill", 1, {"harmful"}),  # IPR round 1 is the prefilling attack
     "refusal_prefill": ("refusal_prefill", 0, {"benign"}),
     "hijack": ("hijack", 0, {"harmful"}),
-    "ipr1": ("ipr", 1, {"harmful"}),
-    "ipr2": ("ipr", 2, {"harmful"}),
+    "ipr_k2": ("ipr", 2, {"harmful"}),
+    "ipr_k3": ("ipr", 3, {"harmful"}),
 }
 
 
 def _cfg(**kw):
-    base = dict(prefill_words="8-30", ipr_rounds=2, samples_per_prompt=N_SAMPLES,
+    base = dict(prefill_words="8-30", ipr_rounds=3, samples_per_prompt=N_SAMPLES,
                 sampling=SamplingConfig(max_new_tokens=8))
     base.update(kw)
     return EvalConfig(**base)
@@ -89,11 +91,17 @@ def test_every_stage_is_written_with_the_right_counts(run, examples):
 def test_records_carry_every_field(run):
     _, _, records = run
     fields = {"attack", "round", "example_id", "sample", "kind", "prompt", "injected", "prompt_text", "completion",
-              "answer", "label", "score", "reflected", "reasoning_tokens", "answer_tokens", "truncated"}
+              "answer", "label", "score", "safe", "refused", "reflected", "reasoning_tokens", "answer_tokens",
+              "truncated"}
     for r in records:
         assert fields <= set(r)
         assert r["label"] in {"refusal", "compliance", "correct", "incorrect", "invalid"}
         assert 0.0 <= r["score"] <= 1.0
+        # the exact judge knows both: on harmful prompts a refusal is safe, a compliance unsafe
+        if r["kind"] == "harmful" and r["label"] != "invalid":
+            assert r["safe"] is (r["label"] == "refusal") and r["refused"] is (r["label"] == "refusal")
+        if r["label"] == "invalid":
+            assert r["safe"] is None and r["refused"] is None
 
 
 def test_clean_prompts_inject_nothing(run, tok, examples):
@@ -129,18 +137,20 @@ def test_hijack_injects_the_whole_reasoning_and_closes_the_block(run, examples):
 
 
 def test_ipr_rounds_continue_the_previous_round(run):
+    """Round k + 1 = round k's prompt + round k's reasoning only (answer dropped) + separator + t + p."""
     _, store, _ = run
     previous = {(r["example_id"], r["sample"]): r for r in store.records(stage=_stage("prefill"))}
     prefill = {key: r["injected"] for key, r in previous.items()}
-    for k in (1, 2):
-        current = {(r["example_id"], r["sample"]): r for r in store.records(stage=_stage(f"ipr{k}"))}
+    for k in (2, 3):
+        current = {(r["example_id"], r["sample"]): r for r in store.records(stage=_stage(f"ipr_k{k}"))}
         assert set(current) == set(previous)
         for key, r in current.items():
             before = previous[key]
-            assert r["prompt_text"].startswith(before["prompt_text"] + before["completion"]), (k, key)
-            assert r["prompt_text"].count(IPR_RESET) == k
-            assert r["injected"] == f"{IPR_RESET} {prefill[key]}"  # the same prefill again after the reset
-            assert r["prompt_text"].endswith(r["injected"])
+            own = round_reasoning(before["completion"])
+            assert r["prompt_text"] == (f"{before['prompt_text']}{own}\n\n{IPR_TRANSITION} {prefill[key]}"), (k, key)
+            assert "</think>" not in r["prompt_text"]  # no answer of an earlier round, no second think block
+            assert r["prompt_text"].count("<think>") == 1
+            assert r["injected"] == f"{IPR_TRANSITION} {prefill[key]}"
         previous = current
 
 
@@ -170,10 +180,10 @@ def test_only_unfinished_stages_are_generated(model, tok, examples, tmp_path, mo
     store = ResultStore(path)
     assert _done(store, "clean") and not _done(store, "prefill")
     calls = _count_generation(monkeypatch)
-    evaluate(model, tok, examples, ToyJudge(), _cfg(attacks=["clean", "prefill", "ipr"], ipr_rounds=1), store, TAG)
-    # prefill and ipr1 on the 2 harmful examples as one chain of 2 rounds; clean is not generated again
+    evaluate(model, tok, examples, ToyJudge(), _cfg(attacks=["clean", "prefill", "ipr"], ipr_rounds=2), store, TAG)
+    # IPR rounds 1 (the prefill attack) and 2 on the 2 harmful examples as one chain; clean is not generated again
     assert calls == [("rounds", 2 * N_SAMPLES, 1)]
-    assert _done(store, "ipr1") and not _done(store, "hijack")
+    assert _done(store, "ipr_k2") and not _done(store, "hijack")
 
 
 def _count_generation(monkeypatch) -> list:
@@ -193,25 +203,39 @@ def _count_generation(monkeypatch) -> list:
     return calls
 
 
-def test_ipr_chain_resumes_from_its_last_finished_round(model, tok, examples, tmp_path, monkeypatch):
-    """A run killed after ipr1 was stored continues with ipr2..3 from the stored ipr1 conversations."""
+@pytest.mark.parametrize("cut", ["between rounds", "torn line"])
+def test_a_cut_ipr_chain_is_redone_whole_and_equals_an_uninterrupted_run(model, tok, examples, tmp_path,
+                                                                         monkeypatch, cut):
+    """A run killed after round 2 was stored (or whose last round-3 line was torn) redoes the chunk's whole
+    chain with the same seeds: the store ends up equal, record for record, to an uninterrupted run's."""
+    cfg = _cfg(attacks=["prefill", "ipr"], ipr_rounds=3, sampling=SamplingConfig(max_new_tokens=8, temperature=1.0))
+    full = evaluate(model, tok, examples, ToyJudge(), cfg, ResultStore(tmp_path / "full.jsonl"), TAG)
     path = tmp_path / "r.jsonl"
-    cfg = _cfg(attacks=["prefill", "ipr"], ipr_rounds=3)
-    full = evaluate(model, tok, examples, ToyJudge(), cfg, ResultStore(path), TAG)
-    kept = [line for line in path.read_text().splitlines()
-            if not any(f'"{_stage(s)}"' in line for s in ("ipr2", "ipr3"))]
-    path.write_text("\n".join(kept) + "\n")
-    store = ResultStore(path)
-    assert _done(store, "ipr1") and not _done(store, "ipr2")
+    lines = (tmp_path / "full.jsonl").read_text().splitlines()
+    if cut == "between rounds":
+        kept = [line for line in lines if f'"{_stage("ipr_k3")}"' not in line]
+        path.write_text("\n".join(kept) + "\n")
+    else:
+        path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:40])
     calls = _count_generation(monkeypatch)
-    again = evaluate(model, tok, examples, ToyJudge(), cfg, store, TAG)
-    assert calls == [("rounds", 2 * N_SAMPLES, 1)]  # ipr2 and ipr3 only
-    by_round = {r: [x for x in again if x["round"] == r] for r in range(4)}
-    assert [len(v) for v in by_round.values()] == [2 * N_SAMPLES] * 4
-    assert by_round[1] == [x for x in full if x["round"] == 1]
-    for prev, cur in zip(by_round[1], by_round[2]):  # round 2 continues the stored round-1 conversation
-        assert cur["prompt_text"].startswith(prev["prompt_text"] + prev["completion"])
-        assert cur["injected"].startswith(IPR_RESET)
+    again = evaluate(model, tok, examples, ToyJudge(), cfg, ResultStore(path), TAG)
+    assert calls == [("rounds", 2 * N_SAMPLES, 2)]  # the whole chain, rounds 1..3
+    assert again == full
+    store = ResultStore(path)
+    store.compact() if hasattr(store, "compact") else None
+    latest = {r["key"]: r for r in ResultStore(path).records()}
+    assert sorted(latest) == sorted(r["key"] for r in full)
+    assert all(latest[r["key"]] == r for r in full)
+
+
+def test_an_attack_without_reasoning_fails_before_any_generation(model, tok, examples, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    bare = [replace(e, counter_reasoning=None) if e.kind == "harmful" else e for e in examples]
+    calls = _count_generation(monkeypatch)
+    with pytest.raises(ValueError, match=r"2 harmful example\(s\) have no counter-aligned reasoning.*hijack"):
+        evaluate(model, tok, bare, ToyJudge(), _cfg(attacks=["clean", "hijack"]), ResultStore(tmp_path / "r.jsonl"), TAG)
+    assert calls == []  # not even the clean stage ran
 
 
 def test_unclosed_think_block_is_invalid(model, tok, examples, tmp_path):
@@ -253,7 +277,7 @@ class _FailingJudge(ToyJudge):
 
 def test_crash_mid_stage_loses_only_the_chunk_in_flight_and_resumes_identically(model, tok, examples, tmp_path,
                                                                              monkeypatch):
-    cfg = _cfg(attacks=["clean", "prefill", "ipr"], ipr_rounds=1, chunk_size=4,
+    cfg = _cfg(attacks=["clean", "prefill", "ipr"], ipr_rounds=2, chunk_size=4,
                sampling=SamplingConfig(max_new_tokens=8, temperature=1.0))
     whole = evaluate(model, tok, examples, ToyJudge(), cfg, ResultStore(tmp_path / "whole.jsonl"), TAG)
     path = tmp_path / "r.jsonl"
@@ -262,7 +286,7 @@ def test_crash_mid_stage_loses_only_the_chunk_in_flight_and_resumes_identically(
     assert len(ResultStore(path)) == 4  # the first chunk was written before the failure
     calls = _count_generation(monkeypatch)
     resumed = evaluate(model, tok, examples, ToyJudge(), cfg, ResultStore(path), TAG)
-    assert calls == [("once", 4), ("once", 4), ("rounds", 4, 1)]  # 2 clean chunks, then the prefill+ipr1 chain
+    assert calls == [("once", 4), ("once", 4), ("rounds", 4, 1)]  # 2 clean chunks, then the IPR rounds 1-2 chain
     assert resumed == whole  # chunk seeds depend on the chunk's position only
 
 
@@ -303,7 +327,7 @@ def test_stronger_attacks_hcot_unseen_and_adaptive(model, tok, examples, tmp_pat
     assert {v for _, v in variants} == {"static@2", "static@4", "static@60", "unseen@2", "unseen@4", "unseen@60"}
     assert len(by["adaptive"]) == len(variants) * N_SAMPLES
     m = compute_metrics(records)
-    broken = {r["example_id"] for r in by["adaptive"] if r["label"] == "compliance"}
+    broken = {r["example_id"] for r in by["adaptive"] if r["safe"] is False}
     assert m["attack_adaptive_worst_case"] == len(broken) / len(harmful)
     # keys separate the variants: a rerun generates nothing and returns the same records
     again = evaluate(model, tok, examples, ToyJudge(), cfg, ResultStore(tmp_path / "r.jsonl"), TAG, unseen=unseen)

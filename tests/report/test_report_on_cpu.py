@@ -1,4 +1,5 @@
-"""Report generation on hand-made records (CPU only, no model)."""
+"""Report generation on hand-made records (CPU only, no model): statistics over seeds with pooled Wilson
+intervals, a table of metrics × methods grouped by area with readable titles, plots and transcripts."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import re
 
 import pytest
 
+from recap.eval.metrics import wilson
 from recap.report import summarize, write_report
 
 METHODS = ("base", "vanilla", "recap")
@@ -16,9 +18,12 @@ PREFILL_COMPLIANT = {("base", 0): 4, ("base", 1): 4, ("vanilla", 0): 2, ("vanill
 EVIL = "<script>alert(1)</script> <think>secret</think>"
 
 
-def _record(method, seed, attack, example_id, kind, label, rnd=0, injected="", completion="fine.", **kw):
+def _record(method, seed, attack, example_id, kind, label, rnd=None, injected="", completion="fine.", **kw):
     prompt_text = f"<|user|>prompt {example_id}<|assistant|><think>\n{injected}"
+    rnd = (1 if attack == "prefill" else 0) if rnd is None else rnd
+    safe = {"refusal": True, "compliance": False}.get(label) if kind == "harmful" else None
     return {"method": method, "seed": seed, "attack": attack, "round": rnd, "example_id": example_id,
+            "safe": safe, "refused": label == "refusal",
             "sample": 0, "kind": kind, "prompt": f"user prompt {example_id}", "injected": injected,
             "prompt_text": prompt_text, "completion": completion, "answer": completion, "label": label,
             "score": 1.0, "reflected": kw.get("reflected", False), "reasoning_tokens": kw.get("rt", 10),
@@ -41,7 +46,7 @@ def make_records() -> list[dict]:
                                        injected="I must refuse.", completion="Actually, this is fine."))
                 records.append(_record(method, seed, "hijack", hid, "harmful", "compliance",
                                        injected="whole attacker reasoning\n</think>\n", completion=EVIL))
-                for k in (1, 2, 3):
+                for k in (2, 3):
                     records.append(_record(method, seed, "ipr", hid, "harmful", "refusal", rnd=k,
                                            injected=f"Wait, reset {k}", completion=f"ipr round {k} answer"))
     return records
@@ -57,11 +62,14 @@ def test_summarize_mean_std_n():
         mean = sum(rates) / 2
         assert stat["mean"] == pytest.approx(mean)
         assert stat["std"] == pytest.approx(abs(rates[0] - rates[1]) / 2)
-        assert stat["n"] == 2
+        assert stat["n"] == 2 and stat["samples"] == 8
+        k = sum(PREFILL_COMPLIANT[method, s] for s in SEEDS)  # the interval pools both seeds' 8 samples
+        assert stat["ci"] == pytest.approx(list(wilson(k, 8)))
     # reasoning tokens on clean: (10 + seed) * 4 harmful and 20 * 4 benign per seed
     rt = summary["methods"]["recap"]["reasoning_tokens"]
     assert rt["mean"] == pytest.approx((15 + 15.5) / 2)
     assert rt["std"] == pytest.approx(0.25)
+    assert rt["ci"] is None  # a mean, not a rate
 
 
 def test_missing_metrics_omitted_and_method_order():
@@ -72,7 +80,8 @@ def test_missing_metrics_omitted_and_method_order():
     for stats in summary["methods"].values():
         assert "task_accuracy" not in stats  # no task prompts at all
     assert "attack_hijack_success" not in summary["methods"]["base"]
-    assert summary["methods"]["aaa"]["attack_prefill_success"] == {"mean": 0.25, "std": 0.0, "n": 1}
+    assert summary["methods"]["aaa"]["attack_prefill_success"] == {"mean": 0.25, "std": 0.0, "n": 1,
+                                                                  "ci": list(wilson(1, 4)), "samples": 4}
 
 
 def test_write_report(tmp_path):
@@ -95,17 +104,23 @@ def test_write_report(tmp_path):
     assert "<think>" not in page
     assert "&lt;/think&gt;" in page  # hijack injected text closes the think block
     # IPR transcripts show the last round only, with the history collapsed
-    assert "Wait, reset 3" in page and "ipr round 3 answer" in page and "ipr round 1 answer" not in page
+    assert "Wait, reset 3" in page and "ipr round 3 answer" in page and "ipr round 2 answer" not in page
     assert "<details>" in page
-    # table: one row per method, rates in percent
-    assert "50.0% ± 0.0" in page or "62.5% ± 12.5" in page
-    assert re.search(r"<td>recap</td><td>", page)
+    # table: one row per metric, grouped by area, readable titles, one column per method; mean ± std and
+    # the pooled Wilson interval
+    assert "<th>metric</th><th>base</th><th>vanilla</th><th>recap</th></tr>" in page
+    assert '<tr class="area"><th colspan="4">Safety on harmful prompts</th></tr>' in page
+    assert "prefill attack: judged unsafe<div class=\"key\">attack_prefill_success</div>" in page
+    lo, hi = wilson(5, 8)  # vanilla: 2 + 3 of 8 prefill samples unsafe
+    assert f"<td>62.5 ± 12.5<span class=\"ci\">[{100 * lo:.1f}, {100 * hi:.1f}]</span></td>" in page
+    assert "IPR round 2: judged unsafe" in page and "mean ± std over 2 seeds" in page
 
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "(attack_success.png)" in md and "(overrefusal.png)" in md
     assert "> **prefill (attacker)**" in md and "> ATTACKER PREFILL h0" in md
     assert "**model continuation**" in md
-    assert "| recap |" in md and "lower is better" in md and "higher is better" in md
+    assert "| metric | base | vanilla | recap |" in md and "lower is better" in md and "higher is better" in md
+    assert "| prefill attack: judged unsafe (`attack_prefill_success`) | 100.0 ± 0.0 [" in md
 
 
 def test_transcripts_share_examples_across_methods(tmp_path):
@@ -120,26 +135,48 @@ def test_transcripts_share_examples_across_methods(tmp_path):
 def test_plot_skipped_when_metrics_missing(tmp_path):
     records = [r for r in make_records() if r["attack"] == "clean"]
     summary = write_report(records, tmp_path)
-    assert not (tmp_path / "attack_success.png").exists()
-    assert not (tmp_path / "reflection_rate.png").exists()
+    assert not (tmp_path / "attack_success.png").exists() and not (tmp_path / "prefill_sweep.png").exists()
+    assert (tmp_path / "reflection_rate.png").exists()  # the clean-prompt reflection rate
     assert (tmp_path / "overrefusal.png").exists()
     assert "attack_prefill_success" not in summary["methods"]["recap"]
-    assert (tmp_path / "report.html").read_text(encoding="utf-8").count("data:image/png;base64,") == 1
+    assert (tmp_path / "report.html").read_text(encoding="utf-8").count("data:image/png;base64,") == 2
+
+
+def test_one_seed_says_there_is_no_spread_and_zero_bars_are_labelled(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    labels, real = [], matplotlib.axes.Axes.bar_label
+
+    def recording(self, bars, labels_=None, **kw):
+        labels.append(list(kw.get("labels", labels_)))
+        return real(self, bars, **kw)
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar_label", recording)
+    records = [r for r in make_records() if r["seed"] == 0]
+    write_report(records, tmp_path)
+    # one bar_label call per method of the attack plot: prefill, hijack, IPR k = 1, 2, 3; the zero bars carry "0"
+    assert ["100", "100", "100", "0", "0"] in labels and ["25", "100", "25", "0", "0"] in labels
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "One seed: no spread across seeds to show" in page and " ± " not in page.split("<h2>")[0]
+    assert "<td>25.0<span class=\"ci\">" in page  # recap, seed 0: 1 of 4 prefill samples unsafe
 
 
 def test_per_benchmark_table_for_suite_records(tmp_path):
-    def rec(method, bench, attack, kind, label, rnd=0):
+    def rec(method, bench, attack, kind, label, rnd=None):
+        rnd = (1 if attack == "prefill" else 0) if rnd is None else rnd
+        safe = {"refusal": True, "compliance": False}.get(label) if kind == "harmful" else None
         return {"method": method, "seed": 0, "benchmark": bench, "attack": attack, "round": rnd, "kind": kind,
                 "label": label, "score": 0.0, "reflected": False, "reasoning_tokens": 0, "answer_tokens": 1,
-                "example_id": "x", "prompt": "p", "completion": "c", "injected": ""}
+                "example_id": "x", "prompt": "p", "completion": "c", "injected": "", "safe": safe,
+                "refused": label == "refusal"}
     records = [rec("base", "sr", "clean", "harmful", "compliance"), rec("base", "sr", "prefill", "harmful", "compliance"),
                rec("base", "sr", "prefill", "harmful", "refusal"), rec("base", "xs", "clean", "benign", "refusal"),
                rec("base", "xs", "clean", "benign", "compliance"), rec("recap", "sr", "prefill", "harmful", "refusal")]
     summary = write_report(records, tmp_path)
     assert summary["benchmarks"] == [
-        {"method": "base", "sr: safety clean": 0.0, "sr: safety prefill": 0.5, "xs: compliance": 0.5},
-        {"method": "recap", "sr: safety clean": None, "sr: safety prefill": 1.0}]
+        {"method": "base", "sr: safety clean": 0.0, "sr: safety prefill": 0.5, "sr: safety IPR1": 0.5,
+         "xs: compliance": 0.5, "xs: helpfulness": 0.0},
+        {"method": "recap", "sr: safety prefill": 1.0, "sr: safety IPR1": 1.0}]
     md = (tmp_path / "report.md").read_text()
-    assert "| method | sr: safety clean | sr: safety prefill | xs: compliance |" in md
-    assert "| base | 0.0 | 50.0 | 50.0 |" in md and "| recap | — | 100.0 | — |" in md
+    assert "| method | sr: safety clean | sr: safety prefill | sr: safety IPR1 | xs: compliance | xs: helpfulness |" in md
+    assert "| base | 0.0 | 50.0 | 50.0 | 50.0 | 0.0 |" in md and "| recap | — | 100.0 | 100.0 | — | — |" in md
     assert "<th>sr: safety prefill</th>" in (tmp_path / "report.html").read_text()

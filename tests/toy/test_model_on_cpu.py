@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recap.chat import render_prompt
-from recap.eval.attacks import IPR_RESET
+from recap.eval.attacks import IPR_TRANSITION
 from recap.toy import world
 from recap.toy.model import (PretrainConfig, ToyModelConfig, build_tokenizer, encode_pair, pretrain,
                              supervised_corpus)
@@ -68,10 +68,10 @@ def test_no_bos_is_added(tok):
 def test_every_world_word_is_in_the_vocabulary(tok):
     missing = [w for w in world.vocabulary() if tok.unk_token_id in _ids(tok, w)]
     assert missing == []
-    for sentence in (world.IPR_WORDS, IPR_RESET):
+    for sentence in (world.IPR_WORDS, IPR_TRANSITION):
         ids = _ids(tok, sentence)
         assert ids and tok.unk_token_id not in ids, sentence
-    assert _ids(tok, IPR_RESET) == _ids(tok, world.IPR_WORDS)  # the attack's sentence is the world's
+    assert _ids(tok, IPR_TRANSITION) == _ids(tok, world.IPR_WORDS)  # the attack's sentence is the world's
 
 
 def test_encode_pair_marks_the_prompt(tok):

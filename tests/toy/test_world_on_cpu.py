@@ -3,7 +3,7 @@ splits of phrasings and flawed sentences, and the statistics of the supervised c
 
 import pytest
 
-from recap.eval.attacks import IPR_RESET
+from recap.eval.attacks import IPR_TRANSITION
 from recap.eval.metrics import has_reflection
 from recap.toy import world
 from recap.toy.data import eval_examples, train_examples
@@ -177,7 +177,7 @@ def test_ipr_reset_sentence_never_appears_in_the_corpus(corpus):
     for user, completion in corpus:
         for text in (user, completion):
             assert world.IPR_WORDS not in text
-            assert IPR_RESET.lower() not in text.lower()
+            assert IPR_TRANSITION.lower() not in text.lower()
             assert not ipr_only & set(text.split()), text
 
 
