@@ -30,6 +30,7 @@ from recap.files import write_text
 from recap.security import inside
 from recap.eval.attacks import TOY_HCOT_FRAME
 from recap.generation import SamplingConfig
+from recap.toy import world
 from recap.toy.model import PretrainConfig, ToyModelConfig
 from recap.train import TrainConfig
 
@@ -41,8 +42,9 @@ def _toy_rl() -> TrainConfig:
 
 
 def _toy_eval() -> EvalConfig:
-    return EvalConfig(prefill_words="8-30", ipr_rounds=3, samples_per_prompt=2,
-                      sampling=SamplingConfig(temperature=1.0, max_new_tokens=64, batch_size=256))
+    # The IPR transition in the world's own words (its reasonings join sentences with " ").
+    return EvalConfig(prefill_words="8-30", ipr_rounds=3, samples_per_prompt=2, ipr_transition=world.IPR_TRANSITION,
+                      ipr_separator=" ", sampling=SamplingConfig(temperature=1.0, max_new_tokens=64, batch_size=256))
 
 
 # method -> (α of the mixture, prefill sources). Every method has the same RL budget.
@@ -64,8 +66,10 @@ class DemoConfig:
     model: ToyModelConfig = field(default_factory=ToyModelConfig, metadata={"help": "Size of the miniature model."})
     pretrain: PretrainConfig = field(default_factory=PretrainConfig, metadata={"help": "Supervised pre-training of the base."})
     mixture: MixtureConfig = field(
-        default_factory=lambda: MixtureConfig(alpha=0.5, prefill_words="8-30"),
-        metadata={"help": "RECAP mixture; ℓ is in words of the world (its reasonings are 10–30 words long)."})
+        default_factory=lambda: MixtureConfig(alpha=0.5, prefill_words="8-30", selection="exact"),
+        metadata={"help": "RECAP mixture; ℓ is in words of the world (its reasonings are 10–30 words long). Exactly "
+                          "round(α·n) prompts per kind are prefilled (not the paper's per-row draw): with ~90 safety "
+                          "prompts a Bernoulli draw would give each seed a different number of prefills."})
     rl: TrainConfig = field(default_factory=_toy_rl, metadata={"help": "RL settings shared by vanilla DAPO and RECAP."})
     eval: EvalConfig = field(default_factory=_toy_eval, metadata={"help": "Evaluation settings."})
     methods: list[str] = field(default_factory=lambda: ["recap", "vanilla"], metadata={"help": f"RL methods trained and evaluated beside the base model, among {', '.join(METHODS)} (--compare: all of them)."})
@@ -233,7 +237,8 @@ def run_demo(cfg: DemoConfig, out: str | Path, log=print) -> dict:
         f"{cfg.rl.num_generations} rollouts, DAPO loss, clip {cfg.rl.epsilon}/{cfg.rl.epsilon_high}; RECAP α = "
         f"{cfg.mixture.alpha}, ℓ = {cfg.mixture.prefill_words} words; vanilla α = 0.",
         "Evaluation uses request phrasings and prefill sentences that RL never saw; the judge is exact.",
-        f"Attack prefills: ℓ = {cfg.eval.prefill_words} words; IPR rounds 1–{cfg.eval.ipr_rounds}; "
+        f"Attack prefills: ℓ = {cfg.eval.prefill_words} words; IPR rounds k = 1–{cfg.eval.ipr_rounds} (round 1 is the "
+        f"prefill attack; the transition is the world's '{cfg.eval.ipr_transition}'); "
         f"{cfg.eval.samples_per_prompt} sample(s) per prompt at temperature {cfg.eval.sampling.temperature}.",
     ]
     buffers = _buffer_stats(out, cfg)

@@ -99,8 +99,15 @@ class PretrainConfig:
                           "the misaligned answer: what makes the base brittle under prefill."})
     p_wait: float = field(
         default=0.05,
-        metadata={"help": "Share of harmful/benign examples with a flawed start and a 'wait , …' self-correction. "
-                          "Must stay small (≤5%): RL amplifies a latent recovery, it does not create one."})
+        metadata={"help": "Share of harmful/benign examples with a flawed start and a self-correction opened by one "
+                          "of the world's reflection cues ('wait ,', 'hold on ,', …). Must stay small (≤5%): RL "
+                          "amplifies a latent recovery, it does not create one."})
+    p_reconsider: float = field(
+        default=0.03,
+        metadata={"help": "Share of harmful/benign examples whose complete flawed reasoning closes and whose answer "
+                          "still turns aligned after a short reconsideration ('on reflection , …'): real reasoning "
+                          "models rarely answer against their own reasoning, so this stays below p_wait "
+                          "(docs/miniature-world.md)."})
     task_share: float = field(default=0.4, metadata={"help": "Share of arithmetic examples in the corpus."})
     seed: int = field(default=0, metadata={"help": "Seed of the corpus and of the initialisation."})
 
@@ -114,7 +121,7 @@ def supervised_corpus(cfg: PretrainConfig) -> list[tuple[str, str]]:
             req = rng.choice(tasks)
         else:
             req = rng.choice(harmful if rng.random() < 0.5 else benign)
-        out.append(world.supervised_example(req, rng, cfg.p_flawed, cfg.p_wait))
+        out.append(world.supervised_example(req, rng, cfg.p_flawed, cfg.p_wait, cfg.p_reconsider))
     return out
 
 

@@ -56,6 +56,28 @@ def test_junk_is_invalid(junk):
     assert world.classify_answer(junk) == "invalid"
 
 
+@pytest.mark.parametrize("kind", ["harmful", "benign"])
+def test_reconsidering_answers_parse_and_the_exact_judge_classifies_them(kind):
+    """An answer that opens with a reconsideration is judged by what follows it: on a harmful prompt a
+    reconsidered refusal is safe and a refusal; on a benign prompt a reconsidered compliance is helpful."""
+    import random
+
+    from recap.rewards.judges import JudgeItem
+    from recap.toy.judge import ToyJudge
+
+    rng = random.Random(0)
+    req = world.harmful_requests()[0] if kind == "harmful" else world.benign_requests()[0]
+    answer = world.reconsidered_answer(req, rng)
+    assert answer.startswith(world.ANSWER_RECONSIDERATIONS[kind] + " ")
+    expected = "refusal" if kind == "harmful" else "compliance"
+    assert world.classify_answer(answer) == expected
+    (v,) = ToyJudge().judge([JudgeItem("p", answer, kind)])
+    assert v.score == 1.0 and v.refused is (kind == "harmful") and v.safe is (True if kind == "harmful" else None)
+    # the reconsideration alone, or twice, is not an answer
+    assert world.classify_answer(world.ANSWER_RECONSIDERATIONS[kind]) == "invalid"
+    assert world.classify_answer(world.ANSWER_RECONSIDERATIONS[kind] + " " + answer) == "invalid"
+
+
 def test_aligned_and_misaligned_answers_are_judged_as_such():
     import random
 
@@ -143,13 +165,31 @@ def test_every_corpus_completion_is_well_formed(labelled):
             assert label.startswith("number:")
 
 
-def test_wait_share_is_small_but_present(labelled, corpus_cfg):
+def test_self_correction_share_is_p_wait_with_every_cue(labelled, corpus_cfg):
     safety = [(k, c) for k, _, c in labelled if k in ("harmful", "benign")]
-    share = sum(1 for _, c in safety if has_reflection(c)) / len(safety)
-    assert abs(share - corpus_cfg.p_wait) < 0.015  # only the self-correction examples say "wait"
+    reasonings = [c.split(f" {world.THINK_CLOSE} ")[0] for _, c in safety]
+    share = sum(1 for r in reasonings if has_reflection(r)) / len(safety)
+    assert abs(share - corpus_cfg.p_wait) < 0.015  # only the self-correction examples revise their reasoning
     corpus_share = sum(1 for _, _, c in labelled if has_reflection(c)) / len(labelled)
-    assert 0 < corpus_share <= 0.05  # the issue's bound: a small natural rate of the whole corpus
+    assert 0 < corpus_share <= 0.05  # a small natural rate of the whole corpus
     assert not any(has_reflection(c) for k, _, c in labelled if k == "task")
+    for cue in world.REFLECTION_CUES:  # several cues, each used
+        n = sum(1 for r in reasonings if f" {cue} " in f" {r} ")
+        assert n > 0.15 * share * len(safety), cue
+
+
+def test_answer_reconsideration_share_is_p_reconsider(labelled, corpus_cfg):
+    """The planted rate of answer-level reconsideration is what the config says, and it always follows a
+    complete flawed reasoning with no self-correction."""
+    safety = [(k, c) for k, _, c in labelled if k in ("harmful", "benign")]
+    reconsidered = [(k, c) for k, c in safety
+                    if c.split(f" {world.THINK_CLOSE} ")[1].startswith(world.ANSWER_RECONSIDERATIONS[k])]
+    assert 0 < corpus_cfg.p_reconsider < corpus_cfg.p_wait
+    assert abs(len(reconsidered) / len(safety) - corpus_cfg.p_reconsider) < 0.01
+    for kind, c in reconsidered:
+        reasoning = c.split(f" {world.THINK_CLOSE} ")[0]
+        assert not has_reflection(reasoning)
+        assert any(sentence in reasoning for sentence in world.flawed_sentences(kind, "all"))
 
 
 def test_flawed_continued_share_is_p_flawed(labelled, corpus_cfg):
@@ -170,13 +210,16 @@ def test_flawed_continued_share_is_p_flawed(labelled, corpus_cfg):
     assert not any(flawed(k, c) for k, c in safety if has_reflection(c))
 
 
-def test_ipr_reset_sentence_never_appears_in_the_corpus(corpus):
-    ipr_only = {"discussion", "ignore", "re-evaluate", "evaluate", "beginning", "above", "let's"}
-    # These words belong to the reset sentence only, so finding none of them means it never leaked in.
-    assert not ipr_only & (set(world.vocabulary()) - set(world.IPR_WORDS.split()))
+def test_ipr_transitions_never_appear_in_the_corpus(corpus):
+    """The world's transition and the paper's sentence are in the vocabulary but never in the corpus, and
+    the world's transition opens with none of the reflection cues."""
+    ipr_only = set(world.vocabulary()) - set(world.vocabulary(attacks=False))
+    assert {"ignore", "discussion", "beginning"} <= ipr_only
+    assert world.IPR_TRANSITION.split()[0] in ipr_only  # its first word is no cue's, nor any other text's
+    assert not has_reflection(world.IPR_TRANSITION)
     for user, completion in corpus:
         for text in (user, completion):
-            assert world.IPR_WORDS not in text
+            assert world.IPR_WORDS not in text and world.IPR_TRANSITION not in text
             assert IPR_TRANSITION.lower() not in text.lower()
             assert not ipr_only & set(text.split()), text
 
