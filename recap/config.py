@@ -75,13 +75,72 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     return cls(**kwargs)
 
 
-def _set_path(data: dict, dotted: str, value: Any) -> None:
+def _unwrap(tp: Any) -> Any:
+    """``X`` for ``X | None``; other types unchanged."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+        dataclass_args = [a for a in args if dataclasses.is_dataclass(a)]
+        return dataclass_args[0] if len(dataclass_args) == 1 else tp
+    return tp
+
+
+def _plain(value: Any) -> Any:
+    """A field default as the plain data a YAML file would hold."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return _plain(f.default)
+    if f.default_factory is not dataclasses.MISSING:
+        return _plain(f.default_factory())
+    return None
+
+
+def _set_override(cls: type, data: dict, item: str, dotted: str, value: Any) -> None:
+    """Set ``dotted`` (``a.b``, list items by index: ``benchmarks.0.limit``) to ``value`` in ``data``, checking
+    each step against the fields of ``cls``; an unknown field or a bad index names the override."""
     keys = dotted.split(".")
-    for i, k in enumerate(keys[:-1]):
-        data = data.setdefault(k, {})
-        if not isinstance(data, dict):
-            raise ConfigError(f"override {dotted!r}: field '{'.'.join(keys[: i + 1])}' is not a section")
-    data[keys[-1]] = value
+    node: Any = data
+    tp: Any = cls
+    for i, key in enumerate(keys):
+        here, last = ".".join(keys[: i + 1]), i == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"--set {item}: '{here}': no item {key} (the list has {len(node)} item(s), "
+                                  "numbered from 0)")
+            if last:
+                node[int(key)] = value
+                return
+            node, tp = node[int(key)], _unwrap((typing.get_args(tp) or (Any,))[0])
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {item}: '{'.'.join(keys[:i])}' is not a section")
+        if dataclasses.is_dataclass(tp):
+            known = {f.name: f for f in dataclasses.fields(tp)}
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConfigError(f"--set {item}: unknown field '{here}'{hint}; known in this section: "
+                                  f"{', '.join(sorted(known))}")
+            if not last and node.get(key) is None:
+                default = _field_default(known[key])
+                node[key] = {} if default is None else default  # an optional section left empty by default
+            tp = _unwrap(typing.get_type_hints(tp)[key])
+        else:  # a free-form mapping (e.g. judges per kind): any key
+            tp = Any
+        if last:
+            node[key] = value
+            return
+        node = node.setdefault(key, {})
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -93,10 +152,12 @@ def _merge(base: dict, extra: dict) -> dict:
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
                 defaults: dict | None = None) -> T:
-    """Load ``cls`` from a YAML file and apply ``key=value`` overrides (values parsed as YAML).
+    """Load ``cls`` from a YAML file and apply ``key=value`` overrides (values parsed as YAML; dotted keys
+    for nested fields, numbers for list items: ``benchmarks.0.limit=20``).
 
     ``defaults`` (e.g. ``dataclasses.asdict`` of a preset) is the starting point that the file and the
-    overrides update field by field; without it the dataclass defaults apply."""
+    overrides update field by field; without it the dataclass defaults apply. An override naming an
+    unknown field is reported as that override (with the closest field name)."""
     data: dict = {}
     where = "defaults"
     if path is not None:
@@ -114,14 +175,18 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         data = loaded
+    if defaults is not None:
+        data = _merge(defaults, data)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        _set_path(data, key.strip(), yaml.safe_load(raw))
-    if defaults is not None:
-        data = _merge(defaults, data)
-    return from_dict(cls, data, where)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({getattr(e, 'problem', e)})") from None
+        _set_override(cls, data, item, key.strip(), value)
+    return from_dict(cls, data, where + (" (with --set overrides)" if overrides else ""))
 
 
 def to_dict(cfg) -> dict:

@@ -95,7 +95,7 @@ def test_data_mix_prefills_round_alpha_n_per_kind(cli, alpha):
     examples += [e for e in train_examples() if e.kind == "task"][:3]
     write_examples("in.jsonl", examples)
     result = cli.invoke(app, ["data", "mix", "in.jsonl", "--out", "mix.jsonl", "--set", f"alpha={alpha}",
-                              "--set", "prefill_words=3-6", "--set", "seed=1"])
+                              "--set", "prefill_words=3-6", "--set", "seed=1", "--set", "selection=exact"])
     assert result.exit_code == 0, result.output
     mixed = read_examples("mix.jsonl")
     assert [e.id for e in mixed] == [e.id for e in examples]

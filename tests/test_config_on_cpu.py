@@ -71,7 +71,7 @@ def test_unknown_field_names_file_and_field(tmp_path):
         load_config(EvalConfig, path)
     msg = str(info.value)
     assert msg.startswith(str(path)) and "field 'sampling'" in msg and "unknown field 'temprature'" in msg
-    with pytest.raises(ConfigError, match="unknown field 'nope'"):
+    with pytest.raises(ConfigError, match=r"^--set sampling.nope=1: unknown field 'sampling.nope'"):
         load_config(EvalConfig, None, ["sampling.nope=1"])
 
 
@@ -144,10 +144,44 @@ def test_optional_and_dict_fields_and_describe():
 
 
 def test_override_through_scalar_field_is_a_config_error(tmp_path):
-    # Without a file the missing parent becomes a mapping and the type check catches it...
-    with pytest.raises(ConfigError, match="field 'seed'"):
+    with pytest.raises(ConfigError, match=r"--set seed.x=1: 'seed' is not a section"):
         load_config(EvalConfig, None, ["seed.x=1"])
-    # ...but when the file sets the scalar, the override crashes before any check.
     path = _yaml(tmp_path, "seed: 5\n")
-    with pytest.raises(ConfigError, match="seed"):
+    with pytest.raises(ConfigError, match=r"--set seed.x=1: 'seed' is not a section"):
         load_config(EvalConfig, path, ["seed.x=1"])
+
+
+def test_override_typos_name_the_override_and_the_closest_field(tmp_path):
+    path = _yaml(tmp_path, "seed: 5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(EvalConfig, path, ["sampling.temprature=0"])
+    msg = str(info.value)
+    assert msg.startswith("--set sampling.temprature=0: unknown field 'sampling.temprature' (did you mean "
+                          "'temperature'?)") and "defaults" not in msg
+
+
+def test_overrides_reach_list_items(tmp_path):
+    from recap.eval.suite import SuiteConfig
+
+    path = _yaml(tmp_path, "benchmarks:\n  - {name: sr, path: a.csv, limit: 50}\n  - {name: xs, path: b.csv}\n",
+                 "suite.yaml")
+    cfg = load_config(SuiteConfig, path, ["benchmarks.1.limit=20", "benchmarks.0.attacks=[clean, prefill]"])
+    assert [b.limit for b in cfg.benchmarks] == [50, 20]
+    assert cfg.benchmarks[0].attacks == ["clean", "prefill"] and cfg.benchmarks[1].attacks == ["clean"]
+    with pytest.raises(ConfigError, match=r"--set benchmarks.2.limit=5: 'benchmarks.2': no item 2 \(the list has 2"):
+        load_config(SuiteConfig, path, ["benchmarks.2.limit=5"])
+    with pytest.raises(ConfigError, match=r"unknown field 'benchmarks.0.limt' \(did you mean 'limit'\?\)"):
+        load_config(SuiteConfig, path, ["benchmarks.0.limt=5"])
+    # a list that only has its default (no file) is reachable too
+    cfg = load_config(EvalConfig, None, ["sweep_lengths.1=150"])
+    assert cfg.sweep_lengths == [50, 150, 200, 500]
+
+
+def test_overrides_apply_on_top_of_a_preset_and_into_optional_sections():
+    from recap.train import TrainConfig
+
+    preset = {"max_steps": 7, "prefill_sources": {"weights": {"static": 1.0}}}
+    cfg = load_config(TrainConfig, None, ["prefill_sources.weights.on_policy=0.5", "prefill_length.kind=fixed"],
+                      defaults=preset)
+    assert cfg.max_steps == 7 and cfg.prefill_sources.weights == {"static": 1.0, "on_policy": 0.5}
+    assert cfg.prefill_length is not None and cfg.prefill_length.kind == "fixed"

@@ -17,6 +17,7 @@ def test_config_reference_is_current():
 def test_shipped_configs_load():
     from recap.data.mixture import MixtureConfig
     from recap.data.prefills import PrefillConfig
+    from recap.data.recipe import RecipeConfig
     from recap.demo import DemoConfig
     from recap.eval.runner import EvalConfig
     from recap.eval.suite import SuiteConfig
@@ -31,7 +32,9 @@ def test_shipped_configs_load():
                "smollm2/train.yaml": TrainConfig, "scale/recap-8b.yaml": TrainConfig,
                "scale/recap-8b-vllm-server.yaml": TrainConfig,
                "judges/strongreject-rubric.yaml": RubricConfig, "judges/overrefusal-rubric.yaml": RubricConfig,
-               "judges/guard.yaml": GuardConfig, "recap-mixed-curriculum.yaml": TrainConfig}
+               "judges/guard.yaml": GuardConfig, "recap-mixed-curriculum.yaml": TrainConfig,
+               "recipe/paper.yaml": RecipeConfig, "recipe/cpu.yaml": RecipeConfig,
+               "recipe/paper-prefills.yaml": PrefillConfig, "judges/reflection-rubric.yaml": RubricConfig}
     files = sorted(f for f in (ROOT / "configs").rglob("*.yaml") if f.parent.name != "accelerate")
     names = {f.relative_to(ROOT / "configs").as_posix(): f for f in files}
     assert set(names) == set(classes)

@@ -170,7 +170,7 @@ def test_self_correction_share_is_p_wait_with_every_cue(labelled, corpus_cfg):
     reasonings = [c.split(f" {world.THINK_CLOSE} ")[0] for _, c in safety]
     share = sum(1 for r in reasonings if has_reflection(r)) / len(safety)
     assert abs(share - corpus_cfg.p_wait) < 0.015  # only the self-correction examples revise their reasoning
-    corpus_share = sum(1 for _, _, c in labelled if has_reflection(c)) / len(labelled)
+    corpus_share = sum(1 for _, _, c in labelled if has_reflection(c.split(f" {world.THINK_CLOSE} ")[0])) / len(labelled)
     assert 0 < corpus_share <= 0.05  # a small natural rate of the whole corpus
     assert not any(has_reflection(c) for k, _, c in labelled if k == "task")
     for cue in world.REFLECTION_CUES:  # several cues, each used
