@@ -14,6 +14,16 @@ Formats (``format=``)::
     gsm8k             JSONL ``question``, ``answer``; reference = the number after ``#### ``, commas removed
     math500, aime     chat-jsonl (or ``problem``/``answer`` rows) where every label is a task reference,
                       kept verbatim (LaTeX included)
+    fortress          FORTRESS (Scale AI; hub ``ScaleAI/fortress_public``): ``ID``, ``adversarial_prompt``,
+                      ``rubric`` (list of yes/no questions; in CSV a JSON array), ``risk_domain``,
+                      ``risk_subdomain``, ``benign_prompt``. Each row gives a harmful example (with
+                      ``rubric`` and ``category`` = "domain / subdomain") and its benign counterpart, whose
+                      id is the harmful one's plus ``-benign``
+    harmbench         HarmBench behaviours CSV ``Behavior,FunctionalCategory,SemanticCategory,Tags,
+                      ContextString,BehaviorID`` → harmful, category = SemanticCategory; a contextual
+                      behaviour's prompt is ``ContextString + "\\n\\n---\\n\\n" + Behavior`` as HarmBench
+                      builds it. Also the hub layout of ``walledai/HarmBench`` (``prompt``, ``category``,
+                      ``context``; config ``standard`` unless ``config=`` says contextual or copyright)
 
 ``format="auto"`` picks the format from the suffix and the header / first row (and, for chat files,
 a benchmark name in the file name); :func:`detect_format` says which and why, and the returned
@@ -24,7 +34,8 @@ Prompts pass through untouched (the ``csv`` and ``json`` modules do the only dec
 ``source`` (the benchmark name) and a stable ``id`` (``<source>-0001`` by position, or
 ``<source>-<the file's own id>``). Malformed input raises ``DataError`` naming the file, the line
 (1-based physical line for JSONL; the line where the CSV record starts; the row number for Parquet
-and hub rows) and the field; no row is dropped silently.
+and hub rows) and the field; no row is dropped silently. ``limit`` and ``subset_seed`` count rows, so
+a Fortress pair (a harmful prompt and its benign counterpart) is kept or dropped whole.
 """
 
 from __future__ import annotations
@@ -42,19 +53,22 @@ from recap.data.examples import KINDS, DataError, Example, csv_records, example_
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("recap", "chat-jsonl", "strongreject-csv", "wildjailbreak", "xstest-csv", "gsm8k", "math500", "aime")
+FORMATS = ("recap", "chat-jsonl", "strongreject-csv", "wildjailbreak", "xstest-csv", "gsm8k", "math500", "aime",
+           "fortress", "harmbench")
 _ALIASES = {"auto": "auto", "chat": "chat-jsonl", "jsonl": "chat-jsonl", "strongreject": "strongreject-csv",
-            "xstest": "xstest-csv", "math-500": "math500", "math_500": "math500", "gsm8k": "gsm8k"}
+            "xstest": "xstest-csv", "math-500": "math500", "math_500": "math500", "gsm8k": "gsm8k",
+            "harmbench-csv": "harmbench", "fortress_public": "fortress"}
 
 # The benchmark name a format gives its rows (chat-jsonl and recap fall back to the file name).
 _FORMAT_SOURCE = {"strongreject-csv": "strongreject", "wildjailbreak": "wildjailbreak", "xstest-csv": "xstest",
-                  "gsm8k": "gsm8k", "math500": "math500", "aime": "aime"}
+                  "gsm8k": "gsm8k", "math500": "math500", "aime": "aime", "fortress": "fortress",
+                  "harmbench": "harmbench"}
 
 _JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
 _TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 _FILE_SUFFIXES = _JSONL_SUFFIXES | set(_TABLE_SUFFIXES) | {".parquet", ".txt", ".gz", ".zip", ".json"}
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
-_HUB_DEFAULT_CONFIG = {"openai/gsm8k": "main", "gsm8k": "main"}
+_HUB_DEFAULT_CONFIG = {"openai/gsm8k": "main", "gsm8k": "main", "walledai/harmbench": "standard"}
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 
 
@@ -69,15 +83,22 @@ class Benchmark(list):
 
 
 def stats(examples: Iterable[Example]) -> dict:
-    """``{"n": int, "kinds": {"harmful": int, "benign": int, "task": int}}``."""
+    """``{"n": int, "kinds": {"harmful": int, "benign": int, "task": int}}``, plus ``"categories":
+    {category: count}`` (sorted by name) when any example has a category (HarmBench, Fortress)."""
     kinds = {k: 0 for k in KINDS}
+    categories: dict[str, int] = {}
     n = 0
     for ex in examples:
         if ex.kind not in kinds:
             raise ValueError(f"example {ex.id!r}: unknown kind {ex.kind!r}")
         kinds[ex.kind] += 1
         n += 1
-    return {"n": n, "kinds": kinds}
+        if ex.category is not None:
+            categories[ex.category] = categories.get(ex.category, 0) + 1
+    out: dict = {"n": n, "kinds": kinds}
+    if categories:
+        out["categories"] = dict(sorted(categories.items()))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -91,7 +112,8 @@ def load_benchmark(path_or_id: str | Path, format: str = "auto", limit: int | No
 
     ``limit`` keeps the first N rows in file order (rows after the N-th are not read); with
     ``subset_seed`` it instead keeps a seeded random sample of N rows (all rows are read and validated;
-    the sample stays in file order). ``source`` overrides the benchmark name used for ``source`` and
+    the sample stays in file order). A Fortress row is one pair (harmful + benign), so N rows give 2N
+    examples. ``source`` overrides the benchmark name used for ``source`` and
     ids. ``split``/``config`` only apply to hub ids (default split: test, else eval, else train, else the
     first one).
     """
@@ -112,11 +134,11 @@ def load_benchmark(path_or_id: str | Path, format: str = "auto", limit: int | No
             log.info("%s: auto-detected format %s (%s)", path, fmt, reason)
         name = source or _FORMAT_SOURCE.get(fmt) or _slug(path.stem)
         if fmt == "recap":
-            out = [e if e.source else replace(e, source=name) for e in read_examples(path)]
+            groups = [[e if e.source else replace(e, source=name)] for e in read_examples(path)]
             if read_limit is not None:
-                out = out[:read_limit]
+                groups = groups[:read_limit]
         else:
-            out = _convert(_file_rows(path, fmt), fmt, name, path, read_limit)
+            groups = _convert(_file_rows(path, fmt), fmt, name, path, read_limit)
         origin = str(path)
     elif _looks_like_hub_id(str(path_or_id)):
         hub_id = str(path_or_id)
@@ -131,16 +153,17 @@ def load_benchmark(path_or_id: str | Path, format: str = "auto", limit: int | No
         if missing:
             raise DataError(hub_id, None, missing, f"missing column for format {fmt} (columns: {', '.join(cols)})")
         name = source or _FORMAT_SOURCE.get(fmt) or _slug(hub_id.split("/")[-1])
-        out = _convert(rows, fmt, name, hub_id, read_limit)
+        groups = _convert(rows, fmt, name, hub_id, read_limit)
         origin = hub_id
     else:
         raise DataError(path_or_id, None, None,
                         "no such file (and not a Hugging Face dataset id of the form 'owner/name')")
 
-    if not out:
+    if not groups:
         raise DataError(origin, None, None, "no examples")
     if subset_seed is not None:
-        out = seeded_subset(out, limit, subset_seed)
+        groups = seeded_subset(groups, limit, subset_seed)
+    out = [ex for group in groups for ex in group]
     return Benchmark(out, format=fmt, source=name, origin=origin, reason=reason)
 
 
@@ -197,6 +220,10 @@ def _canonical_format(format: str, where) -> str:
 def _detect_from_columns(cols, name: str, where, what: str) -> tuple[str, str]:
     c = set(cols)
     shown = ", ".join(map(str, cols)) or "(none)"
+    if "adversarial_prompt" in c and c & {"rubric", "benign_prompt"}:
+        return "fortress", f"{what} has Fortress's 'adversarial_prompt' and 'rubric'/'benign_prompt'"
+    if "Behavior" in c and c & {"BehaviorID", "SemanticCategory", "ContextString"}:
+        return "harmbench", f"{what} has HarmBench's 'Behavior' and 'BehaviorID'/'SemanticCategory'"
     if "forbidden_prompt" in c:
         return "strongreject-csv", f"{what} has 'forbidden_prompt'"
     if {"question", "answer"} <= c:
@@ -219,6 +246,8 @@ def _detect_from_columns(cols, name: str, where, what: str) -> tuple[str, str]:
         return "chat-jsonl", f"{what} has chat 'prompt' and 'label'"
     if "prompt" in c and "strongreject" in name:
         return "strongreject-csv", f"{what} has 'prompt' and the name contains 'strongreject'"
+    if "prompt" in c and "harmbench" in name:
+        return "harmbench", f"{what} has 'prompt' and the name contains 'harmbench'"
     raise DataError(where, None, None, f"cannot detect the format from {what} ({shown}); pass format= one of "
                                        f"{', '.join(FORMATS)}")
 
@@ -253,6 +282,10 @@ def _missing_columns(fmt: str, cols) -> str | None:
         return next((k for k in ("prompt", "label") if k not in c), None)
     if fmt == "chat-jsonl":
         return next((k for k in ("prompt", "label") if k not in c), None)
+    if fmt == "fortress":
+        return next((k for k in ("adversarial_prompt", "rubric") if k not in c), None)
+    if fmt == "harmbench":
+        return None if c & {"Behavior", "prompt"} else "Behavior"
     return None
 
 
@@ -276,7 +309,7 @@ def _file_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:
         return _table_rows(path, _TABLE_SUFFIXES[suffix], fmt)
     if suffix == ".parquet":
         return _parquet_rows(path, fmt)
-    if suffix in _JSONL_SUFFIXES or fmt not in ("strongreject-csv", "xstest-csv"):
+    if suffix in _JSONL_SUFFIXES or fmt not in ("strongreject-csv", "xstest-csv", "harmbench"):
         return _jsonl_rows(path)
     return _table_rows(path, ",", fmt)
 
@@ -509,28 +542,108 @@ def _gsm8k(row: dict, where, line: int) -> dict:
     return {"kind": "task", "prompt": question, "reference": final, "own_id": row.get("id")}
 
 
+def _own_id(row: dict, *keys: str):
+    return next((row[k] for k in keys if row.get(k) is not None), None)
+
+
+def _category(row: dict, keys: tuple[str, ...], where, line: int) -> str | None:
+    """The non-empty ones of ``keys`` joined with " / " (Fortress: domain / subdomain), else None."""
+    parts = []
+    for key in keys:
+        value = row.get(key)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        if not isinstance(value, str):
+            raise DataError(where, line, key, f"expected text, got {type(value).__name__}")
+        parts.append(value.strip())
+    return " / ".join(parts) or None
+
+
+def _rubric_items(row: dict, key: str, where, line: int) -> list[str]:
+    """A list of rubric questions: a list in JSONL/Parquet/hub rows, a JSON array in a CSV cell."""
+    if key not in row or row[key] is None:
+        raise DataError(where, line, key, "missing")
+    value = row[key]
+    if isinstance(value, str):
+        # JSON only: a pandas/numpy dump (['a' 'b']) would read as one concatenated question.
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise DataError(where, line, key, 'expected a JSON array of questions (e.g. ["Does ...?", "Does ...?"])') \
+                from None
+    if not isinstance(value, (list, tuple)):
+        raise DataError(where, line, key, f"expected a list of questions, got {type(value).__name__}")
+    if not value:
+        raise DataError(where, line, key, "no rubric questions")
+    for i, q in enumerate(value):
+        if not isinstance(q, str) or not q.strip():
+            raise DataError(where, line, f"{key}[{i}]", f"expected a non-empty question, got {q!r}")
+    return list(value)
+
+
+def _fortress(row: dict, where, line: int) -> list[dict]:
+    """A harmful example with its rubric and, when the row has ``benign_prompt``, its benign twin."""
+    category = _category(row, ("risk_domain", "risk_subdomain"), where, line)
+    own = _own_id(row, "ID", "id")
+    pair = [{"kind": "harmful", "prompt": _text(row, "adversarial_prompt", where, line),
+             "rubric": _rubric_items(row, "rubric", where, line), "category": category, "own_id": own}]
+    if "benign_prompt" in row:
+        pair.append({"kind": "benign", "prompt": _text(row, "benign_prompt", where, line), "category": category,
+                     "own_id": own, "id_suffix": "-benign"})
+    return pair
+
+
+def _harmbench(row: dict, where, line: int) -> dict:
+    # The release CSV (Behavior, ContextString, SemanticCategory, BehaviorID) or the walledai/HarmBench
+    # hub layout (prompt, context, category).
+    release = "Behavior" in row or "prompt" not in row
+    behavior_key, context_key, category_key = ("Behavior", "ContextString", "SemanticCategory") if release \
+        else ("prompt", "context", "category")
+    if row.get("ImageFileName"):
+        raise DataError(where, line, "ImageFileName", "a multimodal behaviour needs its image: load the text "
+                                                      "behaviours (harmbench_behaviors_text_*.csv)")
+    behavior = _text(row, behavior_key, where, line)
+    context = row.get(context_key)
+    if context is not None and not isinstance(context, str):
+        raise DataError(where, line, context_key, f"expected text, got {type(context).__name__}")
+    if row.get("FunctionalCategory") == "contextual" and not context:
+        raise DataError(where, line, context_key, "empty, but FunctionalCategory is 'contextual'")
+    # HarmBench (baselines/direct_request) puts the context first, then a rule, then the behaviour.
+    prompt = f"{context}\n\n---\n\n{behavior}" if context else behavior
+    return {"kind": "harmful", "prompt": prompt, "category": _category(row, (category_key,), where, line),
+            "own_id": _own_id(row, "BehaviorID", "id")}
+
+
 _CONVERTERS: dict[str, Callable] = {
     "chat-jsonl": _chat("auto"), "strongreject-csv": _strongreject, "wildjailbreak": _wildjailbreak,
     "xstest-csv": _xstest, "gsm8k": _gsm8k, "math500": _chat("task"), "aime": _chat("task"),
+    "fortress": _fortress, "harmbench": _harmbench,
 }
 
 
-def _convert(rows: Iterable[tuple[int, dict]], fmt: str, name: str, where, limit: int | None) -> list[Example]:
+def _convert(rows: Iterable[tuple[int, dict]], fmt: str, name: str, where,
+             limit: int | None) -> list[list[Example]]:
+    """One group of examples per row (a Fortress row gives a harmful and a benign one)."""
     convert = _CONVERTERS[fmt]
-    out: list[Example] = []
+    out: list[list[Example]] = []
     seen: dict[str, int] = {}
     for line, row in rows:
         if limit is not None and len(out) >= limit:
             break
-        fields = convert(row, where, line)
-        own = fields.pop("own_id", None)
-        if own is None or (isinstance(own, str) and not own.strip()):
-            ex_id = f"{name}-{len(out) + 1:04d}"
-        else:
-            own = str(own)
-            ex_id = own if own.startswith(f"{name}-") else f"{name}-{own}"
-        if ex_id in seen:
-            raise DataError(where, line, "id", f"duplicate id {ex_id!r} (first at line {seen[ex_id]})")
-        seen[ex_id] = line
-        out.append(example_from_row({**fields, "id": ex_id, "source": name}, where, line))
+        converted = convert(row, where, line)
+        group = []
+        for fields in converted if isinstance(converted, list) else [converted]:
+            own = fields.pop("own_id", None)
+            suffix = fields.pop("id_suffix", "")
+            if own is None or (isinstance(own, str) and not own.strip()):
+                ex_id = f"{name}-{len(out) + 1:04d}"
+            else:
+                own = str(own)
+                ex_id = own if own.startswith(f"{name}-") else f"{name}-{own}"
+            ex_id += suffix
+            if ex_id in seen:
+                raise DataError(where, line, "id", f"duplicate id {ex_id!r} (first at line {seen[ex_id]})")
+            seen[ex_id] = line
+            group.append(example_from_row({**fields, "id": ex_id, "source": name}, where, line))
+        out.append(group)
     return out
