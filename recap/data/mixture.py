@@ -3,6 +3,14 @@
 Harmful examples selected for prefilling carry unsafe reasoning (written by a helpful-only model),
 benign ones carry refusing reasoning (written by an over-conservative model), both truncated to ℓ
 words. Task examples are never prefilled. α = 0 gives the vanilla-DAPO data from the same prompts.
+
+Which safety prompts get a prefill (``selection``):
+
+* ``per_row`` (default, as the paper writes it, Sec. 3.1: D_prefill = {x ∈ D_train | Pr(augment x) = α}):
+  each harmful and each benign example is prefilled with probability α, independently (a seeded
+  Bernoulli draw per row), so the number prefilled varies around α·n;
+* ``exact``: exactly ``round(α·n)`` harmful and ``round(α·n)`` benign examples, chosen by a seeded
+  shuffle (a fixed count, for small mixtures and ablations).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from recap.data.examples import DataError, Example
 
 _WORD = re.compile(r"\S+")
+SELECTIONS = ("per_row", "exact")
 
 
 def truncate_words(text: str, n_words: int) -> str:
@@ -71,20 +80,31 @@ class MixtureConfig:
         metadata={"help": "Prefill length ℓ in words: an int, a list to draw from, or a range 'lo-hi' "
                           "(the paper uses 500 and ablates 100–700)."})
     seed: int = field(default=0, metadata={"help": "Seed of the selection and of the lengths."})
+    selection: str = field(
+        default="per_row",
+        metadata={"help": "How the prefilled safety prompts are chosen: per_row (each harmful and each benign "
+                          "prompt independently with probability α, a seeded Bernoulli draw — the paper's "
+                          "Pr(augment x) = α) or exact (exactly round(α·n) of each kind, seeded shuffle)."})
 
 
 def build_mixture(examples: list[Example], cfg: MixtureConfig) -> list[Example]:
-    """Return the examples with prefills set on exactly ``round(α · n_kind)`` harmful and benign
-    examples each (chosen by a seeded shuffle). Same inputs and seed → same mixture."""
+    """Return the examples with prefills set on a fraction α of the harmful and of the benign examples:
+    each with probability α (``selection: per_row``) or exactly ``round(α · n_kind)`` of each kind
+    (``exact``). Same inputs and seed → same mixture."""
     if not 0.0 <= cfg.alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {cfg.alpha}")
+    if cfg.selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {cfg.selection!r}")
     parse_lengths(cfg.prefill_words)
     rng = random.Random(cfg.seed)
     chosen: set[str] = set()
     for kind in ("harmful", "benign"):
         ids = [e.id for e in examples if e.kind == kind]
-        rng.shuffle(ids)
-        chosen.update(ids[: round(cfg.alpha * len(ids))])
+        if cfg.selection == "exact":
+            rng.shuffle(ids)
+            chosen.update(ids[: round(cfg.alpha * len(ids))])
+        else:  # random() < 1 always and < 0 never: α = 1 and α = 0 stay exact
+            chosen.update(i for i in ids if rng.random() < cfg.alpha)
     out = []
     for e in examples:
         if e.id not in chosen:

@@ -1,4 +1,5 @@
-"""The RECAP mixture (recap/data/mixture.py): α and ℓ exactly as configured, seeded, with provenance."""
+"""The RECAP mixture (recap/data/mixture.py): α and ℓ as configured — per row with probability α as the
+paper writes it (the default), or an exact count — seeded, with provenance."""
 
 import random
 
@@ -75,7 +76,7 @@ def _examples(n_harmful=10, n_benign=7, n_task=5, n_words=12) -> list[Example]:
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 0.8, 1.0])
 def test_alpha_exact_per_kind_and_tasks_never_prefilled(alpha):
     exs = _examples()
-    mix = build_mixture(exs, MixtureConfig(alpha=alpha, prefill_words=4, seed=1))
+    mix = build_mixture(exs, MixtureConfig(alpha=alpha, prefill_words=4, seed=1, selection="exact"))
     assert [e.id for e in mix] == [e.id for e in exs]  # order and count kept
     for kind, n in (("harmful", 10), ("benign", 7)):
         assert sum(1 for e in mix if e.kind == kind and e.prefill is not None) == round(alpha * n)
@@ -149,3 +150,59 @@ def test_selected_example_without_counter_reasoning_raises():
 def test_invalid_config(cfg):
     with pytest.raises(ValueError):
         build_mixture(_examples(), cfg)
+
+
+def test_the_default_selection_is_the_papers_per_row_draw():
+    assert MixtureConfig().selection == "per_row"
+    assert (MixtureConfig().alpha, MixtureConfig().prefill_words) == (0.5, 500)
+
+
+def _prefilled(mix, kind):
+    return {e.id for e in mix if e.kind == kind and e.prefill is not None}
+
+
+def test_per_row_prefills_each_safety_prompt_with_probability_alpha():
+    exs = _examples(n_harmful=200, n_benign=100, n_task=20, n_words=6)
+    counts = {"harmful": [], "benign": []}
+    hits = {e.id: 0 for e in exs}
+    seeds = range(60)
+    for seed in seeds:
+        mix = build_mixture(exs, MixtureConfig(alpha=0.3, prefill_words=4, seed=seed, selection="per_row"))
+        assert [e.id for e in mix] == [e.id for e in exs]
+        assert not any(e.prefill for e in mix if e.kind == "task")
+        for kind in counts:
+            counts[kind].append(len(_prefilled(mix, kind)))
+        for e in mix:
+            hits[e.id] += e.prefill is not None
+    for kind, n in (("harmful", 200), ("benign", 100)):
+        # the count varies from seed to seed (a Bernoulli draw per row, not round(α·n) every time) ...
+        assert len(set(counts[kind])) > 5 and set(counts[kind]) != {round(0.3 * n)}
+        # ... around α·n: the mean of 60 draws is within ~5 standard errors of it
+        mean = sum(counts[kind]) / len(seeds)
+        assert abs(mean - 0.3 * n) < 5 * (n * 0.3 * 0.7 / len(seeds)) ** 0.5
+    # every safety row is sometimes prefilled and sometimes not (each one is a coin flip)
+    assert all(0 < hits[e.id] < len(seeds) for e in exs if e.kind != "task")
+
+
+def test_exact_and_per_row_differ_and_both_stay_seeded():
+    exs = _examples(n_harmful=50, n_benign=50, n_task=3)
+    counts = set()
+    for seed in range(10):
+        exact = build_mixture(exs, MixtureConfig(0.5, 4, seed, selection="exact"))
+        per_row = build_mixture(exs, MixtureConfig(0.5, 4, seed, selection="per_row"))
+        assert len(_prefilled(exact, "harmful")) == 25 and len(_prefilled(exact, "benign")) == 25
+        counts.add(len(_prefilled(per_row, "harmful")))
+        assert per_row == build_mixture(exs, MixtureConfig(0.5, 4, seed, selection="per_row"))
+    assert counts != {25}
+
+
+@pytest.mark.parametrize("alpha, expected", [(0.0, 0), (1.0, 30)])
+def test_per_row_alpha_zero_and_one_are_exact(alpha, expected):
+    exs = _examples(n_harmful=30, n_benign=30, n_task=5)
+    mix = build_mixture(exs, MixtureConfig(alpha=alpha, prefill_words=4, seed=2, selection="per_row"))
+    assert len(_prefilled(mix, "harmful")) == len(_prefilled(mix, "benign")) == expected
+
+
+def test_unknown_selection_is_refused():
+    with pytest.raises(ValueError, match="selection must be one of per_row, exact"):
+        build_mixture(_examples(), MixtureConfig(selection="bernoulli"))
