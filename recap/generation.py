@@ -66,13 +66,33 @@ def _decode_kwargs(sampling: SamplingConfig) -> dict:
     return dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
 
 
-def _sample(model, ids, mask, cache, sampling: SamplingConfig, pad: int, eos: int):
-    """One ``model.generate`` call; returns (sequences, cache, list of new-id lists, ended flags)."""
+class _TokenTicker:
+    """A stopping criterion that never stops: it reports the share of ``max_new_tokens`` decoded so far in
+    the current batch (every ``every`` tokens), so long batches move a progress bar."""
+
+    def __init__(self, tick: Callable[[float], None], start: int, max_new: int, every: int = 8):
+        self.tick, self.start, self.max_new, self.every = tick, start, max(1, max_new), every
+
+    def __call__(self, input_ids, scores, **kwargs):
+        done = input_ids.shape[1] - self.start
+        if done % self.every == 0:
+            self.tick(min(1.0, done / self.max_new))
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def _sample(model, ids, mask, cache, sampling: SamplingConfig, pad: int, eos: int,
+            tick: Callable[[float], None] | None = None):
+    """One ``model.generate`` call; returns (sequences, cache, list of new-id lists, ended flags). ``tick``
+    receives the share of the token budget decoded so far, every few tokens."""
+    from transformers import StoppingCriteriaList
+
     device = next(model.parameters()).device
+    extra = {"stopping_criteria": StoppingCriteriaList([_TokenTicker(tick, ids.shape[1], sampling.max_new_tokens)])} \
+        if tick else {}
     out = model.generate(
         input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=sampling.max_new_tokens,
         pad_token_id=pad, eos_token_id=eos, cache=cache, use_cache=True, return_dict_in_generate=True,
-        **_decode_kwargs(sampling))
+        **_decode_kwargs(sampling), **extra)
     seqs = out.sequences.cpu()
     news, ended = [], []
     for r in range(len(ids)):
@@ -122,10 +142,11 @@ def generate(
     prompts: Sequence[str],
     sampling: SamplingConfig,
     seed: int = 0,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> list[Generation]:
     """Continue each prompt text once. Prompts are tokenized exactly as TRL does for raw text
-    (``tokenizer(text)``), sorted by length into batches, left-padded, and returned in input order."""
+    (``tokenizer(text)``), sorted by length into batches, left-padded, and returned in input order.
+    ``progress(n)`` adds ``n`` prompts done: fractions of a batch while it decodes, the rest when it ends."""
     if is_engine(model):
         return model.generate(prompts, sampling, seed=seed, progress=progress)
     torch.manual_seed(seed)
@@ -138,11 +159,17 @@ def generate(
         rows = [encoded[i] for i in idx]
         ids, mask = _left_pad(rows, pad)
         cache = _shared_prompt_cache(model, ids, mask, rows) if sampling.reuse_prefix else None
-        _, _, news, ended = _sample(model, ids, mask, cache, sampling, pad, eos)
+        reported = [0.0]
+
+        def tick(share: float, n: int = len(idx)) -> None:
+            if progress and share * n > reported[0]:
+                progress(share * n - reported[0])
+                reported[0] = share * n
+        _, _, news, ended = _sample(model, ids, mask, cache, sampling, pad, eos, tick if progress else None)
         for r, i in enumerate(idx):
             out[i] = _generation(tokenizer, news[r], ended[r])
-        if progress:
-            progress(len(idx))
+        if progress and len(idx) > reported[0]:
+            progress(len(idx) - reported[0])
     return out  # type: ignore[return-value]
 
 
@@ -245,12 +272,18 @@ def generate_rounds(
                     ids, mask = _left_pad(convo, pad)
                     cache = None
             torch.manual_seed(seeds[r] + b)
+            reported = [0.0]
+
+            def tick(share: float, r: int = r, n: int = len(idx)) -> None:
+                if share * n > reported[0]:
+                    progress(r, share * n - reported[0])  # type: ignore[misc]
+                    reported[0] = share * n
             seqs, cache, last_new, ended = _sample(model, ids, mask, cache if sampling.reuse_prefix else None,
-                                                   sampling, pad, eos)
+                                                   sampling, pad, eos, tick if progress else None)
             for row, i in enumerate(idx):
                 out[r][i] = Turn(texts[row], _generation(tokenizer, last_new[row], ended[row]))
-            if progress:
-                progress(r, len(idx))
+            if progress and len(idx) > reported[0]:
+                progress(r, len(idx) - reported[0])
         del cache
     return out  # type: ignore[return-value]
 

@@ -104,6 +104,16 @@ def test_n_tokens_is_the_token_count_of_the_text(tok, batched):
         assert g.truncated  # no eos can be generated: every sample hits max_new_tokens
 
 
+def test_progress_moves_within_a_batch_and_adds_up_to_the_prompts(model, tok, prompts):
+    """A long batch reports fractions of its prompts while it decodes (every 8 tokens), the rest at its end."""
+    steps = []
+    sampling = SamplingConfig(temperature=0, max_new_tokens=32, batch_size=16)
+    generate(model, tok, prompts, sampling, progress=steps.append)
+    assert len(steps) > 2 and all(0 < k <= len(prompts) for k in steps)
+    assert sum(steps) == pytest.approx(len(prompts))
+    assert sum(steps[:-1]) < len(prompts)  # some of it came before the batch ended
+
+
 def test_sampling_is_seeded(model, tok, prompts):
     cfg = SamplingConfig(temperature=1.0, max_new_tokens=4)
     assert generate(model, tok, prompts, cfg, seed=3) == generate(model, tok, prompts, cfg, seed=3)

@@ -254,13 +254,17 @@ class Evaluation:
     def _seed(self, name: str) -> int:
         return zlib.crc32(f"{self.prefix}:{name}".encode()) % 2**31
 
-    def _counter(self, name: str, total: int) -> Callable[[int], None]:
-        done = [0]
+    def _counter(self, name: str, total: int) -> Callable[[float], None]:
+        """``step(k)``: k more jobs of stage ``name`` done (fractions while a batch decodes). The stage's
+        bar is shown at 0 at once, before the first batch ends."""
+        done = [0.0]
 
-        def step(k: int) -> None:
+        def step(k: float) -> None:
             done[0] += k
             if self.progress:
-                self.progress(name, done[0], total)
+                self.progress(name, round(done[0], 6), total)
+        if self.progress:
+            self.progress(name, 0, total)
         return step
 
     def _report(self, name: str, keys: list[str], new: int) -> list[dict]:
