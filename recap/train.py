@@ -2,21 +2,27 @@
 
 The prefill is part of the prompt text (rendered by ``recap.chat.render_prompt``), so TRL generates
 and trains only the policy's continuation. Vanilla DAPO is the same trainer on the mixture built with
-α = 0. DAPO's dynamic sampling (drop prompt groups whose rewards are all 0 or all ≥ τ) is available
-as an option: dropped groups are masked out of the token-level loss and counted in the logs.
+α = 0. Options from DAPO: dynamic sampling (drop prompt groups with zero reward variance and refill
+the step with more groups), overlong filtering and soft overlong punishment; and the paper's total
+length budget per rollout (prompt + prefill + continuation).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import math
 import os
 import re
 import shutil
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import StoppingCriteria
 from trl import GRPOConfig, GRPOTrainer
 
 from recap.chat import render_prompt, with_think_system
@@ -44,9 +50,15 @@ class TrainConfig:
     loss_type: str = field(default="dapo", metadata={"help": "TRL loss type; 'dapo' is the token-level loss of DAPO."})
     beta: float = field(default=0.0, metadata={"help": "KL coefficient; DAPO drops the KL term (0 ⇒ no reference model)."})
     temperature: float = field(default=1.0, metadata={"help": "Rollout sampling temperature."})
-    max_completion_length: int = field(default=1024, metadata={"help": "Longest continuation in tokens (after the prefill)."})
-    dynamic_sampling: bool = field(default=False, metadata={"help": "DAPO dynamic sampling: drop prompt groups whose rewards are all 0 or all ≥ tau."})
-    dynamic_sampling_tau: float = field(default=1.0, metadata={"help": "Threshold τ of dynamic sampling (1.0 for 0/1 rewards)."})
+    max_completion_length: int = field(default=1024, metadata={"help": "Longest continuation in tokens (after the prefill); with max_total_length, the cap of every row's budget."})
+    max_total_length: int = field(default=0, metadata={"help": "Length budget of a rollout counting prompt + prefill + continuation (the paper's Lmax = 8,000 tokens, Appendix C): each row may write min(max_completion_length, max_total_length − its prompt tokens), so a prefilled row writes less and costs what an unprefilled one costs. 0: off (every row gets max_completion_length)."})
+    mask_truncated_completions: bool = field(default=False, metadata={"help": "DAPO overlong filtering (TRL mask_truncated_completions): completions cut by the length limit get no loss."})
+    overlong_buffer: int = field(default=0, metadata={"help": "DAPO soft overlong punishment (TRL get_soft_overlong_punishment), an extra reward: 0 up to the row's limit − this many tokens, then down linearly to −1 at the limit (DAPO: 4096 of 20480). 0: off."})
+    overlong_penalty: float = field(default=1.0, metadata={"help": "Weight of the soft overlong punishment in the reward (with overlong_buffer > 0)."})
+    dynamic_sampling: bool = field(default=False, metadata={"help": "DAPO dynamic sampling: drop every prompt group whose rewards are all equal (zero variance: all 0, all 1, all −1 from the format penalty, all 0.4 from a continuous judge — no advantage, no gradient) and generate more groups until the step has prompts_per_step groups with signal."})
+    dynamic_sampling_max_extra_rounds: int = field(default=9, metadata={"help": "Extra generation rounds per step to refill dropped groups (each draws as many prompts as the step; verl's max_num_gen_batches − 1, 10 − 1 in its DAPO recipe). When they are spent the step trains on the groups with signal it has: the others are masked out of the loss and the token normaliser. 0: drop without refilling."})
+    dynamic_sampling_tolerance: float = field(default=1e-6, metadata={"help": "A group's rewards count as equal when max − min ≤ this. 0 is verl's exact test (std > 0); the default only adds float noise (e.g. 0.99999994 vs 1.0 from a judge's probability), far below any real difference."})
+    dynamic_sampling_tau: float | None = field(default=None, metadata={"help": "Removed: dynamic sampling no longer drops 'all 0 or all ≥ τ' groups but every group with zero reward variance, whatever the value; leave unset (see dynamic_sampling_tolerance)."})
     format_penalty: float = field(default=0.0, metadata={"help": "Reward of a completion with no closing think tag or an empty answer."})
     seed: int = field(default=0, metadata={"help": "Seed of sampling and data order."})
     save_steps: int = field(default=50, metadata={"help": "Checkpoint every N steps (resumable)."})
@@ -94,23 +106,76 @@ def dynamic_prefills(cfg: TrainConfig) -> bool:
     return cfg.prefill_sources.weights.get("on_policy", 0.0) > 0 or cfg.prefill_length is not None
 
 
-class RecapTrainer(GRPOTrainer):
-    """``GRPOTrainer`` plus DAPO's dynamic-sampling filter.
+def completion_budget(prompt_tokens: int, max_completion_length: int, max_total_length: int = 0) -> int:
+    """Tokens a rollout may write after a prompt of ``prompt_tokens`` tokens (prefill included): the
+    total budget minus the prompt, capped by ``max_completion_length`` and at least 1; without a total
+    budget (0), ``max_completion_length``."""
+    if not max_total_length:
+        return max_completion_length
+    return max(1, min(max_completion_length, max_total_length - prompt_tokens))
 
-    With ``dynamic_sampling`` on, every prompt group whose rewards are all 0 or all ≥ τ is dropped from
-    the loss (its completion mask is zeroed, so it neither contributes gradient nor dilutes the
-    token-level normaliser). Unlike DAPO we do not re-sample to refill the batch: the step trains on the
-    surviving groups. ``dynamic_sampling/dropped_groups`` is logged every step.
+
+def zero_variance_groups(rewards: torch.Tensor, group_size: int, tolerance: float = 0.0) -> torch.Tensor:
+    """Boolean mask over prompt groups (``group_size`` consecutive rewards each) whose rewards are all
+    equal — max − min ≤ ``tolerance`` — so every advantage of the group is 0. NaN rewards (unscorable
+    completions, which TRL leaves out of the group baseline) are ignored."""
+    grouped = rewards.float().view(-1, group_size)
+    nan = torch.isnan(grouped)
+    spread = grouped.masked_fill(nan, -math.inf).amax(1) - grouped.masked_fill(nan, math.inf).amin(1)
+    return ~(spread > tolerance)  # a group with at most one scored reward has no spread either
+
+
+class _RowBudget(StoppingCriteria):
+    """A transformers stopping criterion that ends row i after ``budgets[i]`` new tokens."""
+
+    def __init__(self, budgets: list[int]):
+        self.budgets = torch.tensor(budgets)
+        self.start: int | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        if self.start is None:  # called once each new token is appended: the first call sees prompt + 1
+            self.start = input_ids.shape[1] - 1
+        return (input_ids.shape[1] - self.start) >= self.budgets.to(input_ids.device)
+
+
+class RecapTrainer(GRPOTrainer):
+    """``GRPOTrainer`` plus DAPO's dynamic sampling, the per-row total length budget, and the prefill
+    planner's per-step prefills.
+
+    Dynamic sampling (``dynamic_sampling``): after each generation round, every prompt group whose total
+    rewards are all equal (``zero_variance_groups``) is dropped; while the step has fewer than its
+    ``prompts_per_step`` groups with signal, another round draws as many prompts again from the training
+    set (seeded by seed, step, round and process; prompts already in the step are avoided while others
+    remain) — at most ``max_extra_rounds`` rounds. The step then trains on the first groups with signal,
+    up to its size; if refilling ran out, the missing groups are taken from dropped ones with their
+    completion mask and advantages zeroed, so TRL gets the tensor shapes it expects while they give no
+    gradient and no tokens to the DAPO normaliser. With several processes each fills its own share of
+    groups, and all of them run a round while any is short. Logged per step:
+    ``dynamic_sampling/effective_batch_size`` (groups with signal trained on),
+    ``dynamic_sampling/dropped_groups`` (zero-variance groups generated, all rounds) and
+    ``dynamic_sampling/extra_rounds``.
+
+    Length budget (``max_total_length``): each row may write ``completion_budget(prompt tokens)``; for
+    transformers generation a stopping criterion ends each row at its budget, and every backend's
+    completions are cut to it afterwards (vLLM takes per-request limits, but TRL sends one for the batch:
+    cutting a sampled rollout at n tokens gives what sampling with a limit of n gives). The budget is
+    passed to reward functions as the ``completion_budget`` column.
     """
 
-    def __init__(self, *args, dynamic_sampling: bool = False, dynamic_sampling_tau: float = 1.0,
+    def __init__(self, *args, dynamic_sampling: bool = False, max_extra_rounds: int = 9,
+                 dynamic_sampling_tolerance: float = 1e-6, max_total_length: int = 0,
                  loss_length_buckets: int = 1, planner: PrefillPlanner | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.dynamic_sampling = dynamic_sampling
-        self.dynamic_sampling_tau = dynamic_sampling_tau
+        self.max_extra_rounds = max_extra_rounds
+        self.dynamic_sampling_tolerance = dynamic_sampling_tolerance
+        self.max_total_length = max_total_length
         self.loss_length_buckets = loss_length_buckets
         self.planner = planner
         self._last_rewards: torch.Tensor | None = None
+        self._last_completions: list[str] = []
+        self._row_budgets: list[int] | None = None
+        self._dataset_ids: list | None = None
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -167,51 +232,176 @@ class RecapTrainer(GRPOTrainer):
         return sum(super(RecapTrainer, self)._compute_loss(model, chunk) for chunk in chunks)
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        if self._row_budgets is not None and len(self._row_budgets) == len(inputs):
+            for row, budget in zip(inputs, self._row_budgets):  # a column for reward functions
+                row["completion_budget"] = budget
+        self._last_completions = list(completions)  # local, what the reward functions read
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._last_rewards = rewards_per_func  # gathered over processes, in global order
         return rewards_per_func
 
-    def dropped_groups(self, rewards: torch.Tensor) -> torch.Tensor:
-        """Boolean mask over prompt groups: all rewards 0, or all ≥ τ."""
-        grouped = rewards.view(-1, self.num_generations)
-        return (grouped == 0).all(dim=1) | (grouped >= self.dynamic_sampling_tau).all(dim=1)
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        budgets = [completion_budget(len(ids), self.max_completion_length, self.max_total_length) for ids in prompt_ids]
+        self._row_budgets = budgets
+        if not self.max_total_length:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+        with self._row_stopping(budgets):
+            completion_ids, logprobs = super()._generate_single_turn(prompt_ids, images, multimodal_fields,
+                                                                     num_generations, has_tool_images)
+        completion_ids = [list(ids[:b]) for ids, b in zip(completion_ids, budgets, strict=True)]
+        if logprobs is not None:
+            logprobs = [list(lp[:b]) for lp, b in zip(logprobs, budgets, strict=True)]
+        return completion_ids, logprobs
+
+    @contextlib.contextmanager
+    def _row_stopping(self, budgets: list[int]):
+        """For transformers generation: stop each row at its budget, and the batch at the largest one."""
+        if self.use_vllm or getattr(self, "use_transformers_continuous_batching", False):
+            yield
+            return
+        from transformers import StoppingCriteriaList
+
+        model = self.accelerator.unwrap_model(self.model_wrapped)  # what TRL's generation context yields
+        own = model.__dict__.get("generate")
+        cap = self.generation_config.max_new_tokens
+        model.generate = functools.partial(model.generate, stopping_criteria=StoppingCriteriaList([_RowBudget(budgets)]))
+        self.generation_config.max_new_tokens = min(cap, max(budgets))
+        try:
+            yield
+        finally:
+            self.generation_config.max_new_tokens = cap
+            if own is None:
+                del model.generate
+            else:
+                model.generate = own
 
     def _generate_and_score_completions(self, inputs):
-        mode = "train" if self.model.training else "eval"
-        if self.planner is not None and mode == "train":
+        if not self.model.training:
+            return super()._generate_and_score_completions(inputs)
+        if not self.dynamic_sampling:
+            batch, out, _, texts = self._round(inputs)
+            self._planner_step([(batch, texts)])
+            return out
+        return self._dynamic_sampling_step(inputs)
+
+    def _round(self, inputs: list[dict]) -> tuple[list[dict], dict, torch.Tensor, list[str]]:
+        """One generation round: per-step prefills, TRL's generation and scoring. Returns the rows as
+        generated, TRL's output, the total reward of every row of every process, and the local texts."""
+        if self.planner is not None:
             inputs = self.planner.prepare(inputs, self.state.global_step)
         out = super()._generate_and_score_completions(inputs)
-        if self.planner is not None and mode == "train":
-            ids, mask = out["completion_ids"], out["completion_mask"]
-            texts = [self.processing_class.decode(i[m.bool()], skip_special_tokens=True) for i, m in zip(ids, mask)]
-            # TRL repeats each prompt num_generations times in ``inputs``; one completion per input row.
-            added = self.planner.harvest(inputs, texts, self.state.global_step)  # 0 on steps without a scan
-            stats = self.planner.buffer.stats()
-            metrics = self._metrics[mode]
-            metrics["onpolicy/buffer_size"].append(stats["size"])
-            metrics["onpolicy/added"].append(added)
-            if stats["cut_fraction_mean"] is not None:
-                metrics["onpolicy/cut_fraction_mean"].append(stats["cut_fraction_mean"])
-            slots = [x for x in inputs if x.get("prefilled")]
-            if slots:
-                metrics["prefill/on_policy_share"].append(
-                    sum(x.get("prefill_source") == "on_policy" for x in slots) / len(slots))
-        if mode != "train" or not self.dynamic_sampling or self._last_rewards is None:
-            return out
-        weights = self.reward_weights.to(self._last_rewards.device)
-        total = (self._last_rewards * weights.unsqueeze(0)).nansum(dim=1)
-        drop = self.dropped_groups(total).repeat_interleave(self.num_generations)
-        n = len(out["completion_ids"])
-        start = self.accelerator.process_index * n
-        local_drop = drop[start: start + n].to(out["completion_mask"].device)
-        out["completion_mask"] = out["completion_mask"] * (~local_drop).unsqueeze(1).to(out["completion_mask"].dtype)
-        local_tokens = out["completion_mask"].sum()
-        out["num_items_in_batch"] = self.accelerator.gather(local_tokens).sum()
-        self._metrics[mode]["dynamic_sampling/dropped_groups"].append(
-            int(self.dropped_groups(total).sum().item()))
-        self._metrics[mode]["dynamic_sampling/kept_groups"].append(
-            int((~self.dropped_groups(total)).sum().item()))
+        rewards = self._last_rewards
+        total = (rewards * self.reward_weights.to(rewards.device).unsqueeze(0)).nansum(dim=1)
+        total[torch.isnan(rewards).all(dim=1)] = torch.nan  # as TRL: unscorable rows leave the baseline
+        return inputs, out, total, self._last_completions
+
+    def _planner_step(self, rounds: list[tuple[list[dict], list[str]]]) -> None:
+        """Harvest the step's completions (every round) into the on-policy buffer once, and log it."""
+        if self.planner is None:
+            return
+        rows = [row for batch, _ in rounds for row in batch]
+        texts = [t for _, ts in rounds for t in ts]
+        # TRL repeats each prompt num_generations times in ``inputs``; one completion per input row.
+        added = self.planner.harvest(rows, texts, self.state.global_step)  # 0 on steps without a scan
+        stats = self.planner.buffer.stats()
+        metrics = self._metrics["train"]
+        metrics["onpolicy/buffer_size"].append(stats["size"])
+        metrics["onpolicy/added"].append(added)
+        if stats["cut_fraction_mean"] is not None:
+            metrics["onpolicy/cut_fraction_mean"].append(stats["cut_fraction_mean"])
+        slots = [x for x in rows if x.get("prefilled")]
+        if slots:
+            metrics["prefill/on_policy_share"].append(
+                sum(x.get("prefill_source") == "on_policy" for x in slots) / len(slots))
+
+    def _dynamic_sampling_step(self, inputs: list[dict]) -> dict:
+        size = self.num_generations
+        quota = len(inputs) // size  # this process's groups (whole groups: checked by check_train_config)
+        first_group = self.accelerator.process_index * quota
+        used = {row.get("id") for row in inputs}
+        rounds, kept, flat = [], [], []  # kept / flat: (round, local group)
+        dropped, extra, batch = 0, 0, inputs
+        while True:
+            batch, out, total, texts = self._round(batch)
+            rounds.append((batch, out, texts))
+            zero = zero_variance_groups(total, size, self.dynamic_sampling_tolerance)
+            dropped += int(zero.sum())
+            for g, is_zero in enumerate(zero[first_group: first_group + quota].tolist()):
+                (flat if is_zero else kept).append((len(rounds) - 1, g))
+            short = torch.tensor(float(len(kept) < quota), device=self.accelerator.device)
+            if self.accelerator.gather(short).sum().item() == 0 or extra >= self.max_extra_rounds:
+                break
+            extra += 1
+            batch = self._refill(quota, used, extra)
+        signal = kept[:quota]
+        out = self._assemble([r[1] for r in rounds], signal + flat[: quota - len(signal)], len(signal))
+        self._planner_step([(b, t) for b, _, t in rounds])
+        effective = self.accelerator.gather(torch.tensor(float(len(signal)), device=self.accelerator.device))
+        metrics = self._metrics["train"]
+        metrics["dynamic_sampling/effective_batch_size"].append(int(effective.sum().item()))
+        metrics["dynamic_sampling/dropped_groups"].append(dropped)
+        metrics["dynamic_sampling/extra_rounds"].append(extra)
         return out
+
+    def _refill(self, groups: int, used: set, round_: int) -> list[dict]:
+        """``groups`` prompts of the training set for an extra round, each repeated num_generations times."""
+        dataset = self.train_dataset
+        if self._dataset_ids is None:
+            self._dataset_ids = dataset["id"] if "id" in dataset.column_names else [None] * len(dataset)
+        key = f"{self.args.seed}:{self.state.global_step}:{round_}:{self.accelerator.process_index}"
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(zlib.crc32(key.encode()))).tolist()
+        fresh = [i for i in order if self._dataset_ids[i] is None or self._dataset_ids[i] not in used]
+        seen = set(fresh)
+        picks = (fresh + [i for i in order if i not in seen])[:groups]  # repeats only when nothing new is left
+        rows = [dataset[i] for i in picks]
+        used.update(row.get("id") for row in rows)
+        return [dict(row) for row in rows for _ in range(self.num_generations)]
+
+    def _assemble(self, outs: list[dict], groups: list[tuple[int, int]], n_signal: int) -> dict:
+        """The step's batch from the chosen ``groups`` (round, local group) of the rounds' outputs; the
+        groups after the first ``n_signal`` are fillers: completion mask and advantages zeroed."""
+        size = self.num_generations
+        parts, fillers = [], []
+        for r, out in enumerate(outs):
+            mine = [(i, g) for i, (rr, g) in enumerate(groups) if rr == r]
+            if not mine:
+                continue
+            index = torch.tensor([g * size + k for _, g in mine for k in range(size)], device=out["completion_ids"].device)
+            parts.append({key: value[index] if isinstance(value, torch.Tensor) and value.dim() >= 1 else value
+                          for key, value in out.items()})
+            fillers += [i >= n_signal for i, _ in mine for _ in range(size)]
+        filler = torch.tensor(fillers, device=outs[0]["completion_ids"].device)
+        out = _stack_rows(parts, self._tokenizer.pad_token_id)
+        out["completion_mask"] = out["completion_mask"] * (~filler).unsqueeze(1).to(out["completion_mask"].dtype)
+        out["advantages"] = out["advantages"].masked_fill(filler, 0.0)
+        mask = out["completion_mask"] if out.get("tool_mask") is None else out["completion_mask"] * out["tool_mask"]
+        out["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum()
+        return out
+
+
+def _stack_rows(parts: list[dict], pad_id: int) -> dict:
+    """Concatenate TRL batch dicts row-wise: prompt tensors are left-padded and completion-shaped tensors
+    right-padded to the widest part (pad id for ``*_ids``, 0 elsewhere: masked positions)."""
+    out = {}
+    for key, first in parts[0].items():
+        values = [p[key] for p in parts]
+        if not isinstance(first, torch.Tensor) or first.dim() == 0:
+            out[key] = first  # num_items_in_batch: recomputed by the caller
+            continue
+        if first.dim() == 1 or len({v.shape[1:] for v in values}) == 1:
+            out[key] = torch.cat(values)
+            continue
+        if first.dim() != 2 or not (key.startswith("prompt_") or all(
+                v.shape[1] == p["completion_ids"].shape[1] for v, p in zip(values, parts))):
+            raise ValueError(f"dynamic sampling cannot merge the batch field {key!r} of shape {tuple(first.shape)}")
+        width = max(v.shape[1] for v in values)
+        fill = pad_id if key.endswith("_ids") else 0
+        padded = []
+        for v in values:
+            pad = v.new_full((v.shape[0], width - v.shape[1]), fill)
+            padded.append(torch.cat([pad, v] if key.startswith("prompt_") else [v, pad], dim=1))
+        out[key] = torch.cat(padded)
+    return out
 
 
 VLLM_MODES = ("auto", "off", "colocate", "server")
@@ -237,7 +427,28 @@ def _vllm_usable() -> bool:
     return vllm_usable()
 
 
+def check_train_config(cfg: TrainConfig) -> None:
+    """Raise ``ValueError`` naming the field for settings the trainer cannot run."""
+    if cfg.dynamic_sampling_tau is not None:
+        raise ValueError("dynamic_sampling_tau was removed: dynamic sampling now drops every prompt group whose "
+                         "rewards are all equal (zero variance, as DAPO does), whatever their value, and refills "
+                         "the step (dynamic_sampling_max_extra_rounds); delete the field")
+    for name in ("dynamic_sampling_max_extra_rounds", "max_total_length", "overlong_buffer"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be ≥ 0, got {getattr(cfg, name)}")
+    if cfg.dynamic_sampling_tolerance < 0:
+        raise ValueError(f"dynamic_sampling_tolerance must be ≥ 0, got {cfg.dynamic_sampling_tolerance}")
+    world = world_size()
+    share = cfg.prompts_per_step * cfg.num_generations / world
+    if cfg.dynamic_sampling and world > 1 and share % cfg.num_generations:
+        raise ValueError(f"dynamic_sampling with {world} processes: each process's share of the step "
+                         f"(prompts_per_step × num_generations / {world} = {share:g} completions) must be whole "
+                         f"groups of num_generations = {cfg.num_generations}, since each process refills its own "
+                         "groups; make prompts_per_step a multiple of the number of processes")
+
+
 def grpo_config(cfg: TrainConfig) -> GRPOConfig:
+    check_train_config(cfg)
     total = cfg.prompts_per_step * cfg.num_generations
     mode = vllm_mode(cfg)
     world = world_size()
@@ -260,6 +471,8 @@ def grpo_config(cfg: TrainConfig) -> GRPOConfig:
         warmup_steps=0,
         temperature=cfg.temperature,
         max_completion_length=cfg.max_completion_length,
+        mask_truncated_completions=cfg.mask_truncated_completions,
+        reward_weights=[1.0, cfg.overlong_penalty] if cfg.overlong_buffer else None,
         seed=cfg.seed,
         data_seed=cfg.seed,
         logging_steps=cfg.logging_steps,
@@ -286,8 +499,9 @@ def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model
 
     from recap.models import apply_lora, check_context, load_model, prepare_tokenizer
     from recap.rewards.judges import load_judges
-    from recap.rewards.router import RewardRouter
+    from recap.rewards.router import RewardRouter, SoftOverlongPunishment
 
+    check_train_config(cfg)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     if examples is None:
@@ -300,21 +514,44 @@ def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model
     if cfg.lora_r:
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
     rows = rl_rows(examples, tokenizer, cfg.think_system_prompt)
-    check_context(tokenizer, model, [(f"{cfg.train_file or 'examples'}: example {r['id']!r}", r["prompt"]) for r in rows],
-                  cfg.max_completion_length, "max_completion_length")
+    labelled = [(f"{cfg.train_file or 'examples'}: example {r['id']!r}", r["prompt"]) for r in rows]
+    if cfg.max_total_length:
+        check_budgets(tokenizer, model, labelled, cfg)
+    else:
+        check_context(tokenizer, model, labelled, cfg.max_completion_length, "max_completion_length")
     judges = load_judges(cfg.judge, cfg.judges).judges
-    reward = RewardRouter(judges, format_penalty=cfg.format_penalty, unclosed=cfg.unclosed)
+    reward_funcs = [RewardRouter(judges, format_penalty=cfg.format_penalty, unclosed=cfg.unclosed)]
+    if cfg.overlong_buffer:
+        reward_funcs.append(SoftOverlongPunishment(cfg.max_completion_length, cfg.overlong_buffer))
     planner = None
     if dynamic_prefills(cfg):
         planner = PrefillPlanner(cfg.prefill_sources, lambda messages, text: render_prompt(tokenizer, messages, text),
                                  step_judge_for(cfg.prefill_sources.judge, judges), schedule=cfg.prefill_length,
                                  max_steps=cfg.max_steps, seed=cfg.seed)
     return RecapTrainer(
-        model=model, processing_class=tokenizer, reward_funcs=[reward], args=grpo_config(cfg),
+        model=model, processing_class=tokenizer, reward_funcs=reward_funcs, args=grpo_config(cfg),
         train_dataset=Dataset.from_list(rows),
-        dynamic_sampling=cfg.dynamic_sampling, dynamic_sampling_tau=cfg.dynamic_sampling_tau,
+        dynamic_sampling=cfg.dynamic_sampling, max_extra_rounds=cfg.dynamic_sampling_max_extra_rounds,
+        dynamic_sampling_tolerance=cfg.dynamic_sampling_tolerance, max_total_length=cfg.max_total_length,
         loss_length_buckets=cfg.loss_length_buckets, planner=planner,
     )
+
+
+def check_budgets(tokenizer, model, labelled: list[tuple[str, str]], cfg: TrainConfig) -> None:
+    """With a total length budget, every ``(label, prompt)`` must leave the rollout something to write,
+    and prompt + budget must fit the model's context."""
+    from recap.models import context_length
+
+    limit = context_length(model)
+    for label, text in labelled:
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if n >= cfg.max_total_length:
+            raise ValueError(f"{label}: the prompt is {n} tokens, leaving nothing to write under max_total_length "
+                             f"{cfg.max_total_length}; shorten the prompt or prefill, or raise max_total_length")
+        budget = completion_budget(n, cfg.max_completion_length, cfg.max_total_length)
+        if limit is not None and n + budget > limit:
+            raise ValueError(f"{label}: the prompt is {n} tokens and its budget adds {budget}, more than the "
+                             f"model's context of {limit} tokens; lower max_total_length")
 
 
 RESUME_MODES = ("auto", "must", "never")
@@ -323,11 +560,13 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Fields that may change between a run and its resumption (they do not change what is trained).
 _RESUMABLE_CHANGES = {"resume", "max_steps", "save_steps", "logging_steps", "num_threads", "report_to",
                       "vllm", "vllm_server_host", "vllm_server_port", "vllm_gpu_memory_utilization"}
+_FILE_JUDGES = ("classifier", "guard", "rubric")  # judge specs that name a file
 
 
-def checkpoint_complete(folder: Path) -> bool:
+def checkpoint_complete(folder: Path, require: tuple[str, ...] = ()) -> bool:
     """A checkpoint is complete when its ``trainer_state.json`` — the last file the Trainer writes, after
-    the weights, optimizer, scheduler and RNG states — is whole and names the checkpoint's own step."""
+    the weights, optimizer, scheduler and RNG states — is whole and names the checkpoint's own step, and it
+    holds the ``require``d files (the on-policy buffer, written after the trainer state)."""
     m = _CHECKPOINT.match(folder.name)
     try:
         state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
@@ -335,7 +574,8 @@ def checkpoint_complete(folder: Path) -> bool:
         return False
     weights = any((folder / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json",
                                                     "adapter_model.safetensors"))
-    return bool(m) and state.get("global_step") == int(m.group(1)) and weights and (folder / "optimizer.pt").is_file()
+    return (bool(m) and isinstance(state, dict) and state.get("global_step") == int(m.group(1)) and weights
+            and (folder / "optimizer.pt").is_file() and all((folder / f).is_file() for f in require))
 
 
 def checkpoints(out: Path) -> list[Path]:
@@ -346,48 +586,157 @@ def checkpoints(out: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def last_checkpoint(out: Path, log: Callable[[str], None] = print, set_aside: bool = True) -> Path | None:
+def last_checkpoint(out: Path, log: Callable[[str], None] = print, set_aside: bool = True,
+                    require: tuple[str, ...] = ()) -> Path | None:
     """The newest complete ``checkpoint-N`` in ``out``. With ``set_aside``, newer incomplete ones (a kill
-    during a save) are renamed ``incomplete-checkpoint-N`` — kept for inspection, never loaded — and
-    reported."""
+    or a full disk during a save) are renamed ``incomplete-checkpoint-N`` — kept for inspection, never
+    loaded — and reported."""
     for folder in reversed(checkpoints(out)):
-        if checkpoint_complete(folder):
+        if checkpoint_complete(folder, require):
             return folder
         if not set_aside:
             continue
         aside = folder.with_name(f"incomplete-{folder.name}")
         shutil.rmtree(aside, ignore_errors=True)
         folder.rename(aside)
-        log(f"{folder}: incomplete (the run was killed while saving it); moved to {aside.name}, "
-            "resuming from the previous checkpoint")
+        log(f"{folder}: incomplete (the run was killed, or the disk filled, while saving it); moved to "
+            f"{aside.name}, never loaded")
     return None
 
 
-def config_dump(cfg: TrainConfig) -> dict:
-    """The run's ``train_config.json``: the config as JSON, secrets redacted (``recap.security``)."""
+def _sha256(path: Path) -> str | None:
+    """The sha256 of a file (of a folder: of its files' relative paths and contents); None if absent."""
+    import hashlib
+
+    if not path.exists():
+        return None
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        if path.is_dir():
+            digest.update(f.relative_to(path).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def input_hashes(cfg: TrainConfig, examples: list[Example] | None = None) -> dict:
+    """Content hashes (sha256) of what the run trains on, recorded in ``train_config.json`` so that a
+    resume on other data is refused: the training file (or the examples passed in memory) and every file a
+    judge spec names (``classifier:``, ``guard:``, ``rubric:`` in ``judge``, ``judges`` and the
+    on-policy step judge)."""
+    import hashlib
+
+    found: dict[str, dict] = {}
+    if examples is not None:
+        blob = json.dumps([asdict(e) for e in examples], ensure_ascii=False, sort_keys=True)
+        found["examples"] = {"count": len(examples), "sha256": hashlib.sha256(blob.encode()).hexdigest()}
+    elif cfg.train_file and (digest := _sha256(Path(cfg.train_file))):
+        found["train_file"] = {"path": cfg.train_file, "sha256": digest}
+    specs = {"judge": cfg.judge, **{f"judges.{k}": v for k, v in sorted(cfg.judges.items())},
+             "prefill_sources.judge": cfg.prefill_sources.judge}
+    for name, spec in specs.items():
+        kind, _, arg = str(spec).partition(":")
+        if kind in _FILE_JUDGES and arg and (digest := _sha256(Path(arg))):
+            found[name] = {"path": arg, "sha256": digest}
+    return found
+
+
+def config_dump(cfg: TrainConfig, inputs: dict | None = None) -> dict:
+    """The run's ``train_config.json``: the config as JSON, with the ``input_hashes`` under ``inputs`` when
+    given, secrets redacted (``recap.security``)."""
     from recap.security import redacted
 
-    return json.loads(json.dumps(redacted(asdict(cfg))))
+    dump = asdict(cfg)
+    if inputs is not None:
+        dump["inputs"] = inputs
+    return json.loads(json.dumps(redacted(dump)))
 
 
-def _check_same_run(cfg: TrainConfig, out: Path) -> None:
+def _check_same_run(cfg: TrainConfig, out: Path, inputs: dict | None = None) -> None:
     """A resumed run must train what the first run trained: compare its ``train_config.json`` with the
-    same dump of ``cfg`` (redacted alike, so a secret in a field is no difference)."""
+    same dump of ``cfg`` (redacted alike, so a secret in a field is no difference), then the content
+    hashes of its inputs (``input_hashes``) with those it recorded."""
     saved_file = out / "train_config.json"
     if not saved_file.is_file():
         return
     saved, now = json.loads(saved_file.read_text(encoding="utf-8")), config_dump(cfg)
-    for key in sorted(set(saved) | set(now)):
+    for key in sorted((set(saved) | set(now)) - {"inputs"}):
         if key not in _RESUMABLE_CHANGES and saved.get(key) != now.get(key):
             raise ValueError(f"{saved_file}: field '{key}' was {saved.get(key)!r} in the run being resumed, now "
                              f"{now.get(key)!r}; use another output_dir for a different run")
+    before = saved.get("inputs")
+    if inputs is None or not isinstance(before, dict):  # a run recorded before recap hashed its inputs
+        return
+    for name in sorted(set(before) & set(inputs), key=lambda n: (n not in ("train_file", "examples"), n)):
+        was, now_ = before[name], inputs[name]
+        if not isinstance(was, dict) or was.get("sha256") == now_["sha256"]:
+            continue
+        what = (f"the training examples ({was.get('count')} → {now_['count']})" if name == "examples"
+                else f"{name} {now_['path']}")
+        raise ValueError(f"{saved_file}: {what} changed since the run started (sha256 {str(was.get('sha256'))[:12]}… → "
+                         f"{now_['sha256'][:12]}…); resuming would train on other data: restore it, or use another "
+                         "output_dir for a new run")
+
+
+def _resume_point(cfg: TrainConfig, out: Path, inputs: dict, log: Callable[[str], None]) -> Path | None:
+    """Where the run starts (the checkpoint to resume, None: step 0), or a ``ValueError`` saying why it
+    may not. Torn checkpoints are set aside first, so they never decide: an earlier run that left no
+    complete checkpoint restarts from step 0 (when it trained the same thing) instead of being a dead
+    end."""
+    ckpt = last_checkpoint(out, log, require=(PLANNER_STATE,) if dynamic_prefills(cfg) else ())
+    torn = sorted(p.name for p in out.glob("incomplete-checkpoint-*")) if out.is_dir() else []
+    if ckpt is not None:
+        if cfg.resume == "never":
+            raise ValueError(f"{out} holds checkpoints of an earlier run (last complete: {ckpt.name}); pass "
+                             "--resume to continue it, or choose another output_dir")
+        _check_same_run(cfg, out, inputs)
+        log(f"resuming from {ckpt}")
+        return ckpt
+    started = (out / "train_config.json").is_file()
+    if cfg.resume == "must" and not started and not torn:
+        raise ValueError(f"{out}: no complete checkpoint to resume from; run without --resume to start")
+    if torn or cfg.resume == "must":  # an earlier run of this output_dir trained (or is to be continued)
+        _check_same_run(cfg, out, inputs)
+        left = f"left only incomplete checkpoints ({', '.join(torn)})" if torn else "saved no checkpoint"
+        log(f"{out}: the earlier run of this config {left}; starting from step 0")
+    return None
+
+
+def _stop_on_write_failures(trainer: RecapTrainer, out: Path) -> None:
+    """A checkpoint that cannot be written (a full or read-only disk) stops the run with one ``OSError``
+    naming it, instead of torch's two chained ``RuntimeError``s that name no file."""
+    from recap.files import write_failure
+
+    save = trainer._save_checkpoint
+
+    def guarded(model, trial):
+        try:
+            return save(model, trial)
+        except Exception as e:
+            why = write_failure(e)
+            if why is None:
+                raise
+            folder = out / f"checkpoint-{trainer.state.global_step}"
+            try:
+                free = f"; {shutil.disk_usage(out).free / 2**20:.1f} MiB free there"
+            except OSError:
+                free = ""
+            error = OSError(f"cannot write checkpoint {folder}: {why}{free}. The run stopped at step "
+                            f"{trainer.state.global_step}; make room, then `recap train --resume` sets the torn "
+                            "checkpoint aside and continues from the last complete one")
+            error.errno = getattr(e, "errno", None)
+            raise error from None
+
+    trainer._save_checkpoint = guarded
 
 
 def train(cfg: TrainConfig, examples: list[Example] | None = None, log: Callable[[str], None] = print) -> Path:
     """Run RECAP (or vanilla DAPO, if the mixture has no prefills). Checkpoints in ``output_dir`` are
     handled as ``cfg.resume`` says; resuming restores the weights, optimizer, scheduler, RNG states and
-    the data position of the last complete checkpoint. Returns the folder of the final model, which is
-    written whole or not at all."""
+    the data position of the last complete checkpoint, after checking that the config and the content of
+    the inputs (``input_hashes``) are those of the run being resumed. Returns the folder of the final
+    model, which is written whole or not at all."""
     from recap.files import atomic_dir, write_text
 
     if cfg.resume not in RESUME_MODES:
@@ -398,24 +747,24 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None, log: Callable
         if cfg.resume == "never":
             raise ValueError(f"{out} already holds a finished run ({final}); choose another output_dir")
         return final
-    if cfg.resume == "never" and checkpoints(out):
-        last = last_checkpoint(out, set_aside=False)
-        raise ValueError(f"{out} holds checkpoints of an earlier run (last complete: "
-                         f"{last.name if last else 'none'}); pass --resume to continue it, or choose another output_dir")
-    if cfg.resume == "must" and last_checkpoint(out, set_aside=False) is None:
-        raise ValueError(f"{out}: no complete checkpoint to resume from; run without --resume to start")
     accelerator_main = int(os.environ.get("RANK", "0")) == 0
-    ckpt = last_checkpoint(out, log) if accelerator_main else None
-    if world_size() > 1:  # every rank resumes from the checkpoint rank 0 chose
-        ckpt = _broadcast_checkpoint(ckpt)
-    if ckpt is not None:
-        _check_same_run(cfg, out)
-        log(f"resuming from {ckpt}")
-    elif accelerator_main:
-        write_text(out / "train_config.json", json.dumps(config_dump(cfg), indent=1))
+    ckpt, problem, inputs = None, None, {}
+    if accelerator_main:  # one process looks at (and tidies) output_dir; the others follow its decision
+        inputs = input_hashes(cfg, examples)
+        try:
+            ckpt = _resume_point(cfg, out, inputs, log)
+        except ValueError as e:
+            problem = str(e)
+    if world_size() > 1:
+        ckpt, problem = _broadcast_checkpoint(ckpt, problem)
+    if problem is not None:
+        raise ValueError(problem)
+    if ckpt is None and accelerator_main:
+        write_text(out / "train_config.json", json.dumps(config_dump(cfg, inputs), indent=1))
     if cfg.report_to not in ("none", ""):
         log(f"reporting scalar metrics to {cfg.report_to}; completions and prompts are not sent (log_completions off)")
     trainer = build_trainer(cfg, examples)
+    _stop_on_write_failures(trainer, out)
     if trainer.planner is not None and ckpt is not None and (ckpt / PLANNER_STATE).is_file():
         trainer.planner.load_state(json.loads((ckpt / PLANNER_STATE).read_text(encoding="utf-8")))
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
@@ -436,13 +785,14 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None, log: Callable
     return final
 
 
-def _broadcast_checkpoint(ckpt: Path | None) -> Path | None:
+def _broadcast_checkpoint(ckpt: Path | None, problem: str | None = None) -> tuple[Path | None, str | None]:
+    """Rank 0's decision (the checkpoint to resume, or why the run may not start), sent to every rank."""
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_initialized():
         from accelerate import PartialState
 
         PartialState()  # initialises the process group from the launcher's environment
-    box = [str(ckpt) if ckpt is not None else None]
+    box = [str(ckpt) if ckpt is not None else None, problem]
     dist.broadcast_object_list(box, src=0)
-    return Path(box[0]) if box[0] is not None else None
+    return (Path(box[0]) if box[0] is not None else None), box[1]

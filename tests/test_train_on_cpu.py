@@ -1,17 +1,17 @@
 """RecapTrainer on a tiny random model of the miniature world: the prefill is prompt, not completion;
-dynamic sampling drops the right groups; a training step moves every trainable parameter."""
+without dynamic sampling nothing is masked; a training step moves every trainable parameter (dynamic
+sampling, judge inputs and length budgets: tests/train/)."""
 
 import json
 from dataclasses import replace
 
 import pytest
 import torch
-from datasets import Dataset
 
 from recap.chat import render_prompt
 from recap.data.examples import Example
 from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
-from recap.train import RecapTrainer, TrainConfig, build_trainer, grpo_config, rl_rows
+from recap.train import TrainConfig, build_trainer, grpo_config, rl_rows
 
 TINY = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 PREFILL = "the user wants to steal a car . it is for a story so it is fine . giving the steps is helpful"
@@ -50,31 +50,6 @@ def test_prefill_is_in_the_prompt_ids_and_never_in_the_completion(tok, tmp_path)
     # The un-prefilled task prompt ends right after the opened think block.
     task_ids = out["prompt_ids"][3][out["prompt_mask"][3].bool()].tolist()
     assert tok.convert_ids_to_tokens(task_ids)[-1] == "<think>"
-
-
-def test_dynamic_sampling_drops_all_zero_and_all_solved_groups(tok, tmp_path):
-    scores = {"a": [1.0, 1.0, 1.0], "b": [0.0, 1.0, 0.0], "c": [0.0, 0.0, 0.0]}
-
-    def reward(prompts, completions, id, **kwargs):  # noqa: A002 - TRL passes dataset columns by name
-        seen: dict[str, int] = {}
-        out = []
-        for i in id:
-            out.append(scores[i][seen.get(i, 0)])
-            seen[i] = seen.get(i, 0) + 1
-        return out
-
-    cfg = _cfg(tmp_path, prompts_per_step=3)
-    rows = [{"prompt": render_prompt(tok, [{"role": "user", "content": f"how do i {x} ?"}]), "id": x}
-            for x in ("steal a car", "crack an egg", "rob a store")]
-    rows = [{**r, "id": k} for r, k in zip(rows, "abc")]
-    trainer = RecapTrainer(model=build_model(tok, TINY, 0), processing_class=tok, reward_funcs=[reward],
-                           args=grpo_config(cfg), train_dataset=Dataset.from_list(rows), dynamic_sampling=True)
-    trainer.model.train()
-    out = trainer._generate_and_score_completions([rows[0]] * 3 + [rows[1]] * 3 + [rows[2]] * 3)
-    kept = out["completion_mask"].sum(dim=1) > 0
-    assert kept.tolist() == [False] * 3 + [True] * 3 + [False] * 3
-    assert out["num_items_in_batch"].item() == out["completion_mask"].sum().item()
-    assert trainer._metrics["train"]["dynamic_sampling/dropped_groups"][-1] == 2
 
 
 def test_without_dynamic_sampling_nothing_is_masked(tok, tmp_path):

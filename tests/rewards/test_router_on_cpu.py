@@ -206,3 +206,18 @@ def test_continuation_mode_judges_unclosed_completions_whole():
     assert strict(prompts=["p"] * 3, completions=completions, kind=kinds) == [0.0, 0.0, 0.0]
     assert loose(prompts=["p"] * 3, completions=completions, kind=kinds) == [1.0, 1.0, 0.0]
     assert loose.last_verdicts[2].rationale == "empty answer"
+
+
+def test_judges_get_the_last_user_message_of_the_conversation_column():
+    import json
+
+    from recap.rewards.router import user_request
+
+    conversation = [{"role": "system", "content": "think first"}, {"role": "user", "content": "first request"},
+                    {"role": "assistant", "content": "which one?"}, {"role": "user", "content": "the second"}]
+    assert user_request(json.dumps(conversation)) == user_request(conversation) == "the second"
+    judges = {k: Recorder(k, 1.0) for k in ("harmful", "benign", "task")}
+    router = RewardRouter(judges)
+    rendered = "<|user|>the second<|assistant|><think>a prefill"
+    router([rendered], ["r </think> a"], kind=["harmful"], conversation=[json.dumps(conversation)])
+    assert judges["harmful"].calls == [[JudgeItem("the second", "a", "harmful", None)]]

@@ -1,0 +1,56 @@
+"""The shipped training configs reward with the paper's judges (guard P(safe) on harmful prompts, the
+over-refusal rubric on benign ones, math-verify on math) and its total length budget; CPU configs that
+use a stand-in judge say so. The guard model is never loaded here."""
+
+from pathlib import Path
+
+import pytest
+
+from recap.config import load_config
+from recap.rewards.guard import GuardConfig
+from recap.rewards.judges import JudgeItem, RuleJudge, load_judge
+from recap.rewards.rubric import RubricConfig
+from recap.train import TrainConfig, check_train_config
+
+ROOT = Path(__file__).resolve().parents[2]
+PAPER = ["recap-dapo.yaml", "recap-mixed-curriculum.yaml", "scale/recap-8b.yaml", "scale/recap-8b-vllm-server.yaml"]
+GUARD, RUBRIC = "guard:configs/judges/guard.yaml", "rubric:configs/judges/overrefusal-rubric.yaml"
+
+
+def _specs(cfg: TrainConfig) -> dict[str, str]:
+    return {k: cfg.judges.get(k, cfg.judge) for k in ("harmful", "benign", "task")}
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_paper_configs_use_the_papers_rewards_and_length_budget(name):
+    cfg = load_config(TrainConfig, ROOT / "configs" / name)
+    check_train_config(cfg)
+    assert _specs(cfg) == {"harmful": GUARD, "benign": RUBRIC, "task": "rules"}
+    assert cfg.max_total_length == 8000 and cfg.max_completion_length >= cfg.max_total_length
+    assert cfg.dynamic_sampling and cfg.dynamic_sampling_tau is None
+
+
+def test_the_judge_files_the_paper_configs_name():
+    guard = load_config(GuardConfig, ROOT / GUARD.split(":", 1)[1])
+    assert guard.model == "ibm-granite/granite-guardian-3.1-8b" and guard.kinds == ["harmful"]
+    rubric = load_config(RubricConfig, ROOT / RUBRIC.split(":", 1)[1])
+    assert rubric.rubric == "overrefusal"
+    assert type(load_judge(f"rubric:{ROOT / RUBRIC.split(':', 1)[1]}")).__name__ == "RubricJudge"  # no call made
+    rules = load_judge("rules")  # math rows: math-verify
+    assert isinstance(rules, RuleJudge)
+    assert [v.score for v in rules.judge([JudgeItem("what is 1/2 + 1/4?", "\\boxed{\\frac{3}{4}}", "task", "0.75"),
+                                         JudgeItem("what is 1/2 + 1/4?", "\\boxed{0.7}", "task", "0.75")])] == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("name", PAPER + ["toy/train.yaml", "smollm2/train.yaml"])
+def test_a_config_with_a_stand_in_judge_says_so(name):
+    path = ROOT / "configs" / name
+    cfg = load_config(TrainConfig, path)
+    check_train_config(cfg)
+    stand_ins = {k: s for k, s in _specs(cfg).items() if k != "task" and s.split(":")[0] in ("rules", "classifier")}
+    assert not stand_ins or "stand-in" in path.read_text(encoding="utf-8"), f"{name}: {stand_ins} unnamed"
+    assert name != "smollm2/train.yaml" or stand_ins  # the CPU run does use one
+
+
+def test_no_shipped_config_sets_the_removed_tau():
+    assert not [p for p in (ROOT / "configs").rglob("*.yaml") if "dynamic_sampling_tau" in p.read_text(encoding="utf-8")]
