@@ -28,6 +28,7 @@ from recap.data.onpolicy import PrefillSourceConfig
 from recap.eval.runner import EvalConfig
 from recap.files import write_text
 from recap.security import inside
+from recap.threads import threads_for
 from recap.eval.attacks import TOY_HCOT_FRAME
 from recap.generation import SamplingConfig
 from recap.toy import world
@@ -210,13 +211,16 @@ def run_demo(cfg: DemoConfig, out: str | Path, log=print) -> dict:
         log(f"[demo] pre-training the base model ({cfg.pretrain.steps} steps)…")
         import torch
 
-        torch.set_num_threads(max(1, cfg.workers))
+        # As many threads as there are idle cores now (two threads on one free core spin against each other).
+        torch.set_num_threads(threads_for(cfg.workers))
         pretrain(cfg.pretrain, cfg.model, base, log=lambda s: log(f"[demo]   {s}"))
         write_text(stamp_file, json.dumps(stamp, indent=1))
     seeds = list(range(cfg.seeds))
     jobs = [("rl", m, s) for s in seeds for m in cfg.methods] + [("eval", "base", s) for s in seeds]
     log(f"[demo] {len(jobs)} jobs (RL + evaluation) on {cfg.workers} workers…")
     stores = []
+    # Workers run one thread each: separate single-threaded processes share a busy machine fairly, unlike
+    # the threads of one process, which wait for each other.
     with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
         futures = {}
         for kind, method, seed in jobs:
