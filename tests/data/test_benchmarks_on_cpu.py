@@ -14,8 +14,7 @@ from recap.data.benchmarks import FORMATS, Benchmark, detect_format, load_benchm
 from recap.data.examples import DataError, Example, write_examples
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(),
-                                  reason=f"shared datasets not found at {SHARED} (they are not part of the repo)")
+needs_shared = pytest.mark.usefixtures("shared_datasets")  # skipped without ../shared, a failure in CI
 
 # file → (auto-detected format, source, {kind: count})
 SHARED_FILES = {

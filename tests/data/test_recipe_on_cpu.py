@@ -18,7 +18,7 @@ from recap.data.recipe import (RecipeConfig, RecipePart, RecipeSource, build_cor
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT / ".." / "shared" / "datasets"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared datasets not found at {SHARED}")
+needs_shared = pytest.mark.usefixtures("shared_datasets")  # skipped without ../shared, a failure in CI
 BALANCED = str(SHARED / "training" / "balanced_safe_unsafe_3000.jsonl")
 GSM8K_TRAIN = str(SHARED / "math" / "gsm8k_train.jsonl")
 GSM8K_TEST = SHARED / "math" / "gsm8k_test.jsonl"

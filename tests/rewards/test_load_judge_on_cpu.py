@@ -49,7 +49,7 @@ def test_kind_router_batches_per_kind_and_keeps_order():
         KindRouter({"harmful": Fixed(0)})
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="../shared/datasets/judge is not present")
+@pytest.mark.usefixtures("shared_datasets")
 def test_judge_eval_prints_n_and_accuracy():
     from recap.rewards.refusal import evaluate_refusal_judge
 
