@@ -3,10 +3,13 @@
 Rows are ``{"key": <sha256>, ...}``; each ``add`` appends and fsyncs, so a killed run keeps everything
 written before it. A truncated last line (the write in flight when the process died) is ignored and
 recomputed (and cut from the file before the next append); a broken line anywhere else is an error naming the file and line.
+An append that fails (a full or read-only disk) is cut back off the file and raises an ``OSError`` naming
+the file. ``compact()`` rewrites the file without superseded lines (a key written twice keeps its latest row).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,6 +34,7 @@ class JsonlCache:
         self._lock = threading.Lock()
         self._torn_at: int | None = None  # byte offset of a torn last line, cut before the next append
         self.torn_line: int | None = None  # its line number, for the caller to report
+        self.lines = 0  # valid lines in the file (more than len(self) when some key was written again)
         if self.path is None or not self.path.exists():
             return
         lines = self.path.read_text(encoding="utf-8").split("\n")
@@ -48,6 +52,7 @@ class JsonlCache:
             if not isinstance(row, dict) or not isinstance(row.get("key"), str):
                 raise DataError(self.path, n, "key", "missing (not a recap cache file?)")
             self.rows[row["key"]] = row
+            self.lines += 1
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -58,19 +63,51 @@ class JsonlCache:
     def add(self, rows: list[dict]) -> None:
         with self._lock:
             if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                if self._torn_at is not None:
-                    os.truncate(self.path, self._torn_at)
-                    self._torn_at = None
-                fresh = True
-                if self.path.exists() and self.path.stat().st_size:
-                    with self.path.open("rb") as f:
-                        f.seek(-1, os.SEEK_END)
-                        fresh = f.read(1) == b"\n"
-                with self.path.open("a", encoding="utf-8") as f:
-                    # After a truncated line, start ours on a fresh line.
-                    f.write(("" if fresh else "\n") + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-                    f.flush()
-                    os.fsync(f.fileno())
+                self._append(rows)
+                self.lines += len(rows)
             for r in rows:
                 self.rows[r["key"]] = r
+
+    def _append(self, rows: list[dict]) -> None:
+        from recap.files import output_error
+
+        size = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self._torn_at is not None:
+                os.truncate(self.path, self._torn_at)
+                self._torn_at = None
+            fresh = True
+            if self.path.exists() and self.path.stat().st_size:
+                with self.path.open("rb") as f:
+                    f.seek(-1, os.SEEK_END)
+                    fresh = f.read(1) == b"\n"
+            size = self.path.stat().st_size if self.path.exists() else 0
+            with self.path.open("a", encoding="utf-8") as f:
+                # After a truncated line, start ours on a fresh line.
+                f.write(("" if fresh else "\n") + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            if size is not None:  # never leave half a line behind (a full disk)
+                with contextlib.suppress(OSError):
+                    os.truncate(self.path, size)
+            named = output_error(self.path, e, verb="append to")
+            if named is None:
+                raise
+            raise named from None
+
+    def compact(self) -> int:
+        """Rewrite the file with one line per key — its latest row, in the order keys were first written —
+        atomically (a kill leaves the old file or the new one). Returns how many lines were dropped
+        (superseded rows and a torn last line); 0 leaves the file untouched."""
+        from recap.files import atomic_write
+
+        with self._lock:
+            dropped = self.lines - len(self.rows) + (self._torn_at is not None)
+            if self.path is None or dropped == 0:
+                return 0
+            with atomic_write(self.path) as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in self.rows.values())
+            self.lines, self._torn_at, self.torn_line = len(self.rows), None, None
+            return dropped

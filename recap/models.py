@@ -234,12 +234,65 @@ def context_length(model) -> int | None:
     return None
 
 
+def longest_token_chars(tokenizer) -> int | None:
+    """The most characters of a text one token of ``tokenizer`` can stand for, or None when that has no
+    bound we can read. It is the length of the longest vocabulary entry (a byte-level ``Ġ`` or
+    SentencePiece ``▁`` marker stands for a blank, a byte for at most one character) — provided the
+    tokenizer never maps a whole unknown span to one unknown token nor drops it: a byte-level or
+    byte-fallback BPE (Qwen, Llama, Mistral, SmolLM2…), or a BPE whose unknown token covers one character. A word-level or WordPiece vocabulary (an unknown word of
+    any length is one token) has no such bound. Cached on the tokenizer."""
+    cached = getattr(tokenizer, "_recap_longest_token", None)
+    if cached is not None:
+        return cached or None
+    longest = 0
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    model = getattr(backend, "model", None)
+    if type(model).__name__ == "BPE":
+        pre = getattr(backend, "pre_tokenizer", None)
+        byte_level = pre is not None and b'"ByteLevel"' in pre.__getstate__()
+        bounded = byte_level or model.byte_fallback or (model.unk_token is not None and not model.fuse_unk)
+    else:
+        bounded = type(model).__name__ == "Unigram" and getattr(model, "byte_fallback", False)
+    if bounded:
+        try:
+            longest = max((len(t) for t in tokenizer.get_vocab()), default=0)
+        except Exception:  # no Python-readable vocabulary: no bound
+            longest = 0
+    try:
+        tokenizer._recap_longest_token = longest
+    except AttributeError:
+        pass
+    return longest or None
+
+
+def min_tokens(tokenizer, text: str) -> int:
+    """A lower bound on the tokens of ``text``, from its characters alone — cheap on a text of any size, so a
+    prompt far too long for a budget can be refused before it is tokenized. Every blank-separated word is
+    at least one token (pre-tokenizers split at blanks), and with a ``longest_token_chars`` bound the
+    non-blank characters need at least that many characters per token. (A tokenizer whose normaliser drops
+    whole words — control characters only — could give fewer; chat models' tokenizers do not.)"""
+    words = text.split()
+    longest = longest_token_chars(tokenizer)
+    return max(len(words), -(-sum(map(len, words)) // longest) if longest else 0)
+
+
 def check_context(tokenizer, model, prompts: list[tuple[str, str]], new_tokens: int, what: str = "max_new_tokens") -> None:
     """Raise ``ValueError`` naming the first ``(label, prompt text)`` whose tokens plus ``new_tokens`` do not
-    fit the model's context (a longer prompt would be cut or fail deep inside the model)."""
+    fit the model's context (a longer prompt would be cut or fail deep inside the model).
+
+    A prompt far too long to fit is refused from its length in characters (``min_tokens``) before anything
+    is tokenized: a 5 MB prompt would otherwise cost seconds and a gigabyte of tokenizer memory."""
     limit = context_length(model)
     if limit is None:
         return
+    room = max(limit - new_tokens, 0)
+    for label, text in prompts:
+        # min_tokens never exceeds the character count: only a prompt longer than the room can fail it.
+        if len(text) > room and (least := min_tokens(tokenizer, text)) > room:
+            raise ValueError(
+                f"{label}: the prompt is {len(text)} characters, at least {least} tokens, and {what} adds "
+                f"{new_tokens}, more than the model's context of {limit} tokens; shorten the prompt or "
+                f"prefill, or lower {what}")
     for label, text in prompts:
         n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         if n + new_tokens > limit:

@@ -29,6 +29,7 @@ from recap.chat import render_prompt, with_think_system
 from recap.data.examples import Example, read_examples
 from recap.data.onpolicy import PrefillPlanner, PrefillSourceConfig, step_judge_for
 from recap.data.schedules import LengthSchedule
+from recap.data.selfreset import SelfResetConfig, SelfResetPlanner, cutter_for
 
 
 @dataclass
@@ -80,9 +81,10 @@ class TrainConfig:
     use_cpu: bool = field(default=False, metadata={"help": "Force CPU even when an accelerator exists."})
     prefill_sources: PrefillSourceConfig = field(default_factory=PrefillSourceConfig, metadata={"help": "Where the prefills of the mixture's prefill slots come from at each step: static (the mixture's counter-aligned reasoning, RECAP), on_policy (the policy's own unsafe reasoning cut at its first unsafe step, Self-ReSET style) or both by weight."})
     prefill_length: LengthSchedule | None = field(default=None, metadata={"help": "Length schedule of static prefills (fixed, uniform over a set, or a short→long curriculum), applied to each slot's counter_reasoning at every step; null keeps the mixture's prefills as written."})
+    self_reset: SelfResetConfig | None = field(default=None, metadata={"help": "Self-ReSET (recap.data.selfreset): cut the policy's own unsafe reasoning at its first unsafe token (streaming judge), re-roll each cut as its own group from a bounded queue (the cut is part of the prompt, out of the loss), re-queue benign prompts whose rollouts refuse; null: off. configs/self-reset.yaml is the paper's recipe."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run the model repository's own Python code (off: only transformers' built-in architectures)."})
     allow_pickle_weights: bool = field(default=False, metadata={"help": "Accept pytorch_model.bin pickle weights (off: safetensors/GGUF only; unpickling can run code)."})
-    resume: str = field(default="auto", metadata={"help": "What to do with checkpoints already in output_dir: auto (continue from the last complete one, start fresh if none), must (continue; an error if there is none — `recap train --resume`), never (an error if there is one — `recap train` without --resume, so two runs never mix)."})
+    resume: str = field(default="auto", metadata={"help": "What to do with checkpoints already in output_dir (torn ones are set aside first): auto (continue from the last complete one, start from step 0 if none), must (`recap train --resume`: continue; with only torn checkpoints or a train_config.json of the same run, start from step 0; an error on an empty folder), never (`recap train` without --resume: an error if a complete checkpoint exists, so two runs never mix)."})
     report_to: str = field(default="none", metadata={"help": "Trackers (wandb, tensorboard…). Off by default: completions on harmful prompts must not leave the machine unless you choose so."})
 
 
@@ -164,7 +166,8 @@ class RecapTrainer(GRPOTrainer):
 
     def __init__(self, *args, dynamic_sampling: bool = False, max_extra_rounds: int = 9,
                  dynamic_sampling_tolerance: float = 1e-6, max_total_length: int = 0,
-                 loss_length_buckets: int = 1, planner: PrefillPlanner | None = None, **kwargs):
+                 loss_length_buckets: int = 1, planner: PrefillPlanner | None = None,
+                 selfreset: SelfResetPlanner | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.dynamic_sampling = dynamic_sampling
         self.max_extra_rounds = max_extra_rounds
@@ -172,19 +175,40 @@ class RecapTrainer(GRPOTrainer):
         self.max_total_length = max_total_length
         self.loss_length_buckets = loss_length_buckets
         self.planner = planner
+        self.selfreset = selfreset
         self._last_rewards: torch.Tensor | None = None
         self._last_completions: list[str] = []
+        self._last_verdicts: list | None = None
         self._row_budgets: list[int] | None = None
         self._dataset_ids: list | None = None
+        self._step_rounds: list[tuple[list[dict], torch.Tensor, list[str], list | None]] = []
+        self._decoded_tokens = 0  # tokens this process decoded in the current step (every round)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        if self.planner is not None and self.args.should_save:  # the buffer resumes with the run
+        if (self.planner is not None or self.selfreset is not None) and self.args.should_save:
             from recap.files import write_text
 
             folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-            if folder.is_dir():
+            if folder.is_dir() and self.planner is not None:  # the buffer resumes with the run
                 write_text(folder / PLANNER_STATE, json.dumps(self.planner.state()))
+            if folder.is_dir() and self.selfreset is not None:  # so does the re-roll queue
+                write_text(folder / SELFRESET_STATE, json.dumps(self.selfreset.state()))
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """TRL's training loop; with Self-ReSET the re-roll queue of the checkpoint resumed from is restored
+        first, and ``output_dir/selfreset_stats.json`` is written at the end."""
+        if self.selfreset is not None and isinstance(resume_from_checkpoint, str):
+            saved = Path(resume_from_checkpoint) / SELFRESET_STATE
+            if saved.is_file():
+                self.selfreset.load_state(json.loads(saved.read_text(encoding="utf-8")))
+        result = super().train(resume_from_checkpoint, *args, **kwargs)
+        if self.selfreset is not None and self.accelerator.is_main_process:
+            from recap.files import write_text
+
+            write_text(Path(self.args.output_dir) / "selfreset_stats.json",
+                       json.dumps({**self.selfreset.stats(), "history": self.selfreset.history}, indent=1))
+        return result
 
     def length_buckets(self, inputs: dict) -> list[dict] | None:
         """Split a micro-batch into ``loss_length_buckets`` chunks of rows sorted by length, each with the
@@ -238,16 +262,23 @@ class RecapTrainer(GRPOTrainer):
         self._last_completions = list(completions)  # local, what the reward functions read
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._last_rewards = rewards_per_func  # gathered over processes, in global order
+        router = self.reward_funcs[0] if self.reward_funcs else None
+        verdicts = getattr(router, "last_verdicts", None)  # RewardRouter: the local rows' verdicts
+        self._last_verdicts = list(verdicts) if verdicts is not None and len(verdicts) == len(inputs) else None
         return rewards_per_func
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         budgets = [completion_budget(len(ids), self.max_completion_length, self.max_total_length) for ids in prompt_ids]
         self._row_budgets = budgets
         if not self.max_total_length:
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+            completion_ids, logprobs = super()._generate_single_turn(prompt_ids, images, multimodal_fields,
+                                                                     num_generations, has_tool_images)
+            self._decoded_tokens += sum(len(ids) for ids in completion_ids)
+            return completion_ids, logprobs
         with self._row_stopping(budgets):
             completion_ids, logprobs = super()._generate_single_turn(prompt_ids, images, multimodal_fields,
                                                                      num_generations, has_tool_images)
+        self._decoded_tokens += sum(len(ids) for ids in completion_ids)  # what was decoded, before the cut
         completion_ids = [list(ids[:b]) for ids, b in zip(completion_ids, budgets, strict=True)]
         if logprobs is not None:
             logprobs = [list(lp[:b]) for lp, b in zip(logprobs, budgets, strict=True)]
@@ -278,22 +309,51 @@ class RecapTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         if not self.model.training:
             return super()._generate_and_score_completions(inputs)
+        self._step_rounds, self._decoded_tokens = [], 0
         if not self.dynamic_sampling:
             batch, out, _, texts = self._round(inputs)
             self._planner_step([(batch, texts)])
-            return out
-        return self._dynamic_sampling_step(inputs)
+        else:
+            out = self._dynamic_sampling_step(inputs)
+        self._selfreset_step()
+        decoded = self.accelerator.gather(torch.tensor(float(self._decoded_tokens), device=self.accelerator.device))
+        self._metrics["train"]["cost/decoded_tokens"].append(decoded.sum().item())
+        return out
 
-    def _round(self, inputs: list[dict]) -> tuple[list[dict], dict, torch.Tensor, list[str]]:
-        """One generation round: per-step prefills, TRL's generation and scoring. Returns the rows as
-        generated, TRL's output, the total reward of every row of every process, and the local texts."""
+    def _round(self, inputs: list[dict], fresh: bool = True) -> tuple[list[dict], dict, torch.Tensor, list[str]]:
+        """One generation round: Self-ReSET's re-rolls first, per-step prefills, TRL's generation and scoring.
+        Returns the rows as generated, TRL's output, the total reward of every row of every process, and the
+        local texts. ``fresh``: the rows are the dataloader's (not a refill draw)."""
+        if self.selfreset is not None:
+            inputs = self.selfreset.compose(inputs, self.state.global_step, fresh=fresh)
         if self.planner is not None:
             inputs = self.planner.prepare(inputs, self.state.global_step)
         out = super()._generate_and_score_completions(inputs)
         rewards = self._last_rewards
         total = (rewards * self.reward_weights.to(rewards.device).unsqueeze(0)).nansum(dim=1)
         total[torch.isnan(rewards).all(dim=1)] = torch.nan  # as TRL: unscorable rows leave the baseline
+        start = self.accelerator.process_index * len(inputs)  # this process's rows in the gathered rewards
+        self._step_rounds.append((inputs, total[start: start + len(inputs)].cpu(), self._last_completions,
+                                  self._last_verdicts))
         return inputs, out, total, self._last_completions
+
+    def _selfreset_step(self) -> None:
+        """Cut and re-queue from every round of the step (Self-ReSET), once per step, and log it."""
+        if self.selfreset is None:
+            return
+        rows = [row for batch, _, _, _ in self._step_rounds for row in batch]
+        texts = [t for _, _, ts, _ in self._step_rounds for t in ts]
+        rewards = [float(x) for _, total, _, _ in self._step_rounds for x in total.tolist()]
+        verdicts = None
+        if all(v is not None for _, _, _, v in self._step_rounds):
+            verdicts = [v for _, _, _, vs in self._step_rounds for v in vs]
+        found = self.selfreset.harvest(rows, texts, rewards, verdicts, self.state.global_step)
+        metrics = self._metrics["train"]
+        metrics["selfreset/queue_size"].append(found["queue"])
+        metrics["selfreset/cuts"].append(found["cuts"])
+        metrics["selfreset/requeued"].append(found["requeued"])
+        groups = [row.get("reroll", "") for row in rows[:: self.num_generations]]
+        metrics["selfreset/reroll_share"].append(sum(g != "" for g in groups) / max(1, len(groups)))
 
     def _planner_step(self, rounds: list[tuple[list[dict], list[str]]]) -> None:
         """Harvest the step's completions (every round) into the on-policy buffer once, and log it."""
@@ -322,7 +382,7 @@ class RecapTrainer(GRPOTrainer):
         rounds, kept, flat = [], [], []  # kept / flat: (round, local group)
         dropped, extra, batch = 0, 0, inputs
         while True:
-            batch, out, total, texts = self._round(batch)
+            batch, out, total, texts = self._round(batch, fresh=extra == 0)
             rounds.append((batch, out, texts))
             zero = zero_variance_groups(total, size, self.dynamic_sampling_tolerance)
             dropped += int(zero.sum())
@@ -528,22 +588,34 @@ def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model
         planner = PrefillPlanner(cfg.prefill_sources, lambda messages, text: render_prompt(tokenizer, messages, text),
                                  step_judge_for(cfg.prefill_sources.judge, judges), schedule=cfg.prefill_length,
                                  max_steps=cfg.max_steps, seed=cfg.seed)
+    selfreset = None
+    if cfg.self_reset is not None:
+        if cfg.prefill_sources.weights.get("on_policy", 0.0) > 0:
+            raise ValueError("self_reset and the on_policy prefill source both harvest the policy's own reasoning; "
+                             "use one of them (self_reset is the paper's method, on_policy the RECAP-slot variant)")
+        selfreset = SelfResetPlanner(cfg.self_reset, lambda messages, text: render_prompt(tokenizer, messages, text),
+                                     cutter_for(cfg.self_reset, judges), cfg.num_generations,
+                                     tolerance=cfg.dynamic_sampling_tolerance)
     return RecapTrainer(
         model=model, processing_class=tokenizer, reward_funcs=reward_funcs, args=grpo_config(cfg),
         train_dataset=Dataset.from_list(rows),
         dynamic_sampling=cfg.dynamic_sampling, max_extra_rounds=cfg.dynamic_sampling_max_extra_rounds,
         dynamic_sampling_tolerance=cfg.dynamic_sampling_tolerance, max_total_length=cfg.max_total_length,
-        loss_length_buckets=cfg.loss_length_buckets, planner=planner,
+        loss_length_buckets=cfg.loss_length_buckets, planner=planner, selfreset=selfreset,
     )
 
 
 def check_budgets(tokenizer, model, labelled: list[tuple[str, str]], cfg: TrainConfig) -> None:
     """With a total length budget, every ``(label, prompt)`` must leave the rollout something to write,
     and prompt + budget must fit the model's context."""
-    from recap.models import context_length
+    from recap.models import context_length, min_tokens
 
     limit = context_length(model)
     for label, text in labelled:
+        if min_tokens(tokenizer, text) >= cfg.max_total_length:  # cheap: a huge prompt is never tokenized
+            raise ValueError(f"{label}: the prompt is {len(text)} characters, at least {min_tokens(tokenizer, text)} "
+                             f"tokens, leaving nothing to write under max_total_length {cfg.max_total_length}; "
+                             "shorten the prompt or prefill, or raise max_total_length")
         n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         if n >= cfg.max_total_length:
             raise ValueError(f"{label}: the prompt is {n} tokens, leaving nothing to write under max_total_length "
@@ -556,6 +628,7 @@ def check_budgets(tokenizer, model, labelled: list[tuple[str, str]], cfg: TrainC
 
 RESUME_MODES = ("auto", "must", "never")
 PLANNER_STATE = "prefix_buffer.json"  # the on-policy buffer, saved with each checkpoint
+SELFRESET_STATE = "selfreset_queue.json"  # the Self-ReSET re-roll queue, saved with each checkpoint
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Fields that may change between a run and its resumption (they do not change what is trained).
 _RESUMABLE_CHANGES = {"resume", "max_steps", "save_steps", "logging_steps", "num_threads", "report_to",

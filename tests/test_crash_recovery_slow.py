@@ -3,6 +3,9 @@
 * `recap train --resume` finishes a killed run with the same weights and the same per-step log as a run
   that was never killed (weights, optimizer, scheduler, RNG and data position all come back); a
   checkpoint cut off while being saved is set aside, not loaded.
+* A run killed while it writes its *first* checkpoint, or whose disk fills up during it, is no dead end:
+  `recap train` (with or without --resume) sets the torn checkpoint aside and starts again from step 0,
+  ending with the same weights as a run that was never interrupted; a full disk is one `error:` line.
 * `recap eval` rerun after a kill keeps every stored result, redoes only the chunk in flight (and a torn
   last line), and ends with the same results as an uninterrupted evaluation."""
 
@@ -31,9 +34,24 @@ TINY = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_si
 STEPS = 12
 
 
-def _recap(*args, **kw):
+def _recap(*args, hang_at=None, **kw):
+    """A real `recap` process. ``hang_at=(file, mark)``: when the process starts writing ``file`` (a path
+    ending, e.g. ``checkpoint-1/optimizer.pt``) with torch.save, it writes half of it, touches ``mark`` and
+    waits there to be killed — a kill in the middle of a checkpoint, at a moment the test controls."""
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.Popen([sys.executable, "-m", "recap.cli", *args], env=env, stdout=subprocess.PIPE,
+    if hang_at is None:
+        return subprocess.Popen([sys.executable, "-m", "recap.cli", *args], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, **kw)
+    hook = (f"import pathlib, runpy, sys, time, torch\nreal = torch.save\n"
+            f"def save(obj, f, *a, **kw):\n"
+            f"    if str(f).endswith({hang_at[0]!r}):\n"
+            f"        pathlib.Path(f).write_bytes(b'PK\\x03\\x04')\n"
+            f"        pathlib.Path({str(hang_at[1])!r}).touch()\n"
+            f"        time.sleep(600)\n"
+            f"    return real(obj, f, *a, **kw)\n"
+            f"torch.save = save\nsys.argv = ['recap', *{list(args)!r}]\n"
+            f"runpy.run_module('recap.cli', run_name='__main__')\n")
+    return subprocess.Popen([sys.executable, "-c", hook], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
@@ -63,10 +81,26 @@ def _steps(log_history):
     return [(h["step"], round(h["loss"], 6), round(h.get("reward", 0.0), 6)) for h in log_history if "loss" in h]
 
 
-def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(setup):
+@pytest.fixture(scope="module")
+def whole(setup):
+    """The uninterrupted run every interrupted one must end up equal to."""
     root, cfg = setup
-    whole = _recap("train", "--config", str(_config(root, cfg, "whole")))
-    assert whole.wait(timeout=600) == 0, whole.stdout.read()
+    proc = _recap("train", "--config", str(_config(root, cfg, "whole")))
+    assert proc.wait(timeout=600) == 0, proc.stdout.read()
+    return root / "whole"
+
+
+def _same_run(a, b):
+    """The two runs' final weights are bit-identical and their per-step logs (loss, reward) equal."""
+    wa, wb = load_file(a / "final" / "model.safetensors"), load_file(b / "final" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    history_a = json.loads((a / "log_history.json").read_text())
+    history_b = json.loads((b / "log_history.json").read_text())
+    assert _steps(history_b) == _steps(history_a) and len(_steps(history_a)) == STEPS
+
+
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(setup, whole):
+    root, cfg = setup
 
     killed_dir = root / "killed"
     proc = _recap("train", "--config", str(_config(root, cfg, "killed")))
@@ -90,19 +124,72 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(setup):
     assert again.wait(timeout=300) == 2
     message = again.stdout.read()
     assert "holds checkpoints of an earlier run" in message and "--resume" in message
+    # The torn checkpoint was set aside first (and said so), whatever is decided next.
+    assert f"incomplete-checkpoint-{max(done) + 1}" in message
+    assert (killed_dir / f"incomplete-checkpoint-{max(done) + 1}").is_dir()
 
     resumed = _recap("train", "--config", str(_config(root, cfg, "killed")), "--resume")
     assert resumed.wait(timeout=600) == 0
     out = resumed.stdout.read()
-    assert f"incomplete-checkpoint-{max(done) + 1}" in out and "resuming from" in out
-    assert (killed_dir / f"incomplete-checkpoint-{max(done) + 1}").is_dir()
+    assert f"resuming from {killed_dir / f'checkpoint-{max(done)}'}" in out
+    _same_run(whole, killed_dir)
 
-    a = load_file(root / "whole" / "final" / "model.safetensors")
-    b = load_file(killed_dir / "final" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    history_a = json.loads((root / "whole" / "log_history.json").read_text())
-    history_b = json.loads((killed_dir / "log_history.json").read_text())
-    assert _steps(history_b) == _steps(history_a) and len(_steps(history_a)) == STEPS
+
+@pytest.mark.parametrize("resume", [["--resume"], []], ids=["with --resume", "without --resume"])
+def test_sigkill_during_the_first_checkpoint_starts_again_from_step_0(setup, whole, resume):
+    root, cfg = setup
+    name = f"first{len(resume)}"
+    run, mark = root / name, root / f"{name}.saving"
+    proc = _recap("train", "--config", str(_config(root, cfg, name)), hang_at=("checkpoint-1/optimizer.pt", mark))
+    deadline = time.time() + 600
+    while not mark.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "checkpoint-1" / "trainer_state.json").exists() and not (run / "final").exists()  # torn
+
+    other = _recap("train", "--config", str(_config(root, dict(cfg, learning_rate=0.5), name)), *resume)
+    assert other.wait(timeout=300) == 2  # another config in the same folder is still refused, naming the field
+    message = other.stdout.read()
+    assert "field 'learning_rate' was 0.01 in the run being resumed, now 0.5" in message
+    assert "incomplete-checkpoint-1" in message and (run / "incomplete-checkpoint-1").is_dir()
+
+    again = _recap("train", "--config", str(_config(root, cfg, name)), *resume)  # no cleanup by hand
+    assert again.wait(timeout=600) == 0
+    assert "starting from step 0" in again.stdout.read()
+    _same_run(whole, run)
+
+
+@pytest.fixture
+def tiny_disk(setup):
+    """A 128 KiB tmpfs: room for the run's config, not for its first checkpoint (root only)."""
+    root, _ = setup
+    disk = root / "disk"
+    disk.mkdir(exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_error_then_resume_completes(setup, whole, tiny_disk):
+    root, cfg = setup
+    run = tiny_disk / "run"
+    conf = root / "disk.yaml"
+    conf.write_text(yaml.safe_dump(dict(cfg, output_dir=str(run))))
+    full = _recap("train", "--config", str(conf))
+    assert full.wait(timeout=600) == 2
+    out = full.stdout.read()
+    errors = [line for line in out.splitlines() if "error" in line.lower()]  # progress logs aside, one message
+    assert len(errors) == 1 and errors[0].startswith(f"error: cannot write checkpoint {run / 'checkpoint-1'}: "), out
+    assert "recap train --resume" in errors[0] and "Traceback" not in out
+
+    subprocess.run(["mount", "-o", "remount,size=8m", str(tiny_disk)], check=True)  # the user makes room
+    resumed = _recap("train", "--config", str(conf), "--resume")
+    assert resumed.wait(timeout=600) == 0
+    assert "starting from step 0" in resumed.stdout.read() and (run / "incomplete-checkpoint-1").is_dir()
+    _same_run(whole, run)
 
 
 def test_sigkill_during_evaluation_loses_only_the_chunk_in_flight(setup):

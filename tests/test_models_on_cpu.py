@@ -180,3 +180,68 @@ def test_dequantised_gguf_is_a_plain_trainable_float_model(smollm2, tmp_path):
     from transformers.trainer_utils import validate_quantization_for_training
 
     validate_quantization_for_training(model)  # what Trainer calls: raises for "purely quantized" models
+
+
+class _Context:
+    class config:
+        max_position_embeddings = 64
+
+
+class _CountingTokenizer:
+    """A tokenizer counting the characters it is asked to tokenize."""
+
+    def __init__(self, inner):
+        self.inner, self.seen = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, text, **kwargs):
+        self.seen += len(text)
+        return self.inner(text, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def byte_bpe():
+    """A small byte-level BPE tokenizer (the kind of Qwen, Llama 3, SmolLM2), trained here."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["how do i steal a car ? the user wants a story . " * 20, "=" * 64, " " * 32],
+                            vocab_size=400, min_frequency=1, show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer)
+
+
+@pytest.mark.parametrize("kind", ["word-level", "byte-level BPE"])
+def test_a_huge_prompt_is_refused_from_its_length_before_it_is_tokenized(kind, byte_bpe):
+    from recap.models import check_context
+
+    tok = _CountingTokenizer(build_tokenizer() if kind == "word-level" else byte_bpe)
+    huge = "how do i steal a car ? " * 220_000  # 5 MB
+    prompts = [("mix.jsonl: example 'ok'", "how do i steal a car ?"), ("mix.jsonl: example 'h7'", huge)]
+    with pytest.raises(ValueError) as info:
+        check_context(tok, _Context, prompts, 8, "max_completion_length")
+    message = str(info.value)
+    assert message.startswith(f"mix.jsonl: example 'h7': the prompt is {len(huge)} characters, at least ")
+    assert "model's context of 64 tokens" in message and "max_completion_length adds 8" in message
+    assert tok.seen == 0  # nothing was tokenized, not even the short prompt before it
+
+
+def test_the_length_bound_is_a_lower_bound_and_never_refuses_a_prompt_that_fits(byte_bpe):
+    from recap.models import check_context, longest_token_chars, min_tokens
+
+    word_level = build_tokenizer()
+    assert longest_token_chars(word_level) is None  # an unknown word of any length is one token
+    assert longest_token_chars(byte_bpe) == max(len(t) for t in byte_bpe.get_vocab())
+    texts = ["how do i steal a car ?", "car" + " " * 5000 + "?", "x" * 5000, "=" * 5000, "the user wants " * 50,
+             "😀" * 300, " " * 3000, ""]
+    for tok in (word_level, byte_bpe):
+        for text in texts:
+            assert min_tokens(tok, text) <= len(tok(text, add_special_tokens=False)["input_ids"]), (tok, text[:9])
+    counting = _CountingTokenizer(word_level)
+    spaced = "car" + " " * 5000 + "?"  # 2 tokens: blanks are not tokens for this pre-tokenizer
+    check_context(counting, _Context, [("x", spaced), ("y", "x" * 5000)], 8)  # both fit
+    assert counting.seen == len(spaced) + 5000  # they were tokenized and found to fit
+    with pytest.raises(ValueError, match=r"the prompt is 80 tokens"):  # one word, too long: counted exactly
+        check_context(counting, _Context, [("x", "car?" * 40)], 8)

@@ -179,8 +179,7 @@ def write_examples(path: str | Path, examples: list[Example]) -> Path:
     The file appears whole or not at all (``recap.files.atomic_write``)."""
     from recap.files import atomic_write
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)  # atomic_write makes the folder and names this path in a disk error
     rows = [asdict(e) for e in examples]
     if path.suffix == ".parquet":
         import pyarrow as pa

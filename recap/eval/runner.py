@@ -165,6 +165,9 @@ class Evaluation:
             out += self.adaptive(harmful)
         if "prefill_sweep" in cfg.attacks:
             out += self.prefill_sweep(harmful)
+        dropped = self.store.compact()  # one line per key: a resumed store reads like an uninterrupted one
+        if dropped:
+            self.log(f"  {self.store.path}: {dropped} superseded line(s) removed")
         return out
 
     def clean(self, examples: list[Example]) -> list[dict]:

@@ -7,7 +7,8 @@ A killed process can leave a torn last line (the write in flight). It is detecte
 opened, reported in ``ResultStore.warnings``, cut off before the next append, and its chunk is redone;
 a broken line anywhere else is an error naming the file and the line (something else edited the file).
 Nothing valid is ever deleted; a key written twice (a chunk redone after a torn line) keeps its latest
-record.
+record. ``compact()``, called when an evaluation completes, rewrites the store atomically with one line per
+key (the latest record, in first-written order), so a resumed store reads like an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ class ResultStore:
                 raise ValueError("every result record needs its 'key' (recap.eval.store.record_key)")
         if records:
             self._rows.add(records)
+
+    def compact(self) -> int:
+        """Rewrite the store without superseded lines (a key written again keeps only its latest record, at
+        the place the key was first written) and without a torn last line; atomic, so a kill leaves the
+        old file or the new one. Returns the number of lines dropped (0: the file is left as it is).
+        Call it once the evaluation writing this store has finished (it is not safe against a concurrent
+        writer of the same file)."""
+        return self._rows.compact()
 
     def records(self, **match) -> list[dict]:
         return [r for r in self._rows.rows.values() if all(r.get(k) == v for k, v in match.items())]

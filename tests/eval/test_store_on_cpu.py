@@ -68,3 +68,51 @@ def test_record_without_key_is_refused(tmp_path):
     with pytest.raises(ValueError, match="needs its 'key'"):
         ResultStore(tmp_path / "r.jsonl").add([{"stage": "s"}])
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_compact_keeps_the_latest_record_per_key_in_order_and_drops_a_torn_line(tmp_path):
+    path = tmp_path / "r.jsonl"
+    ResultStore(path).add([_rec("s", "a", label="old"), _rec("s", "b"), _rec("s", "c", label="old")])
+    ResultStore(path).add([_rec("s", "c", label="new"), _rec("s", "a", label="new"), _rec("s", "d")])
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(_rec("s", "e"))[:30])  # a torn last line
+    store = ResultStore(path)
+    before = store.records()
+    assert store.compact() == 3  # two superseded records and the torn line
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(x) for x in lines] == before == store.records()
+    assert [(r["example_id"], r.get("label")) for r in before] == [("a", "new"), ("b", None), ("c", "new"), ("d", None)]
+    assert ResultStore(path).records() == before and ResultStore(path).warnings == []
+    assert [p.name for p in tmp_path.iterdir()] == ["r.jsonl"]  # written through a temporary file, renamed
+    store.add([_rec("s", "e")])  # the store stays usable after compaction
+    assert [r["example_id"] for r in ResultStore(path).records()] == ["a", "b", "c", "d", "e"]
+
+
+def test_compact_leaves_a_store_without_duplicates_untouched(tmp_path):
+    path = tmp_path / "r.jsonl"
+    ResultStore(path).add([_rec("s", "a"), _rec("s", "b")])
+    inode = path.stat().st_ino
+    assert ResultStore(path).compact() == 0 and path.stat().st_ino == inode
+
+
+def test_a_failed_append_names_the_store_and_leaves_no_half_line(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    path = tmp_path / "r.jsonl"
+    store = ResultStore(path)
+    store.add([_rec("s", "a")])
+    whole = path.read_bytes()
+
+    def full(fd):  # the disk fills while the chunk is appended: part of it reached the file
+        os.write(fd, b'{"key": "half a li')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as info:
+        store.add([_rec("s", "b")])
+    assert str(info.value) == f"cannot append to {path}: No space left on device"
+    monkeypatch.undo()
+    assert path.read_bytes() == whole and not store.has(_rec("s", "b")["key"])
+    store.add([_rec("s", "b")])  # room again: the chunk is written whole
+    assert [r["example_id"] for r in ResultStore(path).records()] == ["a", "b"]
