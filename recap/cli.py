@@ -28,6 +28,8 @@ judge_app = typer.Typer(no_args_is_help=True, help="Fit, evaluate and apply refu
 app.add_typer(data_app, name="data")
 app.add_typer(judge_app, name="judge")
 app.add_typer(toy_app, name="toy")
+verify_app = typer.Typer(no_args_is_help=True, help="Safety-verification training (SInternal): verification data, then SFT.")
+app.add_typer(verify_app, name="verify")
 export_app = typer.Typer(no_args_is_help=True, help="Hand a RECAP mixture to another RL framework.")
 app.add_typer(export_app, name="export")
 err = Console(stderr=True)
@@ -87,14 +89,15 @@ def demo(
     out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Output folder (resumable)."),
     seeds: Optional[int] = typer.Option(None, help="Number of seeds (default 3; 1 with --quick)."),
     quick: bool = typer.Option(False, "--quick", help="1-seed pipeline check in about 2 minutes (no effect expected)."),
-    compare: bool = typer.Option(False, "--compare", help="Also train on-policy and mixed prefill methods (same budget) and add H-CoT, unseen-generator prefills and the adaptive attacker's worst case to the evaluation."),
+    compare: bool = typer.Option(False, "--compare", help="Compare vanilla, RECAP, Self-ReSET, verification SFT + GRPO and verification SFT + RECAP (same RL budget and seeds), add H-CoT, unseen-generator prefills and the adaptive attacker's worst case to the evaluation, and write comparison.md / comparison.png."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods to train instead of the preset's: vanilla, recap, on_policy, mixed, self_reset, verify_grpo, verify_recap."),
     config: Optional[Path] = typer.Option(None, help="YAML DemoConfig."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
-    """Base → vanilla DAPO and RECAP (same budget; --compare adds on-policy and mixed prefills) → attacks → report, in the miniature world."""
+    """Base → vanilla DAPO and RECAP (same budget; --compare adds Self-ReSET and safety-verification training) → attacks → report, in the miniature world."""
     from recap.demo import DemoConfig, run_demo
 
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     preset = DemoConfig.quick() if quick else DemoConfig()
     if compare:
@@ -102,6 +105,8 @@ def demo(
     cfg = load_config(DemoConfig, config, set_, defaults=asdict(preset))
     if seeds is not None:
         cfg.seeds = seeds
+    if methods is not None:
+        cfg = replace(cfg, methods=[m.strip() for m in methods.split(",") if m.strip()])
     summary = run_demo(cfg, out_dir, log=say)
     out.print(f"report: {out_dir / 'report.html'}  ({out_dir / 'report.md'}, {out_dir / 'summary.json'})")
     return summary
@@ -111,7 +116,7 @@ def demo(
 @friendly_errors
 def train(
     config: Path = typer.Option(..., help="YAML TrainConfig (see configs/)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the killed run in output_dir from its last complete checkpoint (weights, optimizer, scheduler, RNG, data position). Without it, an output_dir holding checkpoints is an error."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the killed run in output_dir from its last complete checkpoint (weights, optimizer, scheduler, RNG, data position); torn checkpoints are set aside, and a run with none restarts from step 0. Without it, an output_dir holding a complete checkpoint is an error."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
     """RL post-training with RECAP (or vanilla DAPO on an α = 0 mixture); --resume continues a killed run."""
@@ -135,7 +140,9 @@ def eval_(
     name: Optional[str] = typer.Option(None, help="Method name recorded with each result (e.g. base, vanilla, recap)."),
     judge: Optional[str] = typer.Option(None, help="Judge spec: rules, rules:<family>, toy, classifier:<file>, guard:<yaml>."),
     config: Optional[Path] = typer.Option(None, help="YAML EvalConfig (with --data)."),
-    engine: Optional[str] = typer.Option(None, help="Generation engine: auto (vllm with a GPU, else hf), hf, llamacpp (GGUF on CPU), vllm."),
+    engine: Optional[str] = typer.Option(None, help="Generation engine: auto (vllm with a GPU, else hf), hf, llamacpp (GGUF on CPU), vllm, endpoint (a served model: --base-url)."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible API root of a served model, e.g. http://127.0.0.1:8000/v1 (implies --engine endpoint; the API key comes from the environment variable endpoint.api_key_env, OPENAI_API_KEY by default)."),
+    served_model: Optional[str] = typer.Option(None, "--served-model", help="Model name the server serves (default: --model; endpoint.model in a suite)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
     """Evaluate a model under every attack; print the metrics as JSON (one object per benchmark with --suite)."""
@@ -144,6 +151,8 @@ def eval_(
     from recap.eval.store import ResultStore
     from recap.rewards.judges import load_judges
 
+    if base_url is not None and engine is None:
+        engine = "endpoint"
     if suite is not None:
         from recap.eval.suite import SuiteConfig, run_suite
 
@@ -151,7 +160,8 @@ def eval_(
             raise ConfigError("--suite takes the benchmarks and settings from its file: drop --data/--config")
         overrides = [f"{k}={json.dumps(v)}" for k, v in
                      (("model", model), ("results", str(results) if results else None), ("name", name),
-                      ("judge", judge), ("engine", engine)) if v is not None]
+                      ("judge", judge), ("engine", engine), ("endpoint.base_url", base_url),
+                      ("endpoint.model", served_model)) if v is not None]
         cfg = load_config(SuiteConfig, suite, [*overrides, *set_])
         with progress_bars() as progress:
             metrics = run_suite(cfg, log=note, progress=progress)
@@ -160,11 +170,12 @@ def eval_(
     if model is None or data is None or results is None:
         raise ConfigError("give --suite FILE, or --model, --data and --results")
     from recap.data.examples import read_examples
-    from recap.engines import load_engine
+    from recap.engines import EndpointConfig, load_engine
 
     cfg = load_config(EvalConfig, config, set_)
     examples = read_examples(data)
-    mdl, tok = load_engine(engine or "auto", model)
+    mdl, tok = load_engine(engine or "auto", model,
+                           endpoint=EndpointConfig(base_url=base_url or "", model=served_model or ""))
     with progress_bars() as progress:
         records = evaluate(mdl, tok, examples, load_judges(judge or "rules"), cfg, ResultStore(results),
                            {"method": name or "model", "model": model, "seed": cfg.seed},
@@ -196,10 +207,11 @@ def report(
 def data_stats(
     file: str = typer.Argument(..., help="A data file (or a hub dataset id when online)."),
     format: str = typer.Option("auto", "--format", help="auto, recap, chat-jsonl, strongreject-csv, wildjailbreak, "
-                               "xstest-csv, gsm8k, math500, aime."),
+                               "xstest-csv, gsm8k, math500, aime, fortress, harmbench (docs/benchmarks.md)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N rows."),
 ):
-    """Validate a data file and print {"n": …, "kinds": {"harmful": …, "benign": …, "task": …}} as JSON."""
+    """Validate a data file and print {"n": …, "kinds": {"harmful": …, "benign": …, "task": …}} as JSON
+    (with "categories": {…} when the rows have them: HarmBench, Fortress)."""
     from recap.data.benchmarks import load_benchmark, stats
 
     out.print_json(json.dumps(stats(load_benchmark(file, format=format, limit=limit))))
@@ -224,6 +236,29 @@ def data_mix(
               f"(α={cfg.alpha}, ℓ={cfg.prefill_words}, seed={cfg.seed})")
 
 
+@data_app.command("recipe")
+@friendly_errors
+def data_recipe(
+    out_file: Path = typer.Option(..., "--out", help="Corpus file (.jsonl or .parquet); the manifest goes to <out>.recipe.json."),
+    config: Optional[Path] = typer.Option(None, help="YAML RecipeConfig (configs/recipe/paper.yaml: the paper's, from the hub; configs/recipe/cpu.yaml: local files). Default: the paper's parts."),
+    prefill: bool = typer.Option(False, "--prefill", help="Also write the counter-aligned reasoning with the config's `prefills` generators (else: fill it later with `recap data prefill`)."),
+    mix: bool = typer.Option(False, "--mix", help="Also build the RECAP mixture with the config's `mixture` (α, ℓ, selection)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+):
+    """The paper's training corpus: harmful, over-refusal and math prompts from the hub or local files, with
+    provenance per row; test splits and evaluation prompts are refused."""
+    from recap.data.recipe import RecipeConfig, manifest_path, run_recipe
+
+    cfg = load_config(RecipeConfig, config, set_)
+    cfg.prefill, cfg.mix = cfg.prefill or prefill, cfg.mix or mix
+    with progress_bars() as progress:
+        manifest = run_recipe(cfg, out_file, log_fn=note, progress=progress)
+    kinds = ", ".join(f"{n} {k}" for k, n in manifest["kinds"].items())
+    extra = f", {sum(manifest['mixture'].values())} prefilled" if "mixture" in manifest else ""
+    out.print(f"{out_file}: {manifest['n']} examples ({kinds}{extra}); provenance in {manifest_path(out_file)}",
+              highlight=False)
+
+
 @export_app.command("verl")
 @friendly_errors
 def export_verl_cmd(
@@ -233,9 +268,11 @@ def export_verl_cmd(
     judge: str = typer.Option("rules", help="Judge spec the reward module uses (as in TrainConfig.judge)."),
     unclosed: str = typer.Option("invalid", help="A response that never closes the think block: invalid or continuation."),
     format_penalty: float = typer.Option(0.0, help="Reward of a response with no final answer."),
+    think_system_prompt: bool = typer.Option(False, "--think-system-prompt", help="Render with recap.chat.THINK_SYSTEM_PROMPT, as TrainConfig.think_system_prompt does (match the training config)."),
 ):
-    """verl's Parquet schema (data_source, prompt, ability, reward_model, extra_info with the prefill) and
-    a reward module with verl's compute_score signature that calls recap's judges."""
+    """verl's Parquet schema (data_source, prompt, ability, reward_model, extra_info with the prefill and the
+    prompt text verl tokenizes into recap train's ids), a reward module with verl's compute_score signature
+    that calls recap's judges, and the dataset class / agent loop files that make verl use those ids."""
     from recap.data.examples import read_examples
     from recap.verl import export_verl
 
@@ -245,8 +282,12 @@ def export_verl_cmd(
 
         tokenizer = load_tokenizer(model)
     paths = export_verl(read_examples(file), out_dir, tokenizer=tokenizer, judge=judge, unclosed=unclosed,
-                        format_penalty=format_penalty)
+                        format_penalty=format_penalty, think_system_prompt=think_system_prompt)
     out.print(f"{paths['data']}\n{paths['reward']}")
+    out.print(f"{paths['dataset']}\n{paths['agent_loop']}", highlight=False)
+    if paths["max_prompt_tokens"] is not None:
+        out.print(f"longest prompt: {paths['max_prompt_tokens']} tokens (data.max_prompt_length must hold it)",
+                  highlight=False)
 
 
 @data_app.command("prefill")
@@ -334,6 +375,53 @@ def judge_score(
         print("\n".join(lines))
 
 
+@verify_app.command("data")
+@friendly_errors
+def verify_data(
+    file: str = typer.Argument(..., help="Training prompts (a recap file or any benchmark format): harmful and benign rows are used, tasks skipped."),
+    model: str = typer.Option(..., help="The initial policy whose answers are sampled and verified (hub id, folder, .gguf, smollm2-135m)."),
+    out_file: Path = typer.Option(..., "--out", help="Verification rows (JSONL); statistics go to <out>.stats.json."),
+    format: str = typer.Option("auto", "--format", help="Input format of FILE (as for `recap data stats`)."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N prompts."),
+    engine: str = typer.Option("auto", help="Generation engine: auto, hf, llamacpp, vllm."),
+    config: Optional[Path] = typer.Option(None, help="YAML VerifyDataConfig (configs/verify-data.yaml)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+):
+    """Sample answers of the initial policy, judge them, keep contrastive pairs (harmful) and one answer
+    (benign), and write critique + verdict targets (template or a stronger model)."""
+    from recap.data.benchmarks import load_benchmark
+    from recap.engines import load_engine
+    from recap.rewards.judges import load_judges
+    from recap.verify import ModelCritic, VerifyDataConfig, build_verify_data
+
+    cfg = load_config(VerifyDataConfig, config, set_)
+    examples = list(load_benchmark(file, format=format, limit=limit))
+    mdl, tok = load_engine(engine, model)
+    critic = ModelCritic(cfg.critic_endpoint, cfg.spec) if cfg.critic == "model" else None
+    rows, stats = build_verify_data(mdl, tok, examples, load_judges(cfg.judge, cfg.judges), cfg, critic, log=note)
+    write_text(out_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text(Path(f"{out_file}.stats.json"), json.dumps({**stats, "model": model, "source": file}, indent=1))
+    out.print(f"{out_file}: {len(rows)} verification examples ({stats.get('harmful_pairs', 0)} harmful pairs, "
+              f"{stats.get('benign_examples', 0)} benign)", highlight=False)
+
+
+@verify_app.command("train")
+@friendly_errors
+def verify_train(
+    config: Path = typer.Option(..., help="YAML VerifyTrainConfig (configs/verify.yaml)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+):
+    """SFT on the critique and verdict tokens only (LoRA r=16, α=32, lr 2e-4, 2 epochs); writes the merged
+    verified model to output_dir/final, the start of `recap train`."""
+    from recap.verify import VerifyTrainConfig, train_verifier
+
+    cfg = load_config(VerifyTrainConfig, config, set_)
+    if not cfg.model or not cfg.data_file:
+        raise ConfigError(f"{config}: fields 'model' and 'data_file' are required")
+    final = train_verifier(cfg, log=note)
+    out.print(f"verified model: {final}")
+
+
 @toy_app.command("data")
 @friendly_errors
 def toy_data(out_dir: Path = typer.Option(Path("toy-data"), "--out"), seed: int = 0):
@@ -357,5 +445,62 @@ def toy_pretrain(out_dir: Path = typer.Option(Path("toy-base"), "--out"), steps:
     out.print(f"base model: {out_dir}")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            out.print(f"recap-align {version('recap-align')}", highlight=False)
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            out.print("recap-align (not installed)", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(show_version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                             help="Print the version and exit.")):
+    """RECAP: robust safety alignment of reasoning models via counter-aligned prefilling."""
+
+
+# What an option's value is, in words, for the help pages (instead of typer's <list[str]>, <path>, <bool>).
+_METAVARS = {"set_": "KEY=VALUE", "set": "KEY=VALUE"}
+
+
+def _words(command) -> None:
+    """``-h`` as well as ``--help``, and option types in words, on ``command`` and all its subcommands."""
+    import typing
+
+    command.context_settings = {**(command.context_settings or {}), "help_option_names": ["-h", "--help"]}
+    for param in command.params:
+        descriptor = getattr(param, "type_descriptor", None)
+        if descriptor is None or getattr(param, "metavar", None) is not None or descriptor.is_choice:
+            continue
+        annotation = descriptor.annotation
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        base = args[0] if typing.get_origin(annotation) is not list and args else annotation
+        if getattr(param, "is_flag", False) or base is bool:
+            param.metavar = ""
+        elif param.name in _METAVARS:
+            param.metavar = _METAVARS[param.name]
+        else:
+            item = typing.get_args(base)[0] if typing.get_origin(base) is list else base
+            param.metavar = {Path: "PATH", int: "INTEGER", float: "NUMBER"}.get(item, "TEXT")
+        if getattr(param, "multiple", False) and param.metavar:
+            param.metavar += " (repeatable)"
+    for sub in getattr(command, "commands", {}).values():
+        _words(sub)
+
+
+def command():
+    """The ``recap`` click command (what the console script runs), with ``-h`` and option types in words."""
+    cmd = typer.main.get_command(app)
+    _words(cmd)
+    return cmd
+
+
+def main() -> None:
+    command()(prog_name="recap")
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -154,7 +154,53 @@ def _source_kwargs(where: str, gguf: str | None, trust_remote_code: bool, allow_
         _check_safetensors(Path(where), allow_pickle)
     elif _looks_like_path(where):
         raise FileNotFoundError(f"model not found: {where} (no such folder; a hub id looks like 'org/name')")
+    else:
+        _check_hub(where, gguf)
     return kwargs
+
+
+ALIASES = (SMOLLM2_ALIAS,)
+HUB_HOST = "huggingface.co"
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be reached now (False at once when HF_HUB_OFFLINE is set)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", f"https://{HUB_HOST}")).hostname or HUB_HOST
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _check_hub(name: str, gguf: str | None) -> None:
+    """Before a hub download: a name close to one of recap's aliases is a typo (said at once, with the
+    alias); a hub id that is neither in the local cache nor reachable fails at once, instead of after a
+    minute of retries. A cached id is read offline."""
+    import difflib
+
+    close = difflib.get_close_matches(name.lower(), ALIASES, n=1, cutoff=0.8)
+    if close and "/" not in name:
+        raise ValueError(f"unknown model {name!r}: not a local folder or file, and not an alias (did you mean "
+                         f"{close[0]!r}?)")
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(name, gguf or "config.json"), str)
+    if hub_reachable():
+        return
+    if cached:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # use the local copy without trying the network
+        return
+    raise ConnectionError(f"model {name!r} is not a local folder or file, not in the Hugging Face cache, and the "
+                          f"hub ({HUB_HOST}) cannot be reached: give a local path, or download it where there is "
+                          "network (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else
+                          f"model {name!r} is not a local folder or file, not in the Hugging Face cache, and the hub "
+                          f"({HUB_HOST}) cannot be reached: give a local path, or download it where there is network")
 
 
 def _looks_like_path(name: str) -> bool:

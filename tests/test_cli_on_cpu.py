@@ -183,3 +183,22 @@ def test_eval_needs_a_suite_or_model_data_results(cli):
     assert r.exit_code == 2 and "drop --data/--config" in _flat(r.output)
     r = cli.invoke(app, ["eval", "--suite", "suite.yaml", "--name", "after"])
     assert r.exit_code == 2 and "error: missing.csv: no such file" in _flat(r.output)
+
+
+def test_short_help_version_and_option_types_in_words():
+    """`recap` as the console script runs it: -h as well as --help on every command, --version, and option
+    types in words (PATH, INTEGER, KEY=VALUE) instead of typer's <path>, <int>, <list[str]>."""
+    from click.testing import CliRunner as ClickRunner
+
+    from recap.cli import command
+
+    runner = ClickRunner()
+    result = runner.invoke(command(), ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("recap-align ")
+    for args in (["-h"], ["demo", "-h"], ["data", "mix", "-h"], ["eval", "--help"]):
+        result = runner.invoke(command(), args, terminal_width=200)
+        assert result.exit_code == 0, (args, result.output)
+        assert "Usage:" in result.output
+    page = runner.invoke(command(), ["demo", "-h"], terminal_width=200).output
+    assert "KEY=VALUE (repeatable)" in page and "PATH" in page and "INTEGER" in page
+    assert "<list[str]>" not in page and "<path>" not in page and "<int>" not in page

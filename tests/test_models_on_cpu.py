@@ -2,6 +2,7 @@
 real chat template under recap's thinking convention, safetensors-only loading, and LoRA. CPU, offline."""
 
 import importlib.util
+import os
 
 import pytest
 import torch
@@ -150,12 +151,44 @@ def test_hub_ids_load_safetensors_only_without_remote_code(monkeypatch):
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", fake_model)
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", fake_tok)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: True)
     load_model("some-org/some-model", dtype="bfloat16")
     name, kw = seen["model"]
     assert name == "some-org/some-model"
     assert kw["use_safetensors"] is True and kw["trust_remote_code"] is False
     assert kw["dtype"] == torch.bfloat16 and "gguf_file" not in kw
     assert seen["tok"][1]["trust_remote_code"] is False
+
+
+def test_a_mistyped_alias_fails_at_once_with_the_alias(monkeypatch):
+    def no_probe(timeout=3.0):
+        raise AssertionError("a typo must be caught before the hub is tried")
+    monkeypatch.setattr(models, "hub_reachable", no_probe)
+    with pytest.raises(ValueError, match=r"unknown model 'smollm2-136m'.*did you mean 'smollm2-135m'\?"):
+        load_model("smollm2-136m")
+
+
+def test_an_unreachable_hub_fails_fast_unless_the_model_is_cached(monkeypatch, tmp_path):
+    import time
+
+    import huggingface_hub
+
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name, **kw: None)
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=r"'some-org/absent' is not a local folder.*cannot be reached"):
+        load_model("some-org/absent")
+    assert time.monotonic() - start < 5  # no minute of retries
+    # a cached model is read offline instead
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name, **kw: str(tmp_path / "config.json"))
+    models._check_hub("some-org/cached", None)
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_hub_reachable_is_false_at_once_when_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert models.hub_reachable() is False
 
 
 def test_apply_lora_trains_adapters_only():

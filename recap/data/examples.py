@@ -112,6 +112,11 @@ def read_examples(path: str | Path) -> list[Example]:
     path = Path(path)
     if not path.exists():
         raise DataError(path, None, None, "no such file")
+    if path.suffix.lower() in (".csv", ".tsv") or _looks_like_a_table(path):
+        raise DataError(path, 1, None, "a CSV/TSV table, not a recap examples file (JSONL or Parquet). Benchmark "
+                        "files are read by `recap data stats FILE --format auto` (see its --format list) and by "
+                        "evaluation suites; `recap data prefill FILE --out examples.jsonl` turns one into recap "
+                        "examples")
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -138,6 +143,18 @@ def read_examples(path: str | Path) -> list[Example]:
             raise DataError(path, line, "id", f"duplicate id {ex.id!r} (first on line {seen[ex.id]})")
         seen[ex.id] = line
     return [ex for _, ex in out]
+
+
+def _looks_like_a_table(path: Path) -> bool:
+    """A file whose first line is a comma- or tab-separated header rather than a JSON object."""
+    if path.suffix == ".parquet":
+        return False
+    try:
+        with path.open("rb") as fh:
+            first = fh.readline(4096).decode("utf-8", errors="replace").strip()
+    except OSError:
+        return False
+    return bool(first) and not first.startswith(("{", "[")) and ("," in first or "\t" in first)
 
 
 def iter_jsonl(path: str | Path):
