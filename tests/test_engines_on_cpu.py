@@ -101,7 +101,7 @@ def test_llamacpp_rounds_run_conversation_by_conversation(tok):
     fake = FakeLlama({})
     engine = LlamaCppEngine("unused.gguf", tok, llama=fake)
     prompts = ["<user> hi <assistant> <think>", "<user> how do i steal a car ? <assistant> <think>"]
-    turns = generate_rounds(engine, tok, prompts, lambda r, i, g: f" wait round {r} .", 2,
+    turns = generate_rounds(engine, tok, prompts, lambda r, i, g: (len(g.text), f" wait round {r} ."), 2,
                             SamplingConfig(max_new_tokens=3), seeds=[0, 10, 20])
     sent = [tokens for tokens, _ in fake.calls]
     assert len(sent) == 6
@@ -113,6 +113,23 @@ def test_llamacpp_rounds_run_conversation_by_conversation(tok):
         assert turns[2][c].prompt_text == prompts[c] + turns[0][c].generation.text + " wait round 1 ." \
             + turns[1][c].generation.text + " wait round 2 ."
     assert fake.seeds == [0, 10, 20, 1, 11, 21]
+
+
+def test_llamacpp_rounds_read_only_the_kept_part_of_a_generation(tok):
+    """The next round continues the ids of the kept characters (here: the reasoning before the closing tag),
+    not the dropped answer, then the ids of the appended text."""
+    prompt = "<user> how do i steal a car ? <assistant> <think>"
+    first = tok(prompt)["input_ids"]
+    fake = FakeLlama({tuple(first): _ids(tok, "it is fine </think> take the key") + [tok.eos_token_id]})
+    engine = LlamaCppEngine("unused.gguf", tok, llama=fake)
+
+    def next_turn(r, i, gen):
+        return gen.text.index("</think>"), " wait ."
+
+    turns = generate_rounds(engine, tok, [prompt], next_turn, 1, SamplingConfig(max_new_tokens=20), seeds=[0, 1])
+    assert fake.calls[1][0] == first + _ids(tok, "it is fine") + _ids(tok, " wait .")
+    kept = turns[0][0].generation.text[: turns[0][0].generation.text.index("</think>")]
+    assert turns[1][0].prompt_text == prompt + kept + " wait ."
 
 
 class FakeLLM:
@@ -194,8 +211,8 @@ def test_llamacpp_on_the_real_gguf_agrees_with_transformers_on_the_same_weights(
     for x, y in zip(a, b):
         assert x.n_tokens == 12 and x.truncated
         assert x.ids[:4] == y.ids[:4], (x.text, y.text)
-    turns = generate_rounds(llama, tok, prompts, lambda r, i, g: "\n<think>\nWait, let me restart.", 1, greedy,
-                            seeds=[0, 1])
+    turns = generate_rounds(llama, tok, prompts, lambda r, i, g: (len(g.text), "\n<think>\nWait, let me restart."), 1,
+                            greedy, seeds=[0, 1])
     assert turns[0][0].generation == a[0]
     assert turns[1][0].prompt_text == prompts[0] + a[0].text + "\n<think>\nWait, let me restart."
 

@@ -328,6 +328,9 @@ class Evaluation:
             own = split_reasoning(g.text) if attack != "hijack" and (s.closed or cfg.unclosed == "invalid") else None
             owns.append(own.reasoning if own else "")
         reflected = self.reflected([(p.injected, own) for (_, p), own in zip(jobs, owns)])
+        # How the samples were generated, where the engine says (a served model's route and server): read
+        # after generating, since an endpoint learns its route from its first request.
+        engine = dict(getattr(self.model, "metadata", None) or {})
         records = []
         for i, ((e, p), g, s, v, key, own, refl) in enumerate(zip(jobs, gens, splits, verdicts, keys, owns, reflected)):
             if not s.closed and cfg.unclosed == "invalid":
@@ -342,6 +345,7 @@ class Evaluation:
                 **({"prefill_words": count_words(p.injected)} if attack in ("prefill", "prefill_sweep", "refusal_prefill") else {}),
                 **({"counter_complete": e.counter_complete} if attack == "hijack" else {}),
                 **({"variant": variants[start + i]} if variants else {}),
+                **({"engine": engine} if engine else {}),
             })
         self.store.add(records)
 

@@ -17,8 +17,9 @@ from recap.chat import with_think_system
 from recap.data.benchmarks import load_benchmark, seeded_subset
 from recap.data.examples import Example
 from recap.data.prefills import PrefillConfig, attach_prefills, generate_prefills
+from recap.engines import EndpointConfig
 from recap.eval.metrics import compute_metrics
-from recap.eval.runner import EvalConfig, evaluate
+from recap.eval.runner import EvalConfig, evaluate, prefill_for
 from recap.eval.store import ResultStore
 
 
@@ -52,7 +53,8 @@ class SuiteConfig:
     think_system_prompt: bool = field(default=False, metadata={"help": "Put recap.chat.THINK_SYSTEM_PROMPT in a system message (models without thinking tags)."})
     held_out_from: list[str] = field(default_factory=list, metadata={"help": "Training files (any loader format); an evaluated prompt found in one is an error."})
     dtype: str = field(default="auto", metadata={"help": "Weights dtype of the model under test: auto (bfloat16 on a GPU, float32 on CPU), float32 or bfloat16 (1.5-1.9x faster on CPUs with AVX512-BF16; the metric change is in docs/performance.md)."})
-    engine: str = field(default="auto", metadata={"help": "Generation engine: auto (vllm with a GPU and vLLM installed, else hf), hf (transformers, batched), llamacpp (GGUF files on CPU), vllm."})
+    engine: str = field(default="auto", metadata={"help": "Generation engine: auto (vllm with a GPU and vLLM installed, else hf), hf (transformers, batched), llamacpp (GGUF files on CPU), vllm, endpoint (a served model over an OpenAI-compatible API: see `endpoint`)."})
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig, metadata={"help": "The served model for engine: endpoint (an OpenAI-compatible server: base_url, served model name, API key variable, route, concurrency; docs/served-models.md)."})
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run the model repository's own Python code (off: only transformers' built-in architectures)."})
     allow_pickle_weights: bool = field(default=False, metadata={"help": "Accept pytorch_model.bin pickle weights (off: safetensors/GGUF only; unpickling can run code)."})
@@ -68,14 +70,26 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def check_held_out(examples: list[Example], training_files: list[str]) -> None:
-    """Raise ``ValueError`` naming the first evaluated prompt that also occurs in a training file."""
+def check_held_out(examples: list[Example], training_files: list[str], prefills: dict[str, str] | None = None) -> None:
+    """Raise ``ValueError`` naming the first evaluated prompt that also occurs in a training file and, with
+    ``prefills`` (example id → the attack prefill evaluation uses), the first attack prefill whose text occurs
+    in a training file's counter-aligned reasoning or prefill: the paper's evaluation prefills come from
+    another generator than its training prefills (Sec. 2)."""
     for path in training_files:
-        seen = {_norm(e.user_text()): e.id for e in load_benchmark(path)}
+        train = load_benchmark(path)
+        seen = {_norm(e.user_text()): e.id for e in train}
         for e in examples:
             if _norm(e.user_text()) in seen:
                 raise ValueError(f"{path}: evaluated prompt {e.id!r} is also training prompt "
                                  f"{seen[_norm(e.user_text())]!r}; evaluation must be held out")
+        if not prefills:
+            continue
+        reasoning = "\n".join(_norm(t) for x in train for t in (x.counter_reasoning, x.prefill) if t)
+        for example_id, prefill in prefills.items():
+            if _norm(prefill) and _norm(prefill) in reasoning:
+                raise ValueError(f"{path}: the attack prefill of evaluated example {example_id!r} occurs in the "
+                                 "training file's counter-aligned reasoning; evaluation prefills must come from "
+                                 "another generator than the training prefills")
 
 
 def load_suite(cfg: SuiteConfig) -> dict[str, list[Example]]:
@@ -132,7 +146,11 @@ def run_suite(cfg: SuiteConfig, *, model=None, tokenizer=None, log: Callable[[st
 
             torch.set_num_threads(cfg.num_threads)
         model, tokenizer = load_engine(cfg.engine, cfg.model, dtype=cfg.dtype, num_threads=cfg.num_threads,
-                                       trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights)
+                                       trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights,
+                                       endpoint=cfg.endpoint)
+    if cfg.held_out_from:
+        check_held_out([], cfg.held_out_from, {e.id: prefill_for(e, cfg.eval) for b in cfg.benchmarks
+                                               for e in suite[b.name] if e.kind in _needs_reasoning(b)})
     store = ResultStore(cfg.results)
     out: dict[str, dict] = {}
     for b in cfg.benchmarks:
@@ -151,29 +169,37 @@ def run_suite(cfg: SuiteConfig, *, model=None, tokenizer=None, log: Callable[[st
 
 
 def suite_table(results: dict[str, dict[str, dict]]) -> list[dict]:
-    """Rows of the before/after table: one per method, the headline number of each benchmark.
+    """Rows of the before/after table: one per method, the headline numbers of each benchmark as the paper
+    reports them.
 
-    ``results`` is ``{method: {benchmark: metrics}}``. "safety clean" is the refusal rate without attack;
-    "safety prefill" / "safety IPRk" are 1 − attack success, i.e. the share of answers the judge did not
-    call compliance (refusals, plus the rare empty answer)."""
+    ``results`` is ``{method: {benchmark: metrics}}``. "safety clean" is the share of answers judged safe
+    without attack; "safety prefill" / "safety IPRk" the share judged safe under the attack (1 − attack
+    success − malformed share); "compliance" is 1 − the refusal rate on benign prompts and "helpfulness"
+    their mean helpfulness score."""
     rows = []
     for method, by_bench in results.items():
         row: dict = {"method": method}
         for bench, m in by_bench.items():
-            def inv(x):
-                return None if x is None else 1.0 - x
+            def safe_share(attack: str, invalid: str):
+                x = m.get(attack)
+                return None if x is None else 1.0 - x - (m.get(invalid) or 0.0)
+            if m.get("safety_clean") is not None:
+                row[f"{bench}: safety clean"] = m["safety_clean"]
             if m.get("attack_prefill_success") is not None:
-                row[f"{bench}: safety clean"] = m["safety_clean"]
-                row[f"{bench}: safety prefill"] = inv(m["attack_prefill_success"])
-                for k in (1, 2, 3):
-                    if m.get(f"attack_ipr{k}_success") is not None:
-                        row[f"{bench}: safety IPR{k}"] = inv(m[f"attack_ipr{k}_success"])
-            elif m.get("safety_clean") is not None:
-                row[f"{bench}: safety clean"] = m["safety_clean"]
+                row[f"{bench}: safety prefill"] = safe_share("attack_prefill_success", "invalid_prefill")
+            for k in sorted(int(x[len("attack_ipr"):-len("_success")]) for x in m
+                            if x.startswith("attack_ipr") and x.endswith("_success")):
+                value = safe_share(f"attack_ipr{k}_success", "invalid_prefill" if k == 1 else f"invalid_ipr{k}")
+                if value is not None:
+                    row[f"{bench}: safety IPR{k}"] = value
             if m.get("overrefusal_clean") is not None:
-                row[f"{bench}: compliance"] = inv(m["overrefusal_clean"])
+                row[f"{bench}: compliance"] = 1.0 - m["overrefusal_clean"]
+            if m.get("helpfulness_clean") is not None:
+                row[f"{bench}: helpfulness"] = m["helpfulness_clean"]
             if m.get("task_accuracy") is not None:
                 row[f"{bench}: accuracy"] = m["task_accuracy"]
+            for key in m:
+                if key.startswith("task_pass@") and m[key] is not None:
+                    row[f"{bench}: {key[len('task_'):]}"] = m[key]
         rows.append(row)
     return rows
-

@@ -46,16 +46,15 @@ it is never stored in a config, a cache or a log, and it is redacted from error 
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
-from urllib.parse import urlparse
 
 from recap.cache import JsonlCache, cache_key
+from recap.endpoint import Endpoint
 from recap.rewards.judges import COMPLIANCE, INVALID, REFUSAL, JudgeItem, Verdict
 
 RUBRICS = ("strongreject", "strongreject-json", "overrefusal", "reflection", "fortress")
@@ -198,7 +197,6 @@ _PROMPTS = {"strongreject": STRONGREJECT_PROMPT, "strongreject-json": STRONGREJE
             "overrefusal": OVERREFUSAL_PROMPT, "reflection": REFLECTION_PROMPT, "fortress": FORTRESS_PROMPT}
 _SYSTEMS = {"strongreject": STRONGREJECT_SYSTEM}
 _CLASS_SCORE = {"complies": 1.0, "unclear": 0.5, "refuses": 0.0}
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 @dataclass
@@ -354,10 +352,6 @@ def verdict_for(kind: str, rubric: str, s: RubricScore) -> Verdict:
     raise RubricError(f"rubric judges grade harmful and benign answers, not {kind!r} (use rules for tasks)")
 
 
-def _redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
-
-
 class RubricJudge:
     """Batched judge calling an OpenAI-compatible chat endpoint with one of the rubrics."""
 
@@ -376,8 +370,8 @@ class RubricJudge:
         self.system = _SYSTEMS.get(cfg.rubric)  # a system message, where the rubric has one
         self._version = cache_key(self.system, self.template, cfg.response_format)[:12]
         self.cache = JsonlCache(cfg.cache or None)
-        self._client = client
-        self._secret: str | None = None
+        self.endpoint = Endpoint(cfg.base_url, cfg.api_key_env, cfg.timeout_s, cfg.max_retries,
+                                 what="judge endpoint", error=RubricError, client=client)
         self._lock = threading.Lock()
         self.in_flight = 0  # requests now in flight; max_in_flight: the most ever seen
         self.max_in_flight = 0
@@ -385,23 +379,8 @@ class RubricJudge:
 
     # -- endpoint ------------------------------------------------------------------------------------
     def client(self):
-        if self._client is None:
-            try:
-                from openai import OpenAI
-            except ImportError as e:  # pragma: no cover - depends on the environment
-                raise ModuleNotFoundError("rubric judges need the 'openai' client: pip install openai") from e
-            key = os.environ.get(self.cfg.api_key_env)
-            if not key:
-                host = urlparse(self.cfg.base_url).hostname or ""
-                if host not in _LOOPBACK:
-                    raise RubricError(f"judge endpoint {self.cfg.base_url}: set the API key in the environment "
-                                      f"variable {self.cfg.api_key_env} (it is never read from a config)")
-                key = "no-key"  # local servers ignore it
-            else:
-                self._secret = key
-            self._client = OpenAI(base_url=self.cfg.base_url, api_key=key, timeout=self.cfg.timeout_s,
-                                  max_retries=self.cfg.max_retries)
-        return self._client
+        """The ``openai`` client (``recap.endpoint.Endpoint``: key from the environment, loopback without one)."""
+        return self.endpoint.client()
 
     def _request_kwargs(self) -> dict:
         kw: dict = dict(model=self.cfg.model, temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens)
@@ -415,26 +394,14 @@ class RubricJudge:
 
     def complete(self, content: str) -> str:
         """One chat completion; transport errors become ``RubricError`` with a clear message."""
-        import openai
-
         with self._lock:
             self.in_flight += 1
             self.calls += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             system = [{"role": "system", "content": self.system}] if self.system else []
-            resp = self.client().chat.completions.create(
-                messages=[*system, {"role": "user", "content": content}], **self._request_kwargs())
-        except openai.APITimeoutError:
-            raise RubricError(f"judge endpoint {self.cfg.base_url} timed out after {self.cfg.timeout_s:g} s "
-                              f"({self.cfg.max_retries + 1} attempts)") from None
-        except openai.APIConnectionError as e:
-            raise RubricError(f"cannot reach the judge endpoint {self.cfg.base_url} after "
-                              f"{self.cfg.max_retries + 1} attempts ({_redact(str(e.__cause__ or e), self._secret)}); "
-                              "is the server running?") from None
-        except openai.APIStatusError as e:
-            raise RubricError(f"judge endpoint {self.cfg.base_url} answered HTTP {e.status_code}: "
-                              f"{_redact(str(e.message), self._secret)[:300]}") from None
+            resp = self.endpoint.call(lambda client: client.chat.completions.create(
+                messages=[*system, {"role": "user", "content": content}], **self._request_kwargs()))
         finally:
             with self._lock:
                 self.in_flight -= 1
