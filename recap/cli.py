@@ -32,6 +32,8 @@ verify_app = typer.Typer(no_args_is_help=True, help="Safety-verification trainin
 app.add_typer(verify_app, name="verify")
 export_app = typer.Typer(no_args_is_help=True, help="Hand a RECAP mixture to another RL framework.")
 app.add_typer(export_app, name="export")
+sft_app = typer.Typer(no_args_is_help=True, help="Supervised fine-tuning (the warm start before RL) and context distillation.")
+app.add_typer(sft_app, name="sft")
 err = Console(stderr=True)
 out = Console()
 
@@ -77,6 +79,25 @@ def progress_bars():
         bars.update(tasks[stage], completed=done, total=total)
 
     with bars:
+        yield update
+
+
+@contextlib.contextmanager
+def training_progress(name: str):
+    """A ``progress(step, max_steps, logs)`` callback drawing one rich line for a training run: step, mean
+    reward by kind (from the latest log) and ETA."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rewards]}"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
+    task = bar.add_task(f"train {name}", total=None, rewards="")
+
+    def update(step: int, max_steps: int, logs: dict) -> None:
+        rewards = " ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in sorted(logs.items())
+                           if k.startswith("reward/") and isinstance(v, (int, float)))
+        bar.update(task, completed=step, total=max_steps, rewards=rewards)
+
+    with bar:
         yield update
 
 
@@ -126,7 +147,8 @@ def train(
     if not cfg.model or not cfg.train_file:
         raise ConfigError(f"{config}: fields 'model' and 'train_file' are required")
     cfg.resume = "must" if resume else "never"
-    final = run_train(cfg, log=note)
+    with training_progress(cfg.output_dir) as progress:
+        final = run_train(cfg, log=note, progress=progress)
     out.print(f"final model: {final}")
 
 
@@ -401,23 +423,24 @@ def verify_data(
     rows, stats = build_verify_data(mdl, tok, examples, load_judges(cfg.judge, cfg.judges), cfg, critic, log=note)
     write_text(out_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     write_text(Path(f"{out_file}.stats.json"), json.dumps({**stats, "model": model, "source": file}, indent=1))
-    out.print(f"{out_file}: {len(rows)} verification examples ({stats.get('harmful_pairs', 0)} harmful pairs, "
-              f"{stats.get('benign_examples', 0)} benign)", highlight=False)
+    out.print(f"{out_file}: {stats['verification_rows']} verification examples ({stats.get('harmful_pairs', 0)} harmful "
+              f"pairs, {stats.get('benign_examples', 0)} benign), {stats.get('replay_rows', 0)} replay rows", highlight=False)
 
 
 @verify_app.command("train")
 @friendly_errors
 def verify_train(
-    config: Path = typer.Option(..., help="YAML VerifyTrainConfig (configs/verify.yaml)."),
+    config: Path = typer.Option(..., help="YAML SFTTrainConfig (configs/verify.yaml)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
     """SFT on the critique and verdict tokens only (LoRA r=16, α=32, lr 2e-4, 2 epochs); writes the merged
     verified model to output_dir/final, the start of `recap train`."""
-    from recap.verify import VerifyTrainConfig, train_verifier
+    from recap.sft import SFTTrainConfig
+    from recap.verify import train_verifier
 
-    cfg = load_config(VerifyTrainConfig, config, set_)
-    if not cfg.model or not cfg.data_file:
-        raise ConfigError(f"{config}: fields 'model' and 'data_file' are required")
+    cfg = load_config(SFTTrainConfig, config, set_)
+    if not cfg.model or not cfg.train_file:
+        raise ConfigError(f"{config}: fields 'model' and 'train_file' are required")
     final = train_verifier(cfg, log=note)
     out.print(f"verified model: {final}")
 
@@ -500,6 +523,50 @@ def command():
 
 def main() -> None:
     command()(prog_name="recap")
+
+
+@sft_app.command("data")
+@friendly_errors
+def sft_data(
+    file: str = typer.Argument(..., help="Prompts: a recap file or any benchmark format (see `data stats`)."),
+    out_file: Path = typer.Option(..., "--out", help="SFT rows (JSONL; the format is in recap.sft's docstring)."),
+    format: str = typer.Option("auto", "--format", help="Input format (as for `data stats`)."),
+    limit: Optional[int] = typer.Option(None, help="Only N prompts."),
+    subset_seed: Optional[int] = typer.Option(None, help="Draw the N prompts at random with this seed."),
+    config: Optional[Path] = typer.Option(None, help="YAML DistillConfig (teacher, safety system prompt, samples, judge, cache)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+):
+    """Context distillation: the teacher's answers under a safety system prompt, kept when the judge rates them
+    safe (harmful prompts) or helpful (benign ones), written as SFT rows without the system prompt."""
+    from recap.data.benchmarks import load_benchmark
+    from recap.sft import DistillConfig, distill, write_rows
+
+    cfg = load_config(DistillConfig, config, set_)
+    examples = list(load_benchmark(file, format=format, limit=limit, subset_seed=subset_seed))
+    with progress_bars() as progress:
+        rows, stats = distill(examples, cfg, progress=lambda done, total: progress("teacher samples", done, total))
+    write_rows(out_file, rows)
+    write_text(Path(f"{out_file}.stats.json"), json.dumps(stats, indent=1))
+    kept = ", ".join(f"{k}: {s['rows']} rows from {s['prompts']} prompts" for k, s in stats.items())
+    out.print(f"{out_file}: {len(rows)} rows ({kept}); counts in {out_file}.stats.json", highlight=False)
+
+
+@sft_app.command("train")
+@friendly_errors
+def sft_train(
+    config: Path = typer.Option(..., help="YAML SFTTrainConfig (see configs/smollm2/sft.yaml)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the killed run in output_dir from its last complete checkpoint."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+):
+    """Supervised fine-tuning on prompt/completion rows (TRL SFTTrainer; loss on the completions only; LoRA or full)."""
+    from recap.sft import SFTTrainConfig, train_sft
+
+    cfg = load_config(SFTTrainConfig, config, set_)
+    if not cfg.model or not cfg.train_file:
+        raise ConfigError(f"{config}: fields 'model' and 'train_file' are required")
+    cfg.resume = "must" if resume else "never"
+    final = train_sft(cfg, log=note)
+    out.print(f"final model: {final}")
 
 
 if __name__ == "__main__":

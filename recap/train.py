@@ -804,12 +804,39 @@ def _stop_on_write_failures(trainer: RecapTrainer, out: Path) -> None:
     trainer._save_checkpoint = guarded
 
 
-def train(cfg: TrainConfig, examples: list[Example] | None = None, log: Callable[[str], None] = print) -> Path:
+TRAIN_LOG = "train_log.jsonl"  # every log of the run, one JSON object a line
+
+
+def _train_log_callback(path: Path, progress: Callable[[int, int, dict], None] | None):
+    """A ``TrainerCallback`` that appends every log of the run to ``path`` (instead of printing TRL's dicts)
+    and tells ``progress(step, max_steps, latest logs)`` after every optimizer step."""
+    from transformers import TrainerCallback
+
+    class TrainLog(TrainerCallback):
+        latest: dict = {}
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                self.latest = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if progress is not None and state.is_world_process_zero:
+                progress(state.global_step, state.max_steps, self.latest)
+
+    return TrainLog()
+
+
+def train(cfg: TrainConfig, examples: list[Example] | None = None, log: Callable[[str], None] = print,
+          progress: Callable[[int, int, dict], None] | None = None) -> Path:
     """Run RECAP (or vanilla DAPO, if the mixture has no prefills). Checkpoints in ``output_dir`` are
     handled as ``cfg.resume`` says; resuming restores the weights, optimizer, scheduler, RNG states and
     the data position of the last complete checkpoint, after checking that the config and the content of
     the inputs (``input_hashes``) are those of the run being resumed. Returns the folder of the final
-    model, which is written whole or not at all."""
+    model, which is written whole or not at all. TRL's log dicts go to ``output_dir/train_log.jsonl``,
+    not to the terminal; ``progress(step, max_steps, latest logs)`` follows every step."""
     from recap.files import atomic_dir, write_text
 
     if cfg.resume not in RESUME_MODES:
@@ -837,6 +864,10 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None, log: Callable
     if cfg.report_to not in ("none", ""):
         log(f"reporting scalar metrics to {cfg.report_to}; completions and prompts are not sent (log_completions off)")
     trainer = build_trainer(cfg, examples)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # the logs go to train_log.jsonl (and to `progress`) instead
+    trainer.add_callback(_train_log_callback(out / TRAIN_LOG, progress))
     _stop_on_write_failures(trainer, out)
     if trainer.planner is not None and ckpt is not None and (ckpt / PLANNER_STATE).is_file():
         trainer.planner.load_state(json.loads((ckpt / PLANNER_STATE).read_text(encoding="utf-8")))
