@@ -215,14 +215,26 @@ def metric_stats(records: Iterable[dict]) -> dict[str, dict]:
     return {m: s for m, s in out.items() if s is not None}
 
 
-def ordered(metrics: Iterable[str]) -> list[str]:
-    """``metrics`` in report order: ``METRICS`` first, then the IPR rounds, sweep lengths and the rest."""
-    present = set(metrics)
+# Report order of the conditions a metric name can mention (the rest keep METRICS order).
+_CONDITIONS = ("clean", "prefill", "ipr", "hijack", "hcot", "prefill_unseen", "adaptive", "refusal_prefill")
 
+
+def ordered(metrics: Iterable[str]) -> list[str]:
+    """``metrics`` in report order: by area and condition (clean, prefill, IPR rounds in order, hijack, the
+    stronger attacks, the prefill-length sweep), the judged-unsafe rate before the refusal rate."""
     def key(m: str):
         nums = [int(x) for x in re.findall(r"\d+", m)]
-        return (m not in METRICS, METRICS.index(m) if m in METRICS else 0, re.sub(r"\d+", "#", m), nums)
-    return sorted(present, key=key)
+        group = 0 if m.startswith(("safety_", "attack_", "refusal_rate_")) else 2 if m.startswith("invalid_") else 1
+        if group == 1:
+            return (1, METRICS.index(m) if m in METRICS else len(METRICS), nums, 0)
+        stem = re.sub(r"^(safety|attack|refusal_rate|invalid)_|_success$|_worst_case$", "", m)
+        if re.fullmatch(r"prefill_\d+w", stem):  # the sweep comes last, by length
+            return (group, len(_CONDITIONS), nums, 0)
+        cond = "ipr" if re.fullmatch(r"ipr\d+", stem) else stem
+        rnd = nums or ([1] if cond == "prefill" else [0])
+        return (group, _CONDITIONS.index(cond) if cond in _CONDITIONS else len(_CONDITIONS) - 1, rnd,
+                m.startswith("refusal_rate_"))
+    return sorted(set(metrics), key=key)
 
 
 def compute_metrics(records: Iterable[dict]) -> dict[str, float | None]:

@@ -100,7 +100,13 @@ def test_every_metric_on_known_records():
     assert set(got) == set(EXPECTED) | set(METRICS)
     for m, value in EXPECTED.items():
         assert got[m] == pytest.approx(value), m
-    assert list(got)[: len(METRICS)] == list(METRICS)  # report order: the fixed metrics, then the dynamic ones
+    # report order: by condition, IPR rounds in order right after the prefill attack, unsafe before refusal
+    order = list(got)
+    assert order[:6] == ["safety_clean", "refusal_rate_clean", "attack_prefill_success", "refusal_rate_prefill",
+                         "attack_ipr1_success", "attack_ipr2_success"]
+    assert order.index("attack_ipr4_success") < order.index("attack_hijack_success") < order.index(
+        "attack_prefill_50w_success")
+    assert order.index("invalid_ipr2") < order.index("invalid_hijack")
 
 
 def test_safety_is_judged_safety_not_refusal():
