@@ -35,6 +35,8 @@ class BenchmarkSpec:
     kinds: list[str] = field(default_factory=list, metadata={"help": "Keep only these kinds (e.g. [benign] for XSTest's safe prompts); empty keeps all."})
     attacks: list[str] = field(default_factory=lambda: ["clean"], metadata={"help": "Conditions run on this benchmark (clean, prefill, refusal_prefill, hijack, ipr; opt-in hcot, prefill_unseen, adaptive)."})
     max_new_tokens: int | None = field(default=None, metadata={"help": "Token budget of this benchmark's answers (default: eval.sampling.max_new_tokens)."})
+    judge: str = field(default="", metadata={"help": "Judge of this benchmark ('' = the suite's `judge`), e.g. rubric:judge-fortress.yaml for Fortress's own rubric items."})
+    judges: dict[str, str] = field(default_factory=dict, metadata={"help": "Per-kind judge overrides for this benchmark (on top of the suite's `judges`)."})
 
 
 @dataclass
@@ -129,7 +131,15 @@ def run_suite(cfg: SuiteConfig, *, model=None, tokenizer=None, log: Callable[[st
     from recap.rewards.judges import load_judges
 
     suite = load_suite(cfg)
-    judge = load_judges(cfg.judge, cfg.judges)
+    judges: dict[tuple, object] = {}  # one judge per distinct (default, per-kind) spec, shared by benchmarks
+
+    def judge_of(b: BenchmarkSpec):
+        spec = (b.judge or cfg.judge, tuple(sorted({**cfg.judges, **b.judges}.items())))
+        if spec not in judges:
+            judges[spec] = load_judges(spec[0], dict(spec[1]))
+        return judges[spec]
+    for b in cfg.benchmarks:  # a bad judge spec fails before any generation
+        judge_of(b)
     for b in cfg.benchmarks:
         kinds = _needs_reasoning(b)
         if not kinds:
@@ -161,7 +171,7 @@ def run_suite(cfg: SuiteConfig, *, model=None, tokenizer=None, log: Callable[[st
         ecfg = replace(cfg.eval, attacks=list(b.attacks))
         if b.max_new_tokens:
             ecfg = replace(ecfg, sampling=replace(ecfg.sampling, max_new_tokens=b.max_new_tokens))
-        records = evaluate(model, tokenizer, examples, judge, ecfg, store,
+        records = evaluate(model, tokenizer, examples, judge_of(b), ecfg, store,
                            {"method": cfg.name, "model": cfg.model, "seed": cfg.eval.seed, "benchmark": b.name}, log=log,
                            progress=progress and (lambda s, d, t, n=b.name: progress(f"{n}/{s}", d, t)))
         out[b.name] = compute_metrics(records)

@@ -137,3 +137,16 @@ def test_held_out_check_refuses_a_training_prefill_as_attack_prefill(files, toy)
     train.write_text(json.dumps({"id": "t1", "kind": "harmful", "prompt": "unrelated request",
                                  "counter_reasoning": "a different generator wrote this"}) + "\n")
     run_suite(_suite(files, held_out_from=[str(train)]), model=model, tokenizer=tok)
+
+
+def test_a_benchmark_can_have_its_own_judge(files, toy):
+    """Fortress-style rubric judges fit one benchmark only: a benchmark's own judge replaces the suite's."""
+    model, tok = toy
+    cfg = _suite(files)
+    cfg.benchmarks[2].judge = "rules:xstest"  # gsm8k: another judge spec (a task judge either way)
+    run_suite(cfg, model=model, tokenizer=tok)
+    judges = {r["benchmark"]: r["judge"] for r in ResultStore(files["dir"] / "results.jsonl").records()}
+    assert judges == {"strongreject": "refusal-rules", "xstest": "refusal-rules", "gsm8k": "refusal-rules-xstest"}
+    cfg.benchmarks[0].judge = "nope"
+    with pytest.raises(ValueError, match="unknown judge 'nope'"):
+        run_suite(cfg, model=model, tokenizer=tok)
