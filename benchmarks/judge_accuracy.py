@@ -1,19 +1,29 @@
 """Cross-model accuracy of the offline refusal judges on XSTest v2 human-labelled completions.
 
 Binary target: compliance (``1_full_compliance``) vs any refusal (``2_full_refusal``,
-``3_partial_refusal``). Each learned judge is fitted on one model's completions and scored on the
-other model's; the rule families need no fitting and are scored on each file.
+``3_partial_refusal``). Every learned judge is scored only on completions it was not fitted on:
+
+* ``gpt4 → llama2new`` / ``llama2new → gpt4``: fit on one model's XSTest completions (plus the shipped
+  set ``recap/rewards/data/refusal_labels.csv`` on rows marked ``+own``), score the other model's;
+* ``own:<family>``: fit on both XSTest files plus the shipped set *without* one style family, score
+  that family (rows without ``+own`` fit on the two XSTest files only).
+
+The rule judges need no fitting and are simply scored on each set. ``own held out`` pools the family
+columns (accuracy over all rows of the shipped set, each scored by a judge fitted without its
+family); ``worst`` is the minimum of the two XSTest directions and ``own held out``. The default is
+chosen by ``worst`` (then by the mean of those three).
 
     python benchmarks/judge_accuracy.py [--data-dir ../shared/datasets/judge] [--json out.json]
 
-Embeddings are computed once per text (an in-process cache around the encoder) so that the many
-variants cost one encoding pass; the default judge is then refitted end to end through the public API
-(``fit_refusal_judge`` → save → load → ``evaluate_refusal_judge``) as a check.
+Embeddings are computed once per (text, token limit) (an in-process cache around the encoder), so the
+many variants cost one encoding pass; every judge is fitted, saved, loaded and scored through the
+public API (``fit_refusal_judge`` → ``EmbeddingRefusalJudge.load`` → ``evaluate_refusal_judge``).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import tempfile
@@ -25,39 +35,68 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recap.rewards.judges import RULE_FAMILIES  # noqa: E402
-from recap.rewards.refusal import (DEFAULT_FEATURES, DEFAULT_OVERRIDE, EmbeddingRefusalJudge,  # noqa: E402
-                                   SentenceEncoder, evaluate_refusal_judge, fit_refusal_judge, get_encoder,
+from recap.rewards.judges import RULE_FAMILIES, JudgeItem, refusal_verdict  # noqa: E402
+from recap.rewards.refusal import (BUILTIN_LABELS, DEFAULT_CLASSES, DEFAULT_FEATURES,  # noqa: E402
+                                   DEFAULT_OVERRIDE, EmbeddingRefusalJudge, SentenceEncoder,
+                                   evaluate_refusal_judge, explicit_refusal, fit_refusal_judge, get_encoder,
                                    read_labelled_completions)
 
 FILES = {"gpt4": "xstest_v2_completions_gpt4.csv", "llama2new": "xstest_v2_completions_llama2new.csv"}
+OLD = ("answer+rules", "xstest", "binary")  # the default before the transfer work
 
-# (row name, features, override)
+# (row name, features, override, classes, fit on the shipped set too)
 VARIANTS = [
-    ("classifier (answer)", "answer", None),
-    ("both: classifier + rule features", "answer+rules", None),
-    ("both: classifier + recap override", "answer", "recap"),
-    ("both: classifier + xstest override", "answer", "xstest"),
-    ("both: rule features + xstest override", "answer+rules", "xstest"),
-    ("both: rule features + gcg override", "answer+rules", "gcg"),
-    ("classifier (answer+prompt) *", "answer+prompt", None),
-    ("both: answer+prompt+rules *", "answer+prompt+rules", None),
+    ("old default: answer+rules, xstest override, binary", *OLD, False),
+    ("old default + own data", *OLD, True),
+    ("new default, XSTest files only", DEFAULT_FEATURES, DEFAULT_OVERRIDE, DEFAULT_CLASSES, False),
+    ("NEW DEFAULT (+own data)", DEFAULT_FEATURES, DEFAULT_OVERRIDE, DEFAULT_CLASSES, True),
+    ("  classes binary" if DEFAULT_CLASSES == "partial" else "  classes partial", DEFAULT_FEATURES, DEFAULT_OVERRIDE,
+     "binary" if DEFAULT_CLASSES == "partial" else "partial", True),
+    ("  answer+rules (+own)", "answer+rules", None, DEFAULT_CLASSES, True),
+    ("  answer+rules+flags (no opening)", "answer+rules+flags", None, DEFAULT_CLASSES, True),
+    ("  answer+opening+rules (no flags)", "answer+opening+rules", None, DEFAULT_CLASSES, True),
+    ("  answer+opening (no rules, no flags)", "answer+opening", None, DEFAULT_CLASSES, True),
+    ("  default + explicit override", DEFAULT_FEATURES, "explicit", DEFAULT_CLASSES, True),
+    ("  default + xstest override", DEFAULT_FEATURES, "xstest", DEFAULT_CLASSES, True),
+    ("  default + prompt block *", DEFAULT_FEATURES + "+prompt", DEFAULT_OVERRIDE, DEFAULT_CLASSES, True),
 ]
 
 
 class CachedEncoder:
-    """Memoises ``encode`` per text; otherwise the same encoder."""
+    """Memoises ``encode`` per (text, token limit); otherwise the same encoder."""
 
     def __init__(self, enc: SentenceEncoder):
         self.enc, self.cache = enc, {}
         self.dim, self.max_length, self.path = enc.dim, enc.max_length, enc.path
 
-    def encode(self, texts, batch_size=32):
-        new = list(dict.fromkeys(t for t in texts if t not in self.cache))
+    def encode(self, texts, batch_size=32, max_length=None):
+        limit = min(max_length or self.max_length, self.max_length)
+        new = list(dict.fromkeys(t for t in texts if (t, limit) not in self.cache))
         if new:
-            for t, v in zip(new, self.enc.encode(new, batch_size)):
-                self.cache[t] = v
-        return np.stack([self.cache[t] for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
+            for t, v in zip(new, self.enc.encode(new, batch_size, max_length=limit)):
+                self.cache[(t, limit)] = v
+        return np.stack([self.cache[(t, limit)] for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
+
+
+class ExplicitRuleJudge:
+    """``explicit_refusal`` as a judge (for the table)."""
+
+    name = "refusal-rules-explicit"
+
+    def judge(self, items):
+        return [refusal_verdict(it.kind, explicit_refusal(it.answer)) for it in items]
+
+
+def _write_subset(path: Path, src: Path, keep) -> Path:
+    with open(src, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if keep(r)]
+        fields = reader.fieldnames
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerows(rows)
+    return path
 
 
 def main(argv=None) -> int:
@@ -76,60 +115,71 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     print("reproduce: python benchmarks/judge_accuracy.py --data-dir", args.data_dir)
-    rows = {k: read_labelled_completions(p) for k, p in paths.items()}
-    for k, r in rows.items():
-        print(f"{k}: {len(r)} completions, {sum(x.refused for x in r)} refusals (full or partial)")
+    own_rows = read_labelled_completions(BUILTIN_LABELS)
+    families = sorted({r.family for r in own_rows})
+    for k, p in [*paths.items(), ("own", BUILTIN_LABELS)]:
+        r = read_labelled_completions(p)
+        print(f"{k}: {len(r)} completions, {sum(x.refused for x in r)} refusals "
+              f"({sum(x.partial for x in r)} partial)")
 
     t0 = time.perf_counter()
     enc = CachedEncoder(get_encoder())
-    for r in rows.values():
-        enc.encode([x.completion for x in r], args.batch_size)
-        enc.encode([x.prompt for x in r], args.batch_size)
-    print(f"encoded {len(enc.cache)} distinct texts in {time.perf_counter() - t0:.1f} s "
-          f"(max_length {enc.max_length} tokens, {torch.get_num_threads()} threads)\n")
-
-    directions = [("gpt4", "llama2new"), ("llama2new", "gpt4")]
     results: list[dict] = []
-    for fam in RULE_FAMILIES:
-        accs = {f"{a}->{b}": evaluate_refusal_judge(f"rules-{fam}", paths[b])["accuracy"] for a, b in directions}
-        results.append({"judge": f"rules: {fam}", **accs})
     with tempfile.TemporaryDirectory() as tmp:
-        for name, feats, over in VARIANTS:
-            accs, Cs = {}, []
-            for a, b in directions:
-                j = fit_refusal_judge([paths[a]], features=feats, override=over, encoder=enc,
-                                      batch_size=args.batch_size)
-                accs[f"{a}->{b}"] = evaluate_refusal_judge(j, paths[b])["accuracy"]
-                Cs.append(j.meta["classifier"]["C"])
-            results.append({"judge": name, "features": feats, "override": over, "C": Cs, **accs})
-        # the default, end to end through the public API and a saved file
-        accs = {}
-        for a, b in directions:
-            out = Path(tmp) / f"refusal-{a}.npz"
-            fit_refusal_judge([paths[a]], out, encoder=enc, batch_size=args.batch_size)
-            loaded = EmbeddingRefusalJudge.load(out, encoder=enc)  # type: ignore[arg-type]
-            accs[f"{a}->{b}"] = evaluate_refusal_judge(loaded, paths[b])["accuracy"]
-        results.append({"judge": f"DEFAULT ({DEFAULT_FEATURES}, override={DEFAULT_OVERRIDE}) via save/load", **accs})
-        # the default reading only the first 64 tokens of each answer (about 4x cheaper on long answers)
-        enc64 = CachedEncoder(get_encoder(max_length=64))
-        accs = {}
-        for a, b in directions:
-            j = fit_refusal_judge([paths[a]], encoder=enc64, batch_size=args.batch_size)
-            accs[f"{a}->{b}"] = evaluate_refusal_judge(j, paths[b])["accuracy"]
-        results.append({"judge": "DEFAULT, encoder reads 64 tokens", **accs})
+        tmp = Path(tmp)
+        own_without = {f: _write_subset(tmp / f"own-without-{f}.csv", BUILTIN_LABELS, lambda r, f=f: r["family"] != f)
+                       for f in families}
+        own_only = {f: _write_subset(tmp / f"own-{f}.csv", BUILTIN_LABELS, lambda r, f=f: r["family"] == f)
+                    for f in families}
+        # column → (training files without own data, training files with own data, scored file)
+        columns = {"gpt4 → llama2new": ([paths["gpt4"]], [paths["gpt4"], BUILTIN_LABELS], paths["llama2new"]),
+                   "llama2new → gpt4": ([paths["llama2new"]], [paths["llama2new"], BUILTIN_LABELS], paths["gpt4"])}
+        for f in families:
+            columns[f"own:{f}"] = ([paths["gpt4"], paths["llama2new"]],
+                                   [paths["gpt4"], paths["llama2new"], own_without[f]], own_only[f])
 
-    keys = [f"{a}->{b}" for a, b in directions]
-    w = max(len(r["judge"]) for r in results)
-    head = f"| {'judge':<{w}} | " + " | ".join(f"fit {a} → score {b}" for a, b in directions) + " | worst |"
-    print(head)
-    print("|" + "-" * (w + 2) + "|" + "|".join("-" * (len(f" fit {a} → score {b} ")) for a, b in directions)
-          + "|-------|")
+        sizes = {c: len(read_labelled_completions(test)) for c, (_, _, test) in columns.items()}
+        for fam in RULE_FAMILIES:
+            results.append({"judge": f"rules: {fam}",
+                            **{c: evaluate_refusal_judge(f"rules-{fam}", test)["accuracy"]
+                               for c, (_, _, test) in columns.items()}})
+        results.append({"judge": "rules: explicit (refusal.py)",
+                        **{c: evaluate_refusal_judge(ExplicitRuleJudge(), test)["accuracy"]
+                           for c, (_, _, test) in columns.items()}})
+        for name, feats, over, classes, own in VARIANTS:
+            row: dict = {"judge": name, "features": feats, "override": over, "classes": classes, "own_data": own,
+                         "C": {}, "brier": {}}
+            for c, (plain, with_own, test) in columns.items():
+                out = tmp / "judge.npz"
+                fit_refusal_judge(with_own if own else plain, out, features=feats, override=over, classes=classes,
+                                  builtin=False, encoder=enc, batch_size=args.batch_size)
+                judge = EmbeddingRefusalJudge.load(out, encoder=enc)  # type: ignore[arg-type]
+                res = evaluate_refusal_judge(judge, test)
+                row[c], row["C"][c], row["brier"][c] = res["accuracy"], judge.meta["classifier"]["C"], res["brier"]
+            results.append(row)
+            print(f"  fitted {name} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    keys = list(columns)
+    fam_keys = keys[2:]
     for r in results:
-        cells = " | ".join(f"{r[k]:>{len(f'fit {a} → score {b}')}.3f}" for k, (a, b) in zip(keys, directions))
-        print(f"| {r['judge']:<{w}} | {cells} | {min(r[k] for k in keys):.3f} |")
-    print("\nrules need no fitting: their two columns are simply their accuracy on the scored file.")
-    print("* both files answer the same 450 XSTest prompts, so prompt features see the scored prompts "
-          "during fitting (optimistic).")
+        r["own held out"] = sum(r[k] * sizes[k] for k in fam_keys) / sum(sizes[k] for k in fam_keys)
+        main3 = [r[keys[0]], r[keys[1]], r["own held out"]]
+        r["worst"], r["mean"] = min(main3), float(np.mean(main3))
+    w = max(len(r["judge"]) for r in results)
+    cols = keys + ["own held out", "worst", "mean"]
+    print(f"\n{len(enc.cache)} distinct encodings, {time.perf_counter() - t0:.0f} s in all\n")
+    print(f"| {'judge':<{w}} | " + " | ".join(cols) + " |")
+    print(f"|{'-' * (w + 2)}|" + "|".join("-" * (len(c) + 2) for c in cols) + "|")
+    for r in results:
+        print(f"| {r['judge']:<{w}} | " + " | ".join(f"{r[c]:>{len(c)}.3f}" for c in cols) + " |")
+    learned = [r for r in results if "features" in r]
+    best = max(learned, key=lambda r: (r["worst"], r["mean"]))
+    print(f"\nbest worst-column accuracy: {best['judge']} (worst {best['worst']:.3f}, mean {best['mean']:.3f})")
+    default = next(r for r in results if r["judge"].startswith("NEW DEFAULT"))
+    print("NEW DEFAULT: C chosen per column " + ", ".join(f"{k} {v:g}" for k, v in default["C"].items()))
+    print("NEW DEFAULT: Brier score per column " + ", ".join(f"{k} {v:.3f}" for k, v in default["brier"].items()))
+    print("* the XSTest files answer the same 450 prompts, and the own families share their prompts, so the "
+          "prompt block sees the scored prompts during fitting (optimistic).")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
