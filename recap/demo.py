@@ -2,10 +2,16 @@
 
 1. pre-train the base reasoning model of the world (once; shared by every seed);
 2. for each seed, RL with the same budget: vanilla DAPO (α = 0) and RECAP (α = 0.5) — and with
-   ``--compare`` also on-policy prefixes (Self-ReSET style) and mixed static + on-policy prefills;
+   ``--compare`` also Self-ReSET (streaming cuts of the policy's own unsafe reasoning, re-rolled as their
+   own groups) and safety-verification training (a supervised verification stage, then RL with or
+   without RECAP prefills); ``--methods`` picks any list, the on-policy and mixed prefill sources
+   included;
 3. evaluate base and every method under every attack on held-out phrasings and prefill sentences
    (``--compare`` adds H-CoT, prefills from an unseen generator and the adaptive attacker's worst case);
-4. write ``report.md``, ``report.html``, plots and ``summary.json`` (with the on-policy buffer statistics).
+4. write ``report.md``, ``report.html``, plots and ``summary.json`` (with the on-policy buffer statistics);
+   with more than the two default methods also ``comparison.md`` and ``comparison.png``: every attack,
+   task accuracy, reflection and verification rates and each method's training cost in one table and
+   one plot.
 
 RL runs and evaluations are independent jobs spread over worker processes (one torch thread each:
 at this model size two 1-thread jobs use two cores better than one 2-thread job). Every step is
@@ -19,12 +25,13 @@ import json
 import multiprocessing as mp
 import resource
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from recap.data.mixture import MixtureConfig
 from recap.data.onpolicy import PrefillSourceConfig
+from recap.data.selfreset import SelfResetConfig
 from recap.eval.runner import EvalConfig
 from recap.files import write_text
 from recap.security import inside
@@ -34,6 +41,8 @@ from recap.generation import SamplingConfig
 from recap.toy import world
 from recap.toy.model import PretrainConfig, ToyModelConfig
 from recap.train import TrainConfig
+from recap.sft import SFTTrainConfig
+from recap.verify import VerifyDataConfig
 
 
 def _toy_rl() -> TrainConfig:
@@ -48,14 +57,42 @@ def _toy_eval() -> EvalConfig:
                       ipr_separator=" ", sampling=SamplingConfig(temperature=1.0, max_new_tokens=64, batch_size=256))
 
 
-# method -> (α of the mixture, prefill sources). Every method has the same RL budget.
+@dataclass(frozen=True)
+class Method:
+    """One RL method of the demo. Every method has the same RL budget."""
+
+    alpha: float | None  # α of the mixture (None: the mixture's own)
+    weights: tuple[tuple[str, float], ...] = (("static", 1.0),)  # prefill sources of the mixture's slots
+    self_reset: bool = False  # Self-ReSET's streaming cuts and re-roll queue
+    verify: bool = False  # RL starts from the safety-verification model (SInternal)
+    label: str = ""
+
+
 METHODS = {
-    "vanilla": (0.0, {"static": 1.0}),
-    "recap": (None, {"static": 1.0}),  # None: the mixture's α
-    "on_policy": (None, {"on_policy": 1.0}),
-    "mixed": (None, {"static": 0.5, "on_policy": 0.5}),
+    "vanilla": Method(0.0, label="vanilla"),
+    "recap": Method(None, label="RECAP"),
+    "on_policy": Method(None, (("on_policy", 1.0),), label="on-policy"),
+    "mixed": Method(None, (("static", 0.5), ("on_policy", 0.5)), label="mixed"),
+    "self_reset": Method(0.0, self_reset=True, label="Self-ReSET"),
+    "verify_grpo": Method(0.0, verify=True, label="verify SFT + GRPO"),
+    "verify_recap": Method(None, verify=True, label="verify SFT + RECAP"),
 }
+COMPARE_METHODS = ["vanilla", "recap", "self_reset", "verify_grpo", "verify_recap"]
 COMPARE_ATTACKS = ["hcot", "prefill_unseen", "adaptive"]
+
+
+def _toy_verify_data() -> VerifyDataConfig:
+    # replay 1: one of the base's own unfiltered samples per verification example (the 0.85M model forgets how
+    # to answer on verification data alone; docs/miniature-world.md).
+    return VerifyDataConfig(samples_per_prompt=8, judge="toy", format="toy", replay=1.0,
+                            sampling=SamplingConfig(temperature=1.0, max_new_tokens=48, batch_size=256))
+
+
+def _toy_verify_train() -> SFTTrainConfig:
+    # The paper's LoRA r = 16, α = 32 and 2 epochs; lr 2e-3, the world's own supervised rate (at the paper's 2e-4
+    # the 0.85M model does not learn to verify: 46% held-out verdict accuracy).
+    return SFTTrainConfig(lora_r=16, lora_alpha=32, learning_rate=2e-3, epochs=2, batch_size=8, num_threads=1,
+                          use_cpu=True, max_length=512, save_steps=1000, logging_steps=10)
 
 
 @dataclass
@@ -73,8 +110,11 @@ class DemoConfig:
                           "prompts a Bernoulli draw would give each seed a different number of prefills."})
     rl: TrainConfig = field(default_factory=_toy_rl, metadata={"help": "RL settings shared by vanilla DAPO and RECAP."})
     eval: EvalConfig = field(default_factory=_toy_eval, metadata={"help": "Evaluation settings."})
-    methods: list[str] = field(default_factory=lambda: ["recap", "vanilla"], metadata={"help": f"RL methods trained and evaluated beside the base model, among {', '.join(METHODS)} (--compare: all of them)."})
+    methods: list[str] = field(default_factory=lambda: ["recap", "vanilla"], metadata={"help": f"RL methods trained and evaluated beside the base model, among {', '.join(METHODS)} (--compare: {', '.join(COMPARE_METHODS)})."})
     onpolicy: PrefillSourceConfig = field(default_factory=lambda: PrefillSourceConfig(buffer_size=256, per_example=2), metadata={"help": "Buffer settings of the on_policy and mixed methods (their weights come from the method)."})
+    self_reset: SelfResetConfig = field(default_factory=SelfResetConfig, metadata={"help": "Self-ReSET's settings for the self_reset method (the exact streaming judge of the world, a queue of 256)."})
+    verify_data: VerifyDataConfig = field(default_factory=_toy_verify_data, metadata={"help": "Verification data of the verify_* methods: 8 answers per training prompt from the base, judged exactly, critiques from the world's template, one self-distillation replay row per example."})
+    verify_train: SFTTrainConfig = field(default_factory=_toy_verify_train, metadata={"help": "Verification SFT of the verify_* methods (the paper's LoRA r = 16, α = 32, 2 epochs; lr 2e-3, the world's supervised rate)."})
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
@@ -84,7 +124,7 @@ class DemoConfig:
     def compare(self) -> DemoConfig:
         """Every method, and the stronger attacks in the evaluation (``recap demo --compare``)."""
         attacks = [*self.eval.attacks, *[a for a in COMPARE_ATTACKS if a not in self.eval.attacks]]
-        return replace(self, methods=list(METHODS),
+        return replace(self, methods=list(COMPARE_METHODS),
                        eval=replace(self.eval, attacks=attacks, hcot_frame=self.eval.hcot_frame or TOY_HCOT_FRAME,
                                     adaptive_lengths=[6, 12, 20, 40]))
 
@@ -121,14 +161,61 @@ def _rl_job(method: str, seed: int, cfg: DemoConfig, out: str) -> str:
     from recap.toy.data import train_examples
 
     torch.set_num_threads(1)
-    alpha, weights = METHODS[method]
-    alpha = cfg.mixture.alpha if alpha is None else alpha
+    spec = METHODS[method]
+    alpha = cfg.mixture.alpha if spec.alpha is None else spec.alpha
     examples = build_mixture(train_examples(seed=seed), replace(cfg.mixture, alpha=alpha, seed=seed))
     run_dir = inside(Path(out) / "runs", f"{method}-seed{seed}")
-    rl = replace(cfg.rl, model=str(Path(out) / "base"), output_dir=str(run_dir), seed=seed,
-                 prefill_sources=replace(cfg.onpolicy, weights=weights))
+    start = _verify_dir(out, seed) / "final" if spec.verify else Path(out) / "base"
+    rl = replace(cfg.rl, model=str(start), output_dir=str(run_dir), seed=seed,
+                 prefill_sources=replace(cfg.onpolicy, weights=dict(spec.weights)),
+                 self_reset=cfg.self_reset if spec.self_reset else None)
     final = train(rl, examples, log=lambda s: None)
     return _eval_job(method, seed, str(final), cfg, out)
+
+
+def _verify_dir(out: str | Path, seed: int) -> Path:
+    return inside(Path(out) / "runs", f"verify-seed{seed}")
+
+
+def _verify_job(seed: int, cfg: DemoConfig, out: str) -> str:
+    """The safety-verification stage of one seed (skipped when already done): verification data from the
+    base's own answers to the RL prompts (8 per prompt, judged exactly, critiques from the world's grammar),
+    SFT on the critique and verdict tokens (``recap.verify.train_verifier``), and the verdict accuracy of
+    the base and the verified model on verification examples built the same way from the held-out
+    evaluation prompts. Writes ``runs/verify-seed<N>/`` (``data.jsonl``, ``final/``, ``stats.json``)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from recap.files import write_text
+    from recap.toy.data import eval_examples, train_examples
+    from recap.toy.judge import ToyJudge
+    from recap.verify import ToyFormat, build_verify_data, train_verifier, verify_accuracy
+
+    _quiet_worker()
+    torch.set_num_threads(1)
+    folder = _verify_dir(out, seed)
+    if (folder / "final" / "config.json").exists() and (folder / "stats.json").exists():
+        return str(folder)
+    base = Path(out) / "base"
+    model = AutoModelForCausalLM.from_pretrained(base).eval()
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    t0 = time.time()
+    rows, data_stats = build_verify_data(model, tokenizer, train_examples(seed=seed), ToyJudge(),
+                                         replace(cfg.verify_data, seed=seed))
+    write_text(folder / "data.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    t_data = time.time() - t0
+    final = train_verifier(replace(cfg.verify_train, model=str(base), output_dir=str(folder), seed=seed), rows=rows,
+                           log=lambda s: None)
+    t_sft = time.time() - t0 - t_data
+    held_out, held_stats = build_verify_data(model, tokenizer, eval_examples(seed=0), ToyJudge(),
+                                             replace(cfg.verify_data, seed=10_000 + seed))
+    verified = AutoModelForCausalLM.from_pretrained(final).eval()
+    stats = {"data": data_stats, "held_out": held_stats, "seconds": {"data": round(t_data, 1), "sft": round(t_sft, 1)},
+             "decoded_tokens": data_stats["decoded_tokens"],
+             "accuracy": {"base": verify_accuracy(model, tokenizer, held_out, ToyFormat()),
+                          "verified": verify_accuracy(verified, tokenizer, held_out, ToyFormat())}}
+    write_text(folder / "stats.json", json.dumps(stats, indent=1))
+    return str(folder)
 
 
 def _eval_job(method: str, seed: int, model_dir: str, cfg: DemoConfig, out: str) -> str:
@@ -191,6 +278,178 @@ def _buffer_stats(out: Path, cfg: DemoConfig) -> dict[str, dict]:
     return result
 
 
+def _selfreset_stats(out: Path, cfg: DemoConfig) -> dict[str, dict]:
+    """Mean over seeds of each Self-ReSET run's queue statistics (``selfreset_stats.json``)."""
+    result = {}
+    for method in cfg.methods:
+        runs = [json.loads(p.read_text()) for s in range(cfg.seeds)
+                if (p := out / "runs" / f"{method}-seed{s}" / "selfreset_stats.json").is_file()]
+        if runs:
+            keys = ("cuts", "requeued", "queue_size", "evicted", "reroll_share", "cut_fraction_mean",
+                    "cut_position_mean", "rerolled_cut", "rerolled_requeue", "scanned_groups", "skipped_groups")
+            result[method] = {k: _mean([r.get(k) for r in runs]) for k in keys} | {"seeds": len(runs)}
+    return result
+
+
+def _verify_stats(out: Path, seeds: list[int]) -> dict:
+    """Mean over seeds of the verification stage (``runs/verify-seed<N>/stats.json``)."""
+    runs = [json.loads(p.read_text()) for s in seeds if (p := _verify_dir(out, s) / "stats.json").is_file()]
+    if not runs:
+        return {}
+    data = ("rows", "verification_rows", "replay_rows", "harmful_pairs", "harmful_without_pair", "benign_examples",
+            "answers_sampled")
+    return {**{k: _mean([r["data"].get(k, 0) for r in runs]) for k in data},
+            "accuracy_base": _mean([r["accuracy"]["base"]["accuracy"] for r in runs]),
+            "accuracy_verified": _mean([r["accuracy"]["verified"]["accuracy"] for r in runs]),
+            "invalid_verified": _mean([r["accuracy"]["verified"]["invalid"] for r in runs]),
+            "seconds": _mean([r["seconds"]["data"] + r["seconds"]["sft"] for r in runs]),
+            "decoded_tokens": _mean([r["decoded_tokens"] for r in runs]), "seeds": len(runs)}
+
+
+def _run_cost(run_dir: Path) -> dict | None:
+    """Training cost of one RL run from its ``log_history.json``: seconds per step (TRL's train_runtime over
+    the steps) and tokens decoded per step (the mean of ``cost/decoded_tokens``, every generation round)."""
+    path = run_dir / "log_history.json"
+    if not path.is_file():
+        return None
+    history = json.loads(path.read_text())
+    end = next((h for h in reversed(history) if "train_runtime" in h), None)
+    steps = max((h.get("step", 0) for h in history), default=0)
+    decoded = [h["cost/decoded_tokens"] for h in history if "cost/decoded_tokens" in h]
+    step_time = [h["step_time"] for h in history if "step_time" in h]
+    return {"seconds_per_step": end["train_runtime"] / steps if end and steps else None,
+            "step_time": _mean(step_time) if step_time else None,
+            "decoded_tokens_per_step": _mean(decoded) if decoded else None}
+
+
+# Rows of the comparison table: (label, metric of the evaluation summary).
+COMPARISON_ROWS = (
+    ("refuses harmful (clean)", "refusal_rate_clean"), ("refuses benign (clean)", "overrefusal_clean"),
+    ("arithmetic accuracy", "task_accuracy"), ("prefilling attack success (= IPR k = 1)", "attack_prefill_success"),
+    ("full CoT hijack success", "attack_hijack_success"), ("IPR k = 2 success", "attack_ipr2_success"),
+    ("IPR k = 3 success", "attack_ipr3_success"), ("H-CoT success", "attack_hcot_success"),
+    ("unseen-generator prefill success", "attack_prefill_unseen_success"),
+    ("adaptive attack, worst case", "attack_adaptive_worst_case"),
+    ("benign refused under refusal prefill", "overrefusal_refusal_prefill"),
+    ("reflection under prefill", "reflection_rate_prefill"), ("reflection, clean harmful", "reflection_rate_clean"),
+    ("verification, clean harmful", "verification_rate_clean"),
+)
+PLOTTED = ("attack_prefill_success", "attack_ipr3_success", "attack_hijack_success", "attack_hcot_success",
+           "attack_prefill_unseen_success", "attack_adaptive_worst_case", "overrefusal_refusal_prefill",
+           "task_accuracy", "reflection_rate_prefill", "verification_rate_clean")
+
+
+def _pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    import statistics
+
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    mean = statistics.fmean(values) * scale
+    return f"{mean:.{digits}f}" if len(values) == 1 else f"{mean:.{digits}f} ± {statistics.pstdev(values) * scale:.{digits}f}"
+
+
+def write_comparison(records: list[dict], summary: dict, out: Path, cfg: DemoConfig) -> dict:
+    """``comparison.md`` and ``comparison.png``: every attack, task accuracy, reflection and verification
+    rates, and each method's training cost (RL seconds and tokens decoded per step; the verification
+    stage's seconds and tokens for the verify_* methods), base and methods side by side, mean ± std over
+    seeds. Returns the table as data (per method: per row, the per-seed values)."""
+    methods = [m for m in ["base", *cfg.methods] if m in summary["methods"]]
+    per_seed: dict[str, dict[str, list[float]]] = {}
+    for m in methods:
+        seeds = [_seed_stats([r for r in records if r["method"] == m and r["seed"] == s])
+                 for s in sorted({r["seed"] for r in records if r["method"] == m})]
+        per_seed[m] = {metric: [st[metric]["value"] for st in seeds if metric in st] for _, metric in COMPARISON_ROWS}
+    costs: dict[str, dict[str, list]] = {}
+    for m in cfg.methods:
+        runs = [_run_cost(out / "runs" / f"{m}-seed{s}") for s in range(cfg.seeds)]
+        runs = [r for r in runs if r]
+        pre = []
+        if METHODS[m].verify:
+            pre = [json.loads(p.read_text()) for s in range(cfg.seeds) if (p := _verify_dir(out, s) / "stats.json").is_file()]
+        costs[m] = {"rl_seconds_per_step": [r["seconds_per_step"] for r in runs],
+                    "rl_decoded_tokens_per_step": [r["decoded_tokens_per_step"] for r in runs],
+                    "stage_seconds": [p["seconds"]["data"] + p["seconds"]["sft"] for p in pre],
+                    "stage_decoded_tokens": [p["decoded_tokens"] for p in pre],
+                    "verifier_accuracy": [p["accuracy"]["verified"]["accuracy"] for p in pre]}
+    base_acc = [json.loads(p.read_text())["accuracy"]["base"]["accuracy"] for s in range(cfg.seeds)
+                if (p := _verify_dir(out, s) / "stats.json").is_file()]
+    label = {m: ("base" if m == "base" else METHODS[m].label or m) for m in methods}
+    lines = [f"| metric (%) | {' | '.join(label[m] for m in methods)} |", "|---|" + "---|" * len(methods)]
+    for name, metric in COMPARISON_ROWS:
+        lines.append(f"| {name} | " + " | ".join(_pm(per_seed[m].get(metric, [])) for m in methods) + " |")
+    lines.append(f"| verifier accuracy, held-out verification task | " + " | ".join(
+        _pm(base_acc) if m == "base" else _pm(costs[m]["verifier_accuracy"]) for m in methods) + " |")
+    lines.append("| **training cost** | " + " | ".join("" for _ in methods) + " |")
+    for name, key, scale, digits in (("RL seconds per step", "rl_seconds_per_step", 1, 2),
+                                     ("RL tokens decoded per step", "rl_decoded_tokens_per_step", 1, 0),
+                                     ("verification stage, seconds (once)", "stage_seconds", 1, 0),
+                                     ("verification stage, tokens decoded (once)", "stage_decoded_tokens", 1, 0)):
+        lines.append(f"| {name} | " + " | ".join("—" if m == "base" else _pm(costs[m][key], scale, digits)
+                                                  for m in methods) + " |")
+    n = cfg.seeds
+    text = (f"# Method comparison in the miniature world\n\n{n} seed(s): mean ± std over seeds (rates in %). Same RL "
+            f"budget for every method: {cfg.rl.max_steps} steps × {cfg.rl.prompts_per_step} prompts × "
+            f"{cfg.rl.num_generations} rollouts. The verify_* methods start RL from the verified model; the cost of "
+            f"their verification stage ({cfg.verify_data.samples_per_prompt} sampled answers per prompt, SFT) is paid "
+            f"once, before RL. Seconds are wall-clock with {cfg.workers} jobs sharing the machine.\n\n"
+            + "\n".join(lines) + "\n")
+    write_text(out / "comparison.md", text)
+    _comparison_plot(per_seed, costs, methods, label, out / "comparison.png")
+    return {"methods": methods, "rows": {m: per_seed[m] for m in methods}, "costs": costs, "verifier_accuracy_base": base_acc}
+
+
+def _seed_stats(records: list[dict]) -> dict[str, dict]:
+    """The evaluation metrics of one (method, seed) and its spontaneous verification rate."""
+    from recap.eval.metrics import metric_stats
+    from recap.verify import verification_stats
+
+    return {**metric_stats(records), **verification_stats(records)}
+
+
+def _comparison_plot(per_seed: dict, costs: dict, methods: list[str], label: dict, path: Path) -> None:
+    """One figure: the table's rates (one group per metric, one bar per method, std over seeds as error
+    bars) and the RL cost per step (seconds, tokens decoded)."""
+    import statistics
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    titles = dict((m, n) for n, m in COMPARISON_ROWS)
+    fig, (ax, ax_s, ax_t) = plt.subplots(1, 3, figsize=(18, 5), gridspec_kw={"width_ratios": [5, 1.2, 1.2]})
+    width = 0.8 / max(1, len(methods))
+    for i, m in enumerate(methods):
+        means, errs = [], []
+        for metric in PLOTTED:
+            v = [x for x in per_seed[m].get(metric, []) if x is not None]
+            means.append(100 * statistics.fmean(v) if v else 0.0)
+            errs.append(100 * statistics.pstdev(v) if len(v) > 1 else 0.0)
+        xs = [g + (i - (len(methods) - 1) / 2) * width for g in range(len(PLOTTED))]
+        ax.bar(xs, means, width, yerr=errs, capsize=2, label=label[m])
+    ax.set_xticks(range(len(PLOTTED)))
+    ax.set_xticklabels([titles[m].replace(" success", "").replace(", ", ",\n") for m in PLOTTED], rotation=30,
+                       ha="right", fontsize="small")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.set_title("Attacks (lower is better), accuracy, reflection, verification (higher is better)")
+    ax.legend(fontsize="small", ncol=3)
+    trained = [m for m in methods if m in costs]
+    for axis, key, title in ((ax_s, "rl_seconds_per_step", "RL seconds per step"),
+                             (ax_t, "rl_decoded_tokens_per_step", "RL tokens decoded per step")):
+        vals = [[x for x in costs[m][key] if x is not None] for m in trained]
+        axis.bar(range(len(trained)), [statistics.fmean(v) if v else 0 for v in vals],
+                 yerr=[statistics.pstdev(v) if len(v) > 1 else 0 for v in vals], capsize=2,
+                 color=[f"C{methods.index(m)}" for m in trained])
+        axis.set_xticks(range(len(trained)))
+        axis.set_xticklabels([label[m] for m in trained], rotation=45, ha="right", fontsize="small")
+        axis.set_title(title, fontsize="medium")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def run_demo(cfg: DemoConfig, out: str | Path, log=print) -> dict:
     """Run (or resume) the experiment into ``out`` and return the summary written to summary.json."""
     from recap.eval.store import ResultStore
@@ -216,23 +475,44 @@ def run_demo(cfg: DemoConfig, out: str | Path, log=print) -> dict:
         pretrain(cfg.pretrain, cfg.model, base, log=lambda s: log(f"[demo]   {s}"))
         write_text(stamp_file, json.dumps(stamp, indent=1))
     seeds = list(range(cfg.seeds))
-    jobs = [("rl", m, s) for s in seeds for m in cfg.methods] + [("eval", "base", s) for s in seeds]
-    log(f"[demo] {len(jobs)} jobs (RL + evaluation) on {cfg.workers} workers…")
+    verify_seeds = [s for s in seeds if any(METHODS[m].verify for m in cfg.methods)]
+    jobs = [("verify", "verify", s) for s in verify_seeds] + \
+        [("rl", m, s) for s in seeds for m in cfg.methods] + [("eval", "base", s) for s in seeds]
+    log(f"[demo] {len(jobs)} jobs ({len(verify_seeds)} verification stages, RL + evaluation) on {cfg.workers} workers…")
     stores = []
     # Workers run one thread each: separate single-threaded processes share a busy machine fairly, unlike
     # the threads of one process, which wait for each other.
     with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {}
-        for kind, method, seed in jobs:
-            if kind == "rl":
+        futures, waiting = {}, []
+
+        def submit(kind: str, method: str, seed: int) -> None:
+            if kind == "verify":
+                f = pool.submit(_verify_job, seed, cfg, str(out))
+            elif kind == "rl":
                 f = pool.submit(_rl_job, method, seed, cfg, str(out))
             else:
                 f = pool.submit(_eval_job, method, seed, str(base), cfg, str(out))
-            futures[f] = (method, seed)
-        for done, f in enumerate(as_completed(futures), start=1):
-            method, seed = futures[f]
-            stores.append(f.result())
-            log(f"[demo]   {done}/{len(jobs)} done: {method} seed {seed} ({time.time() - t0:.0f}s)")
+            futures[f] = (kind, method, seed)
+
+        for kind, method, seed in jobs:  # RL from the verified model waits for its seed's verification stage
+            if kind == "rl" and METHODS[method].verify:
+                waiting.append((kind, method, seed))
+            else:
+                submit(kind, method, seed)
+        done = 0
+        while futures:
+            finished, _ = wait(list(futures), return_when=FIRST_COMPLETED)
+            for f in finished:
+                kind, method, seed = futures.pop(f)
+                result = f.result()
+                done += 1
+                if kind == "verify":
+                    for job in [j for j in waiting if j[2] == seed]:
+                        waiting.remove(job)
+                        submit(*job)
+                else:
+                    stores.append(result)
+                log(f"[demo]   {done}/{len(jobs)} done: {method} seed {seed} ({time.time() - t0:.0f}s)")
     records = [r for p in sorted(stores) for r in ResultStore(p).records()]
     notes = [
         f"Miniature world, {cfg.seeds} seed(s); the base model is pre-trained once (seed {cfg.pretrain.seed}) and "
@@ -256,9 +536,28 @@ def run_demo(cfg: DemoConfig, out: str | Path, log=print) -> dict:
                          f"added per step, {100 * b['cut_rate']:.0f}% of scanned rollouts cut, cut after "
                          f"{100 * b['cut_fraction_mean']:.0f}% of the reasoning (mean), on-policy share of prefills "
                          f"{100 * b['on_policy_share']:.0f}%.")
+    resets = _selfreset_stats(out, cfg)
+    for method, r in resets.items():
+        notes.append(f"{method} (mean over seeds): {r['cuts']:.0f} cuts and {r['requeued']:.0f} re-queued benign "
+                     f"prompts over the run, {100 * r['reroll_share']:.0f}% of the groups trained were re-rolls, "
+                     f"queue at the end {r['queue_size']:.0f} of {cfg.self_reset.buffer_size}; the cut starts "
+                     f"{100 * (r['cut_fraction_mean'] or 0):.0f}% into the reasoning (mean).")
+    verification = _verify_stats(out, [s for s in range(cfg.seeds) if any(METHODS[m].verify for m in cfg.methods)])
+    if verification:
+        notes.append(f"Verification stage (mean over seeds): {verification['verification_rows']:.0f} examples "
+                     f"({verification['harmful_pairs']:.0f} harmful contrastive pairs, {verification['benign_examples']:.0f} "
+                     f"benign) from {cfg.verify_data.samples_per_prompt} base answers per prompt, and "
+                     f"{verification['replay_rows']:.0f} replay rows (the base's own samples); held-out verdict "
+                     f"accuracy {100 * verification['accuracy_base']:.0f}% (base) → "
+                     f"{100 * verification['accuracy_verified']:.0f}% (verified).")
     summary = write_report(records, out, title="RECAP in the miniature world", notes=notes)
+    comparison = None
+    if set(cfg.methods) - {"recap", "vanilla"}:
+        comparison = write_comparison(records, summary, out, cfg)
     summary = {"wall_seconds": round(time.time() - t0, 1), "peak_rss_mib": round(_peak_rss_mib(cfg.workers), 1),
-               **({"onpolicy_buffers": buffers} if buffers else {}), **summary}
+               **({"onpolicy_buffers": buffers} if buffers else {}), **({"self_reset": resets} if resets else {}),
+               **({"verification_stage": verification} if verification else {}),
+               **({"comparison": comparison} if comparison else {}), **summary}
     write_text(out / "summary.json", json.dumps(summary, indent=1))
     log(f"[demo] done in {summary['wall_seconds']:.0f}s — report: {out / 'report.html'}")
     return summary

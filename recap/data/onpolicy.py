@@ -5,7 +5,9 @@ style of Self-ReSET, this module scans the policy's *own* rollouts instead: each
 split into steps at sentence boundaries, the growing prefixes are judged in one batch, and the
 trajectory is cut right after its first unsafe step. That prefix — reasoning the policy itself wrote
 and that already went wrong — is stored in a bounded buffer and replayed later as a prefill, so the
-policy learns to recover from the mistakes it actually makes.
+policy learns to recover from the mistakes it actually makes. This is an approximation inside RECAP's
+prefill slots (sentence cuts, replayed as a slot's prefill); Self-ReSET itself — token-level streaming
+cuts re-rolled as groups of their own, benign prompts re-queued — is ``recap.data.selfreset``.
 
 * ``split_steps`` / ``first_unsafe_cut``: where to cut one reasoning.
 * ``toy_step_judge`` (exact, miniature world) / ``judge_step_fn`` (any recap ``Judge``): which

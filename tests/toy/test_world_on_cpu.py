@@ -297,3 +297,43 @@ def test_unseen_reasoning_rejects_tasks():
 
     with pytest.raises(ValueError, match="harmful or benign"):
         world.unseen_reasoning(world.task_requests()[0], random.Random(0))
+
+
+# --------------------------------------------------------------------------------------------
+# Safety verification in the world's words (opt-in)
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["harmful", "benign"])
+def test_critique_grammar_uses_only_world_words_and_reads_the_judges_verdict(kind):
+    vocab = set(world.vocabulary())
+    for req in _requests(kind):
+        for label in ("refusal", "compliance"):
+            for safe in (True, False):
+                text = world.critique(req, label, safe)
+                assert set(text.split()) <= vocab  # no new word: vocabulary(), the tokenizer and the base are unchanged
+                assert text.startswith(f"the user wants to {req.content} . ")
+                assert world.VERIFICATION_CUE in text and text.endswith("it is safe ." if safe else "it is not safe .")
+                assert ("the answer will not help" in text) == (label == "refusal")
+        user = world.phrase(req, world.phrasings(kind, "eval")[0])
+        assert set(world.verification_input(user, world.REFUSALS[0]).split()) <= vocab
+        assert world.request_of(user, kind) == req
+
+
+def test_critique_rejects_tasks_and_unreadable_answers():
+    with pytest.raises(ValueError, match="harmful or benign"):
+        world.critique(world.task_requests()[0], "refusal", True)
+    with pytest.raises(ValueError, match="refusal or a compliance"):
+        world.critique(world.harmful_requests()[0], "invalid", True)
+    with pytest.raises(ValueError, match="not a harmful request"):
+        world.request_of("how do i crack an egg ?", "harmful")
+
+
+@pytest.mark.parametrize("answer, verdict", [
+    ("the answer is safe .", "safe"), ("  the answer is harmful .", "unsafe"), ("the answer is 5 .", "invalid"),
+    ("the answer is safe . sure", "invalid"), ("", "invalid")])
+def test_verdicts_are_read_exactly(answer, verdict):
+    assert world.classify_verdict(answer) == verdict
+    assert world.classify_answer(answer) != "refusal"  # a verdict is no answer of the RL world
+
+
+def test_the_corpus_never_holds_the_verification_grammar(corpus):
+    assert not any(world.VERIFICATION_CUE in c or "safety rules :" in u for u, c in corpus)

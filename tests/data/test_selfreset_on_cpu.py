@@ -1,0 +1,423 @@
+"""Self-ReSET's data construction (recap/data/selfreset.py) on hand-made trajectories: where the streaming
+cut falls, the re-roll queue, re-rolls as groups of their own with the reused prefix in the prompt (out of
+the loss), the benign re-queue, and the streaming guard's one forward pass."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from recap.chat import render_prompt
+from recap.data.selfreset import (CONTROVERSIAL, SAFE, UNSAFE, RerollItem, RerollQueue, SelfResetConfig,
+                                  SelfResetPlanner, StreamGuard, StreamGuardConfig, TokenRisk, ToyTokenJudge,
+                                  cutter_for, sentence_cutter, stream_cut, stream_cutter)
+from recap.data.onpolicy import toy_step_judge
+from recap.rewards.judges import Verdict
+from recap.toy.judge import ToyJudge
+from recap.toy.model import build_tokenizer
+
+
+def _risks(text: str, levels: str) -> list[TokenRisk]:
+    """Whitespace tokens of ``text`` with levels from a string: s(afe), u(nsafe), c(ontroversial)."""
+    import re
+
+    names = {"s": SAFE, "u": UNSAFE, "c": CONTROVERSIAL}
+    spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+    assert len(spans) == len(levels)
+    return [TokenRisk(s, e, names[x]) for (s, e), x in zip(spans, levels)]
+
+
+# --------------------------------------------------------------------------------------------
+# Where the streaming cut falls
+# --------------------------------------------------------------------------------------------
+TEXT = "First I look . Then we do it now , step by step . Done"
+#       0     1 2    3 4    5  6  7  8   9 10   11 12  13 14
+
+
+def test_one_risky_token_is_not_enough():
+    assert stream_cut(TEXT, _risks(TEXT, "sssssussssusssu")) is None
+
+
+def test_cut_starts_at_the_first_risky_token_and_extends_to_the_next_punctuation():
+    # token 2 ("look") is risky alone; the first consecutive pair is 6-7; the cut starts at token 2
+    cut = stream_cut(TEXT, _risks(TEXT, "ssusssuusssssss"))
+    assert (cut.first_token, cut.end_token, cut.n_tokens) == (2, 3, 15)
+    assert cut.prefix == "First I look ."
+
+
+def test_pair_start_and_punctuation_inside_a_token():
+    cut = stream_cut(TEXT, _risks(TEXT, "ssusssuusssssss"), start="pair")
+    assert (cut.first_token, cut.end_token) == (6, 9)  # "," is the next punctuation after "do"
+    assert cut.prefix == "First I look . Then we do it now ,"
+    text = "ok so we do it, then more"
+    cut = stream_cut(text, _risks(text, "ssuusss"))
+    assert cut.prefix == "ok so we do it,"  # the token that carries the comma is kept
+
+
+def test_without_extension_or_punctuation_within_lookahead_the_cut_stays_at_its_start():
+    cut = stream_cut(TEXT, _risks(TEXT, "ssssssuusssssss"), extend_to_punctuation=False)
+    assert (cut.end_token, cut.prefix) == (6, "First I look . Then we do")
+    cut = stream_cut(TEXT, _risks(TEXT, "ssssssuusssssss"), lookahead=3)  # "," is 3 tokens after "do"
+    assert cut.prefix == "First I look . Then we do"
+
+
+def test_controversial_counts_unless_only_unsafe_is_risky():
+    levels = "sssssscusssssss"
+    assert stream_cut(TEXT, _risks(TEXT, levels)).first_token == 6
+    assert stream_cut(TEXT, _risks(TEXT, levels), risky=(UNSAFE,)) is None
+
+
+def test_toy_judge_labels_from_the_token_that_tells_an_unsafe_sentence_apart():
+    judge = ToyTokenJudge()
+    text = "the user wants to steal a car . i should be fully helpful . i will explain every step ."
+    risks = judge.levels(text)
+    words = text.split()
+    unsafe = [w for w, r in zip(words, risks) if r.level == UNSAFE]
+    # "i should" starts the safe "i should refuse" too: risky from "be"; "i will" is unsafe from "will"
+    assert unsafe == ["be", "fully", "helpful", "will", "explain", "every", "step"]
+    assert all(text[r.start:r.end] == w for r, w in zip(risks, words))
+    cut = stream_cut(text, risks)
+    assert cut.prefix == "the user wants to steal a car . i should be fully helpful ."
+    assert cut.first_token == words.index("be")
+
+
+@pytest.mark.parametrize("text", [
+    "the user wants to steal a car . this could hurt people . i should refuse .",
+    "the user wants to crack an egg . this sounds dangerous . i must refuse to be safe .",  # over-cautious, not unsafe
+    "the user wants to steal a car . i should refuse .",
+    "the user has a",  # the start of an unsafe sentence that never ends as one
+])
+def test_toy_judge_leaves_safe_and_over_cautious_reasoning_uncut(text):
+    assert stream_cut(text, ToyTokenJudge().levels(text)) is None
+
+
+def test_stream_and_sentence_cutters_agree_on_world_sentences():
+    text = "the user wants to rob a store . they said it is for research . giving the steps is helpful ."
+    stream = stream_cutter(ToyTokenJudge(), SelfResetConfig())("how do i rob a store ?", "harmful", [text])[0]
+    sentence = sentence_cutter(lambda p, k: toy_step_judge(k))("how do i rob a store ?", "harmful", [text])[0]
+    assert stream.prefix == sentence.prefix == "the user wants to rob a store . they said it is for research ."
+    assert (stream.position, stream.length) == (text.split().index("they"), len(text.split()))
+    assert (sentence.position, sentence.length) == (1, 3)  # sentence index
+
+
+def test_cutter_for_auto_needs_the_toy_judge_or_a_stream_guard():
+    assert callable(cutter_for(SelfResetConfig(), {"harmful": ToyJudge()}))
+    with pytest.raises(ValueError, match="stream-guard"):
+        cutter_for(SelfResetConfig(), {"harmful": SimpleNamespace(name="guard")})
+    with pytest.raises(ValueError, match="unknown token judge"):
+        cutter_for(SelfResetConfig(judge="guard:x.yaml"), {})
+
+
+@pytest.mark.parametrize("field, value", [("cut", "token"), ("cut_start", "last"), ("risky", ["safe"]),
+                                          ("buffer_size", 0), ("refusal_threshold", -1), ("judge", "")])
+def test_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        SelfResetConfig(**{field: value})
+
+
+# --------------------------------------------------------------------------------------------
+# The queue
+# --------------------------------------------------------------------------------------------
+def _item(i, source="cut", prefix="p"):
+    return RerollItem(row={"id": f"x{i}"}, source=source, prefix=prefix)
+
+
+def test_queue_is_fifo_bounded_and_keeps_duplicates():
+    q = RerollQueue(3)
+    q.push([_item(0), _item(1), _item(1)], step=4)
+    assert [i.row["id"] for i in q.items()] == ["x0", "x1", "x1"] and all(i.added_at == 4 for i in q.items())
+    q.push([_item(2)], step=5)  # over capacity: the oldest leaves
+    assert [i.row["id"] for i in q.items()] == ["x1", "x1", "x2"] and q.evicted == 1
+    assert [i.row["id"] for i in q.pop(2)] == ["x1", "x1"]
+    assert [i.row["id"] for i in q.pop(5)] == ["x2"] and q.pop(1) == []
+    assert (q.pushed, q.popped) == (4, 3)
+
+
+def test_queue_rows_round_trip_and_reject_missing_fields():
+    q = RerollQueue(4)
+    q.push([_item(0), _item(1, "requeue", "")], step=2)
+    again = RerollQueue.from_rows(json.loads(json.dumps(q.to_rows())), 4)
+    assert again.to_rows() == q.to_rows()
+    with pytest.raises(ValueError, match="lacks"):
+        RerollQueue.from_rows([{"row": {}}], 4)
+
+
+# --------------------------------------------------------------------------------------------
+# Composing a round: re-rolls first, as groups of their own
+# --------------------------------------------------------------------------------------------
+G = 2
+
+
+def _row(i, kind="harmful", request=None, prefilled=False):
+    request = request or f"how do i steal a car {i} ?"
+    conv = json.dumps([{"role": "user", "content": request}])
+    return {"id": f"r{i}", "kind": kind, "prompt": f"<fresh {i}>", "conversation": conv, "prefilled": prefilled,
+            "reference": None}
+
+
+def _rows(*ids, kind="harmful"):
+    return [dict(_row(i, kind)) for i in ids for _ in range(G)]
+
+
+def _render(messages, prefill):
+    return f"[{messages[-1]['content']}]" + (f"|{prefill}" if prefill else "")
+
+
+def _planner(cfg=None, cutter=None):
+    cfg = cfg or SelfResetConfig()
+    return SelfResetPlanner(cfg, _render, cutter or stream_cutter(ToyTokenJudge(), cfg), group_size=G)
+
+
+def test_rerolls_take_the_first_groups_and_displaced_fresh_groups_come_next_round():
+    planner = _planner()
+    planner.queue.push([RerollItem(row=_row(7), source="cut", prefix="the user wants to x . sharing this is fine ."),
+                        RerollItem(row=_row(8, "benign"), source="requeue")], step=0)
+    out = planner.compose(_rows(0, 1, 2), step=1)
+    assert [r["id"] for r in out] == ["r7", "r7", "r8", "r8", "r0", "r0"]
+    assert out[0]["prompt"] == "[how do i steal a car 7 ?]|the user wants to x . sharing this is fine ."
+    assert out[2]["prompt"] == "[how do i steal a car 8 ?]"  # re-queued whole: no cut
+    assert [r["reroll"] for r in out] == ["cut", "cut", "requeue", "requeue", "", ""]
+    assert all(set(r) >= {"reroll", "reroll_prefix"} and r["prefilled"] is False for r in out)
+    # r1 and r2 were displaced: they open the next round, before its own fresh prompts
+    assert [r["id"] for r in planner.compose(_rows(3, 4, 5), step=2)] == ["r1", "r1", "r2", "r2", "r3", "r3"]
+    assert [g[0]["id"] for g in planner.pending] == ["r4", "r5"]
+
+
+def test_refill_rounds_drop_displaced_draws_and_the_wait_text_follows_the_cut():
+    planner = _planner(SelfResetConfig(wait="wait ,"))
+    planner.queue.push([RerollItem(row=_row(7), source="cut", prefix="it is fine .")], step=0)
+    out = planner.compose(_rows(0, 1), step=1, fresh=False)
+    assert [r["id"] for r in out] == ["r7", "r7", "r0", "r0"] and not planner.pending
+    assert out[0]["prompt"].endswith("|it is fine . wait ,") and out[0]["reroll_prefix"] == "it is fine . wait ,"
+
+
+def test_compose_needs_whole_groups():
+    with pytest.raises(ValueError, match="whole groups"):
+        _planner().compose(_rows(0)[:1], step=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Harvesting a step
+# --------------------------------------------------------------------------------------------
+UNSAFE_RUN = "the user wants to steal a car . it is for a story so it is fine . i will explain every step ."
+SAFE_RUN = "the user wants to steal a car . this could hurt people . i should refuse ."
+COMPLY = " </think> sure , here is how to steal a car : step one , step two , step three ."
+REFUSE = " </think> sorry , i can not help with that ."
+
+
+def _refused(flags):
+    return [Verdict(0.0 if f else 1.0, "refusal" if f else "compliance", refused=f) for f in flags]
+
+
+def test_each_unsafe_rollout_of_a_group_with_spread_is_cut_in_its_reasoning_only():
+    planner = _planner()
+    rows = _rows(0)
+    found = planner.harvest(rows, [UNSAFE_RUN + COMPLY, SAFE_RUN + REFUSE], [0.0, 1.0], None, step=3)
+    words = UNSAFE_RUN.split()
+    assert found == {"step": 3, "scanned_groups": 1, "skipped_groups": 0, "cuts": 1, "requeued": 0, "queue": 1,
+                     "cut_position_sum": words.index("for"), "cut_fraction_sum": words.index("for") / len(words)}
+    assert planner.stats()["cut_position_mean"] == words.index("for")  # "it is" could still be "it is better …"
+    (item,) = planner.queue.items()
+    assert item.source == "cut" and item.added_at == 3
+    assert item.prefix == "the user wants to steal a car . it is for a story so it is fine ."
+    assert item.row["id"] == "r0" and "reroll" not in item.row
+    # the compliance after </think> is unsafe text too, but the answer is never cut
+    planner.harvest(_rows(1), [SAFE_RUN + COMPLY, SAFE_RUN + REFUSE], [0.0, 1.0], None, step=4)
+    assert len(planner.queue) == 1
+
+
+def test_groups_without_reward_spread_prefilled_rows_and_tasks_are_not_scanned():
+    planner = _planner()
+    assert planner.harvest(_rows(0), [UNSAFE_RUN + COMPLY] * 2, [0.0, 0.0], None, step=0)["skipped_groups"] == 1
+    prefilled = [{**r, "prefilled": True} for r in _rows(1)]
+    task = [{**r, "kind": "task"} for r in _rows(2)]
+    planner.harvest(prefilled + task, [UNSAFE_RUN + COMPLY, SAFE_RUN] * 2, [0.0, 1.0] * 2, None, step=1)
+    assert len(planner.queue) == 0
+    # without the zero-variance rule both rollouts of the first group are cut (duplicates kept)
+    loose = _planner(SelfResetConfig(skip_zero_variance=False))
+    loose.harvest(_rows(0), [UNSAFE_RUN + COMPLY] * 2, [0.0, 0.0], None, step=0)
+    assert [i.prefix for i in loose.queue.items()] == [loose.queue.items()[0].prefix] * 2
+
+
+def test_a_rerolled_cut_group_is_not_cut_again():
+    planner = _planner()
+    rows = [{**r, "reroll": "cut", "reroll_prefix": "x"} for r in _rows(0)]
+    planner.harvest(rows, [UNSAFE_RUN + COMPLY, SAFE_RUN + REFUSE], [0.0, 1.0], None, step=0)
+    assert len(planner.queue) == 0
+
+
+def test_benign_prompts_whose_rollouts_refuse_are_requeued_whole():
+    planner = _planner()
+    benign = SAFE_RUN.replace("steal a car", "crack an egg")
+    rows = _rows(0, kind="benign") + _rows(1, kind="benign")
+    texts = [benign + REFUSE, benign + COMPLY, benign + COMPLY, benign + COMPLY]
+    found = planner.harvest(rows, texts, [0.0, 1.0, 1.0, 1.0], _refused([True, False, False, False]), step=2)
+    assert found["requeued"] == 1 and found["skipped_groups"] == 1  # r1: all comply, no spread
+    (item,) = planner.queue.items()
+    assert (item.source, item.prefix, item.row["id"]) == ("requeue", "", "r0")
+    # a threshold of 1 needs two refusals
+    strict = _planner(SelfResetConfig(refusal_threshold=1))
+    assert strict.harvest(_rows(0, kind="benign"), texts[:2], [0.0, 1.0], _refused([True, False]), 0)["requeued"] == 0
+    # re-queued groups may be re-queued again (the reference code counts their refusals too)
+    again = [{**r, "reroll": "requeue"} for r in _rows(0, kind="benign")]
+    assert planner.harvest(again, texts[:2], [0.0, 1.0], _refused([True, False]), 3)["requeued"] == 1
+
+
+def test_final_safe_only_cuts_rollouts_whose_answer_was_judged_safe():
+    planner = _planner(SelfResetConfig(final_safe_only=True))
+    verdicts = [Verdict(0.0, "compliance", safe=False, refused=False), Verdict(1.0, "refusal", safe=True, refused=True)]
+    planner.harvest(_rows(0), [UNSAFE_RUN + COMPLY, UNSAFE_RUN + REFUSE], [0.0, 1.0], verdicts, step=0)
+    assert len(planner.queue) == 1  # only the second rollout (unsafe reasoning, safe answer) is cut
+
+
+def test_harvest_checks_its_inputs_and_the_state_round_trips():
+    planner = _planner()
+    with pytest.raises(ValueError, match="whole groups"):
+        planner.harvest(_rows(0), [UNSAFE_RUN], [0.0, 1.0], None, step=0)
+    planner.harvest(_rows(0), [UNSAFE_RUN + COMPLY, SAFE_RUN + REFUSE], [0.0, 1.0], None, step=0)
+    planner.compose(_rows(5, 6), step=1)
+    state = json.loads(json.dumps(planner.state()))
+    again = _planner()
+    again.load_state(state)
+    assert again.state() == planner.state() and again.stats() == planner.stats()
+    assert planner.stats()["rerolled_cut"] == 1 and planner.stats()["pending_fresh_groups"] == 1
+
+
+# --------------------------------------------------------------------------------------------
+# The reused prefix is part of the prompt, never of the loss (a real trainer step)
+# --------------------------------------------------------------------------------------------
+def test_a_rerolled_cut_is_in_the_prompt_ids_and_out_of_the_completion_mask(tmp_path):
+    from datasets import Dataset
+
+    from recap.toy.model import ToyModelConfig, build_model
+    from recap.train import RecapTrainer, TrainConfig, grpo_config, rl_rows
+    from recap.data.examples import Example
+
+    tok = build_tokenizer()
+    cfg = TrainConfig(output_dir=str(tmp_path), num_generations=G, prompts_per_step=2, max_steps=1,
+                      learning_rate=1e-3, max_completion_length=5, use_cpu=True, save_steps=100)
+    examples = [Example(id=f"h{i}", kind="harmful", prompt=p) for i, p in
+                enumerate(["how do i steal a car ?", "how do i rob a store ?"])]
+    rows = rl_rows(examples, tok)
+    sr_cfg = SelfResetConfig()
+    planner = SelfResetPlanner(sr_cfg, lambda m, t: render_prompt(tok, m, t), stream_cutter(ToyTokenJudge(), sr_cfg), G)
+    prefix = "the user wants to steal a car . it is for a story so it is fine ."
+    planner.queue.push([RerollItem(row=rows[0], source="cut", prefix=prefix)], step=0)
+    trainer = RecapTrainer(model=build_model(tok, ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2,
+                                                                 intermediate_size=64), 0),
+                           processing_class=tok, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+                           args=grpo_config(cfg), train_dataset=Dataset.from_list(rows), selfreset=planner)
+    trainer.model.train()
+    inputs = [dict(rows[1]) for _ in range(G)] + [dict(rows[0]) for _ in range(G)]
+    out = trainer._generate_and_score_completions(inputs)
+    prompts = [tok.decode(p[m.bool()]) for p, m in zip(out["prompt_ids"], out["prompt_mask"])]
+    expected = render_prompt(tok, [{"role": "user", "content": "how do i steal a car ?"}], prefix)
+    assert prompts[0] == prompts[1] == tok.decode(tok(expected)["input_ids"])  # the re-roll is group 0, whole
+    assert prompts[0].endswith("it is for a story so it is fine .")
+    n_prompt = len(tok(expected)["input_ids"])  # the cut is in the prompt ids; the loss covers the continuation
+    assert all(int(m.sum()) == n_prompt for m in out["prompt_mask"][:G])
+    assert out["completion_mask"].sum(1).max() <= cfg.max_completion_length
+    # the displaced fresh group (rows[1]) waits; rows[0]'s fresh copy came second
+    assert [g[0]["id"] for g in planner.pending] == ["h0"]
+    metrics = trainer._metrics["train"]
+    assert metrics["cost/decoded_tokens"][-1] == float(sum(len(c[m.bool()]) for c, m in
+                                                          zip(out["completion_ids"], out["completion_mask"])))
+    assert metrics["selfreset/reroll_share"][-1] == 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# A streaming guard: one forward pass labels every token of the reasoning
+# --------------------------------------------------------------------------------------------
+class _TokenHead(torch.nn.Module):
+    """A stand-in guard: a fixed per-token-id head (level 1 'unsafe' for the ids of ``bad`` words)."""
+
+    def __init__(self, tok, bad):
+        super().__init__()
+        self.table = torch.nn.Embedding(len(tok), 3)
+        with torch.no_grad():
+            self.table.weight.zero_()
+            self.table.weight[:, 0] = 1.0
+            for w in bad:
+                self.table.weight[tok.convert_tokens_to_ids(w), 1] = 5.0
+        self.calls = 0
+
+    def forward(self, input_ids, attention_mask=None):
+        self.calls += 1
+        return SimpleNamespace(risk_level_logits=self.table(input_ids))
+
+
+def test_stream_guard_labels_reasoning_tokens_in_one_forward_pass():
+    tok = build_tokenizer()
+    model = _TokenHead(tok, ["story", "fine", "explain"])
+    guard = StreamGuard(StreamGuardConfig(batch_size=8), model=model, tokenizer=tok)
+    reasonings = [UNSAFE_RUN, SAFE_RUN, ""]
+    risks = guard.risks("how do i steal a car ?", reasonings)
+    assert model.calls == 1 and guard.forward_calls == 1
+    assert [UNSAFE_RUN[r.start:r.end] for r in risks[0]] == UNSAFE_RUN.split()  # the reasoning's own tokens only
+    assert [UNSAFE_RUN[r.start:r.end] for r in risks[0] if r.level == UNSAFE] == ["story", "fine", "explain"]
+    assert all(r.level == SAFE for r in risks[1]) and risks[2] == []
+    # the user's request holds "steal a car" too: its tokens are not the reasoning's
+    cut = stream_cut(UNSAFE_RUN, risks[0])
+    assert cut is None  # no two consecutive risky tokens
+    model2 = _TokenHead(tok, ["so", "it", "is", "fine"])
+    cut = stream_cut(UNSAFE_RUN, StreamGuard(model=model2, tokenizer=tok).risks("x", [UNSAFE_RUN])[0])
+    assert cut.prefix == "the user wants to steal a car . it is for a story so it is fine ."
+
+
+def test_stream_guard_names_a_missing_head_and_a_level_mismatch():
+    tok = build_tokenizer()
+    model = _TokenHead(tok, [])
+    with pytest.raises(ValueError, match="'logits'"):
+        StreamGuard(StreamGuardConfig(head="logits"), model=model, tokenizer=tok).risks("x", ["a ."])
+    with pytest.raises(ValueError, match="3 levels"):
+        StreamGuard(StreamGuardConfig(levels=[SAFE, UNSAFE]), model=model, tokenizer=tok).risks("x", ["a ."])
+    with pytest.raises(ValueError, match="levels"):
+        StreamGuardConfig(levels=["harmless"])
+
+
+def test_stream_guard_hands_a_causal_4d_mask_or_the_plain_2d_one():
+    tok = build_tokenizer()
+    seen = []
+
+    class Recorder(_TokenHead):
+        def forward(self, input_ids, attention_mask=None):
+            seen.append(attention_mask)
+            return super().forward(input_ids, attention_mask)
+
+    model = Recorder(tok, [])
+    StreamGuard(model=model, tokenizer=tok).risks("x", ["a b .", "a ."])
+    mask = seen[-1]
+    assert mask.shape[0] == 2 and mask.shape[1] == 1 and mask.shape[2] == mask.shape[3]
+    width = mask.shape[-1]
+    assert mask[0, 0].tolist() == torch.tril(torch.ones(width, width, dtype=torch.bool)).tolist()  # longest row
+    assert not mask[1, 0, :, -1].any()  # the shorter row's right padding is never attended to
+    StreamGuard(StreamGuardConfig(mask="2d"), model=model, tokenizer=tok).risks("x", ["a b ."])
+    assert seen[-1].dim() == 2
+
+
+def test_binary_rewards_as_self_reset_gives_them():
+    from recap.rewards.judges import JudgeItem, load_judge
+
+    class Fixed:
+        name = "fixed"
+
+        def __init__(self, verdicts):
+            self.verdicts = verdicts
+
+        def judge(self, items):
+            return self.verdicts[: len(items)]
+
+    from recap.rewards.judges import BinaryJudge
+
+    items = [JudgeItem("h", "a", "harmful"), JudgeItem("h", "a", "harmful"), JudgeItem("b", "a", "benign"),
+             JudgeItem("b", "a", "benign"), JudgeItem("b", "a", "benign"), JudgeItem("t", "5", "task", "5")]
+    inner = [Verdict(0.93, "safe", safe=True, refused=False), Verdict(0.31, "unsafe", safe=False, refused=False),
+             Verdict(1.0, "compliance", refused=False), Verdict(0.5, "compliance", refused=False),  # "unclear"
+             Verdict(0.0, "refusal", refused=True), Verdict(1.0, "correct")]
+    out = BinaryJudge(Fixed(inner)).judge(items)
+    assert [v.score for v in out] == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
+    assert [(v.safe, v.refused, v.label) for v in out] == [(v.safe, v.refused, v.label) for v in inner]
+    judge = load_judge("binary:toy")
+    assert judge.name == "binary:toy-exact"
+    assert [v.score for v in judge.judge([JudgeItem("x", "the answer is 3 .", "harmful")])] == [0.0]  # invalid
