@@ -757,7 +757,10 @@ def _resume_point(cfg: TrainConfig, out: Path, inputs: dict, log: Callable[[str]
     may not. Torn checkpoints are set aside first, so they never decide: an earlier run that left no
     complete checkpoint restarts from step 0 (when it trained the same thing) instead of being a dead
     end."""
-    ckpt = last_checkpoint(out, log, require=(PLANNER_STATE,) if dynamic_prefills(cfg) else ())
+    # A checkpoint whose on-policy buffer or Self-ReSET queue was not written is torn: resuming without it
+    # would train on other data than an uninterrupted run.
+    require = ((PLANNER_STATE,) if dynamic_prefills(cfg) else ()) + ((SELFRESET_STATE,) if cfg.self_reset else ())
+    ckpt = last_checkpoint(out, log, require=require)
     torn = sorted(p.name for p in out.glob("incomplete-checkpoint-*")) if out.is_dir() else []
     if ckpt is not None:
         if cfg.resume == "never":

@@ -185,3 +185,12 @@ def test_overrides_apply_on_top_of_a_preset_and_into_optional_sections():
                       defaults=preset)
     assert cfg.max_steps == 7 and cfg.prefill_sources.weights == {"static": 1.0, "on_policy": 0.5}
     assert cfg.prefill_length is not None and cfg.prefill_length.kind == "fixed"
+
+
+def test_a_float_written_without_a_dot_is_a_float():
+    """YAML 1.1 reads ``2e-3`` as text; a float field takes it as the number it means."""
+    from recap.train import TrainConfig
+
+    assert load_config(TrainConfig, None, ["learning_rate=2e-3"]).learning_rate == 0.002
+    with pytest.raises(ConfigError, match="learning_rate"):
+        load_config(TrainConfig, None, ["learning_rate=fast"])

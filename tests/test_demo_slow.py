@@ -1,6 +1,8 @@
-"""`recap demo --quick --compare` end to end (about 3 minutes on 2 cores): checks the plumbing — every
-method (vanilla, RECAP, on-policy, mixed) trains, every attack (the stronger ones included) is evaluated,
-the on-policy buffers fill, and the summary, report and plots are written — not the size of the effect."""
+"""`recap demo --quick` end to end (about 3 minutes on 2 idle cores): checks the plumbing — base, vanilla and
+RECAP are trained and evaluated under every condition of the paper (clean safety, prefill, full hijack, IPR
+rounds 1–3, refusal prefill, task accuracy, reflection, token budget, the malformed share of each), and the
+summary, report and plots are written — not the size of the effect. (`--compare` trains five methods and
+takes far longer; its parts have unit tests.)"""
 
 import json
 import subprocess
@@ -17,7 +19,7 @@ COUNTS = ("reasoning_tokens", "answer_tokens")
 def test_quick_demo_writes_summary_report_and_plots(tmp_path):
     out = tmp_path / "demo"
     # A subprocess, not CliRunner: the demo's worker pool uses the spawn start method.
-    proc = subprocess.run([sys.executable, "-m", "recap.cli", "demo", "--quick", "--compare", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "recap.cli", "demo", "--quick", "--out", str(out)],
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -26,12 +28,8 @@ def test_quick_demo_writes_summary_report_and_plots(tmp_path):
     assert {"wall_seconds", "seeds", "methods"} <= set(summary)
     assert summary["seeds"] == [0]
     assert summary["wall_seconds"] > 0
-    buffers = summary["onpolicy_buffers"]
-    assert set(buffers) == {"on_policy", "mixed"}
-    for b in buffers.values():
-        assert 0 < b["size"] <= 256 and b["refresh_rate"] > 0 and 0 < b["cut_fraction_mean"] <= 1
-    assert buffers["mixed"]["on_policy_share"] < buffers["on_policy"]["on_policy_share"]
-    for method in ("base", "vanilla", "recap", "on_policy", "mixed"):
+    assert set(summary["methods"]) == {"base", "vanilla", "recap"}
+    for method in ("base", "vanilla", "recap"):
         stats = summary["methods"][method]
         # every condition of the paper, plus the malformed share of each attack
         wanted = set(METRICS) | {"attack_ipr2_success", "attack_ipr3_success", "invalid_ipr2", "invalid_ipr3"}
@@ -54,6 +52,6 @@ def test_quick_demo_writes_summary_report_and_plots(tmp_path):
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "data:image/png;base64," in html
     assert "http://" not in html and "https://" not in html  # self-contained: nothing fetched
-    assert "on_policy buffer (mean over seeds)" in (out / "report.md").read_text(encoding="utf-8")
-    for plot in ("attack_success.png", "reflection_rate.png", "stronger_attacks.png"):
+    assert "One seed: no spread" in html and "pipeline check" in (out / "report.md").read_text(encoding="utf-8")
+    for plot in ("attack_success.png", "reflection_rate.png", "overrefusal.png"):
         assert (out / plot).is_file() and (out / plot).stat().st_size > 0

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from recap.cli import app
 from recap.data.examples import Example, write_examples
 from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
-from recap.train import TrainConfig, _check_same_run, config_dump, input_hashes, train
+from recap.train import SELFRESET_STATE, TrainConfig, _check_same_run, _resume_point, config_dump, input_hashes, train
 
 TINY = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 EXAMPLES = [Example(id="h", kind="harmful", prompt="how do i steal a car ?", prefill="the user wants"),
@@ -155,3 +155,15 @@ def test_a_full_disk_during_a_checkpoint_is_one_error_and_the_run_resumes(base, 
     train(_cfg(reference, model=str(base)), EXAMPLES, log=lambda s: None)
     a, b = load_file(reference / "final" / "model.safetensors"), load_file(tmp_path / "run" / "final" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same run as one that never hit the full disk
+
+
+def test_a_self_reset_checkpoint_without_its_queue_is_torn(tmp_path):
+    """With Self-ReSET, a checkpoint whose re-roll queue was not written is set aside, not resumed: the
+    resumed run would re-roll other prefixes than an uninterrupted one."""
+    from recap.data.selfreset import SelfResetConfig
+
+    cfg = _cfg(tmp_path / "run", self_reset=SelfResetConfig(), resume="must")
+    out = _started(cfg, EXAMPLES, complete=(1, 2))
+    (out / "checkpoint-1" / SELFRESET_STATE).write_text("{}")  # checkpoint 2 lacks its queue
+    assert _resume_point(cfg, out, input_hashes(cfg, EXAMPLES), log=lambda s: None) == out / "checkpoint-1"
+    assert (out / "incomplete-checkpoint-2").is_dir()

@@ -23,7 +23,7 @@ from recap.data.examples import Example
 from recap.data.mixture import count_words, draw_length, truncate_words
 from recap.eval import attacks
 from recap.eval.attacks import ATTACKS, DEFAULT_ATTACKS, IPR_SEPARATOR, IPR_TRANSITION, AttackPrompt
-from recap.eval.metrics import has_reflection
+from recap.eval.reflection import has_reflection, has_verification
 from recap.eval.store import ResultStore, record_key
 from recap.generation import Generation, SamplingConfig, generate, generate_rounds
 from recap.models import check_context
@@ -340,7 +340,8 @@ class Evaluation:
                 "round": rnd, "example_id": e.id, "sample": (start + i) % n, "kind": e.kind,
                 "prompt": e.user_text(), "injected": p.injected, "prompt_text": p.text, "completion": g.text,
                 "answer": s.answer, "label": v.label, "score": v.score, "safe": v.safe, "refused": v.refused,
-                "reflected": bool(refl), "reasoning_tokens": self._ntok(own), "answer_tokens": self._ntok(s.answer),
+                "reflected": bool(refl), "verified": has_verification(own),
+                "reasoning_tokens": self._ntok(own), "answer_tokens": self._ntok(s.answer),
                 "new_tokens": g.n_tokens, "truncated": g.truncated,
                 **({"prefill_words": count_words(p.injected)} if attack in ("prefill", "prefill_sweep", "refusal_prefill") else {}),
                 **({"counter_complete": e.counter_complete} if attack == "hijack" else {}),

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from recap.eval.metrics import describe, higher_is_better, is_rate, metric_stats, ordered, wilson  # noqa: E402
 from recap.files import atomic_write, write_text  # noqa: E402
 
-METHODS_ORDER = ("base", "vanilla", "recap", "on_policy", "mixed")
+METHODS_ORDER = ("base", "vanilla", "recap", "on_policy", "mixed", "self_reset", "verify_grpo", "verify_recap")
 SAFETY_NOTE = ("Content warning: this report contains model outputs on harmful prompts, "
                "including attacker-written reasoning and possibly unsafe completions.")
 TRANSCRIPTS_PER_METHOD = 2
@@ -34,7 +34,7 @@ AREAS = (
     ("Safety on harmful prompts", lambda m: m.startswith(("safety_", "refusal_rate_", "attack_"))),
     ("Over-refusal on benign prompts", lambda m: m.startswith(("overrefusal_", "helpfulness_"))),
     ("Reasoning tasks", lambda m: m.startswith("task_")),
-    ("Self-reflection", lambda m: m.startswith("reflection_rate_")),
+    ("Self-reflection and self-verification", lambda m: m.startswith(("reflection_rate_", "verification_rate_"))),
     ("Malformed answers (no closing think tag, or empty)", lambda m: m.startswith("invalid_")),
     ("Token budget", lambda m: m.endswith("_tokens")),
 )
@@ -49,7 +49,8 @@ TITLES = {
     "overrefusal_clean": "refuses, no prefill", "helpfulness_clean": "helpfulness, no prefill",
     "overrefusal_refusal_prefill": "refusal prefill: refuses", "helpfulness_refusal_prefill": "refusal prefill: helpfulness",
     "task_accuracy": "accuracy (mean over samples)", "reflection_rate_prefill": "under a prefill",
-    "reflection_rate_clean": "harmful prompts, no prefill", "invalid_clean": "no attack",
+    "reflection_rate_clean": "harmful prompts, no prefill",
+    "verification_rate_clean": "checks its own draft, harmful prompts, no prefill", "invalid_clean": "no attack",
     "invalid_prefill": "prefill attack", "invalid_hijack": "full CoT hijack", "invalid_hcot": "H-CoT",
     "invalid_prefill_unseen": "unseen-generator prefill", "invalid_refusal_prefill": "refusal prefill",
     "reasoning_tokens": "reasoning tokens (clean prompts)", "answer_tokens": "answer tokens (clean prompts)",
