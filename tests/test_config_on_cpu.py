@@ -121,7 +121,7 @@ def test_from_dict_to_dict_round_trip():
     cfg = EvalConfig(attacks=["clean"], prefill_words=[5, 6], sampling=SamplingConfig(top_p=0.5), seed=2)
     data = to_dict(cfg)
     assert data["sampling"] == {"temperature": 1.0, "top_p": 0.5, "max_new_tokens": 64, "batch_size": 64,
-                                "reuse_prefix": True}
+                                "reuse_prefix": True, "decoder": "continuous"}
     assert from_dict(EvalConfig, data) == cfg
 
 

@@ -318,3 +318,155 @@ def test_samples_of_one_prompt_read_the_prompt_once(model, tok, prompts):
         distinct_tokens = sum(_lens(tok, prompts[:4]))
         assert read_plain - read_shared == pytest.approx(prompt_tokens - distinct_tokens, abs=len(repeated) * 40)
         assert read_shared < read_plain
+
+
+# -- recap's decode loop (decoder 'continuous' / 'batch') against one transformers generate call per batch ('hf') --
+
+LOOP_DECODERS = ("continuous", "batch")
+
+
+def _greedy(decoder, batch_size, new=12, **kw):
+    return SamplingConfig(temperature=0, max_new_tokens=new, batch_size=batch_size, decoder=decoder, **kw)
+
+
+@pytest.fixture(scope="module")
+def mixed(prompts):
+    """The prompts, then three of them three times each (several samples per prompt)."""
+    return prompts + [p for p in prompts[:3] for _ in range(3)]
+
+
+@pytest.mark.parametrize("batch_size", [2, 4, 16])
+def test_decode_loop_greedy_equals_hf_generate(eos_model, tok, mixed, batch_size):
+    """Rows end at different lengths (EOS after 0 to 11 tokens, or the budget): with the loop they leave the
+    batch (and queued prompts take their place); each row's greedy output is still what one transformers
+    generate call per batch gives."""
+    before = generate(eos_model, tok, mixed, _greedy("hf", batch_size))
+    assert len({g.n_tokens for g in before}) >= 4
+    assert any(g.truncated for g in before) and not all(g.truncated for g in before)
+    for decoder in LOOP_DECODERS:
+        assert generate(eos_model, tok, mixed, _greedy(decoder, batch_size)) == before, decoder
+        assert generate(eos_model, tok, mixed, _greedy(decoder, batch_size, reuse_prefix=False)) == before, decoder
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_rounds_with_the_decode_loop_equal_rounds_with_hf_generate(eos_model, tok, prompts, reuse):
+    out = {}
+    for decoder in ("hf", "continuous"):
+        sampling = SamplingConfig(temperature=0, max_new_tokens=10, batch_size=3, reuse_prefix=reuse, decoder=decoder)
+        out[decoder] = generate_rounds(eos_model, tok, prompts, _suffix, 3, sampling)
+    ended = [not t.generation.truncated for rnd in out["hf"] for t in rnd]
+    assert any(ended) and not all(ended)
+    assert [[(t.prompt_text, t.generation) for t in rnd] for rnd in out["continuous"]] == \
+        [[(t.prompt_text, t.generation) for t in rnd] for rnd in out["hf"]]
+
+
+def test_finished_rows_leave_the_batch(eos_model, tok, prompts):
+    """One batch, no shared prompts: the loop reads every row's prompt (padded to the longest) and then one
+    position per token a row has yet to read; transformers' generate reads every row until the longest ends."""
+    def run(decoder):
+        return _tokens_read(eos_model, lambda: generate(eos_model, tok, prompts, _greedy(decoder, 16, reuse_prefix=False)))
+    (gens, read_loop), (_, read_hf) = run("batch"), run("hf")
+    sampled = [g.n_tokens + (not g.truncated) for g in gens]  # with the EOS token
+    prompt_positions = len(prompts) * max(_lens(tok, prompts))
+    assert len(set(sampled)) > 2
+    assert read_loop == prompt_positions + sum(n - 1 for n in sampled)
+    assert read_hf == prompt_positions + len(prompts) * (max(sampled) - 1)
+
+
+def _shapes(model, fn):
+    """(rows, columns) of each forward pass's input ids while ``fn`` runs."""
+    calls = []
+    handle = model.register_forward_pre_hook(lambda mod, args, kw: calls.append(tuple(kw["input_ids"].shape)),
+                                             with_kwargs=True)
+    try:
+        fn()
+        return calls
+    finally:
+        handle.remove()
+
+
+def test_continuous_batching_reads_queued_prompts_while_rows_decode(eos_model, tok, prompts):
+    """'continuous': prompts join a batch whose other rows are mid-way (a decode step after a prefill has more
+    rows than the prefill read); 'batch': the next prompts start only when the batch has ended. Neither holds
+    more than batch_size rows."""
+    def joined(calls):  # a prefill of k rows followed by a decode step of more than k rows
+        return any(n > 1 and nxt[1] == 1 and nxt[0] > b for (b, n), nxt in zip(calls, calls[1:]))
+    many = prompts * 2
+    for decoder, expect in (("continuous", True), ("batch", False)):
+        calls = _shapes(eos_model, lambda: generate(eos_model, tok, many, _greedy(decoder, 4, reuse_prefix=False)))
+        assert max(b for b, _ in calls) <= 4
+        assert joined(calls) == expect, decoder
+
+
+def test_progress_adds_up_with_continuous_batching(eos_model, tok, mixed):
+    steps = []
+    generate(eos_model, tok, mixed, _greedy("continuous", 4), progress=steps.append)
+    assert all(k > 0 for k in steps) and len(steps) > 4
+    assert sum(steps) == pytest.approx(len(mixed))
+
+
+def test_top_p_near_zero_samples_the_greedy_token(eos_model, tok, mixed):
+    """Temperature and top-p go through transformers' warpers: a nucleus of (almost) no mass keeps only the
+    most likely token, so sampling returns the greedy output."""
+    greedy = generate(eos_model, tok, mixed, _greedy("continuous", 4))
+    sampled = generate(eos_model, tok, mixed, SamplingConfig(temperature=0.7, top_p=1e-9, max_new_tokens=12, batch_size=4), seed=7)
+    assert sampled == greedy
+
+
+def test_the_models_repetition_penalty_is_applied_as_transformers_does(tok, mixed):
+    from recap.generation import _use_loop
+
+    m = _random_model(tok, seed=1, silent=(tok.pad_token_id, tok.unk_token_id), eos_scale=3.0)
+    plain = generate(m, tok, mixed, _greedy("continuous", 4))
+    m.generation_config.repetition_penalty = 3.0
+    assert _use_loop(m, _greedy("continuous", 4))
+    penalised = generate(m, tok, mixed, _greedy("continuous", 4))
+    assert penalised != plain
+    assert penalised == generate(m, tok, mixed, _greedy("hf", 4))
+    m.generation_config.no_repeat_ngram_size = 2  # not implemented by the loop: transformers decodes
+    assert not _use_loop(m, _greedy("continuous", 4))
+
+
+def test_an_unknown_decoder_is_refused(model, tok, prompts):
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        generate(model, tok, prompts, _greedy("vllm", 4))
+
+
+def test_growing_cache_layer_holds_what_concatenation_holds():
+    from transformers.cache_utils import DynamicLayer
+
+    from recap.generation import _GrowingLayer
+
+    g = torch.Generator().manual_seed(0)
+    grow, plain = _GrowingLayer(), DynamicLayer()
+
+    def update(n):
+        k, v = torch.randn(3, 2, n, 4, generator=g), torch.randn(3, 2, n, 4, generator=g)
+        return grow.update(k, v), plain.update(k, v)
+    for n in (5, 1, 1, 70, 1, 3):  # 70 overflows the first buffer: it grows
+        (gk, gv), (pk, pv) = update(n)
+        assert torch.equal(gk, pk) and torch.equal(gv, pv)
+    index = torch.tensor([2, 0, 0])
+    grow.batch_select_indices(index)
+    plain.batch_select_indices(index)
+    assert torch.equal(grow.keys, plain.keys) and torch.equal(grow.values, plain.values)
+    grow.drop_left(4)  # columns no row needs any more
+    (gk, gv), (pk, pv) = update(2)
+    assert torch.equal(gk, pk[:, :, 4:]) and torch.equal(gv, pv[:, :, 4:])
+    assert grow.get_seq_length() == plain.get_seq_length() - 4
+
+
+def test_generate_ids_stops_each_row_at_its_own_budget(model, tok, prompts):
+    """Token-id rows with one budget each (a trainer's rollouts under a total length budget): every row
+    writes exactly its budget (this model never samples EOS), and greedily that is the start of what the
+    row writes with the largest budget."""
+    from recap.generation import generate_ids
+
+    rows = [tok(p)["input_ids"] for p in prompts]
+    budgets = [1, 6, 3, 6, 2, 5]
+    sampling = SamplingConfig(temperature=0, max_new_tokens=6, batch_size=4)
+    full = generate_ids(model, rows, sampling, tok.pad_token_id, tok.eos_token_id)
+    cut = generate_ids(model, rows, sampling, tok.pad_token_id, tok.eos_token_id, budgets=budgets)
+    assert [len(new) for new, _ in cut] == budgets and not any(ended for _, ended in cut)
+    assert [new for new, _ in cut] == [new[:b] for (new, _), b in zip(full, budgets)]
+    assert [list(g.ids) for g in generate(model, tok, prompts, sampling)] == [new for new, _ in full]
