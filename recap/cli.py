@@ -83,21 +83,24 @@ def progress_bars():
 
 
 @contextlib.contextmanager
-def training_progress(name: str):
-    """A ``progress(step, max_steps, logs)`` callback drawing one rich line for a training run: step, mean
-    reward by kind (from the latest log) and ETA."""
+def training_bars():
+    """A ``progress(run, step, max_steps, logs)`` callback drawing one rich line per training run: step, mean
+    reward by kind (from the run's latest log) and ETA."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rewards]}"),
-                   TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
-    task = bar.add_task(f"train {name}", total=None, rewards="")
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rewards]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=err,
+                    transient=False)
+    tasks: dict[str, int] = {}
 
-    def update(step: int, max_steps: int, logs: dict) -> None:
+    def update(run: str, step: int, max_steps: int, logs: dict) -> None:
+        if run not in tasks:
+            tasks[run] = bars.add_task(f"train {run}", total=max_steps, rewards="")
         rewards = " ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in sorted(logs.items())
                            if k.startswith("reward/") and isinstance(v, (int, float)))
-        bar.update(task, completed=step, total=max_steps, rewards=rewards)
+        bars.update(tasks[run], completed=step, total=max_steps, rewards=rewards)
 
-    with bar:
+    with bars:
         yield update
 
 
@@ -128,7 +131,8 @@ def demo(
         cfg.seeds = seeds
     if methods is not None:
         cfg = replace(cfg, methods=[m.strip() for m in methods.split(",") if m.strip()])
-    summary = run_demo(cfg, out_dir, log=say)
+    with training_bars() as bars:
+        summary = run_demo(cfg, out_dir, log=say, progress=bars)
     out.print(f"report: {out_dir / 'report.html'}  ({out_dir / 'report.md'}, {out_dir / 'summary.json'})")
     return summary
 
@@ -147,8 +151,8 @@ def train(
     if not cfg.model or not cfg.train_file:
         raise ConfigError(f"{config}: fields 'model' and 'train_file' are required")
     cfg.resume = "must" if resume else "never"
-    with training_progress(cfg.output_dir) as progress:
-        final = run_train(cfg, log=note, progress=progress)
+    with training_bars() as bars:
+        final = run_train(cfg, log=note, progress=lambda step, total, logs: bars(cfg.output_dir, step, total, logs))
     out.print(f"final model: {final}")
 
 
@@ -346,15 +350,20 @@ def data_prefill(
 def judge_fit(
     data: list[Path] = typer.Option(..., "--data", help="Labelled completions (XSTest format: prompt, completion, final_label). Repeatable."),
     out_file: Path = typer.Option(..., "--out", help="Where to save the fitted judge (.npz)."),
-    features: str = typer.Option("answer+rules", help="Feature blocks joined by '+': answer (required), prompt, rules."),
-    override: str = typer.Option("xstest", help="Rule family whose match forces 'refusal' ('none' to disable)."),
+    features: Optional[str] = typer.Option(None, help="Feature blocks joined by '+': answer (required), opening, prompt, rules, flags (default: refusal.DEFAULT_FEATURES)."),
+    override: Optional[str] = typer.Option(None, help="Rule whose match forces 'refusal': explicit, recap, xstest, gcg, or 'none' (default: refusal.DEFAULT_OVERRIDE)."),
+    classes: Optional[str] = typer.Option(None, help="'partial' (compliance / full / partial refusal) or 'binary' (default: refusal.DEFAULT_CLASSES)."),
+    builtin: bool = typer.Option(True, "--builtin/--no-builtin", help="Also fit on the labelled set shipped with recap (recap/rewards/data/refusal_labels.csv)."),
 ):
     """Fit the offline refusal classifier (MiniLM embeddings + logistic regression) and save it."""
-    from recap.rewards.refusal import fit_refusal_judge
+    from recap.rewards import refusal
 
-    judge = fit_refusal_judge([str(p) for p in data], out_file, features=features,
-                              override=None if override == "none" else override)
-    out.print_json(json.dumps({"out": str(out_file), "n": judge.meta["training"]["n"], "features": judge.features}))
+    over = refusal.DEFAULT_OVERRIDE if override is None else (None if override == "none" else override)
+    judge = refusal.fit_refusal_judge([str(p) for p in data], out_file, features=features or refusal.DEFAULT_FEATURES,
+                                      override=over, classes=classes or refusal.DEFAULT_CLASSES, builtin=builtin)
+    out.print_json(json.dumps({"out": str(out_file), "n": judge.meta["training"]["n"], "features": judge.features,
+                               "classes": list(judge.classes), "override": judge.override,
+                               "C": judge.meta["classifier"]["C"]}))
 
 
 @judge_app.command("eval")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import resource
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
@@ -152,8 +153,9 @@ def _quiet_worker() -> None:
     hf_logging.disable_progress_bar()
 
 
-def _rl_job(method: str, seed: int, cfg: DemoConfig, out: str) -> str:
-    """Train one method for one seed (skipped when already done), then evaluate it. Returns the store."""
+def _rl_job(method: str, seed: int, cfg: DemoConfig, out: str, queue=None) -> str:
+    """Train one method for one seed (skipped when already done), then evaluate it. Returns the store.
+    ``queue`` (a manager queue) receives ``(run, step, max_steps, latest logs)`` after every RL step."""
     import torch
 
     _quiet_worker()
@@ -171,7 +173,9 @@ def _rl_job(method: str, seed: int, cfg: DemoConfig, out: str) -> str:
     rl = replace(cfg.rl, model=str(start), output_dir=str(run_dir), seed=seed,
                  prefill_sources=replace(cfg.onpolicy, weights=dict(spec.weights)),
                  self_reset=cfg.self_reset if spec.self_reset else None)
-    final = train(rl, examples, log=lambda s: None)
+    def progress(step: int, total: int, logs: dict) -> None:
+        queue.put((f"{method} seed {seed}", step, total, {k: v for k, v in logs.items() if k.startswith("reward/")}))
+    final = train(rl, examples, log=lambda s: None, progress=progress if queue is not None else None)
     return _eval_job(method, seed, str(final), cfg, out)
 
 
@@ -380,7 +384,7 @@ def write_comparison(records: list[dict], summary: dict, out: Path, cfg: DemoCon
     lines = [f"| metric (%) | {' | '.join(label[m] for m in methods)} |", "|---|" + "---|" * len(methods)]
     for name, metric in COMPARISON_ROWS:
         lines.append(f"| {name} | " + " | ".join(_pm(per_seed[m].get(metric, [])) for m in methods) + " |")
-    lines.append(f"| verifier accuracy, held-out verification task | " + " | ".join(
+    lines.append("| verifier accuracy, held-out verification task | " + " | ".join(
         _pm(base_acc) if m == "base" else _pm(costs[m]["verifier_accuracy"]) for m in methods) + " |")
     lines.append("| **training cost** | " + " | ".join("" for _ in methods) + " |")
     for name, key, scale, digits in (("RL seconds per step", "rl_seconds_per_step", 1, 2),
@@ -451,8 +455,16 @@ def _comparison_plot(per_seed: dict, costs: dict, methods: list[str], label: dic
     plt.close(fig)
 
 
-def run_demo(cfg: DemoConfig, out: str | Path, log=print) -> dict:
-    """Run (or resume) the experiment into ``out`` and return the summary written to summary.json."""
+def _forward(queue, progress) -> None:
+    """Hand the workers' progress messages to ``progress`` until a None arrives."""
+    while (item := queue.get()) is not None:
+        progress(*item)
+
+
+def run_demo(cfg: DemoConfig, out: str | Path, log=print, progress=None) -> dict:
+    """Run (or resume) the experiment into ``out`` and return the summary written to summary.json.
+    ``progress(run, step, max_steps, rewards by kind)`` follows every RL step of every run (the workers
+    send it through a queue); each run's full logs are in ``runs/<method>-seed<N>/train_log.jsonl``."""
     from recap.eval.store import ResultStore
     from recap.report import write_report
     from recap.toy.model import pretrain
@@ -472,7 +484,10 @@ def run_demo(cfg: DemoConfig, out: str | Path, log=print) -> dict:
         import torch
 
         # As many threads as there are idle cores now (two threads on one free core spin against each other).
+        from transformers.utils import logging as hf_logging
+
         torch.set_num_threads(threads_for(cfg.workers))
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bar between the demo's lines
         pretrain(cfg.pretrain, cfg.model, base, log=lambda s: log(f"[demo]   {s}"))
         write_text(stamp_file, json.dumps(stamp, indent=1))
     seeds = list(range(cfg.seeds))
@@ -483,14 +498,19 @@ def run_demo(cfg: DemoConfig, out: str | Path, log=print) -> dict:
     stores = []
     # Workers run one thread each: separate single-threaded processes share a busy machine fairly, unlike
     # the threads of one process, which wait for each other.
-    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
+    context = mp.get_context("spawn")
+    with context.Manager() as manager, ProcessPoolExecutor(max_workers=cfg.workers, mp_context=context) as pool:
         futures, waiting = {}, []
+        queue = manager.Queue() if progress is not None else None
+        reader = threading.Thread(target=_forward, args=(queue, progress), daemon=True) if queue is not None else None
+        if reader is not None:
+            reader.start()
 
         def submit(kind: str, method: str, seed: int) -> None:
             if kind == "verify":
                 f = pool.submit(_verify_job, seed, cfg, str(out))
             elif kind == "rl":
-                f = pool.submit(_rl_job, method, seed, cfg, str(out))
+                f = pool.submit(_rl_job, method, seed, cfg, str(out), queue)
             else:
                 f = pool.submit(_eval_job, method, seed, str(base), cfg, str(out))
             futures[f] = (kind, method, seed)
@@ -514,6 +534,9 @@ def run_demo(cfg: DemoConfig, out: str | Path, log=print) -> dict:
                 else:
                     stores.append(result)
                 log(f"[demo]   {done}/{len(jobs)} done: {method} seed {seed} ({time.time() - t0:.0f}s)")
+        if reader is not None:
+            queue.put(None)
+            reader.join()
     records = [r for p in sorted(stores) for r in ResultStore(p).records()]
     notes = [*([cfg.purpose] if cfg.purpose else []),
         f"Miniature world, {cfg.seeds} seed(s); the base model is pre-trained once (seed {cfg.pretrain.seed}) and "

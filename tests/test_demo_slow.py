@@ -23,6 +23,9 @@ def test_quick_demo_writes_summary_report_and_plots(tmp_path):
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+    # One progress line per RL run (from the workers, through a queue), and nothing of TRL's or the hub's own.
+    assert "train recap seed 0" in proc.stderr and "train vanilla seed 0" in proc.stderr
+    assert "{'loss'" not in proc.stdout + proc.stderr and "Writing model shards" not in proc.stdout + proc.stderr
 
     summary = json.loads((out / "summary.json").read_text())
     assert {"wall_seconds", "seeds", "methods"} <= set(summary)
