@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recap.rewards.judges import RULE_FAMILIES, JudgeItem, refusal_verdict  # noqa: E402
+from recap.rewards.judges import RULE_FAMILIES, refusal_verdict  # noqa: E402
 from recap.rewards.refusal import (BUILTIN_LABELS, DEFAULT_CLASSES, DEFAULT_FEATURES,  # noqa: E402
                                    DEFAULT_OVERRIDE, EmbeddingRefusalJudge, SentenceEncoder,
                                    evaluate_refusal_judge, explicit_refusal, fit_refusal_judge, get_encoder,

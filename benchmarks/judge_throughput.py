@@ -62,7 +62,7 @@ def main(argv=None) -> int:
           f"--batch-size {args.batch_size}{ml}")
     print(f"{len(items)} answers, mean {sum(ntok) / len(ntok):.0f} tokens (max {enc.max_length} encoded), "
           f"{torch.get_num_threads()} torch threads, batch {args.batch_size}")
-    print(f"| judge | answers/s | answers timed | seconds |\n|---|---|---|---|")
+    print("| judge | answers/s | answers timed | seconds |\n|---|---|---|---|")
     print(f"| rules (recap family) | {rule_rate:,.0f} | {rn} | {rdt:.2f} |")
     print(f"| classifier ({judge.features}) | {clf_rate:,.1f} | {cn} | {cdt:.2f} |")
     print(f"ratio rules/classifier: {rule_rate / clf_rate:,.0f}x")

@@ -1,5 +1,6 @@
 """The documentation that is generated from code stays in step with it."""
 
+import sys
 from pathlib import Path
 
 import yaml
@@ -23,7 +24,13 @@ def test_shipped_configs_load():
     from recap.eval.suite import SuiteConfig
     from recap.rewards.guard import GuardConfig
     from recap.rewards.rubric import RubricConfig
+    from recap.data.selfreset import SelfResetConfig  # noqa: F401  (self-reset.yaml is a TrainConfig with its section)
+    from recap.sft import DistillConfig, SFTTrainConfig
     from recap.train import TrainConfig
+    from recap.verify import VerifyDataConfig
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from real_effect import ExperimentConfig
 
     classes = {"toy/mixture.yaml": MixtureConfig, "toy/train.yaml": TrainConfig, "toy/eval.yaml": EvalConfig,
                "toy/demo.yaml": DemoConfig, "recap-dapo.yaml": TrainConfig,
@@ -34,12 +41,16 @@ def test_shipped_configs_load():
                "judges/strongreject-rubric.yaml": RubricConfig, "judges/overrefusal-rubric.yaml": RubricConfig,
                "judges/guard.yaml": GuardConfig, "recap-mixed-curriculum.yaml": TrainConfig,
                "recipe/paper.yaml": RecipeConfig, "recipe/cpu.yaml": RecipeConfig,
-               "recipe/paper-prefills.yaml": PrefillConfig, "judges/reflection-rubric.yaml": RubricConfig}
+               "recipe/paper-prefills.yaml": PrefillConfig, "judges/reflection-rubric.yaml": RubricConfig,
+               "self-reset.yaml": TrainConfig, "verify.yaml": SFTTrainConfig, "verify-data.yaml": VerifyDataConfig,
+               "smollm2/distill.yaml": DistillConfig, "smollm2/sft.yaml": SFTTrainConfig,
+               "smollm2/rl.yaml": TrainConfig, "smollm2/eval-effect.yaml": SuiteConfig,
+               "smollm2/experiment.yaml": ExperimentConfig}
     files = sorted(f for f in (ROOT / "configs").rglob("*.yaml") if f.parent.name != "accelerate")
     names = {f.relative_to(ROOT / "configs").as_posix(): f for f in files}
     assert set(names) == set(classes)
     for name, f in names.items():
-        cfg = load_config(classes[name], f)
+        load_config(classes[name], f)
         assert yaml.safe_load(f.read_text())  # not empty
 
 

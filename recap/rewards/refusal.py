@@ -36,7 +36,6 @@ import csv
 import hashlib
 import importlib.util
 import json
-import math
 import os
 import re
 from collections.abc import Sequence
@@ -46,8 +45,8 @@ from typing import NamedTuple
 import numpy as np
 
 from recap.data.examples import DataError, csv_records
-from recap.rewards.judges import (COMPLIANCE, CORRECT, INCORRECT, INVALID, REFUSAL, RULE_FAMILIES, JudgeItem, Judge,
-                                  RuleJudge, Verdict, math_equal, refusal_verdict, rule_match,
+from recap.rewards.judges import (CORRECT, INCORRECT, INVALID, REFUSAL, RULE_FAMILIES, JudgeItem, Judge,
+                                  Verdict, math_equal, refusal_verdict, rule_match,
                                   rule_refused)
 
 __all__ = [

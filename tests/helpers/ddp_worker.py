@@ -7,7 +7,6 @@ import json
 import os
 import sys
 import zlib
-from dataclasses import replace
 from pathlib import Path
 
 import torch
