@@ -56,6 +56,7 @@ class Generation:
     n_tokens: int
     truncated: bool  # hit max_new_tokens without an end-of-sequence token
     ids: tuple[int, ...] = ()  # the new token ids, without the end-of-sequence token
+    context: tuple[int, ...] = ()  # the last prompt ids the text was decoded after (see decode_continuation)
 
 
 def is_engine(model) -> bool:
@@ -123,8 +124,25 @@ def _sample(model, ids, mask, cache, sampling: SamplingConfig, pad: int, eos: in
     return seqs, out.cache, news, ended
 
 
-def _generation(tokenizer, new: list[int], ended: bool) -> Generation:
-    return Generation(tokenizer.decode(new, skip_special_tokens=True), len(new), not ended, tuple(new))
+#: Prompt tokens a continuation is decoded after (enough for a byte-level merge or a word-level join).
+CONTEXT_TOKENS = 4
+
+
+def decode_continuation(tokenizer, context: Sequence[int], new: Sequence[int]) -> str:
+    """The text ``new`` adds after ``context``, decoded in context: a tokenizer whose decoder joins words
+    with spaces (word-level, SentencePiece's leading '▁') writes the boundary space only when it sees the
+    token before, so decoding the continuation alone would glue it to the prompt ("being" + "helpful").
+    Falls back to decoding ``new`` alone when the context's text is not a prefix of the joint text."""
+    if not context:
+        return tokenizer.decode(list(new), skip_special_tokens=True)
+    head = tokenizer.decode(list(context), skip_special_tokens=True)
+    full = tokenizer.decode([*context, *new], skip_special_tokens=True)
+    return full[len(head):] if full.startswith(head) else tokenizer.decode(list(new), skip_special_tokens=True)
+
+
+def _generation(tokenizer, new: list[int], ended: bool, prompt: Sequence[int] = ()) -> Generation:
+    context = tuple(prompt[-CONTEXT_TOKENS:])
+    return Generation(decode_continuation(tokenizer, context, new), len(new), not ended, tuple(new), context)
 
 
 def _pad_eos(tokenizer) -> tuple[int, int]:
@@ -484,7 +502,7 @@ def generate(
                 reported[0] = share * n
         _, _, news, ended = _sample(model, ids, mask, cache, sampling, pad, eos, tick if progress else None)
         for r, i in enumerate(idx):
-            out[i] = _generation(tokenizer, news[r], ended[r])
+            out[i] = _generation(tokenizer, news[r], ended[r], encoded[i])
         if progress and len(idx) > reported[0]:
             progress(len(idx) - reported[0])
     return out  # type: ignore[return-value]
@@ -493,7 +511,7 @@ def generate(
 def _generate_loop(model, tokenizer, encoded, order, sampling, pad, eos, progress) -> list[Generation]:
     """``generate`` with recap's decode loop."""
     done = _decode_queue(model, encoded, order, sampling, pad, eos, progress)
-    return [_generation(tokenizer, *done[i]) for i in range(len(encoded))]
+    return [_generation(tokenizer, *done[i], encoded[i]) for i in range(len(encoded))]
 
 
 def _decode_queue(model, encoded, order, sampling, pad, eos, progress, budgets=None) -> dict:
@@ -559,7 +577,7 @@ def kept_tokens(tokenizer, generation: Generation, n_chars: int) -> tuple[int, s
         return len(ids), ""
 
     def decoded(j: int) -> str:
-        return tokenizer.decode(ids[:j], skip_special_tokens=True) if j else ""
+        return decode_continuation(tokenizer, generation.context, ids[:j]) if j else ""
 
     lo, hi = 0, len(ids)  # decoded(lo) is a prefix of target; find the largest such j by bisection
     while lo < hi:
@@ -647,7 +665,7 @@ def generate_rounds(
             seqs, cache, last_new, ended = sample(model, ids, mask, cache if sampling.reuse_prefix else None,
                                                   sampling, pad, eos, tick if progress else None)
             for row, i in enumerate(idx):
-                out[r][i] = Turn(texts[row], _generation(tokenizer, last_new[row], ended[row]))
+                out[r][i] = Turn(texts[row], _generation(tokenizer, last_new[row], ended[row], convo[row]))
             if progress and len(idx) > reported[0]:
                 progress(r, len(idx) - reported[0])
         del cache

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from recap.chat import render_prompt
-from recap.generation import Generation, SamplingConfig, generate, generate_rounds, kept_tokens
+from recap.generation import (Generation, SamplingConfig, decode_continuation, generate, generate_rounds,
+                              kept_tokens)
 from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
 
 TINY = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
@@ -148,8 +149,25 @@ def test_eos_ends_the_text_and_truncated_flags_a_missing_eos(tok):
     scripted = _Scripted({tuple(ids(p_done)): ids(answer) + [eos], tuple(ids(p_cut)): ids(rambling)}, tok.pad_token_id)
     max_new = len(ids(rambling))
     done, cut = generate(scripted, tok, [p_done, p_cut], SamplingConfig(temperature=0, max_new_tokens=max_new))
-    assert done == Generation(answer, len(ids(answer)), truncated=False, ids=tuple(ids(answer)))
-    assert cut == Generation(rambling, max_new, truncated=True, ids=tuple(ids(rambling)))
+    # The text is decoded after the prompt's last tokens, so it carries the boundary space the decoder writes.
+    assert done == Generation(" " + answer, len(ids(answer)), truncated=False, ids=tuple(ids(answer)),
+                              context=tuple(ids(p_done)[-4:]))
+    assert cut == Generation(" " + rambling, max_new, truncated=True, ids=tuple(ids(rambling)),
+                             context=tuple(ids(p_cut)[-4:]))
+
+
+def test_prompt_and_continuation_join_as_the_tokens_read(tok):
+    """A word-level decoder writes the space between two words only when it sees both: the prompt text and
+    the generated text joined read exactly as the whole sequence decodes ("being helpful", not
+    "beinghelpful"), which the report's prefill/continuation transcript relies on."""
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompt, answer = "<user> what is 2 plus 3 ? <assistant> <think> the user wants", "to steal a car . </think> 5 ."
+    scripted = _Scripted({tuple(ids(prompt)): ids(answer) + [tok.eos_token_id]}, tok.pad_token_id)
+    (gen,) = generate(scripted, tok, [prompt], SamplingConfig(temperature=0, max_new_tokens=20))
+    assert tok.decode(ids(prompt)) + gen.text == tok.decode(ids(prompt) + ids(answer))
+    assert gen.text.startswith(" to steal")
+    # kept_tokens counts characters of this text: the first word is one token, the space included.
+    assert kept_tokens(tok, gen, len(" to")) == (1, "")
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +229,7 @@ def _check_rounds_token_for_token(model, tok, prompts, rounds, next_turn, new=10
             prev = rounds[r - 1][i].generation
             n_chars, appended = next_turn(r, i, prev)
             n_ids, leftover = kept_tokens(tok, prev, n_chars)
-            assert tok.decode(list(prev.ids[:n_ids]), skip_special_tokens=True) + leftover == prev.text[:n_chars]
+            assert decode_continuation(tok, prev.context, prev.ids[:n_ids]) + leftover == prev.text[:n_chars]
             ids = ids + list(prev.ids[:n_ids]) + tok(leftover + appended, add_special_tokens=False)["input_ids"]
             assert rounds[r][i].prompt_text == rounds[r - 1][i].prompt_text + prev.text[:n_chars] + appended
             assert list(rounds[r][i].generation.ids) == _alone(model, tok, ids, new), (i, r)
