@@ -49,7 +49,7 @@ from recap.verify import VerifyDataConfig
 def _toy_rl() -> TrainConfig:
     return TrainConfig(judge="toy", num_generations=8, prompts_per_step=8, max_steps=90, learning_rate=1e-4,
                        max_completion_length=48, save_steps=45, logging_steps=10, num_threads=1, use_cpu=True,
-                       gradient_checkpointing=False)
+                       gradient_checkpointing=False, dynamic_sampling=False)  # off: see docs/miniature-world.md
 
 
 def _toy_eval() -> EvalConfig:

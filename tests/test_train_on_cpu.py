@@ -53,7 +53,7 @@ def test_prefill_is_in_the_prompt_ids_and_never_in_the_completion(tok, tmp_path)
 
 
 def test_without_dynamic_sampling_nothing_is_masked(tok, tmp_path):
-    trainer = build_trainer(_cfg(tmp_path), _examples(), model=build_model(tok, TINY, 0), tokenizer=tok)
+    trainer = build_trainer(_cfg(tmp_path, dynamic_sampling=False), _examples(), model=build_model(tok, TINY, 0), tokenizer=tok)
     trainer.model.train()
     rows = rl_rows(_examples(), tok)
     out = trainer._generate_and_score_completions([rows[0]] * 3 + [rows[1]] * 3)

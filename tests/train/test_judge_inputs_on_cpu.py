@@ -36,7 +36,8 @@ def test_a_training_step_gives_judges_the_user_request_and_the_answer_only(tmp_p
     ]
     cfg = TrainConfig(model="unused", output_dir=str(tmp_path), judge="toy", num_generations=2, prompts_per_step=3,
                       max_steps=1, learning_rate=1e-2, max_completion_length=6, temperature=1.5, use_cpu=True,
-                      save_steps=100, unclosed="continuation", think_system_prompt=think_system_prompt)
+                      save_steps=100, unclosed="continuation", think_system_prompt=think_system_prompt,
+                      dynamic_sampling=False)  # every group, tied or not, reaches the judge once
     trainer = build_trainer(cfg, examples, model=build_model(tok, TINY, 0), tokenizer=tok)
     recorder = Recorder()
     router = trainer.reward_funcs[0]

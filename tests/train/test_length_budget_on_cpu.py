@@ -28,7 +28,8 @@ def _examples():
 
 def _cfg(tmp_path, **kw):
     base = dict(model="unused", output_dir=str(tmp_path), judge="toy", num_generations=2, prompts_per_step=2,
-                max_steps=1, max_completion_length=64, max_total_length=40, use_cpu=True, save_steps=100)
+                max_steps=1, max_completion_length=64, max_total_length=40, use_cpu=True, save_steps=100,
+                dynamic_sampling=False)
     return TrainConfig(**{**base, **kw})
 
 
