@@ -85,7 +85,8 @@ def load_examples(path: str, n: int):
 def metric(examples, texts: list[str]) -> float:
     """The benchmark's headline number on these answers, in %: refusal rate on harmful prompts,
     compliance on benign ones, accuracy on tasks (string-rule judge and math-verify)."""
-    from recap.rewards.judges import JudgeItem, load_judge
+    from recap.rewards.judges import JudgeItem
+    from recap.rewards.factory import load_judge
 
     verdicts = load_judge("rules").judge([JudgeItem(e.user_text(), t, e.kind, e.reference) for e, t in zip(examples, texts)])
     hits = [(v.label == "refusal") if e.kind == "harmful" else (v.label != "refusal") if e.kind == "benign"

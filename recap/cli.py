@@ -175,7 +175,7 @@ def eval_(
     from recap.eval.metrics import compute_metrics
     from recap.eval.runner import EvalConfig, evaluate
     from recap.eval.store import ResultStore
-    from recap.rewards.judges import load_judges
+    from recap.rewards.factory import load_judges
 
     if base_url is not None and engine is None:
         engine = "endpoint"
@@ -388,7 +388,8 @@ def judge_score(
 ):
     """Judge final answers: each input row comes back with score, label and rationale."""
     from recap.data.examples import DataError, iter_jsonl
-    from recap.rewards.judges import JudgeItem, checked_judge, load_judge
+    from recap.rewards.judges import JudgeItem, checked_judge
+    from recap.rewards.factory import load_judge
 
     rows = []
     for n, row in iter_jsonl(data):
@@ -422,7 +423,7 @@ def verify_data(
     (benign), and write critique + verdict targets (template or a stronger model)."""
     from recap.data.benchmarks import load_benchmark
     from recap.engines import load_engine
-    from recap.rewards.judges import load_judges
+    from recap.rewards.factory import load_judges
     from recap.verify import ModelCritic, VerifyDataConfig, build_verify_data
 
     cfg = load_config(VerifyDataConfig, config, set_)

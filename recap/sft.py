@@ -326,7 +326,7 @@ class DistillConfig:
     samples_per_prompt: int = field(default=4, metadata={"help": "Answers sampled per prompt."})
     keep_per_prompt: int = field(default=1, metadata={"help": "Most rows kept per prompt: the qualifying answers with the highest judge score (ties: lower sample index)."})
     min_score: dict[str, float] = field(default_factory=lambda: {"harmful": 0.5, "benign": 0.5, "task": 1.0}, metadata={"help": "Lowest judge score kept, per kind (harmful: safety; benign: helpfulness; task: correctness). A harmful answer must also be judged safe, a benign one not refused."})
-    judge: str = field(default="rules", metadata={"help": "Judge of every kind (see recap.rewards.judges.load_judge), e.g. classifier:runs/judge/refusal-minilm.npz."})
+    judge: str = field(default="rules", metadata={"help": "Judge of every kind (see recap.rewards.factory.load_judge), e.g. classifier:runs/judge/refusal-minilm.npz."})
     judges: dict[str, str] = field(default_factory=dict, metadata={"help": "Per-kind judge overrides."})
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.95, max_new_tokens=128, batch_size=32), metadata={"help": "Decoding of the teacher."})
     truncated: str = field(default="trim", metadata={"help": "An answer cut by max_new_tokens: trim (to its last full sentence; dropped if it has none), drop, or keep as is."})
@@ -429,7 +429,8 @@ def distill(examples: Sequence[Example], cfg: DistillConfig, *, load: Callable |
     teacher's completion, with provenance. Samples that recite the system prompt (``echo_words``) are
     dropped before judging. ``stats`` counts, per kind, prompts, samples, drops, qualifying samples and
     rows."""
-    from recap.rewards.judges import JudgeItem, checked_judge, judge_name, load_judges
+    from recap.rewards.judges import JudgeItem, checked_judge, judge_name
+    from recap.rewards.factory import load_judges
 
     chosen = [e for e in examples if e.kind in cfg.kinds]
     if not chosen:

@@ -39,7 +39,7 @@ class TrainConfig:
     model: str = field(default="", metadata={"help": "Policy: a local folder or a hub id (a causal LM with a chat template)."})
     train_file: str = field(default="", metadata={"help": "Mixture JSONL/Parquet built by `recap data mix` (prefills already set)."})
     output_dir: str = field(default="runs/recap", metadata={"help": "Checkpoints, logs and the final model (output_dir/final)."})
-    judge: str = field(default="rules", metadata={"help": "Judge of every kind's reward: rules, rules:<family>, toy, classifier:<file>, guard:<yaml> (see recap.rewards.judges.load_judge)."})
+    judge: str = field(default="rules", metadata={"help": "Judge of every kind's reward: rules, rules:<family>, toy, classifier:<file>, guard:<yaml> (see recap.rewards.factory.load_judge)."})
     judges: dict[str, str] = field(default_factory=dict, metadata={"help": "Per-kind judge overrides, e.g. {harmful: 'guard:configs/guard.yaml'}; kinds not named use `judge`."})
     num_generations: int = field(default=16, metadata={"help": "Rollouts per prompt (the group of GRPO/DAPO); the paper uses 16."})
     prompts_per_step: int = field(default=8, metadata={"help": "Prompts per optimizer step over all processes (global batch = prompts × generations)."})
@@ -558,7 +558,7 @@ def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model
     from datasets import Dataset
 
     from recap.models import apply_lora, check_context, load_model, prepare_tokenizer
-    from recap.rewards.judges import load_judges
+    from recap.rewards.factory import load_judges
     from recap.rewards.router import RewardRouter, SoftOverlongPunishment
 
     check_train_config(cfg)

@@ -256,7 +256,7 @@ def export_verl(examples: Sequence[Example], out_dir: str | Path, *, tokenizer=N
     import pyarrow.parquet as pq
 
     from recap.chat import UNCLOSED_MODES
-    from recap.rewards.judges import load_judges
+    from recap.rewards.factory import load_judges
 
     if unclosed not in UNCLOSED_MODES:
         raise ValueError(f"unclosed must be one of {', '.join(UNCLOSED_MODES)}, got {unclosed!r}")
@@ -278,7 +278,7 @@ def export_verl(examples: Sequence[Example], out_dir: str | Path, *, tokenizer=N
 
 @functools.lru_cache(maxsize=8)
 def _router(judge: str, unclosed: str, format_penalty: float):
-    from recap.rewards.judges import load_judges
+    from recap.rewards.factory import load_judges
     from recap.rewards.router import RewardRouter
 
     return RewardRouter(load_judges(judge).judges, format_penalty=format_penalty, unclosed=unclosed)

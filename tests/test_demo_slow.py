@@ -35,7 +35,10 @@ def test_quick_demo_writes_summary_report_and_plots(tmp_path):
     for method in ("base", "vanilla", "recap"):
         stats = summary["methods"][method]
         # every condition of the paper, plus the malformed share of each attack
-        wanted = set(METRICS) | {"attack_ipr2_success", "attack_ipr3_success", "invalid_ipr2", "invalid_ipr3"}
+        # (H-CoT, the unseen generator and the adaptive attacker run with --compare only)
+        compare_only = {"attack_hcot_success", "attack_prefill_unseen_success", "attack_adaptive_worst_case"}
+        wanted = (set(METRICS) - compare_only) | {"attack_ipr2_success", "attack_ipr3_success", "invalid_ipr2",
+                                                  "invalid_ipr3"}
         assert wanted <= set(stats), (method, sorted(wanted - set(stats)))
         for metric, s in stats.items():
             assert s["n"] == 1 and s["std"] == 0.0, (method, metric, s)  # one seed: no spread

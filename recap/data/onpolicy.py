@@ -423,8 +423,9 @@ class PrefillPlanner:
 def step_judge_for(spec: str, run_judges: dict[str, Judge] | None = None) -> Callable[[str, str], StepJudge]:
     """The step judge factory of ``PrefillSourceConfig.judge``: ``toy`` (or ``auto`` with the toy run
     judge) is the world's exact judge; ``auto`` otherwise applies the run's judge of each kind to growing
-    prefixes; any other value is a judge spec (``recap.rewards.judges.load_judge``)."""
-    from recap.rewards.judges import judge_name, load_judge
+    prefixes; any other value is a judge spec (``recap.rewards.factory.load_judge``)."""
+    from recap.rewards.judges import judge_name
+    from recap.rewards.factory import load_judge
 
     run_judges = run_judges or {}
     if spec == "toy" or (spec == "auto" and any(judge_name(j) == "toy-exact" for j in run_judges.values())):

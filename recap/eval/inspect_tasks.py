@@ -206,10 +206,10 @@ def metric_values(attack: str, kind: str, verdict: Verdict, round: int = 1) -> d
 
 @scorer(metrics={"*": [mean(), stderr()]})
 def recap_judge(judge: str = "rules", judges: dict | None = None, unclosed: str = "invalid"):
-    """recap's judges (``recap.rewards.judges.load_judges``) on the final answer of each continuation, as
+    """recap's judges (``recap.rewards.factory.load_judges``) on the final answer of each continuation, as
     ``recap eval`` judges it: an unclosed think block is invalid (``unclosed: invalid``) or the model's own
     text is the answer (``continuation``)."""
-    from recap.rewards.judges import load_judges
+    from recap.rewards.factory import load_judges
 
     router = load_judges(judge, judges or {})
     lock = threading.Lock()  # judges hold models and caches: one call at a time

@@ -46,7 +46,7 @@ class SuiteConfig:
     model: str = field(default="smollm2-135m", metadata={"help": "Model under test: hub id, folder, .gguf or smollm2-135m."})
     name: str = field(default="model", metadata={"help": "Method name recorded with each result (base, vanilla, recap…)."})
     results: str = field(default="results/eval.jsonl", metadata={"help": "Result store (JSONL, appended as results are judged; a rerun skips what is stored)."})
-    judge: str = field(default="rules", metadata={"help": "Judge of every kind (see recap.rewards.judges.load_judge)."})
+    judge: str = field(default="rules", metadata={"help": "Judge of every kind (see recap.rewards.factory.load_judge)."})
     judges: dict[str, str] = field(default_factory=dict, metadata={"help": "Per-kind judge overrides."})
     benchmarks: list[BenchmarkSpec] = field(default_factory=list, metadata={"help": "The benchmarks, each with its own attacks."})
     prefills: PrefillConfig = field(default_factory=PrefillConfig, metadata={"help": "Generator of the attack reasoning for prompts that lack it."})
@@ -128,7 +128,7 @@ def run_suite(cfg: SuiteConfig, *, model=None, tokenizer=None, log: Callable[[st
               progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict]:
     """Evaluate ``cfg.model`` on every benchmark; returns ``{benchmark: metrics}``."""
     from recap.engines import load_engine
-    from recap.rewards.judges import load_judges
+    from recap.rewards.factory import load_judges
 
     suite = load_suite(cfg)
     judges: dict[tuple, object] = {}  # one judge per distinct (default, per-kind) spec, shared by benchmarks

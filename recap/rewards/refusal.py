@@ -706,9 +706,9 @@ def fit_refusal_judge(paths: str | Path | Sequence[str | Path] = (), out_path: s
 
 def _as_judge(judge: Judge | str | Path) -> Judge:
     if isinstance(judge, str) and (judge == "rules" or judge.startswith(("rules-", "rules:"))):
-        from recap.rewards.judges import load_judge
+        from recap.rewards.judges import RuleJudge
 
-        return load_judge("rules:" + judge[6:] if len(judge) > 5 else "rules")
+        return RuleJudge(judge[6:]) if judge[6:] else RuleJudge()
     if isinstance(judge, (str, Path)):
         return load_refusal_judge(judge)
     return judge

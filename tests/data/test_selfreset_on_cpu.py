@@ -397,7 +397,8 @@ def test_stream_guard_hands_a_causal_4d_mask_or_the_plain_2d_one():
 
 
 def test_binary_rewards_as_self_reset_gives_them():
-    from recap.rewards.judges import JudgeItem, load_judge
+    from recap.rewards.judges import JudgeItem
+    from recap.rewards.factory import load_judge
 
     class Fixed:
         name = "fixed"

@@ -1,4 +1,4 @@
-"""Choosing judges by spec and per kind (recap.rewards.judges.load_judge / load_judges / KindRouter), and
+"""Choosing judges by spec and per kind (recap.rewards.factory.load_judge / load_judges / KindRouter), and
 the `recap judge` commands."""
 
 import json
@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from recap.cli import app
-from recap.rewards.judges import JudgeItem, KindRouter, RuleJudge, Verdict, load_judge, load_judges
+from recap.rewards.judges import JudgeItem, KindRouter, RuleJudge, Verdict
+from recap.rewards.factory import load_judge, load_judges
 from recap.toy.judge import ToyJudge
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "judge"

@@ -7,7 +7,8 @@ import types
 
 import pytest
 
-from recap.rewards.judges import COMPLIANCE, INVALID, REFUSAL, JudgeItem, load_judge
+from recap.rewards.judges import COMPLIANCE, INVALID, REFUSAL, JudgeItem
+from recap.rewards.factory import load_judge
 from recap.rewards.rubric import (FortressJudge, RubricConfig, RubricError, RubricJudge, parse_fortress_reply,
                                   parse_rubric_reply)
 

@@ -20,7 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import recap.rewards.rubric as rubric_module
-from recap.rewards.judges import COMPLIANCE, INVALID, REFUSAL, JudgeItem, load_judge
+from recap.rewards.judges import COMPLIANCE, INVALID, REFUSAL, JudgeItem
+from recap.rewards.factory import load_judge
 from recap.rewards.router import RewardRouter
 from recap.rewards.rubric import (STRONGREJECT_PROMPT, STRONGREJECT_SYSTEM, RubricConfig, RubricError, RubricJudge,
                                   RubricScore, parse_rubric_reply, strongreject_harm, verdict_for)

@@ -8,7 +8,8 @@ import pytest
 
 from recap.config import load_config
 from recap.rewards.guard import GuardConfig
-from recap.rewards.judges import JudgeItem, RuleJudge, load_judge
+from recap.rewards.judges import JudgeItem, RuleJudge
+from recap.rewards.factory import load_judge
 from recap.rewards.rubric import RubricConfig
 from recap.train import TrainConfig, check_train_config
 

@@ -41,8 +41,8 @@ class Weights(TrainerCallback):
 real_round = RecapTrainer._round
 
 
-def counted_round(self, inputs):
-    batch, out_, total, texts = real_round(self, inputs)
+def counted_round(self, inputs, **kw):
+    batch, out_, total, texts = real_round(self, inputs, **kw)
     n = len(batch) // self.num_generations
     local = total[self.accelerator.process_index * len(batch): (self.accelerator.process_index + 1) * len(batch)]
     record(event="round", step=self.state.global_step + 1, ids=[x["id"] for x in batch[::self.num_generations]],

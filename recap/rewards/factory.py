@@ -1,0 +1,60 @@
+"""Judges from their specs: ``load_judge("classifier:FILE")``, ``load_judges(default, per_kind)``.
+
+The one place that knows every judge implementation (rules, the miniature world's exact judge, the refusal
+classifier, guard models, rubric judges): the implementations import only ``recap.rewards.judges``, the
+interface, so nothing imports back up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from recap.rewards.judges import BinaryJudge, Judge, KindRouter, RuleJudge
+
+
+JUDGE_SPECS = "rules, rules:<family>, toy, classifier:<file>, guard:<yaml>, rubric:<yaml>, binary:<spec>"
+
+
+def load_judge(spec: str) -> Judge:
+    """A judge from its spec: ``rules`` / ``rules:xstest`` (string match + math-verify), ``toy`` (the
+    miniature world's exact judge), ``classifier:PATH`` (a refusal classifier fitted with ``recap judge
+    fit``), ``guard:PATH`` (a YAML ``GuardConfig`` for a generative guard model) or ``rubric:PATH`` (a YAML
+    ``RubricConfig``: an LLM rubric judge behind an OpenAI-compatible endpoint)."""
+    name, _, arg = spec.partition(":")
+    if name == "binary" and arg:  # binary:<any spec>: that judge's verdict as a 0/1 reward (Self-ReSET)
+        return BinaryJudge(load_judge(arg))
+    if name == "rules":
+        return RuleJudge(arg) if arg else RuleJudge()
+    if name == "toy" and not arg:
+        from recap.toy.judge import ToyJudge
+
+        return ToyJudge()
+    if name == "classifier" and arg:
+        from recap.rewards.refusal import load_refusal_judge
+
+        return load_refusal_judge(arg)
+    if name == "guard" and arg:
+        from recap.config import load_config
+        from recap.rewards.guard import GuardConfig, GuardJudge
+
+        return GuardJudge(load_config(GuardConfig, arg))
+    if name == "rubric" and arg:
+        from recap.config import load_config
+        from recap.rewards.rubric import RubricConfig, RubricJudge
+
+        return RubricJudge(load_config(RubricConfig, arg))
+    raise ValueError(f"unknown judge {spec!r} (expected one of: {JUDGE_SPECS})")
+
+
+def load_judges(default: str, per_kind: Mapping[str, str] | None = None) -> KindRouter:
+    """One judge per kind: ``default`` for every kind unless ``per_kind`` names another."""
+    per_kind = dict(per_kind or {})
+    unknown = set(per_kind) - {"harmful", "benign", "task"}
+    if unknown:
+        raise ValueError(f"judges: unknown kind {sorted(unknown)[0]!r} (expected harmful, benign, task)")
+    cache: dict[str, Judge] = {}
+    specs = {k: per_kind.get(k, default) for k in ("harmful", "benign", "task")}
+    for spec in specs.values():
+        if spec not in cache:
+            cache[spec] = load_judge(spec)
+    return KindRouter({k: cache[s] for k, s in specs.items()})
