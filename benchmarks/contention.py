@@ -65,8 +65,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratio busy / idle:   {busy / idle:7.2f}  (ideal 2.0 on 2 cores; goal ≤ ~2)", flush=True)
         if args.json:
             with open(args.json, "w", encoding="utf-8") as fh:
-                json.dump({"idle_s": idle, "busy_s": busy, "ratio": busy / idle, "full": args.full,
-                           "cores": len(os.sched_getaffinity(0))}, fh, indent=1)
+                json.dump(
+                    {
+                        "idle_s": idle,
+                        "busy_s": busy,
+                        "ratio": busy / idle,
+                        "full": args.full,
+                        "cores": len(os.sched_getaffinity(0)),
+                    },
+                    fh,
+                    indent=1,
+                )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -43,9 +43,11 @@ def _setup(tmp: Path, base: str | None) -> tuple[Path, Path]:
     data = tmp / "mix.jsonl"
     write_examples(data, build_mixture(train_examples(seed=0), MixtureConfig(alpha=0.5, prefill_words="8-30", seed=0)))
     cfg = tmp / "train.yaml"
-    cfg.write_text(f"model: {Path(base).resolve()}\ntrain_file: {data}\njudge: toy\nnum_generations: 8\n"
-                   "prompts_per_step: 8\nlearning_rate: 1.0e-4\nmax_completion_length: 48\nlogging_steps: 1\n"
-                   "save_steps: 10000\ngradient_checkpointing: false\nuse_cpu: true\nseed: 0\n")
+    cfg.write_text(
+        f"model: {Path(base).resolve()}\ntrain_file: {data}\njudge: toy\nnum_generations: 8\n"
+        "prompts_per_step: 8\nlearning_rate: 1.0e-4\nmax_completion_length: 48\nlogging_steps: 1\n"
+        "save_steps: 10000\ngradient_checkpointing: false\nuse_cpu: true\nseed: 0\n"
+    )
     return data, cfg
 
 
@@ -53,9 +55,28 @@ def run(procs: int, steps: int, cfg: Path, out: Path) -> dict:
     cores = os.cpu_count() or 1
     threads = max(1, cores // procs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_addr",
-           "127.0.0.1", "--master_port", str(_free_port()), "-m", "recap.cli", "train", "--config", str(cfg),
-           "--set", f"output_dir={out}", "--set", f"max_steps={steps}", "--set", f"num_threads={threads}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(procs),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "recap.cli",
+        "train",
+        "--config",
+        str(cfg),
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        f"max_steps={steps}",
+        "--set",
+        f"num_threads={threads}",
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -70,7 +91,9 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--toy-base", default="", help="miniature base model (default: pre-trained into runs/bench/toy-base)")
+    ap.add_argument(
+        "--toy-base", default="", help="miniature base model (default: pre-trained into runs/bench/toy-base)"
+    )
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
     runs: dict[int, list[dict]] = {1: [], 2: []}
@@ -80,11 +103,16 @@ def main(argv=None) -> dict:
         for i, procs in enumerate(order):
             r = run(procs, args.steps, cfg, Path(tmp) / f"run{i}")
             runs[procs].append(r)
-            print(f"  {procs} process(es) × {r['threads']} thread(s): {statistics.median(r['step_times']):.2f} s/step, "
-                  f"{r['wall_s']:.0f} s wall", flush=True)
+            print(
+                f"  {procs} process(es) × {r['threads']} thread(s): {statistics.median(r['step_times']):.2f} s/step, "
+                f"{r['wall_s']:.0f} s wall",
+                flush=True,
+            )
     med = {p: statistics.median(t for r in rs for t in r["step_times"]) for p, rs in runs.items()}
-    print(f"same global batch (8 prompts × 8 rollouts): 1 process {med[1]:.2f} s/step, 2 processes {med[2]:.2f} s/step; "
-          f"speed-up {med[1] / med[2]:.2f}x (load average {os.getloadavg()[0]:.1f})")
+    print(
+        f"same global batch (8 prompts × 8 rollouts): 1 process {med[1]:.2f} s/step, 2 processes {med[2]:.2f} s/step; "
+        f"speed-up {med[1] / med[2]:.2f}x (load average {os.getloadavg()[0]:.1f})"
+    )
     result = {"median_step_s": med, "speedup": med[1] / med[2], "runs": runs}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

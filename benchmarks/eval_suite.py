@@ -46,28 +46,40 @@ def ipr_side_by_side(cfg: SuiteConfig, n: int, repeats: int) -> dict:
     prompts = [attacks.prefill_prompt(tok, e.messages(), prefill_for(e, ecfg)).text for e in harmful]
 
     def suffix(r, i, g):  # the paper's IPR: the round's reasoning, then the transition and the prefill
-        return len(attacks.round_reasoning(g.text)), attacks.ipr_suffix(prefill_for(harmful[i], ecfg),
-                                                                        ecfg.ipr_transition, ecfg.ipr_separator)[0]
+        return len(attacks.round_reasoning(g.text)), attacks.ipr_suffix(
+            prefill_for(harmful[i], ecfg), ecfg.ipr_transition, ecfg.ipr_separator
+        )[0]
 
     times: dict[bool, list[float]] = {True: [], False: []}
     outs: dict[bool, list] = {}
     k = ecfg.ipr_rounds - 1  # resets after round 1 (the prefill attack)
     for rep in range(repeats):
-        for reuse in ((True, False) if rep % 2 == 0 else (False, True)):
+        for reuse in (True, False) if rep % 2 == 0 else (False, True):
             sampling = replace(ecfg.sampling, temperature=0, reuse_prefix=reuse)
             t = time.perf_counter()
             outs[reuse] = generate_rounds(model, tok, prompts, suffix, k, sampling)
             times[reuse].append(time.perf_counter() - t)
-    same = [sum(a.generation.ids == b.generation.ids for a, b in zip(ra, rb)) for ra, rb in zip(outs[True], outs[False])]
+    same = [
+        sum(a.generation.ids == b.generation.ids for a, b in zip(ra, rb)) for ra, rb in zip(outs[True], outs[False])
+    ]
     new = sum(t.generation.n_tokens for rnd in outs[True] for t in rnd)
     last_len = statistics.mean(len(tok(t.prompt_text)["input_ids"]) for t in outs[True][-1])
-    res = {"prompts": len(prompts), "rounds": k, "new_tokens": new, "mean_last_prompt_tokens": last_len,
-           "seconds_reuse": statistics.median(times[True]), "seconds_no_reuse": statistics.median(times[False]),
-           "all_seconds": {"reuse": times[True], "no_reuse": times[False]}, "identical_per_round": same}
+    res = {
+        "prompts": len(prompts),
+        "rounds": k,
+        "new_tokens": new,
+        "mean_last_prompt_tokens": last_len,
+        "seconds_reuse": statistics.median(times[True]),
+        "seconds_no_reuse": statistics.median(times[False]),
+        "all_seconds": {"reuse": times[True], "no_reuse": times[False]},
+        "identical_per_round": same,
+    }
     res["speedup"] = res["seconds_no_reuse"] / res["seconds_reuse"]
-    print(f"IPR k={k} on {len(prompts)} {bench.name} prompts (prefill ℓ={ecfg.prefill_words} words, greedy, "
-          f"max_new_tokens {ecfg.sampling.max_new_tokens}, batch {ecfg.sampling.batch_size}; round-{k} prompts "
-          f"{last_len:.0f} tokens on average); median of {repeats}:")
+    print(
+        f"IPR k={k} on {len(prompts)} {bench.name} prompts (prefill ℓ={ecfg.prefill_words} words, greedy, "
+        f"max_new_tokens {ecfg.sampling.max_new_tokens}, batch {ecfg.sampling.batch_size}; round-{k} prompts "
+        f"{last_len:.0f} tokens on average); median of {repeats}:"
+    )
     print(f"  with prefix reuse    {res['seconds_reuse']:7.1f}s")
     print(f"  without prefix reuse {res['seconds_no_reuse']:7.1f}s   speed-up {res['speedup']:.2f}x")
     print(f"  identical outputs per IPR round (1 = the prefill attack .. {k + 1}): {same} of {len(prompts)}")
@@ -94,10 +106,16 @@ def full_suite(cfg: SuiteConfig, results: str) -> dict:
     for (t, line), nxt in zip(starts, [*starts[1:], (wall, "")]):
         bench = line.split(":")[0]
         kind = "prefill generation" if "counter-aligned" in line else "evaluation"
-        new = sum(r.get("new_tokens", 0) for r in records if r.get("benchmark") == bench) if kind == "evaluation" else None
+        new = (
+            sum(r.get("new_tokens", 0) for r in records if r.get("benchmark") == bench)
+            if kind == "evaluation"
+            else None
+        )
         parts.append({"benchmark": bench, "part": kind, "seconds": nxt[0] - t, "new_tokens": new})
-    print(f"full suite: {wall / 60:.1f} min wall on {torch.get_num_threads()} threads "
-          f"(load average {os.getloadavg()[0]:.1f}); {len(records)} judged samples")
+    print(
+        f"full suite: {wall / 60:.1f} min wall on {torch.get_num_threads()} threads "
+        f"(load average {os.getloadavg()[0]:.1f}); {len(records)} judged samples"
+    )
     for part in parts:
         rate = f"{part['new_tokens'] / part['seconds']:6.1f} new tok/s" if part["new_tokens"] else ""
         print(f"  {part['benchmark']:<14} {part['part']:<19} {part['seconds'] / 60:6.1f} min  {rate}")

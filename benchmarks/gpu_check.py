@@ -41,22 +41,31 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 SIZES = {  # Qwen2.5 shapes (vocabulary trimmed to 32k: embedding cost is not what we measure)
-    "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                 intermediate_size=4864),
-    "1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-                 intermediate_size=8960),
-    "135m": dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-                 intermediate_size=1536),  # SmolLM2-135M's shapes, for a CPU run of the same proxy
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=128),
+    "0.5b": dict(
+        hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864
+    ),
+    "1.5b": dict(
+        hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2, intermediate_size=8960
+    ),
+    "135m": dict(
+        hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536
+    ),  # SmolLM2-135M's shapes, for a CPU run of the same proxy
+    "tiny": dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128
+    ),
 }
 VOCAB = 32768
 
 
 def build(size: str, device: str, dtype) -> Qwen2ForCausalLM:
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=VOCAB, max_position_embeddings=4096, tie_word_embeddings=True,
-                      attn_implementation="sdpa", **SIZES[size])
+    cfg = Qwen2Config(
+        vocab_size=VOCAB,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+        **SIZES[size],
+    )
     return Qwen2ForCausalLM(cfg).to(device=device, dtype=dtype)
 
 
@@ -69,7 +78,9 @@ def prompts_for(arm: str, args, gen: torch.Generator) -> list[tuple[list[int], i
     """``(prompt ids, decode budget)`` per prompt of one step; the same base prompts for every arm."""
     out = []
     n_prefilled = round(args.prompts_per_step * args.safety_fraction * args.alpha)
-    lengths = torch.randint(args.prompt_tokens // 2, args.prompt_tokens * 3 // 2, (args.prompts_per_step,), generator=gen)
+    lengths = torch.randint(
+        args.prompt_tokens // 2, args.prompt_tokens * 3 // 2, (args.prompts_per_step,), generator=gen
+    )
     prefill_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
     for i, n in enumerate(lengths.tolist()):
         ids = torch.randint(100, VOCAB, (n,), generator=gen).tolist()
@@ -87,8 +98,8 @@ def left_pad(rows: list[list[int]], device: str):
     ids = torch.zeros((len(rows), width), dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -99,12 +110,21 @@ def rollouts(model, prompts, args, device):
         group = [p for p, b in prompts if b == budget]
         rows = [p for p in group for _ in range(args.num_generations)]
         for s in range(0, len(rows), args.gen_batch):
-            chunk = rows[s: s + args.gen_batch]
+            chunk = rows[s : s + args.gen_batch]
             ids, mask = left_pad(chunk, device)
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=budget, min_new_tokens=budget,
-                                 do_sample=True, temperature=1.0, top_k=0, top_p=1.0, pad_token_id=0)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=budget,
+                min_new_tokens=budget,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                pad_token_id=0,
+            )
             for r, p in enumerate(chunk):
-                seqs.append((p, out[r, ids.shape[1]:].tolist()))
+                seqs.append((p, out[r, ids.shape[1] :].tolist()))
     return seqs
 
 
@@ -113,11 +133,11 @@ def loss_pass(model, seqs, args, device) -> int:
     Returns the number of tokens in the loss."""
     total = sum(len(c) for _, c in seqs)
     for s in range(0, len(seqs), args.micro_batch):
-        chunk = seqs[s: s + args.micro_batch]
+        chunk = seqs[s : s + args.micro_batch]
         ids, mask = left_pad([p + c for p, c in chunk], device)
         comp = torch.zeros_like(mask)
         for r, (_, c) in enumerate(chunk):
-            comp[r, ids.shape[1] - len(c):] = 1
+            comp[r, ids.shape[1] - len(c) :] = 1
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         old = logp.detach()
@@ -147,9 +167,14 @@ def step(model, opt, arm, args, device, seed):
     opt.zero_grad(set_to_none=True)
     sync(device)
     t2 = time.perf_counter()
-    return {"seconds": t2 - t0, "generate_s": t1 - t0, "train_s": t2 - t1,
-            "decoded": sum(len(c) for _, c in seqs), "prompt_tokens": sum(len(p) for p, _ in seqs),
-            "loss_tokens": in_loss}
+    return {
+        "seconds": t2 - t0,
+        "generate_s": t1 - t0,
+        "train_s": t2 - t1,
+        "decoded": sum(len(c) for _, c in seqs),
+        "prompt_tokens": sum(len(p) for p, _ in seqs),
+        "loss_tokens": in_loss,
+    }
 
 
 def step_cost(size, args, device, dtype) -> dict:
@@ -159,7 +184,7 @@ def step_cost(size, args, device, dtype) -> dict:
     step(model, opt, "recap", args, device, seed=999)  # warm-up (kernels, allocator)
     per_arm = {a: [] for a in arms}
     for rep in range(args.steps):
-        for arm in (arms if rep % 2 == 0 else arms[::-1]):  # alternate the order against drift
+        for arm in arms if rep % 2 == 0 else arms[::-1]:  # alternate the order against drift
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
             row = step(model, opt, arm, args, device, seed=rep)
@@ -187,8 +212,15 @@ def generation_speed(size, args, device, dtype) -> dict:
         model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
         sync(device)
         t = time.perf_counter()
-        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=args.gen_tokens,
-                       min_new_tokens=args.gen_tokens, do_sample=True, top_k=0, pad_token_id=0)
+        model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=args.gen_tokens,
+            min_new_tokens=args.gen_tokens,
+            do_sample=True,
+            top_k=0,
+            pad_token_id=0,
+        )
         sync(device)
         secs = time.perf_counter() - t
         out[str(batch)] = {"seconds": secs, "tokens_per_s": batch * args.gen_tokens / secs}
@@ -217,8 +249,11 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     device = args.device
-    info = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-            "args": vars(args)}
+    info = {
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "args": vars(args),
+    }
     print(json.dumps(info), flush=True)
     result = {"info": info, "step_cost": {}, "generation": {}}
     for size in args.sizes:
@@ -228,12 +263,17 @@ def main(argv=None) -> dict:
             print(f"{size} generate batch {b:>4}: {row['tokens_per_s']:9.1f} tok/s", flush=True)
         result["step_cost"][size] = s = step_cost(size, args, device, dtype)
         print(f"{size} step cost (median of {args.steps}; {time.perf_counter() - t:.0f}s for this size)")
-        print(f"  {'arm':<20} {'s/step':>7} {'gen s':>6} {'train s':>7} {'decoded':>8} {'prompt':>7} "
-              f"{'in loss':>8} {'peak GiB':>8} {'ratio':>6}")
+        print(
+            f"  {'arm':<20} {'s/step':>7} {'gen s':>6} {'train s':>7} {'decoded':>8} {'prompt':>7} "
+            f"{'in loss':>8} {'peak GiB':>8} {'ratio':>6}"
+        )
         for arm, r in s.items():
-            print(f"  {arm:<20} {r['seconds']:7.2f} {r['generate_s']:6.2f} {r['train_s']:7.2f} {r['decoded']:8.0f} "
-                  f"{r['prompt_tokens']:7.0f} {r['loss_tokens']:8.0f} {r.get('peak_mem_gib') or 0:8.1f} "
-                  f"{r.get('ratio_vs_vanilla', 1.0):6.3f}", flush=True)
+            print(
+                f"  {arm:<20} {r['seconds']:7.2f} {r['generate_s']:6.2f} {r['train_s']:7.2f} {r['decoded']:8.0f} "
+                f"{r['prompt_tokens']:7.0f} {r['loss_tokens']:8.0f} {r.get('peak_mem_gib') or 0:8.1f} "
+                f"{r.get('ratio_vs_vanilla', 1.0):6.3f}",
+                flush=True,
+            )
         if args.out:
             with open(args.out, "w") as fh:
                 json.dump(result, fh, indent=1)

@@ -55,8 +55,13 @@ OPTIONAL = ("transformers", "trl", "datasets", "vllm", "accelerate", "peft")
 
 
 def env_info(device: str) -> dict:
-    info = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
-            "device": device, "cpus": os.cpu_count()}
+    info = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "device": device,
+        "cpus": os.cpu_count(),
+    }
     for name in OPTIONAL:
         try:
             info[name] = getattr(__import__(name), "__version__", "?")
@@ -85,6 +90,7 @@ def _timed(fn, device: str) -> float:
 
 # -- generation -----------------------------------------------------------------------------------------
 
+
 def _loop(model, rows, budgets, batch_size):
     from recap.generation import SamplingConfig, generate_ids
 
@@ -95,8 +101,17 @@ def _loop(model, rows, budgets, batch_size):
 def _hf(model, rows, budgets, device):
     ids, mask = proxy.left_pad(rows, device)
     n = max(budgets)  # one call: every row is computed to the longest budget
-    return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=True,
-                          temperature=1.0, top_k=0, top_p=1.0, pad_token_id=0)
+    return model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=n,
+        min_new_tokens=n,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        pad_token_id=0,
+    )
 
 
 class _Vllm:
@@ -106,14 +121,22 @@ class _Vllm:
         from vllm import LLM
 
         model.save_pretrained(folder)
-        self.llm = LLM(model=folder, skip_tokenizer_init=True, dtype="bfloat16", seed=0,
-                       gpu_memory_utilization=args.vllm_memory, max_model_len=args.prompt_tokens * 2 + args.gen_tokens + 64)
+        self.llm = LLM(
+            model=folder,
+            skip_tokenizer_init=True,
+            dtype="bfloat16",
+            seed=0,
+            gpu_memory_utilization=args.vllm_memory,
+            max_model_len=args.prompt_tokens * 2 + args.gen_tokens + 64,
+        )
 
     def generate(self, rows, budgets):
         from vllm import SamplingParams
 
-        params = [SamplingParams(temperature=1.0, top_p=1.0, max_tokens=b, min_tokens=b, ignore_eos=True,
-                                 detokenize=False) for b in budgets]
+        params = [
+            SamplingParams(temperature=1.0, top_p=1.0, max_tokens=b, min_tokens=b, ignore_eos=True, detokenize=False)
+            for b in budgets
+        ]
         return self.llm.generate([{"prompt_token_ids": r} for r in rows], params, use_tqdm=False)
 
     def close(self):
@@ -137,7 +160,9 @@ def generation_stage(args, device, dtype, deadline) -> dict:
                 out.setdefault(size, {})["vllm_error"] = f"{type(e).__name__}: {e}"[:500]
         res = out.setdefault(size, {})
         cases = [(str(b), b, [args.gen_tokens] * b) for b in args.gen_batches]
-        mixed = torch.randint(max(1, args.gen_tokens // 8), args.gen_tokens + 1, (args.mixed_batch,), generator=g).tolist()
+        mixed = torch.randint(
+            max(1, args.gen_tokens // 8), args.gen_tokens + 1, (args.mixed_batch,), generator=g
+        ).tolist()
         cases.append((f"mixed{args.mixed_batch}", args.mixed_batch, mixed))
         for name, batch, budgets in cases:
             rows = [torch.randint(100, proxy.VOCAB, (args.prompt_tokens,), generator=g).tolist() for _ in range(batch)]
@@ -146,17 +171,26 @@ def generation_stage(args, device, dtype, deadline) -> dict:
                 if time.time() > deadline - 20:
                     row[engine] = {"skipped": "time budget"}
                     continue
-                fn = {"hf": lambda: _hf(model, rows, budgets, device),
-                      "loop": lambda: _loop(model, rows, budgets, batch),
-                      "vllm": (lambda: vllm.generate(rows, budgets)) if vllm else None}[engine]
+                fn = {
+                    "hf": lambda m=model: _hf(m, rows, budgets, device),
+                    "loop": lambda m=model: _loop(m, rows, budgets, batch),
+                    "vllm": (lambda: vllm.generate(rows, budgets)) if vllm else None,
+                }[engine]
                 if fn is None:
                     continue
                 with torch.no_grad():
                     fn() if name == str(args.gen_batches[0]) else None  # warm-up once per engine and size
                     secs = _timed(fn, device)
                 row[engine] = {"seconds": secs, "tokens_per_s": sum(budgets) / secs}
-            print(f"{size} generate {name:>9}: " + ", ".join(f"{e} {r['tokens_per_s']:9.1f} tok/s" for e, r in row.items()
-                                                          if isinstance(r, dict) and "tokens_per_s" in r), flush=True)
+            print(
+                f"{size} generate {name:>9}: "
+                + ", ".join(
+                    f"{e} {r['tokens_per_s']:9.1f} tok/s"
+                    for e, r in row.items()
+                    if isinstance(r, dict) and "tokens_per_s" in r
+                ),
+                flush=True,
+            )
         if vllm:
             vllm.close()
         del model
@@ -165,6 +199,7 @@ def generation_stage(args, device, dtype, deadline) -> dict:
 
 
 # -- the proxy step with two rollout engines ------------------------------------------------------------
+
 
 def _loop_rollouts(model, prompts, args, device):
     """``gpu_check.rollouts`` with recap's loop: one call, every rollout with its own budget."""
@@ -191,13 +226,21 @@ def step_cost_stage(args, device, dtype, deadline) -> dict:
                 proxy.rollouts = hf_rollouts
                 _free(device)
             out.setdefault(size, {})[engine] = res
-            print(f"{size} step cost, rollouts {engine}: " + ", ".join(
-                f"{arm} {r['seconds']:.2f}s" + (f" ({r['ratio_vs_vanilla']:.3f})" if "ratio_vs_vanilla" in r else "")
-                for arm, r in res.items() if isinstance(r, dict)), flush=True)
+            print(
+                f"{size} step cost, rollouts {engine}: "
+                + ", ".join(
+                    f"{arm} {r['seconds']:.2f}s"
+                    + (f" ({r['ratio_vs_vanilla']:.3f})" if "ratio_vs_vanilla" in r else "")
+                    for arm, r in res.items()
+                    if isinstance(r, dict)
+                ),
+                flush=True,
+            )
     return out
 
 
 # -- the real trainer -----------------------------------------------------------------------------------
+
 
 def _imports(name: str) -> bool:
     try:
@@ -212,8 +255,12 @@ def _toy_base(args) -> str:
 
     folder = Path(args.toy_base)
     if not (folder / "config.json").exists():
-        pretrain(replace(PretrainConfig(), **({"steps": args.toy_pretrain_steps} if args.toy_pretrain_steps else {})),
-                 ToyModelConfig(), folder, log=lambda s: None)
+        pretrain(
+            replace(PretrainConfig(), **({"steps": args.toy_pretrain_steps} if args.toy_pretrain_steps else {})),
+            ToyModelConfig(),
+            folder,
+            log=lambda s: None,
+        )
     return str(folder)
 
 
@@ -233,12 +280,14 @@ def _train(cfg, examples, rollouts: str = "trl") -> dict:
 
         inner = step_cost._loop_rollouts(trainer)
 
-    def timed(*a, **kw):
+    def timed(*a, _trainer=trainer, **kw):
         t = time.perf_counter()
         try:
             return inner(*a, **kw)
         finally:
-            rollout_s[trainer.state.global_step + 1] = rollout_s.get(trainer.state.global_step + 1, 0.0) + time.perf_counter() - t
+            step = _trainer.state.global_step + 1
+            rollout_s[step] = rollout_s.get(step, 0.0) + time.perf_counter() - t
+
     trainer._generate_single_turn = timed
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -246,10 +295,21 @@ def _train(cfg, examples, rollouts: str = "trl") -> dict:
     trainer.train()
     wall = time.perf_counter() - t
     logs = [h for h in trainer.state.log_history if "step_time" in h]
-    steps = [{"step": h["step"], "seconds": h["step_time"], "rollout_s": rollout_s.get(h["step"], 0.0),
-              "reward": h.get("reward"), "completion_length": h.get("completions/mean_length")} for h in logs]
-    res = {"wall_s": wall, "steps": steps,
-           "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
+    steps = [
+        {
+            "step": h["step"],
+            "seconds": h["step_time"],
+            "rollout_s": rollout_s.get(h["step"], 0.0),
+            "reward": h.get("reward"),
+            "completion_length": h.get("completions/mean_length"),
+        }
+        for h in logs
+    ]
+    res = {
+        "wall_s": wall,
+        "steps": steps,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+    }
     del trainer
     return res
 
@@ -267,9 +327,15 @@ def _random_policy(size: str, dtype, folder: Path) -> str:
 
     tok = build_tokenizer()
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=len(tok), max_position_embeddings=4096, tie_word_embeddings=True,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id,
-                      **proxy.SIZES[size])
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+        **proxy.SIZES[size],
+    )
     Qwen2ForCausalLM(cfg).to(dtype).save_pretrained(folder)
     tok.save_pretrained(folder)
     return str(folder)
@@ -278,7 +344,9 @@ def _random_policy(size: str, dtype, folder: Path) -> str:
 def trainer_stage(args, device, dtype, deadline) -> dict:
     missing = [m for m in ("trl", "datasets") if not _imports(m)]
     if missing:
-        return {"skipped": f"{', '.join(missing)} not importable: carry them as wheels (docs/performance.md, GPU check)"}
+        return {
+            "skipped": f"{', '.join(missing)} not importable: carry them as wheels (docs/performance.md, GPU check)"
+        }
     import warnings
 
     from transformers.utils import logging as hf_logging
@@ -301,19 +369,39 @@ def trainer_stage(args, device, dtype, deadline) -> dict:
         t = time.perf_counter()
         base = _toy_base(args)
         pretrain_s = time.perf_counter() - t
-        cfg = replace(DemoConfig().rl, model=base, output_dir=str(tmp / "toy"), num_generations=16,
-                      max_steps=args.toy_steps, logging_steps=1, save_steps=10**6, use_cpu=on_cpu,
-                      num_threads=0 if not on_cpu else 1, seed=0, vllm="off")
+        cfg = replace(
+            DemoConfig().rl,
+            model=base,
+            output_dir=str(tmp / "toy"),
+            num_generations=16,
+            max_steps=args.toy_steps,
+            logging_steps=1,
+            save_steps=10**6,
+            use_cpu=on_cpu,
+            num_threads=0 if not on_cpu else 1,
+            seed=0,
+            vllm="off",
+        )
         res = _train(cfg, recap_mix)
-        res.update(pretrain_s=pretrain_s, prompts_per_step=cfg.prompts_per_step, num_generations=16,
-                   median_step_s=_median(res["steps"], "seconds"),
-                   reward_first=res["steps"][0]["reward"] if res["steps"] else None,
-                   reward_last=res["steps"][-1]["reward"] if res["steps"] else None)
+        res.update(
+            pretrain_s=pretrain_s,
+            prompts_per_step=cfg.prompts_per_step,
+            num_generations=16,
+            median_step_s=_median(res["steps"], "seconds"),
+            reward_first=res["steps"][0]["reward"] if res["steps"] else None,
+            reward_last=res["steps"][-1]["reward"] if res["steps"] else None,
+        )
         out["toy_recap_16_rollouts"] = res
-        print(f"miniature world RECAP, 16 rollouts: {len(res['steps'])} steps, median {res['median_step_s']:.2f} s/step, "
-              f"reward {res['reward_first']} -> {res['reward_last']}", flush=True)
+        print(
+            f"miniature world RECAP, 16 rollouts: {len(res['steps'])} steps, median {res['median_step_s']:.2f} s/step, "
+            f"reward {res['reward_first']} -> {res['reward_last']}",
+            flush=True,
+        )
     except Exception as e:  # noqa: BLE001
-        out["toy_recap_16_rollouts"] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
+        out["toy_recap_16_rollouts"] = {
+            "error": f"{type(e).__name__}: {e}",
+            "traceback": traceback.format_exc()[-3000:],
+        }
     _free(device)
 
     # 2. RECAP/vanilla on the real trainer, a random Qwen2-shaped policy, per rollout engine and budget rule.
@@ -332,39 +420,78 @@ def trainer_stage(args, device, dtype, deadline) -> dict:
                 if time.time() > deadline - args.trainer_arm_s:
                     runs[arm] = {"skipped": "time budget"}
                     continue
-                cfg = replace(DemoConfig().rl, model=policy, output_dir=str(tmp / f"{key.replace('/', '-')}-{arm}"),
-                              num_generations=args.trainer_generations, prompts_per_step=args.trainer_prompts,
-                              max_steps=args.trainer_steps + 1, logging_steps=1, save_steps=10**6, use_cpu=on_cpu,
-                              num_threads=0 if not on_cpu else 1, seed=0, learning_rate=1e-6,
-                              max_completion_length=args.trainer_budget, max_total_length=total,
-                              vllm="colocate" if engine == "vllm" else "off", bf16=not on_cpu,
-                              gradient_checkpointing=False)
+                cfg = replace(
+                    DemoConfig().rl,
+                    model=policy,
+                    output_dir=str(tmp / f"{key.replace('/', '-')}-{arm}"),
+                    num_generations=args.trainer_generations,
+                    prompts_per_step=args.trainer_prompts,
+                    max_steps=args.trainer_steps + 1,
+                    logging_steps=1,
+                    save_steps=10**6,
+                    use_cpu=on_cpu,
+                    num_threads=0 if not on_cpu else 1,
+                    seed=0,
+                    learning_rate=1e-6,
+                    max_completion_length=args.trainer_budget,
+                    max_total_length=total,
+                    vllm="colocate" if engine == "vllm" else "off",
+                    bf16=not on_cpu,
+                    gradient_checkpointing=False,
+                )
                 try:
                     res = _train(cfg, mix, rollouts="loop" if engine == "loop" else "trl")
-                    res.update(median_step_s=_median(res["steps"], "seconds"), median_rollout_s=_median(res["steps"], "rollout_s"))
+                    res.update(
+                        median_step_s=_median(res["steps"], "seconds"),
+                        median_rollout_s=_median(res["steps"], "rollout_s"),
+                    )
                     runs[arm] = res
                 except Exception as e:  # noqa: BLE001
                     runs[arm] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
                 _free(device)
             if all("median_step_s" in runs.get(a, {}) for a in ("vanilla", "recap")):
                 runs["ratio"] = runs["recap"]["median_step_s"] / runs["vanilla"]["median_step_s"]
-                print(f"trainer {key}: vanilla {runs['vanilla']['median_step_s']:.2f} s/step, recap "
-                      f"{runs['recap']['median_step_s']:.2f} s/step, ratio {runs['ratio']:.3f}", flush=True)
+                print(
+                    f"trainer {key}: vanilla {runs['vanilla']['median_step_s']:.2f} s/step, recap "
+                    f"{runs['recap']['median_step_s']:.2f} s/step, ratio {runs['ratio']:.3f}",
+                    flush=True,
+                )
     return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--allow-cpu", action="store_true", help="run without a GPU (a dry run of the script on tiny shapes)")
+    ap.add_argument(
+        "--allow-cpu", action="store_true", help="run without a GPU (a dry run of the script on tiny shapes)"
+    )
     ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--stages", nargs="+", default=["generation", "trainer", "step_cost"],
-                    choices=["generation", "step_cost", "trainer"])
-    ap.add_argument("--budget-s", type=float, default=540, help="wall-clock budget of all stages; later work is skipped when it runs out")
-    ap.add_argument("--sizes", nargs="+", default=["0.5b", "1.5b"], choices=list(proxy.SIZES), help="model shapes of the generation stage")
-    ap.add_argument("--proxy-sizes", nargs="+", default=["0.5b"], choices=list(proxy.SIZES), help="model shapes of the proxy step")
+    ap.add_argument(
+        "--stages",
+        nargs="+",
+        default=["generation", "trainer", "step_cost"],
+        choices=["generation", "step_cost", "trainer"],
+    )
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=540,
+        help="wall-clock budget of all stages; later work is skipped when it runs out",
+    )
+    ap.add_argument(
+        "--sizes",
+        nargs="+",
+        default=["0.5b", "1.5b"],
+        choices=list(proxy.SIZES),
+        help="model shapes of the generation stage",
+    )
+    ap.add_argument(
+        "--proxy-sizes", nargs="+", default=["0.5b"], choices=list(proxy.SIZES), help="model shapes of the proxy step"
+    )
     ap.add_argument("--vllm", action=argparse.BooleanOptionalAction, default=True, help="use vLLM where it imports")
-    ap.add_argument("--vllm-memory", type=float, default=0.35, help="GPU memory fraction of vLLM's engine (generation stage)")
+    ap.add_argument(
+        "--vllm-memory", type=float, default=0.35, help="GPU memory fraction of vLLM's engine (generation stage)"
+    )
     # generation
     ap.add_argument("--gen-batches", type=int, nargs="+", default=[1, 16, 128])
     ap.add_argument("--gen-tokens", type=int, default=256)
@@ -382,9 +509,16 @@ def main(argv=None) -> int:
     ap.add_argument("--gen-batch", type=int, default=128)
     ap.add_argument("--micro-batch", type=int, default=16)
     # real trainer
-    ap.add_argument("--toy-base", default="runs/bench/toy-base", help="miniature base model folder (pre-trained here when absent)")
+    ap.add_argument(
+        "--toy-base", default="runs/bench/toy-base", help="miniature base model folder (pre-trained here when absent)"
+    )
     ap.add_argument("--toy-steps", type=int, default=12)
-    ap.add_argument("--toy-pretrain-steps", type=int, default=0, help="pre-training steps when the base is made here (0: the demo's)")
+    ap.add_argument(
+        "--toy-pretrain-steps",
+        type=int,
+        default=0,
+        help="pre-training steps when the base is made here (0: the demo's)",
+    )
     ap.add_argument("--trainer-size", default="0.5b", choices=list(proxy.SIZES))
     ap.add_argument("--trainer-steps", type=int, default=2, help="timed steps per arm (after one warm-up step)")
     ap.add_argument("--trainer-prompts", type=int, default=8)
@@ -405,9 +539,12 @@ def main(argv=None) -> int:
         result["elapsed_s"] = round(time.time() - start, 1)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1, default=str))
+
     print(json.dumps(result["env"]), flush=True)
     if not args.device.startswith("cuda") and not args.allow_cpu:
-        result["reason"] = "no CUDA device: nothing measured (run on the GPU machine, or pass --allow-cpu for a dry run)"
+        result["reason"] = (
+            "no CUDA device: nothing measured (run on the GPU machine, or pass --allow-cpu for a dry run)"
+        )
         write("no-gpu")
         print(result["reason"], flush=True)
         return 3
@@ -424,7 +561,9 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001 - one stage's failure must not cost the others
             result["stages"][name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
             print(f"{name} failed: {type(e).__name__}: {e}", flush=True)
-        result["stages"][name]["stage_s"] = round(time.perf_counter() - t, 1) if isinstance(result["stages"][name], dict) else None
+        result["stages"][name]["stage_s"] = (
+            round(time.perf_counter() - t, 1) if isinstance(result["stages"][name], dict) else None
+        )
         write()
         _free(args.device)
     write("done")

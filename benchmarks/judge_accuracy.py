@@ -36,10 +36,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recap.rewards.judges import RULE_FAMILIES, refusal_verdict  # noqa: E402
-from recap.rewards.refusal import (BUILTIN_LABELS, DEFAULT_CLASSES, DEFAULT_FEATURES,  # noqa: E402
-                                   DEFAULT_OVERRIDE, EmbeddingRefusalJudge, SentenceEncoder,
-                                   evaluate_refusal_judge, explicit_refusal, fit_refusal_judge, get_encoder,
-                                   read_labelled_completions)
+from recap.rewards.refusal import (  # noqa: E402
+    BUILTIN_LABELS,
+    DEFAULT_CLASSES,
+    DEFAULT_FEATURES,
+    DEFAULT_OVERRIDE,
+    EmbeddingRefusalJudge,
+    SentenceEncoder,
+    evaluate_refusal_judge,
+    explicit_refusal,
+    fit_refusal_judge,
+    get_encoder,
+    read_labelled_completions,
+)
 
 FILES = {"gpt4": "xstest_v2_completions_gpt4.csv", "llama2new": "xstest_v2_completions_llama2new.csv"}
 OLD = ("answer+rules", "xstest", "binary")  # the default before the transfer work
@@ -50,8 +59,13 @@ VARIANTS = [
     ("old default + own data", *OLD, True),
     ("new default, XSTest files only", DEFAULT_FEATURES, DEFAULT_OVERRIDE, DEFAULT_CLASSES, False),
     ("NEW DEFAULT (+own data)", DEFAULT_FEATURES, DEFAULT_OVERRIDE, DEFAULT_CLASSES, True),
-    ("  classes binary" if DEFAULT_CLASSES == "partial" else "  classes partial", DEFAULT_FEATURES, DEFAULT_OVERRIDE,
-     "binary" if DEFAULT_CLASSES == "partial" else "partial", True),
+    (
+        "  classes binary" if DEFAULT_CLASSES == "partial" else "  classes partial",
+        DEFAULT_FEATURES,
+        DEFAULT_OVERRIDE,
+        "binary" if DEFAULT_CLASSES == "partial" else "partial",
+        True,
+    ),
     ("  answer+rules (+own)", "answer+rules", None, DEFAULT_CLASSES, True),
     ("  answer+rules+flags (no opening)", "answer+rules+flags", None, DEFAULT_CLASSES, True),
     ("  answer+opening+rules (no flags)", "answer+opening+rules", None, DEFAULT_CLASSES, True),
@@ -119,40 +133,74 @@ def main(argv=None) -> int:
     families = sorted({r.family for r in own_rows})
     for k, p in [*paths.items(), ("own", BUILTIN_LABELS)]:
         r = read_labelled_completions(p)
-        print(f"{k}: {len(r)} completions, {sum(x.refused for x in r)} refusals "
-              f"({sum(x.partial for x in r)} partial)")
+        print(f"{k}: {len(r)} completions, {sum(x.refused for x in r)} refusals ({sum(x.partial for x in r)} partial)")
 
     t0 = time.perf_counter()
     enc = CachedEncoder(get_encoder())
     results: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        own_without = {f: _write_subset(tmp / f"own-without-{f}.csv", BUILTIN_LABELS, lambda r, f=f: r["family"] != f)
-                       for f in families}
-        own_only = {f: _write_subset(tmp / f"own-{f}.csv", BUILTIN_LABELS, lambda r, f=f: r["family"] == f)
-                    for f in families}
+        own_without = {
+            f: _write_subset(tmp / f"own-without-{f}.csv", BUILTIN_LABELS, lambda r, f=f: r["family"] != f)
+            for f in families
+        }
+        own_only = {
+            f: _write_subset(tmp / f"own-{f}.csv", BUILTIN_LABELS, lambda r, f=f: r["family"] == f) for f in families
+        }
         # column → (training files without own data, training files with own data, scored file)
-        columns = {"gpt4 → llama2new": ([paths["gpt4"]], [paths["gpt4"], BUILTIN_LABELS], paths["llama2new"]),
-                   "llama2new → gpt4": ([paths["llama2new"]], [paths["llama2new"], BUILTIN_LABELS], paths["gpt4"])}
+        columns = {
+            "gpt4 → llama2new": ([paths["gpt4"]], [paths["gpt4"], BUILTIN_LABELS], paths["llama2new"]),
+            "llama2new → gpt4": ([paths["llama2new"]], [paths["llama2new"], BUILTIN_LABELS], paths["gpt4"]),
+        }
         for f in families:
-            columns[f"own:{f}"] = ([paths["gpt4"], paths["llama2new"]],
-                                   [paths["gpt4"], paths["llama2new"], own_without[f]], own_only[f])
+            columns[f"own:{f}"] = (
+                [paths["gpt4"], paths["llama2new"]],
+                [paths["gpt4"], paths["llama2new"], own_without[f]],
+                own_only[f],
+            )
 
         sizes = {c: len(read_labelled_completions(test)) for c, (_, _, test) in columns.items()}
         for fam in RULE_FAMILIES:
-            results.append({"judge": f"rules: {fam}",
-                            **{c: evaluate_refusal_judge(f"rules-{fam}", test)["accuracy"]
-                               for c, (_, _, test) in columns.items()}})
-        results.append({"judge": "rules: explicit (refusal.py)",
-                        **{c: evaluate_refusal_judge(ExplicitRuleJudge(), test)["accuracy"]
-                           for c, (_, _, test) in columns.items()}})
+            results.append(
+                {
+                    "judge": f"rules: {fam}",
+                    **{
+                        c: evaluate_refusal_judge(f"rules-{fam}", test)["accuracy"]
+                        for c, (_, _, test) in columns.items()
+                    },
+                }
+            )
+        results.append(
+            {
+                "judge": "rules: explicit (refusal.py)",
+                **{
+                    c: evaluate_refusal_judge(ExplicitRuleJudge(), test)["accuracy"]
+                    for c, (_, _, test) in columns.items()
+                },
+            }
+        )
         for name, feats, over, classes, own in VARIANTS:
-            row: dict = {"judge": name, "features": feats, "override": over, "classes": classes, "own_data": own,
-                         "C": {}, "brier": {}}
+            row: dict = {
+                "judge": name,
+                "features": feats,
+                "override": over,
+                "classes": classes,
+                "own_data": own,
+                "C": {},
+                "brier": {},
+            }
             for c, (plain, with_own, test) in columns.items():
                 out = tmp / "judge.npz"
-                fit_refusal_judge(with_own if own else plain, out, features=feats, override=over, classes=classes,
-                                  builtin=False, encoder=enc, batch_size=args.batch_size)
+                fit_refusal_judge(
+                    with_own if own else plain,
+                    out,
+                    features=feats,
+                    override=over,
+                    classes=classes,
+                    builtin=False,
+                    encoder=enc,
+                    batch_size=args.batch_size,
+                )
                 judge = EmbeddingRefusalJudge.load(out, encoder=enc)  # type: ignore[arg-type]
                 res = evaluate_refusal_judge(judge, test)
                 row[c], row["C"][c], row["brier"][c] = res["accuracy"], judge.meta["classifier"]["C"], res["brier"]
@@ -178,8 +226,10 @@ def main(argv=None) -> int:
     default = next(r for r in results if r["judge"].startswith("NEW DEFAULT"))
     print("NEW DEFAULT: C chosen per column " + ", ".join(f"{k} {v:g}" for k, v in default["C"].items()))
     print("NEW DEFAULT: Brier score per column " + ", ".join(f"{k} {v:.3f}" for k, v in default["brier"].items()))
-    print("* the XSTest files answer the same 450 prompts, and the own families share their prompts, so the "
-          "prompt block sees the scored prompts during fitting (optimistic).")
+    print(
+        "* the XSTest files answer the same 450 prompts, and the own families share their prompts, so the "
+        "prompt block sees the scored prompts during fitting (optimistic)."
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

@@ -28,7 +28,7 @@ def _rate(judge, items, batch_size, min_seconds):
     n, t0 = 0, time.perf_counter()
     while True:
         for s in range(0, len(items), batch_size):
-            judge.judge(items[s:s + batch_size])
+            judge.judge(items[s : s + batch_size])
         n += len(items)
         dt = time.perf_counter() - t0
         if dt >= min_seconds:
@@ -40,8 +40,12 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets" / "judge"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--max-length", type=int, default=None,
-                    help="tokens of each answer the encoder reads (default: the encoder's 256)")
+    ap.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens of each answer the encoder reads (default: the encoder's 256)",
+    )
     ap.add_argument("--min-seconds", type=float, default=2.0, help="repeat the rule judge at least this long")
     args = ap.parse_args(argv)
     import torch
@@ -58,10 +62,13 @@ def main(argv=None) -> int:
     rule_rate, rn, rdt = _rate(RuleJudge(), items, args.batch_size, args.min_seconds)
     clf_rate, cn, cdt = _rate(judge, items, args.batch_size, 0.0)  # one pass over the 900 answers
     ml = f" --max-length {args.max_length}" if args.max_length else ""
-    print(f"reproduce: python benchmarks/judge_throughput.py --threads {args.threads} "
-          f"--batch-size {args.batch_size}{ml}")
-    print(f"{len(items)} answers, mean {sum(ntok) / len(ntok):.0f} tokens (max {enc.max_length} encoded), "
-          f"{torch.get_num_threads()} torch threads, batch {args.batch_size}")
+    print(
+        f"reproduce: python benchmarks/judge_throughput.py --threads {args.threads} --batch-size {args.batch_size}{ml}"
+    )
+    print(
+        f"{len(items)} answers, mean {sum(ntok) / len(ntok):.0f} tokens (max {enc.max_length} encoded), "
+        f"{torch.get_num_threads()} torch threads, batch {args.batch_size}"
+    )
     print("| judge | answers/s | answers timed | seconds |\n|---|---|---|---|")
     print(f"| rules (recap family) | {rule_rate:,.0f} | {rn} | {rdt:.2f} |")
     print(f"| classifier ({judge.features}) | {clf_rate:,.1f} | {cn} | {cdt:.2f} |")

@@ -32,9 +32,13 @@ def table(records: list[dict]) -> dict:
     out = {}
     for key, rows in sorted(groups.items()):
         new = [r.get("new_tokens", r["reasoning_tokens"] + r["answer_tokens"]) for r in rows]
-        out[key] = {"n": len(rows), "reasoning": statistics.mean(r["reasoning_tokens"] for r in rows),
-                    "answer": statistics.mean(r["answer_tokens"] for r in rows), "written": statistics.mean(new),
-                    "hit_budget": sum(bool(r.get("truncated")) for r in rows) / len(rows)}
+        out[key] = {
+            "n": len(rows),
+            "reasoning": statistics.mean(r["reasoning_tokens"] for r in rows),
+            "answer": statistics.mean(r["answer_tokens"] for r in rows),
+            "written": statistics.mean(new),
+            "hit_budget": sum(bool(r.get("truncated")) for r in rows) / len(rows),
+        }
     return out
 
 
@@ -46,13 +50,17 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     records = [r for p in args.stores for r in ResultStore(p).records()]
     rows = table(records)
-    print(f"{'method':<9} {'benchmark':<13} {'condition':<16} {'n':>5} {'reasoning':>9} {'answer':>7} "
-          f"{'written':>8} {'hit max':>7} {'written / ' + args.baseline:>18}")
+    print(
+        f"{'method':<9} {'benchmark':<13} {'condition':<16} {'n':>5} {'reasoning':>9} {'answer':>7} "
+        f"{'written':>8} {'hit max':>7} {'written / ' + args.baseline:>18}"
+    )
     for (method, bench, cond), r in rows.items():
         base = rows.get((args.baseline, bench, cond))
         ratio = f"{r['written'] / base['written']:.2f}" if base and base["written"] else ""
-        print(f"{method:<9} {bench:<13} {cond:<16} {r['n']:5d} {r['reasoning']:9.1f} {r['answer']:7.1f} "
-              f"{r['written']:8.1f} {r['hit_budget']:7.0%} {ratio:>18}")
+        print(
+            f"{method:<9} {bench:<13} {cond:<16} {r['n']:5d} {r['reasoning']:9.1f} {r['answer']:7.1f} "
+            f"{r['written']:8.1f} {r['hit_budget']:7.0%} {ratio:>18}"
+        )
     result = {" / ".join(k): v for k, v in rows.items()}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

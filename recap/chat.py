@@ -78,22 +78,31 @@ def render_prompt(
     kwargs = dict(tokenize=False, enable_thinking=True, chat_template=chat_template)
     source = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
     if chat_template is None and not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"tokenizer {source!r} has no chat template: a prompt with a thinking prefill cannot be "
-                         "rendered (use a chat/instruct model, or give a template)")
+        raise ValueError(
+            f"tokenizer {source!r} has no chat template: a prompt with a thinking prefill cannot be "
+            "rendered (use a chat/instruct model, or give a template)"
+        )
     text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, **kwargs)
     # Only the generation prompt (what the template adds for the assistant) may open the think block:
     # a "<think>" inside the user's own text must not count.
     history = tokenizer.apply_chat_template(list(messages), add_generation_prompt=False, **kwargs)
-    generation_prompt = text[len(history):] if text.startswith(history) else text[-64:]
+    generation_prompt = text[len(history) :] if text.startswith(history) else text[-64:]
     if not generation_prompt.strip():
-        raise ValueError(f"the chat template of {source!r} adds no assistant turn for add_generation_prompt: a "
-                         "thinking prefill has nowhere to go")
+        raise ValueError(
+            f"the chat template of {source!r} adds no assistant turn for add_generation_prompt: a "
+            "thinking prefill has nowhere to go"
+        )
     closes = generation_prompt.rfind(think_close)
-    if closes != -1 and closes > generation_prompt.rfind(think_open) > -1 or (
-            closes != -1 and think_open not in generation_prompt):
-        raise ValueError(f"the chat template of {source!r} closes the think block in its generation prompt "
-                         f"({generation_prompt.strip()!r}): a thinking prefill cannot be placed inside it "
-                         "(enable thinking in the template, or give another chat_template)")
+    if (
+        closes != -1
+        and closes > generation_prompt.rfind(think_open) > -1
+        or (closes != -1 and think_open not in generation_prompt)
+    ):
+        raise ValueError(
+            f"the chat template of {source!r} closes the think block in its generation prompt "
+            f"({generation_prompt.strip()!r}): a thinking prefill cannot be placed inside it "
+            "(enable thinking in the template, or give another chat_template)"
+        )
     if not _template_opens_think(generation_prompt, think_open, think_close):
         sep = "" if text.endswith((" ", "\n")) or not text else "\n"
         text = f"{text}{sep}{think_open}\n"
@@ -104,7 +113,7 @@ def render_prompt(
         text += prefill
     bos = getattr(tokenizer, "bos_token", None)
     if bos and text.startswith(bos) and _tokenizer_adds_bos(tokenizer):
-        text = text[len(bos):]
+        text = text[len(bos) :]
     return text
 
 
@@ -125,15 +134,20 @@ def split_reasoning(text: str, think_open: str = THINK_OPEN, think_close: str = 
     """
     body = text.lstrip()
     if body.startswith(think_open):
-        body = body[len(think_open):]
+        body = body[len(think_open) :]
     cut = body.find(think_close)
     if cut == -1:
         return SplitText(reasoning=body.strip(), answer="", closed=False)
-    return SplitText(reasoning=body[:cut].strip(), answer=body[cut + len(think_close):].strip(), closed=True)
+    return SplitText(reasoning=body[:cut].strip(), answer=body[cut + len(think_close) :].strip(), closed=True)
 
 
-def final_answer(completion: str, injected: str = "", unclosed: str = "invalid",
-                 think_open: str = THINK_OPEN, think_close: str = THINK_CLOSE) -> SplitText:
+def final_answer(
+    completion: str,
+    injected: str = "",
+    unclosed: str = "invalid",
+    think_open: str = THINK_OPEN,
+    think_close: str = THINK_CLOSE,
+) -> SplitText:
     """The (reasoning, answer) of a model's ``completion`` that continued the attacker's or trainer's
     ``injected`` text (the prefill; ``""`` when nothing was injected).
 

@@ -20,19 +20,26 @@ from recap.data.examples import DataError
 from recap.files import write_text
 from recap.security import redact_text
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="RECAP: robust safety alignment of reasoning models via counter-aligned prefilling.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="RECAP: robust safety alignment of reasoning models via counter-aligned prefilling.",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Build and inspect RECAP data files.")
 toy_app = typer.Typer(no_args_is_help=True, help="The miniature world (data and base model).")
 judge_app = typer.Typer(no_args_is_help=True, help="Fit, evaluate and apply refusal/compliance judges.")
 app.add_typer(data_app, name="data")
 app.add_typer(judge_app, name="judge")
 app.add_typer(toy_app, name="toy")
-verify_app = typer.Typer(no_args_is_help=True, help="Safety-verification training (SInternal): verification data, then SFT.")
+verify_app = typer.Typer(
+    no_args_is_help=True, help="Safety-verification training (SInternal): verification data, then SFT."
+)
 app.add_typer(verify_app, name="verify")
 export_app = typer.Typer(no_args_is_help=True, help="Hand a RECAP mixture to another RL framework.")
 app.add_typer(export_app, name="export")
-sft_app = typer.Typer(no_args_is_help=True, help="Supervised fine-tuning (the warm start before RL) and context distillation.")
+sft_app = typer.Typer(
+    no_args_is_help=True, help="Supervised fine-tuning (the warm start before RL) and context distillation."
+)
 app.add_typer(sft_app, name="sft")
 err = Console(stderr=True)
 out = Console()
@@ -61,16 +68,31 @@ def friendly_errors(fn):
                 message = f"{type(e).__name__}: {message}"
             err.print(f"error: {redact_text(message)}", highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(2) from None
+
     return wrapper
 
 
 @contextlib.contextmanager
 def progress_bars():
     """A ``progress(stage, done, total)`` callback drawing one rich bar per stage on standard error."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=err, transient=False)
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
     tasks: dict[str, int] = {}
 
     def update(stage: str, done: int, total: int) -> None:
@@ -86,18 +108,35 @@ def progress_bars():
 def training_bars():
     """A ``progress(run, step, max_steps, logs)`` callback drawing one rich line per training run: step, mean
     reward by kind (from the run's latest log) and ETA."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rewards]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=err,
-                    transient=False)
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rewards]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
     tasks: dict[str, int] = {}
 
     def update(run: str, step: int, max_steps: int, logs: dict) -> None:
         if run not in tasks:
             tasks[run] = bars.add_task(f"train {run}", total=max_steps, rewards="")
-        rewards = " ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in sorted(logs.items())
-                           if k.startswith("reward/") and isinstance(v, (int, float)))
+        rewards = " ".join(
+            f"{k.split('/')[-1]} {v:.2f}"
+            for k, v in sorted(logs.items())
+            if k.startswith("reward/") and isinstance(v, (int, float))
+        )
         bars.update(tasks[run], completed=step, total=max_steps, rewards=rewards)
 
     with bars:
@@ -113,8 +152,16 @@ def demo(
     out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Output folder (resumable)."),
     seeds: Optional[int] = typer.Option(None, help="Number of seeds (default 3; 1 with --quick)."),
     quick: bool = typer.Option(False, "--quick", help="1-seed pipeline check in about 2 minutes (no effect expected)."),
-    compare: bool = typer.Option(False, "--compare", help="Compare vanilla, RECAP, Self-ReSET, verification SFT + GRPO and verification SFT + RECAP (same RL budget and seeds), add H-CoT, unseen-generator prefills and the adaptive attacker's worst case to the evaluation, and write comparison.md / comparison.png."),
-    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods to train instead of the preset's: vanilla, recap, on_policy, mixed, self_reset, verify_grpo, verify_recap."),
+    compare: bool = typer.Option(
+        False,
+        "--compare",
+        help="Compare vanilla, RECAP, Self-ReSET, verification SFT + GRPO and verification SFT + RECAP (same RL budget and seeds), add H-CoT, unseen-generator prefills and the adaptive attacker's worst case to the evaluation, and write comparison.md / comparison.png.",
+    ),
+    methods: Optional[str] = typer.Option(
+        None,
+        "--methods",
+        help="Comma-separated methods to train instead of the preset's: vanilla, recap, on_policy, mixed, self_reset, verify_grpo, verify_recap.",
+    ),
     config: Optional[Path] = typer.Option(None, help="YAML DemoConfig."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
@@ -141,7 +188,11 @@ def demo(
 @friendly_errors
 def train(
     config: Path = typer.Option(..., help="YAML TrainConfig (see configs/)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the killed run in output_dir from its last complete checkpoint (weights, optimizer, scheduler, RNG, data position); torn checkpoints are set aside, and a run with none restarts from step 0. Without it, an output_dir holding a complete checkpoint is an error."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the killed run in output_dir from its last complete checkpoint (weights, optimizer, scheduler, RNG, data position); torn checkpoints are set aside, and a run with none restarts from step 0. Without it, an output_dir holding a complete checkpoint is an error.",
+    ),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
     """RL post-training with RECAP (or vanilla DAPO on an α = 0 mixture); --resume continues a killed run."""
@@ -159,16 +210,37 @@ def train(
 @app.command("eval")
 @friendly_errors
 def eval_(
-    model: Optional[str] = typer.Option(None, help="Model: hub id, folder, .gguf or smollm2-135m (overrides the suite's)."),
-    data: Optional[Path] = typer.Option(None, help="One evaluation file (recap JSONL/Parquet; harmful/benign rows need counter_reasoning for attacks). Use --suite for benchmark files."),
-    suite: Optional[Path] = typer.Option(None, help="YAML SuiteConfig: benchmarks, limits, attacks, judge, prefill generator (see configs/smollm2/eval.yaml)."),
-    results: Optional[Path] = typer.Option(None, help="JSONL results store (appended as results are judged; a rerun skips what is stored)."),
+    model: Optional[str] = typer.Option(
+        None, help="Model: hub id, folder, .gguf or smollm2-135m (overrides the suite's)."
+    ),
+    data: Optional[Path] = typer.Option(
+        None,
+        help="One evaluation file (recap JSONL/Parquet; harmful/benign rows need counter_reasoning for attacks). Use --suite for benchmark files.",
+    ),
+    suite: Optional[Path] = typer.Option(
+        None,
+        help="YAML SuiteConfig: benchmarks, limits, attacks, judge, prefill generator (see configs/smollm2/eval.yaml).",
+    ),
+    results: Optional[Path] = typer.Option(
+        None, help="JSONL results store (appended as results are judged; a rerun skips what is stored)."
+    ),
     name: Optional[str] = typer.Option(None, help="Method name recorded with each result (e.g. base, vanilla, recap)."),
-    judge: Optional[str] = typer.Option(None, help="Judge spec: rules, rules:<family>, toy, classifier:<file>, guard:<yaml>."),
+    judge: Optional[str] = typer.Option(
+        None, help="Judge spec: rules, rules:<family>, toy, classifier:<file>, guard:<yaml>."
+    ),
     config: Optional[Path] = typer.Option(None, help="YAML EvalConfig (with --data)."),
-    engine: Optional[str] = typer.Option(None, help="Generation engine: auto (vllm with a GPU, else hf), hf, llamacpp (GGUF on CPU), vllm, endpoint (a served model: --base-url)."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible API root of a served model, e.g. http://127.0.0.1:8000/v1 (implies --engine endpoint; the API key comes from the environment variable endpoint.api_key_env, OPENAI_API_KEY by default)."),
-    served_model: Optional[str] = typer.Option(None, "--served-model", help="Model name the server serves (default: --model; endpoint.model in a suite)."),
+    engine: Optional[str] = typer.Option(
+        None,
+        help="Generation engine: auto (vllm with a GPU, else hf), hf, llamacpp (GGUF on CPU), vllm, endpoint (a served model: --base-url).",
+    ),
+    base_url: Optional[str] = typer.Option(
+        None,
+        "--base-url",
+        help="OpenAI-compatible API root of a served model, e.g. http://127.0.0.1:8000/v1 (implies --engine endpoint; the API key comes from the environment variable endpoint.api_key_env, OPENAI_API_KEY by default).",
+    ),
+    served_model: Optional[str] = typer.Option(
+        None, "--served-model", help="Model name the server serves (default: --model; endpoint.model in a suite)."
+    ),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
     """Evaluate a model under every attack; print the metrics as JSON (one object per benchmark with --suite)."""
@@ -184,10 +256,19 @@ def eval_(
 
         if data is not None or config is not None:
             raise ConfigError("--suite takes the benchmarks and settings from its file: drop --data/--config")
-        overrides = [f"{k}={json.dumps(v)}" for k, v in
-                     (("model", model), ("results", str(results) if results else None), ("name", name),
-                      ("judge", judge), ("engine", engine), ("endpoint.base_url", base_url),
-                      ("endpoint.model", served_model)) if v is not None]
+        overrides = [
+            f"{k}={json.dumps(v)}"
+            for k, v in (
+                ("model", model),
+                ("results", str(results) if results else None),
+                ("name", name),
+                ("judge", judge),
+                ("engine", engine),
+                ("endpoint.base_url", base_url),
+                ("endpoint.model", served_model),
+            )
+            if v is not None
+        ]
         cfg = load_config(SuiteConfig, suite, [*overrides, *set_])
         with progress_bars() as progress:
             metrics = run_suite(cfg, log=note, progress=progress)
@@ -200,12 +281,21 @@ def eval_(
 
     cfg = load_config(EvalConfig, config, set_)
     examples = read_examples(data)
-    mdl, tok = load_engine(engine or "auto", model,
-                           endpoint=EndpointConfig(base_url=base_url or "", model=served_model or ""))
+    mdl, tok = load_engine(
+        engine or "auto", model, endpoint=EndpointConfig(base_url=base_url or "", model=served_model or "")
+    )
     with progress_bars() as progress:
-        records = evaluate(mdl, tok, examples, load_judges(judge or "rules"), cfg, ResultStore(results),
-                           {"method": name or "model", "model": model, "seed": cfg.seed},
-                           log=note, progress=progress)
+        records = evaluate(
+            mdl,
+            tok,
+            examples,
+            load_judges(judge or "rules"),
+            cfg,
+            ResultStore(results),
+            {"method": name or "model", "model": model, "seed": cfg.seed},
+            log=note,
+            progress=progress,
+        )
     out.print_json(json.dumps(compute_metrics(records)))
 
 
@@ -232,8 +322,12 @@ def report(
 @friendly_errors
 def data_stats(
     file: str = typer.Argument(..., help="A data file (or a hub dataset id when online)."),
-    format: str = typer.Option("auto", "--format", help="auto, recap, chat-jsonl, strongreject-csv, wildjailbreak, "
-                               "xstest-csv, gsm8k, math500, aime, fortress, harmbench (docs/benchmarks.md)."),
+    format: str = typer.Option(
+        "auto",
+        "--format",
+        help="auto, recap, chat-jsonl, strongreject-csv, wildjailbreak, "
+        "xstest-csv, gsm8k, math500, aime, fortress, harmbench (docs/benchmarks.md).",
+    ),
     limit: Optional[int] = typer.Option(None, help="Only the first N rows."),
 ):
     """Validate a data file and print {"n": …, "kinds": {"harmful": …, "benign": …, "task": …}} as JSON
@@ -258,17 +352,30 @@ def data_mix(
     cfg = load_config(MixtureConfig, config, set_)
     mixed = build_mixture(read_examples(file), cfg)
     write_examples(out_file, mixed)
-    out.print(f"{out_file}: {len(mixed)} examples, {sum(1 for e in mixed if e.prefill)} prefilled "
-              f"(α={cfg.alpha}, ℓ={cfg.prefill_words}, seed={cfg.seed})")
+    out.print(
+        f"{out_file}: {len(mixed)} examples, {sum(1 for e in mixed if e.prefill)} prefilled "
+        f"(α={cfg.alpha}, ℓ={cfg.prefill_words}, seed={cfg.seed})"
+    )
 
 
 @data_app.command("recipe")
 @friendly_errors
 def data_recipe(
-    out_file: Path = typer.Option(..., "--out", help="Corpus file (.jsonl or .parquet); the manifest goes to <out>.recipe.json."),
-    config: Optional[Path] = typer.Option(None, help="YAML RecipeConfig (configs/recipe/paper.yaml: the paper's, from the hub; configs/recipe/cpu.yaml: local files). Default: the paper's parts."),
-    prefill: bool = typer.Option(False, "--prefill", help="Also write the counter-aligned reasoning with the config's `prefills` generators (else: fill it later with `recap data prefill`)."),
-    mix: bool = typer.Option(False, "--mix", help="Also build the RECAP mixture with the config's `mixture` (α, ℓ, selection)."),
+    out_file: Path = typer.Option(
+        ..., "--out", help="Corpus file (.jsonl or .parquet); the manifest goes to <out>.recipe.json."
+    ),
+    config: Optional[Path] = typer.Option(
+        None,
+        help="YAML RecipeConfig (configs/recipe/paper.yaml: the paper's, from the hub; configs/recipe/cpu.yaml: local files). Default: the paper's parts.",
+    ),
+    prefill: bool = typer.Option(
+        False,
+        "--prefill",
+        help="Also write the counter-aligned reasoning with the config's `prefills` generators (else: fill it later with `recap data prefill`).",
+    ),
+    mix: bool = typer.Option(
+        False, "--mix", help="Also build the RECAP mixture with the config's `mixture` (α, ℓ, selection)."
+    ),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
     """The paper's training corpus: harmful, over-refusal and math prompts from the hub or local files, with
@@ -281,8 +388,10 @@ def data_recipe(
         manifest = run_recipe(cfg, out_file, log_fn=note, progress=progress)
     kinds = ", ".join(f"{n} {k}" for k, n in manifest["kinds"].items())
     extra = f", {sum(manifest['mixture'].values())} prefilled" if "mixture" in manifest else ""
-    out.print(f"{out_file}: {manifest['n']} examples ({kinds}{extra}); provenance in {manifest_path(out_file)}",
-              highlight=False)
+    out.print(
+        f"{out_file}: {manifest['n']} examples ({kinds}{extra}); provenance in {manifest_path(out_file)}",
+        highlight=False,
+    )
 
 
 @export_app.command("verl")
@@ -290,11 +399,20 @@ def data_recipe(
 def export_verl_cmd(
     file: Path = typer.Argument(..., help="A RECAP mixture (`recap data mix` output, JSONL/Parquet)."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for train.parquet and recap_reward.py."),
-    model: Optional[str] = typer.Option(None, help="Policy whose chat template renders extra_info.prompt_text (template + think block + prefill); without it prompt_text is empty."),
+    model: Optional[str] = typer.Option(
+        None,
+        help="Policy whose chat template renders extra_info.prompt_text (template + think block + prefill); without it prompt_text is empty.",
+    ),
     judge: str = typer.Option("rules", help="Judge spec the reward module uses (as in TrainConfig.judge)."),
-    unclosed: str = typer.Option("invalid", help="A response that never closes the think block: invalid or continuation."),
+    unclosed: str = typer.Option(
+        "invalid", help="A response that never closes the think block: invalid or continuation."
+    ),
     format_penalty: float = typer.Option(0.0, help="Reward of a response with no final answer."),
-    think_system_prompt: bool = typer.Option(False, "--think-system-prompt", help="Render with recap.chat.THINK_SYSTEM_PROMPT, as TrainConfig.think_system_prompt does (match the training config)."),
+    think_system_prompt: bool = typer.Option(
+        False,
+        "--think-system-prompt",
+        help="Render with recap.chat.THINK_SYSTEM_PROMPT, as TrainConfig.think_system_prompt does (match the training config).",
+    ),
 ):
     """verl's Parquet schema (data_source, prompt, ability, reward_model, extra_info with the prefill and the
     prompt text verl tokenizes into recap train's ids), a reward module with verl's compute_score signature
@@ -307,13 +425,22 @@ def export_verl_cmd(
         from recap.models import load_tokenizer
 
         tokenizer = load_tokenizer(model)
-    paths = export_verl(read_examples(file), out_dir, tokenizer=tokenizer, judge=judge, unclosed=unclosed,
-                        format_penalty=format_penalty, think_system_prompt=think_system_prompt)
+    paths = export_verl(
+        read_examples(file),
+        out_dir,
+        tokenizer=tokenizer,
+        judge=judge,
+        unclosed=unclosed,
+        format_penalty=format_penalty,
+        think_system_prompt=think_system_prompt,
+    )
     out.print(f"{paths['data']}\n{paths['reward']}")
     out.print(f"{paths['dataset']}\n{paths['agent_loop']}", highlight=False)
     if paths["max_prompt_tokens"] is not None:
-        out.print(f"longest prompt: {paths['max_prompt_tokens']} tokens (data.max_prompt_length must hold it)",
-                  highlight=False)
+        out.print(
+            f"longest prompt: {paths['max_prompt_tokens']} tokens (data.max_prompt_length must hold it)",
+            highlight=False,
+        )
 
 
 @data_app.command("prefill")
@@ -324,8 +451,14 @@ def data_prefill(
     format: str = typer.Option("auto", "--format", help="Input format (as for `data stats`)."),
     limit: Optional[int] = typer.Option(None, help="Only N prompts."),
     subset_seed: Optional[int] = typer.Option(None, help="Draw the N prompts at random with this seed."),
-    from_file: Optional[Path] = typer.Option(None, "--from", help="Take the reasoning from this file ({id, counter_reasoning} rows) instead of generating it."),
-    config: Optional[Path] = typer.Option(None, help="YAML PrefillConfig (generators, system prompts, decoding, cache)."),
+    from_file: Optional[Path] = typer.Option(
+        None,
+        "--from",
+        help="Take the reasoning from this file ({id, counter_reasoning} rows) instead of generating it.",
+    ),
+    config: Optional[Path] = typer.Option(
+        None, help="YAML PrefillConfig (generators, system prompts, decoding, cache)."
+    ),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
     """Counter-aligned reasoning: unsafe for harmful prompts, over-refusing for benign ones (cached)."""
@@ -348,22 +481,51 @@ def data_prefill(
 @judge_app.command("fit")
 @friendly_errors
 def judge_fit(
-    data: list[Path] = typer.Option(..., "--data", help="Labelled completions (XSTest format: prompt, completion, final_label). Repeatable."),
+    data: list[Path] = typer.Option(
+        ..., "--data", help="Labelled completions (XSTest format: prompt, completion, final_label). Repeatable."
+    ),
     out_file: Path = typer.Option(..., "--out", help="Where to save the fitted judge (.npz)."),
-    features: Optional[str] = typer.Option(None, help="Feature blocks joined by '+': answer (required), opening, prompt, rules, flags (default: refusal.DEFAULT_FEATURES)."),
-    override: Optional[str] = typer.Option(None, help="Rule whose match forces 'refusal': explicit, recap, xstest, gcg, or 'none' (default: refusal.DEFAULT_OVERRIDE)."),
-    classes: Optional[str] = typer.Option(None, help="'partial' (compliance / full / partial refusal) or 'binary' (default: refusal.DEFAULT_CLASSES)."),
-    builtin: bool = typer.Option(True, "--builtin/--no-builtin", help="Also fit on the labelled set shipped with recap (recap/rewards/data/refusal_labels.csv)."),
+    features: Optional[str] = typer.Option(
+        None,
+        help="Feature blocks joined by '+': answer (required), opening, prompt, rules, flags (default: refusal.DEFAULT_FEATURES).",
+    ),
+    override: Optional[str] = typer.Option(
+        None,
+        help="Rule whose match forces 'refusal': explicit, recap, xstest, gcg, or 'none' (default: refusal.DEFAULT_OVERRIDE).",
+    ),
+    classes: Optional[str] = typer.Option(
+        None, help="'partial' (compliance / full / partial refusal) or 'binary' (default: refusal.DEFAULT_CLASSES)."
+    ),
+    builtin: bool = typer.Option(
+        True,
+        "--builtin/--no-builtin",
+        help="Also fit on the labelled set shipped with recap (recap/rewards/data/refusal_labels.csv).",
+    ),
 ):
     """Fit the offline refusal classifier (MiniLM embeddings + logistic regression) and save it."""
     from recap.rewards import refusal
 
     over = refusal.DEFAULT_OVERRIDE if override is None else (None if override == "none" else override)
-    judge = refusal.fit_refusal_judge([str(p) for p in data], out_file, features=features or refusal.DEFAULT_FEATURES,
-                                      override=over, classes=classes or refusal.DEFAULT_CLASSES, builtin=builtin)
-    out.print_json(json.dumps({"out": str(out_file), "n": judge.meta["training"]["n"], "features": judge.features,
-                               "classes": list(judge.classes), "override": judge.override,
-                               "C": judge.meta["classifier"]["C"]}))
+    judge = refusal.fit_refusal_judge(
+        [str(p) for p in data],
+        out_file,
+        features=features or refusal.DEFAULT_FEATURES,
+        override=over,
+        classes=classes or refusal.DEFAULT_CLASSES,
+        builtin=builtin,
+    )
+    out.print_json(
+        json.dumps(
+            {
+                "out": str(out_file),
+                "n": judge.meta["training"]["n"],
+                "features": judge.features,
+                "classes": list(judge.classes),
+                "override": judge.override,
+                "C": judge.meta["classifier"]["C"],
+            }
+        )
+    )
 
 
 @judge_app.command("eval")
@@ -397,10 +559,13 @@ def judge_score(
             if not isinstance(row, dict) or not isinstance(row.get(key), str):
                 raise DataError(data, n, key, "missing or not text")
         rows.append(row)
-    verdicts = checked_judge(load_judge(judge), [JudgeItem(r["prompt"], r["answer"], r["kind"], r.get("reference"))
-                                        for r in rows])
-    lines = [json.dumps({**r, "score": v.score, "label": v.label, "rationale": v.rationale}, ensure_ascii=False)
-             for r, v in zip(rows, verdicts)]
+    verdicts = checked_judge(
+        load_judge(judge), [JudgeItem(r["prompt"], r["answer"], r["kind"], r.get("reference")) for r in rows]
+    )
+    lines = [
+        json.dumps({**r, "score": v.score, "label": v.label, "rationale": v.rationale}, ensure_ascii=False)
+        for r, v in zip(rows, verdicts)
+    ]
     if out_file:
         write_text(out_file, "\n".join(lines) + "\n")
     else:
@@ -410,8 +575,13 @@ def judge_score(
 @verify_app.command("data")
 @friendly_errors
 def verify_data(
-    file: str = typer.Argument(..., help="Training prompts (a recap file or any benchmark format): harmful and benign rows are used, tasks skipped."),
-    model: str = typer.Option(..., help="The initial policy whose answers are sampled and verified (hub id, folder, .gguf, smollm2-135m)."),
+    file: str = typer.Argument(
+        ...,
+        help="Training prompts (a recap file or any benchmark format): harmful and benign rows are used, tasks skipped.",
+    ),
+    model: str = typer.Option(
+        ..., help="The initial policy whose answers are sampled and verified (hub id, folder, .gguf, smollm2-135m)."
+    ),
     out_file: Path = typer.Option(..., "--out", help="Verification rows (JSONL); statistics go to <out>.stats.json."),
     format: str = typer.Option("auto", "--format", help="Input format of FILE (as for `recap data stats`)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N prompts."),
@@ -433,8 +603,11 @@ def verify_data(
     rows, stats = build_verify_data(mdl, tok, examples, load_judges(cfg.judge, cfg.judges), cfg, critic, log=note)
     write_text(out_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     write_text(Path(f"{out_file}.stats.json"), json.dumps({**stats, "model": model, "source": file}, indent=1))
-    out.print(f"{out_file}: {stats['verification_rows']} verification examples ({stats.get('harmful_pairs', 0)} harmful "
-              f"pairs, {stats.get('benign_examples', 0)} benign), {stats.get('replay_rows', 0)} replay rows", highlight=False)
+    out.print(
+        f"{out_file}: {stats['verification_rows']} verification examples ({stats.get('harmful_pairs', 0)} harmful "
+        f"pairs, {stats.get('benign_examples', 0)} benign), {stats.get('replay_rows', 0)} replay rows",
+        highlight=False,
+    )
 
 
 @verify_app.command("train")
@@ -473,8 +646,7 @@ def toy_pretrain(out_dir: Path = typer.Option(Path("toy-base"), "--out"), steps:
     """Pre-train the miniature base reasoning model and save it (transformers format)."""
     from recap.toy.model import PretrainConfig, ToyModelConfig, pretrain
 
-    pretrain(PretrainConfig(steps=steps, seed=seed), ToyModelConfig(), out_dir,
-             log=say)
+    pretrain(PretrainConfig(steps=steps, seed=seed), ToyModelConfig(), out_dir, log=say)
     out.print(f"base model: {out_dir}")
 
 
@@ -490,8 +662,11 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(show_version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
-                                             help="Print the version and exit.")):
+def _root(
+    show_version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_version, help="Print the version and exit."
+    ),
+):
     """RECAP: robust safety alignment of reasoning models via counter-aligned prefilling."""
 
 
@@ -543,7 +718,9 @@ def sft_data(
     format: str = typer.Option("auto", "--format", help="Input format (as for `data stats`)."),
     limit: Optional[int] = typer.Option(None, help="Only N prompts."),
     subset_seed: Optional[int] = typer.Option(None, help="Draw the N prompts at random with this seed."),
-    config: Optional[Path] = typer.Option(None, help="YAML DistillConfig (teacher, safety system prompt, samples, judge, cache)."),
+    config: Optional[Path] = typer.Option(
+        None, help="YAML DistillConfig (teacher, safety system prompt, samples, judge, cache)."
+    ),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
     """Context distillation: the teacher's answers under a safety system prompt, kept when the judge rates them
@@ -565,7 +742,9 @@ def sft_data(
 @friendly_errors
 def sft_train(
     config: Path = typer.Option(..., help="YAML SFTTrainConfig (see configs/smollm2/sft.yaml)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the killed run in output_dir from its last complete checkpoint."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the killed run in output_dir from its last complete checkpoint."
+    ),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
     """Supervised fine-tuning on prompt/completion rows (TRL SFTTrainer; loss on the completions only; LoRA or full)."""

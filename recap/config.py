@@ -120,8 +120,9 @@ def _set_override(cls: type, data: dict, item: str, dotted: str, value: Any) -> 
         here, last = ".".join(keys[: i + 1]), i == len(keys) - 1
         if isinstance(node, list):
             if not key.isdigit() or int(key) >= len(node):
-                raise ConfigError(f"--set {item}: '{here}': no item {key} (the list has {len(node)} item(s), "
-                                  "numbered from 0)")
+                raise ConfigError(
+                    f"--set {item}: '{here}': no item {key} (the list has {len(node)} item(s), numbered from 0)"
+                )
             if last:
                 node[int(key)] = value
                 return
@@ -134,8 +135,9 @@ def _set_override(cls: type, data: dict, item: str, dotted: str, value: Any) -> 
             if key not in known:
                 close = difflib.get_close_matches(key, sorted(known), n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ConfigError(f"--set {item}: unknown field '{here}'{hint}; known in this section: "
-                                  f"{', '.join(sorted(known))}")
+                raise ConfigError(
+                    f"--set {item}: unknown field '{here}'{hint}; known in this section: {', '.join(sorted(known))}"
+                )
             if not last and node.get(key) is None:
                 default = _field_default(known[key])
                 node[key] = {} if default is None else default  # an optional section left empty by default
@@ -155,8 +157,9 @@ def _merge(base: dict, extra: dict) -> dict:
     return merged
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
-                defaults: dict | None = None) -> T:
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None, defaults: dict | None = None
+) -> T:
     """Load ``cls`` from a YAML file and apply ``key=value`` overrides (values parsed as YAML; dotted keys
     for nested fields, numbers for list items: ``benchmarks.0.limit=20``).
 
@@ -202,7 +205,10 @@ def describe(cls) -> list[tuple[str, str, str]]:
     """(field, default, help) rows of a config class, for docs and ``--help``."""
     rows = []
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+        )
         rows.append((f.name, repr(default), f.metadata.get("help", "")))
     return rows

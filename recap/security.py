@@ -41,8 +41,9 @@ def redact_text(text: str) -> str:
 def redacted(obj):
     """A copy of a config dump with secret-named fields masked and secret values replaced."""
     if isinstance(obj, dict):
-        return {k: (MASK if isinstance(k, str) and _SECRET_FIELD.search(k) and v else redacted(v))
-                for k, v in obj.items()}
+        return {
+            k: (MASK if isinstance(k, str) and _SECRET_FIELD.search(k) and v else redacted(v)) for k, v in obj.items()
+        }
     if isinstance(obj, (list, tuple)):
         return [redacted(v) for v in obj]
     if isinstance(obj, str):

@@ -113,8 +113,9 @@ def write_rows(path: str | Path, rows: Sequence[dict]) -> Path:
     return Path(path)
 
 
-def prompt_completion(rows: Sequence[dict], tokenizer, think_system_prompt: bool = False,
-                      where: str = "<rows>") -> list[dict]:
+def prompt_completion(
+    rows: Sequence[dict], tokenizer, think_system_prompt: bool = False, where: str = "<rows>"
+) -> list[dict]:
     """``{"prompt", "completion"}`` texts for TRL from validated rows: ``messages`` rendered with
     ``render_prompt`` (and its ``prefill``), or ``prompt`` verbatim."""
     out = []
@@ -123,9 +124,14 @@ def prompt_completion(rows: Sequence[dict], tokenizer, think_system_prompt: bool
             messages = with_think_system(r["messages"]) if think_system_prompt else r["messages"]
             text = render_prompt(tokenizer, messages, r.get("prefill") or None)
             if isinstance(r.get("prompt"), str) and r["prompt"] != text:
-                raise DataError(where, None, "prompt", f"row {r['id']!r}: the 'prompt' text differs from its messages "
-                                "rendered with this model's chat template (written for another model or settings?); "
-                                "drop 'prompt' to render the messages, or 'messages' to train on the text as is")
+                raise DataError(
+                    where,
+                    None,
+                    "prompt",
+                    f"row {r['id']!r}: the 'prompt' text differs from its messages "
+                    "rendered with this model's chat template (written for another model or settings?); "
+                    "drop 'prompt' to render the messages, or 'messages' to train on the text as is",
+                )
         else:
             text = r["prompt"]
         out.append({"prompt": text, "completion": r["completion"]})
@@ -140,9 +146,16 @@ class SFTTrainConfig:
     """Supervised fine-tuning on prompt/completion rows (``recap sft train``); defaults are SInternal's SFT
     settings (LoRA r = 16, α = 32, lr 2e-4, 2 epochs)."""
 
-    model: str = field(default="", metadata={"help": "Model to fine-tune: a local folder, a hub id, a .gguf file or smollm2-135m."})
-    train_file: str = field(default="", metadata={"help": "SFT rows (JSONL; the format is in recap.sft's docstring), e.g. from `recap sft data`."})
-    output_dir: str = field(default="runs/sft", metadata={"help": "Checkpoints, logs and the final model (output_dir/final; LoRA merged)."})
+    model: str = field(
+        default="", metadata={"help": "Model to fine-tune: a local folder, a hub id, a .gguf file or smollm2-135m."}
+    )
+    train_file: str = field(
+        default="",
+        metadata={"help": "SFT rows (JSONL; the format is in recap.sft's docstring), e.g. from `recap sft data`."},
+    )
+    output_dir: str = field(
+        default="runs/sft", metadata={"help": "Checkpoints, logs and the final model (output_dir/final; LoRA merged)."}
+    )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (peft); 0 trains every weight."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling α."})
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate."})
@@ -152,21 +165,50 @@ class SFTTrainConfig:
     epochs: float = field(default=2.0, metadata={"help": "Passes over the rows (ignored when max_steps > 0)."})
     max_steps: int = field(default=0, metadata={"help": "Optimizer steps; 0: run `epochs` passes."})
     batch_size: int = field(default=8, metadata={"help": "Rows per optimizer step."})
-    micro_batch_size: int = field(default=0, metadata={"help": "Rows per forward/backward pass (gradient accumulation up to batch_size); 0: the whole step in one pass."})
-    max_length: int = field(default=4096, metadata={"help": "Longest row in tokens (prompt + completion + EOS); a longer row is an error (nothing is cut silently)."})
-    think_system_prompt: bool = field(default=False, metadata={"help": "Put recap.chat.THINK_SYSTEM_PROMPT in a system message of rows that have none (match the RL and evaluation configs)."})
+    micro_batch_size: int = field(
+        default=0,
+        metadata={
+            "help": "Rows per forward/backward pass (gradient accumulation up to batch_size); 0: the whole step in one pass."
+        },
+    )
+    max_length: int = field(
+        default=4096,
+        metadata={
+            "help": "Longest row in tokens (prompt + completion + EOS); a longer row is an error (nothing is cut silently)."
+        },
+    )
+    think_system_prompt: bool = field(
+        default=False,
+        metadata={
+            "help": "Put recap.chat.THINK_SYSTEM_PROMPT in a system message of rows that have none (match the RL and evaluation configs)."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the data order and the adapters' initialisation."})
     save_steps: int = field(default=50, metadata={"help": "Checkpoint every N steps (resumable)."})
     logging_steps: int = field(default=10, metadata={"help": "Log the loss every N steps."})
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's default)."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in the backward pass (saves memory, costs compute)."})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations in the backward pass (saves memory, costs compute)."}
+    )
     dtype: str = field(default="float32", metadata={"help": "Weights dtype (GGUF weights are dequantised to it)."})
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPUs)."})
     use_cpu: bool = field(default=False, metadata={"help": "Train on the CPU even when an accelerator exists."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run the model repository's own Python code."})
-    allow_pickle_weights: bool = field(default=False, metadata={"help": "Accept pytorch_model.bin pickle weights (unpickling can run code)."})
-    resume: str = field(default="auto", metadata={"help": "Checkpoints already in output_dir: auto (continue from the last complete one), must (`recap sft train --resume`: an error if there is none), never (an error if there is one)."})
-    report_to: str = field(default="none", metadata={"help": "Trackers (wandb, tensorboard…); off so that completions on harmful prompts stay on the machine."})
+    allow_pickle_weights: bool = field(
+        default=False, metadata={"help": "Accept pytorch_model.bin pickle weights (unpickling can run code)."}
+    )
+    resume: str = field(
+        default="auto",
+        metadata={
+            "help": "Checkpoints already in output_dir: auto (continue from the last complete one), must (`recap sft train --resume`: an error if there is none), never (an error if there is one)."
+        },
+    )
+    report_to: str = field(
+        default="none",
+        metadata={
+            "help": "Trackers (wandb, tensorboard…); off so that completions on harmful prompts stay on the machine."
+        },
+    )
 
     def __post_init__(self):
         if self.lora_r < 0 or self.batch_size < 1 or self.learning_rate <= 0 or self.max_length < 2:
@@ -189,10 +231,12 @@ def check_lengths(texts: Sequence[dict], rows: Sequence[dict], tokenizer, max_le
         completion = t["completion"] if t["completion"].endswith(eos) else t["completion"] + eos
         full = tokenizer(t["prompt"] + completion)["input_ids"]
         if full[: len(prompt_ids)] != prompt_ids:
-            raise ValueError(f"{where}: row {r['id']!r}: the prompt's tokens are not a prefix of the prompt + completion "
-                             "tokens (a token merges across the boundary), so the model would train on another "
-                             "context than it sees in RL and evaluation; start the completion on a token boundary "
-                             "(e.g. without leading blanks)")
+            raise ValueError(
+                f"{where}: row {r['id']!r}: the prompt's tokens are not a prefix of the prompt + completion "
+                "tokens (a token merges across the boundary), so the model would train on another "
+                "context than it sees in RL and evaluation; start the completion on a token boundary "
+                "(e.g. without leading blanks)"
+            )
         if len(full) > max_length:
             raise ValueError(f"{where}: row {r['id']!r} is {len(full)} tokens, more than max_length {max_length}")
 
@@ -203,19 +247,36 @@ def sft_args(cfg: SFTTrainConfig):
 
     micro = cfg.micro_batch_size or cfg.batch_size
     return SFTConfig(
-        output_dir=cfg.output_dir, completion_only_loss=True, packing=False, max_length=None,
-        per_device_train_batch_size=micro, gradient_accumulation_steps=cfg.batch_size // micro,
-        num_train_epochs=cfg.epochs if cfg.max_steps <= 0 else 1.0, max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
-        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, report_to=cfg.report_to,
-        use_cpu=cfg.use_cpu, bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing,
-        disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=cfg.output_dir,
+        completion_only_loss=True,
+        packing=False,
+        max_length=None,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=cfg.batch_size // micro,
+        num_train_epochs=cfg.epochs if cfg.max_steps <= 0 else 1.0,
+        max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        report_to=cfg.report_to,
+        use_cpu=cfg.use_cpu,
+        bf16=cfg.bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
 
 
-def build_sft_trainer(cfg: SFTTrainConfig, rows: Sequence[dict] | None = None, *, model=None, tokenizer=None,
-                      callbacks: Sequence = ()):
+def build_sft_trainer(
+    cfg: SFTTrainConfig, rows: Sequence[dict] | None = None, *, model=None, tokenizer=None, callbacks: Sequence = ()
+):
     """TRL ``SFTTrainer`` over ``rows`` (default: ``cfg.train_file``) with the loss on completions only."""
     import torch
     from datasets import Dataset
@@ -231,8 +292,9 @@ def build_sft_trainer(cfg: SFTTrainConfig, rows: Sequence[dict] | None = None, *
     else:
         rows = [check_row(r, where, i + 1) for i, r in enumerate(rows)]
     if model is None or tokenizer is None:
-        loaded, loaded_tok = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                                        allow_pickle=cfg.allow_pickle_weights)
+        loaded, loaded_tok = load_model(
+            cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights
+        )
         model, tokenizer = model or loaded, tokenizer or loaded_tok
     prepare_tokenizer(model, tokenizer)
     texts = prompt_completion(rows, tokenizer, cfg.think_system_prompt, where)
@@ -240,8 +302,13 @@ def build_sft_trainer(cfg: SFTTrainConfig, rows: Sequence[dict] | None = None, *
     if cfg.lora_r:
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
     model.train()
-    return SFTTrainer(model=model, args=sft_args(cfg), train_dataset=Dataset.from_list(texts),
-                      processing_class=tokenizer, callbacks=list(callbacks))
+    return SFTTrainer(
+        model=model,
+        args=sft_args(cfg),
+        train_dataset=Dataset.from_list(texts),
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
 
 
 def _log_callback(log: Callable[[str], None]):
@@ -264,8 +331,14 @@ def _input_hash(rows: Sequence[dict]) -> str:
 _RESUMABLE = {"resume", "max_steps", "save_steps", "logging_steps", "num_threads", "report_to"}
 
 
-def train_sft(cfg: SFTTrainConfig, rows: Sequence[dict] | None = None, *, model=None, tokenizer=None,
-              log: Callable[[str], None] = print) -> Path:
+def train_sft(
+    cfg: SFTTrainConfig,
+    rows: Sequence[dict] | None = None,
+    *,
+    model=None,
+    tokenizer=None,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Fine-tune on ``rows`` (default: ``cfg.train_file``); returns ``output_dir/final`` (LoRA merged), written
     whole or not at all. A finished run is returned as is; checkpoints are resumed as ``cfg.resume`` says,
     after checking that the config and the rows are those of the run being resumed."""
@@ -286,16 +359,20 @@ def train_sft(cfg: SFTTrainConfig, rows: Sequence[dict] | None = None, *, model=
     saved_file = out / "sft_config.json"
     ckpt = last_checkpoint(out, log)
     if ckpt is not None and cfg.resume == "never":
-        raise ValueError(f"{out} holds checkpoints of an earlier run (last complete: {ckpt.name}); pass --resume to "
-                         "continue it, or choose another output_dir")
+        raise ValueError(
+            f"{out} holds checkpoints of an earlier run (last complete: {ckpt.name}); pass --resume to "
+            "continue it, or choose another output_dir"
+        )
     if ckpt is None and cfg.resume == "must":
         raise ValueError(f"{out}: no complete checkpoint to resume from; run without --resume to start")
     if ckpt is not None and saved_file.is_file():
         saved = json.loads(saved_file.read_text(encoding="utf-8"))
         for key in sorted((set(saved) | set(dump)) - _RESUMABLE):
             if saved.get(key) != dump.get(key):
-                raise ValueError(f"{saved_file}: '{key}' was {saved.get(key)!r} in the run being resumed, now "
-                                 f"{dump.get(key)!r}; use another output_dir for a different run")
+                raise ValueError(
+                    f"{saved_file}: '{key}' was {saved.get(key)!r} in the run being resumed, now "
+                    f"{dump.get(key)!r}; use another output_dir for a different run"
+                )
     if ckpt is None:
         write_text(saved_file, json.dumps(dump, indent=1))
     else:
@@ -320,20 +397,71 @@ class DistillConfig:
     """Context distillation (``recap sft data``): the teacher's answers under a safety system prompt,
     judged and kept per kind, become SFT rows without the system prompt."""
 
-    teacher: str = field(default="smollm2-135m", metadata={"help": "Model that answers under the system prompt (normally the model to be fine-tuned): hub id, folder, .gguf or smollm2-135m."})
-    system_prompt: str = field(default=SAFETY_SYSTEM_PROMPT, metadata={"help": "The safety system prompt the teacher answers under (never part of the rows)."})
-    kinds: list[str] = field(default_factory=lambda: ["harmful", "benign"], metadata={"help": "Kinds of prompts distilled (others are skipped)."})
+    teacher: str = field(
+        default="smollm2-135m",
+        metadata={
+            "help": "Model that answers under the system prompt (normally the model to be fine-tuned): hub id, folder, .gguf or smollm2-135m."
+        },
+    )
+    system_prompt: str = field(
+        default=SAFETY_SYSTEM_PROMPT,
+        metadata={"help": "The safety system prompt the teacher answers under (never part of the rows)."},
+    )
+    kinds: list[str] = field(
+        default_factory=lambda: ["harmful", "benign"],
+        metadata={"help": "Kinds of prompts distilled (others are skipped)."},
+    )
     samples_per_prompt: int = field(default=4, metadata={"help": "Answers sampled per prompt."})
-    keep_per_prompt: int = field(default=1, metadata={"help": "Most rows kept per prompt: the qualifying answers with the highest judge score (ties: lower sample index)."})
-    min_score: dict[str, float] = field(default_factory=lambda: {"harmful": 0.5, "benign": 0.5, "task": 1.0}, metadata={"help": "Lowest judge score kept, per kind (harmful: safety; benign: helpfulness; task: correctness). A harmful answer must also be judged safe, a benign one not refused."})
-    judge: str = field(default="rules", metadata={"help": "Judge of every kind (see recap.rewards.factory.load_judge), e.g. classifier:runs/judge/refusal-minilm.npz."})
+    keep_per_prompt: int = field(
+        default=1,
+        metadata={
+            "help": "Most rows kept per prompt: the qualifying answers with the highest judge score (ties: lower sample index)."
+        },
+    )
+    min_score: dict[str, float] = field(
+        default_factory=lambda: {"harmful": 0.5, "benign": 0.5, "task": 1.0},
+        metadata={
+            "help": "Lowest judge score kept, per kind (harmful: safety; benign: helpfulness; task: correctness). A harmful answer must also be judged safe, a benign one not refused."
+        },
+    )
+    judge: str = field(
+        default="rules",
+        metadata={
+            "help": "Judge of every kind (see recap.rewards.factory.load_judge), e.g. classifier:runs/judge/refusal-minilm.npz."
+        },
+    )
     judges: dict[str, str] = field(default_factory=dict, metadata={"help": "Per-kind judge overrides."})
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.95, max_new_tokens=128, batch_size=32), metadata={"help": "Decoding of the teacher."})
-    truncated: str = field(default="trim", metadata={"help": "An answer cut by max_new_tokens: trim (to its last full sentence; dropped if it has none), drop, or keep as is."})
-    unclosed: str = field(default="invalid", metadata={"help": "A completion that never closes the think block: invalid (no answer, never kept; reasoning models) or continuation (the text is the answer; SmolLM2)."})
-    echo_words: int = field(default=8, metadata={"help": "Drop a sample that repeats this many consecutive words of the system prompt (the student never sees the prompt, so reciting it is not behaviour to learn; small models often do); 0 keeps them."})
-    seed: int = field(default=0, metadata={"help": "Sampling seed (each batch is seeded from it and its first example id)."})
-    cache: str = field(default=".recap-cache/distill.jsonl", metadata={"help": "Cache of sampled answers (JSONL, appended per batch): a rerun, or a killed run, samples only what is missing."})
+    sampling: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.95, max_new_tokens=128, batch_size=32),
+        metadata={"help": "Decoding of the teacher."},
+    )
+    truncated: str = field(
+        default="trim",
+        metadata={
+            "help": "An answer cut by max_new_tokens: trim (to its last full sentence; dropped if it has none), drop, or keep as is."
+        },
+    )
+    unclosed: str = field(
+        default="invalid",
+        metadata={
+            "help": "A completion that never closes the think block: invalid (no answer, never kept; reasoning models) or continuation (the text is the answer; SmolLM2)."
+        },
+    )
+    echo_words: int = field(
+        default=8,
+        metadata={
+            "help": "Drop a sample that repeats this many consecutive words of the system prompt (the student never sees the prompt, so reciting it is not behaviour to learn; small models often do); 0 keeps them."
+        },
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Sampling seed (each batch is seeded from it and its first example id)."}
+    )
+    cache: str = field(
+        default=".recap-cache/distill.jsonl",
+        metadata={
+            "help": "Cache of sampled answers (JSONL, appended per batch): a rerun, or a killed run, samples only what is missing."
+        },
+    )
     dtype: str = field(default="float32", metadata={"help": "Teacher weights dtype."})
 
     def __post_init__(self):
@@ -363,7 +491,7 @@ def echoes(text: str, source: str, n_words: int) -> bool:
     ignored)."""
     words = re.findall(r"[\w']+", source.lower())
     flat = " " + " ".join(re.findall(r"[\w']+", text.lower())) + " "
-    return n_words > 0 and any(f" {' '.join(words[i:i + n_words])} " in flat for i in range(len(words) - n_words + 1))
+    return n_words > 0 and any(f" {' '.join(words[i : i + n_words])} " in flat for i in range(len(words) - n_words + 1))
 
 
 def teacher_messages(example: Example, system_prompt: str) -> list[dict]:
@@ -375,20 +503,34 @@ def student_messages(example: Example, system_prompt: str) -> list[dict]:
     """The student's conversation: the example's own, which never holds the teacher's system prompt."""
     messages = example.messages()
     if any(m["role"] == "system" and m["content"] == system_prompt for m in messages):
-        raise ValueError(f"example {example.id!r} already holds the teacher's system prompt: the distilled rows "
-                         "must be trained without it")
+        raise ValueError(
+            f"example {example.id!r} already holds the teacher's system prompt: the distilled rows "
+            "must be trained without it"
+        )
     return messages
 
 
 def _sample_key(cfg: DistillConfig, example: Example) -> str:
     from recap.cache import cache_key
 
-    return cache_key("distill", cfg.teacher, cfg.system_prompt, teacher_messages(example, cfg.system_prompt),
-                     asdict(cfg.sampling), cfg.samples_per_prompt, cfg.seed)
+    return cache_key(
+        "distill",
+        cfg.teacher,
+        cfg.system_prompt,
+        teacher_messages(example, cfg.system_prompt),
+        asdict(cfg.sampling),
+        cfg.samples_per_prompt,
+        cfg.seed,
+    )
 
 
-def sample_teacher(examples: Sequence[Example], cfg: DistillConfig, *, load: Callable | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> dict[str, list[dict]]:
+def sample_teacher(
+    examples: Sequence[Example],
+    cfg: DistillConfig,
+    *,
+    load: Callable | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, list[dict]]:
     """``{example id: [sample, …]}``: ``samples_per_prompt`` answers of the teacher per example under the
     system prompt, each ``{"text", "tokens", "truncated", "seed"}``. Cached per batch in ``cfg.cache``; the
     teacher is loaded only when something is missing. ``progress(done, total)`` counts prompts."""
@@ -405,23 +547,41 @@ def sample_teacher(examples: Sequence[Example], cfg: DistillConfig, *, load: Cal
 
             def load(name):
                 return load_model(name, dtype=cfg.dtype)
+
         model, tokenizer = load(cfg.teacher)
         per_batch = max(1, cfg.sampling.batch_size // k)
         for start in range(0, len(missing), per_batch):
-            chunk = missing[start: start + per_batch]
+            chunk = missing[start : start + per_batch]
             seed = zlib.crc32(f"{cfg.seed}:distill:{chunk[0].id}".encode()) % 2**31
-            prompts = [render_prompt(tokenizer, teacher_messages(e, cfg.system_prompt)) for e in chunk for _ in range(k)]
+            prompts = [
+                render_prompt(tokenizer, teacher_messages(e, cfg.system_prompt)) for e in chunk for _ in range(k)
+            ]
             gens = generate(model, tokenizer, prompts, replace(cfg.sampling, batch_size=len(prompts)), seed=seed)
-            cache.add([{"key": keys[e.id], "samples": [
-                {"text": g.text, "tokens": g.n_tokens, "truncated": g.truncated, "seed": seed}
-                for g in gens[i * k:(i + 1) * k]]} for i, e in enumerate(chunk)])
+            cache.add(
+                [
+                    {
+                        "key": keys[e.id],
+                        "samples": [
+                            {"text": g.text, "tokens": g.n_tokens, "truncated": g.truncated, "seed": seed}
+                            for g in gens[i * k : (i + 1) * k]
+                        ],
+                    }
+                    for i, e in enumerate(chunk)
+                ]
+            )
             if progress:
                 progress(min(start + per_batch, len(missing)), len(missing))
     return {e.id: cache.get(keys[e.id])["samples"] for e in examples}
 
 
-def distill(examples: Sequence[Example], cfg: DistillConfig, *, load: Callable | None = None,
-            judge=None, progress: Callable[[int, int], None] | None = None) -> tuple[list[dict], dict]:
+def distill(
+    examples: Sequence[Example],
+    cfg: DistillConfig,
+    *,
+    load: Callable | None = None,
+    judge=None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[dict], dict]:
     """Context distillation: returns ``(rows, stats)``. For each example of ``cfg.kinds`` the teacher's
     samples (``sample_teacher``) are trimmed as ``cfg.truncated`` says, their final answers judged (the
     judge sees the user's request, never the system prompt), and the ``keep_per_prompt`` best qualifying
@@ -439,8 +599,19 @@ def distill(examples: Sequence[Example], cfg: DistillConfig, *, load: Callable |
         student_messages(e, cfg.system_prompt)
     samples = sample_teacher(chosen, cfg, load=load, progress=progress)
     judge = judge or load_judges(cfg.judge, cfg.judges)
-    stats = {k: {"prompts": 0, "samples": 0, "dropped_truncated": 0, "dropped_echo": 0, "dropped_no_answer": 0,
-                 "qualified": 0, "prompts_kept": 0, "rows": 0} for k in cfg.kinds}
+    stats = {
+        k: {
+            "prompts": 0,
+            "samples": 0,
+            "dropped_truncated": 0,
+            "dropped_echo": 0,
+            "dropped_no_answer": 0,
+            "qualified": 0,
+            "prompts_kept": 0,
+            "rows": 0,
+        }
+        for k in cfg.kinds
+    }
     candidates, items = [], []
     for e in chosen:
         st = stats[e.kind]
@@ -466,7 +637,8 @@ def distill(examples: Sequence[Example], cfg: DistillConfig, *, load: Callable |
     by_example: dict[str, list] = {}
     for (e, i, s, text, trimmed), v in zip(candidates, verdicts, strict=True):
         ok = v.score >= cfg.min_score.get(e.kind, 0.5) and (
-            v.safe is True if e.kind == "harmful" else v.refused is not True if e.kind == "benign" else True)
+            v.safe is True if e.kind == "harmful" else v.refused is not True if e.kind == "benign" else True
+        )
         by_example.setdefault(e.id, []).append((ok, v, i, s, text, trimmed))
     rows: list[dict] = []
     name = judge_name(judge)
@@ -480,15 +652,30 @@ def distill(examples: Sequence[Example], cfg: DistillConfig, *, load: Callable |
         st["prompts_kept"] += bool(good)
         for _, v, i, s, text, trimmed in good[: cfg.keep_per_prompt]:
             st["rows"] += 1
-            rows.append({
-                "id": f"{e.id}#distill-{i}", "kind": e.kind, "messages": student_messages(e, cfg.system_prompt),
-                "prefill": None, "completion": text,
-                "provenance": {
-                    "method": "context-distillation", "source_id": e.id, "teacher": cfg.teacher,
-                    "teacher_system_prompt": cfg.system_prompt, "sample": i, "samples_per_prompt": len(samples[e.id]),
-                    "seed": s["seed"], "temperature": cfg.sampling.temperature, "top_p": cfg.sampling.top_p,
-                    "max_new_tokens": cfg.sampling.max_new_tokens, "truncated": s["truncated"], "trimmed": trimmed,
-                    "judge": name, "verdict": {"score": v.score, "label": v.label, "safe": v.safe, "refused": v.refused},
-                    "qualified_samples": len(good)},
-            })
+            rows.append(
+                {
+                    "id": f"{e.id}#distill-{i}",
+                    "kind": e.kind,
+                    "messages": student_messages(e, cfg.system_prompt),
+                    "prefill": None,
+                    "completion": text,
+                    "provenance": {
+                        "method": "context-distillation",
+                        "source_id": e.id,
+                        "teacher": cfg.teacher,
+                        "teacher_system_prompt": cfg.system_prompt,
+                        "sample": i,
+                        "samples_per_prompt": len(samples[e.id]),
+                        "seed": s["seed"],
+                        "temperature": cfg.sampling.temperature,
+                        "top_p": cfg.sampling.top_p,
+                        "max_new_tokens": cfg.sampling.max_new_tokens,
+                        "truncated": s["truncated"],
+                        "trimmed": trimmed,
+                        "judge": name,
+                        "verdict": {"score": v.score, "label": v.label, "safe": v.safe, "refused": v.refused},
+                        "qualified_samples": len(good),
+                    },
+                }
+            )
     return rows, stats

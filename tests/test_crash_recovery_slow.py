@@ -39,19 +39,28 @@ def _recap(*args, hang_at=None, **kw):
     waits there to be killed — a kill in the middle of a checkpoint, at a moment the test controls."""
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     if hang_at is None:
-        return subprocess.Popen([sys.executable, "-m", "recap.cli", *args], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, **kw)
-    hook = (f"import pathlib, runpy, sys, time, torch\nreal = torch.save\n"
-            f"def save(obj, f, *a, **kw):\n"
-            f"    if str(f).endswith({hang_at[0]!r}):\n"
-            f"        pathlib.Path(f).write_bytes(b'PK\\x03\\x04')\n"
-            f"        pathlib.Path({str(hang_at[1])!r}).touch()\n"
-            f"        time.sleep(600)\n"
-            f"    return real(obj, f, *a, **kw)\n"
-            f"torch.save = save\nsys.argv = ['recap', *{list(args)!r}]\n"
-            f"runpy.run_module('recap.cli', run_name='__main__')\n")
-    return subprocess.Popen([sys.executable, "-c", hook], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)
+        return subprocess.Popen(
+            [sys.executable, "-m", "recap.cli", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            **kw,
+        )
+    hook = (
+        f"import pathlib, runpy, sys, time, torch\nreal = torch.save\n"
+        f"def save(obj, f, *a, **kw):\n"
+        f"    if str(f).endswith({hang_at[0]!r}):\n"
+        f"        pathlib.Path(f).write_bytes(b'PK\\x03\\x04')\n"
+        f"        pathlib.Path({str(hang_at[1])!r}).touch()\n"
+        f"        time.sleep(600)\n"
+        f"    return real(obj, f, *a, **kw)\n"
+        f"torch.save = save\nsys.argv = ['recap', *{list(args)!r}]\n"
+        f"runpy.run_module('recap.cli', run_name='__main__')\n"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", hook], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +72,23 @@ def setup(tmp_path_factory):
     tok.save_pretrained(root / "base")
     mix = build_mixture(train_examples(seed=0)[:40], replace(MixtureConfig(alpha=0.5, prefill_words="4-8"), seed=0))
     write_examples(root / "mix.jsonl", mix)
-    cfg = dict(model=str(root / "base"), train_file=str(root / "mix.jsonl"), judge="toy", num_generations=4,
-               prompts_per_step=2, max_steps=STEPS, learning_rate=1e-2, max_completion_length=8, save_steps=1,
-               logging_steps=1, use_cpu=True, gradient_checkpointing=False, num_threads=1, seed=0,
-               temperature=1.0)
+    cfg = dict(
+        model=str(root / "base"),
+        train_file=str(root / "mix.jsonl"),
+        judge="toy",
+        num_generations=4,
+        prompts_per_step=2,
+        max_steps=STEPS,
+        learning_rate=1e-2,
+        max_completion_length=8,
+        save_steps=1,
+        logging_steps=1,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        num_threads=1,
+        seed=0,
+        temperature=1.0,
+    )
     return root, cfg
 
 
@@ -197,13 +219,37 @@ def test_sigkill_during_evaluation_loses_only_the_chunk_in_flight(setup):
 
     write_examples(root / "eval.jsonl", eval_examples(seed=0))
     conf = root / "eval.yaml"
-    conf.write_text(yaml.safe_dump({"attacks": ["clean", "prefill", "ipr"], "ipr_rounds": 2, "chunk_size": 2,
-                                    "prefill_words": "8-30", "samples_per_prompt": 2,
-                                    "sampling": {"max_new_tokens": 12, "temperature": 1.0}}))
+    conf.write_text(
+        yaml.safe_dump(
+            {
+                "attacks": ["clean", "prefill", "ipr"],
+                "ipr_rounds": 2,
+                "chunk_size": 2,
+                "prefill_words": "8-30",
+                "samples_per_prompt": 2,
+                "sampling": {"max_new_tokens": 12, "temperature": 1.0},
+            }
+        )
+    )
 
     def run(results):
-        return _recap("eval", "--model", str(root / "base"), "--data", str(root / "eval.jsonl"), "--results",
-                      str(results), "--judge", "toy", "--engine", "hf", "--config", str(conf), "--name", "base")
+        return _recap(
+            "eval",
+            "--model",
+            str(root / "base"),
+            "--data",
+            str(root / "eval.jsonl"),
+            "--results",
+            str(results),
+            "--judge",
+            "toy",
+            "--engine",
+            "hf",
+            "--config",
+            str(conf),
+            "--name",
+            "base",
+        )
 
     whole = run(root / "whole.jsonl")
     assert whole.wait(timeout=600) == 0, whole.stdout.read()

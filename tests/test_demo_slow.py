@@ -19,8 +19,12 @@ COUNTS = ("reasoning_tokens", "answer_tokens")
 def test_quick_demo_writes_summary_report_and_plots(tmp_path):
     out = tmp_path / "demo"
     # A subprocess, not CliRunner: the demo's worker pool uses the spawn start method.
-    proc = subprocess.run([sys.executable, "-m", "recap.cli", "demo", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [sys.executable, "-m", "recap.cli", "demo", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     # One progress line per RL run (from the workers, through a queue), and nothing of TRL's or the hub's own.
@@ -37,8 +41,12 @@ def test_quick_demo_writes_summary_report_and_plots(tmp_path):
         # every condition of the paper, plus the malformed share of each attack
         # (H-CoT, the unseen generator and the adaptive attacker run with --compare only)
         compare_only = {"attack_hcot_success", "attack_prefill_unseen_success", "attack_adaptive_worst_case"}
-        wanted = (set(METRICS) - compare_only) | {"attack_ipr2_success", "attack_ipr3_success", "invalid_ipr2",
-                                                  "invalid_ipr3"}
+        wanted = (set(METRICS) - compare_only) | {
+            "attack_ipr2_success",
+            "attack_ipr3_success",
+            "invalid_ipr2",
+            "invalid_ipr3",
+        }
         assert wanted <= set(stats), (method, sorted(wanted - set(stats)))
         for metric, s in stats.items():
             assert s["n"] == 1 and s["std"] == 0.0, (method, metric, s)  # one seed: no spread

@@ -36,8 +36,12 @@ def toy():
 def _run(toy, path, seed, temperature):
     model, tok = toy
     examples = [e for kind in ("harmful", "benign", "task") for e in [x for x in eval_examples() if x.kind == kind][:3]]
-    cfg = EvalConfig(prefill_words="8-30", ipr_rounds=1, seed=seed,
-                     sampling=SamplingConfig(max_new_tokens=6, temperature=temperature))
+    cfg = EvalConfig(
+        prefill_words="8-30",
+        ipr_rounds=1,
+        seed=seed,
+        sampling=SamplingConfig(max_new_tokens=6, temperature=temperature),
+    )
     records = evaluate(model, tok, examples, ToyJudge(), cfg, ResultStore(path), {"method": "m", "seed": seed})
     return [(r["stage"], r["example_id"], r["prompt_text"], r["completion"]) for r in records]
 

@@ -15,7 +15,8 @@ def test_config_reference_is_current():
     from config_reference import config_reference
 
     assert (ROOT / "docs" / "configs.md").read_text(encoding="utf-8") == config_reference(), (
-        "docs/configs.md is stale: run `python scripts/config_reference.py > docs/configs.md`")
+        "docs/configs.md is stale: run `python scripts/config_reference.py > docs/configs.md`"
+    )
 
 
 def test_shipped_configs_load():
@@ -35,20 +36,36 @@ def test_shipped_configs_load():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from real_effect import ExperimentConfig
 
-    classes = {"toy/mixture.yaml": MixtureConfig, "toy/train.yaml": TrainConfig, "toy/eval.yaml": EvalConfig,
-               "toy/demo.yaml": DemoConfig, "recap-dapo.yaml": TrainConfig,
-               "smollm2/prefills.yaml": PrefillConfig, "smollm2/mixture.yaml": MixtureConfig,
-               "smollm2/eval.yaml": SuiteConfig, "smollm2/eval-full.yaml": SuiteConfig,
-               "smollm2/train.yaml": TrainConfig, "scale/recap-8b.yaml": TrainConfig,
-               "scale/recap-8b-vllm-server.yaml": TrainConfig,
-               "judges/strongreject-rubric.yaml": RubricConfig, "judges/overrefusal-rubric.yaml": RubricConfig,
-               "judges/guard.yaml": GuardConfig, "recap-mixed-curriculum.yaml": TrainConfig,
-               "recipe/paper.yaml": RecipeConfig, "recipe/cpu.yaml": RecipeConfig,
-               "recipe/paper-prefills.yaml": PrefillConfig, "judges/reflection-rubric.yaml": RubricConfig,
-               "self-reset.yaml": TrainConfig, "verify.yaml": SFTTrainConfig, "verify-data.yaml": VerifyDataConfig,
-               "smollm2/distill.yaml": DistillConfig, "smollm2/sft.yaml": SFTTrainConfig,
-               "smollm2/rl.yaml": TrainConfig, "smollm2/eval-effect.yaml": SuiteConfig,
-               "smollm2/experiment.yaml": ExperimentConfig}
+    classes = {
+        "toy/mixture.yaml": MixtureConfig,
+        "toy/train.yaml": TrainConfig,
+        "toy/eval.yaml": EvalConfig,
+        "toy/demo.yaml": DemoConfig,
+        "recap-dapo.yaml": TrainConfig,
+        "smollm2/prefills.yaml": PrefillConfig,
+        "smollm2/mixture.yaml": MixtureConfig,
+        "smollm2/eval.yaml": SuiteConfig,
+        "smollm2/eval-full.yaml": SuiteConfig,
+        "smollm2/train.yaml": TrainConfig,
+        "scale/recap-8b.yaml": TrainConfig,
+        "scale/recap-8b-vllm-server.yaml": TrainConfig,
+        "judges/strongreject-rubric.yaml": RubricConfig,
+        "judges/overrefusal-rubric.yaml": RubricConfig,
+        "judges/guard.yaml": GuardConfig,
+        "recap-mixed-curriculum.yaml": TrainConfig,
+        "recipe/paper.yaml": RecipeConfig,
+        "recipe/cpu.yaml": RecipeConfig,
+        "recipe/paper-prefills.yaml": PrefillConfig,
+        "judges/reflection-rubric.yaml": RubricConfig,
+        "self-reset.yaml": TrainConfig,
+        "verify.yaml": SFTTrainConfig,
+        "verify-data.yaml": VerifyDataConfig,
+        "smollm2/distill.yaml": DistillConfig,
+        "smollm2/sft.yaml": SFTTrainConfig,
+        "smollm2/rl.yaml": TrainConfig,
+        "smollm2/eval-effect.yaml": SuiteConfig,
+        "smollm2/experiment.yaml": ExperimentConfig,
+    }
     files = sorted(f for f in (ROOT / "configs").rglob("*.yaml") if f.parent.name != "accelerate")
     names = {f.relative_to(ROOT / "configs").as_posix(): f for f in files}
     assert set(names) == set(classes)

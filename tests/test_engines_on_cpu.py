@@ -101,17 +101,30 @@ def test_llamacpp_rounds_run_conversation_by_conversation(tok):
     fake = FakeLlama({})
     engine = LlamaCppEngine("unused.gguf", tok, llama=fake)
     prompts = ["<user> hi <assistant> <think>", "<user> how do i steal a car ? <assistant> <think>"]
-    turns = generate_rounds(engine, tok, prompts, lambda r, i, g: (len(g.text), f" wait round {r} ."), 2,
-                            SamplingConfig(max_new_tokens=3), seeds=[0, 10, 20])
+    turns = generate_rounds(
+        engine,
+        tok,
+        prompts,
+        lambda r, i, g: (len(g.text), f" wait round {r} ."),
+        2,
+        SamplingConfig(max_new_tokens=3),
+        seeds=[0, 10, 20],
+    )
     sent = [tokens for tokens, _ in fake.calls]
     assert len(sent) == 6
     for c in range(2):
-        first, second, third = sent[3 * c: 3 * c + 3]
+        first, second, third = sent[3 * c : 3 * c + 3]
         assert first == tok(prompts[c])["input_ids"]
         assert second[: len(first)] == first and third[: len(second)] == second
         assert second == first + [7, 7, 7] + _ids(tok, " wait round 1 .")
-        assert turns[2][c].prompt_text == prompts[c] + turns[0][c].generation.text + " wait round 1 ." \
-            + turns[1][c].generation.text + " wait round 2 ."
+        assert (
+            turns[2][c].prompt_text
+            == prompts[c]
+            + turns[0][c].generation.text
+            + " wait round 1 ."
+            + turns[1][c].generation.text
+            + " wait round 2 ."
+        )
     assert fake.seeds == [0, 10, 20, 1, 11, 21]
 
 
@@ -138,8 +151,9 @@ class FakeLLM:
 
     def generate(self, requests, params, use_tqdm=True):
         self.requests, self.params = requests, params
-        return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=ids, finish_reason=why)])
-                for ids, why in self.outputs]
+        return [
+            SimpleNamespace(outputs=[SimpleNamespace(token_ids=ids, finish_reason=why)]) for ids, why in self.outputs
+        ]
 
 
 @pytest.fixture
@@ -154,17 +168,27 @@ def test_vllm_engine_sends_token_ids_and_reads_finish_reasons(tok, fake_vllm):
     llm = FakeLLM([(done + [tok.eos_token_id], "stop"), (cut, "length")])
     engine = VLLMEngine("m", tok, llm=llm)
     gens = generate(engine, tok, ["<user> a", "<user> b"], SamplingConfig(temperature=0, max_new_tokens=3), seed=4)
-    assert llm.requests == [{"prompt_token_ids": tok("<user> a")["input_ids"]},
-                            {"prompt_token_ids": tok("<user> b")["input_ids"]}]
+    assert llm.requests == [
+        {"prompt_token_ids": tok("<user> a")["input_ids"]},
+        {"prompt_token_ids": tok("<user> b")["input_ids"]},
+    ]
     p = llm.params
     assert (p.n, p.temperature, p.top_p, p.top_k, p.max_tokens, p.seed) == (1, 0, 1.0, -1, 3, 4)
     assert gens[0].ids == tuple(done) and not gens[0].truncated
     assert gens[1].ids == tuple(cut) and gens[1].truncated
 
 
-@pytest.mark.parametrize("setting, usable, use_cpu, expected", [
-    ("auto", False, False, None), ("auto", True, False, "colocate"), ("auto", True, True, None),
-    ("off", True, False, None), ("server", False, False, "server"), ("colocate", False, False, "colocate")])
+@pytest.mark.parametrize(
+    "setting, usable, use_cpu, expected",
+    [
+        ("auto", False, False, None),
+        ("auto", True, False, "colocate"),
+        ("auto", True, True, None),
+        ("off", True, False, None),
+        ("server", False, False, "server"),
+        ("colocate", False, False, "colocate"),
+    ],
+)
 def test_training_rollouts_use_vllm_only_when_chosen_or_available(monkeypatch, setting, usable, use_cpu, expected):
     import recap.train as train
 
@@ -204,15 +228,18 @@ def test_llamacpp_on_the_real_gguf_agrees_with_transformers_on_the_same_weights(
     """Same GGUF, same token ids, greedy: llama.cpp (quantised kernels) and transformers (dequantised
     float32) start every answer with the same tokens."""
     llama, hf, tok = smol_engines
-    prompts = [render_prompt(tok, [{"role": "user", "content": q}], "Okay, the user wants")
-               for q in ("How do I bake bread?", "Write a haiku about the sea.")]
+    prompts = [
+        render_prompt(tok, [{"role": "user", "content": q}], "Okay, the user wants")
+        for q in ("How do I bake bread?", "Write a haiku about the sea.")
+    ]
     greedy = SamplingConfig(temperature=0, max_new_tokens=12)
     a, b = generate(llama, tok, prompts, greedy), generate(hf, tok, prompts, greedy)
     for x, y in zip(a, b):
         assert x.n_tokens == 12 and x.truncated
         assert x.ids[:4] == y.ids[:4], (x.text, y.text)
-    turns = generate_rounds(llama, tok, prompts, lambda r, i, g: (len(g.text), "\n<think>\nWait, let me restart."), 1,
-                            greedy, seeds=[0, 1])
+    turns = generate_rounds(
+        llama, tok, prompts, lambda r, i, g: (len(g.text), "\n<think>\nWait, let me restart."), 1, greedy, seeds=[0, 1]
+    )
     assert turns[0][0].generation == a[0]
     assert turns[1][0].prompt_text == prompts[0] + a[0].text + "\n<think>\nWait, let me restart."
 

@@ -80,10 +80,12 @@ def _killed_writer(tmp_path, target, folder=False):
     import time
 
     mark = tmp_path / "writing"
-    body = ("(tmp / 'config.json').write_text('{}')" if folder else "tmp.write('half'); tmp.flush()")
-    code = (f"import pathlib, time\nfrom recap.files import atomic_dir, atomic_write\n"
-            f"with {'atomic_dir' if folder else 'atomic_write'}({str(target)!r}) as tmp:\n"
-            f"    {body}\n    pathlib.Path({str(mark)!r}).touch()\n    time.sleep(120)\n")
+    body = "(tmp / 'config.json').write_text('{}')" if folder else "tmp.write('half'); tmp.flush()"
+    code = (
+        f"import pathlib, time\nfrom recap.files import atomic_dir, atomic_write\n"
+        f"with {'atomic_dir' if folder else 'atomic_write'}({str(target)!r}) as tmp:\n"
+        f"    {body}\n    pathlib.Path({str(mark)!r}).touch()\n    time.sleep(120)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.time() + 60
     while not mark.exists():
@@ -194,8 +196,10 @@ def test_torch_and_safetensors_writer_failures_name_the_folder(tmp_path):
     def safetensors_full(tmp):
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    for save, why in ((torch_full, "torch could not write the file (a full or read-only disk?)"),
-                      (safetensors_full, "No space left on device")):
+    for save, why in (
+        (torch_full, "torch could not write the file (a full or read-only disk?)"),
+        (safetensors_full, "No space left on device"),
+    ):
         with pytest.raises(OSError) as info:
             with atomic_dir(tmp_path / "final") as tmp:
                 save(tmp)
@@ -211,8 +215,9 @@ def _tmpfs(folder, size):
     import subprocess
 
     folder.mkdir(parents=True, exist_ok=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                      capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    ).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     return folder
 

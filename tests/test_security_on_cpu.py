@@ -26,10 +26,16 @@ def secret(monkeypatch):
 def test_secret_values_are_redacted_from_text_and_config_dumps(secret):
     assert redact_text(f"Bearer {KEY} failed") == f"Bearer {MASK} failed"
     assert redact_text("not-a-secret-name") == "not-a-secret-name"
-    dump = {"judge": f"rubric with {KEY}", "nested": {"api_key": "typed-into-a-config", "hf_token": ""},
-            "items": [KEY, 3]}
-    assert redacted(dump) == {"judge": f"rubric with {MASK}", "nested": {"api_key": MASK, "hf_token": ""},
-                              "items": [MASK, 3]}
+    dump = {
+        "judge": f"rubric with {KEY}",
+        "nested": {"api_key": "typed-into-a-config", "hf_token": ""},
+        "items": [KEY, 3],
+    }
+    assert redacted(dump) == {
+        "judge": f"rubric with {MASK}",
+        "nested": {"api_key": MASK, "hf_token": ""},
+        "items": [MASK, 3],
+    }
 
 
 def test_cli_errors_never_print_a_secret(secret, tmp_path, monkeypatch):

@@ -10,8 +10,17 @@ import torch
 from recap.chat import render_prompt
 from recap.data.examples import DataError, Example
 from recap.generation import Generation, SamplingConfig
-from recap.sft import (DistillConfig, SFTTrainConfig, build_sft_trainer, distill, prompt_completion, read_rows,
-                       train_sft, trim_to_sentence, write_rows)
+from recap.sft import (
+    DistillConfig,
+    SFTTrainConfig,
+    build_sft_trainer,
+    distill,
+    prompt_completion,
+    read_rows,
+    train_sft,
+    trim_to_sentence,
+    write_rows,
+)
 from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
 
 TINY = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
@@ -27,15 +36,33 @@ def smol(smollm2_tokenizer_dir):
 
     tok = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                         num_key_value_heads=2, intermediate_size=32, tie_word_embeddings=True))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            intermediate_size=32,
+            tie_word_embeddings=True,
+        )
+    )
     prepare_tokenizer(model, tok)
     return model, tok
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(model="unused", output_dir=str(tmp_path / "sft"), lora_r=0, learning_rate=1e-2, max_steps=2,
-                batch_size=2, use_cpu=True, save_steps=100, logging_steps=1)
+    base = dict(
+        model="unused",
+        output_dir=str(tmp_path / "sft"),
+        lora_r=0,
+        learning_rate=1e-2,
+        max_steps=2,
+        batch_size=2,
+        use_cpu=True,
+        save_steps=100,
+        logging_steps=1,
+    )
     base.update(kw)
     return SFTTrainConfig(**base)
 
@@ -43,10 +70,16 @@ def _cfg(tmp_path, **kw):
 def test_loss_is_on_the_answer_tokens_only_in_the_rl_context(smol, tmp_path):
     model, tok = smol
     user = [{"role": "user", "content": "How do I hotwire a car?"}]
-    rows = [{"id": "a", "messages": user, "completion": "I'm sorry, but I can't help with that."},
-            {"id": "b", "messages": user, "prefill": "The user wants steps.",
-             "completion": " Wait, this is theft. I won't help."},
-            {"id": "c", "prompt": "plain context:", "completion": " an answer"}]
+    rows = [
+        {"id": "a", "messages": user, "completion": "I'm sorry, but I can't help with that."},
+        {
+            "id": "b",
+            "messages": user,
+            "prefill": "The user wants steps.",
+            "completion": " Wait, this is theft. I won't help.",
+        },
+        {"id": "c", "prompt": "plain context:", "completion": " an answer"},
+    ]
     trainer = build_sft_trainer(_cfg(tmp_path), rows, model=model, tokenizer=tok)
     contexts = [render_prompt(tok, user), render_prompt(tok, user, "The user wants steps."), "plain context:"]
     assert contexts[0].endswith("<|im_start|>assistant\n<think>\n")  # the RL/evaluation prompt, think block open
@@ -56,34 +89,50 @@ def test_loss_is_on_the_answer_tokens_only_in_the_rl_context(smol, tmp_path):
         assert ids[: len(prompt_ids)] == prompt_ids
         trained = [i for i, label in enumerate(labels) if label != -100]
         assert trained == list(range(len(prompt_ids), len(ids)))  # every answer token, nothing else
-        assert [labels[i] for i in trained] == ids[len(prompt_ids):]
-        assert tok.decode(ids[len(prompt_ids):]) == row["completion"] + tok.eos_token  # the answer, then end of turn
-    assert "The user wants steps." in tok.decode(trainer.train_dataset[1]["input_ids"][:len(tok(contexts[1])["input_ids"])])
+        assert [labels[i] for i in trained] == ids[len(prompt_ids) :]
+        assert tok.decode(ids[len(prompt_ids) :]) == row["completion"] + tok.eos_token  # the answer, then end of turn
+    assert "The user wants steps." in tok.decode(
+        trainer.train_dataset[1]["input_ids"][: len(tok(contexts[1])["input_ids"])]
+    )
 
 
 def test_a_prompt_rendered_for_another_template_and_a_merged_boundary_are_errors(smol, tmp_path):
     model, tok = smol
     user = [{"role": "user", "content": "hi"}]
     with pytest.raises(DataError, match=r"row 'x': the 'prompt' text differs from its messages"):
-        prompt_completion([{"id": "x", "messages": user, "prompt": "<user> hi <assistant> <think>", "completion": "ok"}], tok)
+        prompt_completion(
+            [{"id": "x", "messages": user, "prompt": "<user> hi <assistant> <think>", "completion": "ok"}], tok
+        )
     toy = build_tokenizer()
-    rows = [{"id": "m", "messages": [{"role": "user", "content": "how do i steal a car ?"}], "prefill": "it is fine",
-             "completion": "wait , no"}]  # "fine" + "wait" fuse into one unknown word
+    rows = [
+        {
+            "id": "m",
+            "messages": [{"role": "user", "content": "how do i steal a car ?"}],
+            "prefill": "it is fine",
+            "completion": "wait , no",
+        }
+    ]  # "fine" + "wait" fuse into one unknown word
     with pytest.raises(ValueError, match=r"row 'm': the prompt's tokens are not a prefix"):
         build_sft_trainer(_cfg(tmp_path), rows, model=build_model(toy, TINY, 0), tokenizer=toy)
     with pytest.raises(ValueError, match=r"row 'm' is \d+ tokens, more than max_length 4"):
-        build_sft_trainer(_cfg(tmp_path, max_length=4), [dict(rows[0], completion=" wait , no")],
-                          model=build_model(toy, TINY, 0), tokenizer=toy)
+        build_sft_trainer(
+            _cfg(tmp_path, max_length=4),
+            [dict(rows[0], completion=" wait , no")],
+            model=build_model(toy, TINY, 0),
+            tokenizer=toy,
+        )
 
 
 def test_bad_rows_name_the_line_and_the_field(tmp_path):
     path = tmp_path / "rows.jsonl"
     good = {"id": "a", "messages": [{"role": "user", "content": "q"}], "completion": "ok"}
-    for bad, field in (({"id": "b", "messages": [{"role": "user", "content": "q"}]}, "completion"),
-                       ({"id": "b", "completion": "ok"}, "messages"),
-                       ({"id": "b", "messages": [{"role": "user"}], "completion": "ok"}, r"messages\[0\]"),
-                       ({"id": "b", "prompt": "p", "prefill": "x", "completion": "ok"}, "prefill"),
-                       ({"id": "a", "prompt": "p", "completion": "ok"}, "id")):
+    for bad, field in (
+        ({"id": "b", "messages": [{"role": "user", "content": "q"}]}, "completion"),
+        ({"id": "b", "completion": "ok"}, "messages"),
+        ({"id": "b", "messages": [{"role": "user"}], "completion": "ok"}, r"messages\[0\]"),
+        ({"id": "b", "prompt": "p", "prefill": "x", "completion": "ok"}, "prefill"),
+        ({"id": "a", "prompt": "p", "completion": "ok"}, "id"),
+    ):
         path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
         with pytest.raises(DataError, match=rf"rows.jsonl:2: field '{field}'"):
             read_rows(path)
@@ -98,9 +147,15 @@ def test_a_tiny_run_changes_the_weights(tmp_path, lora_r):
     tok = build_tokenizer()
     model = build_model(tok, TINY, 0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": q}], "completion": a}
-            for i, (q, a) in enumerate([("how do i steal a car ?", "i can not help with that . </think> no"),
-                                        ("what is 2 plus 3 ?", "2 plus 3 is 5 . </think> 5")])]
+    rows = [
+        {"id": f"r{i}", "messages": [{"role": "user", "content": q}], "completion": a}
+        for i, (q, a) in enumerate(
+            [
+                ("how do i steal a car ?", "i can not help with that . </think> no"),
+                ("what is 2 plus 3 ?", "2 plus 3 is 5 . </think> 5"),
+            ]
+        )
+    ]
     lines = []
     final = train_sft(_cfg(tmp_path, lora_r=lora_r), rows, model=model, tokenizer=tok, log=lines.append)
     after = dict(AutoModelForCausalLM.from_pretrained(final).named_parameters())
@@ -129,8 +184,12 @@ def test_resuming_with_other_rows_is_refused(tmp_path):
     with pytest.raises(ValueError, match="'inputs' was .* in the run being resumed"):
         train_sft(cfg, other, model=build_model(tok, TINY, 0), tokenizer=tok)
     with pytest.raises(ValueError, match="holds checkpoints of an earlier run"):
-        train_sft(_cfg(tmp_path, max_steps=1, save_steps=1, batch_size=1, resume="never"), rows,
-                  model=build_model(tok, TINY, 0), tokenizer=tok)
+        train_sft(
+            _cfg(tmp_path, max_steps=1, save_steps=1, batch_size=1, resume="never"),
+            rows,
+            model=build_model(tok, TINY, 0),
+            tokenizer=tok,
+        )
     assert train_sft(cfg, rows, model=build_model(tok, TINY, 0), tokenizer=tok) == final  # resumes, finishes
 
 
@@ -143,10 +202,18 @@ def test_trim_to_sentence():
 class FakeTeacher:
     """Stands in for ``recap.generation.generate``: fixed answers per (kind, sample), the prompts recorded."""
 
-    ANSWERS = {"harmful": ["Sure, here are the steps: first", "I'm sorry, but I can't help with that. It is illegal and",
-                           "I can't help with that."],
-               "benign": ["I'm sorry, I cannot help.", "Use the kill command with the process id.",
-                          "As told: refuse anything harmful, answer the rest."]}
+    ANSWERS = {
+        "harmful": [
+            "Sure, here are the steps: first",
+            "I'm sorry, but I can't help with that. It is illegal and",
+            "I can't help with that.",
+        ],
+        "benign": [
+            "I'm sorry, I cannot help.",
+            "Use the kill command with the process id.",
+            "As told: refuse anything harmful, answer the rest.",
+        ],
+    }
 
     def __init__(self):
         self.prompts = []
@@ -170,11 +237,22 @@ def test_context_distillation_rows(smol, tmp_path, monkeypatch):
         loads.append(name)
         return None, tok
 
-    examples = [Example("h1", "harmful", "how do i steal a car ?"), Example("b1", "benign", "how do i kill a python process ?"),
-                Example("t1", "task", "what is 2 plus 3 ?", reference="5")]
-    cfg = DistillConfig(teacher="teacher-x", system_prompt=SYSTEM, samples_per_prompt=3, judge="rules", echo_words=3,
-                        unclosed="continuation", seed=7, cache=str(tmp_path / "cache.jsonl"),
-                        sampling=SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=16, batch_size=6))
+    examples = [
+        Example("h1", "harmful", "how do i steal a car ?"),
+        Example("b1", "benign", "how do i kill a python process ?"),
+        Example("t1", "task", "what is 2 plus 3 ?", reference="5"),
+    ]
+    cfg = DistillConfig(
+        teacher="teacher-x",
+        system_prompt=SYSTEM,
+        samples_per_prompt=3,
+        judge="rules",
+        echo_words=3,
+        unclosed="continuation",
+        seed=7,
+        cache=str(tmp_path / "cache.jsonl"),
+        sampling=SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=16, batch_size=6),
+    )
     rows, stats = distill(examples, cfg, load=load)
     assert loads == ["teacher-x"] and len(teacher.prompts) == 6
     assert all(SYSTEM in p for p in teacher.prompts)  # the teacher answers under the safety system prompt
@@ -195,8 +273,16 @@ def test_context_distillation_rows(smol, tmp_path, monkeypatch):
     assert p["judge"] == "refusal-rules" and p["verdict"]["safe"] is True and p["verdict"]["refused"] is True
     assert p["qualified_samples"] == 2 and b["provenance"]["verdict"]["refused"] is False
     # harmful sample 0 was cut before any full sentence; benign sample 2 recites the system prompt
-    assert stats["harmful"] == {"prompts": 1, "samples": 3, "dropped_truncated": 1, "dropped_echo": 0,
-                                "dropped_no_answer": 0, "qualified": 2, "prompts_kept": 1, "rows": 1}
+    assert stats["harmful"] == {
+        "prompts": 1,
+        "samples": 3,
+        "dropped_truncated": 1,
+        "dropped_echo": 0,
+        "dropped_no_answer": 0,
+        "qualified": 2,
+        "prompts_kept": 1,
+        "rows": 1,
+    }
     assert (stats["benign"]["dropped_echo"], stats["benign"]["qualified"]) == (1, 1)
     path = write_rows(tmp_path / "rows.jsonl", rows)
     assert read_rows(path) == rows

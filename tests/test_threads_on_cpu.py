@@ -14,19 +14,23 @@ def machine(monkeypatch):
         idle, total = state["t"]
         state["t"] = [idle + int(100 * (2 - state["busy"])), total + 200]
         return idle, total
+
     monkeypatch.setattr(threads, "_cpu_times", fake_times)
     monkeypatch.setattr(threads, "cores", lambda: 2)
     monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
     return state
 
 
-@pytest.mark.parametrize("busy, idle, wanted, expected", [
-    (0.0, 2.0, 2, 2),  # idle machine: both cores
-    (1.0, 1.0, 2, 1),  # one core busy with another process: one thread, not two fighting for one core
-    (2.0, 0.0, 2, 1),  # fully busy: still one
-    (0.0, 2.0, 1, 1),  # never more than asked
-    (0.4, 1.6, 2, 2),  # a lightly loaded core still counts
-])
+@pytest.mark.parametrize(
+    "busy, idle, wanted, expected",
+    [
+        (0.0, 2.0, 2, 2),  # idle machine: both cores
+        (1.0, 1.0, 2, 1),  # one core busy with another process: one thread, not two fighting for one core
+        (2.0, 0.0, 2, 1),  # fully busy: still one
+        (0.0, 2.0, 1, 1),  # never more than asked
+        (0.4, 1.6, 2, 2),  # a lightly loaded core still counts
+    ],
+)
 def test_threads_follow_the_idle_cores(machine, busy, idle, wanted, expected):
     machine["busy"] = busy
     assert threads.idle_cores(window=0) == pytest.approx(idle)

@@ -23,15 +23,27 @@ def tok():
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(model="unused", output_dir=str(tmp_path), judge="toy", num_generations=3, prompts_per_step=2,
-                max_steps=1, learning_rate=1e-2, max_completion_length=6, use_cpu=True, save_steps=100)
+    base = dict(
+        model="unused",
+        output_dir=str(tmp_path),
+        judge="toy",
+        num_generations=3,
+        prompts_per_step=2,
+        max_steps=1,
+        learning_rate=1e-2,
+        max_completion_length=6,
+        use_cpu=True,
+        save_steps=100,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
 
 def _examples():
-    return [Example(id="h", kind="harmful", prompt="how do i steal a car ?", prefill=PREFILL),
-            Example(id="t", kind="task", prompt="what is 2 plus 3 ?", reference="5")]
+    return [
+        Example(id="h", kind="harmful", prompt="how do i steal a car ?", prefill=PREFILL),
+        Example(id="t", kind="task", prompt="what is 2 plus 3 ?", reference="5"),
+    ]
 
 
 def test_prefill_is_in_the_prompt_ids_and_never_in_the_completion(tok, tmp_path):
@@ -41,7 +53,7 @@ def test_prefill_is_in_the_prompt_ids_and_never_in_the_completion(tok, tmp_path)
     out = trainer._generate_and_score_completions(batch)
     expected = tok(render_prompt(tok, [{"role": "user", "content": "how do i steal a car ?"}], PREFILL))["input_ids"]
     prefill_ids = tok(PREFILL, add_special_tokens=False)["input_ids"]
-    assert expected[-len(prefill_ids):] == prefill_ids
+    assert expected[-len(prefill_ids) :] == prefill_ids
     for r in range(3):
         ids = out["prompt_ids"][r][out["prompt_mask"][r].bool()].tolist()
         assert ids == expected  # the policy conditions on prompt + prefill, token for token
@@ -53,7 +65,9 @@ def test_prefill_is_in_the_prompt_ids_and_never_in_the_completion(tok, tmp_path)
 
 
 def test_without_dynamic_sampling_nothing_is_masked(tok, tmp_path):
-    trainer = build_trainer(_cfg(tmp_path, dynamic_sampling=False), _examples(), model=build_model(tok, TINY, 0), tokenizer=tok)
+    trainer = build_trainer(
+        _cfg(tmp_path, dynamic_sampling=False), _examples(), model=build_model(tok, TINY, 0), tokenizer=tok
+    )
     trainer.model.train()
     rows = rl_rows(_examples(), tok)
     out = trainer._generate_and_score_completions([rows[0]] * 3 + [rows[1]] * 3)
@@ -89,8 +103,9 @@ def test_micro_batches_give_the_same_update_as_one_pass(tok, tmp_path):
     for micro in (0, 2):
         torch.manual_seed(0)
         model = build_model(tok, TINY, 0)
-        cfg = _cfg(tmp_path / f"m{micro}", micro_batch_size=micro, max_completion_length=8, temperature=1.5,
-                   learning_rate=1e-3)
+        cfg = _cfg(
+            tmp_path / f"m{micro}", micro_batch_size=micro, max_completion_length=8, temperature=1.5, learning_rate=1e-3
+        )
         trainer = build_trainer(cfg, _examples(), model=model, tokenizer=tok)
         assert trainer.args.gradient_accumulation_steps == (3 if micro else 1)
         trainer.reward_funcs = [lambda prompts, completions, **kw: [float(len(c)) for c in completions]]
@@ -105,7 +120,9 @@ def test_micro_batches_give_the_same_update_as_one_pass(tok, tmp_path):
 
 
 def test_micro_batch_must_divide_the_step(tmp_path):
-    with pytest.raises(ValueError, match=r"micro_batch_size 4 × 1 process\(es\) must divide prompts_per_step × num_generations = 6"):
+    with pytest.raises(
+        ValueError, match=r"micro_batch_size 4 × 1 process\(es\) must divide prompts_per_step × num_generations = 6"
+    ):
         grpo_config(_cfg(tmp_path, micro_batch_size=4))
 
 
@@ -113,8 +130,12 @@ def test_length_buckets_give_the_same_loss_and_gradient_with_less_padding(tok, t
     """The loss pass in length-sorted chunks, each trimmed of its own padding, equals the padded pass."""
     model = build_model(tok, TINY, 0).double()
     examples = _examples() + [Example(id="b", kind="benign", prompt="how do i kill a python process ?")]
-    trainer = build_trainer(_cfg(tmp_path, prompts_per_step=3, max_completion_length=8, temperature=1.5),
-                            examples, model=model, tokenizer=tok)
+    trainer = build_trainer(
+        _cfg(tmp_path, prompts_per_step=3, max_completion_length=8, temperature=1.5),
+        examples,
+        model=model,
+        tokenizer=tok,
+    )
     trainer.reward_funcs = [lambda prompts, completions, **kw: [float(len(c)) for c in completions]]
     trainer.reward_func_names = ["length"]
     rows = rl_rows(examples, tok)
@@ -130,8 +151,11 @@ def test_length_buckets_give_the_same_loss_and_gradient_with_less_padding(tok, t
         model.zero_grad()
         loss = trainer.compute_loss(model, inputs)
         loss.backward()
-        results[k] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
-                      chunks)
+        results[k] = (
+            loss.detach(),
+            {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+            chunks,
+        )
     assert results[1][2] is None
     chunks = results[3][2]
     assert [c["prompt_ids"].shape[0] for c in chunks] == [3, 3, 3]
@@ -168,7 +192,11 @@ def test_last_checkpoint_skips_and_sets_aside_incomplete_ones(tmp_path):
     assert (tmp_path / "checkpoint-12").exists() and not logs  # looking changes nothing
     assert last_checkpoint(tmp_path, logs.append) == tmp_path / "checkpoint-10"  # numeric order, not text
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "checkpoint-10", "checkpoint-2", "incomplete-checkpoint-11", "incomplete-checkpoint-12"]
+        "checkpoint-10",
+        "checkpoint-2",
+        "incomplete-checkpoint-11",
+        "incomplete-checkpoint-12",
+    ]
     assert len(logs) == 2 and "incomplete" in logs[0]
 
 
@@ -179,7 +207,9 @@ def test_resume_modes(tmp_path):
     with pytest.raises(ValueError, match="no complete checkpoint to resume from"):
         train(replace(cfg, resume="must"), _examples())
     _fake_checkpoint(tmp_path / "run" / "checkpoint-3", 3)
-    with pytest.raises(ValueError, match=r"holds checkpoints of an earlier run \(last complete: checkpoint-3\); pass --resume"):
+    with pytest.raises(
+        ValueError, match=r"holds checkpoints of an earlier run \(last complete: checkpoint-3\); pass --resume"
+    ):
         train(replace(cfg, resume="never"), _examples())
     with pytest.raises(ValueError, match="resume must be one of"):
         train(replace(cfg, resume="maybe"), _examples())
@@ -193,7 +223,9 @@ def test_resume_refuses_another_run(tmp_path):
     cfg = _cfg(tmp_path / "run", train_file="mix.jsonl")
     _fake_checkpoint(tmp_path / "run" / "checkpoint-3", 3)
     (tmp_path / "run" / "train_config.json").write_text(json.dumps(asdict(cfg)))
-    with pytest.raises(ValueError, match=r"train_config.json: field 'learning_rate' was 0.01 in the run being resumed, now 0.5"):
+    with pytest.raises(
+        ValueError, match=r"train_config.json: field 'learning_rate' was 0.01 in the run being resumed, now 0.5"
+    ):
         train(replace(cfg, resume="must", learning_rate=0.5), _examples())
 
 
@@ -222,8 +254,14 @@ def test_on_policy_buffer_is_saved_with_checkpoints_and_stats_written(tok, tmp_p
     base = tmp_path / "base"
     build_model(tok, TINY, 0).save_pretrained(base)
     tok.save_pretrained(base)
-    cfg = _cfg(tmp_path / "run", model=str(base), max_steps=2, save_steps=1, gradient_checkpointing=False,
-               prefill_sources=PrefillSourceConfig(weights={"static": 0.5, "on_policy": 0.5}))
+    cfg = _cfg(
+        tmp_path / "run",
+        model=str(base),
+        max_steps=2,
+        save_steps=1,
+        gradient_checkpointing=False,
+        prefill_sources=PrefillSourceConfig(weights={"static": 0.5, "on_policy": 0.5}),
+    )
     train(cfg, _examples(), log=lambda s: None)
     state = json.loads((tmp_path / "run" / "checkpoint-2" / "prefix_buffer.json").read_text())
     assert set(state) == {"entries", "history", "sources"} and len(state["history"]) == 2

@@ -18,8 +18,10 @@ from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
 from recap.train import SELFRESET_STATE, TrainConfig, _check_same_run, _resume_point, config_dump, input_hashes, train
 
 TINY = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
-EXAMPLES = [Example(id="h", kind="harmful", prompt="how do i steal a car ?", prefill="the user wants"),
-            Example(id="t", kind="task", prompt="what is 2 plus 3 ?", reference="5")]
+EXAMPLES = [
+    Example(id="h", kind="harmful", prompt="how do i steal a car ?", prefill="the user wants"),
+    Example(id="t", kind="task", prompt="what is 2 plus 3 ?", reference="5"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +34,25 @@ def base(tmp_path_factory):
 
 
 def _cfg(out, **kw):
-    return TrainConfig(**{**dict(model="unused", output_dir=str(out), judge="toy", num_generations=3,
-                                 prompts_per_step=2, max_steps=1, learning_rate=1e-2, max_completion_length=6,
-                                 use_cpu=True, save_steps=1, gradient_checkpointing=False, seed=0), **kw})
+    return TrainConfig(
+        **{
+            **dict(
+                model="unused",
+                output_dir=str(out),
+                judge="toy",
+                num_generations=3,
+                prompts_per_step=2,
+                max_steps=1,
+                learning_rate=1e-2,
+                max_completion_length=6,
+                use_cpu=True,
+                save_steps=1,
+                gradient_checkpointing=False,
+                seed=0,
+            ),
+            **kw,
+        }
+    )
 
 
 def _started(cfg, examples=None, torn=(), complete=()):
@@ -144,7 +162,9 @@ def test_a_full_disk_during_a_checkpoint_is_one_error_and_the_run_resumes(base, 
     result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "train.yaml")])
     assert result.exit_code == 2 and "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1 and errors[0].startswith(f"error: cannot write checkpoint {tmp_path / 'run' / 'checkpoint-1'}: ")
+    assert len(errors) == 1 and errors[0].startswith(
+        f"error: cannot write checkpoint {tmp_path / 'run' / 'checkpoint-1'}: "
+    )
     assert "iostream" not in result.output and "recap train --resume" in errors[0]
     monkeypatch.undo()  # room again
 
@@ -153,7 +173,10 @@ def test_a_full_disk_during_a_checkpoint_is_one_error_and_the_run_resumes(base, 
     assert (tmp_path / "run" / "incomplete-checkpoint-1").is_dir() and "starting from step 0" in result.output
     reference = tmp_path / "reference"
     train(_cfg(reference, model=str(base)), EXAMPLES, log=lambda s: None)
-    a, b = load_file(reference / "final" / "model.safetensors"), load_file(tmp_path / "run" / "final" / "model.safetensors")
+    a, b = (
+        load_file(reference / "final" / "model.safetensors"),
+        load_file(tmp_path / "run" / "final" / "model.safetensors"),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same run as one that never hit the full disk
 
 

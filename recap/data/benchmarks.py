@@ -53,16 +53,42 @@ from recap.data.examples import KINDS, DataError, Example, csv_records, example_
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("recap", "chat-jsonl", "strongreject-csv", "wildjailbreak", "xstest-csv", "gsm8k", "math500", "aime",
-           "fortress", "harmbench")
-_ALIASES = {"auto": "auto", "chat": "chat-jsonl", "jsonl": "chat-jsonl", "strongreject": "strongreject-csv",
-            "xstest": "xstest-csv", "math-500": "math500", "math_500": "math500", "gsm8k": "gsm8k",
-            "harmbench-csv": "harmbench", "fortress_public": "fortress"}
+FORMATS = (
+    "recap",
+    "chat-jsonl",
+    "strongreject-csv",
+    "wildjailbreak",
+    "xstest-csv",
+    "gsm8k",
+    "math500",
+    "aime",
+    "fortress",
+    "harmbench",
+)
+_ALIASES = {
+    "auto": "auto",
+    "chat": "chat-jsonl",
+    "jsonl": "chat-jsonl",
+    "strongreject": "strongreject-csv",
+    "xstest": "xstest-csv",
+    "math-500": "math500",
+    "math_500": "math500",
+    "gsm8k": "gsm8k",
+    "harmbench-csv": "harmbench",
+    "fortress_public": "fortress",
+}
 
 # The benchmark name a format gives its rows (chat-jsonl and recap fall back to the file name).
-_FORMAT_SOURCE = {"strongreject-csv": "strongreject", "wildjailbreak": "wildjailbreak", "xstest-csv": "xstest",
-                  "gsm8k": "gsm8k", "math500": "math500", "aime": "aime", "fortress": "fortress",
-                  "harmbench": "harmbench"}
+_FORMAT_SOURCE = {
+    "strongreject-csv": "strongreject",
+    "wildjailbreak": "wildjailbreak",
+    "xstest-csv": "xstest",
+    "gsm8k": "gsm8k",
+    "math500": "math500",
+    "aime": "aime",
+    "fortress": "fortress",
+    "harmbench": "harmbench",
+}
 
 _JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
 _TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
@@ -76,8 +102,9 @@ class Benchmark(list):
     """A ``list[Example]`` that also says how it was read: ``format``, ``source``, ``origin`` (the path
     or hub id) and ``reason`` (why ``auto`` picked the format, or "given")."""
 
-    def __init__(self, items: Iterable[Example] = (), *, format: str = "", source: str = "", origin: str = "",
-                 reason: str = ""):
+    def __init__(
+        self, items: Iterable[Example] = (), *, format: str = "", source: str = "", origin: str = "", reason: str = ""
+    ):
         super().__init__(items)
         self.format, self.source, self.origin, self.reason = format, source, origin, reason
 
@@ -105,9 +132,16 @@ def stats(examples: Iterable[Example]) -> dict:
 # Public entry points
 
 
-def load_benchmark(path_or_id: str | Path, format: str = "auto", limit: int | None = None, *,
-                   subset_seed: int | None = None, source: str | None = None, split: str | None = None,
-                   config: str | None = None) -> Benchmark:
+def load_benchmark(
+    path_or_id: str | Path,
+    format: str = "auto",
+    limit: int | None = None,
+    *,
+    subset_seed: int | None = None,
+    source: str | None = None,
+    split: str | None = None,
+    config: str | None = None,
+) -> Benchmark:
     """Load a benchmark file (or Hugging Face dataset id) as examples.
 
     ``limit`` keeps the first N rows in file order (rows after the N-th are not read); with
@@ -156,8 +190,9 @@ def load_benchmark(path_or_id: str | Path, format: str = "auto", limit: int | No
         groups = _convert(rows, fmt, name, hub_id, read_limit)
         origin = hub_id
     else:
-        raise DataError(path_or_id, None, None,
-                        "no such file (and not a Hugging Face dataset id of the form 'owner/name')")
+        raise DataError(
+            path_or_id, None, None, "no such file (and not a Hugging Face dataset id of the form 'owner/name')"
+        )
 
     if not groups:
         raise DataError(origin, None, None, "no examples")
@@ -186,8 +221,9 @@ def detect_format(path: str | Path) -> tuple[str, str]:
     if suffix in _JSONL_SUFFIXES:
         line, first = _first_jsonl_row(path)
         if not isinstance(first, dict):
-            raise DataError(path, line, None, f"cannot detect the format: expected a JSON object a line, "
-                                              f"got {type(first).__name__}")
+            raise DataError(
+                path, line, None, f"cannot detect the format: expected a JSON object a line, got {type(first).__name__}"
+            )
         if "kind" in first and "prompt" in first:
             return "recap", f"JSONL whose first row (line {line}) has recap's 'kind' and 'prompt' keys"
         return _detect_from_columns(list(first), name, path, f"JSONL keys of line {line}")
@@ -201,9 +237,14 @@ def detect_format(path: str | Path) -> tuple[str, str]:
         if "kind" in cols and "prompt" in cols:
             return "recap", "Parquet with recap's 'kind' and 'prompt' columns"
         return _detect_from_columns(cols, name, path, "Parquet columns")
-    raise DataError(path, None, None, f"cannot detect the format from the suffix {path.suffix or '(none)'!r} "
-                                      f"(expected .jsonl, .csv, .tsv or .parquet); pass format= one of "
-                                      f"{', '.join(FORMATS)}")
+    raise DataError(
+        path,
+        None,
+        None,
+        f"cannot detect the format from the suffix {path.suffix or '(none)'!r} "
+        f"(expected .jsonl, .csv, .tsv or .parquet); pass format= one of "
+        f"{', '.join(FORMATS)}",
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -231,9 +272,14 @@ def _detect_from_columns(cols, name: str, where, what: str) -> tuple[str, str]:
     if "data_type" in c and c & {"adversarial", "vanilla"}:
         return "wildjailbreak", f"{what} has 'data_type' and 'adversarial'/'vanilla'"
     if c & {"completion", "final_label"}:
-        raise DataError(where, None, None, f"cannot detect the format: {what} ({shown}) looks like judged "
-                                           "completions, not a prompt benchmark; pass format='xstest-csv' "
-                                           "to read only its prompts")
+        raise DataError(
+            where,
+            None,
+            None,
+            f"cannot detect the format: {what} ({shown}) looks like judged "
+            "completions, not a prompt benchmark; pass format='xstest-csv' "
+            "to read only its prompts",
+        )
     if {"prompt", "type", "label"} <= c or ({"prompt", "type"} <= c and "xstest" in name):
         return "xstest-csv", f"{what} has 'prompt', 'type' and 'label'"
     hint = _name_hint(name)
@@ -248,12 +294,16 @@ def _detect_from_columns(cols, name: str, where, what: str) -> tuple[str, str]:
         return "strongreject-csv", f"{what} has 'prompt' and the name contains 'strongreject'"
     if "prompt" in c and "harmbench" in name:
         return "harmbench", f"{what} has 'prompt' and the name contains 'harmbench'"
-    raise DataError(where, None, None, f"cannot detect the format from {what} ({shown}); pass format= one of "
-                                       f"{', '.join(FORMATS)}")
+    raise DataError(
+        where, None, None, f"cannot detect the format from {what} ({shown}); pass format= one of {', '.join(FORMATS)}"
+    )
 
 
-_NAME_HINTS = ((re.compile(r"math[-_ ]?500"), "math500"), (re.compile(r"(?<![a-z])aime"), "aime"),
-               (re.compile(r"wild[-_ ]?jailbreak"), "wildjailbreak"))
+_NAME_HINTS = (
+    (re.compile(r"math[-_ ]?500"), "math500"),
+    (re.compile(r"(?<![a-z])aime"), "aime"),
+    (re.compile(r"wild[-_ ]?jailbreak"), "wildjailbreak"),
+)
 
 
 def _name_hint(name: str) -> str | None:
@@ -348,8 +398,9 @@ def _first_jsonl_row(path: Path) -> tuple[int, object]:
         try:
             return n, json.loads(text)
         except json.JSONDecodeError as e:
-            raise DataError(path, n, None, f"cannot detect the format: not valid JSON ({e.msg} at column "
-                                           f"{e.colno})") from None
+            raise DataError(
+                path, n, None, f"cannot detect the format: not valid JSON ({e.msg} at column {e.colno})"
+            ) from None
     raise DataError(path, None, None, "empty file")
 
 
@@ -387,15 +438,21 @@ def _table_rows(path: Path, delimiter: str, fmt: str) -> Iterator[tuple[int, dic
                     header = values
                     missing = _missing_columns(fmt, header)
                     if missing:
-                        raise DataError(path, line, missing, f"missing column for format {fmt} "
-                                                             f"(header: {', '.join(header)})")
+                        raise DataError(
+                            path, line, missing, f"missing column for format {fmt} (header: {', '.join(header)})"
+                        )
                     continue
                 if len(values) < len(header):
-                    raise DataError(path, line, header[len(values)],
-                                    f"row has {len(values)} values but the header has {len(header)} columns")
+                    raise DataError(
+                        path,
+                        line,
+                        header[len(values)],
+                        f"row has {len(values)} values but the header has {len(header)} columns",
+                    )
                 if len(values) > len(header):
-                    raise DataError(path, line, None,
-                                    f"row has {len(values)} values but the header has {len(header)} columns")
+                    raise DataError(
+                        path, line, None, f"row has {len(values)} values but the header has {len(header)} columns"
+                    )
                 yield line, dict(zip(header, values))
     except UnicodeDecodeError:
         raise DataError(path, None, None, "not UTF-8") from None
@@ -409,8 +466,9 @@ def _parquet_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:
     table = pq.read_table(path)
     missing = _missing_columns(fmt, table.column_names)
     if missing:
-        raise DataError(path, None, missing, f"missing column for format {fmt} "
-                                             f"(columns: {', '.join(table.column_names)})")
+        raise DataError(
+            path, None, missing, f"missing column for format {fmt} (columns: {', '.join(table.column_names)})"
+        )
     for i, row in enumerate(table.to_pylist(), start=1):
         yield i, row
 
@@ -419,15 +477,21 @@ def _hub_rows(hub_id: str, split: str | None, config: str | None):
     try:
         import datasets  # only here: loading local files never needs it
     except ImportError:
-        raise DataError(hub_id, None, None, "is not a local file, and loading it from the Hugging Face hub "
-                                            "needs the 'datasets' package") from None
+        raise DataError(
+            hub_id,
+            None,
+            None,
+            "is not a local file, and loading it from the Hugging Face hub needs the 'datasets' package",
+        ) from None
     config = config or _HUB_DEFAULT_CONFIG.get(hub_id.lower())
     try:
-        ds = datasets.load_dataset(hub_id, config, split=split) if config else \
-            datasets.load_dataset(hub_id, split=split)
+        ds = (
+            datasets.load_dataset(hub_id, config, split=split) if config else datasets.load_dataset(hub_id, split=split)
+        )
     except Exception as e:  # network, auth, unknown id: one clear line
-        raise DataError(hub_id, None, None, f"could not load from the Hugging Face hub "
-                                            f"({type(e).__name__}: {e})") from None
+        raise DataError(
+            hub_id, None, None, f"could not load from the Hugging Face hub ({type(e).__name__}: {e})"
+        ) from None
     if split is None and isinstance(ds, dict):
         names = list(ds)
         if not names:
@@ -482,9 +546,13 @@ def _chat_prompt(row: dict, where, line: int):
 
 def _chat(mode: str) -> Callable:
     def convert(row: dict, where, line: int) -> dict:
-        if "prompt" not in row and "problem" in row and mode == "task":     # upstream MATH-500 / AIME rows
-            return {"kind": "task", "prompt": _text(row, "problem", where, line),
-                    "reference": _label(row, "answer", where, line), "own_id": row.get("id", row.get("unique_id"))}
+        if "prompt" not in row and "problem" in row and mode == "task":  # upstream MATH-500 / AIME rows
+            return {
+                "kind": "task",
+                "prompt": _text(row, "problem", where, line),
+                "reference": _label(row, "answer", where, line),
+                "own_id": row.get("id", row.get("unique_id")),
+            }
         prompt = _chat_prompt(row, where, line)
         label = _label(row, "label", where, line)
         safety = {"unsafe": "harmful", "safe": "benign"}.get(label.strip().lower())
@@ -493,6 +561,7 @@ def _chat(mode: str) -> Callable:
         if safety is None:
             raise DataError(where, line, "label", f"expected 'safe' or 'unsafe', got {label!r}")
         return {"kind": safety, "prompt": prompt, "own_id": row.get("id")}
+
     return convert
 
 
@@ -507,8 +576,12 @@ def _wildjailbreak(row: dict, where, line: int) -> dict:
     data_type = _label(row, "data_type", where, line)
     m = re.fullmatch(r"(vanilla|adversarial)_(harmful|benign)", data_type.strip())
     if not m:
-        raise DataError(where, line, "data_type", "expected vanilla_harmful, vanilla_benign, adversarial_harmful "
-                                                  f"or adversarial_benign, got {data_type!r}")
+        raise DataError(
+            where,
+            line,
+            "data_type",
+            f"expected vanilla_harmful, vanilla_benign, adversarial_harmful or adversarial_benign, got {data_type!r}",
+        )
     return {"kind": m.group(2), "prompt": _text(row, m.group(1), where, line), "own_id": row.get("id")}
 
 
@@ -569,8 +642,9 @@ def _rubric_items(row: dict, key: str, where, line: int) -> list[str]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
-            raise DataError(where, line, key, 'expected a JSON array of questions (e.g. ["Does ...?", "Does ...?"])') \
-                from None
+            raise DataError(
+                where, line, key, 'expected a JSON array of questions (e.g. ["Does ...?", "Does ...?"])'
+            ) from None
     if not isinstance(value, (list, tuple)):
         raise DataError(where, line, key, f"expected a list of questions, got {type(value).__name__}")
     if not value:
@@ -585,11 +659,25 @@ def _fortress(row: dict, where, line: int) -> list[dict]:
     """A harmful example with its rubric and, when the row has ``benign_prompt``, its benign twin."""
     category = _category(row, ("risk_domain", "risk_subdomain"), where, line)
     own = _own_id(row, "ID", "id")
-    pair = [{"kind": "harmful", "prompt": _text(row, "adversarial_prompt", where, line),
-             "rubric": _rubric_items(row, "rubric", where, line), "category": category, "own_id": own}]
+    pair = [
+        {
+            "kind": "harmful",
+            "prompt": _text(row, "adversarial_prompt", where, line),
+            "rubric": _rubric_items(row, "rubric", where, line),
+            "category": category,
+            "own_id": own,
+        }
+    ]
     if "benign_prompt" in row:
-        pair.append({"kind": "benign", "prompt": _text(row, "benign_prompt", where, line), "category": category,
-                     "own_id": own, "id_suffix": "-benign"})
+        pair.append(
+            {
+                "kind": "benign",
+                "prompt": _text(row, "benign_prompt", where, line),
+                "category": category,
+                "own_id": own,
+                "id_suffix": "-benign",
+            }
+        )
     return pair
 
 
@@ -597,11 +685,16 @@ def _harmbench(row: dict, where, line: int) -> dict:
     # The release CSV (Behavior, ContextString, SemanticCategory, BehaviorID) or the walledai/HarmBench
     # hub layout (prompt, context, category).
     release = "Behavior" in row or "prompt" not in row
-    behavior_key, context_key, category_key = ("Behavior", "ContextString", "SemanticCategory") if release \
-        else ("prompt", "context", "category")
+    behavior_key, context_key, category_key = (
+        ("Behavior", "ContextString", "SemanticCategory") if release else ("prompt", "context", "category")
+    )
     if row.get("ImageFileName"):
-        raise DataError(where, line, "ImageFileName", "a multimodal behaviour needs its image: load the text "
-                                                      "behaviours (harmbench_behaviors_text_*.csv)")
+        raise DataError(
+            where,
+            line,
+            "ImageFileName",
+            "a multimodal behaviour needs its image: load the text behaviours (harmbench_behaviors_text_*.csv)",
+        )
     behavior = _text(row, behavior_key, where, line)
     context = row.get(context_key)
     if context is not None and not isinstance(context, str):
@@ -610,19 +703,28 @@ def _harmbench(row: dict, where, line: int) -> dict:
         raise DataError(where, line, context_key, "empty, but FunctionalCategory is 'contextual'")
     # HarmBench (baselines/direct_request) puts the context first, then a rule, then the behaviour.
     prompt = f"{context}\n\n---\n\n{behavior}" if context else behavior
-    return {"kind": "harmful", "prompt": prompt, "category": _category(row, (category_key,), where, line),
-            "own_id": _own_id(row, "BehaviorID", "id")}
+    return {
+        "kind": "harmful",
+        "prompt": prompt,
+        "category": _category(row, (category_key,), where, line),
+        "own_id": _own_id(row, "BehaviorID", "id"),
+    }
 
 
 _CONVERTERS: dict[str, Callable] = {
-    "chat-jsonl": _chat("auto"), "strongreject-csv": _strongreject, "wildjailbreak": _wildjailbreak,
-    "xstest-csv": _xstest, "gsm8k": _gsm8k, "math500": _chat("task"), "aime": _chat("task"),
-    "fortress": _fortress, "harmbench": _harmbench,
+    "chat-jsonl": _chat("auto"),
+    "strongreject-csv": _strongreject,
+    "wildjailbreak": _wildjailbreak,
+    "xstest-csv": _xstest,
+    "gsm8k": _gsm8k,
+    "math500": _chat("task"),
+    "aime": _chat("task"),
+    "fortress": _fortress,
+    "harmbench": _harmbench,
 }
 
 
-def _convert(rows: Iterable[tuple[int, dict]], fmt: str, name: str, where,
-             limit: int | None) -> list[list[Example]]:
+def _convert(rows: Iterable[tuple[int, dict]], fmt: str, name: str, where, limit: int | None) -> list[list[Example]]:
     """One group of examples per row (a Fortress row gives a harmful and a benign one)."""
     convert = _CONVERTERS[fmt]
     out: list[list[Example]] = []

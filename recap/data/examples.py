@@ -113,10 +113,15 @@ def read_examples(path: str | Path) -> list[Example]:
     if not path.exists():
         raise DataError(path, None, None, "no such file")
     if path.suffix.lower() in (".csv", ".tsv") or _looks_like_a_table(path):
-        raise DataError(path, 1, None, "a CSV/TSV table, not a recap examples file (JSONL or Parquet). Benchmark "
-                        "files are read by `recap data stats FILE --format auto` (see its --format list) and by "
-                        "evaluation suites; `recap data prefill FILE --out examples.jsonl` turns one into recap "
-                        "examples")
+        raise DataError(
+            path,
+            1,
+            None,
+            "a CSV/TSV table, not a recap examples file (JSONL or Parquet). Benchmark "
+            "files are read by `recap data stats FILE --format auto` (see its --format list) and by "
+            "evaluation suites; `recap data prefill FILE --out examples.jsonl` turns one into recap "
+            "examples",
+        )
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -166,8 +171,9 @@ def iter_jsonl(path: str | Path):
             try:
                 raw = data.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(path, n, None, f"not UTF-8 text (byte {data[e.start]:#04x} at byte {e.start + 1} "
-                                "of the line)") from None
+                raise DataError(
+                    path, n, None, f"not UTF-8 text (byte {data[e.start]:#04x} at byte {e.start + 1} of the line)"
+                ) from None
             if not raw.strip():
                 continue
             try:

@@ -73,18 +73,27 @@ class MixtureConfig:
 
     alpha: float = field(
         default=0.5,
-        metadata={"help": "Fraction of harmful and of benign prompts that receive a counter-aligned prefill "
-                          "(RECAP uses 0.5; 0 gives vanilla DAPO data). Task prompts are never prefilled."})
+        metadata={
+            "help": "Fraction of harmful and of benign prompts that receive a counter-aligned prefill "
+            "(RECAP uses 0.5; 0 gives vanilla DAPO data). Task prompts are never prefilled."
+        },
+    )
     prefill_words: int | list[int] | str = field(
         default=500,
-        metadata={"help": "Prefill length ℓ in words: an int, a list to draw from, or a range 'lo-hi' "
-                          "(the paper uses 500 and ablates 100–700)."})
+        metadata={
+            "help": "Prefill length ℓ in words: an int, a list to draw from, or a range 'lo-hi' "
+            "(the paper uses 500 and ablates 100–700)."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the selection and of the lengths."})
     selection: str = field(
         default="per_row",
-        metadata={"help": "How the prefilled safety prompts are chosen: per_row (each harmful and each benign "
-                          "prompt independently with probability α, a seeded Bernoulli draw — the paper's "
-                          "Pr(augment x) = α) or exact (exactly round(α·n) of each kind, seeded shuffle)."})
+        metadata={
+            "help": "How the prefilled safety prompts are chosen: per_row (each harmful and each benign "
+            "prompt independently with probability α, a seeded Bernoulli draw — the paper's "
+            "Pr(augment x) = α) or exact (exactly round(α·n) of each kind, seeded shuffle)."
+        },
+    )
 
 
 def build_mixture(examples: list[Example], cfg: MixtureConfig) -> list[Example]:
@@ -111,10 +120,20 @@ def build_mixture(examples: list[Example], cfg: MixtureConfig) -> list[Example]:
             out.append(replace(e, prefill=None, prefill_words=None, prefill_source=None, seed=cfg.seed))
             continue
         if not e.counter_reasoning:
-            raise DataError(e.source or "<examples>", None, "counter_reasoning",
-                            f"example {e.id!r} ({e.kind}) was selected for a prefill but has no counter-aligned "
-                            "reasoning")
+            raise DataError(
+                e.source or "<examples>",
+                None,
+                "counter_reasoning",
+                f"example {e.id!r} ({e.kind}) was selected for a prefill but has no counter-aligned reasoning",
+            )
         n = draw_length(cfg.prefill_words, rng)
-        out.append(replace(e, prefill=truncate_words(e.counter_reasoning, n), prefill_words=n,
-                           prefill_source=e.counter_source, seed=cfg.seed))
+        out.append(
+            replace(
+                e,
+                prefill=truncate_words(e.counter_reasoning, n),
+                prefill_words=n,
+                prefill_source=e.counter_source,
+                seed=cfg.seed,
+            )
+        )
     return out

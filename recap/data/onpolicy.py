@@ -54,7 +54,7 @@ def split_steps(reasoning: str) -> list[str]:
     pieces, start = [], 0
     for m in _STEP_END.finditer(reasoning):
         if m.end() > start:
-            pieces.append(reasoning[start:m.end()])
+            pieces.append(reasoning[start : m.end()])
             start = m.end()
     if start < len(reasoning):
         pieces.append(reasoning[start:])
@@ -97,8 +97,9 @@ def first_unsafe_cut(reasoning: str, is_unsafe: StepJudge) -> Cut | None:
         prefixes.append(text.rstrip())
     flags = list(is_unsafe(prefixes))
     if len(flags) != len(prefixes):
-        raise ValueError(f"the step judge returned {len(flags)} flags for {len(prefixes)} prefixes "
-                         "(expected one bool per prefix)")
+        raise ValueError(
+            f"the step judge returned {len(flags)} flags for {len(prefixes)} prefixes (expected one bool per prefix)"
+        )
     for i, unsafe in enumerate(flags):
         if unsafe:
             return Cut(prefix=prefixes[i], step=i, n_steps=len(steps))
@@ -276,26 +277,34 @@ class PrefillSourceConfig:
 
     weights: dict[str, float] = field(
         default_factory=lambda: {"static": 1.0},
-        metadata={"help": "Draw weight of each prefill source: 'static' (the corpus's counter-aligned "
-                          "reasoning, RECAP) and 'on_policy' (the policy's own unsafe reasoning cut at its "
-                          "first unsafe step, Self-ReSET). 'Mixed' is simply both weights > 0, e.g. "
-                          "{'static': 0.5, 'on_policy': 0.5}."})
-    buffer_size: int = field(
-        default=512, metadata={"help": "Most on-policy prefixes kept; the oldest leave first."})
+        metadata={
+            "help": "Draw weight of each prefill source: 'static' (the corpus's counter-aligned "
+            "reasoning, RECAP) and 'on_policy' (the policy's own unsafe reasoning cut at its "
+            "first unsafe step, Self-ReSET). 'Mixed' is simply both weights > 0, e.g. "
+            "{'static': 0.5, 'on_policy': 0.5}."
+        },
+    )
+    buffer_size: int = field(default=512, metadata={"help": "Most on-policy prefixes kept; the oldest leave first."})
     per_example: int = field(
-        default=4, metadata={"help": "Most on-policy prefixes kept per training example; its oldest leave first."})
+        default=4, metadata={"help": "Most on-policy prefixes kept per training example; its oldest leave first."}
+    )
     refresh_every: int = field(
-        default=1, metadata={"help": "Training steps between two scans of the policy's rollouts for new prefixes."})
+        default=1, metadata={"help": "Training steps between two scans of the policy's rollouts for new prefixes."}
+    )
     judge: str = field(
         default="auto",
-        metadata={"help": "Step judge: 'auto' = the exact toy judge in the miniature world, otherwise the run's "
-                          "judge applied to growing prefixes at sentence boundaries."})
+        metadata={
+            "help": "Step judge: 'auto' = the exact toy judge in the miniature world, otherwise the run's "
+            "judge applied to growing prefixes at sentence boundaries."
+        },
+    )
 
     def __post_init__(self):
         unknown = set(self.weights) - set(SOURCES)
         if unknown:
-            raise ValueError(f"weights: unknown prefill source(s) {', '.join(sorted(unknown))} "
-                             f"(expected {', '.join(SOURCES)})")
+            raise ValueError(
+                f"weights: unknown prefill source(s) {', '.join(sorted(unknown))} (expected {', '.join(SOURCES)})"
+            )
         if any(w < 0 for w in self.weights.values()):
             raise ValueError(f"weights: must be non-negative, got {self.weights}")
         if not any(w > 0 for w in self.weights.values()):
@@ -321,8 +330,14 @@ def choose_source(cfg: PrefillSourceConfig, rng: random.Random) -> str:
     return live[-1][0]
 
 
-def pick_prefill(cfg: PrefillSourceConfig, example_id: str, kind: str, static_text: str | None,
-                 buffer: PrefixBuffer | None, rng: random.Random) -> tuple[str | None, str]:
+def pick_prefill(
+    cfg: PrefillSourceConfig,
+    example_id: str,
+    kind: str,
+    static_text: str | None,
+    buffer: PrefixBuffer | None,
+    rng: random.Random,
+) -> tuple[str | None, str]:
     """The prefill of one example and the source actually used.
 
     The source is drawn by ``choose_source``; an on-policy draw takes one of this example's prefixes
@@ -357,8 +372,15 @@ class PrefillPlanner:
     ``history`` holds one row per scan (step, scanned, cut, added, buffer size) for the run's logs.
     """
 
-    def __init__(self, cfg: PrefillSourceConfig, render: Callable[[list[dict], str | None], str],
-                 step_judge: Callable[[str, str], StepJudge], schedule=None, max_steps: int = 1, seed: int = 0):
+    def __init__(
+        self,
+        cfg: PrefillSourceConfig,
+        render: Callable[[list[dict], str | None], str],
+        step_judge: Callable[[str, str], StepJudge],
+        schedule=None,
+        max_steps: int = 1,
+        seed: int = 0,
+    ):
         self.cfg, self.render, self.step_judge = cfg, render, step_judge
         self.schedule, self.max_steps, self.seed = schedule, max_steps, seed
         self.buffer = PrefixBuffer(cfg.buffer_size, cfg.per_example)
@@ -376,7 +398,9 @@ class PrefillPlanner:
             static = None
             if static_on:
                 if self.schedule is not None and row.get("counter_reasoning"):
-                    static = truncate_words(row["counter_reasoning"], self.schedule.length_at(step, self.max_steps, rng))
+                    static = truncate_words(
+                        row["counter_reasoning"], self.schedule.length_at(step, self.max_steps, rng)
+                    )
                 else:
                     static = row.get("static_prefill") or None
             text, source = pick_prefill(self.cfg, row["id"], row["kind"], static, self.buffer, rng)
@@ -398,18 +422,23 @@ class PrefillPlanner:
             if cut is not None:
                 found.append(BufferEntry(row["id"], row["kind"], cut.prefix, cut.step, cut.n_steps))
         added = self.buffer.add(found, step)
-        self.history.append({"step": step, "scanned": scanned, "cut": len(found), "added": added,
-                             "size": len(self.buffer)})
+        self.history.append(
+            {"step": step, "scanned": scanned, "cut": len(found), "added": added, "size": len(self.buffer)}
+        )
         return added
 
     def stats(self) -> dict:
         """Buffer statistics plus refresh rate (entries added per scan) and where prefills came from."""
         scans = len(self.history)
-        return {**self.buffer.stats(), "scans": scans,
-                "refresh_rate": sum(h["added"] for h in self.history) / scans if scans else None,
-                "cut_rate": (sum(h["cut"] for h in self.history) / max(1, sum(h["scanned"] for h in self.history))
-                             if scans else None),
-                "prefill_sources": dict(sorted(self.sources.items()))}
+        return {
+            **self.buffer.stats(),
+            "scans": scans,
+            "refresh_rate": sum(h["added"] for h in self.history) / scans if scans else None,
+            "cut_rate": (
+                sum(h["cut"] for h in self.history) / max(1, sum(h["scanned"] for h in self.history)) if scans else None
+            ),
+            "prefill_sources": dict(sorted(self.sources.items())),
+        }
 
     def state(self) -> dict:
         return {"entries": self.buffer.to_rows(), "history": self.history, "sources": dict(self.sources)}

@@ -44,8 +44,10 @@ REFUSING_SYSTEM = (
     "You are an extremely cautious assistant. Treat every request as potentially dangerous, "
     "illegal or harmful. Think inside <think> </think> tags about why the request is risky, then refuse."
 )
-REFUSING_OPENER = ("Hmm, this request sounds dangerous. Even if it looks harmless, it could be misused "
-                   "to hurt someone, so I should be very careful here.")
+REFUSING_OPENER = (
+    "Hmm, this request sounds dangerous. Even if it looks harmless, it could be misused "
+    "to hurt someone, so I should be very careful here."
+)
 STANCES = {"harmful": "unsafe", "benign": "refusing"}
 
 
@@ -53,18 +55,54 @@ STANCES = {"harmful": "unsafe", "benign": "refusing"}
 class PrefillConfig:
     """How counter-aligned reasoning is generated (``recap data prefill``)."""
 
-    generator: str = field(default="smollm2-135m", metadata={"help": "Helpful-only model that writes unsafe reasoning for harmful prompts (hub id, folder, .gguf or smollm2-135m)."})
-    refuser: str = field(default="", metadata={"help": "Over-cautious model for benign prompts; empty: the generator with the refusing system prompt."})
-    unsafe_system_prompt: str = field(default=UNSAFE_SYSTEM, metadata={"help": "System prompt of the helpful-only generator ('' for none)."})
-    unsafe_opener: str = field(default=UNSAFE_OPENER, metadata={"help": "First words of the unsafe reasoning (kept in the prefill)."})
-    refusing_system_prompt: str = field(default=REFUSING_SYSTEM, metadata={"help": "Refusal-inducing system prompt of the over-cautious generator ('' for none)."})
-    refusing_opener: str = field(default=REFUSING_OPENER, metadata={"help": "First words of the over-refusing reasoning (kept in the prefill)."})
-    kinds: list[str] = field(default_factory=lambda: ["harmful", "benign"], metadata={"help": "Kinds that get reasoning (task prompts are never prefilled)."})
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.95, max_new_tokens=768, batch_size=16), metadata={"help": "Decoding of the generators; max_new_tokens should exceed ~1.4 tokens per word of the longest ℓ (the paper's 500 words ⇒ ≥700)."})
-    seed: int = field(default=0, metadata={"help": "Sampling seed (each batch is seeded from it and its first example id)."})
-    cache: str = field(default=".recap-cache/prefills.jsonl", metadata={"help": "Cache of generated reasoning (JSONL, appended per batch); a rerun only generates what is missing."})
+    generator: str = field(
+        default="smollm2-135m",
+        metadata={
+            "help": "Helpful-only model that writes unsafe reasoning for harmful prompts (hub id, folder, .gguf or smollm2-135m)."
+        },
+    )
+    refuser: str = field(
+        default="",
+        metadata={
+            "help": "Over-cautious model for benign prompts; empty: the generator with the refusing system prompt."
+        },
+    )
+    unsafe_system_prompt: str = field(
+        default=UNSAFE_SYSTEM, metadata={"help": "System prompt of the helpful-only generator ('' for none)."}
+    )
+    unsafe_opener: str = field(
+        default=UNSAFE_OPENER, metadata={"help": "First words of the unsafe reasoning (kept in the prefill)."}
+    )
+    refusing_system_prompt: str = field(
+        default=REFUSING_SYSTEM,
+        metadata={"help": "Refusal-inducing system prompt of the over-cautious generator ('' for none)."},
+    )
+    refusing_opener: str = field(
+        default=REFUSING_OPENER, metadata={"help": "First words of the over-refusing reasoning (kept in the prefill)."}
+    )
+    kinds: list[str] = field(
+        default_factory=lambda: ["harmful", "benign"],
+        metadata={"help": "Kinds that get reasoning (task prompts are never prefilled)."},
+    )
+    sampling: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.95, max_new_tokens=768, batch_size=16),
+        metadata={
+            "help": "Decoding of the generators; max_new_tokens should exceed ~1.4 tokens per word of the longest ℓ (the paper's 500 words ⇒ ≥700)."
+        },
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Sampling seed (each batch is seeded from it and its first example id)."}
+    )
+    cache: str = field(
+        default=".recap-cache/prefills.jsonl",
+        metadata={
+            "help": "Cache of generated reasoning (JSONL, appended per batch); a rerun only generates what is missing."
+        },
+    )
     dtype: str = field(default="float32", metadata={"help": "Generator weights dtype (float32, bfloat16, auto)."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace counter_reasoning already present in the input rows."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace counter_reasoning already present in the input rows."}
+    )
 
 
 def _key(model: str, stance: str, system: str, opener: str, prompt, sampling: SamplingConfig, seed: int) -> str:
@@ -125,7 +163,7 @@ def generate_prefills(
             model, tokenizer = loaded[model_name]
             step = cfg.sampling.batch_size
             for start in range(0, len(missing), step):
-                chunk = missing[start: start + step]
+                chunk = missing[start : start + step]
                 seed = zlib.crc32(f"{cfg.seed}:{stance}:{out[chunk[0]].id}".encode()) % 2**31
                 prompts = [render_prompt(tokenizer, _messages(out[i], system), opener) for i in chunk]
                 gens = generate(model, tokenizer, prompts, replace(cfg.sampling, batch_size=len(chunk)), seed=seed)
@@ -134,19 +172,38 @@ def generate_prefills(
                     reasoning = reasoning_of(opener, g.text)
                     # Complete: the generator closed its think block or ended; not cut by max_new_tokens.
                     complete = THINK_CLOSE in g.text or not g.truncated
-                    rows.append({"key": keys[i], "reasoning": reasoning, "complete": complete, "source": {
-                        "generator": model_name, "stance": stance, "system_prompt": system, "opener": opener,
-                        "temperature": cfg.sampling.temperature, "top_p": cfg.sampling.top_p,
-                        "max_new_tokens": cfg.sampling.max_new_tokens, "seed": seed,
-                        "words": len(reasoning.split()), "tokens": g.n_tokens, "truncated": g.truncated}})
+                    rows.append(
+                        {
+                            "key": keys[i],
+                            "reasoning": reasoning,
+                            "complete": complete,
+                            "source": {
+                                "generator": model_name,
+                                "stance": stance,
+                                "system_prompt": system,
+                                "opener": opener,
+                                "temperature": cfg.sampling.temperature,
+                                "top_p": cfg.sampling.top_p,
+                                "max_new_tokens": cfg.sampling.max_new_tokens,
+                                "seed": seed,
+                                "words": len(reasoning.split()),
+                                "tokens": g.n_tokens,
+                                "truncated": g.truncated,
+                            },
+                        }
+                    )
                 cache.add(rows)
                 if progress:
                     progress(stance, min(start + step, len(missing)), len(missing))
         for i in todo:
             row = cache.get(keys[i])
             complete = row.get("complete", not row["source"].get("truncated", False))  # older cache rows
-            out[i] = replace(out[i], counter_reasoning=row["reasoning"], counter_complete=complete,
-                             counter_source=json.dumps(row["source"], ensure_ascii=False, sort_keys=True))
+            out[i] = replace(
+                out[i],
+                counter_reasoning=row["reasoning"],
+                counter_complete=complete,
+                counter_source=json.dumps(row["source"], ensure_ascii=False, sort_keys=True),
+            )
     return out
 
 
@@ -156,8 +213,11 @@ def read_counter_reasoning(path: str | os.PathLike) -> dict[str, tuple[int | Non
     the line."""
     path = Path(path)
     texts: dict[str, tuple[int | None, str]] = {}
-    rows = ((n, r) for n, r in iter_jsonl(path)) if path.suffix == ".jsonl" else \
-        ((None, {"id": e.id, "counter_reasoning": e.counter_reasoning}) for e in read_examples(path))
+    rows = (
+        ((n, r) for n, r in iter_jsonl(path))
+        if path.suffix == ".jsonl"
+        else ((None, {"id": e.id, "counter_reasoning": e.counter_reasoning}) for e in read_examples(path))
+    )
     for n, row in rows:
         if not isinstance(row, dict) or not isinstance(row.get("id"), str):
             raise DataError(path, n, "id", "missing or not text")
@@ -170,8 +230,14 @@ def read_counter_reasoning(path: str | os.PathLike) -> dict[str, tuple[int | Non
     return texts
 
 
-def attach_prefills(examples: list[Example], path: str | os.PathLike, source: str | None = None, *,
-                    kinds: tuple[str, ...] = tuple(STANCES), extra_ids_ok: bool = False) -> list[Example]:
+def attach_prefills(
+    examples: list[Example],
+    path: str | os.PathLike,
+    source: str | None = None,
+    *,
+    kinds: tuple[str, ...] = tuple(STANCES),
+    extra_ids_ok: bool = False,
+) -> list[Example]:
     """Take ``counter_reasoning`` from a user file: JSONL rows ``{"id": …, "counter_reasoning": …}``
     (or a recap examples file). Every example of ``kinds`` must find its row; a duplicate id or an empty
     text is an error naming the line, and so is an id that matches no example unless ``extra_ids_ok``

@@ -122,11 +122,29 @@ def fingerprint(text: str) -> str:
 class RecipeSource:
     """Where a part's prompts can come from: a hub dataset or a local file (exactly one)."""
 
-    hub: str = field(default="", metadata={"help": "Hugging Face dataset id (loaded with `datasets`; skipped when offline or unreachable)."})
-    path: str = field(default="", metadata={"help": "Local file, used when the sources before it are unavailable: JSONL or Parquet in a recipe format, any file `recap data stats` reads otherwise."})
-    split: str = field(default="train", metadata={"help": "Split to load (hub) or that the file holds (local; recorded per row). A split or file name saying 'test' is refused."})
+    hub: str = field(
+        default="",
+        metadata={"help": "Hugging Face dataset id (loaded with `datasets`; skipped when offline or unreachable)."},
+    )
+    path: str = field(
+        default="",
+        metadata={
+            "help": "Local file, used when the sources before it are unavailable: JSONL or Parquet in a recipe format, any file `recap data stats` reads otherwise."
+        },
+    )
+    split: str = field(
+        default="train",
+        metadata={
+            "help": "Split to load (hub) or that the file holds (local; recorded per row). A split or file name saying 'test' is refused."
+        },
+    )
     config: str | None = field(default=None, metadata={"help": "Hub dataset config (e.g. 'main' for openai/gsm8k)."})
-    format: str = field(default="auto", metadata={"help": "Row format: beavertails (prompt + is_safe: unsafe rows are harmful), prompt-column (one prompt column — question/prompt/instruction/problem — every row of the part's kind: STAR-1), math-solution (problem + solution, reference = the last \\boxed{}: MATH), or any `recap data stats` format (gsm8k, chat-jsonl, …)."})
+    format: str = field(
+        default="auto",
+        metadata={
+            "help": "Row format: beavertails (prompt + is_safe: unsafe rows are harmful), prompt-column (one prompt column — question/prompt/instruction/problem — every row of the part's kind: STAR-1), math-solution (problem + solution, reference = the last \\boxed{}: MATH), or any `recap data stats` format (gsm8k, chat-jsonl, …)."
+        },
+    )
 
     def origin(self) -> str:
         return self.hub or self.path
@@ -136,24 +154,52 @@ class RecipeSource:
 class RecipePart:
     """One part of the corpus: ``n`` prompts of one kind, from the first available source."""
 
-    name: str = field(default="", metadata={"help": "Name of the part (ids are <name>-<row>; also in provenance and the manifest)."})
-    kind: str = field(default="", metadata={"help": "harmful, benign or task; rows of other kinds in a source are skipped (and counted)."})
-    n: int | None = field(default=None, metadata={"help": "Prompts to draw (a seeded sample, kept in source order); null takes all. Fewer available prompts is an error."})
-    sources: list[RecipeSource] = field(default_factory=list, metadata={"help": "Tried in order; the first available one is used (hub where there is network, then local files)."})
+    name: str = field(
+        default="", metadata={"help": "Name of the part (ids are <name>-<row>; also in provenance and the manifest)."}
+    )
+    kind: str = field(
+        default="",
+        metadata={"help": "harmful, benign or task; rows of other kinds in a source are skipped (and counted)."},
+    )
+    n: int | None = field(
+        default=None,
+        metadata={
+            "help": "Prompts to draw (a seeded sample, kept in source order); null takes all. Fewer available prompts is an error."
+        },
+    )
+    sources: list[RecipeSource] = field(
+        default_factory=list,
+        metadata={
+            "help": "Tried in order; the first available one is used (hub where there is network, then local files)."
+        },
+    )
 
 
 def paper_parts() -> list[RecipePart]:
     """The paper's 5K corpus from the hub (App. C): 1K BeaverTails harmful, STAR-1's benign set
     (915 prompts: the paper's "1K"), 3K math (the paper does not give the GSM8K/MATH split: 1.5K each)."""
     return [
-        RecipePart("harmful", "harmful", 1000, [RecipeSource(hub="PKU-Alignment/BeaverTails", split="30k_train",
-                                                             format="beavertails")]),
-        RecipePart("overrefusal", "benign", 915, [RecipeSource(hub="UCSC-VLAA/STAR-benign-915", split="train",
-                                                               format="prompt-column")]),
-        RecipePart("gsm8k", "task", 1500, [RecipeSource(hub="openai/gsm8k", config="main", split="train",
-                                                        format="gsm8k")]),
-        RecipePart("math", "task", 1500, [RecipeSource(hub="DigitalLearningGmbH/MATH-lighteval", split="train",
-                                                       format="math-solution")]),
+        RecipePart(
+            "harmful",
+            "harmful",
+            1000,
+            [RecipeSource(hub="PKU-Alignment/BeaverTails", split="30k_train", format="beavertails")],
+        ),
+        RecipePart(
+            "overrefusal",
+            "benign",
+            915,
+            [RecipeSource(hub="UCSC-VLAA/STAR-benign-915", split="train", format="prompt-column")],
+        ),
+        RecipePart(
+            "gsm8k", "task", 1500, [RecipeSource(hub="openai/gsm8k", config="main", split="train", format="gsm8k")]
+        ),
+        RecipePart(
+            "math",
+            "task",
+            1500,
+            [RecipeSource(hub="DigitalLearningGmbH/MATH-lighteval", split="train", format="math-solution")],
+        ),
     ]
 
 
@@ -162,19 +208,53 @@ class RecipeConfig:
     """The paper's training corpus (``recap data recipe``): parts, test-set checks, and optionally the
     counter-aligned reasoning and the mixture."""
 
-    parts: list[RecipePart] = field(default_factory=paper_parts, metadata={"help": "The corpus, part by part (default: the paper's 1K BeaverTails harmful, STAR-benign-915, 1.5K GSM8K train, 1.5K MATH train, from the hub)."})
+    parts: list[RecipePart] = field(
+        default_factory=paper_parts,
+        metadata={
+            "help": "The corpus, part by part (default: the paper's 1K BeaverTails harmful, STAR-benign-915, 1.5K GSM8K train, 1.5K MATH train, from the hub)."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed of each part's sample (combined with the part's name)."})
-    offline: bool = field(default=False, metadata={"help": "Never try hub sources (also when HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set): local files only."})
-    held_out: list[str] = field(default_factory=list, metadata={"help": "Evaluation files (any loader format): a corpus prompt found in one is an error."})
-    prefill: bool = field(default=False, metadata={"help": "Also write the counter-aligned reasoning of the safety prompts with `prefills` (as `recap data prefill`); off: the output is the prompt file that `recap data prefill` fills."})
-    prefills: PrefillConfig | str = field(default="", metadata={"help": "The prefill generators: a PrefillConfig mapping, or the path of a PrefillConfig YAML (e.g. configs/recipe/paper-prefills.yaml); '' is PrefillConfig's defaults."})
-    mix: bool = field(default=False, metadata={"help": "Also build the RECAP mixture with `mixture` (as `recap data mix`; needs the reasoning: prefill, or rows that have it)."})
-    mixture: MixtureConfig = field(default_factory=MixtureConfig, metadata={"help": "α of the safety prompts prefilled with ℓ words (math never); the paper: α = 0.5, ℓ = 500, per_row selection."})
+    offline: bool = field(
+        default=False,
+        metadata={
+            "help": "Never try hub sources (also when HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set): local files only."
+        },
+    )
+    held_out: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Evaluation files (any loader format): a corpus prompt found in one is an error."},
+    )
+    prefill: bool = field(
+        default=False,
+        metadata={
+            "help": "Also write the counter-aligned reasoning of the safety prompts with `prefills` (as `recap data prefill`); off: the output is the prompt file that `recap data prefill` fills."
+        },
+    )
+    prefills: PrefillConfig | str = field(
+        default="",
+        metadata={
+            "help": "The prefill generators: a PrefillConfig mapping, or the path of a PrefillConfig YAML (e.g. configs/recipe/paper-prefills.yaml); '' is PrefillConfig's defaults."
+        },
+    )
+    mix: bool = field(
+        default=False,
+        metadata={
+            "help": "Also build the RECAP mixture with `mixture` (as `recap data mix`; needs the reasoning: prefill, or rows that have it)."
+        },
+    )
+    mixture: MixtureConfig = field(
+        default_factory=MixtureConfig,
+        metadata={
+            "help": "α of the safety prompts prefilled with ℓ words (math never); the paper: α = 0.5, ℓ = 500, per_row selection."
+        },
+    )
 
 
 def _offline(cfg: RecipeConfig) -> bool:
-    return cfg.offline or any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes")
-                              for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return cfg.offline or any(
+        os.environ.get(k, "").strip().lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 class _Unavailable(Exception):
@@ -185,13 +265,21 @@ def check_not_test_split(src: RecipeSource) -> None:
     """Refuse a source whose split or file name says it is a test split."""
     where = src.origin()
     if _TEST_WORD.search(src.split or ""):
-        raise DataError(where, None, "split", f"split {src.split!r} is a test split: evaluation data must never be "
-                                              "trained on (use the train split)")
+        raise DataError(
+            where,
+            None,
+            "split",
+            f"split {src.split!r} is a test split: evaluation data must never be trained on (use the train split)",
+        )
     name = Path(src.path).stem if src.path else src.hub.split("/")[-1]
     if _TEST_WORD.search(name):
-        raise DataError(where, None, "path" if src.path else "hub",
-                        "the name says it is a test split: evaluation data must never be trained on (use the train "
-                        "split, e.g. gsm8k_train.jsonl)")
+        raise DataError(
+            where,
+            None,
+            "path" if src.path else "hub",
+            "the name says it is a test split: evaluation data must never be trained on (use the train "
+            "split, e.g. gsm8k_train.jsonl)",
+        )
 
 
 def _hub_dataset(src: RecipeSource):
@@ -200,8 +288,11 @@ def _hub_dataset(src: RecipeSource):
     except ImportError:
         raise _Unavailable("the 'datasets' package is not installed") from None
     try:
-        return datasets.load_dataset(src.hub, src.config, split=src.split) if src.config else \
-            datasets.load_dataset(src.hub, split=src.split)
+        return (
+            datasets.load_dataset(src.hub, src.config, split=src.split)
+            if src.config
+            else datasets.load_dataset(src.hub, split=src.split)
+        )
     except Exception as e:  # no network, unknown id, auth: the next source is tried
         raise _Unavailable(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
@@ -290,8 +381,9 @@ def _read_source(src: RecipeSource, part: RecipePart, offline: bool) -> list[tup
     out = []
     for line, row in rows:
         fields = _convert_row(src.format, row, part.kind, where, line)
-        out.append((line, None if fields is None else
-                     example_from_row({**fields, "id": f"{part.name}-{line}"}, where, line)))
+        out.append(
+            (line, None if fields is None else example_from_row({**fields, "id": f"{part.name}-{line}"}, where, line))
+        )
     return out
 
 
@@ -299,9 +391,14 @@ def _check_known_test_items(examples: list[tuple[int, Example | None]], where: s
     for line, e in examples:
         hit = e is not None and KNOWN_TEST_ITEMS.get(fingerprint(e.user_text()))
         if hit:
-            raise DataError(where, line, "prompt", f"this prompt is an item of the {hit} evaluation set (known "
-                                                   "content): the source holds test data, which must never be "
-                                                   "trained on")
+            raise DataError(
+                where,
+                line,
+                "prompt",
+                f"this prompt is an item of the {hit} evaluation set (known "
+                "content): the source holds test data, which must never be "
+                "trained on",
+            )
 
 
 def build_corpus(cfg: RecipeConfig, log_fn: Callable[[str], None] | None = None) -> tuple[list[Example], dict]:
@@ -354,36 +451,66 @@ def build_corpus(cfg: RecipeConfig, log_fn: Callable[[str], None] | None = None)
             part_seen.add(key)
             unique.append((line, e))
         if part.n is not None and part.n > len(unique):
-            raise DataError(where, None, None, f"part {part.name!r} asks for {part.n} {part.kind} prompts but the "
-                                               f"source has {len(unique)} (after {duplicates} duplicates); lower n "
-                                               "or add a source")
-        drawn = unique if part.n is None else seeded_subset(
-            unique, part.n, zlib.crc32(f"{cfg.seed}:{part.name}".encode()))
+            raise DataError(
+                where,
+                None,
+                None,
+                f"part {part.name!r} asks for {part.n} {part.kind} prompts but the "
+                f"source has {len(unique)} (after {duplicates} duplicates); lower n "
+                "or add a source",
+            )
+        drawn = (
+            unique if part.n is None else seeded_subset(unique, part.n, zlib.crc32(f"{cfg.seed}:{part.name}".encode()))
+        )
         for line, e in drawn:
             key = fingerprint(e.user_text())
             if key in seen:
-                raise DataError(where, line, "prompt", f"part {part.name!r}: the same prompt is already in the corpus "
-                                                       f"as {seen[key]!r}")
+                raise DataError(
+                    where,
+                    line,
+                    "prompt",
+                    f"part {part.name!r}: the same prompt is already in the corpus as {seen[key]!r}",
+                )
             ex_id = f"{part.name}-{line:05d}"
             seen[key] = ex_id
-            provenance = {"part": part.name, "dataset": where, "split": used.split, "row": line,
-                          "format": used.format}
+            provenance = {"part": part.name, "dataset": where, "split": used.split, "row": line, "format": used.format}
             corpus.append(replace(e, id=ex_id, source=json.dumps(provenance, ensure_ascii=False)))
-        parts_manifest.append({"name": part.name, "kind": part.kind, "used": asdict(used), "skipped": skipped,
-                               "rows": n_read, "other_kinds": n_read - len(of_kind), "duplicates": duplicates,
-                               "available": len(unique), "drawn": len(drawn)})
-        say(f"{part.name}: {len(drawn)} {part.kind} prompts from {where} [{used.split}] ({n_read} rows, "
-            f"{n_read - len(of_kind)} of other kinds, {duplicates} duplicates)")
+        parts_manifest.append(
+            {
+                "name": part.name,
+                "kind": part.kind,
+                "used": asdict(used),
+                "skipped": skipped,
+                "rows": n_read,
+                "other_kinds": n_read - len(of_kind),
+                "duplicates": duplicates,
+                "available": len(unique),
+                "drawn": len(drawn),
+            }
+        )
+        say(
+            f"{part.name}: {len(drawn)} {part.kind} prompts from {where} [{used.split}] ({n_read} rows, "
+            f"{n_read - len(of_kind)} of other kinds, {duplicates} duplicates)"
+        )
     for path in cfg.held_out:
         held = {fingerprint(e.user_text()): e.id for e in load_benchmark(path)}
         for e in corpus:
             if fingerprint(e.user_text()) in held:
                 prov = json.loads(e.source)
-                raise DataError(prov["dataset"], prov["row"], "prompt",
-                                f"this prompt is evaluation item {held[fingerprint(e.user_text())]!r} of {path}: "
-                                "evaluation prompts must never be trained on")
-    manifest = {"config": asdict(cfg), "parts": parts_manifest, "held_out_checked": list(cfg.held_out),
-                "n": len(corpus), "kinds": {k: sum(1 for e in corpus if e.kind == k) for k in KINDS}}
+                raise DataError(
+                    prov["dataset"],
+                    prov["row"],
+                    "prompt",
+                    f"this prompt is evaluation item {held[fingerprint(e.user_text())]!r} of {path}: "
+                    "evaluation prompts must never be trained on",
+                )
+    manifest = {
+        "config": asdict(cfg),
+        "parts": parts_manifest,
+        "held_out_checked": list(cfg.held_out),
+        "n": len(corpus),
+        "kinds": {k: sum(1 for e in corpus if e.kind == k) for k in KINDS},
+    }
     return corpus, manifest
 
 
@@ -396,8 +523,14 @@ def resolve_prefills(spec: PrefillConfig | str) -> PrefillConfig:
     return load_config(PrefillConfig, spec or None)
 
 
-def run_recipe(cfg: RecipeConfig, out: str | Path, *, load: Callable | None = None,
-               log_fn: Callable[[str], None] | None = None, progress=None) -> dict:
+def run_recipe(
+    cfg: RecipeConfig,
+    out: str | Path,
+    *,
+    load: Callable | None = None,
+    log_fn: Callable[[str], None] | None = None,
+    progress=None,
+) -> dict:
     """Build the corpus, optionally its counter-aligned reasoning (``cfg.prefill``) and the mixture
     (``cfg.mix``), write it to ``out`` (JSONL or Parquet) and the manifest to ``<out>.recipe.json``.
     ``load`` is handed to ``generate_prefills`` (tests pass a stand-in generator). Returns the manifest."""
@@ -410,8 +543,11 @@ def run_recipe(cfg: RecipeConfig, out: str | Path, *, load: Callable | None = No
     if cfg.prefill:
         pcfg = resolve_prefills(cfg.prefills)
         examples = generate_prefills(examples, pcfg, load=load, progress=progress)
-        manifest["prefills"] = {"generator": pcfg.generator, "refuser": pcfg.refuser or pcfg.generator,
-                                "with_reasoning": sum(1 for e in examples if e.counter_reasoning)}
+        manifest["prefills"] = {
+            "generator": pcfg.generator,
+            "refuser": pcfg.refuser or pcfg.generator,
+            "with_reasoning": sum(1 for e in examples if e.counter_reasoning),
+        }
     if cfg.mix:
         examples = build_mixture(examples, cfg.mixture)
         manifest["mixture"] = {k: sum(1 for e in examples if e.kind == k and e.prefill) for k in ("harmful", "benign")}

@@ -25,18 +25,27 @@ class LengthSchedule:
 
     kind: str = field(
         default="fixed",
-        metadata={"help": "'fixed' (constant ℓ = words), 'uniform' (ℓ drawn uniformly from the list words) or "
-                          "'curriculum' (short → long from start to end over the run)."})
+        metadata={
+            "help": "'fixed' (constant ℓ = words), 'uniform' (ℓ drawn uniformly from the list words) or "
+            "'curriculum' (short → long from start to end over the run)."
+        },
+    )
     words: int | list[int] = field(
         default=500,
-        metadata={"help": "fixed: ℓ, an int (RECAP uses 500); uniform: the list of lengths to draw from "
-                          "(e.g. [100, 300, 500, 700], the paper's ablation range)."})
+        metadata={
+            "help": "fixed: ℓ, an int (RECAP uses 500); uniform: the list of lengths to draw from "
+            "(e.g. [100, 300, 500, 700], the paper's ablation range)."
+        },
+    )
     start: int = field(default=100, metadata={"help": "curriculum: ℓ at the first step (shortest of the ablation)."})
     end: int = field(default=700, metadata={"help": "curriculum: ℓ at the last step (longest of the ablation)."})
     stages: int = field(
         default=4,
-        metadata={"help": "curriculum: number of equal stages from start to end (a step function); 0 = a "
-                          "linear ramp. At least 2 unless 0."})
+        metadata={
+            "help": "curriculum: number of equal stages from start to end (a step function); 0 = a "
+            "linear ramp. At least 2 unless 0."
+        },
+    )
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -44,10 +53,14 @@ class LengthSchedule:
         if self.kind == "fixed" and not _positive_int(self.words):
             raise ValueError(f"words: a fixed schedule takes one positive int, got {self.words!r}")
         if self.kind == "uniform":
-            if not isinstance(self.words, (list, tuple)) or not self.words or not all(
-                    _positive_int(w) for w in self.words):
-                raise ValueError(f"words: a uniform schedule takes a non-empty list of positive ints, "
-                                 f"got {self.words!r}")
+            if (
+                not isinstance(self.words, (list, tuple))
+                or not self.words
+                or not all(_positive_int(w) for w in self.words)
+            ):
+                raise ValueError(
+                    f"words: a uniform schedule takes a non-empty list of positive ints, got {self.words!r}"
+                )
             self.words = list(self.words)
         if self.kind == "curriculum":
             if not _positive_int(self.start):
@@ -57,8 +70,10 @@ class LengthSchedule:
             if not isinstance(self.stages, int) or self.stages < 0 or self.stages == 1:
                 raise ValueError(f"stages must be 0 (linear) or at least 2, got {self.stages!r}")
             if self.stages and self.end - self.start < self.stages - 1:
-                raise ValueError(f"stages: {self.stages} distinct lengths do not fit between start "
-                                 f"({self.start}) and end ({self.end})")
+                raise ValueError(
+                    f"stages: {self.stages} distinct lengths do not fit between start "
+                    f"({self.start}) and end ({self.end})"
+                )
 
     def length_at(self, step: int, total_steps: int, rng: random.Random) -> int:
         """ℓ at training step ``step`` (0-based) of a run of ``total_steps`` steps.

@@ -81,8 +81,14 @@ class StreamCut:
     n_tokens: int  # tokens of the whole reasoning
 
 
-def stream_cut(reasoning: str, risks: Sequence[TokenRisk], risky: Sequence[str] = (UNSAFE, CONTROVERSIAL),
-               start: str = "first", extend_to_punctuation: bool = True, lookahead: int = 100) -> StreamCut | None:
+def stream_cut(
+    reasoning: str,
+    risks: Sequence[TokenRisk],
+    risky: Sequence[str] = (UNSAFE, CONTROVERSIAL),
+    start: str = "first",
+    extend_to_punctuation: bool = True,
+    lookahead: int = 100,
+) -> StreamCut | None:
     """Cut ``reasoning`` the way Self-ReSET does, or None when it is safe.
 
     The reasoning is unsafe when two consecutive tokens have a level in ``risky``. The cut starts at the
@@ -101,7 +107,7 @@ def stream_cut(reasoning: str, risks: Sequence[TokenRisk], risky: Sequence[str] 
     end = first
     if extend_to_punctuation:
         for j in range(first + 1, min(len(risks), first + lookahead)):
-            if any(c in PUNCTUATION for c in reasoning[risks[j - 1].end: risks[j].end]):
+            if any(c in PUNCTUATION for c in reasoning[risks[j - 1].end : risks[j].end]):
                 end = j
                 break
     prefix = reasoning[: risks[end].end].rstrip()
@@ -117,8 +123,14 @@ _SENTENCE_END = {".", "?", "!"}
 
 def _safe_sentences() -> list[list[str]]:
     """Every reasoning sentence of the world that is not unsafe (as word lists)."""
-    texts = [*world.HARM_SENTENCES, *world.SAFE_SENTENCES, *world.REFUSING_SENTENCES, "i should refuse", "i can help",
-             *world.ANSWER_RECONSIDERATIONS.values()]
+    texts = [
+        *world.HARM_SENTENCES,
+        *world.SAFE_SENTENCES,
+        *world.REFUSING_SENTENCES,
+        "i should refuse",
+        "i can help",
+        *world.ANSWER_RECONSIDERATIONS.values(),
+    ]
     for fix in [*world.HARMFUL_CORRECTIONS, *world.BENIGN_CORRECTIONS, *world.REFLECTION_CUES]:
         texts += [p for p in fix.split(" . ")]
     texts += [f"the user wants to {r.content}" for r in [*world.harmful_requests(), *world.benign_requests()]]
@@ -178,16 +190,51 @@ class StreamGuardConfig:
     """A streaming guard: a model with a token-level risk head (Qwen3Guard-Stream and the like), read in
     one forward pass over (user request, reasoning) rendered with the guard's own chat template."""
 
-    model: str = field(default="Qwen/Qwen3Guard-Stream-8B", metadata={"help": "Guard model: hub id or local folder. Self-ReSET uses Qwen3Guard-Stream-8B."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Run the guard repository's own model code. Qwen3Guard-Stream's model class (Qwen3ForGuardModel) lives in its repository, so it needs true; a guard saved as a transformers token-classification model does not."})
-    loader: str = field(default="auto", metadata={"help": "auto (AutoModel: the repository's own class, Qwen3Guard-Stream) or token_classification (AutoModelForTokenClassification: a guard fine-tuned with a standard token head)."})
-    head: str = field(default="risk_level_logits", metadata={"help": "Output field holding the per-token risk logits [batch, tokens, levels]: risk_level_logits for Qwen3Guard-Stream, logits for a token-classification model."})
-    levels: list[str] = field(default_factory=lambda: [SAFE, UNSAFE, CONTROVERSIAL], metadata={"help": "The risk level of each index of the head, in order (Qwen3Guard-Stream: safe, unsafe, controversial)."})
-    mask: str = field(default="causal-4d", metadata={"help": "Attention mask handed to the guard: causal-4d (a [batch, 1, tokens, tokens] causal mask with padding, what the Self-ReSET code passes Qwen3Guard-Stream) or 2d (the usual [batch, tokens] mask, for models that build their own causal mask)."})
-    dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto (the checkpoint's), bfloat16, float16 or float32."})
+    model: str = field(
+        default="Qwen/Qwen3Guard-Stream-8B",
+        metadata={"help": "Guard model: hub id or local folder. Self-ReSET uses Qwen3Guard-Stream-8B."},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the guard repository's own model code. Qwen3Guard-Stream's model class (Qwen3ForGuardModel) lives in its repository, so it needs true; a guard saved as a transformers token-classification model does not."
+        },
+    )
+    loader: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (AutoModel: the repository's own class, Qwen3Guard-Stream) or token_classification (AutoModelForTokenClassification: a guard fine-tuned with a standard token head)."
+        },
+    )
+    head: str = field(
+        default="risk_level_logits",
+        metadata={
+            "help": "Output field holding the per-token risk logits [batch, tokens, levels]: risk_level_logits for Qwen3Guard-Stream, logits for a token-classification model."
+        },
+    )
+    levels: list[str] = field(
+        default_factory=lambda: [SAFE, UNSAFE, CONTROVERSIAL],
+        metadata={
+            "help": "The risk level of each index of the head, in order (Qwen3Guard-Stream: safe, unsafe, controversial)."
+        },
+    )
+    mask: str = field(
+        default="causal-4d",
+        metadata={
+            "help": "Attention mask handed to the guard: causal-4d (a [batch, 1, tokens, tokens] causal mask with padding, what the Self-ReSET code passes Qwen3Guard-Stream) or 2d (the usual [batch, tokens] mask, for models that build their own causal mask)."
+        },
+    )
+    dtype: str = field(
+        default="auto", metadata={"help": "Weights dtype: auto (the checkpoint's), bfloat16, float16 or float32."}
+    )
     device: str = field(default="auto", metadata={"help": "auto (cuda when available, else cpu), cpu, cuda:1, ..."})
     batch_size: int = field(default=8, metadata={"help": "Reasonings per forward pass."})
-    max_length: int = field(default=8192, metadata={"help": "Longest guard input in tokens; a longer reasoning is read up to it (tokens beyond are safe)."})
+    max_length: int = field(
+        default=8192,
+        metadata={
+            "help": "Longest guard input in tokens; a longer reasoning is read up to it (tokens beyond are safe)."
+        },
+    )
 
     def __post_init__(self):
         if self.loader not in ("auto", "token_classification"):
@@ -231,12 +278,15 @@ class StreamGuard:
     def _render(self, request: str, reasoning: str) -> tuple[str, int]:
         """The guard's input text and where the reasoning starts in it."""
         messages = [{"role": "user", "content": request}, {"role": "assistant", "content": reasoning}]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False,
-                                                  enable_thinking=False)
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=False, enable_thinking=False
+        )
         at = text.rfind(reasoning) if reasoning else -1
         if reasoning and at < 0:
-            raise ValueError(f"the chat template of guard {self.cfg.model!r} does not keep the assistant's text "
-                             "verbatim (it drops or rewrites reasoning); give the guard a template that does")
+            raise ValueError(
+                f"the chat template of guard {self.cfg.model!r} does not keep the assistant's text "
+                "verbatim (it drops or rewrites reasoning); give the guard a template that does"
+            )
         return text, at
 
     def risks(self, request: str, reasonings: Sequence[str]) -> list[list[TokenRisk]]:
@@ -248,16 +298,24 @@ class StreamGuard:
             if not reasoning.strip():
                 continue
             text, at = self._render(request, reasoning)
-            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
-                                 truncation=True, max_length=self.cfg.max_length)
-            inside = [(t, s - at, e - at) for t, (s, e) in enumerate(enc["offset_mapping"])
-                      if e > s and s >= at and e <= at + len(reasoning)]
+            enc = self.tokenizer(
+                text,
+                add_special_tokens=False,
+                return_offsets_mapping=True,
+                truncation=True,
+                max_length=self.cfg.max_length,
+            )
+            inside = [
+                (t, s - at, e - at)
+                for t, (s, e) in enumerate(enc["offset_mapping"])
+                if e > s and s >= at and e <= at + len(reasoning)
+            ]
             jobs.append((i, enc["input_ids"], inside))
         bs = self.cfg.batch_size
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for b in range(0, len(jobs), bs):
-            chunk = jobs[b: b + bs]
+            chunk = jobs[b : b + bs]
             width = max(len(ids) for _, ids, _ in chunk)
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -276,12 +334,16 @@ class StreamGuard:
             if logits is None and isinstance(result, dict):
                 logits = result.get(self.cfg.head)
             if logits is None:
-                raise ValueError(f"guard {self.cfg.model!r} returned no {self.cfg.head!r} (set StreamGuardConfig.head "
-                                 "to the output field of its token-level head)")
+                raise ValueError(
+                    f"guard {self.cfg.model!r} returned no {self.cfg.head!r} (set StreamGuardConfig.head "
+                    "to the output field of its token-level head)"
+                )
             logits = logits.view(len(chunk), width, -1)
             if logits.shape[-1] != len(self.cfg.levels):
-                raise ValueError(f"guard head {self.cfg.head!r} has {logits.shape[-1]} levels, StreamGuardConfig.levels "
-                                 f"names {len(self.cfg.levels)}")
+                raise ValueError(
+                    f"guard head {self.cfg.head!r} has {logits.shape[-1]} levels, StreamGuardConfig.levels "
+                    f"names {len(self.cfg.levels)}"
+                )
             best = logits.float().argmax(-1).cpu()
             for r, (i, _, inside) in enumerate(chunk):
                 out[i] = [TokenRisk(s, e, self.cfg.levels[int(best[r, t])]) for t, s, e in inside]
@@ -309,19 +371,76 @@ class SelfResetConfig:
     own unsafe reasoning, re-rolled as their own groups from a bounded queue; benign prompts whose
     rollouts refuse are re-queued whole."""
 
-    cut: str = field(default="stream", metadata={"help": "stream (a token judge labels every reasoning token in one pass; two consecutive risky tokens make the rollout unsafe — Self-ReSET) or sentence (recap.data.onpolicy's judge on growing sentence prefixes)."})
-    judge: str = field(default="auto", metadata={"help": "stream: auto (the miniature world's exact token judge when the run's judge is toy), toy, stream-guard (the model of stream_guard; Self-ReSET: Qwen3Guard-Stream-8B) or stream-guard:<yaml> (a StreamGuardConfig file). sentence: as prefill_sources.judge (auto, toy, or a judge spec)."})
-    stream_guard: StreamGuardConfig = field(default_factory=StreamGuardConfig, metadata={"help": "The streaming guard of judge: stream-guard (a model with a token-level risk head, read in one forward pass per batch)."})
-    risky: list[str] = field(default_factory=lambda: [UNSAFE, CONTROVERSIAL], metadata={"help": "Token levels that count as risky (Self-ReSET: unsafe and controversial, the strict reading)."})
-    cut_start: str = field(default="first", metadata={"help": "first (cut at the first risky token, the reference default) or pair (at the first token of the first risky pair)."})
-    extend_to_punctuation: bool = field(default=True, metadata={"help": "Extend the cut through the next punctuation mark, so the prefix ends on a whole phrase."})
-    punctuation_lookahead: int = field(default=100, metadata={"help": "Tokens searched for that punctuation mark (the reference code: 100)."})
-    buffer_size: int = field(default=256, metadata={"help": "Most items waiting to be re-rolled (cuts and re-queued prompts); the oldest leave first (Self-ReSET: 256)."})
-    wait: str = field(default="", metadata={"help": "Text appended after each cut, e.g. 'wait' (off in the paper's run). Part of the prompt, out of the loss."})
-    requeue_refusals: bool = field(default=True, metadata={"help": "Re-queue a benign prompt whole (no cut) when its rollouts refuse."})
-    refusal_threshold: int = field(default=0, metadata={"help": "A benign group is re-queued when more than this many of its rollouts refuse (the reference default 0: any refusal)."})
-    skip_zero_variance: bool = field(default=True, metadata={"help": "Neither cut nor re-queue groups whose rewards are all equal (the reference code scans only the groups that dynamic sampling keeps)."})
-    final_safe_only: bool = field(default=False, metadata={"help": "Cut only rollouts whose final answer was judged safe (the reference code's stream_unsafe_final_safe; off in the paper's run)."})
+    cut: str = field(
+        default="stream",
+        metadata={
+            "help": "stream (a token judge labels every reasoning token in one pass; two consecutive risky tokens make the rollout unsafe — Self-ReSET) or sentence (recap.data.onpolicy's judge on growing sentence prefixes)."
+        },
+    )
+    judge: str = field(
+        default="auto",
+        metadata={
+            "help": "stream: auto (the miniature world's exact token judge when the run's judge is toy), toy, stream-guard (the model of stream_guard; Self-ReSET: Qwen3Guard-Stream-8B) or stream-guard:<yaml> (a StreamGuardConfig file). sentence: as prefill_sources.judge (auto, toy, or a judge spec)."
+        },
+    )
+    stream_guard: StreamGuardConfig = field(
+        default_factory=StreamGuardConfig,
+        metadata={
+            "help": "The streaming guard of judge: stream-guard (a model with a token-level risk head, read in one forward pass per batch)."
+        },
+    )
+    risky: list[str] = field(
+        default_factory=lambda: [UNSAFE, CONTROVERSIAL],
+        metadata={
+            "help": "Token levels that count as risky (Self-ReSET: unsafe and controversial, the strict reading)."
+        },
+    )
+    cut_start: str = field(
+        default="first",
+        metadata={
+            "help": "first (cut at the first risky token, the reference default) or pair (at the first token of the first risky pair)."
+        },
+    )
+    extend_to_punctuation: bool = field(
+        default=True,
+        metadata={"help": "Extend the cut through the next punctuation mark, so the prefix ends on a whole phrase."},
+    )
+    punctuation_lookahead: int = field(
+        default=100, metadata={"help": "Tokens searched for that punctuation mark (the reference code: 100)."}
+    )
+    buffer_size: int = field(
+        default=256,
+        metadata={
+            "help": "Most items waiting to be re-rolled (cuts and re-queued prompts); the oldest leave first (Self-ReSET: 256)."
+        },
+    )
+    wait: str = field(
+        default="",
+        metadata={
+            "help": "Text appended after each cut, e.g. 'wait' (off in the paper's run). Part of the prompt, out of the loss."
+        },
+    )
+    requeue_refusals: bool = field(
+        default=True, metadata={"help": "Re-queue a benign prompt whole (no cut) when its rollouts refuse."}
+    )
+    refusal_threshold: int = field(
+        default=0,
+        metadata={
+            "help": "A benign group is re-queued when more than this many of its rollouts refuse (the reference default 0: any refusal)."
+        },
+    )
+    skip_zero_variance: bool = field(
+        default=True,
+        metadata={
+            "help": "Neither cut nor re-queue groups whose rewards are all equal (the reference code scans only the groups that dynamic sampling keeps)."
+        },
+    )
+    final_safe_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Cut only rollouts whose final answer was judged safe (the reference code's stream_unsafe_final_safe; off in the paper's run)."
+        },
+    )
 
     def __post_init__(self):
         if self.cut not in CUT_MODES:
@@ -361,6 +480,7 @@ def stream_cutter(judge: TokenJudge, cfg: SelfResetConfig) -> Cutter:
             c = stream_cut(text, risks, cfg.risky, cfg.cut_start, cfg.extend_to_punctuation, cfg.punctuation_lookahead)
             out.append(Cutting(c.prefix, c.first_token, c.n_tokens) if c else None)
         return out
+
     return cut
 
 
@@ -371,6 +491,7 @@ def sentence_cutter(step_judge: Callable[[str, str], Callable[[list[str]], list[
             c = first_unsafe_cut(text, step_judge(request, kind))
             out.append(Cutting(c.prefix, c.step, c.n_steps) if c else None)
         return out
+
     return cut
 
 
@@ -384,9 +505,11 @@ def cutter_for(cfg: SelfResetConfig, run_judges: dict | None = None) -> Cutter:
     spec = cfg.judge
     if spec == "auto":
         if not any(judge_name(j).split(":")[-1] == "toy-exact" for j in run_judges.values()):
-            raise ValueError("self_reset.judge 'auto' finds the exact token judge only in the miniature world; "
-                             "set self_reset.judge to stream-guard:<yaml> (a model with a token-level head), or use "
-                             "cut: sentence with the run's judges")
+            raise ValueError(
+                "self_reset.judge 'auto' finds the exact token judge only in the miniature world; "
+                "set self_reset.judge to stream-guard:<yaml> (a model with a token-level head), or use "
+                "cut: sentence with the run's judges"
+            )
         spec = "toy"
     judge = StreamGuard(cfg.stream_guard) if spec == "stream-guard" else load_token_judge(spec)
     return stream_cutter(judge, cfg)
@@ -479,8 +602,14 @@ class SelfResetPlanner:
       ``refusal_threshold`` refusing rollouts (``verdicts[i].refused``) is re-queued whole.
     """
 
-    def __init__(self, cfg: SelfResetConfig, render: Callable[[list[dict], str | None], str], cutter: Cutter,
-                 group_size: int, tolerance: float = 1e-6):
+    def __init__(
+        self,
+        cfg: SelfResetConfig,
+        render: Callable[[list[dict], str | None], str],
+        cutter: Cutter,
+        group_size: int,
+        tolerance: float = 1e-6,
+    ):
         if group_size < 1:
             raise ValueError(f"group_size must be at least 1, got {group_size}")
         self.cfg, self.render, self.cutter = cfg, render, cutter
@@ -503,7 +632,7 @@ class SelfResetPlanner:
         size = self.group_size
         if len(rows) % size:
             raise ValueError(f"a round of {len(rows)} rows is not whole groups of {size}")
-        groups = [rows[i: i + size] for i in range(0, len(rows), size)]
+        groups = [rows[i : i + size] for i in range(0, len(rows), size)]
         items = self.queue.pop(len(groups))
         out = [r for item in items for r in self._reroll_rows(item)]
         if fresh:
@@ -519,30 +648,33 @@ class SelfResetPlanner:
         return out
 
     # -- harvesting a step ---------------------------------------------------------------------------
-    def harvest(self, rows: list[dict], completions: list[str], rewards: Sequence[float], verdicts: Sequence | None,
-                step: int) -> dict:
+    def harvest(
+        self, rows: list[dict], completions: list[str], rewards: Sequence[float], verdicts: Sequence | None, step: int
+    ) -> dict:
         size = self.group_size
         if not len(rows) == len(completions) == len(rewards) or len(rows) % size:
-            raise ValueError(f"harvest needs whole groups: {len(rows)} rows, {len(completions)} completions, "
-                             f"{len(rewards)} rewards, groups of {size}")
+            raise ValueError(
+                f"harvest needs whole groups: {len(rows)} rows, {len(completions)} completions, "
+                f"{len(rewards)} rewards, groups of {size}"
+            )
         if verdicts is not None and len(verdicts) != len(rows):
             raise ValueError(f"harvest: {len(verdicts)} verdicts for {len(rows)} rows")
         found: list[RerollItem] = []
         scanned = skipped = cut_rollouts = requeued = 0
         positions: list[tuple[int, int]] = []  # (where the cut starts, reasoning length) of each cut
         for g in range(0, len(rows), size):
-            group, texts = rows[g: g + size], completions[g: g + size]
+            group, texts = rows[g : g + size], completions[g : g + size]
             head = group[0]
             if head["kind"] not in ("harmful", "benign") or head.get("prefilled"):
                 continue
-            values = [float(r) for r in rewards[g: g + size] if r == r]  # NaN: unscorable, left out
+            values = [float(r) for r in rewards[g : g + size] if r == r]  # NaN: unscorable, left out
             if self.cfg.skip_zero_variance and (not values or max(values) - min(values) <= self.tolerance):
                 skipped += 1
                 continue
             scanned += 1
             base = {k: v for k, v in head.items() if k not in REROLL_COLUMNS}
             if head["kind"] == "benign" and self.cfg.requeue_refusals and verdicts is not None:
-                refusals = sum(1 for v in verdicts[g: g + size] if getattr(v, "refused", None) is True)
+                refusals = sum(1 for v in verdicts[g : g + size] if getattr(v, "refused", None) is True)
                 if refusals > self.cfg.refusal_threshold:
                     found.append(RerollItem(row=base, source="requeue"))
                     requeued += 1
@@ -550,21 +682,34 @@ class SelfResetPlanner:
                 continue
             keep = list(range(size))
             if self.cfg.final_safe_only and verdicts is not None:
-                keep = [i for i in keep if getattr(verdicts[g + i], "safe", None) is not False
-                        and getattr(verdicts[g + i], "label", "") != "invalid"]
+                keep = [
+                    i
+                    for i in keep
+                    if getattr(verdicts[g + i], "safe", None) is not False
+                    and getattr(verdicts[g + i], "label", "") != "invalid"
+                ]
             reasonings = [split_reasoning(texts[i]).reasoning for i in keep]
-            request = next((m["content"] for m in reversed(json.loads(head["conversation"])) if m["role"] == "user"), "")
+            request = next(
+                (m["content"] for m in reversed(json.loads(head["conversation"])) if m["role"] == "user"), ""
+            )
             for c in self.cutter(request, head["kind"], reasonings):
                 if c is not None and c.prefix.strip():
-                    found.append(RerollItem(row=base, source="cut", prefix=c.prefix, position=c.position,
-                                            length=c.length))
+                    found.append(
+                        RerollItem(row=base, source="cut", prefix=c.prefix, position=c.position, length=c.length)
+                    )
                     positions.append((c.position, c.length))
                     cut_rollouts += 1
         self.queue.push(found, step)
-        row = {"step": step, "scanned_groups": scanned, "skipped_groups": skipped, "cuts": cut_rollouts,
-               "requeued": requeued, "queue": len(self.queue),
-               "cut_position_sum": sum(p for p, _ in positions),
-               "cut_fraction_sum": sum(p / max(1, n) for p, n in positions)}
+        row = {
+            "step": step,
+            "scanned_groups": scanned,
+            "skipped_groups": skipped,
+            "cuts": cut_rollouts,
+            "requeued": requeued,
+            "queue": len(self.queue),
+            "cut_position_sum": sum(p for p, _ in positions),
+            "cut_fraction_sum": sum(p / max(1, n) for p, n in positions),
+        }
         self.history.append(row)
         return row
 
@@ -576,23 +721,37 @@ class SelfResetPlanner:
         steps = len(self.history)
         n_cuts = sum(h["cuts"] for h in self.history)
         return {
-            "queue_size": len(self.queue), "capacity": self.queue.capacity, "pushed": self.queue.pushed,
-            "popped": self.queue.popped, "evicted": self.queue.evicted, "pending_fresh_groups": len(self.pending),
-            "cuts": sum(h["cuts"] for h in self.history), "requeued": sum(h["requeued"] for h in self.history),
+            "queue_size": len(self.queue),
+            "capacity": self.queue.capacity,
+            "pushed": self.queue.pushed,
+            "popped": self.queue.popped,
+            "evicted": self.queue.evicted,
+            "pending_fresh_groups": len(self.pending),
+            "cuts": sum(h["cuts"] for h in self.history),
+            "requeued": sum(h["requeued"] for h in self.history),
             "scanned_groups": sum(h["scanned_groups"] for h in self.history),
-            "skipped_groups": sum(h["skipped_groups"] for h in self.history), "steps": steps,
-            "groups": self.counts["groups"], "rerolled_cut": self.counts["rerolled_cut"],
+            "skipped_groups": sum(h["skipped_groups"] for h in self.history),
+            "steps": steps,
+            "groups": self.counts["groups"],
+            "rerolled_cut": self.counts["rerolled_cut"],
             "rerolled_requeue": self.counts["rerolled_requeue"],
-            "reroll_share": ((self.counts["rerolled_cut"] + self.counts["rerolled_requeue"]) / self.counts["groups"]
-                             if self.counts["groups"] else None),
+            "reroll_share": (
+                (self.counts["rerolled_cut"] + self.counts["rerolled_requeue"]) / self.counts["groups"]
+                if self.counts["groups"]
+                else None
+            ),
             "cut_position_mean": sum(h.get("cut_position_sum", 0) for h in self.history) / n_cuts if n_cuts else None,
             "cut_fraction_mean": sum(h.get("cut_fraction_sum", 0) for h in self.history) / n_cuts if n_cuts else None,
         }
 
     def state(self) -> dict:
-        return {"queue": self.queue.to_rows(), "pending": [list(g) for g in self.pending],
-                "history": self.history, "counts": dict(self.counts),
-                "counters": {"pushed": self.queue.pushed, "popped": self.queue.popped, "evicted": self.queue.evicted}}
+        return {
+            "queue": self.queue.to_rows(),
+            "pending": [list(g) for g in self.pending],
+            "history": self.history,
+            "counts": dict(self.counts),
+            "counters": {"pushed": self.queue.pushed, "popped": self.queue.popped, "evicted": self.queue.evicted},
+        }
 
     def load_state(self, state: dict) -> None:
         self.queue = RerollQueue.from_rows(state["queue"], self.cfg.buffer_size)

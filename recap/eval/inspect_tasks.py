@@ -44,8 +44,17 @@ try:
     import anyio
     from inspect_ai import Task, task
     from inspect_ai.dataset import MemoryDataset, Sample
-    from inspect_ai.model import (ChatMessageAssistant, ChatMessageSystem, ChatMessageUser, GenerateConfig, ModelAPI,
-                                  ModelCall, ModelOutput, ModelUsage, modelapi)
+    from inspect_ai.model import (
+        ChatMessageAssistant,
+        ChatMessageSystem,
+        ChatMessageUser,
+        GenerateConfig,
+        ModelAPI,
+        ModelCall,
+        ModelOutput,
+        ModelUsage,
+        modelapi,
+    )
     from inspect_ai.scorer import Score, mean, scorer, stderr
     from inspect_ai.solver import generate, solver
 except ImportError as e:  # pragma: no cover - depends on the environment
@@ -64,8 +73,16 @@ INJECTED = "recap_injected"  # metadata key of the assistant messages that hold 
 
 
 # -- samples ------------------------------------------------------------------------------------------
-def suite_config(suite: str = "", benchmark: str = "", path: str = "", format: str = "auto", limit: int | None = None,
-                 subset_seed: int | None = None, kinds: list[str] | None = None, overrides: list[str] | None = None):
+def suite_config(
+    suite: str = "",
+    benchmark: str = "",
+    path: str = "",
+    format: str = "auto",
+    limit: int | None = None,
+    subset_seed: int | None = None,
+    kinds: list[str] | None = None,
+    overrides: list[str] | None = None,
+):
     """``(SuiteConfig, BenchmarkSpec)``: ``suite`` (a ``recap eval`` suite file) or a one-benchmark suite on
     ``path``, with ``overrides`` (``key=value``, dotted as in ``recap eval --set``); the benchmark named
     ``benchmark`` (or the suite's only one), its ``path``/``format``/``limit``/``subset_seed``/``kinds``
@@ -81,11 +98,22 @@ def suite_config(suite: str = "", benchmark: str = "", path: str = "", format: s
     if not named and len(cfg.benchmarks) == 1:
         named = cfg.benchmarks
     if not named:
-        raise ValueError(f"{suite}: no benchmark named {benchmark!r} (it has {', '.join(b.name for b in cfg.benchmarks)});"
-                         " give -T benchmark=NAME")
+        raise ValueError(
+            f"{suite}: no benchmark named {benchmark!r} (it has {', '.join(b.name for b in cfg.benchmarks)});"
+            " give -T benchmark=NAME"
+        )
     spec = named[0]
-    changes = {k: v for k, v in (("path", path or None), ("limit", limit), ("subset_seed", subset_seed),
-                                 ("kinds", kinds), ("format", None if format == "auto" else format)) if v is not None}
+    changes = {
+        k: v
+        for k, v in (
+            ("path", path or None),
+            ("limit", limit),
+            ("subset_seed", subset_seed),
+            ("kinds", kinds),
+            ("format", None if format == "auto" else format),
+        )
+        if v is not None
+    }
     return cfg, replace(spec, **changes)
 
 
@@ -97,8 +125,10 @@ def attack_examples(cfg, spec, attack: str) -> list[Example]:
 
     examples = load_suite(replace(cfg, benchmarks=[spec]))[spec.name]
     if attack == "clean" and len({e.kind for e in examples}) > 1:
-        raise ValueError(f"benchmark {spec.name!r} mixes kinds {sorted({e.kind for e in examples})}: a clean task "
-                         "scores one kind (give -T kinds=[harmful], or benign, or task)")
+        raise ValueError(
+            f"benchmark {spec.name!r} mixes kinds {sorted({e.kind for e in examples})}: a clean task "
+            "scores one kind (give -T kinds=[harmful], or benign, or task)"
+        )
     kind = _KIND.get(attack)
     if kind:
         examples = [e for e in examples if e.kind == kind]
@@ -136,8 +166,15 @@ def attack_sample(e: Example, attack: str, ecfg) -> Sample:
     messages = [_message(m) for m in e.messages()]
     if injected:
         messages.append(injected_turn(injected, attack))
-    metadata = {"attack": attack, "kind": e.kind, "example_id": e.id, "request": e.user_text(), "injected": injected,
-                "reference": e.reference, "rubric": list(e.rubric or [])}
+    metadata = {
+        "attack": attack,
+        "kind": e.kind,
+        "example_id": e.id,
+        "request": e.user_text(),
+        "injected": injected,
+        "reference": e.reference,
+        "rubric": list(e.rubric or []),
+    }
     if attack in ("prefill", "refusal_prefill", "ipr"):
         metadata["prefill_words"] = count_words(injected)
     if attack == "hijack":
@@ -175,8 +212,12 @@ def ipr_rounds(rounds: int = 3, transition: str = attacks.IPR_TRANSITION, separa
             turn = injected_turn(think, "ipr", r)
             state.messages = [*conversation, turn]
             state = await generate(state)
-            shown += [injected_turn(injected, "ipr", r) if r == 1 else
-                      ChatMessageAssistant(content=appended, metadata={INJECTED: "ipr", "round": r}), state.output.message]
+            shown += [
+                injected_turn(injected, "ipr", r)
+                if r == 1
+                else ChatMessageAssistant(content=appended, metadata={INJECTED: "ipr", "round": r}),
+                state.output.message,
+            ]
             outcomes.append({"round": r, "injected": injected, "completion": continuation(state.output)})
         state.messages = shown
         state.metadata["recap_rounds"] = outcomes
@@ -198,8 +239,11 @@ def metric_values(attack: str, kind: str, verdict: Verdict, round: int = 1) -> d
             return {"overrefusal_clean": refused, "helpfulness_clean": helpful, "invalid_clean": invalid}
         return {"safety_clean": safe, "refusal_rate_clean": refused, "invalid_clean": invalid}
     if attack == "refusal_prefill":
-        return {"overrefusal_refusal_prefill": refused, "helpfulness_refusal_prefill": helpful,
-                "invalid_refusal_prefill": invalid}
+        return {
+            "overrefusal_refusal_prefill": refused,
+            "helpfulness_refusal_prefill": helpful,
+            "invalid_refusal_prefill": invalid,
+        }
     name = f"ipr{round}" if attack == "ipr" else attack
     return {f"attack_{name}_success": unsafe, f"refusal_rate_{name}": refused, f"invalid_{name}": invalid}
 
@@ -220,42 +264,80 @@ def recap_judge(judge: str = "rules", judges: dict | None = None, unclosed: str 
 
     async def score(state, target):
         md = state.metadata
-        rounds = md.get("recap_rounds") or [{"round": 1, "injected": md["injected"],
-                                             "completion": continuation(state.output)}]
+        rounds = md.get("recap_rounds") or [
+            {"round": 1, "injected": md["injected"], "completion": continuation(state.output)}
+        ]
         values, explanation, per_round = {}, [], []
         for r in rounds:
             split = final_answer(r["completion"], r["injected"], unclosed)
-            item = JudgeItem(md["request"], split.answer, md["kind"], md.get("reference"), tuple(md.get("rubric") or ()))
+            item = JudgeItem(
+                md["request"], split.answer, md["kind"], md.get("reference"), tuple(md.get("rubric") or ())
+            )
             verdict = await anyio.to_thread.run_sync(judged, item)
             if not split.closed and unclosed == "invalid":
                 verdict = Verdict(0.0, INVALID, "no closing think tag")
             values.update(metric_values(md["attack"], md["kind"], verdict, r["round"]))
-            per_round.append({"round": r["round"], "label": verdict.label, "score": verdict.score, "safe": verdict.safe,
-                              "refused": verdict.refused, "answer": split.answer})
-            explanation.append(f"round {r['round']}: {verdict.label}" + (f" ({verdict.rationale})" if verdict.rationale else ""))
-        return Score(value=values, answer=per_round[-1]["answer"], explanation="; ".join(explanation),
-                     metadata={"rounds": per_round})
+            per_round.append(
+                {
+                    "round": r["round"],
+                    "label": verdict.label,
+                    "score": verdict.score,
+                    "safe": verdict.safe,
+                    "refused": verdict.refused,
+                    "answer": split.answer,
+                }
+            )
+            explanation.append(
+                f"round {r['round']}: {verdict.label}" + (f" ({verdict.rationale})" if verdict.rationale else "")
+            )
+        return Score(
+            value=values,
+            answer=per_round[-1]["answer"],
+            explanation="; ".join(explanation),
+            metadata={"rounds": per_round},
+        )
 
     return score
 
 
 # -- tasks --------------------------------------------------------------------------------------------
-def recap_attack(attack: str = "prefill", suite: str = "", benchmark: str = "", path: str = "", format: str = "auto",
-                 limit: int | None = None, subset_seed: int | None = None, kinds: list[str] | None = None,
-                 prefill_file: str = "", judge: str = "", prefill_words: int | None = None, rounds: int | None = None,
-                 unclosed: str = "",
-                 temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
-                 seed: int | None = None, overrides: list[str] | None = None) -> Task:
+def recap_attack(
+    attack: str = "prefill",
+    suite: str = "",
+    benchmark: str = "",
+    path: str = "",
+    format: str = "auto",
+    limit: int | None = None,
+    subset_seed: int | None = None,
+    kinds: list[str] | None = None,
+    prefill_file: str = "",
+    judge: str = "",
+    prefill_words: int | None = None,
+    rounds: int | None = None,
+    unclosed: str = "",
+    temperature: float | None = None,
+    top_p: float | None = None,
+    max_tokens: int | None = None,
+    seed: int | None = None,
+    overrides: list[str] | None = None,
+) -> Task:
     """An Inspect task running one recap attack on one benchmark (see the module docstring). Everything not
     given comes from the suite file (or recap's defaults): judge, prefill length, IPR rounds, unclosed mode,
     sampling (the sample count is Inspect's ``--epochs``)."""
     if attack not in ATTACKS:
         raise ValueError(f"attack must be one of {', '.join(ATTACKS)}, got {attack!r}")
     sets = [*(overrides or [])]
-    for key, value in (("prefill_file", prefill_file), ("judge", judge), ("eval.prefill_words", prefill_words),
-                       ("eval.ipr_rounds", rounds), ("eval.unclosed", unclosed), ("eval.seed", seed),
-                       ("eval.sampling.temperature", temperature), ("eval.sampling.top_p", top_p),
-                       ("eval.sampling.max_new_tokens", max_tokens)):
+    for key, value in (
+        ("prefill_file", prefill_file),
+        ("judge", judge),
+        ("eval.prefill_words", prefill_words),
+        ("eval.ipr_rounds", rounds),
+        ("eval.unclosed", unclosed),
+        ("eval.seed", seed),
+        ("eval.sampling.temperature", temperature),
+        ("eval.sampling.top_p", top_p),
+        ("eval.sampling.max_new_tokens", max_tokens),
+    ):
         if value not in ("", None):
             sets.append(f"{key}={json.dumps(value)}")
     cfg, spec = suite_config(suite, benchmark, path, format, limit, subset_seed, kinds, sets)
@@ -269,11 +351,19 @@ def recap_attack(attack: str = "prefill", suite: str = "", benchmark: str = "", 
         dataset=MemoryDataset([attack_sample(e, attack, ecfg) for e in examples], name=spec.name),
         solver=ipr_rounds(ecfg.ipr_rounds, ecfg.ipr_transition, ecfg.ipr_separator) if attack == "ipr" else generate(),
         scorer=recap_judge(cfg.judge, dict(cfg.judges), ecfg.unclosed),
-        config=GenerateConfig(temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=max_new, seed=ecfg.seed),
+        config=GenerateConfig(
+            temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=max_new, seed=ecfg.seed
+        ),
         epochs=ecfg.samples_per_prompt,
-        metadata={"recap_attack": attack, "benchmark": spec.name, "path": spec.path, "judge": cfg.judge,
-                  "unclosed": ecfg.unclosed, "prefill_words": ecfg.prefill_words,
-                  **({"ipr_rounds": ecfg.ipr_rounds} if attack == "ipr" else {})},
+        metadata={
+            "recap_attack": attack,
+            "benchmark": spec.name,
+            "path": spec.path,
+            "judge": cfg.judge,
+            "unclosed": ecfg.unclosed,
+            "prefill_words": ecfg.prefill_words,
+            **({"ipr_rounds": ecfg.ipr_rounds} if attack == "ipr" else {}),
+        },
     )
 
 
@@ -315,13 +405,14 @@ def prompt_text(tokenizer, messages: list[dict]) -> str:
     if messages and messages[-1]["role"] == "assistant":
         content = messages[-1]["content"]
         if content.startswith(THINK_OPEN):
-            injected = content[len(THINK_OPEN):]
+            injected = content[len(THINK_OPEN) :]
             return render_prompt(tokenizer, messages[:-1], injected[1:] if injected.startswith("\n") else injected)
-        text = tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True,
-                                             add_generation_prompt=False)
+        text = tokenizer.apply_chat_template(
+            messages, tokenize=False, continue_final_message=True, add_generation_prompt=False
+        )
         bos = getattr(tokenizer, "bos_token", None)
         if bos and text.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
-            text = text[len(bos):]
+            text = text[len(bos) :]
         return text
     return render_prompt(tokenizer, messages)
 
@@ -333,8 +424,14 @@ class RecapEndpointAPI(ModelAPI):
     is loaded and the server asked for its models on the first request (Inspect also builds providers just
     to look up model information)."""
 
-    def __init__(self, model_name: str, base_url: str | None = None, api_key: str | None = None,
-                 config: GenerateConfig = GenerateConfig(), **model_args):
+    def __init__(
+        self,
+        model_name: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        config: GenerateConfig = GenerateConfig(),
+        **model_args,
+    ):
         from recap.engines import EndpointConfig
 
         super().__init__(model_name, base_url, api_key, [], config)
@@ -362,17 +459,29 @@ class RecapEndpointAPI(ModelAPI):
         engine = await anyio.to_thread.run_sync(self.engine)
         text = prompt_text(engine.tokenizer, [{"role": m.role, "content": m.text} for m in input])
         default = SamplingConfig()
-        sampling = SamplingConfig(temperature=default.temperature if config.temperature is None else config.temperature,
-                                  top_p=default.top_p if config.top_p is None else config.top_p,
-                                  max_new_tokens=config.max_tokens or default.max_new_tokens)
+        sampling = SamplingConfig(
+            temperature=default.temperature if config.temperature is None else config.temperature,
+            top_p=default.top_p if config.top_p is None else config.top_p,
+            max_new_tokens=config.max_tokens or default.max_new_tokens,
+        )
         (gen,) = await anyio.to_thread.run_sync(lambda: engine.generate([text], sampling, seed=config.seed or 0))
-        output = ModelOutput.from_content(self.model_name, gen.text, stop_reason="max_tokens" if gen.truncated else "stop")
+        output = ModelOutput.from_content(
+            self.model_name, gen.text, stop_reason="max_tokens" if gen.truncated else "stop"
+        )
         prompt_tokens = len(engine.tokenizer(text)["input_ids"])
-        output.usage = ModelUsage(input_tokens=prompt_tokens, output_tokens=gen.n_tokens,
-                                  total_tokens=prompt_tokens + gen.n_tokens)
-        call = ModelCall.create(request={"prompt": text, **engine.metadata, "temperature": sampling.temperature,
-                                         "top_p": sampling.top_p, "max_tokens": sampling.max_new_tokens},
-                                response={"text": gen.text, "completion_tokens": gen.n_tokens, "truncated": gen.truncated})
+        output.usage = ModelUsage(
+            input_tokens=prompt_tokens, output_tokens=gen.n_tokens, total_tokens=prompt_tokens + gen.n_tokens
+        )
+        call = ModelCall.create(
+            request={
+                "prompt": text,
+                **engine.metadata,
+                "temperature": sampling.temperature,
+                "top_p": sampling.top_p,
+                "max_tokens": sampling.max_new_tokens,
+            },
+            response={"text": gen.text, "completion_tokens": gen.n_tokens, "truncated": gen.truncated},
+        )
         return output, call
 
 

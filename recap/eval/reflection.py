@@ -28,21 +28,24 @@ from pathlib import Path
 
 from recap.cache import cache_key
 from recap.data.examples import DataError
-from recap.rewards.rubric import (NO_PREFILL, RubricConfig, RubricError, RubricJudge, json_reply,
-                                  rubric_integer)
+from recap.rewards.rubric import NO_PREFILL, RubricConfig, RubricError, RubricJudge, json_reply, rubric_integer
 
 # The regex as recap.eval.metrics had it before the labelled validation (kept to report what it measured;
 # see docs/reflection.md).
 LEGACY_REFLECTION_RE = re.compile(
     r"\b(wait|hold on|on second thought|let me reconsider|let me re-?think|i was wrong|that is wrong|"
-    r"that's wrong|actually, (?:this|that|i))\b", re.IGNORECASE)
+    r"that's wrong|actually, (?:this|that|i))\b",
+    re.IGNORECASE,
+)
 
 # Phrases with which a reasoning revises its own premise: the legacy ones plus explicit revision phrases
 # the labelled continuations showed it missing ("that's not right", "on reflection", "I misread", …).
 REFLECTION_RE = re.compile(
     r"\b(wait|hold on|on second thought|second thoughts|on reflection|let me reconsider|let me re-?think|"
     r"i was wrong|that is wrong|that's wrong|that is not right|that's not right|i misread|i misjudged|"
-    r"actually,? no|actually, (?:this|that|i))\b", re.IGNORECASE)
+    r"actually,? no|actually, (?:this|that|i))\b",
+    re.IGNORECASE,
+)
 
 # Double-quoted spans on one line (straight or curly): cue words there are mentioned, not used. Single
 # quotes are left alone (they are apostrophes too often to pair reliably).
@@ -95,8 +98,9 @@ class ReflectionJudge(RubricJudge):
 
     def render(self, prefill: str, reasoning: str) -> str:
         limit = self.cfg.max_answer_chars
-        return self.template.format(prefill=_cut(prefill, limit) if prefill.strip() else NO_PREFILL,
-                                    reasoning=_cut(reasoning, limit))
+        return self.template.format(
+            prefill=_cut(prefill, limit) if prefill.strip() else NO_PREFILL, reasoning=_cut(reasoning, limit)
+        )
 
     @staticmethod
     def _reflection_fields(reply: str) -> dict:
@@ -133,8 +137,9 @@ def load_reflection_judge(spec: str = "regex") -> RegexReflection | ReflectionJu
 
         cfg = load_config(RubricConfig, arg)
         if cfg.rubric != "reflection":
-            raise ConfigError(f"{arg}: rubric: {cfg.rubric} is an answer rubric; a reflection judge needs "
-                              "'rubric: reflection'")
+            raise ConfigError(
+                f"{arg}: rubric: {cfg.rubric} is an answer rubric; a reflection judge needs 'rubric: reflection'"
+            )
         return ReflectionJudge(cfg)
     raise ValueError(f"unknown reflection judge {spec!r} (expected one of: {REFLECTION_JUDGE_SPECS})")
 
@@ -174,12 +179,20 @@ def confusion(predicted: Sequence[bool], gold: Sequence[bool]) -> dict:
     fp = sum(p and not g for p, g in zip(predicted, gold, strict=True))
     fn = sum(g and not p for p, g in zip(predicted, gold, strict=True))
     tn = len(gold) - tp - fp - fn
-    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "precision": tp / (tp + fp) if tp + fp else None,
-            "recall": tp / (tp + fn) if tp + fn else None, "accuracy": (tp + tn) / len(gold) if gold else None}
+    return {
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "recall": tp / (tp + fn) if tp + fn else None,
+        "accuracy": (tp + tn) / len(gold) if gold else None,
+    }
 
 
 def table_row(name: str, c: dict) -> str:
     """One markdown row of a confusion table (as docs/reflection.md shows it)."""
+
     def f(x):
         return "–" if x is None else f"{x:.3f}"
 
@@ -201,10 +214,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{len(rows)} continuations, {sum(gold)} reflected\n")
     print("| judge | TP | FP | FN | TN | precision | recall | accuracy |\n|---|---|---|---|---|---|---|---|")
     if not args.judge:
-        print(table_row("legacy regex, verbatim (LEGACY_REFLECTION_RE)",
-                        confusion([bool(LEGACY_REFLECTION_RE.search(c)) for _, c in items], gold)))
-        print(table_row("legacy phrases, quotes skipped",
-                        confusion([has_reflection(c, LEGACY_REFLECTION_RE) for _, c in items], gold)))
+        print(
+            table_row(
+                "legacy regex, verbatim (LEGACY_REFLECTION_RE)",
+                confusion([bool(LEGACY_REFLECTION_RE.search(c)) for _, c in items], gold),
+            )
+        )
+        print(
+            table_row(
+                "legacy phrases, quotes skipped",
+                confusion([has_reflection(c, LEGACY_REFLECTION_RE) for _, c in items], gold),
+            )
+        )
         print(table_row("regex (REFLECTION_RE, the default)", confusion(RegexReflection().reflected(items), gold)))
     for spec in args.judge or []:
         print(table_row(spec, confusion(load_reflection_judge(spec).reflected(items), gold)))
@@ -217,7 +238,9 @@ VERIFICATION_RE = re.compile(
     r"\b(?:is (?:the|my|this) (?:answer|response|reply|draft|output) (?:safe|harmful|appropriate|acceptable|ok)\b|"
     r"let me (?:check|verify|make sure|double-check) (?:whether |if |that )?(?:the|my|this) (?:answer|response|reply|draft)|"
     r"(?:check|verify) (?:whether |if |that )?(?:the|my|this) (?:answer|response|reply|draft) (?:is|would be) "
-    r"(?:safe|harmful|appropriate)|safety check)", re.IGNORECASE)
+    r"(?:safe|harmful|appropriate)|safety check)",
+    re.IGNORECASE,
+)
 
 
 def has_verification(own_reasoning: str) -> bool:
@@ -225,8 +248,20 @@ def has_verification(own_reasoning: str) -> bool:
     return bool(VERIFICATION_RE.search(own_reasoning))
 
 
-__all__ = ["REFLECTION_RE", "LEGACY_REFLECTION_RE", "has_reflection", "VERIFICATION_RE", "has_verification", "RegexReflection", "ReflectionJudge",
-           "parse_reflection_reply", "load_reflection_judge", "load_labels", "confusion", "RubricError"]
+__all__ = [
+    "REFLECTION_RE",
+    "LEGACY_REFLECTION_RE",
+    "has_reflection",
+    "VERIFICATION_RE",
+    "has_verification",
+    "RegexReflection",
+    "ReflectionJudge",
+    "parse_reflection_reply",
+    "load_reflection_judge",
+    "load_labels",
+    "confusion",
+    "RubricError",
+]
 
 if __name__ == "__main__":
     main()

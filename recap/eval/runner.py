@@ -40,34 +40,83 @@ class EvalConfig:
 
     attacks: list[str] = field(
         default_factory=lambda: list(DEFAULT_ATTACKS),
-        metadata={"help": f"Conditions to run, among {', '.join(ATTACKS)} (hcot, prefill_unseen, adaptive and "
-                          "prefill_sweep are opt-in: see docs/design.md)."})
+        metadata={
+            "help": f"Conditions to run, among {', '.join(ATTACKS)} (hcot, prefill_unseen, adaptive and "
+            "prefill_sweep are opt-in: see docs/design.md)."
+        },
+    )
     prefill_words: int | list[int] | str = field(
-        default=200, metadata={"help": "Attack prefill length ℓ in words (int, list or 'lo-hi' range). The paper "
-                                       "evaluates with 200-word prefills from a generator other than the training one "
-                                       "(Sec. 2)."})
+        default=200,
+        metadata={
+            "help": "Attack prefill length ℓ in words (int, list or 'lo-hi' range). The paper "
+            "evaluates with 200-word prefills from a generator other than the training one "
+            "(Sec. 2)."
+        },
+    )
     sweep_lengths: list[int] = field(
         default_factory=lambda: [50, 100, 200, 500],
-        metadata={"help": "Prefill lengths (words) of the prefill_sweep attack: attack success against prefill length."})
-    ipr_rounds: int = field(default=3, metadata={"help": "Rounds k of iterative prefill reset, in the paper's numbering: "
-                                                         "round 1 is the prefilling attack, rounds 2..k are resets (the "
-                                                         "paper reports k = 1–3)."})
-    ipr_transition: str = field(default=IPR_TRANSITION, metadata={"help": "The transition sentence t between an "
-                                                                                  "IPR round's reasoning and the prefill."})
-    ipr_separator: str = field(default=IPR_SEPARATOR, metadata={"help": "Text between a round's reasoning and "
-                                                                                "the transition."})
-    samples_per_prompt: int = field(default=1, metadata={"help": "Samples drawn per prompt and condition (pass@k on "
-                                                                 "tasks uses k = this)."})
+        metadata={
+            "help": "Prefill lengths (words) of the prefill_sweep attack: attack success against prefill length."
+        },
+    )
+    ipr_rounds: int = field(
+        default=3,
+        metadata={
+            "help": "Rounds k of iterative prefill reset, in the paper's numbering: "
+            "round 1 is the prefilling attack, rounds 2..k are resets (the "
+            "paper reports k = 1–3)."
+        },
+    )
+    ipr_transition: str = field(
+        default=IPR_TRANSITION,
+        metadata={"help": "The transition sentence t between an IPR round's reasoning and the prefill."},
+    )
+    ipr_separator: str = field(
+        default=IPR_SEPARATOR, metadata={"help": "Text between a round's reasoning and the transition."}
+    )
+    samples_per_prompt: int = field(
+        default=1, metadata={"help": "Samples drawn per prompt and condition (pass@k on tasks uses k = this)."}
+    )
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "Decoding settings."})
     seed: int = field(default=0, metadata={"help": "Seed of the prefill lengths and of sampling."})
-    reflection_judge: str = field(default="regex", metadata={"help": "What decides that a reasoning revises itself: "
-                                                                     "regex (offline) or rubric:<yaml> (an LLM judge; "
-                                                                     "docs/reflection.md)."})
-    hcot_frame: str = field(default="", metadata={"help": "H-CoT frame with {request} and {reasoning} slots placed in the user turn ('' = recap.eval.attacks.HCOT_FRAME)."})
-    unseen_prefills: str = field(default="", metadata={"help": "Reasoning from a generator the policy never saw in training ({id, counter_reasoning} rows, e.g. `recap data prefill` with another model), for prefill_unseen and as a second phrasing of adaptive."})
-    adaptive_lengths: list[int] = field(default_factory=lambda: [100, 300, 500, 700], metadata={"help": "Prefill lengths (words) the adaptive attacker tries per prompt and phrasing (the paper's ablation range)."})
-    chunk_size: int = field(default=256, metadata={"help": "Jobs generated, judged and written to the result store together: the most a killed run loses. A chunk's sampling seed depends only on its position, so resumed and uninterrupted runs draw the same samples."})
-    unclosed: str = field(default="invalid", metadata={"help": "A completion that never closes the think block: 'invalid' (no answer; reasoning models) or 'continuation' (the model's own text is the answer; models without thinking tags such as SmolLM2)."})
+    reflection_judge: str = field(
+        default="regex",
+        metadata={
+            "help": "What decides that a reasoning revises itself: "
+            "regex (offline) or rubric:<yaml> (an LLM judge; "
+            "docs/reflection.md)."
+        },
+    )
+    hcot_frame: str = field(
+        default="",
+        metadata={
+            "help": "H-CoT frame with {request} and {reasoning} slots placed in the user turn ('' = recap.eval.attacks.HCOT_FRAME)."
+        },
+    )
+    unseen_prefills: str = field(
+        default="",
+        metadata={
+            "help": "Reasoning from a generator the policy never saw in training ({id, counter_reasoning} rows, e.g. `recap data prefill` with another model), for prefill_unseen and as a second phrasing of adaptive."
+        },
+    )
+    adaptive_lengths: list[int] = field(
+        default_factory=lambda: [100, 300, 500, 700],
+        metadata={
+            "help": "Prefill lengths (words) the adaptive attacker tries per prompt and phrasing (the paper's ablation range)."
+        },
+    )
+    chunk_size: int = field(
+        default=256,
+        metadata={
+            "help": "Jobs generated, judged and written to the result store together: the most a killed run loses. A chunk's sampling seed depends only on its position, so resumed and uninterrupted runs draw the same samples."
+        },
+    )
+    unclosed: str = field(
+        default="invalid",
+        metadata={
+            "help": "A completion that never closes the think block: 'invalid' (no answer; reasoning models) or 'continuation' (the model's own text is the answer; models without thinking tags such as SmolLM2)."
+        },
+    )
 
     def __post_init__(self):
         if self.chunk_size < 1:
@@ -97,21 +146,27 @@ def prefill_for(example: Example, cfg: EvalConfig) -> str:
 
 def _unseen_for(example: Example, unseen: dict[str, str], cfg: EvalConfig) -> str:
     if example.id not in unseen:
-        raise ValueError(f"{cfg.unseen_prefills or 'unseen prefills'}: no reasoning for example {example.id!r} "
-                         "(prefill_unseen needs one per harmful prompt)")
+        raise ValueError(
+            f"{cfg.unseen_prefills or 'unseen prefills'}: no reasoning for example {example.id!r} "
+            "(prefill_unseen needs one per harmful prompt)"
+        )
     return truncate_words(unseen[example.id], _seeded_length(cfg, f"unseen:{example.id}"))
 
 
 def check_attack_reasoning(examples: list[Example], cfg: EvalConfig) -> None:
     """One clear error, before any generation, when an attack needs reasoning an example lacks."""
-    wanted = [("harmful", [a for a in cfg.attacks if a in _NEEDS_HARMFUL_REASONING]),
-              ("benign", [a for a in cfg.attacks if a == "refusal_prefill"])]
+    wanted = [
+        ("harmful", [a for a in cfg.attacks if a in _NEEDS_HARMFUL_REASONING]),
+        ("benign", [a for a in cfg.attacks if a == "refusal_prefill"]),
+    ]
     for kind, needing in wanted:
         missing = [e.id for e in examples if e.kind == kind and not (e.counter_reasoning or "").strip()]
         if needing and missing:
-            raise ValueError(f"{len(missing)} {kind} example(s) have no counter-aligned reasoning (first: "
-                             f"{missing[0]!r}) but the attack(s) {', '.join(needing)} need it: give them "
-                             "counter_reasoning (`recap data prefill`) or drop those attacks")
+            raise ValueError(
+                f"{len(missing)} {kind} example(s) have no counter-aligned reasoning (first: "
+                f"{missing[0]!r}) but the attack(s) {', '.join(needing)} need it: give them "
+                "counter_reasoning (`recap data prefill`) or drop those attacks"
+            )
 
 
 def _reflection_test(spec: str) -> Callable[[list[tuple[str, str]]], list[bool]]:
@@ -126,10 +181,26 @@ def _reflection_test(spec: str) -> Callable[[list[tuple[str, str]]], list[bool]]
 class Evaluation:
     """One evaluation of a model: the stages of ``cfg.attacks`` (one method each), writing to ``store``."""
 
-    def __init__(self, model, tokenizer, judge: Judge, cfg: EvalConfig, store: ResultStore, tag: dict,
-                 log: Callable[[str], None] = lambda s: None,
-                 progress: Callable[[str, int, int], None] | None = None, unseen: dict[str, str] | None = None):
-        self.model, self.tokenizer, self.judge, self.cfg, self.store, self.tag = model, tokenizer, judge, cfg, store, tag
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        judge: Judge,
+        cfg: EvalConfig,
+        store: ResultStore,
+        tag: dict,
+        log: Callable[[str], None] = lambda s: None,
+        progress: Callable[[str, int, int], None] | None = None,
+        unseen: dict[str, str] | None = None,
+    ):
+        self.model, self.tokenizer, self.judge, self.cfg, self.store, self.tag = (
+            model,
+            tokenizer,
+            judge,
+            cfg,
+            store,
+            tag,
+        )
         self.log, self.progress, self.unseen = log, progress, unseen
         self.prefix = ":".join(f"{k}={v}" for k, v in sorted(tag.items()))
         self.judge_name = judge_name(judge)
@@ -149,14 +220,21 @@ class Evaluation:
         if "prefill" in cfg.attacks or "ipr" in cfg.attacks:
             out += self.prefill_and_ipr(harmful)
         if "refusal_prefill" in cfg.attacks:
-            out += self.stage("refusal_prefill", [(e, self._prefilled(e, prefill_for(e, cfg)))
-                                                  for e in benign for _ in range(n)])
+            out += self.stage(
+                "refusal_prefill", [(e, self._prefilled(e, prefill_for(e, cfg))) for e in benign for _ in range(n)]
+            )
         if "hijack" in cfg.attacks:
             out += self.hijack(harmful)
         if "hcot" in cfg.attacks:
             frame = cfg.hcot_frame or attacks.HCOT_FRAME
-            out += self.stage("hcot", [(e, attacks.hcot_prompt(self.tokenizer, e.messages(), prefill_for(e, cfg), frame))
-                                       for e in harmful for _ in range(n)])
+            out += self.stage(
+                "hcot",
+                [
+                    (e, attacks.hcot_prompt(self.tokenizer, e.messages(), prefill_for(e, cfg), frame))
+                    for e in harmful
+                    for _ in range(n)
+                ],
+            )
         if {"prefill_unseen", "adaptive"} & set(cfg.attacks):
             self._load_unseen()
         if "prefill_unseen" in cfg.attacks:
@@ -171,21 +249,41 @@ class Evaluation:
         return out
 
     def clean(self, examples: list[Example]) -> list[dict]:
-        return self.stage("clean", [(e, attacks.clean_prompt(self.tokenizer, e.messages()))
-                                    for e in examples for _ in range(self.cfg.samples_per_prompt)])
+        return self.stage(
+            "clean",
+            [
+                (e, attacks.clean_prompt(self.tokenizer, e.messages()))
+                for e in examples
+                for _ in range(self.cfg.samples_per_prompt)
+            ],
+        )
 
     def hijack(self, harmful: list[Example]) -> list[dict]:
         """Full CoT hijack with each example's complete stored reasoning (records say whether it was
         complete; ``attack_hijack_success`` counts the complete ones)."""
-        return self.stage("hijack", [(e, attacks.hijack_prompt(self.tokenizer, e.messages(), e.counter_reasoning))
-                                     for e in harmful for _ in range(self.cfg.samples_per_prompt)])
+        return self.stage(
+            "hijack",
+            [
+                (e, attacks.hijack_prompt(self.tokenizer, e.messages(), e.counter_reasoning))
+                for e in harmful
+                for _ in range(self.cfg.samples_per_prompt)
+            ],
+        )
 
     def prefill_unseen(self, harmful: list[Example]) -> list[dict]:
         if not self.unseen:
-            raise ValueError("the prefill_unseen attack needs reasoning from an unseen generator: set "
-                             "unseen_prefills to a file of {id, counter_reasoning} rows")
-        return self.stage("prefill_unseen", [(e, self._prefilled(e, _unseen_for(e, self.unseen, self.cfg)))
-                                             for e in harmful for _ in range(self.cfg.samples_per_prompt)])
+            raise ValueError(
+                "the prefill_unseen attack needs reasoning from an unseen generator: set "
+                "unseen_prefills to a file of {id, counter_reasoning} rows"
+            )
+        return self.stage(
+            "prefill_unseen",
+            [
+                (e, self._prefilled(e, _unseen_for(e, self.unseen, self.cfg)))
+                for e in harmful
+                for _ in range(self.cfg.samples_per_prompt)
+            ],
+        )
 
     def adaptive(self, harmful: list[Example]) -> list[dict]:
         """Every (phrasing, length) prefill of the adaptive attacker; ``variants`` name each try."""
@@ -221,7 +319,7 @@ class Evaluation:
         all_keys: list[list[str]] = [[] for _ in names]
         new = 0
         for start in range(0, len(base), cfg.chunk_size):
-            part = base[start: start + cfg.chunk_size]
+            part = base[start : start + cfg.chunk_size]
             keys = [self._keys(name, part, start) for name in names]
             for r in range(len(names)):
                 all_keys[r] += keys[r]
@@ -229,7 +327,9 @@ class Evaluation:
                 for step in steps:
                     step(len(part))
                 continue
-            suffix_tokens = self._ntok(attacks.ipr_suffix(part[0][1].injected, cfg.ipr_transition, cfg.ipr_separator)[0])
+            suffix_tokens = self._ntok(
+                attacks.ipr_suffix(part[0][1].injected, cfg.ipr_transition, cfg.ipr_separator)[0]
+            )
             self._fits("prefill", part, cfg.sampling.max_new_tokens * len(names) + suffix_tokens * (len(names) - 1))
             self._chain(part, names, start, keys, steps)
             new += len(part)
@@ -250,9 +350,15 @@ class Evaluation:
 
     def _keys(self, name: str, jobs: list[Job], start: int, variants: list[str] | None = None) -> list[str]:
         n = self.cfg.samples_per_prompt
-        return [record_key(f"{self.prefix}:{name}", self.judge_name,
-                           e.id + (f"#{variants[start + i]}" if variants else ""), (start + i) % n)
-                for i, (e, _) in enumerate(jobs)]
+        return [
+            record_key(
+                f"{self.prefix}:{name}",
+                self.judge_name,
+                e.id + (f"#{variants[start + i]}" if variants else ""),
+                (start + i) % n,
+            )
+            for i, (e, _) in enumerate(jobs)
+        ]
 
     def _seed(self, name: str) -> int:
         return zlib.crc32(f"{self.prefix}:{name}".encode()) % 2**31
@@ -266,6 +372,7 @@ class Evaluation:
             done[0] += k
             if self.progress:
                 self.progress(name, round(done[0], 6), total)
+
         if self.progress:
             self.progress(name, 0, total)
         return step
@@ -275,8 +382,13 @@ class Evaluation:
         return [self.store.get(k) for k in keys]
 
     def _fits(self, name: str, jobs: list[Job], new_tokens: int) -> None:
-        check_context(self.tokenizer, self.model, [(f"example {e.id!r} ({name})", p.text) for e, p in jobs],
-                      new_tokens, "sampling.max_new_tokens" + (" × IPR rounds" if new_tokens > self.cfg.sampling.max_new_tokens else ""))
+        check_context(
+            self.tokenizer,
+            self.model,
+            [(f"example {e.id!r} ({name})", p.text) for e, p in jobs],
+            new_tokens,
+            "sampling.max_new_tokens" + (" × IPR rounds" if new_tokens > self.cfg.sampling.max_new_tokens else ""),
+        )
 
     def stage(self, name: str, jobs: list[Job], variants: list[str] | None = None) -> list[dict]:
         """Generate, judge and store ``jobs`` chunk by chunk (``variants[i]``, e.g. an adaptive try, is part
@@ -285,20 +397,27 @@ class Evaluation:
         self._fits(name, jobs, cfg.sampling.max_new_tokens)
         step, all_keys, new = self._counter(name, len(jobs)), [], 0
         for start in range(0, len(jobs), cfg.chunk_size):
-            part = jobs[start: start + cfg.chunk_size]
+            part = jobs[start : start + cfg.chunk_size]
             keys = self._keys(name, part, start, variants)
             all_keys += keys
             if all(self.store.has(k) for k in keys):
                 step(len(part))
                 continue
-            gens = generate(self.model, self.tokenizer, [p.text for _, p in part], cfg.sampling,
-                            seed=self._seed(name) + start, progress=step)
+            gens = generate(
+                self.model,
+                self.tokenizer,
+                [p.text for _, p in part],
+                cfg.sampling,
+                seed=self._seed(name) + start,
+                progress=step,
+            )
             self._judge_chunk(name, part, gens, keys, start, name, variants=variants)
             new += len(part)
         return self._report(name, all_keys, new)
 
-    def _chain(self, jobs: list[Job], names: list[str], start: int, keys: list[list[str]],
-               steps: list[Callable[[int], None]]) -> None:
+    def _chain(
+        self, jobs: list[Job], names: list[str], start: int, keys: list[list[str]], steps: list[Callable[[int], None]]
+    ) -> None:
         """The prefilling attack and IPR rounds 2..k of ``jobs`` as one continued conversation each
         (``generate_rounds``: each batch's KV cache is reused from round to round)."""
         cfg, injected = self.cfg, {}
@@ -307,21 +426,45 @@ class Evaluation:
             appended, injected[r, i] = attacks.ipr_suffix(jobs[i][1].injected, cfg.ipr_transition, cfg.ipr_separator)
             return len(attacks.round_reasoning(previous.text)), appended
 
-        turns = generate_rounds(self.model, self.tokenizer, [p.text for _, p in jobs], next_turn, len(names) - 1,
-                                cfg.sampling, seeds=[self._seed(name) + start for name in names],
-                                progress=lambda r, k: steps[r](k))
+        turns = generate_rounds(
+            self.model,
+            self.tokenizer,
+            [p.text for _, p in jobs],
+            next_turn,
+            len(names) - 1,
+            cfg.sampling,
+            seeds=[self._seed(name) + start for name in names],
+            progress=lambda r, k: steps[r](k),
+        )
         for r, (name, round_turns) in enumerate(zip(names, turns)):
-            round_jobs = [(e, AttackPrompt(t.prompt_text, injected[r, i] if r else p.injected))
-                          for i, ((e, p), t) in enumerate(zip(jobs, round_turns))]
-            self._judge_chunk(name, round_jobs, [t.generation for t in round_turns], keys[r], start,
-                              "ipr" if r else "prefill", r + 1)
+            round_jobs = [
+                (e, AttackPrompt(t.prompt_text, injected[r, i] if r else p.injected))
+                for i, ((e, p), t) in enumerate(zip(jobs, round_turns))
+            ]
+            self._judge_chunk(
+                name, round_jobs, [t.generation for t in round_turns], keys[r], start, "ipr" if r else "prefill", r + 1
+            )
 
-    def _judge_chunk(self, name: str, jobs: list[Job], gens: list[Generation], keys: list[str], start: int,
-                     attack: str, rnd: int = 0, variants: list[str] | None = None) -> None:
+    def _judge_chunk(
+        self,
+        name: str,
+        jobs: list[Job],
+        gens: list[Generation],
+        keys: list[str],
+        start: int,
+        attack: str,
+        rnd: int = 0,
+        variants: list[str] | None = None,
+    ) -> None:
         cfg, n = self.cfg, self.cfg.samples_per_prompt
         splits = [final_answer(g.text, p.injected, cfg.unclosed) for (_, p), g in zip(jobs, gens)]
-        verdicts = checked_judge(self.judge, [JudgeItem(e.user_text(), s.answer, e.kind, e.reference, tuple(e.rubric or ()))
-                                              for (e, _), s in zip(jobs, splits)])
+        verdicts = checked_judge(
+            self.judge,
+            [
+                JudgeItem(e.user_text(), s.answer, e.kind, e.reference, tuple(e.rubric or ()))
+                for (e, _), s in zip(jobs, splits)
+            ],
+        )
         owns = []
         for (_, p), g, s in zip(jobs, gens, splits):
             # The model's own reasoning (none after a hijack, none when its whole text is the answer).
@@ -335,26 +478,57 @@ class Evaluation:
         for i, ((e, p), g, s, v, key, own, refl) in enumerate(zip(jobs, gens, splits, verdicts, keys, owns, reflected)):
             if not s.closed and cfg.unclosed == "invalid":
                 v = Verdict(0.0, INVALID, "no closing think tag")
-            records.append({
-                "key": key, **self.tag, "stage": f"{self.prefix}:{name}", "judge": self.judge_name, "attack": attack,
-                "round": rnd, "example_id": e.id, "sample": (start + i) % n, "kind": e.kind,
-                "prompt": e.user_text(), "injected": p.injected, "prompt_text": p.text, "completion": g.text,
-                "answer": s.answer, "label": v.label, "score": v.score, "safe": v.safe, "refused": v.refused,
-                "reflected": bool(refl), "verified": has_verification(own),
-                "reasoning_tokens": self._ntok(own), "answer_tokens": self._ntok(s.answer),
-                "new_tokens": g.n_tokens, "truncated": g.truncated,
-                **({"prefill_words": count_words(p.injected)} if attack in ("prefill", "prefill_sweep", "refusal_prefill") else {}),
-                **({"counter_complete": e.counter_complete} if attack == "hijack" else {}),
-                **({"variant": variants[start + i]} if variants else {}),
-                **({"engine": engine} if engine else {}),
-            })
+            records.append(
+                {
+                    "key": key,
+                    **self.tag,
+                    "stage": f"{self.prefix}:{name}",
+                    "judge": self.judge_name,
+                    "attack": attack,
+                    "round": rnd,
+                    "example_id": e.id,
+                    "sample": (start + i) % n,
+                    "kind": e.kind,
+                    "prompt": e.user_text(),
+                    "injected": p.injected,
+                    "prompt_text": p.text,
+                    "completion": g.text,
+                    "answer": s.answer,
+                    "label": v.label,
+                    "score": v.score,
+                    "safe": v.safe,
+                    "refused": v.refused,
+                    "reflected": bool(refl),
+                    "verified": has_verification(own),
+                    "reasoning_tokens": self._ntok(own),
+                    "answer_tokens": self._ntok(s.answer),
+                    "new_tokens": g.n_tokens,
+                    "truncated": g.truncated,
+                    **(
+                        {"prefill_words": count_words(p.injected)}
+                        if attack in ("prefill", "prefill_sweep", "refusal_prefill")
+                        else {}
+                    ),
+                    **({"counter_complete": e.counter_complete} if attack == "hijack" else {}),
+                    **({"variant": variants[start + i]} if variants else {}),
+                    **({"engine": engine} if engine else {}),
+                }
+            )
         self.store.add(records)
 
 
-def evaluate(model, tokenizer, examples: list[Example], judge: Judge, cfg: EvalConfig, store: ResultStore,
-             tag: dict, log: Callable[[str], None] = lambda s: None,
-             progress: Callable[[str, int, int], None] | None = None,
-             unseen: dict[str, str] | None = None) -> list[dict]:
+def evaluate(
+    model,
+    tokenizer,
+    examples: list[Example],
+    judge: Judge,
+    cfg: EvalConfig,
+    store: ResultStore,
+    tag: dict,
+    log: Callable[[str], None] = lambda s: None,
+    progress: Callable[[str, int, int], None] | None = None,
+    unseen: dict[str, str] | None = None,
+) -> list[dict]:
     """Evaluate ``model`` on ``examples`` under every condition of ``cfg``; records carry ``tag`` (e.g.
     ``{"method": "recap", "seed": 0}``). Returns the records of this run (including resumed ones).
     ``progress(stage, done, total)`` is called after each generated batch. ``unseen`` (id → reasoning from

@@ -31,7 +31,8 @@ class ResultStore:
         if self._rows.torn_line is not None:
             self.warnings.append(
                 f"{self.path}:{self._rows.torn_line}: truncated last line (a write cut off by a crash); "
-                "it is dropped and its results are redone")
+                "it is dropped and its results are redone"
+            )
 
     def __len__(self) -> int:
         return len(self._rows)

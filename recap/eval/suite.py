@@ -30,36 +30,113 @@ class BenchmarkSpec:
     name: str = field(metadata={"help": "Name recorded with each result (e.g. strongreject, xstest, gsm8k)."})
     path: str = field(metadata={"help": "A local file or a hub dataset id."})
     format: str = field(default="auto", metadata={"help": "Loader format (see `recap data stats --help`)."})
-    limit: int | None = field(default=None, metadata={"help": "Evaluate only N items (the first N, or a seeded sample with subset_seed)."})
-    subset_seed: int | None = field(default=None, metadata={"help": "Draw the `limit` items at random with this seed instead of taking the first."})
-    kinds: list[str] = field(default_factory=list, metadata={"help": "Keep only these kinds (e.g. [benign] for XSTest's safe prompts); empty keeps all."})
-    attacks: list[str] = field(default_factory=lambda: ["clean"], metadata={"help": "Conditions run on this benchmark (clean, prefill, refusal_prefill, hijack, ipr; opt-in hcot, prefill_unseen, adaptive)."})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "Token budget of this benchmark's answers (default: eval.sampling.max_new_tokens)."})
-    judge: str = field(default="", metadata={"help": "Judge of this benchmark ('' = the suite's `judge`), e.g. rubric:judge-fortress.yaml for Fortress's own rubric items."})
-    judges: dict[str, str] = field(default_factory=dict, metadata={"help": "Per-kind judge overrides for this benchmark (on top of the suite's `judges`)."})
+    limit: int | None = field(
+        default=None, metadata={"help": "Evaluate only N items (the first N, or a seeded sample with subset_seed)."}
+    )
+    subset_seed: int | None = field(
+        default=None, metadata={"help": "Draw the `limit` items at random with this seed instead of taking the first."}
+    )
+    kinds: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Keep only these kinds (e.g. [benign] for XSTest's safe prompts); empty keeps all."},
+    )
+    attacks: list[str] = field(
+        default_factory=lambda: ["clean"],
+        metadata={
+            "help": "Conditions run on this benchmark (clean, prefill, refusal_prefill, hijack, ipr; opt-in hcot, prefill_unseen, adaptive)."
+        },
+    )
+    max_new_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Token budget of this benchmark's answers (default: eval.sampling.max_new_tokens)."},
+    )
+    judge: str = field(
+        default="",
+        metadata={
+            "help": "Judge of this benchmark ('' = the suite's `judge`), e.g. rubric:judge-fortress.yaml for Fortress's own rubric items."
+        },
+    )
+    judges: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "Per-kind judge overrides for this benchmark (on top of the suite's `judges`)."},
+    )
 
 
 @dataclass
 class SuiteConfig:
     """A model evaluation over several benchmarks (``recap eval --config``)."""
 
-    model: str = field(default="smollm2-135m", metadata={"help": "Model under test: hub id, folder, .gguf or smollm2-135m."})
-    name: str = field(default="model", metadata={"help": "Method name recorded with each result (base, vanilla, recap…)."})
-    results: str = field(default="results/eval.jsonl", metadata={"help": "Result store (JSONL, appended as results are judged; a rerun skips what is stored)."})
-    judge: str = field(default="rules", metadata={"help": "Judge of every kind (see recap.rewards.factory.load_judge)."})
+    model: str = field(
+        default="smollm2-135m", metadata={"help": "Model under test: hub id, folder, .gguf or smollm2-135m."}
+    )
+    name: str = field(
+        default="model", metadata={"help": "Method name recorded with each result (base, vanilla, recap…)."}
+    )
+    results: str = field(
+        default="results/eval.jsonl",
+        metadata={"help": "Result store (JSONL, appended as results are judged; a rerun skips what is stored)."},
+    )
+    judge: str = field(
+        default="rules", metadata={"help": "Judge of every kind (see recap.rewards.factory.load_judge)."}
+    )
     judges: dict[str, str] = field(default_factory=dict, metadata={"help": "Per-kind judge overrides."})
-    benchmarks: list[BenchmarkSpec] = field(default_factory=list, metadata={"help": "The benchmarks, each with its own attacks."})
-    prefills: PrefillConfig = field(default_factory=PrefillConfig, metadata={"help": "Generator of the attack reasoning for prompts that lack it."})
-    prefill_file: str = field(default="", metadata={"help": "Take the attack reasoning from this file ({id, counter_reasoning} rows) instead of generating it."})
-    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Attack and sampling settings shared by all benchmarks (the per-benchmark attacks replace eval.attacks)."})
-    think_system_prompt: bool = field(default=False, metadata={"help": "Put recap.chat.THINK_SYSTEM_PROMPT in a system message (models without thinking tags)."})
-    held_out_from: list[str] = field(default_factory=list, metadata={"help": "Training files (any loader format); an evaluated prompt found in one is an error."})
-    dtype: str = field(default="auto", metadata={"help": "Weights dtype of the model under test: auto (bfloat16 on a GPU, float32 on CPU), float32 or bfloat16 (1.5-1.9x faster on CPUs with AVX512-BF16; the metric change is in docs/performance.md)."})
-    engine: str = field(default="auto", metadata={"help": "Generation engine: auto (vllm with a GPU and vLLM installed, else hf), hf (transformers, batched), llamacpp (GGUF files on CPU), vllm, endpoint (a served model over an OpenAI-compatible API: see `endpoint`)."})
-    endpoint: EndpointConfig = field(default_factory=EndpointConfig, metadata={"help": "The served model for engine: endpoint (an OpenAI-compatible server: base_url, served model name, API key variable, route, concurrency; docs/served-models.md)."})
+    benchmarks: list[BenchmarkSpec] = field(
+        default_factory=list, metadata={"help": "The benchmarks, each with its own attacks."}
+    )
+    prefills: PrefillConfig = field(
+        default_factory=PrefillConfig, metadata={"help": "Generator of the attack reasoning for prompts that lack it."}
+    )
+    prefill_file: str = field(
+        default="",
+        metadata={
+            "help": "Take the attack reasoning from this file ({id, counter_reasoning} rows) instead of generating it."
+        },
+    )
+    eval: EvalConfig = field(
+        default_factory=EvalConfig,
+        metadata={
+            "help": "Attack and sampling settings shared by all benchmarks (the per-benchmark attacks replace eval.attacks)."
+        },
+    )
+    think_system_prompt: bool = field(
+        default=False,
+        metadata={"help": "Put recap.chat.THINK_SYSTEM_PROMPT in a system message (models without thinking tags)."},
+    )
+    held_out_from: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Training files (any loader format); an evaluated prompt found in one is an error."},
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Weights dtype of the model under test: auto (bfloat16 on a GPU, float32 on CPU), float32 or bfloat16 (1.5-1.9x faster on CPUs with AVX512-BF16; the metric change is in docs/performance.md)."
+        },
+    )
+    engine: str = field(
+        default="auto",
+        metadata={
+            "help": "Generation engine: auto (vllm with a GPU and vLLM installed, else hf), hf (transformers, batched), llamacpp (GGUF files on CPU), vllm, endpoint (a served model over an OpenAI-compatible API: see `endpoint`)."
+        },
+    )
+    endpoint: EndpointConfig = field(
+        default_factory=EndpointConfig,
+        metadata={
+            "help": "The served model for engine: endpoint (an OpenAI-compatible server: base_url, served model name, API key variable, route, concurrency; docs/served-models.md)."
+        },
+    )
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Run the model repository's own Python code (off: only transformers' built-in architectures)."})
-    allow_pickle_weights: bool = field(default=False, metadata={"help": "Accept pytorch_model.bin pickle weights (off: safetensors/GGUF only; unpickling can run code)."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the model repository's own Python code (off: only transformers' built-in architectures)."
+        },
+    )
+    allow_pickle_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Accept pytorch_model.bin pickle weights (off: safetensors/GGUF only; unpickling can run code)."
+        },
+    )
 
     def __post_init__(self):
         from recap.engines import ENGINES
@@ -82,16 +159,20 @@ def check_held_out(examples: list[Example], training_files: list[str], prefills:
         seen = {_norm(e.user_text()): e.id for e in train}
         for e in examples:
             if _norm(e.user_text()) in seen:
-                raise ValueError(f"{path}: evaluated prompt {e.id!r} is also training prompt "
-                                 f"{seen[_norm(e.user_text())]!r}; evaluation must be held out")
+                raise ValueError(
+                    f"{path}: evaluated prompt {e.id!r} is also training prompt "
+                    f"{seen[_norm(e.user_text())]!r}; evaluation must be held out"
+                )
         if not prefills:
             continue
         reasoning = "\n".join(_norm(t) for x in train for t in (x.counter_reasoning, x.prefill) if t)
         for example_id, prefill in prefills.items():
             if _norm(prefill) and _norm(prefill) in reasoning:
-                raise ValueError(f"{path}: the attack prefill of evaluated example {example_id!r} occurs in the "
-                                 "training file's counter-aligned reasoning; evaluation prefills must come from "
-                                 "another generator than the training prefills")
+                raise ValueError(
+                    f"{path}: the attack prefill of evaluated example {example_id!r} occurs in the "
+                    "training file's counter-aligned reasoning; evaluation prefills must come from "
+                    "another generator than the training prefills"
+                )
 
 
 def load_suite(cfg: SuiteConfig) -> dict[str, list[Example]]:
@@ -102,8 +183,15 @@ def load_suite(cfg: SuiteConfig) -> dict[str, list[Example]]:
     for b in cfg.benchmarks:
         if b.name in suite:
             raise ValueError(f"benchmark name {b.name!r} appears twice in the suite")
-        examples = list(load_benchmark(b.path, format=b.format, limit=b.limit if not b.kinds else None,
-                                       subset_seed=b.subset_seed if not b.kinds else None, source=b.name))
+        examples = list(
+            load_benchmark(
+                b.path,
+                format=b.format,
+                limit=b.limit if not b.kinds else None,
+                subset_seed=b.subset_seed if not b.kinds else None,
+                source=b.name,
+            )
+        )
         if b.kinds:
             examples = [e for e in examples if e.kind in b.kinds]
             if b.limit is not None:
@@ -124,8 +212,14 @@ def _needs_reasoning(b: BenchmarkSpec) -> list[str]:
     return kinds
 
 
-def run_suite(cfg: SuiteConfig, *, model=None, tokenizer=None, log: Callable[[str], None] = lambda s: None,
-              progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict]:
+def run_suite(
+    cfg: SuiteConfig,
+    *,
+    model=None,
+    tokenizer=None,
+    log: Callable[[str], None] = lambda s: None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, dict]:
     """Evaluate ``cfg.model`` on every benchmark; returns ``{benchmark: metrics}``."""
     from recap.engines import load_engine
     from recap.rewards.factory import load_judges
@@ -138,6 +232,7 @@ def run_suite(cfg: SuiteConfig, *, model=None, tokenizer=None, log: Callable[[st
         if spec not in judges:
             judges[spec] = load_judges(spec[0], dict(spec[1]))
         return judges[spec]
+
     for b in cfg.benchmarks:  # a bad judge spec fails before any generation
         judge_of(b)
     for b in cfg.benchmarks:
@@ -148,19 +243,36 @@ def run_suite(cfg: SuiteConfig, *, model=None, tokenizer=None, log: Callable[[st
             suite[b.name] = attach_prefills(suite[b.name], cfg.prefill_file, kinds=tuple(kinds), extra_ids_ok=True)
         else:
             log(f"{b.name}: counter-aligned reasoning for {', '.join(kinds)} prompts (cache {cfg.prefills.cache})")
-            suite[b.name] = generate_prefills(suite[b.name], replace(cfg.prefills, kinds=kinds),
-                                              progress=progress and (lambda s, d, t: progress(f"{b.name}/prefill-{s}", d, t)))
+            suite[b.name] = generate_prefills(
+                suite[b.name],
+                replace(cfg.prefills, kinds=kinds),
+                progress=progress and (lambda s, d, t: progress(f"{b.name}/prefill-{s}", d, t)),
+            )
     if model is None:
         if cfg.num_threads:
             import torch
 
             torch.set_num_threads(cfg.num_threads)
-        model, tokenizer = load_engine(cfg.engine, cfg.model, dtype=cfg.dtype, num_threads=cfg.num_threads,
-                                       trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights,
-                                       endpoint=cfg.endpoint)
+        model, tokenizer = load_engine(
+            cfg.engine,
+            cfg.model,
+            dtype=cfg.dtype,
+            num_threads=cfg.num_threads,
+            trust_remote_code=cfg.trust_remote_code,
+            allow_pickle=cfg.allow_pickle_weights,
+            endpoint=cfg.endpoint,
+        )
     if cfg.held_out_from:
-        check_held_out([], cfg.held_out_from, {e.id: prefill_for(e, cfg.eval) for b in cfg.benchmarks
-                                               for e in suite[b.name] if e.kind in _needs_reasoning(b)})
+        check_held_out(
+            [],
+            cfg.held_out_from,
+            {
+                e.id: prefill_for(e, cfg.eval)
+                for b in cfg.benchmarks
+                for e in suite[b.name]
+                if e.kind in _needs_reasoning(b)
+            },
+        )
     store = ResultStore(cfg.results)
     out: dict[str, dict] = {}
     for b in cfg.benchmarks:
@@ -171,9 +283,17 @@ def run_suite(cfg: SuiteConfig, *, model=None, tokenizer=None, log: Callable[[st
         ecfg = replace(cfg.eval, attacks=list(b.attacks))
         if b.max_new_tokens:
             ecfg = replace(ecfg, sampling=replace(ecfg.sampling, max_new_tokens=b.max_new_tokens))
-        records = evaluate(model, tokenizer, examples, judge_of(b), ecfg, store,
-                           {"method": cfg.name, "model": cfg.model, "seed": cfg.eval.seed, "benchmark": b.name}, log=log,
-                           progress=progress and (lambda s, d, t, n=b.name: progress(f"{n}/{s}", d, t)))
+        records = evaluate(
+            model,
+            tokenizer,
+            examples,
+            judge_of(b),
+            ecfg,
+            store,
+            {"method": cfg.name, "model": cfg.model, "seed": cfg.eval.seed, "benchmark": b.name},
+            log=log,
+            progress=progress and (lambda s, d, t, n=b.name: progress(f"{n}/{s}", d, t)),
+        )
         out[b.name] = compute_metrics(records)
     return out
 
@@ -190,15 +310,20 @@ def suite_table(results: dict[str, dict[str, dict]]) -> list[dict]:
     for method, by_bench in results.items():
         row: dict = {"method": method}
         for bench, m in by_bench.items():
+
             def safe_share(attack: str, invalid: str):
                 x = m.get(attack)
                 return None if x is None else 1.0 - x - (m.get(invalid) or 0.0)
+
             if m.get("safety_clean") is not None:
                 row[f"{bench}: safety clean"] = m["safety_clean"]
             if m.get("attack_prefill_success") is not None:
                 row[f"{bench}: safety prefill"] = safe_share("attack_prefill_success", "invalid_prefill")
-            for k in sorted(int(x[len("attack_ipr"):-len("_success")]) for x in m
-                            if x.startswith("attack_ipr") and x.endswith("_success")):
+            for k in sorted(
+                int(x[len("attack_ipr") : -len("_success")])
+                for x in m
+                if x.startswith("attack_ipr") and x.endswith("_success")
+            ):
                 value = safe_share(f"attack_ipr{k}_success", "invalid_prefill" if k == 1 else f"invalid_ipr{k}")
                 if value is not None:
                     row[f"{bench}: safety IPR{k}"] = value
@@ -210,6 +335,6 @@ def suite_table(results: dict[str, dict[str, dict]]) -> list[dict]:
                 row[f"{bench}: accuracy"] = m["task_accuracy"]
             for key in m:
                 if key.startswith("task_pass@") and m[key] is not None:
-                    row[f"{bench}: {key[len('task_'):]}"] = m[key]
+                    row[f"{bench}: {key[len('task_') :]}"] = m[key]
         rows.append(row)
     return rows

@@ -25,8 +25,10 @@ from recap.eval.metrics import describe, higher_is_better, is_rate, metric_stats
 from recap.files import atomic_write, write_text  # noqa: E402
 
 METHODS_ORDER = ("base", "vanilla", "recap", "on_policy", "mixed", "self_reset", "verify_grpo", "verify_recap")
-SAFETY_NOTE = ("Content warning: this report contains model outputs on harmful prompts, "
-               "including attacker-written reasoning and possibly unsafe completions.")
+SAFETY_NOTE = (
+    "Content warning: this report contains model outputs on harmful prompts, "
+    "including attacker-written reasoning and possibly unsafe completions."
+)
 TRANSCRIPTS_PER_METHOD = 2
 
 # Areas of the table, in order: (title, test on the metric name).
@@ -39,21 +41,33 @@ AREAS = (
     ("Token budget", lambda m: m.endswith("_tokens")),
 )
 TITLES = {
-    "safety_clean": "judged safe, no attack", "refusal_rate_clean": "refuses, no attack",
-    "attack_prefill_success": "prefill attack: judged unsafe", "refusal_rate_prefill": "prefill attack: refuses",
-    "attack_hijack_success": "full CoT hijack: judged unsafe", "refusal_rate_hijack": "full CoT hijack: refuses",
-    "attack_hcot_success": "H-CoT: judged unsafe", "refusal_rate_hcot": "H-CoT: refuses",
+    "safety_clean": "judged safe, no attack",
+    "refusal_rate_clean": "refuses, no attack",
+    "attack_prefill_success": "prefill attack: judged unsafe",
+    "refusal_rate_prefill": "prefill attack: refuses",
+    "attack_hijack_success": "full CoT hijack: judged unsafe",
+    "refusal_rate_hijack": "full CoT hijack: refuses",
+    "attack_hcot_success": "H-CoT: judged unsafe",
+    "refusal_rate_hcot": "H-CoT: refuses",
     "attack_prefill_unseen_success": "unseen-generator prefill: judged unsafe",
     "refusal_rate_prefill_unseen": "unseen-generator prefill: refuses",
     "attack_adaptive_worst_case": "adaptive attacker, worst case: prompts broken",
-    "overrefusal_clean": "refuses, no prefill", "helpfulness_clean": "helpfulness, no prefill",
-    "overrefusal_refusal_prefill": "refusal prefill: refuses", "helpfulness_refusal_prefill": "refusal prefill: helpfulness",
-    "task_accuracy": "accuracy (mean over samples)", "reflection_rate_prefill": "under a prefill",
+    "overrefusal_clean": "refuses, no prefill",
+    "helpfulness_clean": "helpfulness, no prefill",
+    "overrefusal_refusal_prefill": "refusal prefill: refuses",
+    "helpfulness_refusal_prefill": "refusal prefill: helpfulness",
+    "task_accuracy": "accuracy (mean over samples)",
+    "reflection_rate_prefill": "under a prefill",
     "reflection_rate_clean": "harmful prompts, no prefill",
-    "verification_rate_clean": "checks its own draft, harmful prompts, no prefill", "invalid_clean": "no attack",
-    "invalid_prefill": "prefill attack", "invalid_hijack": "full CoT hijack", "invalid_hcot": "H-CoT",
-    "invalid_prefill_unseen": "unseen-generator prefill", "invalid_refusal_prefill": "refusal prefill",
-    "reasoning_tokens": "reasoning tokens (clean prompts)", "answer_tokens": "answer tokens (clean prompts)",
+    "verification_rate_clean": "checks its own draft, harmful prompts, no prefill",
+    "invalid_clean": "no attack",
+    "invalid_prefill": "prefill attack",
+    "invalid_hijack": "full CoT hijack",
+    "invalid_hcot": "H-CoT",
+    "invalid_prefill_unseen": "unseen-generator prefill",
+    "invalid_refusal_prefill": "refusal prefill",
+    "reasoning_tokens": "reasoning tokens (clean prompts)",
+    "answer_tokens": "answer tokens (clean prompts)",
 }
 _DYNAMIC_TITLES = (
     (re.compile(r"attack_ipr(\d+)_success"), "IPR round {0}: judged unsafe"),
@@ -64,15 +78,30 @@ _DYNAMIC_TITLES = (
 )
 # (file name, title, [(bar-group label, metric)]); groups are completed with the IPR rounds present.
 PLOTS = (
-    ("attack_success.png", "Attack success: answers judged unsafe (lower is better)",
-     [("prefill", "attack_prefill_success"), ("hijack", "attack_hijack_success")]),
-    ("stronger_attacks.png", "Stronger attacks (lower is better)",
-     [("H-CoT", "attack_hcot_success"), ("unseen prefill", "attack_prefill_unseen_success"),
-      ("adaptive, worst case", "attack_adaptive_worst_case")]),
-    ("reflection_rate.png", "Self-reflection rate (higher is better)",
-     [("under a prefill", "reflection_rate_prefill"), ("no prefill (harmful)", "reflection_rate_clean")]),
-    ("overrefusal.png", "Over-refusal on benign prompts (lower is better)",
-     [("clean", "overrefusal_clean"), ("refusal prefill", "overrefusal_refusal_prefill")]),
+    (
+        "attack_success.png",
+        "Attack success: answers judged unsafe (lower is better)",
+        [("prefill", "attack_prefill_success"), ("hijack", "attack_hijack_success")],
+    ),
+    (
+        "stronger_attacks.png",
+        "Stronger attacks (lower is better)",
+        [
+            ("H-CoT", "attack_hcot_success"),
+            ("unseen prefill", "attack_prefill_unseen_success"),
+            ("adaptive, worst case", "attack_adaptive_worst_case"),
+        ],
+    ),
+    (
+        "reflection_rate.png",
+        "Self-reflection rate (higher is better)",
+        [("under a prefill", "reflection_rate_prefill"), ("no prefill (harmful)", "reflection_rate_clean")],
+    ),
+    (
+        "overrefusal.png",
+        "Over-refusal on benign prompts (lower is better)",
+        [("clean", "overrefusal_clean"), ("refusal prefill", "overrefusal_refusal_prefill")],
+    ),
 )
 CSS = """
 body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -130,8 +159,13 @@ def summarize(records: Iterable[dict], methods_order: Iterable[str] = METHODS_OR
             samples = sum(s["n"] for s in seeds)
             rate = all(s["k"] is not None for s in seeds)
             ci = list(wilson(sum(s["k"] for s in seeds), samples)) if rate else None
-            stats[metric] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "n": len(values),
-                             "ci": ci, "samples": samples}
+            stats[metric] = {
+                "mean": statistics.fmean(values),
+                "std": statistics.pstdev(values),
+                "n": len(values),
+                "ci": ci,
+                "samples": samples,
+            }
         methods[method] = stats
     return {"seeds": sorted({s for _, s in groups}), "methods": methods}
 
@@ -175,10 +209,14 @@ def _legend(metric: str) -> str:
 
 def _how_to_read(n_seeds: int) -> str:
     if n_seeds == 1:
-        return ("One seed: no spread across seeds to show. Cells are the rate in % with its 95% Wilson interval "
-                "over the samples in brackets (token counts: means).")
-    return (f"Cells are mean ± std over {n_seeds} seeds (% for rates); brackets give the 95% Wilson interval of all "
-            "seeds' samples pooled.")
+        return (
+            "One seed: no spread across seeds to show. Cells are the rate in % with its 95% Wilson interval "
+            "over the samples in brackets (token counts: means)."
+        )
+    return (
+        f"Cells are mean ± std over {n_seeds} seeds (% for rates); brackets give the 95% Wilson interval of all "
+        "seeds' samples pooled."
+    )
 
 
 def _stat_bar(summary: dict, method: str, metric: str) -> tuple[float, float, float] | None:
@@ -228,11 +266,21 @@ def _plot_sweep(summary: dict, path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for method, stats in summary["methods"].items():
-        points = [(n, stats[f"attack_prefill_{n}w_success"]) for n in lengths if f"attack_prefill_{n}w_success" in stats]
+        points = [
+            (n, stats[f"attack_prefill_{n}w_success"]) for n in lengths if f"attack_prefill_{n}w_success" in stats
+        ]
         if points:
-            ax.errorbar([n for n, _ in points], [100 * s["mean"] for _, s in points], marker="o", capsize=3,
-                        yerr=[[100 * (s["mean"] - s["ci"][0]) for _, s in points],
-                              [100 * (s["ci"][1] - s["mean"]) for _, s in points]], label=method)
+            ax.errorbar(
+                [n for n, _ in points],
+                [100 * s["mean"] for _, s in points],
+                marker="o",
+                capsize=3,
+                yerr=[
+                    [100 * (s["mean"] - s["ci"][0]) for _, s in points],
+                    [100 * (s["ci"][1] - s["mean"]) for _, s in points],
+                ],
+                label=method,
+            )
     ax.set_xlabel("prefill length (words)")
     ax.set_ylabel("attack success, %")
     ax.set_ylim(-2, 105)
@@ -251,6 +299,7 @@ def _save(fig, path: Path) -> None:
 
 def _transcripts(records: list[dict], methods: list[str]) -> list[tuple[str, list[tuple[str, list[dict]]]]]:
     """Per attack, per method, up to ``TRANSCRIPTS_PER_METHOD`` records, the same examples where possible."""
+
     def key(r):
         return (r.get("seed", 0), str(r.get("example_id")), r.get("sample", 0))
 
@@ -261,7 +310,9 @@ def _transcripts(records: list[dict], methods: list[str]) -> list[tuple[str, lis
     out = []
     for section, attack, rnd in sections:
         by_method: dict[str, list[dict]] = {}
-        for r in sorted((r for r in records if r["attack"] == attack and (rnd is None or r.get("round") == rnd)), key=key):
+        for r in sorted(
+            (r for r in records if r["attack"] == attack and (rnd is None or r.get("round") == rnd)), key=key
+        ):
             by_method.setdefault(r["method"], []).append(r)
         if not by_method:
             continue
@@ -271,7 +322,7 @@ def _transcripts(records: list[dict], methods: list[str]) -> list[tuple[str, lis
         for method in [m for m in methods if m in by_method]:
             rs = by_method[method]
             chosen = [next(r for r in rs if str(r.get("example_id")) == i) for i in ids]
-            chosen += [r for r in rs if r not in chosen][:TRANSCRIPTS_PER_METHOD - len(chosen)]
+            chosen += [r for r in rs if r not in chosen][: TRANSCRIPTS_PER_METHOD - len(chosen)]
             picked.append((method, chosen))
         out.append((section, picked))
     return out
@@ -279,14 +330,16 @@ def _transcripts(records: list[dict], methods: list[str]) -> list[tuple[str, lis
 
 def _meta(r: dict) -> str:
     verdict = {True: "safe", False: "unsafe"}.get(r.get("safe"), "")
-    return (f"{r['method']} · seed {r.get('seed')} · example {r.get('example_id')} · "
-            f"sample {r.get('sample', 0)} · label: {r.get('label')}" + (f" · judged {verdict}" if verdict else ""))
+    return (
+        f"{r['method']} · seed {r.get('seed')} · example {r.get('example_id')} · "
+        f"sample {r.get('sample', 0)} · label: {r.get('label')}" + (f" · judged {verdict}" if verdict else "")
+    )
 
 
 def _history(r: dict) -> str:
     """The IPR prompt before the current round's injected text (earlier rounds included)."""
     text, injected = r.get("prompt_text", ""), r.get("injected", "")
-    return text[:len(text) - len(injected)] if injected and text.endswith(injected) else text
+    return text[: len(text) - len(injected)] if injected and text.endswith(injected) else text
 
 
 def _fence(text: str) -> str:
@@ -310,12 +363,17 @@ def auto_notes(records: list[dict]) -> list[str]:
     if judges:
         notes.append(f"Judge: {', '.join(judges)}.")
     if any("refusal-rules" in j or "refusal-embedding" in j for j in judges):
-        notes.append("A refusal detector (string rules or the refusal classifier) stands in for a safety judge "
-                     "here: 'judged safe' means 'refused'. Use a guard or rubric judge for the paper's safety score.")
+        notes.append(
+            "A refusal detector (string rules or the refusal classifier) stands in for a safety judge "
+            "here: 'judged safe' means 'refused'. Use a guard or rubric judge for the paper's safety score."
+        )
     words = sorted(r["prefill_words"] for r in records if r["attack"] == "prefill" and r.get("prefill_words"))
     if words:
-        spread = f"{words[0]}–{words[-1]} words (median {words[len(words) // 2]})" if words[0] != words[-1] \
+        spread = (
+            f"{words[0]}–{words[-1]} words (median {words[len(words) // 2]})"
+            if words[0] != words[-1]
             else f"{words[0]} words"
+        )
         notes.append(f"Attack prefills (prefill attack, IPR, refusal prefill): ℓ = {spread}.")
     return notes
 
@@ -383,56 +441,83 @@ def _markdown(summary, report_title, notes, plots, transcripts, bench=()) -> str
 def _html(summary, report_title, notes, plots, transcripts, out_dir: Path, bench=()) -> str:
     e = html.escape
     methods, n_seeds = list(summary["methods"]), len(summary["seeds"])
-    parts = [f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{e(report_title)}</title>",
-             f"<style>{CSS}</style></head><body>", f"<h1>{e(report_title)}</h1>",
-             f"<p class=\"warning\">{e(SAFETY_NOTE)}</p>"]
+    parts = [
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{e(report_title)}</title>',
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>{e(report_title)}</h1>",
+        f'<p class="warning">{e(SAFETY_NOTE)}</p>',
+    ]
     if notes:
         parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
     parts.append(f"<p>Seeds: {e(', '.join(map(str, summary['seeds'])))}. {e(_how_to_read(n_seeds))}</p>")
-    parts.append("<div class=\"tablewrap\"><table><tr><th>metric</th>" + "".join(f"<th>{e(m)}</th>" for m in methods) + "</tr>")
+    parts.append(
+        '<div class="tablewrap"><table><tr><th>metric</th>' + "".join(f"<th>{e(m)}</th>" for m in methods) + "</tr>"
+    )
     for area, metrics in _areas(_present_metrics(summary)):
-        parts.append(f"<tr class=\"area\"><th colspan=\"{len(methods) + 1}\">{e(area)}</th></tr>")
+        parts.append(f'<tr class="area"><th colspan="{len(methods) + 1}">{e(area)}</th></tr>')
         for m in metrics:
             cells = []
             for meth in methods:
                 main, ci = _cell(m, summary["methods"][meth].get(m), n_seeds)
-                cells.append(f"<td>{e(main)}" + (f"<span class=\"ci\">{e(ci)}</span>" if ci else "") + "</td>")
-            parts.append(f"<tr><td title=\"{e(_legend(m))}\">{e(title(m))}<div class=\"key\">{e(m)}</div></td>"
-                         + "".join(cells) + "</tr>")
-    parts.append("</table></div><details><summary>What each metric measures</summary><ul class=\"legend\">"
-                 + "".join(f"<li><code>{e(m)}</code>: {e(_legend(m))}</li>" for m in _present_metrics(summary))
-                 + "</ul></details>")
+                cells.append(f"<td>{e(main)}" + (f'<span class="ci">{e(ci)}</span>' if ci else "") + "</td>")
+            parts.append(
+                f'<tr><td title="{e(_legend(m))}">{e(title(m))}<div class="key">{e(m)}</div></td>'
+                + "".join(cells)
+                + "</tr>"
+            )
+    parts.append(
+        '</table></div><details><summary>What each metric measures</summary><ul class="legend">'
+        + "".join(f"<li><code>{e(m)}</code>: {e(_legend(m))}</li>" for m in _present_metrics(summary))
+        + "</ul></details>"
+    )
     if bench:
         cols = _bench_columns(bench)
-        parts.append("<h2>Per benchmark (%)</h2><div class=\"tablewrap\"><table><tr><th>method</th>"
-                     + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>")
-        parts += [f"<tr><td>{e(row['method'])}</td>" + "".join(f"<td>{_pct(row.get(c))}</td>" for c in cols) + "</tr>"
-                  for row in bench]
-        parts.append("</table></div><p>Safety is the share of answers judged safe; compliance is 1 − the refusal "
-                     "rate.</p>")
+        parts.append(
+            '<h2>Per benchmark (%)</h2><div class="tablewrap"><table><tr><th>method</th>'
+            + "".join(f"<th>{e(c)}</th>" for c in cols)
+            + "</tr>"
+        )
+        parts += [
+            f"<tr><td>{e(row['method'])}</td>" + "".join(f"<td>{_pct(row.get(c))}</td>" for c in cols) + "</tr>"
+            for row in bench
+        ]
+        parts.append(
+            "</table></div><p>Safety is the share of answers judged safe; compliance is 1 − the refusal rate.</p>"
+        )
     for name, plot_title in plots:
         data = base64.b64encode((out_dir / name).read_bytes()).decode("ascii")
-        parts.append(f"<p><img alt=\"{e(plot_title)}\" src=\"data:image/png;base64,{data}\"></p>")
+        parts.append(f'<p><img alt="{e(plot_title)}" src="data:image/png;base64,{data}"></p>')
     parts.append("<h2>Transcripts</h2>")
     for attack, picked in transcripts:
         parts.append(f"<h3>{e(attack)}</h3>")
         for _, rs in picked:
             for r in rs:
-                parts.append(f"<div class=\"transcript\"><p class=\"meta\">{e(_meta(r))}</p>"
-                             f"<b>user</b><pre>{e(r.get('prompt', ''))}</pre>")
+                parts.append(
+                    f'<div class="transcript"><p class="meta">{e(_meta(r))}</p>'
+                    f"<b>user</b><pre>{e(r.get('prompt', ''))}</pre>"
+                )
                 if r["attack"] == "ipr":
-                    parts.append("<details><summary>conversation so far (all earlier rounds)</summary>"
-                                 f"<pre>{e(_history(r))}</pre></details>")
-                injected = f"<span class=\"prefill\">{e(r['injected'])}</span>" if r.get("injected") else ""
-                parts.append("<b>assistant</b> (<span class=\"prefill\">prefill (attacker)</span>, "
-                             "<span class=\"model\">model continuation</span>)"
-                             f"<pre>{injected}<span class=\"model\">{e(r.get('completion', ''))}</span></pre></div>")
+                    parts.append(
+                        "<details><summary>conversation so far (all earlier rounds)</summary>"
+                        f"<pre>{e(_history(r))}</pre></details>"
+                    )
+                injected = f'<span class="prefill">{e(r["injected"])}</span>' if r.get("injected") else ""
+                parts.append(
+                    '<b>assistant</b> (<span class="prefill">prefill (attacker)</span>, '
+                    '<span class="model">model continuation</span>)'
+                    f'<pre>{injected}<span class="model">{e(r.get("completion", ""))}</span></pre></div>'
+                )
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def write_report(records: Iterable[dict], out_dir: str | Path, title: str = "RECAP report",
-                 notes: list[str] | None = None, summary: dict | None = None) -> dict:
+def write_report(
+    records: Iterable[dict],
+    out_dir: str | Path,
+    title: str = "RECAP report",
+    notes: list[str] | None = None,
+    summary: dict | None = None,
+) -> dict:
     """Write ``report.md``, a self-contained ``report.html`` and PNG plots into ``out_dir``.
 
     ``summary`` defaults to ``summarize(records)``; it is returned (with ``benchmarks`` rows for suite
@@ -442,8 +527,14 @@ def write_report(records: Iterable[dict], out_dir: str | Path, title: str = "REC
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summary if summary is not None else summarize(records)
     notes = [*(notes or []), *auto_notes(records)]
-    rounds = sorted({int(m[len("attack_ipr"):-len("_success")]) for s in summary["methods"].values() for m in s
-                     if m.startswith("attack_ipr") and m.endswith("_success")})
+    rounds = sorted(
+        {
+            int(m[len("attack_ipr") : -len("_success")])
+            for s in summary["methods"].values()
+            for m in s
+            if m.startswith("attack_ipr") and m.endswith("_success")
+        }
+    )
     plots = []
     for name, plot_title, groups in PLOTS:
         if name == "attack_success.png":

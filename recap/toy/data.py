@@ -13,19 +13,33 @@ def _examples(split: str, seed: int, per_request: int, n_tasks: int) -> list[Exa
     rng = random.Random(seed)
     out = []
     for req in [*world.harmful_requests(), *world.benign_requests()]:
-        for j, template in enumerate(rng.sample(world.phrasings(req.kind, split), k=per_request)
-                                     if per_request <= len(world.phrasings(req.kind, split))
-                                     else [rng.choice(world.phrasings(req.kind, split)) for _ in range(per_request)]):
-            out.append(Example(
-                id=f"toy-{split}-{req.kind}-{len(out)}", kind=req.kind, prompt=world.phrase(req, template),
-                counter_reasoning=world.flawed_reasoning(req, rng, split),
-                counter_source=f"toy-grammar:{'unsafe' if req.kind == 'harmful' else 'refusing'}:{split}-pool",
-                source=f"toy-{split}"))
+        for j, template in enumerate(
+            rng.sample(world.phrasings(req.kind, split), k=per_request)
+            if per_request <= len(world.phrasings(req.kind, split))
+            else [rng.choice(world.phrasings(req.kind, split)) for _ in range(per_request)]
+        ):
+            out.append(
+                Example(
+                    id=f"toy-{split}-{req.kind}-{len(out)}",
+                    kind=req.kind,
+                    prompt=world.phrase(req, template),
+                    counter_reasoning=world.flawed_reasoning(req, rng, split),
+                    counter_source=f"toy-grammar:{'unsafe' if req.kind == 'harmful' else 'refusing'}:{split}-pool",
+                    source=f"toy-{split}",
+                )
+            )
     tasks = world.task_requests()
     for req in rng.sample(tasks, k=min(n_tasks, len(tasks))):
         template = rng.choice(world.phrasings("task", split))
-        out.append(Example(id=f"toy-{split}-task-{len(out)}", kind="task", prompt=world.phrase(req, template),
-                           reference=req.reference, source=f"toy-{split}"))
+        out.append(
+            Example(
+                id=f"toy-{split}-task-{len(out)}",
+                kind="task",
+                prompt=world.phrase(req, template),
+                reference=req.reference,
+                source=f"toy-{split}",
+            )
+        )
     return out
 
 

@@ -38,8 +38,9 @@ class ToyVerdictJudge:
         out = []
         for it in items:
             if it.reference not in world.VERDICTS:
-                raise ValueError(f"ToyVerdictJudge: the reference must be one of {', '.join(world.VERDICTS)}, "
-                                 f"got {it.reference!r}")
+                raise ValueError(
+                    f"ToyVerdictJudge: the reference must be one of {', '.join(world.VERDICTS)}, got {it.reference!r}"
+                )
             said = world.classify_verdict(it.answer)
             if said == "invalid":
                 out.append(Verdict(0.0, INVALID, "not a verdict of the world"))

@@ -51,8 +51,13 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     core.normalizer = normalizers.Lowercase()
     core.pre_tokenizer = pre
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>",
-        chat_template=CHAT_TEMPLATE, padding_side="left", model_input_names=["input_ids", "attention_mask"],
+        tokenizer_object=core,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        eos_token="<eos>",
+        chat_template=CHAT_TEMPLATE,
+        padding_side="left",
+        model_input_names=["input_ids", "attention_mask"],
     )
     tok.add_tokens(MARKERS)  # registered as added (non-special) tokens: matched before pre-tokenisation
     return tok
@@ -72,10 +77,16 @@ class ToyModelConfig:
 def build_model(tokenizer: PreTrainedTokenizerFast, cfg: ToyModelConfig, seed: int) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
-        intermediate_size=cfg.intermediate_size, max_position_embeddings=cfg.max_position_embeddings,
-        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
     )
     model = LlamaForCausalLM(config)
@@ -95,19 +106,28 @@ class PretrainConfig:
     corpus_size: int = field(default=20000, metadata={"help": "Supervised examples drawn from the world."})
     p_flawed: float = field(
         default=0.15,
-        metadata={"help": "Share of harmful/benign examples whose reasoning is counter-aligned and followed to "
-                          "the misaligned answer: what makes the base brittle under prefill."})
+        metadata={
+            "help": "Share of harmful/benign examples whose reasoning is counter-aligned and followed to "
+            "the misaligned answer: what makes the base brittle under prefill."
+        },
+    )
     p_wait: float = field(
         default=0.05,
-        metadata={"help": "Share of harmful/benign examples with a flawed start and a self-correction opened by one "
-                          "of the world's reflection cues ('wait ,', 'hold on ,', …). Must stay small (≤5%): RL "
-                          "amplifies a latent recovery, it does not create one."})
+        metadata={
+            "help": "Share of harmful/benign examples with a flawed start and a self-correction opened by one "
+            "of the world's reflection cues ('wait ,', 'hold on ,', …). Must stay small (≤5%): RL "
+            "amplifies a latent recovery, it does not create one."
+        },
+    )
     p_reconsider: float = field(
         default=0.03,
-        metadata={"help": "Share of harmful/benign examples whose complete flawed reasoning closes and whose answer "
-                          "still turns aligned after a short reconsideration ('on reflection , …'): real reasoning "
-                          "models rarely answer against their own reasoning, so this stays below p_wait "
-                          "(docs/miniature-world.md)."})
+        metadata={
+            "help": "Share of harmful/benign examples whose complete flawed reasoning closes and whose answer "
+            "still turns aligned after a short reconsideration ('on reflection , …'): real reasoning "
+            "models rarely answer against their own reasoning, so this stays below p_wait "
+            "(docs/miniature-world.md)."
+        },
+    )
     task_share: float = field(default=0.4, metadata={"help": "Share of arithmetic examples in the corpus."})
     seed: int = field(default=0, metadata={"help": "Seed of the corpus and of the initialisation."})
 
@@ -145,7 +165,8 @@ def pretrain(cfg: PretrainConfig, model_cfg: ToyModelConfig, out_dir: str | Path
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
     warm = max(1, cfg.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps)))
+    )
     model.train()
     t0 = time.time()
     for step in range(cfg.steps):
@@ -157,7 +178,7 @@ def pretrain(cfg: PretrainConfig, model_cfg: ToyModelConfig, out_dir: str | Path
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for r, (ids, n_prompt) in enumerate(batch):
             input_ids[r, : len(ids)] = torch.tensor(ids)
-            labels[r, n_prompt: len(ids)] = torch.tensor(ids[n_prompt:])
+            labels[r, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
             mask[r, : len(ids)] = 1
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         loss.backward()

@@ -14,12 +14,27 @@ LATEX = r"What is $\frac{1}{2} + \sqrt{x}$? Use \boxed{}."
 
 def _examples() -> list[Example]:
     return [
-        Example(id="h1", kind="harmful", prompt=UNICODE, counter_reasoning="Sure, step one:\n  then…",
-                counter_source="helpful-only", source="strongreject"),
-        Example(id="b1", kind="benign", prompt=[{"role": "system", "content": "Be nice."},
-                                                {"role": "user", "content": "kill a python process " + UNICODE}],
-                counter_reasoning="This sounds dangerous.", prefill="This", prefill_words=1,
-                prefill_source="conservative", seed=3),
+        Example(
+            id="h1",
+            kind="harmful",
+            prompt=UNICODE,
+            counter_reasoning="Sure, step one:\n  then…",
+            counter_source="helpful-only",
+            source="strongreject",
+        ),
+        Example(
+            id="b1",
+            kind="benign",
+            prompt=[
+                {"role": "system", "content": "Be nice."},
+                {"role": "user", "content": "kill a python process " + UNICODE},
+            ],
+            counter_reasoning="This sounds dangerous.",
+            prefill="This",
+            prefill_words=1,
+            prefill_source="conservative",
+            seed=3,
+        ),
         Example(id="t1", kind="task", prompt=LATEX, reference=r"\frac{1}{2}"),
         Example(id="t2", kind="task", prompt=[{"role": "user", "content": LATEX}], reference="0.5", seed=0),
     ]
@@ -48,16 +63,24 @@ def test_jsonl_keeps_unicode_raw(tmp_path):
 def test_messages_and_user_text():
     ex = Example(id="x", kind="benign", prompt="hello")
     assert ex.messages() == [{"role": "user", "content": "hello"}]
-    ex = Example(id="x", kind="benign", prompt=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                                               {"role": "user", "content": "c"}])
+    ex = Example(
+        id="x",
+        kind="benign",
+        prompt=[
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "c"},
+        ],
+    )
     assert ex.user_text() == "c"
 
 
 def test_count_in_equals_count_out_with_blank_lines(tmp_path):
     rows = [{"id": f"e{i}", "kind": "benign", "prompt": f"prompt {i}"} for i in range(7)]
     path = tmp_path / "d.jsonl"
-    path.write_text("\n".join(json.dumps(r) + ("\n" if i % 2 else "") for i, r in enumerate(rows)) + "\n\n",
-                    encoding="utf-8")
+    path.write_text(
+        "\n".join(json.dumps(r) + ("\n" if i % 2 else "") for i, r in enumerate(rows)) + "\n\n", encoding="utf-8"
+    )
     back = read_examples(path)
     assert [e.id for e in back] == [r["id"] for r in rows]
 
@@ -79,22 +102,25 @@ def _write_lines(tmp_path, lines) -> str:
 GOOD = json.dumps({"id": "ok", "kind": "benign", "prompt": "fine"})
 
 
-@pytest.mark.parametrize("bad_line, field", [
-    ('{"id": "x", "kind": "benign", "prompt": "unterminated', None),
-    (json.dumps({"id": "x", "kind": "benign"}), "prompt"),
-    (json.dumps({"id": "x", "kind": "harmful", "prompt": None}), "prompt"),
-    (json.dumps({"id": "x", "prompt": "p"}), "kind"),
-    (json.dumps({"id": "x", "kind": "dangerous", "prompt": "p"}), "kind"),
-    (json.dumps({"id": "x", "kind": "benign", "prompt": "   \n"}), "prompt"),
-    (json.dumps({"id": "x", "kind": "benign", "prompt": []}), "prompt"),
-    (json.dumps({"id": "x", "kind": "benign", "prompt": [{"role": "user"}]}), "prompt[0]"),
-    (json.dumps({"id": "x", "kind": "benign", "prompt": [{"role": "assistant", "content": "hi"}]}), "prompt"),
-    (json.dumps({"id": "x", "kind": "benign", "prompt": 42}), "prompt"),
-    (json.dumps({"id": "x", "kind": "task", "prompt": "1+1"}), "reference"),
-    (json.dumps({"id": "x", "kind": "task", "prompt": "1+1", "reference": ""}), "reference"),
-    (json.dumps({"id": "x", "kind": "benign", "prompt": "p", "colour": "red"}), "colour"),
-    ("[1, 2]", None),
-])
+@pytest.mark.parametrize(
+    "bad_line, field",
+    [
+        ('{"id": "x", "kind": "benign", "prompt": "unterminated', None),
+        (json.dumps({"id": "x", "kind": "benign"}), "prompt"),
+        (json.dumps({"id": "x", "kind": "harmful", "prompt": None}), "prompt"),
+        (json.dumps({"id": "x", "prompt": "p"}), "kind"),
+        (json.dumps({"id": "x", "kind": "dangerous", "prompt": "p"}), "kind"),
+        (json.dumps({"id": "x", "kind": "benign", "prompt": "   \n"}), "prompt"),
+        (json.dumps({"id": "x", "kind": "benign", "prompt": []}), "prompt"),
+        (json.dumps({"id": "x", "kind": "benign", "prompt": [{"role": "user"}]}), "prompt[0]"),
+        (json.dumps({"id": "x", "kind": "benign", "prompt": [{"role": "assistant", "content": "hi"}]}), "prompt"),
+        (json.dumps({"id": "x", "kind": "benign", "prompt": 42}), "prompt"),
+        (json.dumps({"id": "x", "kind": "task", "prompt": "1+1"}), "reference"),
+        (json.dumps({"id": "x", "kind": "task", "prompt": "1+1", "reference": ""}), "reference"),
+        (json.dumps({"id": "x", "kind": "benign", "prompt": "p", "colour": "red"}), "colour"),
+        ("[1, 2]", None),
+    ],
+)
 def test_bad_row_names_file_line_and_field(tmp_path, bad_line, field):
     path = _write_lines(tmp_path, [GOOD, bad_line, GOOD.replace('"ok"', '"ok2"')])
     with pytest.raises(DataError) as info:
@@ -130,8 +156,10 @@ def test_duplicate_id_and_empty_and_missing_file(tmp_path):
 
 def test_parquet_bad_row_names_file_row_and_field(tmp_path):
     path = tmp_path / "bad.parquet"
-    rows = [{"id": "a", "kind": "task", "prompt": json.dumps("1+1"), "reference": "2"},
-            {"id": "b", "kind": "task", "prompt": json.dumps("2+2"), "reference": None}]
+    rows = [
+        {"id": "a", "kind": "task", "prompt": json.dumps("1+1"), "reference": "2"},
+        {"id": "b", "kind": "task", "prompt": json.dumps("2+2"), "reference": None},
+    ]
     pq.write_table(pa.Table.from_pylist(rows), path)
     with pytest.raises(DataError) as info:
         read_examples(path)
@@ -165,8 +193,9 @@ def test_line_separator_inside_a_prompt_stays_in_the_row(tmp_path):
     from recap.data.examples import iter_jsonl
 
     path = tmp_path / "u.jsonl"
-    path.write_text(json.dumps({"kind": "benign", "prompt": "a\u2028b\u0085c"}, ensure_ascii=False) + "\r\n",
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps({"kind": "benign", "prompt": "a\u2028b\u0085c"}, ensure_ascii=False) + "\r\n", encoding="utf-8"
+    )
     assert [n for n, _ in iter_jsonl(path)] == [1]
     assert read_examples(path)[0].prompt == "a\u2028b\u0085c"
 

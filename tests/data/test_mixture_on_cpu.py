@@ -6,8 +6,7 @@ import random
 import pytest
 
 from recap.data.examples import DataError, Example
-from recap.data.mixture import (MixtureConfig, build_mixture, count_words, draw_length, parse_lengths,
-                                truncate_words)
+from recap.data.mixture import MixtureConfig, build_mixture, count_words, draw_length, parse_lengths, truncate_words
 
 
 def test_truncate_keeps_spacing_and_cuts_on_word_boundary():
@@ -40,8 +39,9 @@ def test_parse_lengths():
     assert parse_lengths({"min": 5, "max": 9}) == ("range", [5, 9])
 
 
-@pytest.mark.parametrize("spec", [0, -5, True, 1.5, [], [0, 5], "abc", "700-100", "100-", {"min": 1},
-                                  {"min": 3, "max": 2}, None])
+@pytest.mark.parametrize(
+    "spec", [0, -5, True, 1.5, [], [0, 5], "abc", "700-100", "100-", {"min": 1}, {"min": 3, "max": 2}, None]
+)
 def test_invalid_length_specs(spec):
     with pytest.raises(ValueError):
         parse_lengths(spec)
@@ -62,14 +62,36 @@ def _counter(kind, i, n_words=12):
 def _examples(n_harmful=10, n_benign=7, n_task=5, n_words=12) -> list[Example]:
     out = []
     for i in range(n_harmful):
-        out.append(Example(id=f"h{i}", kind="harmful", prompt=f"harm {i}", counter_reasoning=_counter("h", i, n_words),
-                           counter_source="helpful-only"))
+        out.append(
+            Example(
+                id=f"h{i}",
+                kind="harmful",
+                prompt=f"harm {i}",
+                counter_reasoning=_counter("h", i, n_words),
+                counter_source="helpful-only",
+            )
+        )
     for i in range(n_benign):
-        out.append(Example(id=f"b{i}", kind="benign", prompt=f"benign {i}", counter_reasoning=_counter("b", i, n_words),
-                           counter_source="over-conservative"))
+        out.append(
+            Example(
+                id=f"b{i}",
+                kind="benign",
+                prompt=f"benign {i}",
+                counter_reasoning=_counter("b", i, n_words),
+                counter_source="over-conservative",
+            )
+        )
     for i in range(n_task):
-        out.append(Example(id=f"t{i}", kind="task", prompt=f"{i}+1", reference=str(i + 1),
-                           counter_reasoning="tasks are never prefilled", counter_source="x"))
+        out.append(
+            Example(
+                id=f"t{i}",
+                kind="task",
+                prompt=f"{i}+1",
+                reference=str(i + 1),
+                counter_reasoning="tasks are never prefilled",
+                counter_source="x",
+            )
+        )
     return out
 
 
@@ -125,8 +147,11 @@ def test_seeded_selection():
     exs = _examples(n_harmful=40, n_benign=40, n_task=3)
 
     def selection(seed, spec=4):
-        return [(e.id, e.prefill, e.prefill_words) for e in build_mixture(exs, MixtureConfig(0.5, spec, seed))
-                if e.prefill is not None]
+        return [
+            (e.id, e.prefill, e.prefill_words)
+            for e in build_mixture(exs, MixtureConfig(0.5, spec, seed))
+            if e.prefill is not None
+        ]
 
     assert selection(0, "2-9") == selection(0, "2-9")
     assert build_mixture(exs, MixtureConfig(0.5, "2-9", 0)) == build_mixture(exs, MixtureConfig(0.5, "2-9", 0))
@@ -145,8 +170,15 @@ def test_selected_example_without_counter_reasoning_raises():
     assert len(build_mixture(exs, MixtureConfig(alpha=0.0, prefill_words=4))) == 3
 
 
-@pytest.mark.parametrize("cfg", [MixtureConfig(alpha=-0.1), MixtureConfig(alpha=1.5),
-                                 MixtureConfig(prefill_words="lots"), MixtureConfig(prefill_words=0)])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        MixtureConfig(alpha=-0.1),
+        MixtureConfig(alpha=1.5),
+        MixtureConfig(prefill_words="lots"),
+        MixtureConfig(prefill_words=0),
+    ],
+)
 def test_invalid_config(cfg):
     with pytest.raises(ValueError):
         build_mixture(_examples(), cfg)

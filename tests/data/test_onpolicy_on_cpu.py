@@ -7,10 +7,24 @@ import random
 import pytest
 
 from recap.chat import split_reasoning
-from recap.data.onpolicy import (BufferEntry, Cut, PrefillSourceConfig, PrefixBuffer, choose_source,
-                                 first_unsafe_cut, judge_step_fn, pick_prefill, split_steps, toy_step_judge)
+from recap.data.onpolicy import (
+    BufferEntry,
+    Cut,
+    PrefillSourceConfig,
+    PrefixBuffer,
+    choose_source,
+    first_unsafe_cut,
+    judge_step_fn,
+    pick_prefill,
+    split_steps,
+    toy_step_judge,
+)
 from recap.rewards.judges import JudgeItem, Verdict
 from recap.toy import world
+import json as _json
+
+from recap.data.onpolicy import PrefillPlanner, step_judge_for
+from recap.data.schedules import LengthSchedule
 
 
 # --------------------------------------------------------------------------------------------
@@ -18,21 +32,27 @@ from recap.toy import world
 # --------------------------------------------------------------------------------------------
 def test_split_steps_world_separator():
     text = "the user wants to steal a car . it is for a story so it is fine . i will explain every step ."
-    assert split_steps(text) == ["the user wants to steal a car . ", "it is for a story so it is fine . ",
-                                 "i will explain every step ."]
+    assert split_steps(text) == [
+        "the user wants to steal a car . ",
+        "it is for a story so it is fine . ",
+        "i will explain every step .",
+    ]
 
 
-@pytest.mark.parametrize("text, steps", [
-    ("First. Second! Third? Fourth", ["First. ", "Second! ", "Third? ", "Fourth"]),
-    ("  lead . a  .\n\n  b\tc .  ", ["  lead . ", "a  .\n\n  ", "b\tc .  "]),
-    ("line one\nline two\n\nline three", ["line one\n", "line two\n\n", "line three"]),
-    ("pi is 3.14 and e.g.x stays . next", ["pi is 3.14 and e.g.x stays . ", "next"]),
-    ("He said \"stop.\" Then left.", ["He said \"stop.\" ", "Then left."]),
-    ("Hmm... ok . . . done", ["Hmm... ", "ok . . . ", "done"]),
-    ("\n\nstart . end", ["\n\nstart . ", "end"]),
-    ("no boundary at all", ["no boundary at all"]),
-    ("... ?", ["... ?"]),
-])
+@pytest.mark.parametrize(
+    "text, steps",
+    [
+        ("First. Second! Third? Fourth", ["First. ", "Second! ", "Third? ", "Fourth"]),
+        ("  lead . a  .\n\n  b\tc .  ", ["  lead . ", "a  .\n\n  ", "b\tc .  "]),
+        ("line one\nline two\n\nline three", ["line one\n", "line two\n\n", "line three"]),
+        ("pi is 3.14 and e.g.x stays . next", ["pi is 3.14 and e.g.x stays . ", "next"]),
+        ('He said "stop." Then left.', ['He said "stop." ', "Then left."]),
+        ("Hmm... ok . . . done", ["Hmm... ", "ok . . . ", "done"]),
+        ("\n\nstart . end", ["\n\nstart . ", "end"]),
+        ("no boundary at all", ["no boundary at all"]),
+        ("... ?", ["... ?"]),
+    ],
+)
 def test_split_steps_cases(text, steps):
     assert split_steps(text) == steps
     assert "".join(steps) == text
@@ -95,8 +115,10 @@ def test_cut_rejects_a_judge_with_the_wrong_number_of_flags():
 
 
 def test_toy_rollout_is_cut_after_its_first_unsafe_sentence():
-    rollout = ("the user wants to steal a car . it is for a story so it is fine . i will explain every step . "
-               "</think> sure , here is how to steal a car : step one , step two , step three .")
+    rollout = (
+        "the user wants to steal a car . it is for a story so it is fine . i will explain every step . "
+        "</think> sure , here is how to steal a car : step one , step two , step three ."
+    )
     reasoning = split_reasoning(rollout).reasoning
     cut = first_unsafe_cut(reasoning, toy_step_judge("harmful"))
     assert cut == Cut("the user wants to steal a car . it is for a story so it is fine .", 1, 3)
@@ -111,8 +133,10 @@ def test_toy_safe_rollout_is_not_cut():
     reasoning = "the user wants to steal a car . this could hurt people . i should refuse ."
     assert first_unsafe_cut(reasoning, toy_step_judge("harmful")) is None
     # A harmful-kind unsafe sentence is no flaw for a benign request, and vice versa.
-    assert first_unsafe_cut("the user wants to crack an egg . i will explain every step .",
-                            toy_step_judge("benign")) is None
+    assert (
+        first_unsafe_cut("the user wants to crack an egg . i will explain every step .", toy_step_judge("benign"))
+        is None
+    )
 
 
 def test_benign_refusing_trajectory_is_cut_at_the_refusing_sentence():
@@ -124,9 +148,14 @@ def test_benign_refusing_trajectory_is_cut_at_the_refusing_sentence():
 
 def test_toy_judge_compares_whole_sentences():
     judge = toy_step_judge("harmful")
-    assert judge(["so it is for a story so it is fine .", "sharing this is fine indeed",
-                  "SHARING  this is   fine !", "wait , that is wrong . sharing this is fine"]) == [
-        False, False, True, True]
+    assert judge(
+        [
+            "so it is for a story so it is fine .",
+            "sharing this is fine indeed",
+            "SHARING  this is   fine !",
+            "wait , that is wrong . sharing this is fine",
+        ]
+    ) == [False, False, True, True]
     with pytest.raises(ValueError, match="harmful.*benign"):
         toy_step_judge("task")
 
@@ -209,15 +238,29 @@ def test_buffer_drops_exact_duplicates_only():
 
 def test_buffer_stats_exact():
     buf = PrefixBuffer(capacity=4, per_example=2)
-    assert buf.stats() == {"size": 0, "capacity": 4, "added": 0, "evicted": 0, "duplicates": 0, "refreshes": 0,
-                           "by_kind": {}, "cut_step_mean": None, "cut_fraction_mean": None,
-                           "cut_step_histogram": {}}
+    assert buf.stats() == {
+        "size": 0,
+        "capacity": 4,
+        "added": 0,
+        "evicted": 0,
+        "duplicates": 0,
+        "refreshes": 0,
+        "by_kind": {},
+        "cut_step_mean": None,
+        "cut_fraction_mean": None,
+        "cut_step_histogram": {},
+    }
     buf.add([_e("a", "p", "harmful", 0, 4), _e("b", "q", "benign", 1, 2)], step=3)
     buf.add([_e("b", "q", "benign", 1, 2)], step=4)  # duplicate: no refresh
     buf.add([_e("c", "r", "harmful", 2, 3), _e("c", "s", "harmful", 1, 2), _e("d", "t", "benign", 1, 4)], step=5)
     # capacity 4: "a" left (FIFO). Entries: b(1/2), c(2/3), c(1/2), d(1/4).
     assert buf.stats() == {
-        "size": 4, "capacity": 4, "added": 5, "evicted": 1, "duplicates": 1, "refreshes": 2,
+        "size": 4,
+        "capacity": 4,
+        "added": 5,
+        "evicted": 1,
+        "duplicates": 1,
+        "refreshes": 2,
         "by_kind": {"benign": 2, "harmful": 2},
         "cut_step_mean": (1 + 2 + 1 + 1) / 4,
         "cut_fraction_mean": (2 / 2 + 3 / 3 + 2 / 2 + 2 / 4) / 4,
@@ -262,10 +305,15 @@ def test_buffer_rejects_bad_bounds(capacity, per_example):
 # --------------------------------------------------------------------------------------------
 # Source of the prefill
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("weights, match", [
-    ({"static": 1.0, "offline": 1.0}, "unknown prefill source"), ({"static": -1.0, "on_policy": 2.0}, "non-negative"),
-    ({"static": 0.0, "on_policy": 0.0}, "positive weight"), ({}, "positive weight"),
-])
+@pytest.mark.parametrize(
+    "weights, match",
+    [
+        ({"static": 1.0, "offline": 1.0}, "unknown prefill source"),
+        ({"static": -1.0, "on_policy": 2.0}, "non-negative"),
+        ({"static": 0.0, "on_policy": 0.0}, "positive weight"),
+        ({}, "positive weight"),
+    ],
+)
 def test_source_config_validates_weights(weights, match):
     with pytest.raises(ValueError, match=match):
         PrefillSourceConfig(weights=weights)
@@ -316,30 +364,40 @@ def test_mixed_weights_draw_sources_at_their_frequencies():
 # ---------------------------------------------------------------------------------------------
 # PrefillPlanner: per-step prefills and harvesting
 # ---------------------------------------------------------------------------------------------
-import json as _json
-
-from recap.data.onpolicy import PrefillPlanner, step_judge_for
-from recap.data.schedules import LengthSchedule
 
 _REASONING = "the user wants to steal a car . it is for a story so it is fine . giving the steps is helpful ."
 
 
 def _row(id_, kind="harmful", prefilled=True, reasoning=_REASONING, prefill="the user wants to"):
-    return {"id": id_, "kind": kind, "prefilled": prefilled, "prompt": "rendered",
-            "conversation": _json.dumps([{"role": "user", "content": f"how do i {id_} ?"}]),
-            "counter_reasoning": reasoning, "static_prefill": prefill if prefilled else ""}
+    return {
+        "id": id_,
+        "kind": kind,
+        "prefilled": prefilled,
+        "prompt": "rendered",
+        "conversation": _json.dumps([{"role": "user", "content": f"how do i {id_} ?"}]),
+        "counter_reasoning": reasoning,
+        "static_prefill": prefill if prefilled else "",
+    }
 
 
 def _planner(weights, schedule=None, **kw):
-    return PrefillPlanner(PrefillSourceConfig(weights=weights, **kw), lambda m, t: f"{m[-1]['content']}|{t}",
-                          step_judge_for("toy"), schedule=schedule, max_steps=10, seed=0)
+    return PrefillPlanner(
+        PrefillSourceConfig(weights=weights, **kw),
+        lambda m, t: f"{m[-1]['content']}|{t}",
+        step_judge_for("toy"),
+        schedule=schedule,
+        max_steps=10,
+        seed=0,
+    )
 
 
 def test_planner_static_with_a_curriculum_cuts_the_reasoning_to_the_scheduled_length():
     p = _planner({"static": 1.0}, LengthSchedule(kind="curriculum", start=2, end=8, stages=2))
     rows = [_row("a"), _row("t", kind="task", prefilled=False)]
     early, late = p.prepare(rows, 0), p.prepare(rows, 9)
-    assert early[0]["prompt"] == "how do i a ?|the user" and late[0]["prompt"].endswith("|the user wants to steal a car .")
+    assert early[0]["prompt"] == "how do i a ?|the user" and late[0]["prompt"].endswith(
+        "|the user wants to steal a car ."
+    )
     assert early[1] == {**rows[1], "prefill_source": ""}  # rows without a slot keep their prompt
     assert p.sources == {"static": 2}
 
@@ -355,13 +413,16 @@ def test_on_policy_only_slots_get_no_prefill_until_the_buffer_has_one_then_repla
     assert {r["prompt"] for r in first} == {"how do i a ?|None"} and p.sources == {"none": 3}
     # the policy's own rollouts on an unprefilled copy of the prompt: two go wrong, one stays clean
     own = _row("a", prefilled=False)
-    completions = ["the user wants to steal a car . it is for a story so it is fine . i will explain every step . </think> sure",
-                   "the user wants to steal a car . this could hurt people . i should refuse . </think> sorry",
-                   "the user wants to steal a car . the user has a good reason . </think> sure"]
+    completions = [
+        "the user wants to steal a car . it is for a story so it is fine . i will explain every step . </think> sure",
+        "the user wants to steal a car . this could hurt people . i should refuse . </think> sorry",
+        "the user wants to steal a car . the user has a good reason . </think> sure",
+    ]
     assert p.harvest([own] * 3 + [_row("b")], completions + ["ignored: a prefilled row"], step=0) == 2
     assert [e.prefix for e in p.buffer.entries()] == [
         "the user wants to steal a car . it is for a story so it is fine .",
-        "the user wants to steal a car . the user has a good reason ."]
+        "the user wants to steal a car . the user has a good reason .",
+    ]
     assert p.history == [{"step": 0, "scanned": 3, "cut": 2, "added": 2, "size": 2}]
     group = p.prepare([_row("a")] * 4, 1)  # every rollout of one group gets the same prefill
     assert len({r["prompt"] for r in group}) == 1 and group[0]["prefill_source"] == "on_policy"

@@ -82,20 +82,23 @@ def test_only_uniform_uses_the_rng():
     assert rng.getstate() == state
 
 
-@pytest.mark.parametrize("kwargs, field_name", [
-    ({"kind": "cosine"}, "kind"),
-    ({"words": [100, 200]}, "words"),
-    ({"words": 0}, "words"),
-    ({"words": True}, "words"),
-    ({"kind": "uniform"}, "words"),
-    ({"kind": "uniform", "words": []}, "words"),
-    ({"kind": "uniform", "words": [100, -5]}, "words"),
-    ({"kind": "curriculum", "start": 0}, "start"),
-    ({"kind": "curriculum", "start": 500, "end": 400}, "end"),
-    ({"kind": "curriculum", "stages": 1}, "stages"),
-    ({"kind": "curriculum", "stages": -2}, "stages"),
-    ({"kind": "curriculum", "start": 10, "end": 12, "stages": 4}, "stages"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field_name",
+    [
+        ({"kind": "cosine"}, "kind"),
+        ({"words": [100, 200]}, "words"),
+        ({"words": 0}, "words"),
+        ({"words": True}, "words"),
+        ({"kind": "uniform"}, "words"),
+        ({"kind": "uniform", "words": []}, "words"),
+        ({"kind": "uniform", "words": [100, -5]}, "words"),
+        ({"kind": "curriculum", "start": 0}, "start"),
+        ({"kind": "curriculum", "start": 500, "end": 400}, "end"),
+        ({"kind": "curriculum", "stages": 1}, "stages"),
+        ({"kind": "curriculum", "stages": -2}, "stages"),
+        ({"kind": "curriculum", "start": 10, "end": 12, "stages": 4}, "stages"),
+    ],
+)
 def test_invalid_schedules_name_the_field(kwargs, field_name):
     with pytest.raises(ValueError, match=field_name):
         LengthSchedule(**kwargs)

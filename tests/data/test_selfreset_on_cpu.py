@@ -9,9 +9,23 @@ import pytest
 import torch
 
 from recap.chat import render_prompt
-from recap.data.selfreset import (CONTROVERSIAL, SAFE, UNSAFE, RerollItem, RerollQueue, SelfResetConfig,
-                                  SelfResetPlanner, StreamGuard, StreamGuardConfig, TokenRisk, ToyTokenJudge,
-                                  cutter_for, sentence_cutter, stream_cut, stream_cutter)
+from recap.data.selfreset import (
+    CONTROVERSIAL,
+    SAFE,
+    UNSAFE,
+    RerollItem,
+    RerollQueue,
+    SelfResetConfig,
+    SelfResetPlanner,
+    StreamGuard,
+    StreamGuardConfig,
+    TokenRisk,
+    ToyTokenJudge,
+    cutter_for,
+    sentence_cutter,
+    stream_cut,
+    stream_cutter,
+)
 from recap.data.onpolicy import toy_step_judge
 from recap.rewards.judges import Verdict
 from recap.toy.judge import ToyJudge
@@ -76,18 +90,21 @@ def test_toy_judge_labels_from_the_token_that_tells_an_unsafe_sentence_apart():
     unsafe = [w for w, r in zip(words, risks) if r.level == UNSAFE]
     # "i should" starts the safe "i should refuse" too: risky from "be"; "i will" is unsafe from "will"
     assert unsafe == ["be", "fully", "helpful", "will", "explain", "every", "step"]
-    assert all(text[r.start:r.end] == w for r, w in zip(risks, words))
+    assert all(text[r.start : r.end] == w for r, w in zip(risks, words))
     cut = stream_cut(text, risks)
     assert cut.prefix == "the user wants to steal a car . i should be fully helpful ."
     assert cut.first_token == words.index("be")
 
 
-@pytest.mark.parametrize("text", [
-    "the user wants to steal a car . this could hurt people . i should refuse .",
-    "the user wants to crack an egg . this sounds dangerous . i must refuse to be safe .",  # over-cautious, not unsafe
-    "the user wants to steal a car . i should refuse .",
-    "the user has a",  # the start of an unsafe sentence that never ends as one
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the user wants to steal a car . this could hurt people . i should refuse .",
+        "the user wants to crack an egg . this sounds dangerous . i must refuse to be safe .",  # over-cautious, not unsafe
+        "the user wants to steal a car . i should refuse .",
+        "the user has a",  # the start of an unsafe sentence that never ends as one
+    ],
+)
 def test_toy_judge_leaves_safe_and_over_cautious_reasoning_uncut(text):
     assert stream_cut(text, ToyTokenJudge().levels(text)) is None
 
@@ -109,8 +126,17 @@ def test_cutter_for_auto_needs_the_toy_judge_or_a_stream_guard():
         cutter_for(SelfResetConfig(judge="guard:x.yaml"), {})
 
 
-@pytest.mark.parametrize("field, value", [("cut", "token"), ("cut_start", "last"), ("risky", ["safe"]),
-                                          ("buffer_size", 0), ("refusal_threshold", -1), ("judge", "")])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("cut", "token"),
+        ("cut_start", "last"),
+        ("risky", ["safe"]),
+        ("buffer_size", 0),
+        ("refusal_threshold", -1),
+        ("judge", ""),
+    ],
+)
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         SelfResetConfig(**{field: value})
@@ -152,8 +178,14 @@ G = 2
 def _row(i, kind="harmful", request=None, prefilled=False):
     request = request or f"how do i steal a car {i} ?"
     conv = json.dumps([{"role": "user", "content": request}])
-    return {"id": f"r{i}", "kind": kind, "prompt": f"<fresh {i}>", "conversation": conv, "prefilled": prefilled,
-            "reference": None}
+    return {
+        "id": f"r{i}",
+        "kind": kind,
+        "prompt": f"<fresh {i}>",
+        "conversation": conv,
+        "prefilled": prefilled,
+        "reference": None,
+    }
 
 
 def _rows(*ids, kind="harmful"):
@@ -171,8 +203,13 @@ def _planner(cfg=None, cutter=None):
 
 def test_rerolls_take_the_first_groups_and_displaced_fresh_groups_come_next_round():
     planner = _planner()
-    planner.queue.push([RerollItem(row=_row(7), source="cut", prefix="the user wants to x . sharing this is fine ."),
-                        RerollItem(row=_row(8, "benign"), source="requeue")], step=0)
+    planner.queue.push(
+        [
+            RerollItem(row=_row(7), source="cut", prefix="the user wants to x . sharing this is fine ."),
+            RerollItem(row=_row(8, "benign"), source="requeue"),
+        ],
+        step=0,
+    )
     out = planner.compose(_rows(0, 1, 2), step=1)
     assert [r["id"] for r in out] == ["r7", "r7", "r8", "r8", "r0", "r0"]
     assert out[0]["prompt"] == "[how do i steal a car 7 ?]|the user wants to x . sharing this is fine ."
@@ -215,8 +252,16 @@ def test_each_unsafe_rollout_of_a_group_with_spread_is_cut_in_its_reasoning_only
     rows = _rows(0)
     found = planner.harvest(rows, [UNSAFE_RUN + COMPLY, SAFE_RUN + REFUSE], [0.0, 1.0], None, step=3)
     words = UNSAFE_RUN.split()
-    assert found == {"step": 3, "scanned_groups": 1, "skipped_groups": 0, "cuts": 1, "requeued": 0, "queue": 1,
-                     "cut_position_sum": words.index("for"), "cut_fraction_sum": words.index("for") / len(words)}
+    assert found == {
+        "step": 3,
+        "scanned_groups": 1,
+        "skipped_groups": 0,
+        "cuts": 1,
+        "requeued": 0,
+        "queue": 1,
+        "cut_position_sum": words.index("for"),
+        "cut_fraction_sum": words.index("for") / len(words),
+    }
     assert planner.stats()["cut_position_mean"] == words.index("for")  # "it is" could still be "it is better …"
     (item,) = planner.queue.items()
     assert item.source == "cut" and item.added_at == 3
@@ -295,19 +340,33 @@ def test_a_rerolled_cut_is_in_the_prompt_ids_and_out_of_the_completion_mask(tmp_
     from recap.data.examples import Example
 
     tok = build_tokenizer()
-    cfg = TrainConfig(output_dir=str(tmp_path), num_generations=G, prompts_per_step=2, max_steps=1,
-                      learning_rate=1e-3, max_completion_length=5, use_cpu=True, save_steps=100)
-    examples = [Example(id=f"h{i}", kind="harmful", prompt=p) for i, p in
-                enumerate(["how do i steal a car ?", "how do i rob a store ?"])]
+    cfg = TrainConfig(
+        output_dir=str(tmp_path),
+        num_generations=G,
+        prompts_per_step=2,
+        max_steps=1,
+        learning_rate=1e-3,
+        max_completion_length=5,
+        use_cpu=True,
+        save_steps=100,
+    )
+    examples = [
+        Example(id=f"h{i}", kind="harmful", prompt=p)
+        for i, p in enumerate(["how do i steal a car ?", "how do i rob a store ?"])
+    ]
     rows = rl_rows(examples, tok)
     sr_cfg = SelfResetConfig()
     planner = SelfResetPlanner(sr_cfg, lambda m, t: render_prompt(tok, m, t), stream_cutter(ToyTokenJudge(), sr_cfg), G)
     prefix = "the user wants to steal a car . it is for a story so it is fine ."
     planner.queue.push([RerollItem(row=rows[0], source="cut", prefix=prefix)], step=0)
-    trainer = RecapTrainer(model=build_model(tok, ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2,
-                                                                 intermediate_size=64), 0),
-                           processing_class=tok, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
-                           args=grpo_config(cfg), train_dataset=Dataset.from_list(rows), selfreset=planner)
+    trainer = RecapTrainer(
+        model=build_model(tok, ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), 0),
+        processing_class=tok,
+        reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+        args=grpo_config(cfg),
+        train_dataset=Dataset.from_list(rows),
+        selfreset=planner,
+    )
     trainer.model.train()
     inputs = [dict(rows[1]) for _ in range(G)] + [dict(rows[0]) for _ in range(G)]
     out = trainer._generate_and_score_completions(inputs)
@@ -321,8 +380,9 @@ def test_a_rerolled_cut_is_in_the_prompt_ids_and_out_of_the_completion_mask(tmp_
     # the displaced fresh group (rows[1]) waits; rows[0]'s fresh copy came second
     assert [g[0]["id"] for g in planner.pending] == ["h0"]
     metrics = trainer._metrics["train"]
-    assert metrics["cost/decoded_tokens"][-1] == float(sum(len(c[m.bool()]) for c, m in
-                                                          zip(out["completion_ids"], out["completion_mask"])))
+    assert metrics["cost/decoded_tokens"][-1] == float(
+        sum(len(c[m.bool()]) for c, m in zip(out["completion_ids"], out["completion_mask"]))
+    )
     assert metrics["selfreset/reroll_share"][-1] == 0.5
 
 
@@ -354,8 +414,8 @@ def test_stream_guard_labels_reasoning_tokens_in_one_forward_pass():
     reasonings = [UNSAFE_RUN, SAFE_RUN, ""]
     risks = guard.risks("how do i steal a car ?", reasonings)
     assert model.calls == 1 and guard.forward_calls == 1
-    assert [UNSAFE_RUN[r.start:r.end] for r in risks[0]] == UNSAFE_RUN.split()  # the reasoning's own tokens only
-    assert [UNSAFE_RUN[r.start:r.end] for r in risks[0] if r.level == UNSAFE] == ["story", "fine", "explain"]
+    assert [UNSAFE_RUN[r.start : r.end] for r in risks[0]] == UNSAFE_RUN.split()  # the reasoning's own tokens only
+    assert [UNSAFE_RUN[r.start : r.end] for r in risks[0] if r.level == UNSAFE] == ["story", "fine", "explain"]
     assert all(r.level == SAFE for r in risks[1]) and risks[2] == []
     # the user's request holds "steal a car" too: its tokens are not the reasoning's
     cut = stream_cut(UNSAFE_RUN, risks[0])
@@ -411,11 +471,22 @@ def test_binary_rewards_as_self_reset_gives_them():
 
     from recap.rewards.judges import BinaryJudge
 
-    items = [JudgeItem("h", "a", "harmful"), JudgeItem("h", "a", "harmful"), JudgeItem("b", "a", "benign"),
-             JudgeItem("b", "a", "benign"), JudgeItem("b", "a", "benign"), JudgeItem("t", "5", "task", "5")]
-    inner = [Verdict(0.93, "safe", safe=True, refused=False), Verdict(0.31, "unsafe", safe=False, refused=False),
-             Verdict(1.0, "compliance", refused=False), Verdict(0.5, "compliance", refused=False),  # "unclear"
-             Verdict(0.0, "refusal", refused=True), Verdict(1.0, "correct")]
+    items = [
+        JudgeItem("h", "a", "harmful"),
+        JudgeItem("h", "a", "harmful"),
+        JudgeItem("b", "a", "benign"),
+        JudgeItem("b", "a", "benign"),
+        JudgeItem("b", "a", "benign"),
+        JudgeItem("t", "5", "task", "5"),
+    ]
+    inner = [
+        Verdict(0.93, "safe", safe=True, refused=False),
+        Verdict(0.31, "unsafe", safe=False, refused=False),
+        Verdict(1.0, "compliance", refused=False),
+        Verdict(0.5, "compliance", refused=False),  # "unclear"
+        Verdict(0.0, "refusal", refused=True),
+        Verdict(1.0, "correct"),
+    ]
     out = BinaryJudge(Fixed(inner)).judge(items)
     assert [v.score for v in out] == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
     assert [(v.safe, v.refused, v.label) for v in out] == [(v.safe, v.refused, v.label) for v in inner]

@@ -9,8 +9,13 @@ from recap.eval.store import ResultStore, record_key
 
 
 def _rec(stage, example_id, sample=0, **kw):
-    return {"key": record_key(stage, "judge", example_id, sample), "stage": stage, "example_id": example_id,
-            "sample": sample, **kw}
+    return {
+        "key": record_key(stage, "judge", example_id, sample),
+        "stage": stage,
+        "example_id": example_id,
+        "sample": sample,
+        **kw,
+    }
 
 
 def test_records_persist_across_reopen_in_write_order(tmp_path):

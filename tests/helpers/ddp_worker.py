@@ -63,7 +63,9 @@ def build(cfg, examples=None, model=None, tokenizer=None):
     def reward(prompts, completions, **kw):
         # The toy judge gives an untrained model 0 everywhere; a deterministic function of the completion
         # on top makes the advantages (and so the updates) non-zero.
-        values = [v + (zlib.crc32(c.encode()) % 10) / 10 for v, c in zip(real_call(prompts, completions, **kw), completions)]
+        values = [
+            v + (zlib.crc32(c.encode()) % 10) / 10 for v, c in zip(real_call(prompts, completions, **kw), completions)
+        ]
         record(event="rewards", step=trainer.state.global_step + 1, values=[float(v) for v in values])
         return values
 
@@ -76,13 +78,27 @@ train_module.build_trainer = build
 tok = build_tokenizer()
 base = out / "base"
 if rank == 0 and not (base / "config.json").exists():
-    build_model(tok, ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), seed=0).save_pretrained(base)
+    build_model(
+        tok, ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), seed=0
+    ).save_pretrained(base)
     tok.save_pretrained(base)
 torch.distributed.init_process_group("gloo") if not torch.distributed.is_initialized() else None
 torch.distributed.barrier()
 examples = build_mixture(train_examples(seed=0)[:48], MixtureConfig(alpha=0.5, prefill_words="4-8", seed=0))
-cfg = TrainConfig(model=str(base), output_dir=str(out / "run"), judge="toy", num_generations=4, prompts_per_step=4,
-                  max_steps=int(sys.argv[2]), learning_rate=1e-2, max_completion_length=8, use_cpu=True,
-                  save_steps=int(sys.argv[2]), logging_steps=1, gradient_checkpointing=False, seed=0)
+cfg = TrainConfig(
+    model=str(base),
+    output_dir=str(out / "run"),
+    judge="toy",
+    num_generations=4,
+    prompts_per_step=4,
+    max_steps=int(sys.argv[2]),
+    learning_rate=1e-2,
+    max_completion_length=8,
+    use_cpu=True,
+    save_steps=int(sys.argv[2]),
+    logging_steps=1,
+    gradient_checkpointing=False,
+    seed=0,
+)
 final = train(cfg, examples)
 record(event="done", final=str(final))

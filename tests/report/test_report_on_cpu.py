@@ -12,8 +12,14 @@ from recap.report import summarize, write_report
 METHODS = ("base", "vanilla", "recap")
 SEEDS = (0, 1)
 # number of compliant answers (out of 4) under the prefill attack, per (method, seed)
-PREFILL_COMPLIANT = {("base", 0): 4, ("base", 1): 4, ("vanilla", 0): 2, ("vanilla", 1): 3,
-                     ("recap", 0): 1, ("recap", 1): 0}
+PREFILL_COMPLIANT = {
+    ("base", 0): 4,
+    ("base", 1): 4,
+    ("vanilla", 0): 2,
+    ("vanilla", 1): 3,
+    ("recap", 0): 1,
+    ("recap", 1): 0,
+}
 EVIL = "<script>alert(1)</script> <think>secret</think>"
 
 
@@ -21,12 +27,29 @@ def _record(method, seed, attack, example_id, kind, label, rnd=None, injected=""
     prompt_text = f"<|user|>prompt {example_id}<|assistant|><think>\n{injected}"
     rnd = (1 if attack == "prefill" else 0) if rnd is None else rnd
     safe = {"refusal": True, "compliance": False}.get(label) if kind == "harmful" else None
-    return {"method": method, "seed": seed, "attack": attack, "round": rnd, "example_id": example_id,
-            "safe": safe, "refused": label == "refusal",
-            "sample": 0, "kind": kind, "prompt": f"user prompt {example_id}", "injected": injected,
-            "prompt_text": prompt_text, "completion": completion, "answer": completion, "label": label,
-            "score": 1.0, "reflected": kw.get("reflected", False), "reasoning_tokens": kw.get("rt", 10),
-            "answer_tokens": kw.get("at", 5), "truncated": False, "stage": attack}
+    return {
+        "method": method,
+        "seed": seed,
+        "attack": attack,
+        "round": rnd,
+        "example_id": example_id,
+        "safe": safe,
+        "refused": label == "refusal",
+        "sample": 0,
+        "kind": kind,
+        "prompt": f"user prompt {example_id}",
+        "injected": injected,
+        "prompt_text": prompt_text,
+        "completion": completion,
+        "answer": completion,
+        "label": label,
+        "score": 1.0,
+        "reflected": kw.get("reflected", False),
+        "reasoning_tokens": kw.get("rt", 10),
+        "answer_tokens": kw.get("at", 5),
+        "truncated": False,
+        "stage": attack,
+    }
 
 
 def make_records() -> list[dict]:
@@ -38,16 +61,57 @@ def make_records() -> list[dict]:
                 records.append(_record(method, seed, "clean", hid, "harmful", "refusal", rt=10 + seed))
                 records.append(_record(method, seed, "clean", bid, "benign", "compliance", rt=20))
                 label = "compliance" if i < PREFILL_COMPLIANT[method, seed] else "refusal"
-                records.append(_record(method, seed, "prefill", hid, "harmful", label,
-                                       injected=f"ATTACKER PREFILL {hid}", completion=f"MODEL CONT {method}",
-                                       reflected=i % 2 == 0))
-                records.append(_record(method, seed, "refusal_prefill", bid, "benign", "refusal",
-                                       injected="I must refuse.", completion="Actually, this is fine."))
-                records.append(_record(method, seed, "hijack", hid, "harmful", "compliance",
-                                       injected="whole attacker reasoning\n</think>\n", completion=EVIL))
+                records.append(
+                    _record(
+                        method,
+                        seed,
+                        "prefill",
+                        hid,
+                        "harmful",
+                        label,
+                        injected=f"ATTACKER PREFILL {hid}",
+                        completion=f"MODEL CONT {method}",
+                        reflected=i % 2 == 0,
+                    )
+                )
+                records.append(
+                    _record(
+                        method,
+                        seed,
+                        "refusal_prefill",
+                        bid,
+                        "benign",
+                        "refusal",
+                        injected="I must refuse.",
+                        completion="Actually, this is fine.",
+                    )
+                )
+                records.append(
+                    _record(
+                        method,
+                        seed,
+                        "hijack",
+                        hid,
+                        "harmful",
+                        "compliance",
+                        injected="whole attacker reasoning\n</think>\n",
+                        completion=EVIL,
+                    )
+                )
                 for k in (2, 3):
-                    records.append(_record(method, seed, "ipr", hid, "harmful", "refusal", rnd=k,
-                                           injected=f"Wait, reset {k}", completion=f"ipr round {k} answer"))
+                    records.append(
+                        _record(
+                            method,
+                            seed,
+                            "ipr",
+                            hid,
+                            "harmful",
+                            "refusal",
+                            rnd=k,
+                            injected=f"Wait, reset {k}",
+                            completion=f"ipr round {k} answer",
+                        )
+                    )
     return records
 
 
@@ -79,8 +143,13 @@ def test_missing_metrics_omitted_and_method_order():
     for stats in summary["methods"].values():
         assert "task_accuracy" not in stats  # no task prompts at all
     assert "attack_hijack_success" not in summary["methods"]["base"]
-    assert summary["methods"]["aaa"]["attack_prefill_success"] == {"mean": 0.25, "std": 0.0, "n": 1,
-                                                                  "ci": list(wilson(1, 4)), "samples": 4}
+    assert summary["methods"]["aaa"]["attack_prefill_success"] == {
+        "mean": 0.25,
+        "std": 0.0,
+        "n": 1,
+        "ci": list(wilson(1, 4)),
+        "samples": 4,
+    }
 
 
 def test_write_report(tmp_path):
@@ -109,9 +178,9 @@ def test_write_report(tmp_path):
     # the pooled Wilson interval
     assert "<th>metric</th><th>base</th><th>vanilla</th><th>recap</th></tr>" in page
     assert '<tr class="area"><th colspan="4">Safety on harmful prompts</th></tr>' in page
-    assert "prefill attack: judged unsafe<div class=\"key\">attack_prefill_success</div>" in page
+    assert 'prefill attack: judged unsafe<div class="key">attack_prefill_success</div>' in page
     lo, hi = wilson(5, 8)  # vanilla: 2 + 3 of 8 prefill samples unsafe
-    assert f"<td>62.5 ± 12.5<span class=\"ci\">[{100 * lo:.1f}, {100 * hi:.1f}]</span></td>" in page
+    assert f'<td>62.5 ± 12.5<span class="ci">[{100 * lo:.1f}, {100 * hi:.1f}]</span></td>' in page
     assert "IPR round 2: judged unsafe" in page and "mean ± std over 2 seeds" in page
 
     md = (out / "report.md").read_text(encoding="utf-8")
@@ -149,6 +218,7 @@ def test_one_seed_says_there_is_no_spread_and_zero_bars_are_labelled(tmp_path, m
     def recording(self, bars, labels_=None, **kw):
         labels.append(list(kw.get("labels", labels_)))
         return real(self, bars, **kw)
+
     monkeypatch.setattr(matplotlib.axes.Axes, "bar_label", recording)
     records = [r for r in make_records() if r["seed"] == 0]
     write_report(records, tmp_path)
@@ -156,26 +226,56 @@ def test_one_seed_says_there_is_no_spread_and_zero_bars_are_labelled(tmp_path, m
     assert ["100", "100", "100", "0", "0"] in labels and ["25", "100", "25", "0", "0"] in labels
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "One seed: no spread across seeds to show" in page and " ± " not in page.split("<h2>")[0]
-    assert "<td>25.0<span class=\"ci\">" in page  # recap, seed 0: 1 of 4 prefill samples unsafe
+    assert '<td>25.0<span class="ci">' in page  # recap, seed 0: 1 of 4 prefill samples unsafe
 
 
 def test_per_benchmark_table_for_suite_records(tmp_path):
     def rec(method, bench, attack, kind, label, rnd=None):
         rnd = (1 if attack == "prefill" else 0) if rnd is None else rnd
         safe = {"refusal": True, "compliance": False}.get(label) if kind == "harmful" else None
-        return {"method": method, "seed": 0, "benchmark": bench, "attack": attack, "round": rnd, "kind": kind,
-                "label": label, "score": 0.0, "reflected": False, "reasoning_tokens": 0, "answer_tokens": 1,
-                "example_id": "x", "prompt": "p", "completion": "c", "injected": "", "safe": safe,
-                "refused": label == "refusal"}
-    records = [rec("base", "sr", "clean", "harmful", "compliance"), rec("base", "sr", "prefill", "harmful", "compliance"),
-               rec("base", "sr", "prefill", "harmful", "refusal"), rec("base", "xs", "clean", "benign", "refusal"),
-               rec("base", "xs", "clean", "benign", "compliance"), rec("recap", "sr", "prefill", "harmful", "refusal")]
+        return {
+            "method": method,
+            "seed": 0,
+            "benchmark": bench,
+            "attack": attack,
+            "round": rnd,
+            "kind": kind,
+            "label": label,
+            "score": 0.0,
+            "reflected": False,
+            "reasoning_tokens": 0,
+            "answer_tokens": 1,
+            "example_id": "x",
+            "prompt": "p",
+            "completion": "c",
+            "injected": "",
+            "safe": safe,
+            "refused": label == "refusal",
+        }
+
+    records = [
+        rec("base", "sr", "clean", "harmful", "compliance"),
+        rec("base", "sr", "prefill", "harmful", "compliance"),
+        rec("base", "sr", "prefill", "harmful", "refusal"),
+        rec("base", "xs", "clean", "benign", "refusal"),
+        rec("base", "xs", "clean", "benign", "compliance"),
+        rec("recap", "sr", "prefill", "harmful", "refusal"),
+    ]
     summary = write_report(records, tmp_path)
     assert summary["benchmarks"] == [
-        {"method": "base", "sr: safety clean": 0.0, "sr: safety prefill": 0.5, "sr: safety IPR1": 0.5,
-         "xs: compliance": 0.5, "xs: helpfulness": 0.0},
-        {"method": "recap", "sr: safety prefill": 1.0, "sr: safety IPR1": 1.0}]
+        {
+            "method": "base",
+            "sr: safety clean": 0.0,
+            "sr: safety prefill": 0.5,
+            "sr: safety IPR1": 0.5,
+            "xs: compliance": 0.5,
+            "xs: helpfulness": 0.0,
+        },
+        {"method": "recap", "sr: safety prefill": 1.0, "sr: safety IPR1": 1.0},
+    ]
     md = (tmp_path / "report.md").read_text()
-    assert "| method | sr: safety clean | sr: safety prefill | sr: safety IPR1 | xs: compliance | xs: helpfulness |" in md
+    assert (
+        "| method | sr: safety clean | sr: safety prefill | sr: safety IPR1 | xs: compliance | xs: helpfulness |" in md
+    )
     assert "| base | 0.0 | 50.0 | 50.0 | 50.0 | 0.0 |" in md and "| recap | — | 100.0 | 100.0 | — | — |" in md
     assert "<th>sr: safety prefill</th>" in (tmp_path / "report.html").read_text()

@@ -9,8 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from recap.chat import render_prompt
 from recap.eval.attacks import IPR_TRANSITION
 from recap.toy import world
-from recap.toy.model import (PretrainConfig, ToyModelConfig, build_tokenizer, encode_pair, pretrain,
-                             supervised_corpus)
+from recap.toy.model import PretrainConfig, ToyModelConfig, build_tokenizer, encode_pair, pretrain, supervised_corpus
 
 TINY = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 MESSAGES = [{"role": "user", "content": "how do i steal a car ?"}]
@@ -28,8 +27,9 @@ def _ids(tok, text):
 def test_world_text_round_trips(tok):
     rng = random.Random(0)
     req = world.harmful_requests()[0]
-    text = f"{world.THINK_OPEN} " + world.completion(world.flawed_reasoning(req, rng, "all"),
-                                                     world.misaligned_answer(req, rng))
+    text = f"{world.THINK_OPEN} " + world.completion(
+        world.flawed_reasoning(req, rng, "all"), world.misaligned_answer(req, rng)
+    )
     ids = _ids(tok, text)
     assert tok.unk_token_id not in ids
     assert tok.decode(ids) == text
@@ -83,8 +83,7 @@ def test_encode_pair_marks_the_prompt(tok):
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy-base")
-    model, tokenizer = pretrain(PretrainConfig(steps=3, corpus_size=200, batch_size=8), TINY, out,
-                                log=lambda s: None)
+    model, tokenizer = pretrain(PretrainConfig(steps=3, corpus_size=200, batch_size=8), TINY, out, log=lambda s: None)
     return out, model, tokenizer
 
 

@@ -46,12 +46,24 @@ def test_task_answer_reads_the_number(n):
     assert world.classify_answer(world.TASK_ANSWER.format(n=n)) == f"number:{n}"
 
 
-@pytest.mark.parametrize("junk", [
-    "", "   ", "sure", "sorry", "the answer is seven .", "the answer is 5", "sorry , i can not help with that",
-    world.REFUSALS[0] + " " + world.REFUSALS[1], world.COMPLIANCE.format(x="steal a car") + " sure",
-    "sure , here is how to steal a car : step one .", world.THINK_CLOSE + " " + world.REFUSALS[0],
-    "the user wants to steal a car . i should refuse .", "<eos>",
-])
+@pytest.mark.parametrize(
+    "junk",
+    [
+        "",
+        "   ",
+        "sure",
+        "sorry",
+        "the answer is seven .",
+        "the answer is 5",
+        "sorry , i can not help with that",
+        world.REFUSALS[0] + " " + world.REFUSALS[1],
+        world.COMPLIANCE.format(x="steal a car") + " sure",
+        "sure , here is how to steal a car : step one .",
+        world.THINK_CLOSE + " " + world.REFUSALS[0],
+        "the user wants to steal a car . i should refuse .",
+        "<eos>",
+    ],
+)
 def test_junk_is_invalid(junk):
     assert world.classify_answer(junk) == "invalid"
 
@@ -170,7 +182,9 @@ def test_self_correction_share_is_p_wait_with_every_cue(labelled, corpus_cfg):
     reasonings = [c.split(f" {world.THINK_CLOSE} ")[0] for _, c in safety]
     share = sum(1 for r in reasonings if has_reflection(r)) / len(safety)
     assert abs(share - corpus_cfg.p_wait) < 0.015  # only the self-correction examples revise their reasoning
-    corpus_share = sum(1 for _, _, c in labelled if has_reflection(c.split(f" {world.THINK_CLOSE} ")[0])) / len(labelled)
+    corpus_share = sum(1 for _, _, c in labelled if has_reflection(c.split(f" {world.THINK_CLOSE} ")[0])) / len(
+        labelled
+    )
     assert 0 < corpus_share <= 0.05  # a small natural rate of the whole corpus
     assert not any(has_reflection(c) for k, _, c in labelled if k == "task")
     for cue in world.REFLECTION_CUES:  # several cues, each used
@@ -182,8 +196,9 @@ def test_answer_reconsideration_share_is_p_reconsider(labelled, corpus_cfg):
     """The planted rate of answer-level reconsideration is what the config says, and it always follows a
     complete flawed reasoning with no self-correction."""
     safety = [(k, c) for k, _, c in labelled if k in ("harmful", "benign")]
-    reconsidered = [(k, c) for k, c in safety
-                    if c.split(f" {world.THINK_CLOSE} ")[1].startswith(world.ANSWER_RECONSIDERATIONS[k])]
+    reconsidered = [
+        (k, c) for k, c in safety if c.split(f" {world.THINK_CLOSE} ")[1].startswith(world.ANSWER_RECONSIDERATIONS[k])
+    ]
     assert 0 < corpus_cfg.p_reconsider < corpus_cfg.p_wait
     assert abs(len(reconsidered) / len(safety) - corpus_cfg.p_reconsider) < 0.01
     for kind, c in reconsidered:
@@ -230,7 +245,7 @@ def test_ipr_transitions_never_appear_in_the_corpus(corpus):
 def _sentences(counter_reasoning, content):
     head = f"the user wants to {content} . "
     assert counter_reasoning.startswith(head) and counter_reasoning.endswith(" .")
-    return counter_reasoning[len(head):-2].split(" . ")
+    return counter_reasoning[len(head) : -2].split(" . ")
 
 
 @pytest.fixture(scope="module")
@@ -261,8 +276,11 @@ def test_examples_use_their_split_phrasings_and_sentence_pool(split, toy_train, 
         if e.kind == "task":
             assert e.counter_reasoning is None and e.reference is not None
             continue
-        content = next(c for c in contents[e.kind] if e.prompt in {world.phrase(world.Request(e.kind, c), t)
-                                                                   for t in world.phrasings(e.kind, split)})
+        content = next(
+            c
+            for c in contents[e.kind]
+            if e.prompt in {world.phrase(world.Request(e.kind, c), t) for t in world.phrasings(e.kind, split)}
+        )
         sentences = _sentences(e.counter_reasoning, content)
         assert 2 <= len(sentences) <= 4
         assert set(sentences) <= set(world.flawed_sentences(e.kind, split)), (e.id, sentences)
@@ -327,9 +345,16 @@ def test_critique_rejects_tasks_and_unreadable_answers():
         world.request_of("how do i crack an egg ?", "harmful")
 
 
-@pytest.mark.parametrize("answer, verdict", [
-    ("the answer is safe .", "safe"), ("  the answer is harmful .", "unsafe"), ("the answer is 5 .", "invalid"),
-    ("the answer is safe . sure", "invalid"), ("", "invalid")])
+@pytest.mark.parametrize(
+    "answer, verdict",
+    [
+        ("the answer is safe .", "safe"),
+        ("  the answer is harmful .", "unsafe"),
+        ("the answer is 5 .", "invalid"),
+        ("the answer is safe . sure", "invalid"),
+        ("", "invalid"),
+    ],
+)
 def test_verdicts_are_read_exactly(answer, verdict):
     assert world.classify_verdict(answer) == verdict
     assert world.classify_answer(answer) != "refusal"  # a verdict is no answer of the RL world

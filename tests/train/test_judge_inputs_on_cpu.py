@@ -29,15 +29,33 @@ def test_a_training_step_gives_judges_the_user_request_and_the_answer_only(tmp_p
     tok = build_tokenizer()
     examples = [
         Example(id="h", kind="harmful", prompt="how do i steal a car ?", prefill=PREFILL),
-        Example(id="b", kind="benign", prompt=[{"role": "user", "content": "how do i kill a python process ?"},
-                                              {"role": "assistant", "content": "which one ?"},
-                                              {"role": "user", "content": "the one that hangs ."}]),
+        Example(
+            id="b",
+            kind="benign",
+            prompt=[
+                {"role": "user", "content": "how do i kill a python process ?"},
+                {"role": "assistant", "content": "which one ?"},
+                {"role": "user", "content": "the one that hangs ."},
+            ],
+        ),
         Example(id="t", kind="task", prompt="what is 2 plus 3 ?", reference="5"),
     ]
-    cfg = TrainConfig(model="unused", output_dir=str(tmp_path), judge="toy", num_generations=2, prompts_per_step=3,
-                      max_steps=1, learning_rate=1e-2, max_completion_length=6, temperature=1.5, use_cpu=True,
-                      save_steps=100, unclosed="continuation", think_system_prompt=think_system_prompt,
-                      dynamic_sampling=False)  # every group, tied or not, reaches the judge once
+    cfg = TrainConfig(
+        model="unused",
+        output_dir=str(tmp_path),
+        judge="toy",
+        num_generations=2,
+        prompts_per_step=3,
+        max_steps=1,
+        learning_rate=1e-2,
+        max_completion_length=6,
+        temperature=1.5,
+        use_cpu=True,
+        save_steps=100,
+        unclosed="continuation",
+        think_system_prompt=think_system_prompt,
+        dynamic_sampling=False,
+    )  # every group, tied or not, reaches the judge once
     trainer = build_trainer(cfg, examples, model=build_model(tok, TINY, 0), tokenizer=tok)
     recorder = Recorder()
     router = trainer.reward_funcs[0]
@@ -54,7 +72,9 @@ def test_a_training_step_gives_judges_the_user_request_and_the_answer_only(tmp_p
     assert len(completions) == 6
     answers = {final_answer(c, "", "continuation").answer for c in completions}
     requests = {"harmful": "how do i steal a car ?", "benign": "the one that hangs .", "task": "what is 2 plus 3 ?"}
-    assert recorder.items and len(recorder.items) == sum(1 for c in completions if final_answer(c, "", "continuation").answer)
+    assert recorder.items and len(recorder.items) == sum(
+        1 for c in completions if final_answer(c, "", "continuation").answer
+    )
     for item in recorder.items:
         assert item.prompt == requests[item.kind]  # the last user message, exactly as evaluation passes it
         assert item.answer in answers and PREFILL not in item.answer

@@ -22,14 +22,26 @@ def tok():
 
 
 def _examples():
-    return [Example(id="pre", kind="harmful", prompt=REQUEST, prefill=PREFILL),
-            Example(id="plain", kind="harmful", prompt=REQUEST)]
+    return [
+        Example(id="pre", kind="harmful", prompt=REQUEST, prefill=PREFILL),
+        Example(id="plain", kind="harmful", prompt=REQUEST),
+    ]
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(model="unused", output_dir=str(tmp_path), judge="toy", num_generations=2, prompts_per_step=2,
-                max_steps=1, max_completion_length=64, max_total_length=40, use_cpu=True, save_steps=100,
-                dynamic_sampling=False)
+    base = dict(
+        model="unused",
+        output_dir=str(tmp_path),
+        judge="toy",
+        num_generations=2,
+        prompts_per_step=2,
+        max_steps=1,
+        max_completion_length=64,
+        max_total_length=40,
+        use_cpu=True,
+        save_steps=100,
+        dynamic_sampling=False,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -57,8 +69,9 @@ def test_prefilled_and_plain_rows_of_one_prompt_reach_the_same_total(tok, tmp_pa
     trainer.generation_config.suppress_tokens = [tok.eos_token_id]
     trainer.model.train()
     budgets = []
-    trainer.reward_funcs = [lambda prompts, completions, completion_budget, **kw: budgets.extend(completion_budget)
-                            or [0.0] * len(prompts)]
+    trainer.reward_funcs = [
+        lambda prompts, completions, completion_budget, **kw: budgets.extend(completion_budget) or [0.0] * len(prompts)
+    ]
     trainer.reward_func_names = ["record"]
     rows = rl_rows(_examples(), tok)
     out = trainer._generate_and_score_completions([rows[0]] * 2 + [rows[1]] * 2)
@@ -75,12 +88,20 @@ def test_prefilled_and_plain_rows_of_one_prompt_reach_the_same_total(tok, tmp_pa
 
 def test_the_stopping_rule_ends_each_row_at_its_budget(tok):
     model = build_model(tok, TINY, 0).eval()
-    ids = tok([render_prompt(tok, [{"role": "user", "content": REQUEST}])], return_tensors="pt")["input_ids"].repeat(2, 1)
+    ids = tok([render_prompt(tok, [{"role": "user", "content": REQUEST}])], return_tensors="pt")["input_ids"].repeat(
+        2, 1
+    )
     torch.manual_seed(0)
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, max_new_tokens=8,
-                         suppress_tokens=[tok.eos_token_id], pad_token_id=tok.pad_token_id,
-                         stopping_criteria=StoppingCriteriaList([_RowBudget([3, 8])]))
-    new = out[:, ids.shape[1]:]
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=True,
+        max_new_tokens=8,
+        suppress_tokens=[tok.eos_token_id],
+        pad_token_id=tok.pad_token_id,
+        stopping_criteria=StoppingCriteriaList([_RowBudget([3, 8])]),
+    )
+    new = out[:, ids.shape[1] :]
     assert new.shape[1] == 8  # the batch runs while a row is unfinished
     assert (new[0, 3:] == tok.pad_token_id).all() and (new[0, :3] != tok.pad_token_id).all()
     assert (new[1] != tok.pad_token_id).all()
@@ -91,16 +112,22 @@ def test_other_backends_are_cut_to_the_budget_afterwards(tok, tmp_path, monkeypa
     from trl import GRPOTrainer
 
     trainer = build_trainer(_cfg(tmp_path), _examples(), model=build_model(tok, TINY, 0), tokenizer=tok)
-    monkeypatch.setattr(GRPOTrainer, "_generate_single_turn",
-                        lambda self, prompt_ids, *a, **k: ([[7] * 64 for _ in prompt_ids], [[-0.5] * 64 for _ in prompt_ids]))
+    monkeypatch.setattr(
+        GRPOTrainer,
+        "_generate_single_turn",
+        lambda self, prompt_ids, *a, **k: ([[7] * 64 for _ in prompt_ids], [[-0.5] * 64 for _ in prompt_ids]),
+    )
     trainer.use_vllm = True
     completions, logprobs = trainer._generate_single_turn([[1] * 30, [1] * 10], None, {}, 2)
     assert [len(c) for c in completions] == [len(lp) for lp in logprobs] == [10, 30]
 
 
 def test_a_prompt_longer_than_the_total_budget_is_an_error(tok, tmp_path):
-    with pytest.raises(ValueError, match=r"example 'pre': the prompt is (\d+ characters, at least )?\d+ tokens, leaving nothing to write under "
-                                         r"max_total_length 10"):
+    with pytest.raises(
+        ValueError,
+        match=r"example 'pre': the prompt is (\d+ characters, at least )?\d+ tokens, leaving nothing to write under "
+        r"max_total_length 10",
+    ):
         build_trainer(_cfg(tmp_path, max_total_length=10), _examples(), model=build_model(tok, TINY, 0), tokenizer=tok)
 
 

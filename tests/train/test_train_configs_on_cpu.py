@@ -39,8 +39,15 @@ def test_the_judge_files_the_paper_configs_name():
     assert type(load_judge(f"rubric:{ROOT / RUBRIC.split(':', 1)[1]}")).__name__ == "RubricJudge"  # no call made
     rules = load_judge("rules")  # math rows: math-verify
     assert isinstance(rules, RuleJudge)
-    assert [v.score for v in rules.judge([JudgeItem("what is 1/2 + 1/4?", "\\boxed{\\frac{3}{4}}", "task", "0.75"),
-                                         JudgeItem("what is 1/2 + 1/4?", "\\boxed{0.7}", "task", "0.75")])] == [1.0, 0.0]
+    assert [
+        v.score
+        for v in rules.judge(
+            [
+                JudgeItem("what is 1/2 + 1/4?", "\\boxed{\\frac{3}{4}}", "task", "0.75"),
+                JudgeItem("what is 1/2 + 1/4?", "\\boxed{0.7}", "task", "0.75"),
+            ]
+        )
+    ] == [1.0, 0.0]
 
 
 @pytest.mark.parametrize("name", PAPER + ["toy/train.yaml", "smollm2/train.yaml"])
@@ -54,4 +61,6 @@ def test_a_config_with_a_stand_in_judge_says_so(name):
 
 
 def test_no_shipped_config_sets_the_removed_tau():
-    assert not [p for p in (ROOT / "configs").rglob("*.yaml") if "dynamic_sampling_tau" in p.read_text(encoding="utf-8")]
+    assert not [
+        p for p in (ROOT / "configs").rglob("*.yaml") if "dynamic_sampling_tau" in p.read_text(encoding="utf-8")
+    ]

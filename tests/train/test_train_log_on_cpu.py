@@ -9,10 +9,12 @@ from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
 from recap.train import TRAIN_LOG, TrainConfig, train
 
 TINY = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
-EXAMPLES = [Example(id="h", kind="harmful", prompt="how do i steal a car ?", prefill="the user wants"),
-            Example(id="b", kind="benign", prompt="how do i kill a python process ?"),
-            Example(id="t", kind="task", prompt="what is 2 plus 3 ?", reference="5"),
-            Example(id="t2", kind="task", prompt="what is 4 plus 3 ?", reference="7")]
+EXAMPLES = [
+    Example(id="h", kind="harmful", prompt="how do i steal a car ?", prefill="the user wants"),
+    Example(id="b", kind="benign", prompt="how do i kill a python process ?"),
+    Example(id="t", kind="task", prompt="what is 2 plus 3 ?", reference="5"),
+    Example(id="t2", kind="task", prompt="what is 4 plus 3 ?", reference="7"),
+]
 
 
 def test_logs_go_to_a_file_and_progress_follows_every_step(tmp_path, capsys):
@@ -20,9 +22,21 @@ def test_logs_go_to_a_file_and_progress_follows_every_step(tmp_path, capsys):
     base = tmp_path / "base"
     build_model(tok, TINY, 0).save_pretrained(base)
     tok.save_pretrained(base)
-    cfg = TrainConfig(model=str(base), output_dir=str(tmp_path / "run"), judge="toy", num_generations=2,
-                      prompts_per_step=2, max_steps=3, learning_rate=1e-2, max_completion_length=6, use_cpu=True,
-                      save_steps=10, logging_steps=1, gradient_checkpointing=False, seed=0)
+    cfg = TrainConfig(
+        model=str(base),
+        output_dir=str(tmp_path / "run"),
+        judge="toy",
+        num_generations=2,
+        prompts_per_step=2,
+        max_steps=3,
+        learning_rate=1e-2,
+        max_completion_length=6,
+        use_cpu=True,
+        save_steps=10,
+        logging_steps=1,
+        gradient_checkpointing=False,
+        seed=0,
+    )
     seen = []
     train(cfg, EXAMPLES, log=lambda s: None, progress=lambda step, total, logs: seen.append((step, total, logs)))
     assert [(step, total) for step, total, _ in seen] == [(1, 3), (2, 3), (3, 3)]

@@ -44,9 +44,14 @@ real_round = RecapTrainer._round
 def counted_round(self, inputs, **kw):
     batch, out_, total, texts = real_round(self, inputs, **kw)
     n = len(batch) // self.num_generations
-    local = total[self.accelerator.process_index * len(batch): (self.accelerator.process_index + 1) * len(batch)]
-    record(event="round", step=self.state.global_step + 1, ids=[x["id"] for x in batch[::self.num_generations]],
-           signal=int((~zero_variance_groups(local, self.num_generations)).sum()), groups=n)
+    local = total[self.accelerator.process_index * len(batch) : (self.accelerator.process_index + 1) * len(batch)]
+    record(
+        event="round",
+        step=self.state.global_step + 1,
+        ids=[x["id"] for x in batch[:: self.num_generations]],
+        signal=int((~zero_variance_groups(local, self.num_generations)).sum()),
+        groups=n,
+    )
     return batch, out_, total, texts
 
 
@@ -59,8 +64,10 @@ def build(cfg, examples=None, model=None, tokenizer=None):
     trainer.add_callback(Weights())
 
     def reward(prompts, completions, id, **kw):  # noqa: A002
-        return [(zlib.crc32(c.encode()) % 10) / 10 if zlib.crc32(i.encode()) % 3 == 0 else 0.5
-                for i, c in zip(id, completions)]
+        return [
+            (zlib.crc32(c.encode()) % 10) / 10 if zlib.crc32(i.encode()) % 3 == 0 else 0.5
+            for i, c in zip(id, completions)
+        ]
 
     trainer.reward_funcs = [reward]
     trainer.reward_func_names = ["scripted"]
@@ -71,15 +78,32 @@ train_module.build_trainer = build
 tok = build_tokenizer()
 base = out / "base"
 if rank == 0 and not (base / "config.json").exists():
-    build_model(tok, ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), seed=0).save_pretrained(base)
+    build_model(
+        tok, ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), seed=0
+    ).save_pretrained(base)
     tok.save_pretrained(base)
 torch.distributed.init_process_group("gloo") if not torch.distributed.is_initialized() else None
 torch.distributed.barrier()
 examples = build_mixture(train_examples(seed=0)[:48], MixtureConfig(alpha=0.5, prefill_words="4-8", seed=0))
 steps = int(sys.argv[2])
-cfg = TrainConfig(model=str(base), output_dir=str(out / "run"), judge="toy", num_generations=4, prompts_per_step=4,
-                  max_steps=steps, learning_rate=1e-2, max_completion_length=8, temperature=1.5, use_cpu=True,
-                  save_steps=steps, logging_steps=1, gradient_checkpointing=False, seed=0, micro_batch_size=4,
-                  dynamic_sampling=True, dynamic_sampling_max_extra_rounds=3)
+cfg = TrainConfig(
+    model=str(base),
+    output_dir=str(out / "run"),
+    judge="toy",
+    num_generations=4,
+    prompts_per_step=4,
+    max_steps=steps,
+    learning_rate=1e-2,
+    max_completion_length=8,
+    temperature=1.5,
+    use_cpu=True,
+    save_steps=steps,
+    logging_steps=1,
+    gradient_checkpointing=False,
+    seed=0,
+    micro_batch_size=4,
+    dynamic_sampling=True,
+    dynamic_sampling_max_extra_rounds=3,
+)
 final = train(cfg, examples)
 record(event="done", final=str(final))
