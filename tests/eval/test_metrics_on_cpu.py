@@ -260,3 +260,14 @@ def test_every_metric_has_a_description_and_a_direction():
     assert higher_is_better("attack_ipr7_success") is False and higher_is_better("task_pass@16") is True
     assert higher_is_better("refusal_rate_clean") is None and higher_is_better("invalid_ipr2") is False
     assert "round 2" in describe("attack_ipr2_success") and "16 samples" in describe("task_pass@16")
+
+
+def test_wilson_interval_holds_the_rate_at_the_ends():
+    """All or none of the samples: the interval reaches 1 (or 0) exactly, never a float hair inside."""
+    from recap.eval.metrics import wilson
+
+    for n in range(1, 400):
+        assert wilson(n, n)[1] == 1.0 and wilson(n, n)[0] < 1.0
+        assert wilson(0, n)[0] == 0.0 and wilson(0, n)[1] > 0.0
+        lo, hi = wilson(n // 3, n)
+        assert lo <= (n // 3) / n <= hi
