@@ -72,9 +72,8 @@ def friendly_errors(fn):
     return wrapper
 
 
-@contextlib.contextmanager
-def progress_bars():
-    """A ``progress(stage, done, total)`` callback drawing one rich bar per stage on standard error."""
+def _bars(*extra_columns):
+    """Rich progress bars on standard error: description, bar, done/total, ``extra_columns``, elapsed, ETA."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -84,15 +83,22 @@ def progress_bars():
         TimeRemainingColumn,
     )
 
-    bars = Progress(
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        *extra_columns,
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err,
         transient=False,
     )
+
+
+@contextlib.contextmanager
+def progress_bars():
+    """A ``progress(stage, done, total)`` callback drawing one rich bar per stage on standard error."""
+    bars = _bars()
     tasks: dict[str, int] = {}
 
     def update(stage: str, done: int, total: int) -> None:
@@ -108,25 +114,9 @@ def progress_bars():
 def training_bars():
     """A ``progress(run, step, max_steps, logs)`` callback drawing one rich line per training run: step, mean
     reward by kind (from the run's latest log) and ETA."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import TextColumn
 
-    bars = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rewards]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    )
+    bars = _bars(TextColumn("{task.fields[rewards]}"))
     tasks: dict[str, int] = {}
 
     def update(run: str, step: int, max_steps: int, logs: dict) -> None:
