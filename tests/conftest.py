@@ -9,6 +9,7 @@ server fails instead.
 """
 
 import importlib.util
+import json
 import os
 import socket
 import subprocess
@@ -36,6 +37,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def torchrun_two_ranks(worker: Path, out: Path, *args: str) -> dict[int, list[dict]]:
+    """Run ``worker out *args`` as two torchrun ranks on CPU (one thread each) and return each rank's JSONL
+    log (``out/rank<r>.jsonl``) as a list of records; a failed run fails the test with its stderr."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(worker),
+        str(out),
+        *args,
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return {r: [json.loads(line) for line in (out / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
 
 
 def in_ci() -> bool:

@@ -3,14 +3,11 @@ generation rounds (while any rank is short of groups with signal), each fills it
 stay identical, and the logged effective batch size and extra rounds are the run's (slow: -m slow)."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from conftest import torchrun_two_ranks
 
 pytestmark = pytest.mark.slow  # two processes, ~40 s on 2 cores
 
@@ -18,33 +15,10 @@ WORKER = Path(__file__).parent / "helpers" / "ddp_dynamic_worker.py"
 STEPS = 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp-dynamic")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        str(WORKER),
-        str(out),
-        str(STEPS),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    logs = {r: [json.loads(line) for line in (out / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
+    logs = torchrun_two_ranks(WORKER, out, str(STEPS))
     history = [h for h in json.loads((out / "run" / "log_history.json").read_text()) if "step" in h and "loss" in h]
     return logs, history
 
