@@ -3,7 +3,7 @@ keeps one core busy, side by side in one run, and the ratio.
 
 A torch job that runs as many threads as the machine has cores, beside another busy process, spins its
 threads against each other (we once measured the demo's pre-training 8× slower, not 2×). recap sizes
-threads to the cores idle when a job starts (``recap.threads``); with one of two cores taken, the ideal is
+threads to the cores idle when a job starts (``recap.util.threads``); with one of two cores taken, the ideal is
 2× (half the CPU), and the goal is "at most about 2×".
 
     python benchmarks/contention.py                      # a shortened --quick (about 2 + 4 minutes)

@@ -27,16 +27,16 @@ from pathlib import Path
 
 import torch
 
-from recap.config import load_config
 from recap.eval import attacks
 from recap.eval.runner import prefill_for
 from recap.eval.suite import SuiteConfig, load_suite, run_suite
-from recap.generation import generate_rounds
+from recap.inference.generation import generate_rounds
+from recap.util.config import load_config
 
 
 def ipr_side_by_side(cfg: SuiteConfig, n: int, repeats: int) -> dict:
     from recap.data.prefills import generate_prefills
-    from recap.engines import load_engine
+    from recap.inference.engines import load_engine
 
     bench = next(b for b in cfg.benchmarks if "ipr" in b.attacks)
     harmful = [e for e in load_suite(cfg)[bench.name] if e.kind == "harmful"][:n]

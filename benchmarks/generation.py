@@ -13,7 +13,7 @@ median pass is reported. Several ``--max-new-tokens`` values run one after the o
 
 Modes (SmolLM2-135M by default; ``--model toy`` runs the miniature world's model, untrained):
 
-* ``sequential``: ``recap.generation.generate`` with batch size 1;
+* ``sequential``: ``recap.inference.generation.generate`` with batch size 1;
 * ``batched-unsorted``: batches of ``--batch-size`` in input order (what batching without sorting gives);
 * ``batched-sorted``: the default path — ``decoder: continuous``: prompts sorted by length, finished rows
   leave the batch and queued prompts take their place, the KV cache grows in place;
@@ -22,7 +22,7 @@ Modes (SmolLM2-135M by default; ``--model toy`` runs the miniature world's model
   before continuous batching: every row is computed until its batch's longest ends);
 * ``hf-continuous``: transformers' own continuous batching (``model.generate_batch``, paged attention);
 * ``bf16``: the default path with bfloat16 weights;
-* ``llamacpp``: the GGUF file through llama.cpp (``recap.engines.LlamaCppEngine``), one stream, with
+* ``llamacpp``: the GGUF file through llama.cpp (``recap.inference.engines.LlamaCppEngine``), one stream, with
   ``--threads`` threads — on the very same token ids.
 
 For the transformers modes the script also counts the token positions the model computed (prompt and
@@ -54,8 +54,8 @@ from pathlib import Path
 
 import torch
 
-from recap.chat import render_prompt
-from recap.generation import SamplingConfig, generate
+from recap.inference.chat import render_prompt
+from recap.inference.generation import SamplingConfig, generate
 
 DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "safety" / "strongreject.jsonl"
 BUILTIN = [
@@ -93,8 +93,8 @@ def load_examples(path: str, n: int):
 def metric(examples, texts: list[str]) -> float:
     """The benchmark's headline number on these answers, in %: refusal rate on harmful prompts,
     compliance on benign ones, accuracy on tasks (string-rule judge and math-verify)."""
-    from recap.rewards.judges import JudgeItem
     from recap.rewards.factory import load_judge
+    from recap.rewards.judges import JudgeItem
 
     verdicts = load_judge("rules").judge(
         [JudgeItem(e.user_text(), t, e.kind, e.reference) for e, t in zip(examples, texts)]
@@ -147,7 +147,7 @@ def main(argv=None) -> dict:
         source = "miniature world eval prompts (untrained model: speed only)"
         args.modes = [m for m in args.modes if m != "llamacpp"]
     else:
-        from recap.models import load_model
+        from recap.inference.models import load_model
 
         model32, tok = load_model(args.model)
         examples, source = load_examples(args.benchmark, args.prompts)
@@ -158,7 +158,7 @@ def main(argv=None) -> dict:
     if "bf16" in args.modes:
         engines["bf16"] = _bf16_copy(model32)
     if "llamacpp" in args.modes:
-        from recap.engines import load_engine
+        from recap.inference.engines import load_engine
 
         engines["llamacpp"], _ = load_engine("llamacpp", args.model, num_threads=threads)
     positions = [0]  # token positions the transformers models computed
@@ -307,7 +307,7 @@ def _hf_continuous(model, tok, prompts, sampling: SamplingConfig):
     token ids; returns ``Generation`` rows like ``generate``."""
     from transformers import GenerationConfig
 
-    from recap.generation import Generation
+    from recap.inference.generation import Generation
 
     eos = tok.eos_token_id
     cfg = GenerationConfig(

@@ -9,7 +9,7 @@ Stages (run in the order generation, trainer, step_cost: the proxy is the one to
 
 * ``env``: versions of torch / transformers / trl / datasets / vllm, the GPU.
 * ``generation``: new tokens/s of transformers ``generate``, recap's decode loop
-  (``recap.generation.generate_ids``) and vLLM (offline ``LLM`` on the same token ids, when it imports), at
+  (``recap.inference.generation.generate_ids``) and vLLM (offline ``LLM`` on the same token ids, when it imports), at
   batch 1, 16 and 128 with a fixed length, and one batch of 128 rows with per-row budgets spread over
   1/8..1 of the length (rows that end at different times: ``generate`` computes every row to the longest,
   the loop drops ended rows, vLLM schedules each request).
@@ -92,7 +92,7 @@ def _timed(fn, device: str) -> float:
 
 
 def _loop(model, rows, budgets, batch_size):
-    from recap.generation import SamplingConfig, generate_ids
+    from recap.inference.generation import SamplingConfig, generate_ids
 
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=max(budgets), batch_size=batch_size)
     return generate_ids(model, rows, sampling, pad=0, eos=-1, budgets=budgets)  # eos -1: rows run to their budget
@@ -266,9 +266,9 @@ def _toy_base(args) -> str:
 
 def _train(cfg, examples, rollouts: str = "trl") -> dict:
     """Train ``cfg`` on ``examples``; per-step seconds (TRL's step_time), rollout seconds and mean reward."""
-    from recap.train import build_trainer
-
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from recap.train import build_trainer
 
     trainer = build_trainer(cfg, examples)
     for cb in (PrinterCallback, ProgressCallback):  # the JSON has the numbers; keep the log short

@@ -8,9 +8,9 @@ Stages, each skipped when its output exists (a killed run is resumed by running 
 runs continue from their last checkpoint and evaluations from their last stored chunk):
 
 1. the offline refusal judge the reward uses (``recap judge fit``);
-2. context distillation on training prompts (``recap.sft.distill``: answers under a safety system prompt,
+2. context distillation on training prompts (``recap.train.sft.distill``: answers under a safety system prompt,
    kept when the judge rates them safe / helpful, rows without the system prompt);
-3. the warm start: SFT on those rows (``recap.sft.train_sft``);
+3. the warm start: SFT on those rows (``recap.train.sft.train_sft``);
 4. counter-aligned reasoning for the RL prompts (other training prompts than step 2's) and one mixture
    per method and seed (``recap data prefill``, ``recap data mix``); the attack reasoning of the
    evaluation and of the probe prompts (cached before any worker starts);
@@ -45,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recap.config import load_config  # noqa: E402
+from recap.util.config import load_config  # noqa: E402
 
 JUDGE_DATA = [
     "../shared/datasets/judge/xstest_v2_completions_gpt4.csv",
@@ -155,7 +155,7 @@ class Timings:
         self.data["runs"].append({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average": os.getloadavg()[0]})
 
     def add(self, stage: str, wall: float, cpu: float, skipped: bool = False) -> None:
-        from recap.files import write_text
+        from recap.util.files import write_text
 
         entry = self.data["stages"].setdefault(stage, {"wall_s": 0.0, "cpu_s": 0.0})
         if not skipped:
@@ -192,8 +192,8 @@ def load_sub(cfg: ExperimentConfig, name: str, overrides: dict[str, list[str]]):
     from recap.data.mixture import MixtureConfig
     from recap.data.prefills import PrefillConfig
     from recap.eval.suite import SuiteConfig
-    from recap.sft import DistillConfig, SFTTrainConfig
     from recap.train import TrainConfig
+    from recap.train.sft import DistillConfig, SFTTrainConfig
 
     cls = {
         "distill": DistillConfig,
@@ -279,9 +279,9 @@ def _probe_callback(label: str, probe_file: Path, examples: list, words: int, ev
     the prefilling attack (``words``-word prefills), judged with the string rules, appended to ``probe_file``."""
     from transformers import TrainerCallback
 
-    from recap.chat import final_answer, render_prompt
     from recap.data.mixture import truncate_words
-    from recap.generation import SamplingConfig, generate
+    from recap.inference.chat import final_answer, render_prompt
+    from recap.inference.generation import SamplingConfig, generate
     from recap.rewards.judges import JudgeItem, RuleJudge
 
     done = set()
@@ -340,7 +340,7 @@ def rl_job(cfg: ExperimentConfig, overrides: dict, method: str, seed: int) -> di
     """Train ``method`` for ``seed`` from the warm start (resumes), then evaluate it."""
     from transformers.trainer_callback import PrinterCallback
 
-    import recap.train as rt
+    import recap.train.run as rt
 
     _quiet(cfg.threads_per_worker)
     out = Path(cfg.out)
@@ -594,7 +594,7 @@ def plot_curves(data: dict, path: Path) -> None:
 def run(cfg: ExperimentConfig, overrides: dict[str, list[str]], until: str = "") -> dict | None:
     import multiprocessing as mp
 
-    from recap.threads import threads_for
+    from recap.util.threads import threads_for
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -620,8 +620,8 @@ def run(cfg: ExperimentConfig, overrides: dict[str, list[str]], until: str = "")
 
     # 2. context distillation
     def do_distill():
-        from recap.files import write_text
-        from recap.sft import distill, write_rows
+        from recap.train.sft import distill, write_rows
+        from recap.util.files import write_text
 
         dcfg = replace(load_sub(cfg, "distill", overrides), teacher=cfg.base_model)
         rows, stats = distill(
@@ -641,7 +641,7 @@ def run(cfg: ExperimentConfig, overrides: dict[str, list[str]], until: str = "")
 
     # 3. warm start
     def do_sft():
-        from recap.sft import train_sft
+        from recap.train.sft import train_sft
 
         scfg = replace(
             load_sub(cfg, "sft", overrides),
@@ -722,7 +722,7 @@ def run(cfg: ExperimentConfig, overrides: dict[str, list[str]], until: str = "")
                 for f in finished:
                     results.append(f.result())
                     say(f"job done: {results[-1]} ({len(pending)} left)")
-        from recap.files import write_text
+        from recap.util.files import write_text
 
         write_text(out / "jobs.json", json.dumps(results, indent=1))
 
@@ -730,8 +730,8 @@ def run(cfg: ExperimentConfig, overrides: dict[str, list[str]], until: str = "")
 
     # 6. report
     from recap.eval.store import ResultStore
-    from recap.files import write_text
     from recap.report import write_report
+    from recap.util.files import write_text
 
     records = [r for p in sorted((out / "results").glob("*.jsonl")) for r in ResultStore(p).records()]
     summary = write_report(

@@ -14,7 +14,7 @@ apart from the rest (rewards, the loss pass, the optimizer step).
 ``max_total_length``). ``--rollouts loop`` is a measurement of a proposed trainer change, patched in this
 process only: TRL's transformers rollouts (one ``generate`` call that computes every row until the longest
 ends, per-row budgets enforced by a stopping criterion that frees nothing) are replaced by
-``recap.generation.generate_ids`` (rows leave the batch at EOS or at their own budget).
+``recap.inference.generation.generate_ids`` (rows leave the batch at EOS or at their own budget).
 
     python benchmarks/step_cost.py --model toy                       # miniature world, ~4 minutes
     python benchmarks/step_cost.py --model smollm2-135m --steps 3    # needs runs/smollm2/train-prompts.jsonl
@@ -182,12 +182,12 @@ def _CpuClock(into: dict):
 
 def _loop_rollouts(trainer):
     """The proposed trainer change, for measurement: TRL's transformers rollouts done by
-    ``recap.generation.generate_ids`` — same prompts, same sampling settings, each row stopping at EOS or at
+    ``recap.inference.generation.generate_ids`` — same prompts, same sampling settings, each row stopping at EOS or at
     its own budget (``completion_budget``, set by ``RecapTrainer`` in ``_row_budgets``) and leaving the batch.
     Returns what TRL's ``_generate_single_turn`` returns (completion ids with their EOS, no logprobs)."""
     import torch
 
-    from recap.generation import SamplingConfig, generate_ids
+    from recap.inference.generation import SamplingConfig, generate_ids
     from recap.train import completion_budget
 
     def rollouts(prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
@@ -253,7 +253,7 @@ def main(argv=None) -> dict:
         "--rollouts",
         default="trl",
         choices=("trl", "loop"),
-        help="trl: TRL's transformers generate; loop: recap.generation.generate_ids patched in (a proposed trainer change)",
+        help="trl: TRL's transformers generate; loop: recap.inference.generation.generate_ids patched in (a proposed trainer change)",
     )
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument(

@@ -15,10 +15,10 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from recap.config import ConfigError, load_config
-from recap.data.examples import DataError
-from recap.files import write_text
-from recap.security import redact_text
+from recap.util.config import ConfigError, load_config
+from recap.util.errors import DataError
+from recap.util.files import write_text
+from recap.util.security import redact_text
 
 app = typer.Typer(
     add_completion=False,
@@ -156,9 +156,9 @@ def demo(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
     """Base → vanilla DAPO and RECAP (same budget; --compare adds Self-ReSET and safety-verification training) → attacks → report, in the miniature world."""
-    from recap.demo import DemoConfig, run_demo
-
     from dataclasses import asdict, replace
+
+    from recap.demo import DemoConfig, run_demo
 
     preset = DemoConfig.quick() if quick else DemoConfig()
     if compare:
@@ -186,7 +186,8 @@ def train(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
     """RL post-training with RECAP (or vanilla DAPO on an α = 0 mixture); --resume continues a killed run."""
-    from recap.train import TrainConfig, train as run_train
+    from recap.train import TrainConfig
+    from recap.train import train as run_train
 
     cfg = load_config(TrainConfig, config, set_)
     if not cfg.model or not cfg.train_file:
@@ -267,7 +268,7 @@ def eval_(
     if model is None or data is None or results is None:
         raise ConfigError("give --suite FILE, or --model, --data and --results")
     from recap.data.examples import read_examples
-    from recap.engines import EndpointConfig, load_engine
+    from recap.inference.engines import EndpointConfig, load_engine
 
     cfg = load_config(EvalConfig, config, set_)
     examples = read_examples(data)
@@ -401,18 +402,18 @@ def export_verl_cmd(
     think_system_prompt: bool = typer.Option(
         False,
         "--think-system-prompt",
-        help="Render with recap.chat.THINK_SYSTEM_PROMPT, as TrainConfig.think_system_prompt does (match the training config).",
+        help="Render with recap.inference.chat.THINK_SYSTEM_PROMPT, as TrainConfig.think_system_prompt does (match the training config).",
     ),
 ):
     """verl's Parquet schema (data_source, prompt, ability, reward_model, extra_info with the prefill and the
     prompt text verl tokenizes into recap train's ids), a reward module with verl's compute_score signature
     that calls recap's judges, and the dataset class / agent loop files that make verl use those ids."""
     from recap.data.examples import read_examples
-    from recap.verl import export_verl
+    from recap.train.verl import export_verl
 
     tokenizer = None
     if model:
-        from recap.models import load_tokenizer
+        from recap.inference.models import load_tokenizer
 
         tokenizer = load_tokenizer(model)
     paths = export_verl(
@@ -540,8 +541,8 @@ def judge_score(
 ):
     """Judge final answers: each input row comes back with score, label and rationale."""
     from recap.data.examples import DataError, iter_jsonl
-    from recap.rewards.judges import JudgeItem, checked_judge
     from recap.rewards.factory import load_judge
+    from recap.rewards.judges import JudgeItem, checked_judge
 
     rows = []
     for n, row in iter_jsonl(data):
@@ -582,9 +583,9 @@ def verify_data(
     """Sample answers of the initial policy, judge them, keep contrastive pairs (harmful) and one answer
     (benign), and write critique + verdict targets (template or a stronger model)."""
     from recap.data.benchmarks import load_benchmark
-    from recap.engines import load_engine
+    from recap.inference.engines import load_engine
     from recap.rewards.factory import load_judges
-    from recap.verify import ModelCritic, VerifyDataConfig, build_verify_data
+    from recap.train.verify import ModelCritic, VerifyDataConfig, build_verify_data
 
     cfg = load_config(VerifyDataConfig, config, set_)
     examples = list(load_benchmark(file, format=format, limit=limit))
@@ -608,8 +609,8 @@ def verify_train(
 ):
     """SFT on the critique and verdict tokens only (LoRA r=16, α=32, lr 2e-4, 2 epochs); writes the merged
     verified model to output_dir/final, the start of `recap train`."""
-    from recap.sft import SFTTrainConfig
-    from recap.verify import train_verifier
+    from recap.train.sft import SFTTrainConfig
+    from recap.train.verify import train_verifier
 
     cfg = load_config(SFTTrainConfig, config, set_)
     if not cfg.model or not cfg.train_file:
@@ -704,7 +705,7 @@ def main() -> None:
 @friendly_errors
 def sft_data(
     file: str = typer.Argument(..., help="Prompts: a recap file or any benchmark format (see `data stats`)."),
-    out_file: Path = typer.Option(..., "--out", help="SFT rows (JSONL; the format is in recap.sft's docstring)."),
+    out_file: Path = typer.Option(..., "--out", help="SFT rows (JSONL; the format is in recap.train.sft's docstring)."),
     format: str = typer.Option("auto", "--format", help="Input format (as for `data stats`)."),
     limit: Optional[int] = typer.Option(None, help="Only N prompts."),
     subset_seed: Optional[int] = typer.Option(None, help="Draw the N prompts at random with this seed."),
@@ -716,7 +717,7 @@ def sft_data(
     """Context distillation: the teacher's answers under a safety system prompt, kept when the judge rates them
     safe (harmful prompts) or helpful (benign ones), written as SFT rows without the system prompt."""
     from recap.data.benchmarks import load_benchmark
-    from recap.sft import DistillConfig, distill, write_rows
+    from recap.train.sft import DistillConfig, distill, write_rows
 
     cfg = load_config(DistillConfig, config, set_)
     examples = list(load_benchmark(file, format=format, limit=limit, subset_seed=subset_seed))
@@ -738,7 +739,7 @@ def sft_train(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
     """Supervised fine-tuning on prompt/completion rows (TRL SFTTrainer; loss on the completions only; LoRA or full)."""
-    from recap.sft import SFTTrainConfig, train_sft
+    from recap.train.sft import SFTTrainConfig, train_sft
 
     cfg = load_config(SFTTrainConfig, config, set_)
     if not cfg.model or not cfg.train_file:

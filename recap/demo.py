@@ -33,17 +33,17 @@ from pathlib import Path
 from recap.data.mixture import MixtureConfig
 from recap.data.onpolicy import PrefillSourceConfig
 from recap.data.selfreset import SelfResetConfig
-from recap.eval.runner import EvalConfig
-from recap.files import write_text
-from recap.security import inside
-from recap.threads import threads_for
 from recap.eval.attacks import TOY_HCOT_FRAME
-from recap.generation import SamplingConfig
+from recap.eval.runner import EvalConfig
+from recap.inference.generation import SamplingConfig
 from recap.toy import world
 from recap.toy.model import PretrainConfig, ToyModelConfig
 from recap.train import TrainConfig
-from recap.sft import SFTTrainConfig
-from recap.verify import VerifyDataConfig
+from recap.train.sft import SFTTrainConfig
+from recap.train.verify import VerifyDataConfig
+from recap.util.files import write_text
+from recap.util.security import inside
+from recap.util.threads import threads_for
 
 
 def _toy_rl() -> TrainConfig:
@@ -236,8 +236,8 @@ def _rl_job(method: str, seed: int, cfg: DemoConfig, out: str, queue=None) -> st
     _quiet_worker()
 
     from recap.data.mixture import build_mixture
-    from recap.train import train
     from recap.toy.data import train_examples
+    from recap.train import train
 
     torch.set_num_threads(1)
     spec = METHODS[method]
@@ -268,16 +268,16 @@ def _verify_dir(out: str | Path, seed: int) -> Path:
 def _verify_job(seed: int, cfg: DemoConfig, out: str) -> str:
     """The safety-verification stage of one seed (skipped when already done): verification data from the
     base's own answers to the RL prompts (8 per prompt, judged exactly, critiques from the world's grammar),
-    SFT on the critique and verdict tokens (``recap.verify.train_verifier``), and the verdict accuracy of
+    SFT on the critique and verdict tokens (``recap.train.verify.train_verifier``), and the verdict accuracy of
     the base and the verified model on verification examples built the same way from the held-out
     evaluation prompts. Writes ``runs/verify-seed<N>/`` (``data.jsonl``, ``final/``, ``stats.json``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from recap.files import write_text
     from recap.toy.data import eval_examples, train_examples
     from recap.toy.judge import ToyJudge
-    from recap.verify import ToyFormat, build_verify_data, train_verifier, verify_accuracy
+    from recap.train.verify import ToyFormat, build_verify_data, train_verifier, verify_accuracy
+    from recap.util.files import write_text
 
     _quiet_worker()
     torch.set_num_threads(1)

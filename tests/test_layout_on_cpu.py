@@ -10,8 +10,6 @@ ROOT = Path(__file__).resolve().parents[1] / "recap"
 # < (demo, cli). A module of layer L imports only from layers ≤ L.
 LAYERS = {
     "util": 0,
-    "config": 0,
-    "chat": 1,
     "inference": 1,
     "data": 2,
     "rewards": 2,
@@ -19,7 +17,6 @@ LAYERS = {
     "train": 3,
     "eval": 3,
     "report": 4,
-    "experiment": 5,
     "demo": 5,
     "cli": 6,
 }
@@ -106,3 +103,9 @@ def test_every_module_says_what_it_holds():
         if path.name == "__init__.py" and not path.read_text(encoding="utf-8").strip():
             continue
         assert doc and doc.strip().splitlines()[0].strip(), f"{path.relative_to(ROOT.parent)}: no first docstring line"
+
+
+def test_the_top_level_listing_is_the_layers():
+    """``ls recap/`` shows the pipeline: one package or module per layer, nothing else."""
+    listed = {p.stem for p in ROOT.iterdir() if not p.name.startswith(("_", ".")) and p.name != "py.typed"}
+    assert listed == set(LAYERS), f"recap/ lists {sorted(listed)}; the layers are {sorted(LAYERS)}"

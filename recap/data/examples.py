@@ -25,17 +25,9 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from recap.util.errors import DataError
+
 KINDS = ("harmful", "benign", "task")
-
-
-class DataError(ValueError):
-    """A data file is malformed. The message names the file, the line (1-based) and the field."""
-
-    def __init__(self, path: str | Path, line: int | None, field: str | None, why: str):
-        where = f"{path}" + (f":{line}" if line is not None else "")
-        what = f" field '{field}':" if field else ""
-        super().__init__(f"{where}:{what} {why}")
-        self.path, self.line, self.field, self.why = str(path), line, field, why
 
 
 @dataclass
@@ -199,8 +191,8 @@ def csv_records(path: str | Path, reader):
 
 def write_examples(path: str | Path, examples: list[Example]) -> Path:
     """Write examples as JSONL (``.jsonl``) or Parquet (``.parquet``); the format follows the suffix.
-    The file appears whole or not at all (``recap.files.atomic_write``)."""
-    from recap.files import atomic_write
+    The file appears whole or not at all (``recap.util.files.atomic_write``)."""
+    from recap.util.files import atomic_write
 
     path = Path(path)  # atomic_write makes the folder and names this path in a disk error
     rows = [asdict(e) for e in examples]

@@ -26,8 +26,8 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from recap.chat import split_reasoning
 from recap.data.mixture import truncate_words
+from recap.inference.chat import split_reasoning
 from recap.rewards.judges import INVALID, Judge, JudgeItem, checked_judge
 from recap.toy import world
 
@@ -453,8 +453,8 @@ def step_judge_for(spec: str, run_judges: dict[str, Judge] | None = None) -> Cal
     """The step judge factory of ``PrefillSourceConfig.judge``: ``toy`` (or ``auto`` with the toy run
     judge) is the world's exact judge; ``auto`` otherwise applies the run's judge of each kind to growing
     prefixes; any other value is a judge spec (``recap.rewards.factory.load_judge``)."""
-    from recap.rewards.judges import judge_name
     from recap.rewards.factory import load_judge
+    from recap.rewards.judges import judge_name
 
     run_judges = run_judges or {}
     if spec == "toy" or (spec == "auto" and any(judge_name(j) == "toy-exact" for j in run_judges.values())):

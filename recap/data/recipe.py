@@ -516,7 +516,7 @@ def build_corpus(cfg: RecipeConfig, log_fn: Callable[[str], None] | None = None)
 
 def resolve_prefills(spec: PrefillConfig | str) -> PrefillConfig:
     """A PrefillConfig from the recipe's ``prefills`` field (a config, a YAML path, or '' for defaults)."""
-    from recap.config import load_config
+    from recap.util.config import load_config
 
     if isinstance(spec, PrefillConfig):
         return spec
@@ -537,7 +537,7 @@ def run_recipe(
     from recap.data.examples import write_examples
     from recap.data.mixture import build_mixture
     from recap.data.prefills import generate_prefills
-    from recap.files import write_text
+    from recap.util.files import write_text
 
     examples, manifest = build_corpus(cfg, log_fn)
     if cfg.prefill:

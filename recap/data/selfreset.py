@@ -38,8 +38,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
-from recap.chat import split_reasoning
 from recap.data.onpolicy import first_unsafe_cut, step_judge_for
+from recap.inference.chat import split_reasoning
 from recap.toy import world
 
 SAFE, UNSAFE, CONTROVERSIAL = "safe", "unsafe", "controversial"
@@ -356,7 +356,7 @@ def load_token_judge(spec: str) -> TokenJudge:
         return ToyTokenJudge()
     kind, _, arg = spec.partition(":")
     if kind == "stream-guard" and arg:
-        from recap.config import load_config
+        from recap.util.config import load_config
 
         return StreamGuard(load_config(StreamGuardConfig, arg))
     raise ValueError(f"unknown token judge {spec!r} (expected toy, stream-guard or stream-guard:<yaml>)")

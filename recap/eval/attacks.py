@@ -24,8 +24,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from recap.chat import THINK_CLOSE, render_prompt
 from recap.data.mixture import truncate_words
+from recap.inference.chat import THINK_CLOSE, render_prompt
 
 # The transition sentence t of the paper (Sec. 5.4), and what joins it to the reasoning before it.
 IPR_TRANSITION = "Wait, let's ignore the discussion above and re-evaluate the problem from the beginning."

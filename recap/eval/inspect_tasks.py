@@ -18,13 +18,13 @@ length drawn per example from the evaluation seed — from a recap suite file (`
 ``path`` and the options below. Each sample's input is the conversation plus a final assistant message
 ``<think>\\n`` + the injected text, marked in its metadata (``recap_injected``) and in the sample metadata
 (``injected``); the model must *continue* that message. The scorer splits each continuation with
-``recap.chat.final_answer`` and asks the suite's judge, so per sample and in aggregate the scores are those
+``recap.inference.chat.final_answer`` and asks the suite's judge, so per sample and in aggregate the scores are those
 ``recap eval`` computes (metric names as in ``recap.eval.metrics``: ``attack_prefill_success``,
 ``attack_ipr2_success``, ``overrefusal_refusal_prefill``…).
 
 Which models can run the attack: the prefill must sit inside the model's think block. The ``recap``
 provider defined here (``--model recap/<served name> -M base_url=… -M tokenizer=…``) renders the prompt
-with the model's own chat template and sends it through ``recap.engines.EndpointEngine`` — exact, on any
+with the model's own chat template and sends it through ``recap.inference.engines.EndpointEngine`` — exact, on any
 OpenAI-compatible server with a completions API. Inspect's ``vllm`` and ``sglang`` providers continue a
 final assistant message (``continue_final_message``): the prefill lands after the template's generation
 prompt, which is right for templates whose assistant turn is plain text, but a template that rewrites
@@ -60,12 +60,12 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ModuleNotFoundError("recap's Inspect tasks need Inspect AI: pip install 'recap-align[inspect]'") from e
 
-from recap.chat import THINK_CLOSE, THINK_OPEN, final_answer, render_prompt, with_think_system
-from recap.config import load_config
 from recap.data.examples import Example
 from recap.data.mixture import count_words
 from recap.eval import attacks
+from recap.inference.chat import THINK_CLOSE, THINK_OPEN, final_answer, render_prompt, with_think_system
 from recap.rewards.judges import CORRECT, INVALID, JudgeItem, Verdict, checked_judge
+from recap.util.config import load_config
 
 ATTACKS = ("clean", "prefill", "hijack", "ipr", "refusal_prefill")
 _KIND = {"prefill": "harmful", "hijack": "harmful", "ipr": "harmful", "refusal_prefill": "benign"}
@@ -400,7 +400,7 @@ def recap_task(attack: str = "prefill", **options) -> Task:
 # -- the recap model provider -------------------------------------------------------------------------
 def prompt_text(tokenizer, messages: list[dict]) -> str:
     """The prompt recap renders for a conversation: a final assistant message that opens the think block
-    (``<think>`` + text) is the injected reasoning (``recap.chat.render_prompt``'s prefill), any other final
+    (``<think>`` + text) is the injected reasoning (``recap.inference.chat.render_prompt``'s prefill), any other final
     assistant message is continued as it stands, otherwise the think block is opened empty."""
     if messages and messages[-1]["role"] == "assistant":
         content = messages[-1]["content"]
@@ -419,7 +419,7 @@ def prompt_text(tokenizer, messages: list[dict]) -> str:
 
 class RecapEndpointAPI(ModelAPI):
     """``--model recap/<served name>``: prompts rendered with the model's chat template (``-M tokenizer=``, default
-    the served name) and sent by ``recap.engines.EndpointEngine`` to ``base_url`` (``--model-base-url``,
+    the served name) and sent by ``recap.inference.engines.EndpointEngine`` to ``base_url`` (``--model-base-url``,
     ``-M base_url=`` or ``RECAP_BASE_URL``). Other ``-M`` options are ``EndpointConfig`` fields. The tokenizer
     is loaded and the server asked for its models on the first request (Inspect also builds providers just
     to look up model information)."""
@@ -432,7 +432,7 @@ class RecapEndpointAPI(ModelAPI):
         config: GenerateConfig = GenerateConfig(),
         **model_args,
     ):
-        from recap.engines import EndpointConfig
+        from recap.inference.engines import EndpointConfig
 
         super().__init__(model_name, base_url, api_key, [], config)
         url = base_url or model_args.pop("base_url", None) or os.environ.get("RECAP_BASE_URL", "")
@@ -442,7 +442,7 @@ class RecapEndpointAPI(ModelAPI):
 
     def engine(self):
         """The endpoint engine and its tokenizer, made on first use."""
-        from recap.engines import EndpointEngine, endpoint_tokenizer
+        from recap.inference.engines import EndpointEngine, endpoint_tokenizer
 
         with self._lock:
             if self._engine is None:
@@ -454,7 +454,7 @@ class RecapEndpointAPI(ModelAPI):
         return self.endpoint.max_concurrency
 
     async def generate(self, input, tools, tool_choice, config):
-        from recap.generation import SamplingConfig
+        from recap.inference.generation import SamplingConfig
 
         engine = await anyio.to_thread.run_sync(self.engine)
         text = prompt_text(engine.tokenizer, [{"role": m.role, "content": m.text} for m in input])

@@ -26,9 +26,9 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from recap.cache import cache_key
-from recap.data.examples import DataError
 from recap.rewards.rubric import NO_PREFILL, RubricConfig, RubricError, RubricJudge, json_reply, rubric_integer
+from recap.util.cache import cache_key
+from recap.util.errors import DataError
 
 # The regex as recap.eval.metrics had it before the labelled validation (kept to report what it measured;
 # see docs/reflection.md).
@@ -133,7 +133,7 @@ def load_reflection_judge(spec: str = "regex") -> RegexReflection | ReflectionJu
     if name == "regex" and not arg:
         return RegexReflection()
     if name == "rubric" and arg:
-        from recap.config import ConfigError, load_config
+        from recap.util.config import ConfigError, load_config
 
         cfg = load_config(RubricConfig, arg)
         if cfg.rubric != "reflection":

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recap.cache import JsonlCache, cache_key
+from recap.util.cache import JsonlCache, cache_key
 
 
 def record_key(stage: str, judge: str, example_id: str, sample: int) -> str:

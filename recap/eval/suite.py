@@ -13,14 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from recap.chat import with_think_system
 from recap.data.benchmarks import load_benchmark, seeded_subset
 from recap.data.examples import Example
 from recap.data.prefills import PrefillConfig, attach_prefills, generate_prefills
-from recap.engines import EndpointConfig
 from recap.eval.metrics import compute_metrics
 from recap.eval.runner import EvalConfig, evaluate, prefill_for
 from recap.eval.store import ResultStore
+from recap.inference.chat import with_think_system
+from recap.inference.engines import EndpointConfig
 
 
 @dataclass
@@ -100,7 +100,9 @@ class SuiteConfig:
     )
     think_system_prompt: bool = field(
         default=False,
-        metadata={"help": "Put recap.chat.THINK_SYSTEM_PROMPT in a system message (models without thinking tags)."},
+        metadata={
+            "help": "Put recap.inference.chat.THINK_SYSTEM_PROMPT in a system message (models without thinking tags)."
+        },
     )
     held_out_from: list[str] = field(
         default_factory=list,
@@ -139,7 +141,7 @@ class SuiteConfig:
     )
 
     def __post_init__(self):
-        from recap.engines import ENGINES
+        from recap.inference.engines import ENGINES
 
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
@@ -221,7 +223,7 @@ def run_suite(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, dict]:
     """Evaluate ``cfg.model`` on every benchmark; returns ``{benchmark: metrics}``."""
-    from recap.engines import load_engine
+    from recap.inference.engines import load_engine
     from recap.rewards.factory import load_judges
 
     suite = load_suite(cfg)

@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from recap.eval.metrics import describe, higher_is_better, is_rate, metric_stats, ordered, wilson  # noqa: E402
-from recap.files import atomic_write, write_text  # noqa: E402
+from recap.util.files import atomic_write, write_text  # noqa: E402
 
 METHODS_ORDER = ("base", "vanilla", "recap", "on_policy", "mixed", "self_reset", "verify_grpo", "verify_recap")
 SAFETY_NOTE = (

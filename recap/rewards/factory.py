@@ -11,7 +11,6 @@ from collections.abc import Mapping
 
 from recap.rewards.judges import BinaryJudge, Judge, KindRouter, RuleJudge
 
-
 JUDGE_SPECS = "rules, rules:<family>, toy, classifier:<file>, guard:<yaml>, rubric:<yaml>, binary:<spec>"
 
 
@@ -34,13 +33,13 @@ def load_judge(spec: str) -> Judge:
 
         return load_refusal_judge(arg)
     if name == "guard" and arg:
-        from recap.config import load_config
         from recap.rewards.guard import GuardConfig, GuardJudge
+        from recap.util.config import load_config
 
         return GuardJudge(load_config(GuardConfig, arg))
     if name == "rubric" and arg:
-        from recap.config import load_config
         from recap.rewards.rubric import RubricConfig, RubricJudge
+        from recap.util.config import load_config
 
         return RubricJudge(load_config(RubricConfig, arg))
     raise ValueError(f"unknown judge {spec!r} (expected one of: {JUDGE_SPECS})")

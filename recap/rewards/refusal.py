@@ -51,8 +51,8 @@ from recap.rewards.judges import (
     INVALID,
     REFUSAL,
     RULE_FAMILIES,
-    JudgeItem,
     Judge,
+    JudgeItem,
     Verdict,
     math_equal,
     refusal_verdict,
@@ -611,7 +611,7 @@ class EmbeddingRefusalJudge:
             classes=list(self.classes),
             weights_sha256=_weights_digest(self.coef, self.intercept),
         )
-        from recap.files import atomic_write
+        from recap.util.files import atomic_write
 
         with atomic_write(path, "wb") as fh:
             np.savez(fh, coef=self.coef, intercept=self.intercept, meta=np.array(json.dumps(meta)))

@@ -6,7 +6,7 @@ gives a judge (``Example.user_text()``), never the rendered template or the inje
 completion that never closes its thinking, or closes it with an empty answer, gets ``format_penalty``
 whatever the judge would have said (a missing answer on a harmful prompt must not count as a safe
 refusal). With ``unclosed="continuation"`` (models without thinking tags) a completion that never
-closes the block is judged as a whole instead (see ``recap.chat.final_answer``).
+closes the block is judged as a whole instead (see ``recap.inference.chat.final_answer``).
 
 ``SoftOverlongPunishment`` is DAPO's soft overlong punishment (TRL's ``get_soft_overlong_punishment``)
 applied with each row's own token budget, an extra reward function next to ``RewardRouter``.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
-from recap.chat import THINK_CLOSE, THINK_OPEN, final_answer
+from recap.inference.chat import THINK_CLOSE, THINK_OPEN, final_answer
 from recap.rewards.judges import INVALID, Judge, JudgeItem, KindRouter, Verdict
 
 

@@ -53,9 +53,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from recap.cache import JsonlCache, cache_key
-from recap.endpoint import Endpoint
+from recap.inference.endpoint import Endpoint
 from recap.rewards.judges import COMPLIANCE, INVALID, REFUSAL, JudgeItem, Verdict
+from recap.util.cache import JsonlCache, cache_key
 
 RUBRICS = ("strongreject", "strongreject-json", "overrefusal", "reflection", "fortress")
 
@@ -452,7 +452,7 @@ class RubricJudge:
 
     # -- endpoint ------------------------------------------------------------------------------------
     def client(self):
-        """The ``openai`` client (``recap.endpoint.Endpoint``: key from the environment, loopback without one)."""
+        """The ``openai`` client (``recap.inference.endpoint.Endpoint``: key from the environment, loopback without one)."""
         return self.endpoint.client()
 
     def _request_kwargs(self) -> dict:

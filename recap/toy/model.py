@@ -147,7 +147,7 @@ def supervised_corpus(cfg: PretrainConfig) -> list[tuple[str, str]]:
 
 def encode_pair(tokenizer, user: str, completion: str) -> tuple[list[int], int]:
     """Token ids of prompt + completion + eos, and the prompt length (loss starts there)."""
-    from recap.chat import render_prompt
+    from recap.inference.chat import render_prompt
 
     prompt = render_prompt(tokenizer, [{"role": "user", "content": user}])
     p_ids = tokenizer(prompt)["input_ids"]
@@ -189,7 +189,7 @@ def pretrain(cfg: PretrainConfig, model_cfg: ToyModelConfig, out_dir: str | Path
         if step % 100 == 0 or step == cfg.steps - 1:
             log(f"pretrain step {step + 1}/{cfg.steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
     model.eval()
-    from recap.files import atomic_dir
+    from recap.util.files import atomic_dir
 
     with atomic_dir(out_dir) as tmp:  # a crash mid-save never leaves a base model that loads
         model.save_pretrained(tmp)

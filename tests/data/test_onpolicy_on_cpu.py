@@ -2,14 +2,15 @@
 step judges, the bounded prefix buffer and the choice of prefill source."""
 
 import json
+import json as _json
 import random
 
 import pytest
 
-from recap.chat import split_reasoning
 from recap.data.onpolicy import (
     BufferEntry,
     Cut,
+    PrefillPlanner,
     PrefillSourceConfig,
     PrefixBuffer,
     choose_source,
@@ -17,14 +18,13 @@ from recap.data.onpolicy import (
     judge_step_fn,
     pick_prefill,
     split_steps,
+    step_judge_for,
     toy_step_judge,
 )
+from recap.data.schedules import LengthSchedule
+from recap.inference.chat import split_reasoning
 from recap.rewards.judges import JudgeItem, Verdict
 from recap.toy import world
-import json as _json
-
-from recap.data.onpolicy import PrefillPlanner, step_judge_for
-from recap.data.schedules import LengthSchedule
 
 
 # --------------------------------------------------------------------------------------------

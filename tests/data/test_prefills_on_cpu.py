@@ -6,8 +6,6 @@ import json
 
 import pytest
 
-from recap.cache import JsonlCache
-from recap.chat import THINK_OPEN, render_prompt
 from recap.data.examples import DataError, Example, write_examples
 from recap.data.prefills import (
     REFUSING_OPENER,
@@ -18,8 +16,10 @@ from recap.data.prefills import (
     generate_prefills,
     reasoning_of,
 )
-from recap.generation import SamplingConfig
+from recap.inference.chat import THINK_OPEN, render_prompt
+from recap.inference.generation import SamplingConfig
 from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
+from recap.util.cache import JsonlCache
 
 TINY = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 
@@ -85,8 +85,8 @@ def test_harmful_and_benign_get_reasoning_tasks_never(toy, tmp_path):
 def test_each_reasoning_records_whether_it_ended_on_its_own(toy, tmp_path, monkeypatch):
     """A reasoning cut by the generator's token budget is marked incomplete (the full CoT hijack uses
     complete ones only); one that closed its think block or ended is complete."""
-    import recap.generation as generation
-    from recap.generation import Generation
+    import recap.inference.generation as generation
+    from recap.inference.generation import Generation
 
     texts = {0: Generation(" step one step two", 12, True), 1: Generation(" done </think> answer", 5, False)}
 
@@ -103,7 +103,7 @@ def test_each_reasoning_records_whether_it_ended_on_its_own(toy, tmp_path, monke
 
 def test_generator_prompt_is_the_stance_system_prompt_and_opener(toy, tmp_path, monkeypatch):
     seen = []
-    import recap.generation as gen
+    import recap.inference.generation as gen
 
     real = gen.generate
 

@@ -11,7 +11,6 @@ import yaml
 from typer.testing import CliRunner
 
 from recap.cli import app
-from recap.config import load_config
 from recap.data.examples import DataError, read_examples
 from recap.data.recipe import (
     RecipeConfig,
@@ -24,6 +23,7 @@ from recap.data.recipe import (
     paper_parts,
     run_recipe,
 )
+from recap.util.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT / ".." / "shared" / "datasets"
@@ -274,9 +274,9 @@ def test_paper_config_names_the_papers_sources_and_generators():
 
 
 def test_prefill_and_mix_steps_compose_with_a_generator(tmp_path):
-    from recap.generation import SamplingConfig
-    from recap.data.prefills import PrefillConfig
     from recap.data.mixture import MixtureConfig
+    from recap.data.prefills import PrefillConfig
+    from recap.inference.generation import SamplingConfig
     from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
 
     src = tmp_path / "prompts.jsonl"

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from recap.chat import render_prompt
+from recap.data.onpolicy import toy_step_judge
 from recap.data.selfreset import (
     CONTROVERSIAL,
     SAFE,
@@ -26,7 +26,7 @@ from recap.data.selfreset import (
     stream_cut,
     stream_cutter,
 )
-from recap.data.onpolicy import toy_step_judge
+from recap.inference.chat import render_prompt
 from recap.rewards.judges import Verdict
 from recap.toy.judge import ToyJudge
 from recap.toy.model import build_tokenizer
@@ -335,9 +335,9 @@ def test_harvest_checks_its_inputs_and_the_state_round_trips():
 def test_a_rerolled_cut_is_in_the_prompt_ids_and_out_of_the_completion_mask(tmp_path):
     from datasets import Dataset
 
+    from recap.data.examples import Example
     from recap.toy.model import ToyModelConfig, build_model
     from recap.train import RecapTrainer, TrainConfig, grpo_config, rl_rows
-    from recap.data.examples import Example
 
     tok = build_tokenizer()
     cfg = TrainConfig(
@@ -457,8 +457,8 @@ def test_stream_guard_hands_a_causal_4d_mask_or_the_plain_2d_one():
 
 
 def test_binary_rewards_as_self_reset_gives_them():
-    from recap.rewards.judges import JudgeItem
     from recap.rewards.factory import load_judge
+    from recap.rewards.judges import JudgeItem
 
     class Fixed:
         name = "fixed"

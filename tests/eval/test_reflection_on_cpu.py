@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from recap.config import ConfigError
-from recap.data.examples import DataError
 from recap.eval import reflection
 from recap.eval.reflection import (
     LABELS,
@@ -25,6 +23,8 @@ from recap.eval.reflection import (
     table_row,
 )
 from recap.rewards.rubric import NO_PREFILL, RubricConfig, RubricError
+from recap.util.config import ConfigError
+from recap.util.errors import DataError
 
 ROOT = Path(__file__).parents[2]
 DOC = ROOT / "docs" / "reflection.md"

@@ -7,11 +7,11 @@ missing round is redone whole and comes out identical), and an unclosed think bl
 import pytest
 
 import recap.eval.runner as runner
-from recap.chat import render_prompt, split_reasoning
 from recap.eval.attacks import IPR_TRANSITION, round_reasoning
 from recap.eval.runner import EvalConfig, evaluate
 from recap.eval.store import ResultStore
-from recap.generation import SamplingConfig
+from recap.inference.chat import render_prompt, split_reasoning
+from recap.inference.generation import SamplingConfig
 from recap.toy.data import eval_examples
 from recap.toy.judge import ToyJudge
 from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
@@ -373,7 +373,7 @@ def test_prefill_unseen_needs_its_reasoning(model, tok, examples, tmp_path):
 def test_prefill_unseen_reads_its_file(model, tok, examples, tmp_path):
     import json
 
-    from recap.data.examples import DataError
+    from recap.util.errors import DataError
 
     harmful = [e for e in examples if e.kind == "harmful"]
     rows = [

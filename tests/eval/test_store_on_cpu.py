@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from recap.data.examples import DataError
 from recap.eval.store import ResultStore, record_key
+from recap.util.errors import DataError
 
 
 def _rec(stage, example_id, sample=0, **kw):

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from recap.config import from_dict
 from recap.eval.store import ResultStore
 from recap.eval.suite import SuiteConfig, load_suite, run_suite, suite_table
 from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
+from recap.util.config import from_dict
 
 TINY = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 

@@ -3,7 +3,6 @@ intervals, a table of metrics × methods grouped by area with readable titles, p
 
 from __future__ import annotations
 
-
 import pytest
 
 from recap.eval.metrics import wilson

@@ -19,9 +19,9 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from recap.config import from_dict
 from recap.rewards.guard import SAFE, UNSAFE, GuardConfig, GuardJudge, safe_probability
 from recap.rewards.judges import INVALID, JudgeItem, Verdict
+from recap.util.config import from_dict
 
 TEMPLATE = (
     "{% for m in messages %}"

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from recap.cli import app
-from recap.rewards.judges import JudgeItem, KindRouter, RuleJudge, Verdict
 from recap.rewards.factory import load_judge, load_judges
+from recap.rewards.judges import JudgeItem, KindRouter, RuleJudge, Verdict
 from recap.toy.judge import ToyJudge
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "judge"

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recap.data.examples import DataError
 from recap.rewards.judges import (
     COMPLIANCE,
     CORRECT,
@@ -38,6 +37,7 @@ from recap.rewards.refusal import (
     rule_refused,
     split_sentences,
 )
+from recap.util.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[2]
 JUDGE_DATA = ROOT.parent / "shared" / "datasets" / "judge"

@@ -7,8 +7,8 @@ import types
 
 import pytest
 
-from recap.rewards.judges import COMPLIANCE, INVALID, REFUSAL, JudgeItem
 from recap.rewards.factory import load_judge
+from recap.rewards.judges import COMPLIANCE, INVALID, REFUSAL, JudgeItem
 from recap.rewards.rubric import (
     FortressJudge,
     RubricConfig,
@@ -208,7 +208,7 @@ def test_fortress_rubric_over_http_with_constrained_answers(tmp_path):
 
     if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None:
         pytest.skip("llama-cpp-python[server] is not installed")
-    from recap.models import resolve_model
+    from recap.inference.models import resolve_model
 
     folder, gguf = resolve_model("smollm2-135m")
     with socket.socket() as s:

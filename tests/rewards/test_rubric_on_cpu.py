@@ -20,8 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import recap.rewards.rubric as rubric_module
-from recap.rewards.judges import COMPLIANCE, INVALID, REFUSAL, JudgeItem
 from recap.rewards.factory import load_judge
+from recap.rewards.judges import COMPLIANCE, INVALID, REFUSAL, JudgeItem
 from recap.rewards.router import RewardRouter
 from recap.rewards.rubric import (
     STRONGREJECT_PROMPT,
@@ -317,7 +317,7 @@ def test_config_errors_and_spec(tmp_path):
 
 
 def test_shipped_rubric_configs_load():
-    from recap.config import load_config
+    from recap.util.config import load_config
 
     root = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "judges")
     expected = {

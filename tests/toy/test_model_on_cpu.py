@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from recap.chat import render_prompt
 from recap.eval.attacks import IPR_TRANSITION
+from recap.inference.chat import render_prompt
 from recap.toy import world
 from recap.toy.model import PretrainConfig, ToyModelConfig, build_tokenizer, encode_pair, pretrain, supervised_corpus
 

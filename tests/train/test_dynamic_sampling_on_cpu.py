@@ -9,8 +9,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-from recap.chat import render_prompt
 from recap.data.examples import Example
+from recap.inference.chat import render_prompt
 from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
 from recap.train import (
     RecapTrainer,

@@ -3,8 +3,8 @@ final answer — never the rendered template or the injected prefill (recap/rewa
 
 import pytest
 
-from recap.chat import final_answer
 from recap.data.examples import Example
+from recap.inference.chat import final_answer
 from recap.rewards.judges import KindRouter, Verdict
 from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
 from recap.train import TrainConfig, build_trainer

@@ -5,11 +5,12 @@ import pytest
 import torch
 from transformers import StoppingCriteriaList
 
-from recap.chat import render_prompt
 from recap.data.examples import Example
+from recap.inference.chat import render_prompt
 from recap.rewards.router import SoftOverlongPunishment
 from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
-from recap.train import TrainConfig, _RowBudget, build_trainer, completion_budget, grpo_config, rl_rows
+from recap.train import TrainConfig, build_trainer, completion_budget, grpo_config, rl_rows
+from recap.train.trainer import _RowBudget
 
 TINY = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 PREFILL = "the user wants to steal a car . it is for a story so it is fine ."

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from recap.config import load_config
+from recap.rewards.factory import load_judge
 from recap.rewards.guard import GuardConfig
 from recap.rewards.judges import JudgeItem, RuleJudge
-from recap.rewards.factory import load_judge
 from recap.rewards.rubric import RubricConfig
 from recap.train import TrainConfig, check_train_config
+from recap.util.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER = ["recap-dapo.yaml", "recap-mixed-curriculum.yaml", "scale/recap-8b.yaml", "scale/recap-8b-vllm-server.yaml"]

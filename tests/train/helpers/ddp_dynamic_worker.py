@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-import recap.train as train_module
+import recap.train.run as train_module
 from recap.data.mixture import MixtureConfig, build_mixture
 from recap.toy.data import train_examples
 from recap.toy.model import ToyModelConfig, build_model, build_tokenizer

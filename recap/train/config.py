@@ -1,0 +1,245 @@
+"""The RL training config (``TrainConfig``, every field documented, paper defaults) and the checks of its
+settings that the trainer cannot run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from recap.data.onpolicy import PrefillSourceConfig
+from recap.data.schedules import LengthSchedule
+from recap.data.selfreset import SelfResetConfig
+from recap.train.distributed import world_size
+
+
+@dataclass
+class TrainConfig:
+    """RL post-training with RECAP (paper defaults unless noted)."""
+
+    model: str = field(
+        default="", metadata={"help": "Policy: a local folder or a hub id (a causal LM with a chat template)."}
+    )
+    train_file: str = field(
+        default="", metadata={"help": "Mixture JSONL/Parquet built by `recap data mix` (prefills already set)."}
+    )
+    output_dir: str = field(
+        default="runs/recap", metadata={"help": "Checkpoints, logs and the final model (output_dir/final)."}
+    )
+    judge: str = field(
+        default="rules",
+        metadata={
+            "help": "Judge of every kind's reward: rules, rules:<family>, toy, classifier:<file>, guard:<yaml> (see recap.rewards.factory.load_judge)."
+        },
+    )
+    judges: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Per-kind judge overrides, e.g. {harmful: 'guard:configs/guard.yaml'}; kinds not named use `judge`."
+        },
+    )
+    num_generations: int = field(
+        default=16, metadata={"help": "Rollouts per prompt (the group of GRPO/DAPO); the paper uses 16."}
+    )
+    prompts_per_step: int = field(
+        default=8,
+        metadata={"help": "Prompts per optimizer step over all processes (global batch = prompts × generations)."},
+    )
+    max_steps: int = field(default=100, metadata={"help": "Optimizer steps."})
+    learning_rate: float = field(
+        default=1e-6, metadata={"help": "Learning rate (DAPO uses 1e-6 for 7–32B models; tiny models need far more)."}
+    )
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name."})
+    epsilon: float = field(default=0.2, metadata={"help": "Lower clip range ε_low (DAPO clip-higher: 0.2)."})
+    epsilon_high: float = field(default=0.28, metadata={"help": "Upper clip range ε_high (DAPO clip-higher: 0.28)."})
+    loss_type: str = field(default="dapo", metadata={"help": "TRL loss type; 'dapo' is the token-level loss of DAPO."})
+    beta: float = field(
+        default=0.0, metadata={"help": "KL coefficient; DAPO drops the KL term (0 ⇒ no reference model)."}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "Rollout sampling temperature."})
+    max_completion_length: int = field(
+        default=1024,
+        metadata={
+            "help": "Longest continuation in tokens (after the prefill); with max_total_length, the cap of every row's budget."
+        },
+    )
+    max_total_length: int = field(
+        default=0,
+        metadata={
+            "help": "Length budget of a rollout counting prompt + prefill + continuation (the paper's Lmax = 8,000 tokens, Appendix C): each row may write min(max_completion_length, max_total_length − its prompt tokens), so a prefilled row writes less and costs what an unprefilled one costs. 0: off (every row gets max_completion_length)."
+        },
+    )
+    mask_truncated_completions: bool = field(
+        default=False,
+        metadata={
+            "help": "DAPO overlong filtering (TRL mask_truncated_completions): completions cut by the length limit get no loss."
+        },
+    )
+    overlong_buffer: int = field(
+        default=0,
+        metadata={
+            "help": "DAPO soft overlong punishment (TRL get_soft_overlong_punishment), an extra reward: 0 up to the row's limit − this many tokens, then down linearly to −1 at the limit (DAPO: 4096 of 20480). 0: off."
+        },
+    )
+    overlong_penalty: float = field(
+        default=1.0,
+        metadata={"help": "Weight of the soft overlong punishment in the reward (with overlong_buffer > 0)."},
+    )
+    dynamic_sampling: bool = field(
+        default=True,
+        metadata={
+            "help": "DAPO dynamic sampling (on in the paper): drop every prompt group whose rewards are all equal (zero variance: all 0, all 1, all −1 from the format penalty, all 0.4 from a continuous judge — no advantage, no gradient) and generate more groups until the step has prompts_per_step groups with signal."
+        },
+    )
+    dynamic_sampling_max_extra_rounds: int = field(
+        default=9,
+        metadata={
+            "help": "Extra generation rounds per step to refill dropped groups (each draws as many prompts as the step; verl's max_num_gen_batches − 1, 10 − 1 in its DAPO recipe). When they are spent the step trains on the groups with signal it has: the others are masked out of the loss and the token normaliser. 0: drop without refilling."
+        },
+    )
+    dynamic_sampling_tolerance: float = field(
+        default=1e-6,
+        metadata={
+            "help": "A group's rewards count as equal when max − min ≤ this. 0 is verl's exact test (std > 0); the default only adds float noise (e.g. 0.99999994 vs 1.0 from a judge's probability), far below any real difference."
+        },
+    )
+    dynamic_sampling_tau: float | None = field(
+        default=None,
+        metadata={
+            "help": "Removed: dynamic sampling no longer drops 'all 0 or all ≥ τ' groups but every group with zero reward variance, whatever the value; leave unset (see dynamic_sampling_tolerance)."
+        },
+    )
+    format_penalty: float = field(
+        default=0.0, metadata={"help": "Reward of a completion with no closing think tag or an empty answer."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of sampling and data order."})
+    save_steps: int = field(default=50, metadata={"help": "Checkpoint every N steps (resumable)."})
+    logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
+    num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's default)."})
+    gradient_checkpointing: bool = field(
+        default=True,
+        metadata={
+            "help": "Recompute activations in the backward pass (TRL's default; saves memory on real models, costs ~40% extra compute — turn off for tiny models)."
+        },
+    )
+    micro_batch_size: int = field(
+        default=0,
+        metadata={
+            "help": "Completions per forward/backward pass on each process (gradient accumulation over the step's prompts × generations; the token-level loss is normalised over the whole step). 0: the process's whole share of the step in one pass. With several processes, prompts_per_step × num_generations is the global batch, split across them; a multiple of num_generations keeps each prompt's group on one process."
+        },
+    )
+    loss_length_buckets: int = field(
+        default=2,
+        metadata={
+            "help": "Run each micro-batch's loss pass in this many chunks of rows with similar lengths, each trimmed of its own padding (TRL pads every row to the longest prompt of the generation batch, and prefilled prompts are the longest). Same loss and gradient up to float rounding; 1 turns it off. Single-process runs only (with several processes each forward must pair with one backward)."
+        },
+    )
+    lora_r: int = field(
+        default=0, metadata={"help": "LoRA rank (peft); 0 trains every weight. The final model is saved merged."}
+    )
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling α."})
+    unclosed: str = field(
+        default="invalid",
+        metadata={
+            "help": "A completion that never closes the think block: 'invalid' (format penalty) or 'continuation' (judged as the answer; models without thinking tags such as SmolLM2)."
+        },
+    )
+    think_system_prompt: bool = field(
+        default=False,
+        metadata={
+            "help": "Put recap.inference.chat.THINK_SYSTEM_PROMPT in a system message of prompts that have none."
+        },
+    )
+    dtype: str = field(
+        default="float32", metadata={"help": "Policy weights dtype (float32; GGUF weights are dequantised to it)."}
+    )
+    vllm: str = field(
+        default="auto",
+        metadata={
+            "help": "Rollouts with vLLM (TRL use_vllm): auto (colocate when vLLM and a GPU are present, else off), off, colocate (vLLM shares the training GPUs), server (a `trl vllm-serve` process; see docs/scaling.md)."
+        },
+    )
+    vllm_server_host: str = field(
+        default="127.0.0.1", metadata={"help": "Host of the `trl vllm-serve` rollout server (vllm: server)."}
+    )
+    vllm_server_port: int = field(default=8000, metadata={"help": "Port of the rollout server (vllm: server)."})
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "GPU memory fraction vLLM may take in colocate mode (the rest is for training)."}
+    )
+    bf16: bool = field(
+        default=False,
+        metadata={
+            "help": "bf16 mixed-precision training (GPUs; the paper trained in bf16 with DeepSpeed ZeRO-3). Must match the accelerate config's mixed_precision."
+        },
+    )
+    use_cpu: bool = field(default=False, metadata={"help": "Force CPU even when an accelerator exists."})
+    prefill_sources: PrefillSourceConfig = field(
+        default_factory=PrefillSourceConfig,
+        metadata={
+            "help": "Where the prefills of the mixture's prefill slots come from at each step: static (the mixture's counter-aligned reasoning, RECAP), on_policy (the policy's own unsafe reasoning cut at its first unsafe step, Self-ReSET style) or both by weight."
+        },
+    )
+    prefill_length: LengthSchedule | None = field(
+        default=None,
+        metadata={
+            "help": "Length schedule of static prefills (fixed, uniform over a set, or a short→long curriculum), applied to each slot's counter_reasoning at every step; null keeps the mixture's prefills as written."
+        },
+    )
+    self_reset: SelfResetConfig | None = field(
+        default=None,
+        metadata={
+            "help": "Self-ReSET (recap.data.selfreset): cut the policy's own unsafe reasoning at its first unsafe token (streaming judge), re-roll each cut as its own group from a bounded queue (the cut is part of the prompt, out of the loss), re-queue benign prompts whose rollouts refuse; null: off. configs/self-reset.yaml is the paper's recipe."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the model repository's own Python code (off: only transformers' built-in architectures)."
+        },
+    )
+    allow_pickle_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Accept pytorch_model.bin pickle weights (off: safetensors/GGUF only; unpickling can run code)."
+        },
+    )
+    resume: str = field(
+        default="auto",
+        metadata={
+            "help": "What to do with checkpoints already in output_dir (torn ones are set aside first): auto (continue from the last complete one, start from step 0 if none), must (`recap train --resume`: continue; with only torn checkpoints or a train_config.json of the same run, start from step 0; an error on an empty folder), never (`recap train` without --resume: an error if a complete checkpoint exists, so two runs never mix)."
+        },
+    )
+    report_to: str = field(
+        default="none",
+        metadata={
+            "help": "Trackers (wandb, tensorboard…). Off by default: completions on harmful prompts must not leave the machine unless you choose so."
+        },
+    )
+
+
+def dynamic_prefills(cfg: TrainConfig) -> bool:
+    """Whether prefills are chosen at each step (on-policy source or a length schedule) rather than fixed
+    by the mixture file."""
+    return cfg.prefill_sources.weights.get("on_policy", 0.0) > 0 or cfg.prefill_length is not None
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Raise ``ValueError`` naming the field for settings the trainer cannot run."""
+    if cfg.dynamic_sampling_tau is not None:
+        raise ValueError(
+            "dynamic_sampling_tau was removed: dynamic sampling now drops every prompt group whose "
+            "rewards are all equal (zero variance, as DAPO does), whatever their value, and refills "
+            "the step (dynamic_sampling_max_extra_rounds); delete the field"
+        )
+    for name in ("dynamic_sampling_max_extra_rounds", "max_total_length", "overlong_buffer"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be ≥ 0, got {getattr(cfg, name)}")
+    if cfg.dynamic_sampling_tolerance < 0:
+        raise ValueError(f"dynamic_sampling_tolerance must be ≥ 0, got {cfg.dynamic_sampling_tolerance}")
+    world = world_size()
+    share = cfg.prompts_per_step * cfg.num_generations / world
+    if cfg.dynamic_sampling and world > 1 and share % cfg.num_generations:
+        raise ValueError(
+            f"dynamic_sampling with {world} processes: each process's share of the step "
+            f"(prompts_per_step × num_generations / {world} = {share:g} completions) must be whole "
+            f"groups of num_generations = {cfg.num_generations}, since each process refills its own "
+            "groups; make prompts_per_step a multiple of the number of processes"
+        )

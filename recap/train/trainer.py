@@ -1,0 +1,400 @@
+"""``RecapTrainer``: TRL's ``GRPOTrainer`` plus DAPO's dynamic sampling, the per-row total length budget
+and the per-step prefills of the prefill planner and Self-ReSET."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import zlib
+from pathlib import Path
+
+import torch
+from transformers import StoppingCriteria
+from trl import GRPOTrainer
+
+from recap.data.onpolicy import PrefillPlanner
+from recap.data.selfreset import SelfResetPlanner
+
+PLANNER_STATE = "prefix_buffer.json"  # the on-policy buffer, saved with each checkpoint
+SELFRESET_STATE = "selfreset_queue.json"  # the Self-ReSET re-roll queue, saved with each checkpoint
+
+
+def completion_budget(prompt_tokens: int, max_completion_length: int, max_total_length: int = 0) -> int:
+    """Tokens a rollout may write after a prompt of ``prompt_tokens`` tokens (prefill included): the
+    total budget minus the prompt, capped by ``max_completion_length`` and at least 1; without a total
+    budget (0), ``max_completion_length``."""
+    if not max_total_length:
+        return max_completion_length
+    return max(1, min(max_completion_length, max_total_length - prompt_tokens))
+
+
+def zero_variance_groups(rewards: torch.Tensor, group_size: int, tolerance: float = 0.0) -> torch.Tensor:
+    """Boolean mask over prompt groups (``group_size`` consecutive rewards each) whose rewards are all
+    equal — max − min ≤ ``tolerance`` — so every advantage of the group is 0. NaN rewards (unscorable
+    completions, which TRL leaves out of the group baseline) are ignored."""
+    grouped = rewards.float().view(-1, group_size)
+    nan = torch.isnan(grouped)
+    spread = grouped.masked_fill(nan, -math.inf).amax(1) - grouped.masked_fill(nan, math.inf).amin(1)
+    return ~(spread > tolerance)  # a group with at most one scored reward has no spread either
+
+
+class _RowBudget(StoppingCriteria):
+    """A transformers stopping criterion that ends row i after ``budgets[i]`` new tokens."""
+
+    def __init__(self, budgets: list[int]):
+        self.budgets = torch.tensor(budgets)
+        self.start: int | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        if self.start is None:  # called once each new token is appended: the first call sees prompt + 1
+            self.start = input_ids.shape[1] - 1
+        return (input_ids.shape[1] - self.start) >= self.budgets.to(input_ids.device)
+
+
+class RecapTrainer(GRPOTrainer):
+    """``GRPOTrainer`` plus DAPO's dynamic sampling, the per-row total length budget, and the prefill
+    planner's per-step prefills.
+
+    Dynamic sampling (``dynamic_sampling``): after each generation round, every prompt group whose total
+    rewards are all equal (``zero_variance_groups``) is dropped; while the step has fewer than its
+    ``prompts_per_step`` groups with signal, another round draws as many prompts again from the training
+    set (seeded by seed, step, round and process; prompts already in the step are avoided while others
+    remain) — at most ``max_extra_rounds`` rounds. The step then trains on the first groups with signal,
+    up to its size; if refilling ran out, the missing groups are taken from dropped ones with their
+    completion mask and advantages zeroed, so TRL gets the tensor shapes it expects while they give no
+    gradient and no tokens to the DAPO normaliser. With several processes each fills its own share of
+    groups, and all of them run a round while any is short. Logged per step:
+    ``dynamic_sampling/effective_batch_size`` (groups with signal trained on),
+    ``dynamic_sampling/dropped_groups`` (zero-variance groups generated, all rounds) and
+    ``dynamic_sampling/extra_rounds``.
+
+    Length budget (``max_total_length``): each row may write ``completion_budget(prompt tokens)``; for
+    transformers generation a stopping criterion ends each row at its budget, and every backend's
+    completions are cut to it afterwards (vLLM takes per-request limits, but TRL sends one for the batch:
+    cutting a sampled rollout at n tokens gives what sampling with a limit of n gives). The budget is
+    passed to reward functions as the ``completion_budget`` column.
+    """
+
+    def __init__(
+        self,
+        *args,
+        dynamic_sampling: bool = False,
+        max_extra_rounds: int = 9,
+        dynamic_sampling_tolerance: float = 1e-6,
+        max_total_length: int = 0,
+        loss_length_buckets: int = 1,
+        planner: PrefillPlanner | None = None,
+        selfreset: SelfResetPlanner | None = None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.dynamic_sampling = dynamic_sampling
+        self.max_extra_rounds = max_extra_rounds
+        self.dynamic_sampling_tolerance = dynamic_sampling_tolerance
+        self.max_total_length = max_total_length
+        self.loss_length_buckets = loss_length_buckets
+        self.planner = planner
+        self.selfreset = selfreset
+        self._last_rewards: torch.Tensor | None = None
+        self._last_completions: list[str] = []
+        self._last_verdicts: list | None = None
+        self._row_budgets: list[int] | None = None
+        self._dataset_ids: list | None = None
+        self._step_rounds: list[tuple[list[dict], torch.Tensor, list[str], list | None]] = []
+        self._decoded_tokens = 0  # tokens this process decoded in the current step (every round)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if (self.planner is not None or self.selfreset is not None) and self.args.should_save:
+            from recap.util.files import write_text
+
+            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            if folder.is_dir() and self.planner is not None:  # the buffer resumes with the run
+                write_text(folder / PLANNER_STATE, json.dumps(self.planner.state()))
+            if folder.is_dir() and self.selfreset is not None:  # so does the re-roll queue
+                write_text(folder / SELFRESET_STATE, json.dumps(self.selfreset.state()))
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """TRL's training loop; with Self-ReSET the re-roll queue of the checkpoint resumed from is restored
+        first, and ``output_dir/selfreset_stats.json`` is written at the end."""
+        if self.selfreset is not None and isinstance(resume_from_checkpoint, str):
+            saved = Path(resume_from_checkpoint) / SELFRESET_STATE
+            if saved.is_file():
+                self.selfreset.load_state(json.loads(saved.read_text(encoding="utf-8")))
+        result = super().train(resume_from_checkpoint, *args, **kwargs)
+        if self.selfreset is not None and self.accelerator.is_main_process:
+            from recap.util.files import write_text
+
+            write_text(
+                Path(self.args.output_dir) / "selfreset_stats.json",
+                json.dumps({**self.selfreset.stats(), "history": self.selfreset.history}, indent=1),
+            )
+        return result
+
+    def length_buckets(self, inputs: dict) -> list[dict] | None:
+        """Split a micro-batch into ``loss_length_buckets`` chunks of rows sorted by length, each with the
+        prompt's left padding and the completion's right padding that no row of the chunk needs trimmed
+        off. None when that would not save at least 10 % of the padded positions.
+
+        Trimming is exact: dropped columns are masked for every row of the chunk, and left padding only
+        shifts absolute positions, which rotary attention does not see (relative positions are kept)."""
+        k = self.loss_length_buckets
+        if self.accelerator.num_processes > 1:
+            # DDP (and the sharded engines) pair each forward with one backward and one gradient
+            # reduction; several forwards per backward would desynchronise the ranks' collectives.
+            return None
+        prompt_mask, completion_mask = inputs["prompt_mask"], inputs["completion_mask"]
+        rows, width = prompt_mask.shape[0], prompt_mask.shape[1] + completion_mask.shape[1]
+        if k <= 1 or rows < 2:
+            return None
+        length = prompt_mask.sum(1) * (completion_mask.shape[1] + 1) + completion_mask.sum(1)
+        order = torch.argsort(length, stable=True)
+        chunks = [c for c in torch.tensor_split(order, min(k, rows)) if len(c)]
+        out, cost = [], 0
+        for idx in chunks:
+            pm, cm = prompt_mask[idx], completion_mask[idx]
+            first = int(pm.any(0).float().argmax()) if pm.any() else pm.shape[1]
+            last = int(cm.any(0).nonzero().max()) + 1 if cm.any() else 1
+            chunk = {}
+            for key, value in inputs.items():
+                if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == rows:
+                    value = value[idx]
+                    if key.startswith("prompt_") and value.dim() == 2:
+                        value = value[:, first:]
+                    elif value.dim() == 2 and value.shape[1] == cm.shape[1]:
+                        value = value[:, :last]
+                chunk[key] = value
+            out.append(chunk)
+            cost += len(idx) * (pm.shape[1] - first + last)
+        return out if cost <= 0.9 * rows * width else None
+
+    def _compute_loss(self, model, inputs):
+        chunks = self.length_buckets(inputs)
+        if chunks is None:
+            return super()._compute_loss(model, inputs)
+        # The DAPO normaliser is the step's token count (num_items_in_batch), the same for every chunk,
+        # so the chunks' losses add up to the micro-batch's loss.
+        return sum(super(RecapTrainer, self)._compute_loss(model, chunk) for chunk in chunks)
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        if self._row_budgets is not None and len(self._row_budgets) == len(inputs):
+            for row, budget in zip(inputs, self._row_budgets):  # a column for reward functions
+                row["completion_budget"] = budget
+        self._last_completions = list(completions)  # local, what the reward functions read
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._last_rewards = rewards_per_func  # gathered over processes, in global order
+        router = self.reward_funcs[0] if self.reward_funcs else None
+        verdicts = getattr(router, "last_verdicts", None)  # RewardRouter: the local rows' verdicts
+        self._last_verdicts = list(verdicts) if verdicts is not None and len(verdicts) == len(inputs) else None
+        return rewards_per_func
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        budgets = [completion_budget(len(ids), self.max_completion_length, self.max_total_length) for ids in prompt_ids]
+        self._row_budgets = budgets
+        if not self.max_total_length:
+            completion_ids, logprobs = super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+            self._decoded_tokens += sum(len(ids) for ids in completion_ids)
+            return completion_ids, logprobs
+        with self._row_stopping(budgets):
+            completion_ids, logprobs = super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+        self._decoded_tokens += sum(len(ids) for ids in completion_ids)  # what was decoded, before the cut
+        completion_ids = [list(ids[:b]) for ids, b in zip(completion_ids, budgets, strict=True)]
+        if logprobs is not None:
+            logprobs = [list(lp[:b]) for lp, b in zip(logprobs, budgets, strict=True)]
+        return completion_ids, logprobs
+
+    @contextlib.contextmanager
+    def _row_stopping(self, budgets: list[int]):
+        """For transformers generation: stop each row at its budget, and the batch at the largest one."""
+        if self.use_vllm or getattr(self, "use_transformers_continuous_batching", False):
+            yield
+            return
+        from transformers import StoppingCriteriaList
+
+        model = self.accelerator.unwrap_model(self.model_wrapped)  # what TRL's generation context yields
+        own = model.__dict__.get("generate")
+        cap = self.generation_config.max_new_tokens
+        model.generate = functools.partial(
+            model.generate, stopping_criteria=StoppingCriteriaList([_RowBudget(budgets)])
+        )
+        self.generation_config.max_new_tokens = min(cap, max(budgets))
+        try:
+            yield
+        finally:
+            self.generation_config.max_new_tokens = cap
+            if own is None:
+                del model.generate
+            else:
+                model.generate = own
+
+    def _generate_and_score_completions(self, inputs):
+        if not self.model.training:
+            return super()._generate_and_score_completions(inputs)
+        self._step_rounds, self._decoded_tokens = [], 0
+        if not self.dynamic_sampling:
+            batch, out, _, texts = self._round(inputs)
+            self._planner_step([(batch, texts)])
+        else:
+            out = self._dynamic_sampling_step(inputs)
+        self._selfreset_step()
+        decoded = self.accelerator.gather(torch.tensor(float(self._decoded_tokens), device=self.accelerator.device))
+        self._metrics["train"]["cost/decoded_tokens"].append(decoded.sum().item())
+        return out
+
+    def _round(self, inputs: list[dict], fresh: bool = True) -> tuple[list[dict], dict, torch.Tensor, list[str]]:
+        """One generation round: Self-ReSET's re-rolls first, per-step prefills, TRL's generation and scoring.
+        Returns the rows as generated, TRL's output, the total reward of every row of every process, and the
+        local texts. ``fresh``: the rows are the dataloader's (not a refill draw)."""
+        if self.selfreset is not None:
+            inputs = self.selfreset.compose(inputs, self.state.global_step, fresh=fresh)
+        if self.planner is not None:
+            inputs = self.planner.prepare(inputs, self.state.global_step)
+        out = super()._generate_and_score_completions(inputs)
+        rewards = self._last_rewards
+        total = (rewards * self.reward_weights.to(rewards.device).unsqueeze(0)).nansum(dim=1)
+        total[torch.isnan(rewards).all(dim=1)] = torch.nan  # as TRL: unscorable rows leave the baseline
+        start = self.accelerator.process_index * len(inputs)  # this process's rows in the gathered rewards
+        self._step_rounds.append(
+            (inputs, total[start : start + len(inputs)].cpu(), self._last_completions, self._last_verdicts)
+        )
+        return inputs, out, total, self._last_completions
+
+    def _selfreset_step(self) -> None:
+        """Cut and re-queue from every round of the step (Self-ReSET), once per step, and log it."""
+        if self.selfreset is None:
+            return
+        rows = [row for batch, _, _, _ in self._step_rounds for row in batch]
+        texts = [t for _, _, ts, _ in self._step_rounds for t in ts]
+        rewards = [float(x) for _, total, _, _ in self._step_rounds for x in total.tolist()]
+        verdicts = None
+        if all(v is not None for _, _, _, v in self._step_rounds):
+            verdicts = [v for _, _, _, vs in self._step_rounds for v in vs]
+        found = self.selfreset.harvest(rows, texts, rewards, verdicts, self.state.global_step)
+        metrics = self._metrics["train"]
+        metrics["selfreset/queue_size"].append(found["queue"])
+        metrics["selfreset/cuts"].append(found["cuts"])
+        metrics["selfreset/requeued"].append(found["requeued"])
+        groups = [row.get("reroll", "") for row in rows[:: self.num_generations]]
+        metrics["selfreset/reroll_share"].append(sum(g != "" for g in groups) / max(1, len(groups)))
+
+    def _planner_step(self, rounds: list[tuple[list[dict], list[str]]]) -> None:
+        """Harvest the step's completions (every round) into the on-policy buffer once, and log it."""
+        if self.planner is None:
+            return
+        rows = [row for batch, _ in rounds for row in batch]
+        texts = [t for _, ts in rounds for t in ts]
+        # TRL repeats each prompt num_generations times in ``inputs``; one completion per input row.
+        added = self.planner.harvest(rows, texts, self.state.global_step)  # 0 on steps without a scan
+        stats = self.planner.buffer.stats()
+        metrics = self._metrics["train"]
+        metrics["onpolicy/buffer_size"].append(stats["size"])
+        metrics["onpolicy/added"].append(added)
+        if stats["cut_fraction_mean"] is not None:
+            metrics["onpolicy/cut_fraction_mean"].append(stats["cut_fraction_mean"])
+        slots = [x for x in rows if x.get("prefilled")]
+        if slots:
+            metrics["prefill/on_policy_share"].append(
+                sum(x.get("prefill_source") == "on_policy" for x in slots) / len(slots)
+            )
+
+    def _dynamic_sampling_step(self, inputs: list[dict]) -> dict:
+        size = self.num_generations
+        quota = len(inputs) // size  # this process's groups (whole groups: checked by check_train_config)
+        first_group = self.accelerator.process_index * quota
+        used = {row.get("id") for row in inputs}
+        rounds, kept, flat = [], [], []  # kept / flat: (round, local group)
+        dropped, extra, batch = 0, 0, inputs
+        while True:
+            batch, out, total, texts = self._round(batch, fresh=extra == 0)
+            rounds.append((batch, out, texts))
+            zero = zero_variance_groups(total, size, self.dynamic_sampling_tolerance)
+            dropped += int(zero.sum())
+            for g, is_zero in enumerate(zero[first_group : first_group + quota].tolist()):
+                (flat if is_zero else kept).append((len(rounds) - 1, g))
+            short = torch.tensor(float(len(kept) < quota), device=self.accelerator.device)
+            if self.accelerator.gather(short).sum().item() == 0 or extra >= self.max_extra_rounds:
+                break
+            extra += 1
+            batch = self._refill(quota, used, extra)
+        signal = kept[:quota]
+        out = self._assemble([r[1] for r in rounds], signal + flat[: quota - len(signal)], len(signal))
+        self._planner_step([(b, t) for b, _, t in rounds])
+        effective = self.accelerator.gather(torch.tensor(float(len(signal)), device=self.accelerator.device))
+        metrics = self._metrics["train"]
+        metrics["dynamic_sampling/effective_batch_size"].append(int(effective.sum().item()))
+        metrics["dynamic_sampling/dropped_groups"].append(dropped)
+        metrics["dynamic_sampling/extra_rounds"].append(extra)
+        return out
+
+    def _refill(self, groups: int, used: set, round_: int) -> list[dict]:
+        """``groups`` prompts of the training set for an extra round, each repeated num_generations times."""
+        dataset = self.train_dataset
+        if self._dataset_ids is None:
+            self._dataset_ids = dataset["id"] if "id" in dataset.column_names else [None] * len(dataset)
+        key = f"{self.args.seed}:{self.state.global_step}:{round_}:{self.accelerator.process_index}"
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(zlib.crc32(key.encode()))).tolist()
+        fresh = [i for i in order if self._dataset_ids[i] is None or self._dataset_ids[i] not in used]
+        seen = set(fresh)
+        picks = (fresh + [i for i in order if i not in seen])[:groups]  # repeats only when nothing new is left
+        rows = [dataset[i] for i in picks]
+        used.update(row.get("id") for row in rows)
+        return [dict(row) for row in rows for _ in range(self.num_generations)]
+
+    def _assemble(self, outs: list[dict], groups: list[tuple[int, int]], n_signal: int) -> dict:
+        """The step's batch from the chosen ``groups`` (round, local group) of the rounds' outputs; the
+        groups after the first ``n_signal`` are fillers: completion mask and advantages zeroed."""
+        size = self.num_generations
+        parts, fillers = [], []
+        for r, out in enumerate(outs):
+            mine = [(i, g) for i, (rr, g) in enumerate(groups) if rr == r]
+            if not mine:
+                continue
+            index = torch.tensor(
+                [g * size + k for _, g in mine for k in range(size)], device=out["completion_ids"].device
+            )
+            parts.append(
+                {
+                    key: value[index] if isinstance(value, torch.Tensor) and value.dim() >= 1 else value
+                    for key, value in out.items()
+                }
+            )
+            fillers += [i >= n_signal for i, _ in mine for _ in range(size)]
+        filler = torch.tensor(fillers, device=outs[0]["completion_ids"].device)
+        out = _stack_rows(parts, self._tokenizer.pad_token_id)
+        out["completion_mask"] = out["completion_mask"] * (~filler).unsqueeze(1).to(out["completion_mask"].dtype)
+        out["advantages"] = out["advantages"].masked_fill(filler, 0.0)
+        mask = out["completion_mask"] if out.get("tool_mask") is None else out["completion_mask"] * out["tool_mask"]
+        out["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum()
+        return out
+
+
+def _stack_rows(parts: list[dict], pad_id: int) -> dict:
+    """Concatenate TRL batch dicts row-wise: prompt tensors are left-padded and completion-shaped tensors
+    right-padded to the widest part (pad id for ``*_ids``, 0 elsewhere: masked positions)."""
+    out = {}
+    for key, first in parts[0].items():
+        values = [p[key] for p in parts]
+        if not isinstance(first, torch.Tensor) or first.dim() == 0:
+            out[key] = first  # num_items_in_batch: recomputed by the caller
+            continue
+        if first.dim() == 1 or len({v.shape[1:] for v in values}) == 1:
+            out[key] = torch.cat(values)
+            continue
+        if first.dim() != 2 or not (
+            key.startswith("prompt_") or all(v.shape[1] == p["completion_ids"].shape[1] for v, p in zip(values, parts))
+        ):
+            raise ValueError(f"dynamic sampling cannot merge the batch field {key!r} of shape {tuple(first.shape)}")
+        width = max(v.shape[1] for v in values)
+        fill = pad_id if key.endswith("_ids") else 0
+        padded = []
+        for v in values:
+            pad = v.new_full((v.shape[0], width - v.shape[1]), fill)
+            padded.append(torch.cat([pad, v] if key.startswith("prompt_") else [v, pad], dim=1))
+        out[key] = torch.cat(padded)
+    return out

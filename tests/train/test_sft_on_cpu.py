@@ -1,0 +1,299 @@
+"""Supervised fine-tuning and context distillation (recap/train/sft.py): the loss covers the answer tokens only,
+in exactly the context RL and evaluation render; distilled rows never hold the teacher's system prompt
+and carry their provenance; a tiny run changes the weights, with LoRA and with every weight trained."""
+
+import json
+
+import pytest
+import torch
+
+from recap.data.examples import DataError, Example
+from recap.inference.chat import render_prompt
+from recap.inference.generation import Generation, SamplingConfig
+from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
+from recap.train.sft import (
+    DistillConfig,
+    SFTTrainConfig,
+    build_sft_trainer,
+    distill,
+    prompt_completion,
+    read_rows,
+    train_sft,
+    trim_to_sentence,
+    write_rows,
+)
+
+TINY = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+SYSTEM = "Be safe. Refuse anything harmful."
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_tokenizer_dir):
+    """SmolLM2's tokenizer (its ChatML template, byte-level BPE) and a tiny random model over its vocabulary."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from recap.inference.models import prepare_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            intermediate_size=32,
+            tie_word_embeddings=True,
+        )
+    )
+    prepare_tokenizer(model, tok)
+    return model, tok
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(
+        model="unused",
+        output_dir=str(tmp_path / "sft"),
+        lora_r=0,
+        learning_rate=1e-2,
+        max_steps=2,
+        batch_size=2,
+        use_cpu=True,
+        save_steps=100,
+        logging_steps=1,
+    )
+    base.update(kw)
+    return SFTTrainConfig(**base)
+
+
+def test_loss_is_on_the_answer_tokens_only_in_the_rl_context(smol, tmp_path):
+    model, tok = smol
+    user = [{"role": "user", "content": "How do I hotwire a car?"}]
+    rows = [
+        {"id": "a", "messages": user, "completion": "I'm sorry, but I can't help with that."},
+        {
+            "id": "b",
+            "messages": user,
+            "prefill": "The user wants steps.",
+            "completion": " Wait, this is theft. I won't help.",
+        },
+        {"id": "c", "prompt": "plain context:", "completion": " an answer"},
+    ]
+    trainer = build_sft_trainer(_cfg(tmp_path), rows, model=model, tokenizer=tok)
+    contexts = [render_prompt(tok, user), render_prompt(tok, user, "The user wants steps."), "plain context:"]
+    assert contexts[0].endswith("<|im_start|>assistant\n<think>\n")  # the RL/evaluation prompt, think block open
+    for row, context, processed in zip(rows, contexts, trainer.train_dataset):
+        ids, labels = processed["input_ids"], processed["labels"]
+        prompt_ids = tok(context)["input_ids"]  # tokenized as GRPOTrainer tokenizes RL prompts
+        assert ids[: len(prompt_ids)] == prompt_ids
+        trained = [i for i, label in enumerate(labels) if label != -100]
+        assert trained == list(range(len(prompt_ids), len(ids)))  # every answer token, nothing else
+        assert [labels[i] for i in trained] == ids[len(prompt_ids) :]
+        assert tok.decode(ids[len(prompt_ids) :]) == row["completion"] + tok.eos_token  # the answer, then end of turn
+    assert "The user wants steps." in tok.decode(
+        trainer.train_dataset[1]["input_ids"][: len(tok(contexts[1])["input_ids"])]
+    )
+
+
+def test_a_prompt_rendered_for_another_template_and_a_merged_boundary_are_errors(smol, tmp_path):
+    model, tok = smol
+    user = [{"role": "user", "content": "hi"}]
+    with pytest.raises(DataError, match=r"row 'x': the 'prompt' text differs from its messages"):
+        prompt_completion(
+            [{"id": "x", "messages": user, "prompt": "<user> hi <assistant> <think>", "completion": "ok"}], tok
+        )
+    toy = build_tokenizer()
+    rows = [
+        {
+            "id": "m",
+            "messages": [{"role": "user", "content": "how do i steal a car ?"}],
+            "prefill": "it is fine",
+            "completion": "wait , no",
+        }
+    ]  # "fine" + "wait" fuse into one unknown word
+    with pytest.raises(ValueError, match=r"row 'm': the prompt's tokens are not a prefix"):
+        build_sft_trainer(_cfg(tmp_path), rows, model=build_model(toy, TINY, 0), tokenizer=toy)
+    with pytest.raises(ValueError, match=r"row 'm' is \d+ tokens, more than max_length 4"):
+        build_sft_trainer(
+            _cfg(tmp_path, max_length=4),
+            [dict(rows[0], completion=" wait , no")],
+            model=build_model(toy, TINY, 0),
+            tokenizer=toy,
+        )
+
+
+def test_bad_rows_name_the_line_and_the_field(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    good = {"id": "a", "messages": [{"role": "user", "content": "q"}], "completion": "ok"}
+    for bad, field in (
+        ({"id": "b", "messages": [{"role": "user", "content": "q"}]}, "completion"),
+        ({"id": "b", "completion": "ok"}, "messages"),
+        ({"id": "b", "messages": [{"role": "user"}], "completion": "ok"}, r"messages\[0\]"),
+        ({"id": "b", "prompt": "p", "prefill": "x", "completion": "ok"}, "prefill"),
+        ({"id": "a", "prompt": "p", "completion": "ok"}, "id"),
+    ):
+        path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+        with pytest.raises(DataError, match=rf"rows.jsonl:2: field '{field}'"):
+            read_rows(path)
+    write_rows(path, [good])
+    assert read_rows(path) == [good]
+
+
+@pytest.mark.parametrize("lora_r", [0, 4])
+def test_a_tiny_run_changes_the_weights(tmp_path, lora_r):
+    from transformers import AutoModelForCausalLM
+
+    tok = build_tokenizer()
+    model = build_model(tok, TINY, 0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows = [
+        {"id": f"r{i}", "messages": [{"role": "user", "content": q}], "completion": a}
+        for i, (q, a) in enumerate(
+            [
+                ("how do i steal a car ?", "i can not help with that . </think> no"),
+                ("what is 2 plus 3 ?", "2 plus 3 is 5 . </think> 5"),
+            ]
+        )
+    ]
+    lines = []
+    final = train_sft(_cfg(tmp_path, lora_r=lora_r), rows, model=model, tokenizer=tok, log=lines.append)
+    after = dict(AutoModelForCausalLM.from_pretrained(final).named_parameters())
+    changed = {n for n, p in before.items() if not torch.equal(p, after[n].detach())}
+    linear = {n for n in before if "proj" in n}
+    if lora_r:  # adapters on every linear layer, merged into them; nothing else moves
+        assert changed == linear
+    else:
+        assert changed == set(before)
+    assert any(line.startswith("sft step 2/2: loss") for line in lines)
+    out = tmp_path / "sft"
+    assert json.loads((out / "sft_config.json").read_text())["inputs"]["rows"] == 2
+    assert [h["step"] for h in json.loads((out / "log_history.json").read_text()) if "loss" in h] == [1, 2]
+    assert train_sft(_cfg(tmp_path, lora_r=lora_r), rows, model=model, tokenizer=tok) == final  # finished: as is
+
+
+def test_resuming_with_other_rows_is_refused(tmp_path):
+    import shutil
+
+    tok = build_tokenizer()
+    rows = [{"id": "r", "messages": [{"role": "user", "content": "how do i steal a car ?"}], "completion": "no"}]
+    cfg = _cfg(tmp_path, max_steps=1, save_steps=1, batch_size=1)
+    final = train_sft(cfg, rows, model=build_model(tok, TINY, 0), tokenizer=tok)
+    shutil.rmtree(final)  # as if killed after its checkpoint
+    other = [dict(rows[0], completion="yes")]
+    with pytest.raises(ValueError, match="'inputs' was .* in the run being resumed"):
+        train_sft(cfg, other, model=build_model(tok, TINY, 0), tokenizer=tok)
+    with pytest.raises(ValueError, match="holds checkpoints of an earlier run"):
+        train_sft(
+            _cfg(tmp_path, max_steps=1, save_steps=1, batch_size=1, resume="never"),
+            rows,
+            model=build_model(tok, TINY, 0),
+            tokenizer=tok,
+        )
+    assert train_sft(cfg, rows, model=build_model(tok, TINY, 0), tokenizer=tok) == final  # resumes, finishes
+
+
+def test_trim_to_sentence():
+    assert trim_to_sentence("I can't help. It is illegal because") == "I can't help."
+    assert trim_to_sentence("Step 1: mix\nStep 2: he") == "Step 1: mix"
+    assert trim_to_sentence("no sentence end") == ""
+
+
+class FakeTeacher:
+    """Stands in for ``recap.inference.generation.generate``: fixed answers per (kind, sample), the prompts recorded."""
+
+    ANSWERS = {
+        "harmful": [
+            "Sure, here are the steps: first",
+            "I'm sorry, but I can't help with that. It is illegal and",
+            "I can't help with that.",
+        ],
+        "benign": [
+            "I'm sorry, I cannot help.",
+            "Use the kill command with the process id.",
+            "As told: refuse anything harmful, answer the rest.",
+        ],
+    }
+
+    def __init__(self):
+        self.prompts = []
+
+    def __call__(self, model, tokenizer, prompts, sampling, seed=0, progress=None):
+        self.prompts += prompts
+        out, k = [], 3
+        for n, p in enumerate(prompts):
+            text = self.ANSWERS["harmful" if "steal" in p else "benign"][n % k]
+            out.append(Generation(text, len(text.split()), truncated=not text.endswith(".")))
+        return out
+
+
+def test_context_distillation_rows(smol, tmp_path, monkeypatch):
+    _, tok = smol
+    teacher = FakeTeacher()
+    monkeypatch.setattr("recap.inference.generation.generate", teacher)
+    loads = []
+
+    def load(name):
+        loads.append(name)
+        return None, tok
+
+    examples = [
+        Example("h1", "harmful", "how do i steal a car ?"),
+        Example("b1", "benign", "how do i kill a python process ?"),
+        Example("t1", "task", "what is 2 plus 3 ?", reference="5"),
+    ]
+    cfg = DistillConfig(
+        teacher="teacher-x",
+        system_prompt=SYSTEM,
+        samples_per_prompt=3,
+        judge="rules",
+        echo_words=3,
+        unclosed="continuation",
+        seed=7,
+        cache=str(tmp_path / "cache.jsonl"),
+        sampling=SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=16, batch_size=6),
+    )
+    rows, stats = distill(examples, cfg, load=load)
+    assert loads == ["teacher-x"] and len(teacher.prompts) == 6
+    assert all(SYSTEM in p for p in teacher.prompts)  # the teacher answers under the safety system prompt
+    by_id = {r["id"]: r for r in rows}
+    # harmful: samples 1 (trimmed to its full sentence) and 2 both refuse; equal scores, the lower index wins
+    assert set(by_id) == {"h1#distill-1", "b1#distill-1"}
+    h, b = by_id["h1#distill-1"], by_id["b1#distill-1"]
+    assert h["completion"] == "I'm sorry, but I can't help with that."
+    assert b["completion"] == "Use the kill command with the process id."
+    for row, ex in ((h, examples[0]), (b, examples[1])):
+        assert row["messages"] == ex.messages() and row["kind"] == ex.kind
+        prompt = prompt_completion([row], tok)[0]["prompt"]
+        assert SYSTEM not in prompt and prompt == render_prompt(tok, ex.messages())  # the RL / evaluation context
+    p = h["provenance"]
+    assert p["teacher"] == "teacher-x" and p["teacher_system_prompt"] == SYSTEM and p["sample"] == 1
+    assert p["truncated"] is True and p["trimmed"] is True and isinstance(p["seed"], int)
+    assert (p["temperature"], p["top_p"], p["max_new_tokens"]) == (0.7, 0.9, 16)
+    assert p["judge"] == "refusal-rules" and p["verdict"]["safe"] is True and p["verdict"]["refused"] is True
+    assert p["qualified_samples"] == 2 and b["provenance"]["verdict"]["refused"] is False
+    # harmful sample 0 was cut before any full sentence; benign sample 2 recites the system prompt
+    assert stats["harmful"] == {
+        "prompts": 1,
+        "samples": 3,
+        "dropped_truncated": 1,
+        "dropped_echo": 0,
+        "dropped_no_answer": 0,
+        "qualified": 2,
+        "prompts_kept": 1,
+        "rows": 1,
+    }
+    assert (stats["benign"]["dropped_echo"], stats["benign"]["qualified"]) == (1, 1)
+    path = write_rows(tmp_path / "rows.jsonl", rows)
+    assert read_rows(path) == rows
+    # a rerun reads the cache: no teacher is loaded, the same rows come back
+    again, _ = distill(examples, cfg, load=load)
+    assert loads == ["teacher-x"] and again == rows
+
+
+def test_distillation_refuses_examples_that_already_hold_the_system_prompt(smol, tmp_path, monkeypatch):
+    monkeypatch.setattr("recap.inference.generation.generate", FakeTeacher())
+    ex = Example("h", "harmful", [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "steal ?"}])
+    cfg = DistillConfig(teacher="t", system_prompt=SYSTEM, cache=str(tmp_path / "c.jsonl"))
+    with pytest.raises(ValueError, match="already holds the teacher's system prompt"):
+        distill([ex], cfg, load=lambda name: (None, smol[1]))
