@@ -13,6 +13,7 @@ import pytest
 from recap.eval.metrics import METRICS
 
 COUNTS = ("reasoning_tokens", "answer_tokens")
+MEANS = ("helpfulness_", "task_pass@")  # means of scores, not rates of samples: no interval
 
 
 @pytest.mark.slow
@@ -54,7 +55,9 @@ def test_quick_demo_writes_summary_report_and_plots(tmp_path):
                 assert s["mean"] > 0 and s["ci"] is None, (method, metric, s)  # the model writes something
             else:
                 assert 0.0 <= s["mean"] <= 1.0, (method, metric, s)
-                if s["ci"] is not None:  # a rate: its interval holds it
+                if metric.startswith(MEANS):
+                    assert s["ci"] is None, (method, metric, s)
+                else:  # a rate: every one has its pooled Wilson interval, and it holds the rate
                     assert s["ci"][0] <= s["mean"] <= s["ci"][1] and s["samples"] > 0, (method, metric, s)
         # round 1 of IPR is the prefilling attack itself
         assert stats["attack_ipr1_success"] == stats["attack_prefill_success"]

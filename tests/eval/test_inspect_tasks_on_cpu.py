@@ -210,6 +210,8 @@ def test_ipr_task_through_the_recap_provider_equals_recap_eval(llama_server, smo
     """The recap provider renders with SmolLM2's template and sends through the endpoint engine: Inspect's
     IPR scores and continuations are recap eval's on the same samples."""
     shared = SHARED_DATASETS / "safety" / "strongreject.jsonl"
+    if in_ci() and not shared.is_file():  # a developer's machine falls back to two prompts written here
+        pytest.fail(f"{shared} not found (CI must provide ../shared/datasets)")
     bench = shared if shared.is_file() else tmp_path / "strongreject.csv"
     if not shared.is_file():
         bench.write_text(

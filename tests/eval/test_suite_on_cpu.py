@@ -104,10 +104,13 @@ def test_run_suite_streams_each_benchmark_with_its_own_attacks(files, toy):
     assert all(r["injected"] == "the user wants to steal" for r in by[("strongreject", "prefill", 1)])
     # gsm8k used its own token budget
     assert all(len(tok(r["completion"], add_special_tokens=False)["input_ids"]) <= 3 for r in by[("gsm8k", "clean", 0)])
-    assert (
-        metrics["strongreject"]["attack_prefill_success"] is not None and metrics["gsm8k"]["task_accuracy"] is not None
-    )
-    assert metrics["xstest"]["overrefusal_clean"] is not None and metrics["xstest"]["attack_prefill_success"] is None
+    # each benchmark's metrics are its own records' shares (unsafe, correct, refused), not another's
+    prefilled, gsm, xs = by[("strongreject", "prefill", 1)], by[("gsm8k", "clean", 0)], by[("xstest", "clean", 0)]
+    assert metrics["strongreject"]["attack_prefill_success"] == sum(r["safe"] is False for r in prefilled) / 4
+    assert metrics["gsm8k"]["task_accuracy"] == sum(r["label"] == "correct" for r in gsm) / 3
+    assert metrics["xstest"]["overrefusal_clean"] == sum(r["refused"] is True for r in xs) / 3
+    assert metrics["xstest"]["helpfulness_clean"] == sum(r["score"] for r in xs) / 3
+    assert metrics["xstest"]["attack_prefill_success"] is None  # xstest ran clean only
     assert ("strongreject/prefill", 4, 4) in calls and ("gsm8k/clean", 3, 3) in calls
     # every bar is shown at 0 before its stage's first batch ends
     first = {}
@@ -129,7 +132,8 @@ def test_held_out_check_names_the_overlap(files):
     with pytest.raises(ValueError, match=r"train.jsonl: evaluated prompt 'strongreject-0003' is also training prompt"):
         load_suite(_suite(files, held_out_from=[str(train)]))
     train.write_text(json.dumps({"prompt": [{"role": "user", "content": "unrelated"}], "label": "unsafe"}) + "\n")
-    load_suite(_suite(files, held_out_from=[str(train)]))
+    suite = load_suite(_suite(files, held_out_from=[str(train)]))  # no overlap: the suite loads whole
+    assert [len(v) for v in suite.values()] == [4, 3, 3]
 
 
 def test_suite_errors(files):

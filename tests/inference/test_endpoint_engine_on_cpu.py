@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import httpx
 import openai
 import pytest
-from conftest import SHARED_DATASETS, free_port
+from conftest import SHARED_DATASETS, free_port, in_ci
 from typer.testing import CliRunner
 
 from recap.cli import app
@@ -318,9 +318,12 @@ class _RelayHandler(BaseHTTPRequestHandler):
 
 
 def _benchmark_file(tmp: Path) -> Path:
-    """A few StrongREJECT prompts: the shared copy when it is there, else the same format written here."""
+    """A few StrongREJECT prompts: the shared copy when it is there, else (on a developer's machine only: CI
+    has ../shared/datasets) the same format written here."""
     if SHARED.is_file():
         return SHARED
+    if in_ci():
+        pytest.fail(f"{SHARED} not found (CI must provide ../shared/datasets)")
     path = tmp / "strongreject.jsonl"
     path.write_text(
         "".join(
@@ -420,8 +423,11 @@ def reference(llama_server, smollm2_tokenizer_dir, tmp_path_factory):
 
 def test_recap_eval_through_the_endpoint_equals_the_local_llamacpp_engine(reference):
     metrics = json.loads(reference.result.stdout)
-    assert metrics["strongreject"]["attack_ipr2_success"] is not None
     local, served = _by_key(reference.local), _by_key(reference.served)
+    # the printed metrics are the served records' own: IPR round 2's share judged unsafe, of its 2 samples
+    round2 = [r for r in served.values() if r["attack"] == "ipr" and r["round"] == 2]
+    assert len(round2) == 2
+    assert metrics["strongreject"]["attack_ipr2_success"] == sum(r["safe"] is False for r in round2) / 2
     assert set(local) == set(served) and len(served) == 2 * 3  # clean, prefill (IPR round 1), IPR round 2
     assert {(r["attack"], r["round"]) for r in served.values()} == {("clean", 0), ("prefill", 1), ("ipr", 2)}
     for field in ("prompt_text", "injected", "completion", "answer", "label", "score", "new_tokens", "truncated"):

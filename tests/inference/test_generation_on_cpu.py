@@ -125,9 +125,13 @@ def test_progress_moves_within_a_batch_and_adds_up_to_the_prompts(model, tok, pr
     assert sum(steps[:-1]) < len(prompts)  # some of it came before the batch ended
 
 
-def test_sampling_is_seeded(model, tok, prompts):
+def test_sampling_is_seeded(model, tok, prompts, batched):
     cfg = SamplingConfig(temperature=1.0, max_new_tokens=4)
-    assert generate(model, tok, prompts, cfg, seed=3) == generate(model, tok, prompts, cfg, seed=3)
+    first = generate(model, tok, prompts, cfg, seed=3)
+    assert first == generate(model, tok, prompts, cfg, seed=3)
+    # and it samples: another seed draws other tokens, and the draws are not the greedy ones
+    assert generate(model, tok, prompts, cfg, seed=4) != first
+    assert [g.ids for g in first] != [g.ids[:4] for g in batched]
 
 
 class _Scripted:

@@ -178,8 +178,8 @@ def test_write_report(tmp_path):
     assert "<th>metric</th><th>base</th><th>vanilla</th><th>recap</th></tr>" in page
     assert '<tr class="area"><th colspan="4">Safety on harmful prompts</th></tr>' in page
     assert 'prefill attack: judged unsafe<div class="key">attack_prefill_success</div>' in page
-    lo, hi = wilson(5, 8)  # vanilla: 2 + 3 of 8 prefill samples unsafe
-    assert f'<td>62.5 ± 12.5<span class="ci">[{100 * lo:.1f}, {100 * hi:.1f}]</span></td>' in page
+    # vanilla: 2 + 3 of 8 prefill samples unsafe; [30.6, 86.3] is the 95% Wilson interval of 5/8, in percent
+    assert '<td>62.5 ± 12.5<span class="ci">[30.6, 86.3]</span></td>' in page
     assert "IPR round 2: judged unsafe" in page and "mean ± std over 2 seeds" in page
 
     md = (out / "report.md").read_text(encoding="utf-8")
@@ -193,10 +193,11 @@ def test_write_report(tmp_path):
 def test_transcripts_share_examples_across_methods(tmp_path):
     write_report(make_records(), tmp_path)
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
-    for method in METHODS:  # same two examples (h0, h1) shown for every method under prefill
-        assert page.count(f"{method} · seed 0 · example h0") >= 3
-        assert f"{method} · seed 0 · example h1" in page
-    assert "example h2" not in page
+    for method in METHODS:  # the same two examples (h0, h1) for every method, under each harmful attack
+        assert page.count(f"{method} · seed 0 · example h0") == 3  # prefill, hijack, IPR
+        assert page.count(f"{method} · seed 0 · example h1") == 3
+        assert page.count(f"{method} · seed 0 · example b0") == 1  # refusal prefill
+    assert "example h2" not in page and " · seed 1 · " not in page
 
 
 def test_plot_skipped_when_metrics_missing(tmp_path):

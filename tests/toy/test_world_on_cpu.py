@@ -271,10 +271,11 @@ def test_examples_use_their_split_phrasings_and_sentence_pool(split, toy_train, 
     examples = toy_train if split == "train" else toy_eval
     phrased = _user_texts(split)
     contents = {k: [r.content for r in _requests(k)] for k in ("harmful", "benign")}
+    answers = {world.phrase(r, t): r.reference for r in _requests("task") for t in world.phrasings("task", split)}
     for e in examples:
         assert phrased.get(e.prompt) == e.kind, e.prompt
-        if e.kind == "task":
-            assert e.counter_reasoning is None and e.reference is not None
+        if e.kind == "task":  # the reference is the answer to the request the prompt phrases
+            assert e.counter_reasoning is None and e.reference == answers[e.prompt], (e.id, e.reference)
             continue
         content = next(
             c
