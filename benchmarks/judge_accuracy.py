@@ -35,20 +35,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recap.rewards.judges import RULE_FAMILIES, refusal_verdict  # noqa: E402
-from recap.rewards.refusal import (  # noqa: E402
-    BUILTIN_LABELS,
+from recap.rewards.classifier import (  # noqa: E402
     DEFAULT_CLASSES,
     DEFAULT_FEATURES,
     DEFAULT_OVERRIDE,
     EmbeddingRefusalJudge,
-    SentenceEncoder,
     evaluate_refusal_judge,
-    explicit_refusal,
     fit_refusal_judge,
-    get_encoder,
-    read_labelled_completions,
 )
+from recap.rewards.encoder import SentenceEncoder, get_encoder  # noqa: E402
+from recap.rewards.judges import RULE_FAMILIES, RuleJudge, explicit_refusal, refusal_verdict  # noqa: E402
+from recap.rewards.labelled import BUILTIN_LABELS, read_labelled_completions  # noqa: E402
 
 FILES = {"gpt4": "xstest_v2_completions_gpt4.csv", "llama2new": "xstest_v2_completions_llama2new.csv"}
 OLD = ("answer+rules", "xstest", "binary")  # the default before the transfer work
@@ -165,14 +162,14 @@ def main(argv=None) -> int:
                 {
                     "judge": f"rules: {fam}",
                     **{
-                        c: evaluate_refusal_judge(f"rules-{fam}", test)["accuracy"]
+                        c: evaluate_refusal_judge(RuleJudge(fam), test)["accuracy"]
                         for c, (_, _, test) in columns.items()
                     },
                 }
             )
         results.append(
             {
-                "judge": "rules: explicit (refusal.py)",
+                "judge": "rules: explicit",
                 **{
                     c: evaluate_refusal_judge(ExplicitRuleJudge(), test)["accuracy"]
                     for c, (_, _, test) in columns.items()

@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recap.rewards.judges import JudgeItem, RuleJudge  # noqa: E402
-from recap.rewards.refusal import fit_refusal_judge, get_encoder, read_labelled_completions  # noqa: E402
+from recap.rewards.classifier import fit_refusal_judge  # noqa: E402
+from recap.rewards.encoder import get_encoder  # noqa: E402
+from recap.rewards.labelled import read_labelled_completions  # noqa: E402
 
 FILES = ("xstest_v2_completions_gpt4.csv", "xstest_v2_completions_llama2new.csv")
 

@@ -257,7 +257,7 @@ def _quiet(threads: int) -> None:
 
 
 class _SlotReward:
-    """The RL reward (``RewardRouter``) that also logs the mean reward per kind and prefill slot."""
+    """The RL reward (``AnswerReward``) that also logs the mean reward per kind and prefill slot."""
 
     def __init__(self, inner):
         self.inner, self.__name__ = inner, inner.__name__
@@ -610,7 +610,7 @@ def run(cfg: ExperimentConfig, overrides: dict[str, list[str]], until: str = "")
 
     # 1. judge
     def fit_judge():
-        from recap.rewards.refusal import fit_refusal_judge
+        from recap.rewards.classifier import fit_refusal_judge
 
         fit_refusal_judge(cfg.judge_data, cfg.judge_file)
 

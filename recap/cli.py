@@ -478,14 +478,14 @@ def judge_fit(
     out_file: Path = typer.Option(..., "--out", help="Where to save the fitted judge (.npz)."),
     features: Optional[str] = typer.Option(
         None,
-        help="Feature blocks joined by '+': answer (required), opening, prompt, rules, flags (default: refusal.DEFAULT_FEATURES).",
+        help="Feature blocks joined by '+': answer (required), opening, prompt, rules, flags (default: classifier.DEFAULT_FEATURES).",
     ),
     override: Optional[str] = typer.Option(
         None,
-        help="Rule whose match forces 'refusal': explicit, recap, xstest, gcg, or 'none' (default: refusal.DEFAULT_OVERRIDE).",
+        help="Rule whose match forces 'refusal': explicit, recap, xstest, gcg, or 'none' (default: classifier.DEFAULT_OVERRIDE).",
     ),
     classes: Optional[str] = typer.Option(
-        None, help="'partial' (compliance / full / partial refusal) or 'binary' (default: refusal.DEFAULT_CLASSES)."
+        None, help="'partial' (compliance / full / partial refusal) or 'binary' (default: classifier.DEFAULT_CLASSES)."
     ),
     builtin: bool = typer.Option(
         True,
@@ -494,15 +494,15 @@ def judge_fit(
     ),
 ):
     """Fit the offline refusal classifier (MiniLM embeddings + logistic regression) and save it."""
-    from recap.rewards import refusal
+    from recap.rewards import classifier
 
-    over = refusal.DEFAULT_OVERRIDE if override is None else (None if override == "none" else override)
-    judge = refusal.fit_refusal_judge(
+    over = classifier.DEFAULT_OVERRIDE if override is None else (None if override == "none" else override)
+    judge = classifier.fit_refusal_judge(
         [str(p) for p in data],
         out_file,
-        features=features or refusal.DEFAULT_FEATURES,
+        features=features or classifier.DEFAULT_FEATURES,
         override=over,
-        classes=classes or refusal.DEFAULT_CLASSES,
+        classes=classes or classifier.DEFAULT_CLASSES,
         builtin=builtin,
     )
     out.print_json(
@@ -522,13 +522,17 @@ def judge_fit(
 @judge_app.command("eval")
 @friendly_errors
 def judge_eval(
-    judge: str = typer.Option("rules", help="A saved judge file, 'rules' or 'rules:<family>' (recap, xstest, gcg)."),
+    judge: str = typer.Option(
+        "rules",
+        help="Judge spec (see `judge score`), e.g. rules, rules:xstest or classifier:<file> (a bare .npz file too).",
+    ),
     data: list[Path] = typer.Option(..., "--data", help="Labelled completions (XSTest format). Repeatable."),
 ):
     """Binary accuracy (compliance vs any refusal) of a judge: prints {"n": …, "accuracy": …}."""
-    from recap.rewards.refusal import evaluate_refusal_judge
+    from recap.rewards.classifier import evaluate_refusal_judge
+    from recap.rewards.factory import load_judge
 
-    result = evaluate_refusal_judge(judge, [str(p) for p in data])
+    result = evaluate_refusal_judge(load_judge(judge), [str(p) for p in data])
     out.print_json(json.dumps({"n": result["n"], "accuracy": result["accuracy"]}))
 
 

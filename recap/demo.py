@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from recap.data.mixture import MixtureConfig
-from recap.data.onpolicy import PrefillSourceConfig
+from recap.data.prefill_sources import PrefillSourceConfig
 from recap.data.selfreset import SelfResetConfig
 from recap.eval.attacks import TOY_HCOT_FRAME
 from recap.eval.runner import EvalConfig

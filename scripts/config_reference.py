@@ -14,7 +14,7 @@ from recap.util.config import describe
 def config_reference() -> str:
     """Markdown reference of every config class (``docs/configs.md`` is this text; a test keeps it so)."""
     from recap.data.mixture import MixtureConfig
-    from recap.data.onpolicy import PrefillSourceConfig
+    from recap.data.prefill_sources import PrefillSourceConfig
     from recap.data.prefills import PrefillConfig
     from recap.data.recipe import RecipeConfig, RecipePart, RecipeSource
     from recap.data.schedules import LengthSchedule

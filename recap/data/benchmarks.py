@@ -36,20 +36,32 @@ Prompts pass through untouched (the ``csv`` and ``json`` modules do the only dec
 (1-based physical line for JSONL; the line where the CSV record starts; the row number for Parquet
 and hub rows) and the field; no row is dropped silently. ``limit`` and ``subset_seed`` count rows, so
 a Fortress pair (a harmful prompt and its benign counterpart) is kept or dropped whole.
+
+This module knows the formats: it detects them, checks their columns and converts their rows. Reading
+the rows (JSONL, CSV/TSV, Parquet, hub) with their line numbers is ``recap.data.readers``.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import random
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
-from recap.data.examples import KINDS, DataError, Example, csv_records, example_from_row, read_examples
+from recap.data.examples import KINDS, DataError, Example, example_from_row, read_examples
+from recap.data.readers import (
+    JSONL_SUFFIXES,
+    TABLE_SUFFIXES,
+    file_rows,
+    first_jsonl_row,
+    hub_rows,
+    looks_like_hub_id,
+    parquet_columns,
+    table_header,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +102,8 @@ _FORMAT_SOURCE = {
     "harmbench": "harmbench",
 }
 
-_JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
-_TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
-_FILE_SUFFIXES = _JSONL_SUFFIXES | set(_TABLE_SUFFIXES) | {".parquet", ".txt", ".gz", ".zip", ".json"}
-_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+# Formats whose files are CSV: a file of one of them with an unknown suffix (.txt) is read as CSV, not JSONL.
+_CSV_FORMATS = ("strongreject-csv", "xstest-csv", "harmbench")
 _HUB_DEFAULT_CONFIG = {"openai/gsm8k": "main", "gsm8k": "main", "walledai/harmbench": "standard"}
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 
@@ -172,20 +182,19 @@ def load_benchmark(
             if read_limit is not None:
                 groups = groups[:read_limit]
         else:
-            groups = _convert(_file_rows(path, fmt), fmt, name, path, read_limit)
+            rows = file_rows(path, _column_check(fmt, path), fallback="csv" if fmt in _CSV_FORMATS else "jsonl")
+            groups = _convert(rows, fmt, name, path, read_limit)
         origin = str(path)
-    elif _looks_like_hub_id(str(path_or_id)):
+    elif looks_like_hub_id(str(path_or_id)):
         hub_id = str(path_or_id)
-        rows, cols = _hub_rows(hub_id, split, config)
+        rows, cols = hub_rows(hub_id, split, config or _HUB_DEFAULT_CONFIG.get(hub_id.lower()))
         reason = "given"
         if fmt == "auto":
             fmt, reason = _detect_from_columns(cols, hub_id.lower(), hub_id, "hub")
             log.info("%s: auto-detected format %s (%s)", hub_id, fmt, reason)
         if fmt == "recap":
             raise DataError(hub_id, None, None, "format 'recap' reads local recap files only")
-        missing = _missing_columns(fmt, cols)
-        if missing:
-            raise DataError(hub_id, None, missing, f"missing column for format {fmt} (columns: {', '.join(cols)})")
+        _column_check(fmt, hub_id)(cols, None)
         name = source or _FORMAT_SOURCE.get(fmt) or _slug(hub_id.split("/")[-1])
         groups = _convert(rows, fmt, name, hub_id, read_limit)
         origin = hub_id
@@ -218,8 +227,8 @@ def detect_format(path: str | Path) -> tuple[str, str]:
         raise DataError(path, None, None, "no such file")
     suffix = path.suffix.lower()
     name = path.name.lower()
-    if suffix in _JSONL_SUFFIXES:
-        line, first = _first_jsonl_row(path)
+    if suffix in JSONL_SUFFIXES:
+        line, first = first_jsonl_row(path)
         if not isinstance(first, dict):
             raise DataError(
                 path, line, None, f"cannot detect the format: expected a JSON object a line, got {type(first).__name__}"
@@ -227,13 +236,11 @@ def detect_format(path: str | Path) -> tuple[str, str]:
         if "kind" in first and "prompt" in first:
             return "recap", f"JSONL whose first row (line {line}) has recap's 'kind' and 'prompt' keys"
         return _detect_from_columns(list(first), name, path, f"JSONL keys of line {line}")
-    if suffix in _TABLE_SUFFIXES:
-        header = _table_header(path, _TABLE_SUFFIXES[suffix])
+    if suffix in TABLE_SUFFIXES:
+        header = table_header(path, TABLE_SUFFIXES[suffix])
         return _detect_from_columns(header, name, path, f"{suffix[1:].upper()} header")
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        cols = pq.read_schema(path).names
+        cols = parquet_columns(path)
         if "kind" in cols and "prompt" in cols:
             return "recap", "Parquet with recap's 'kind' and 'prompt' columns"
         return _detect_from_columns(cols, name, path, "Parquet columns")
@@ -339,171 +346,21 @@ def _missing_columns(fmt: str, cols) -> str | None:
     return None
 
 
-def _looks_like_hub_id(s: str) -> bool:
-    if not _HUB_ID.fullmatch(s) or s.startswith((".", "~")):
-        return False
-    return Path(s).suffix.lower() not in _FILE_SUFFIXES
+def _column_check(fmt: str, where) -> Callable[[list, int | None], None]:
+    """A reader's ``check_columns`` for ``fmt``: refuses a table without a column the format needs, naming
+    the header's line (CSV/TSV) or, for Parquet and hub tables (line None), just the file."""
+
+    def check(cols: list, line: int | None) -> None:
+        missing = _missing_columns(fmt, cols)
+        if missing:
+            shown = f"header: {', '.join(cols)}" if line is not None else f"columns: {', '.join(cols)}"
+            raise DataError(where, line, missing, f"missing column for format {fmt} ({shown})")
+
+    return check
 
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-").lower() or "benchmark"
-
-
-# ----------------------------------------------------------------------------------------------------
-# Containers: each yields (line, row dict); the line is what a DataError names.
-
-
-def _file_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:
-    suffix = path.suffix.lower()
-    if suffix in _TABLE_SUFFIXES:
-        return _table_rows(path, _TABLE_SUFFIXES[suffix], fmt)
-    if suffix == ".parquet":
-        return _parquet_rows(path, fmt)
-    if suffix in _JSONL_SUFFIXES or fmt not in ("strongreject-csv", "xstest-csv", "harmbench"):
-        return _jsonl_rows(path)
-    return _table_rows(path, ",", fmt)
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    # Physical lines are split on b"\n" only, so U+2028, U+0085 and friends inside a prompt never
-    # split a row and line numbers match what an editor shows.
-    for n, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
-        if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(path, n, None, f"not UTF-8 (byte {e.start + 1} of the line)") from None
-        if not text.strip():
-            continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(path, n, None, f"not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise DataError(path, n, None, f"expected a JSON object, got {type(row).__name__}")
-        yield n, row
-
-
-def _first_jsonl_row(path: Path) -> tuple[int, object]:
-    for n, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
-        if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise DataError(path, n, None, "not UTF-8") from None
-        if not text.strip():
-            continue
-        try:
-            return n, json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(
-                path, n, None, f"cannot detect the format: not valid JSON ({e.msg} at column {e.colno})"
-            ) from None
-    raise DataError(path, None, None, "empty file")
-
-
-def _raise_csv_limit() -> None:
-    # Long role-play prompts can exceed csv's default 128 KiB field limit.
-    if csv.field_size_limit() < 2**30:
-        csv.field_size_limit(2**30)
-
-
-def _table_header(path: Path, delimiter: str) -> list[str]:
-    _raise_csv_limit()
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as fh:
-            reader = csv.reader(fh, delimiter=delimiter)
-            for header in reader:
-                if header:
-                    return header
-    except UnicodeDecodeError:
-        raise DataError(path, None, None, "not UTF-8") from None
-    except csv.Error as e:
-        raise DataError(path, 1, None, f"not valid CSV ({e})") from None
-    raise DataError(path, None, None, "empty file")
-
-
-def _table_rows(path: Path, delimiter: str, fmt: str) -> Iterator[tuple[int, dict]]:
-    _raise_csv_limit()
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as fh:
-            reader = csv.reader(fh, delimiter=delimiter)
-            header = None
-            for line, values in csv_records(path, reader):
-                if not values:
-                    continue
-                if header is None:
-                    header = values
-                    missing = _missing_columns(fmt, header)
-                    if missing:
-                        raise DataError(
-                            path, line, missing, f"missing column for format {fmt} (header: {', '.join(header)})"
-                        )
-                    continue
-                if len(values) < len(header):
-                    raise DataError(
-                        path,
-                        line,
-                        header[len(values)],
-                        f"row has {len(values)} values but the header has {len(header)} columns",
-                    )
-                if len(values) > len(header):
-                    raise DataError(
-                        path, line, None, f"row has {len(values)} values but the header has {len(header)} columns"
-                    )
-                yield line, dict(zip(header, values))
-    except UnicodeDecodeError:
-        raise DataError(path, None, None, "not UTF-8") from None
-    if header is None:
-        raise DataError(path, None, None, "empty file")
-
-
-def _parquet_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    missing = _missing_columns(fmt, table.column_names)
-    if missing:
-        raise DataError(
-            path, None, missing, f"missing column for format {fmt} (columns: {', '.join(table.column_names)})"
-        )
-    for i, row in enumerate(table.to_pylist(), start=1):
-        yield i, row
-
-
-def _hub_rows(hub_id: str, split: str | None, config: str | None):
-    try:
-        import datasets  # only here: loading local files never needs it
-    except ImportError:
-        raise DataError(
-            hub_id,
-            None,
-            None,
-            "is not a local file, and loading it from the Hugging Face hub needs the 'datasets' package",
-        ) from None
-    config = config or _HUB_DEFAULT_CONFIG.get(hub_id.lower())
-    try:
-        ds = (
-            datasets.load_dataset(hub_id, config, split=split) if config else datasets.load_dataset(hub_id, split=split)
-        )
-    except Exception as e:  # network, auth, unknown id: one clear line
-        raise DataError(
-            hub_id, None, None, f"could not load from the Hugging Face hub ({type(e).__name__}: {e})"
-        ) from None
-    if split is None and isinstance(ds, dict):
-        names = list(ds)
-        if not names:
-            raise DataError(hub_id, None, None, "the hub dataset has no splits")
-        split = next((s for s in ("test", "eval", "train") if s in ds), names[0])
-        log.info("%s: using split %r of %s", hub_id, split, names)
-        ds = ds[split]
-    cols = list(getattr(ds, "column_names", None) or [])
-    if not cols:
-        first = next(iter(ds), None)
-        cols = list(first) if isinstance(first, dict) else []
-    return ((i, dict(row)) for i, row in enumerate(ds, start=1)), cols
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Judges from their specs: ``load_judge("classifier:FILE")``, ``load_judges(default, per_kind)``.
 
 The one place that knows every judge implementation (rules, the miniature world's exact judge, the refusal
-classifier, guard models, rubric judges): the implementations import only ``recap.rewards.judges``, the
-interface, so nothing imports back up.
+classifier, guard models, rubric judges) and parses every judge spec: the implementations import only
+``recap.rewards.judges``, the interface (and their own helpers), so nothing imports back up.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ def load_judge(spec: str) -> Judge:
     """A judge from its spec: ``rules`` / ``rules:xstest`` (string match + math-verify), ``toy`` (the
     miniature world's exact judge), ``classifier:PATH`` (a refusal classifier fitted with ``recap judge
     fit``), ``guard:PATH`` (a YAML ``GuardConfig`` for a generative guard model) or ``rubric:PATH`` (a YAML
-    ``RubricConfig``: an LLM rubric judge behind an OpenAI-compatible endpoint)."""
+    ``RubricConfig``: an LLM rubric judge behind an OpenAI-compatible endpoint); ``binary:SPEC`` is that
+    judge's verdict as a 0/1 score."""
     name, _, arg = spec.partition(":")
     if name == "binary" and arg:  # binary:<any spec>: that judge's verdict as a 0/1 reward (Self-ReSET)
         return BinaryJudge(load_judge(arg))
@@ -29,7 +30,7 @@ def load_judge(spec: str) -> Judge:
 
         return ToyJudge()
     if name == "classifier" and arg:
-        from recap.rewards.refusal import load_refusal_judge
+        from recap.rewards.classifier import load_refusal_judge
 
         return load_refusal_judge(arg)
     if name == "guard" and arg:

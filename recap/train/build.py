@@ -9,7 +9,8 @@ import torch
 from trl import GRPOConfig
 
 from recap.data.examples import Example, read_examples
-from recap.data.onpolicy import PrefillPlanner, step_judge_for
+from recap.data.onpolicy import step_judge_for
+from recap.data.prefill_sources import PrefillPlanner
 from recap.data.selfreset import SelfResetPlanner, cutter_for
 from recap.inference.chat import render_prompt, with_think_system
 from recap.train.config import TrainConfig, check_train_config, dynamic_prefills
@@ -109,7 +110,7 @@ def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model
 
     from recap.inference.models import apply_lora, check_context, load_model, prepare_tokenizer
     from recap.rewards.factory import load_judges
-    from recap.rewards.router import RewardRouter, SoftOverlongPunishment
+    from recap.rewards.reward import AnswerReward, SoftOverlongPunishment
 
     check_train_config(cfg)
     if cfg.num_threads:
@@ -131,7 +132,7 @@ def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model
     else:
         check_context(tokenizer, model, labelled, cfg.max_completion_length, "max_completion_length")
     judges = load_judges(cfg.judge, cfg.judges).judges
-    reward_funcs = [RewardRouter(judges, format_penalty=cfg.format_penalty, unclosed=cfg.unclosed)]
+    reward_funcs = [AnswerReward(judges, format_penalty=cfg.format_penalty, unclosed=cfg.unclosed)]
     if cfg.overlong_buffer:
         reward_funcs.append(SoftOverlongPunishment(cfg.max_completion_length, cfg.overlong_buffer))
     planner = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from recap.data.onpolicy import PrefillSourceConfig
+from recap.data.prefill_sources import PrefillSourceConfig
 from recap.data.schedules import LengthSchedule
 from recap.data.selfreset import SelfResetConfig
 from recap.train.distributed import world_size

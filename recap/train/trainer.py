@@ -14,7 +14,7 @@ import torch
 from transformers import StoppingCriteria
 from trl import GRPOTrainer
 
-from recap.data.onpolicy import PrefillPlanner
+from recap.data.prefill_sources import PrefillPlanner
 from recap.data.selfreset import SelfResetPlanner
 
 PLANNER_STATE = "prefix_buffer.json"  # the on-policy buffer, saved with each checkpoint
@@ -185,8 +185,8 @@ class RecapTrainer(GRPOTrainer):
         self._last_completions = list(completions)  # local, what the reward functions read
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._last_rewards = rewards_per_func  # gathered over processes, in global order
-        router = self.reward_funcs[0] if self.reward_funcs else None
-        verdicts = getattr(router, "last_verdicts", None)  # RewardRouter: the local rows' verdicts
+        reward = self.reward_funcs[0] if self.reward_funcs else None
+        verdicts = getattr(reward, "last_verdicts", None)  # AnswerReward: the local rows' verdicts
         self._last_verdicts = list(verdicts) if verdicts is not None and len(verdicts) == len(inputs) else None
         return rewards_per_func
 

@@ -34,7 +34,7 @@ so verl is needed only where they run; the tokenization they use (``verl_prompt_
 
 ``compute_score(data_source, solution_str, ground_truth, extra_info)`` is verl's reward signature
 (``custom_reward_function.path`` points at the module the export writes). The score is recap's reward
-router on the response: the final answer after ``</think>`` judged by the kind's judge on the user's
+(``AnswerReward``) on the response: the final answer after ``</think>`` judged by the kind's judge on the user's
 request, the format penalty when there is none.
 """
 
@@ -321,11 +321,11 @@ def export_verl(
 
 
 @functools.lru_cache(maxsize=8)
-def _router(judge: str, unclosed: str, format_penalty: float):
+def _answer_reward(judge: str, unclosed: str, format_penalty: float):
     from recap.rewards.factory import load_judges
-    from recap.rewards.router import RewardRouter
+    from recap.rewards.reward import AnswerReward
 
-    return RewardRouter(load_judges(judge).judges, format_penalty=format_penalty, unclosed=unclosed)
+    return AnswerReward(load_judges(judge).judges, format_penalty=format_penalty, unclosed=unclosed)
 
 
 def compute_score(
@@ -346,5 +346,5 @@ def compute_score(
             f"data_source {data_source!r}: not a recap row (expected recap/harmful, recap/benign or recap/task)"
         )
     reference = ground_truth if ground_truth not in (None, "") else None
-    router = _router(judge, unclosed, float(format_penalty))
-    return float(router([info.get("question", "")], [solution_str], kind=[kind], reference=[reference])[0])
+    reward = _answer_reward(judge, unclosed, float(format_penalty))
+    return float(reward([info.get("question", "")], [solution_str], kind=[kind], reference=[reference])[0])

@@ -52,14 +52,14 @@ def test_kind_router_batches_per_kind_and_keeps_order():
 
 @pytest.mark.usefixtures("shared_datasets")
 def test_judge_eval_prints_n_and_accuracy():
-    from recap.rewards.refusal import evaluate_refusal_judge
+    from recap.rewards.classifier import evaluate_refusal_judge
 
     path = SHARED / "xstest_v2_completions_gpt4.csv"
     result = CliRunner().invoke(app, ["judge", "eval", "--judge", "rules:xstest", "--data", str(path)])
     assert result.exit_code == 0, result.output
     got = json.loads(result.stdout)
     assert set(got) == {"n", "accuracy"} and got["n"] == 450
-    assert got["accuracy"] == pytest.approx(evaluate_refusal_judge("rules-xstest", path)["accuracy"])
+    assert got["accuracy"] == pytest.approx(evaluate_refusal_judge(load_judge("rules:xstest"), path)["accuracy"])
 
 
 def test_judge_score_jsonl_and_bad_row(tmp_path):

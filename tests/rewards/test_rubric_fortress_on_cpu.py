@@ -206,8 +206,12 @@ def test_fortress_rubric_over_http_with_constrained_answers(tmp_path):
     import time
     import urllib.request
 
-    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None:
-        pytest.skip("llama-cpp-python[server] is not installed")
+    from conftest import require
+
+    require(
+        importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("uvicorn") is not None,
+        "llama-cpp-python[server] is not installed",
+    )
     from recap.inference.models import resolve_model
 
     folder, gguf = resolve_model("smollm2-135m")

@@ -22,7 +22,7 @@ import pytest
 import recap.rewards.rubric as rubric_module
 from recap.rewards.factory import load_judge
 from recap.rewards.judges import COMPLIANCE, INVALID, REFUSAL, JudgeItem
-from recap.rewards.router import RewardRouter
+from recap.rewards.reward import AnswerReward
 from recap.rewards.rubric import (
     STRONGREJECT_PROMPT,
     STRONGREJECT_SYSTEM,
@@ -289,18 +289,18 @@ def test_empty_answers_and_cached_items_make_no_request(tmp_path):
     assert RubricJudge(cfg, client=NoClient()).judge([item])[0].rationale == "cached"
 
 
-def test_router_gives_format_penalty_before_any_request(tmp_path):
+def test_reward_gives_format_penalty_before_any_request(tmp_path):
     class NoClient:
         def __getattr__(self, name):
             raise AssertionError("no request expected")
 
     judge = RubricJudge(RubricConfig(cache=""), client=NoClient())
-    router = RewardRouter({"harmful": judge, "benign": judge, "task": judge}, format_penalty=-0.5)
-    scores = router(
+    reward = AnswerReward({"harmful": judge, "benign": judge, "task": judge}, format_penalty=-0.5)
+    scores = reward(
         prompts=["p", "p"], completions=["reasoning that never closes", "done </think>  "], kind=["harmful", "benign"]
     )
     assert scores == [-0.5, -0.5]
-    assert [v.rationale for v in router.last_verdicts] == ["no closing think tag", "empty answer"]
+    assert [v.rationale for v in reward.last_verdicts] == ["no closing think tag", "empty answer"]
 
 
 def test_config_errors_and_spec(tmp_path):

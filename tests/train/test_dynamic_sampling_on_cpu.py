@@ -250,7 +250,8 @@ def test_gradient_accumulation_gives_the_same_update_with_refill_and_fillers(tok
 
 
 def test_refill_rounds_get_per_step_prefills_and_one_harvest(tok, tmp_path):
-    from recap.data.onpolicy import BufferEntry, PrefillSourceConfig
+    from recap.data.onpolicy import BufferEntry
+    from recap.data.prefill_sources import PrefillSourceConfig
 
     cfg = TrainConfig(
         model="unused",

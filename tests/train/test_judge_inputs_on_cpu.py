@@ -1,5 +1,5 @@
 """Judges in training see what they see in evaluation: the user's request (Example.user_text()) and the
-final answer — never the rendered template or the injected prefill (recap/rewards/router.py, recap/train.py)."""
+final answer — never the rendered template or the injected prefill (recap/rewards/reward.py, recap/train.py)."""
 
 import pytest
 
@@ -58,16 +58,16 @@ def test_a_training_step_gives_judges_the_user_request_and_the_answer_only(tmp_p
     )  # every group, tied or not, reaches the judge once
     trainer = build_trainer(cfg, examples, model=build_model(tok, TINY, 0), tokenizer=tok)
     recorder = Recorder()
-    router = trainer.reward_funcs[0]
-    router.router = KindRouter({"harmful": recorder, "benign": recorder, "task": recorder})
+    reward = trainer.reward_funcs[0]  # the AnswerReward
+    reward.router = KindRouter({"harmful": recorder, "benign": recorder, "task": recorder})
     completions = []
-    inner = router.verdicts
+    inner = reward.verdicts
 
     def spy(requests, comps, kinds, refs):
         completions.extend(comps)
         return inner(requests, comps, kinds, refs)
 
-    router.verdicts = spy
+    reward.verdicts = spy
     trainer.train()  # a real GRPOTrainer step: TRL calls the reward with its prompts and the dataset columns
     assert len(completions) == 6
     answers = {final_answer(c, "", "continuation").answer for c in completions}
@@ -82,11 +82,11 @@ def test_a_training_step_gives_judges_the_user_request_and_the_answer_only(tmp_p
 
 
 def test_a_trainer_call_without_the_conversation_column_is_an_error():
-    from recap.rewards.router import RewardRouter
+    from recap.rewards.reward import AnswerReward
 
     judge = Recorder()
-    router = RewardRouter({"harmful": judge, "benign": judge, "task": judge}, unclosed="continuation")
+    reward = AnswerReward({"harmful": judge, "benign": judge, "task": judge}, unclosed="continuation")
     with pytest.raises(ValueError, match="no 'conversation' column"):
-        router(["<user> x <assistant> <think> prefill"], ["answer"], kind=["harmful"], trainer_state=object())
-    assert router(["a request"], ["answer"], kind=["harmful"]) == [0.5]  # direct calls (verl) pass the request
+        reward(["<user> x <assistant> <think> prefill"], ["answer"], kind=["harmful"], trainer_state=object())
+    assert reward(["a request"], ["answer"], kind=["harmful"]) == [0.5]  # direct calls (verl) pass the request
     assert judge.items[-1].prompt == "a request"

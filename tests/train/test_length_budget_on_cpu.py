@@ -1,5 +1,5 @@
 """The paper's total length budget (prompt + prefill + continuation ≤ max_total_length) per row, and DAPO's
-overlong filtering and soft overlong punishment reaching TRL (recap/train.py, recap/rewards/router.py)."""
+overlong filtering and soft overlong punishment reaching TRL (recap/train.py, recap/rewards/reward.py)."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ from transformers import StoppingCriteriaList
 
 from recap.data.examples import Example
 from recap.inference.chat import render_prompt
-from recap.rewards.router import SoftOverlongPunishment
+from recap.rewards.reward import SoftOverlongPunishment
 from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
 from recap.train import TrainConfig, build_trainer, completion_budget, grpo_config, rl_rows
 from recap.train.trainer import _RowBudget
@@ -138,7 +138,7 @@ def test_overlong_options_reach_trl(tok, tmp_path):
     cfg = _cfg(tmp_path, mask_truncated_completions=True, overlong_buffer=16, overlong_penalty=0.5)
     trainer = build_trainer(cfg, _examples(), model=build_model(tok, TINY, 0), tokenizer=tok)
     assert trainer.args.mask_truncated_completions and trainer.mask_truncated_completions
-    assert [type(f).__name__ for f in trainer.reward_funcs] == ["RewardRouter", "SoftOverlongPunishment"]
+    assert [type(f).__name__ for f in trainer.reward_funcs] == ["AnswerReward", "SoftOverlongPunishment"]
     assert trainer.reward_weights.tolist() == [1.0, 0.5]
     assert trainer.reward_func_names == ["recap_reward", "overlong_punishment"]
 

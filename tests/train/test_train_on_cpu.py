@@ -228,7 +228,8 @@ def test_resume_refuses_another_run(tmp_path):
 
 
 def test_on_policy_prefill_reaches_the_prompt_ids_and_is_logged(tok, tmp_path):
-    from recap.data.onpolicy import BufferEntry, PrefillSourceConfig
+    from recap.data.onpolicy import BufferEntry
+    from recap.data.prefill_sources import PrefillSourceConfig
 
     cfg = _cfg(tmp_path, prefill_sources=PrefillSourceConfig(weights={"on_policy": 1.0}))
     trainer = build_trainer(cfg, _examples(), model=build_model(tok, TINY, 0), tokenizer=tok)
@@ -246,7 +247,7 @@ def test_on_policy_prefill_reaches_the_prompt_ids_and_is_logged(tok, tmp_path):
 
 
 def test_on_policy_buffer_is_saved_with_checkpoints_and_stats_written(tok, tmp_path):
-    from recap.data.onpolicy import PrefillSourceConfig
+    from recap.data.prefill_sources import PrefillSourceConfig
     from recap.train import train
 
     base = tmp_path / "base"
@@ -268,7 +269,7 @@ def test_on_policy_buffer_is_saved_with_checkpoints_and_stats_written(tok, tmp_p
 
 
 def test_onpolicy_added_is_zero_on_steps_without_a_scan(tok, tmp_path):
-    from recap.data.onpolicy import PrefillSourceConfig
+    from recap.data.prefill_sources import PrefillSourceConfig
 
     cfg = _cfg(tmp_path, prefill_sources=PrefillSourceConfig(weights={"on_policy": 1.0}, refresh_every=2))
     trainer = build_trainer(cfg, _examples(), model=build_model(tok, TINY, 0), tokenizer=tok)

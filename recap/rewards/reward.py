@@ -1,4 +1,4 @@
-"""Rewards on the final answer only, routed by the example's kind.
+"""The reward functions TRL calls: ``AnswerReward`` (judges on the final answer only) and the overlong punishment.
 
 The policy's completion is cut at the closing think tag; only the text after it is judged, together
 with the user's request — the last user message of the row's conversation, exactly what evaluation
@@ -9,7 +9,7 @@ refusal). With ``unclosed="continuation"`` (models without thinking tags) a comp
 closes the block is judged as a whole instead (see ``recap.inference.chat.final_answer``).
 
 ``SoftOverlongPunishment`` is DAPO's soft overlong punishment (TRL's ``get_soft_overlong_punishment``)
-applied with each row's own token budget, an extra reward function next to ``RewardRouter``.
+applied with each row's own token budget, an extra reward function next to ``AnswerReward``.
 """
 
 from __future__ import annotations
@@ -28,9 +28,13 @@ def user_request(conversation: str | Sequence[Mapping]) -> str:
     return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
 
 
-class RewardRouter:
+class AnswerReward:
     """Callable reward for TRL's ``GRPOTrainer``: ``(prompts, completions, kind, reference, conversation)
     -> scores``.
+
+    It cuts each completion at the closing think tag, gives the format penalty where there is no answer,
+    sends the answers to their kind's judge through a ``KindRouter`` (``self.router``) and, when TRL
+    passes ``log_metric``, logs the mean reward per kind (``reward/<kind>``).
 
     Judges get the user's request from the ``conversation`` column (TRL passes dataset columns to reward
     functions by name). TRL's ``prompts`` are the rendered template with the prefill, so a call from a
@@ -92,7 +96,7 @@ class RewardRouter:
             requests = [user_request(c) for c in conversation]
         elif "trainer_state" in kwargs:
             raise ValueError(
-                "RewardRouter: the training dataset has no 'conversation' column, so the judges would "
+                "AnswerReward: the training dataset has no 'conversation' column, so the judges would "
                 "see the rendered prompt and prefill instead of the user's request; build the rows "
                 "with recap.train.rl_rows"
             )
