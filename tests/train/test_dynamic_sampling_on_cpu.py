@@ -1,4 +1,4 @@
-"""DAPO dynamic sampling in RecapTrainer (recap/train.py): groups with zero reward variance are dropped
+"""DAPO dynamic sampling in RecapTrainer (recap/train/trainer.py): groups with zero reward variance are dropped
 whatever their value (0/1, continuous, negative), the step is refilled with new groups up to
 dynamic_sampling_max_extra_rounds, and groups that could not be refilled give no gradient and no tokens
 to the DAPO normaliser; it works with gradient accumulation and the on-policy prefill planner."""

@@ -1,5 +1,5 @@
 """Judges in training see what they see in evaluation: the user's request (Example.user_text()) and the
-final answer — never the rendered template or the injected prefill (recap/rewards/reward.py, recap/train.py)."""
+final answer — never the rendered template or the injected prefill (recap/rewards/reward.py, recap/train/build.py)."""
 
 import pytest
 

@@ -1,5 +1,5 @@
 """The paper's total length budget (prompt + prefill + continuation ≤ max_total_length) per row, and DAPO's
-overlong filtering and soft overlong punishment reaching TRL (recap/train.py, recap/rewards/reward.py)."""
+overlong filtering and soft overlong punishment reaching TRL (recap/train/trainer.py, recap/rewards/reward.py)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""What `recap train` shows and keeps of a run (recap/train.py): TRL's log dicts go to
+"""What `recap train` shows and keeps of a run (recap/train/run.py): TRL's log dicts go to
 output_dir/train_log.jsonl, not to the terminal, and a progress callback follows every step with the
 latest rewards by kind (the CLI draws one line from it)."""
 

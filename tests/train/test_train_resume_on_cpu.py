@@ -1,4 +1,4 @@
-"""What `recap train` does with the leftovers of an earlier run (recap/train.py): torn checkpoints are set
+"""What `recap train` does with the leftovers of an earlier run (recap/train/resume.py): torn checkpoints are set
 aside before anything is decided, so a run whose first checkpoint was cut off starts again from step 0;
 a resume on other data (training file, examples in memory, judge files) is refused, naming what changed;
 a checkpoint that cannot be written (full disk) ends in one error naming it."""
