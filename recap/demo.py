@@ -22,11 +22,10 @@ evaluation stages.
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import resource
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from recap.eval.runner import EvalConfig
 from recap.inference.generation import SamplingConfig
 from recap.toy import world
 from recap.toy.model import PretrainConfig, ToyModelConfig
+from recap.util.processes import worker_manager, worker_pool
 from recap.train import TrainConfig
 from recap.train.sft import SFTTrainConfig
 from recap.train.verify import VerifyDataConfig
@@ -688,8 +688,7 @@ def run_demo(cfg: DemoConfig, out: str | Path, log=print, progress=None) -> dict
     stores = []
     # Workers run one thread each: separate single-threaded processes share a busy machine fairly, unlike
     # the threads of one process, which wait for each other.
-    context = mp.get_context("spawn")
-    with context.Manager() as manager, ProcessPoolExecutor(max_workers=cfg.workers, mp_context=context) as pool:
+    with worker_manager() as manager, worker_pool(cfg.workers) as pool:  # both end if the demo is killed
         futures, waiting = {}, []
         queue = manager.Queue() if progress is not None else None
         reader = threading.Thread(target=_forward, args=(queue, progress), daemon=True) if queue is not None else None

@@ -1,0 +1,73 @@
+"""Workers of ``worker_pool`` and ``worker_manager`` exit when their parent is killed (SIGKILL: no handler
+runs), instead of finishing an hour-long job as orphans and writing into the folders a rerun resumes."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+PARENT = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    from recap.util.processes import worker_manager, worker_pool
+
+    def job(path):
+        Path(path).write_text(str(os.getpid()))
+        time.sleep(120)  # an RL run in hand
+
+    if __name__ == "__main__":
+        out = Path(sys.argv[1])
+        manager = worker_manager(poll_s=0.1)
+        (out / "manager").write_text(str(manager._process.pid))
+        pool = worker_pool(1, poll_s=0.1)
+        pool.submit(job, str(out / "worker"))
+        time.sleep(120)
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its new parent) counts as gone
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+def _wait_for(path: Path, timeout: float = 60.0) -> int:
+    end = time.time() + timeout
+    while time.time() < end:
+        if path.is_file() and path.read_text():
+            return int(path.read_text())
+        time.sleep(0.1)
+    raise AssertionError(f"{path.name} never started")
+
+
+def test_workers_exit_when_their_parent_is_killed(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)])
+    try:
+        worker, manager = _wait_for(tmp_path / "worker"), _wait_for(tmp_path / "manager")
+        assert _alive(worker) and _alive(manager)
+        time.sleep(0.5)
+        assert _alive(worker) and _alive(manager)  # they run while the parent lives
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        end = time.time() + 10
+        while time.time() < end and (_alive(worker) or _alive(manager)):
+            time.sleep(0.1)
+        assert not _alive(worker), "the pool worker outlived its killed parent"
+        assert not _alive(manager), "the manager process outlived its killed parent"
+    finally:
+        parent.kill()
+        for name in ("worker", "manager"):
+            f = tmp_path / name
+            if f.is_file() and f.read_text() and _alive(int(f.read_text())):
+                os.kill(int(f.read_text()), signal.SIGKILL)
