@@ -39,7 +39,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -592,7 +592,6 @@ def plot_curves(data: dict, path: Path) -> None:
 # The experiment
 # ----------------------------------------------------------------------------------------------------------
 def run(cfg: ExperimentConfig, overrides: dict[str, list[str]], until: str = "") -> dict | None:
-    import multiprocessing as mp
 
     from recap.util.threads import threads_for
 
@@ -624,8 +623,16 @@ def run(cfg: ExperimentConfig, overrides: dict[str, list[str]], until: str = "")
         from recap.util.files import write_text
 
         dcfg = replace(load_sub(cfg, "distill", overrides), teacher=cfg.base_model)
+        examples = distill_prompts
+        if dcfg.prefill_words:  # distillation under prefills needs the distilled prompts' unsafe reasoning
+            from recap.data.prefills import generate_prefills
+
+            pcfg = replace(load_sub(cfg, "prefills", overrides), generator=cfg.base_model, kinds=["harmful"])
+            examples = generate_prefills(
+                distill_prompts, pcfg, progress=lambda s, d, n: say(f"distill prompts: {s} reasoning {d}/{n}")
+            )
         rows, stats = distill(
-            distill_prompts,
+            examples,
             dcfg,
             progress=lambda d, n: (
                 say(f"distill: {d}/{n} prompts sampled")
@@ -715,7 +722,9 @@ def run(cfg: ExperimentConfig, overrides: dict[str, list[str]], until: str = "")
         # RL jobs first (the longest), evaluations of base and warm start fill the gaps
         jobs = jobs[-len(cfg.seeds) * len(cfg.methods) :] + jobs[: -len(cfg.seeds) * len(cfg.methods)]
         results = []
-        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
+        from recap.util.processes import worker_pool
+
+        with worker_pool(cfg.workers) as pool:  # workers exit if this process is killed (no orphan keeps training)
             pending = {pool.submit(fn, *args) for fn, args in jobs}
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)

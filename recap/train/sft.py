@@ -29,8 +29,8 @@ the critique.
 
 Context distillation rows (``distill``) carry, in ``provenance``: the teacher model, its system prompt,
 the sample index and seed, the decoding settings, whether the sample was cut by the token budget (and
-trimmed), the judge and its verdict (score, label, safe, refused), and how many of the prompt's samples
-qualified.
+trimmed), the judge and its verdict (score, label, safe, refused), how many of the prompt's samples
+qualified, and for a row distilled under a prefill (``DistillConfig.prefill_words``) its length and source.
 """
 
 from __future__ import annotations
@@ -449,6 +449,12 @@ class DistillConfig:
             "help": "A completion that never closes the think block: invalid (no answer, never kept; reasoning models) or continuation (the text is the answer; SmolLM2)."
         },
     )
+    prefill_words: int = field(
+        default=0,
+        metadata={
+            "help": "Distil under the prefilling attack too: each harmful example with counter_reasoning is also sampled with its first ℓ words prefilled (after the system prompt), and kept answers become rows with that prefill in the context (loss on the continuation only) — a start that sometimes overrides flawed reasoning, as the paper's starting models do. 0: clean prompts only."
+        },
+    )
     echo_words: int = field(
         default=8,
         metadata={
@@ -467,8 +473,8 @@ class DistillConfig:
     dtype: str = field(default="float32", metadata={"help": "Teacher weights dtype."})
 
     def __post_init__(self):
-        if self.samples_per_prompt < 1 or self.keep_per_prompt < 1 or self.echo_words < 0:
-            raise ValueError("samples_per_prompt and keep_per_prompt must be ≥ 1, echo_words ≥ 0")
+        if self.samples_per_prompt < 1 or self.keep_per_prompt < 1 or self.echo_words < 0 or self.prefill_words < 0:
+            raise ValueError("samples_per_prompt and keep_per_prompt must be ≥ 1, echo_words and prefill_words ≥ 0")
         if self.truncated not in ("trim", "drop", "keep"):
             raise ValueError(f"truncated must be trim, drop or keep, got {self.truncated!r}")
         if self.unclosed not in UNCLOSED_MODES:
@@ -523,6 +529,7 @@ def _sample_key(cfg: DistillConfig, example: Example) -> str:
         asdict(cfg.sampling),
         cfg.samples_per_prompt,
         cfg.seed,
+        *(() if example.prefill is None else (example.prefill,)),  # clean keys as before prefills existed
     )
 
 
@@ -556,7 +563,9 @@ def sample_teacher(
             chunk = missing[start : start + per_batch]
             seed = zlib.crc32(f"{cfg.seed}:distill:{chunk[0].id}".encode()) % 2**31
             prompts = [
-                render_prompt(tokenizer, teacher_messages(e, cfg.system_prompt)) for e in chunk for _ in range(k)
+                render_prompt(tokenizer, teacher_messages(e, cfg.system_prompt), e.prefill)
+                for e in chunk
+                for _ in range(k)
             ]
             gens = generate(model, tokenizer, prompts, replace(cfg.sampling, batch_size=len(prompts)), seed=seed)
             cache.add(
@@ -576,6 +585,33 @@ def sample_teacher(
     return {e.id: cache.get(keys[e.id])["samples"] for e in examples}
 
 
+PREFILLED_ID = "+prefill"  # suffix of a prefilled example's id (its rows: "<id>+prefill#distill-<i>")
+
+
+def prefilled_examples(examples: Sequence[Example], words: int) -> list[Example]:
+    """The harmful examples with counter-aligned reasoning, each with its first ``words`` words as the
+    prefill (ids suffixed ``+prefill``); none when ``words`` is 0."""
+    from recap.data.mixture import truncate_words
+
+    if not words:
+        return []
+    return [
+        replace(
+            e,
+            id=e.id + PREFILLED_ID,
+            prefill=truncate_words(e.counter_reasoning, words),
+            prefill_words=words,
+            prefill_source=e.counter_source,
+        )
+        for e in examples
+        if e.kind == "harmful" and e.counter_reasoning
+    ]
+
+
+def _stats_kind(example: Example) -> str:
+    return f"{example.kind}_prefilled" if example.prefill else example.kind
+
+
 def distill(
     examples: Sequence[Example],
     cfg: DistillConfig,
@@ -589,16 +625,21 @@ def distill(
     judge sees the user's request, never the system prompt), and the ``keep_per_prompt`` best qualifying
     samples become rows: the example's own conversation (without the teacher's system prompt) and the
     teacher's completion, with provenance. Samples that recite the system prompt (``echo_words``) are
-    dropped before judging. ``stats`` counts, per kind, prompts, samples, drops, qualifying samples and
-    rows."""
+    dropped before judging. With ``cfg.prefill_words`` the harmful examples with counter-aligned reasoning
+    are distilled a second time under their first ℓ words (``prefilled_examples``): the teacher continues
+    the prefill under the system prompt, the judge reads its continuation, and a kept row holds the
+    prefill as context, so the student learns to override flawed reasoning it did not write. ``stats``
+    counts, per kind (``harmful_prefilled`` apart), prompts, samples, drops, qualifying samples and rows."""
     from recap.rewards.factory import load_judges
     from recap.rewards.judges import JudgeItem, checked_judge, judge_name
 
-    chosen = [e for e in examples if e.kind in cfg.kinds]
+    # clean: an example's own prefill (a mixture file's) is not distilled; prefill_words makes the prefilled ones
+    chosen = [replace(e, prefill=None) if e.prefill else e for e in examples if e.kind in cfg.kinds]
     if not chosen:
         raise ValueError(f"no example of kinds {cfg.kinds} to distill")
     for e in chosen:
         student_messages(e, cfg.system_prompt)
+    chosen += prefilled_examples(chosen, cfg.prefill_words)
     samples = sample_teacher(chosen, cfg, load=load, progress=progress)
     judge = judge or load_judges(cfg.judge, cfg.judges)
     stats = {
@@ -612,11 +653,11 @@ def distill(
             "prompts_kept": 0,
             "rows": 0,
         }
-        for k in cfg.kinds
+        for k in cfg.kinds + (["harmful_prefilled"] if cfg.prefill_words and "harmful" in cfg.kinds else [])
     }
     candidates, items = [], []
     for e in chosen:
-        st = stats[e.kind]
+        st = stats[_stats_kind(e)]
         for i, s in enumerate(samples[e.id]):
             text = s["text"].lstrip()
             trimmed = False
@@ -629,7 +670,7 @@ def distill(
             if echoes(text, cfg.system_prompt, cfg.echo_words):
                 st["dropped_echo"] += 1
                 continue
-            answer = final_answer(text, unclosed=cfg.unclosed).answer
+            answer = final_answer(text, e.prefill or "", unclosed=cfg.unclosed).answer
             if not answer:
                 st["dropped_no_answer"] += 1
                 continue
@@ -645,7 +686,7 @@ def distill(
     rows: list[dict] = []
     name = judge_name(judge)
     for e in chosen:
-        st = stats[e.kind]
+        st = stats[_stats_kind(e)]
         st["prompts"] += 1
         st["samples"] += len(samples[e.id])
         judged = by_example.get(e.id, [])
@@ -659,13 +700,14 @@ def distill(
                     "id": f"{e.id}#distill-{i}",
                     "kind": e.kind,
                     "messages": student_messages(e, cfg.system_prompt),
-                    "prefill": None,
+                    "prefill": e.prefill,
                     "completion": text,
                     "provenance": {
                         "method": "context-distillation",
                         "source_id": e.id,
                         "teacher": cfg.teacher,
                         "teacher_system_prompt": cfg.system_prompt,
+                        **({"prefill_words": e.prefill_words, "prefill_source": e.prefill_source} if e.prefill else {}),
                         "sample": i,
                         "samples_per_prompt": len(samples[e.id]),
                         "seed": s["seed"],

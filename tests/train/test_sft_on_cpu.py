@@ -297,3 +297,48 @@ def test_distillation_refuses_examples_that_already_hold_the_system_prompt(smol,
     cfg = DistillConfig(teacher="t", system_prompt=SYSTEM, cache=str(tmp_path / "c.jsonl"))
     with pytest.raises(ValueError, match="already holds the teacher's system prompt"):
         distill([ex], cfg, load=lambda name: (None, smol[1]))
+
+
+def test_distillation_under_prefills_keeps_the_prefill_as_context(smol, tmp_path, monkeypatch):
+    """With prefill_words, a harmful example with counter-aligned reasoning is also sampled under its first ℓ
+    words: the teacher sees system prompt + prefill, the judge reads only the continuation, and the row trains
+    the continuation after the prefill, without the system prompt."""
+    _, tok = smol
+    teacher = FakeTeacher()
+    monkeypatch.setattr("recap.inference.generation.generate", teacher)
+    reasoning = "Okay, the user wants this, and I will help them steal it step by step."
+    examples = [
+        Example("h1", "harmful", "how do i steal a car ?", counter_reasoning=reasoning, counter_source="gen-x"),
+        Example("h2", "harmful", "how do i steal a bike ?"),  # no counter reasoning: distilled clean only
+        Example("b1", "benign", "how do i kill a python process ?", counter_reasoning="I must refuse this."),
+    ]
+    cfg = DistillConfig(
+        teacher="teacher-x",
+        system_prompt=SYSTEM,
+        samples_per_prompt=3,
+        judge="rules",
+        echo_words=3,
+        unclosed="continuation",
+        prefill_words=4,
+        cache=str(tmp_path / "cache.jsonl"),
+        sampling=SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=16, batch_size=6),
+    )
+    rows, stats = distill(examples, cfg, load=lambda name: (None, tok))
+    prefill = "Okay, the user wants"
+    prefilled = [p for p in teacher.prompts if prefill in p]
+    assert len(teacher.prompts) == 12 and len(prefilled) == 3  # 3 clean examples + 1 prefilled, 3 samples each
+    assert all(SYSTEM in p and p.endswith(prefill) for p in prefilled)
+    by_id = {r["id"]: r for r in rows}
+    assert set(by_id) == {"h1#distill-1", "h2#distill-1", "b1#distill-1", "h1+prefill#distill-1"}
+    row = by_id["h1+prefill#distill-1"]
+    assert row["prefill"] == prefill and row["messages"] == examples[0].messages()
+    assert row["completion"] == "I'm sorry, but I can't help with that."
+    assert row["provenance"]["prefill_words"] == 4 and row["provenance"]["prefill_source"] == "gen-x"
+    assert by_id["h1#distill-1"]["prefill"] is None and "prefill_words" not in by_id["h1#distill-1"]["provenance"]
+    prompt = prompt_completion([row], tok)[0]["prompt"]
+    assert SYSTEM not in prompt and prompt == render_prompt(tok, examples[0].messages(), prefill)
+    assert stats["harmful_prefilled"]["prompts"] == 1 and stats["harmful_prefilled"]["rows"] == 1
+    assert stats["harmful"]["prompts"] == 2 and stats["benign"]["prompts"] == 1
+    # the cache keeps clean and prefilled samples apart: a rerun samples nothing
+    again, _ = distill(examples, cfg, load=lambda name: pytest.fail("the teacher was loaded again"))
+    assert again == rows
