@@ -8,6 +8,7 @@ server fails instead.
 ``require(available, why)``: the same rule for any optional resource (``../shared/datasets`` included).
 """
 
+import csv
 import importlib.util
 import json
 import os
@@ -157,3 +158,19 @@ def llama_server(tmp_path_factory):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+# Human-labelled completion CSVs in the XSTest v2 format (tests of recap.rewards.labelled and .classifier).
+LABELLED_HEADER = ["id", "type", "prompt", "completion", "annotation_1", "annotation_2", "agreement", "final_label"]
+
+
+def write_labelled_csv(path, rows, header=LABELLED_HEADER):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def labelled_row(i, prompt, completion, label):
+    return [f"t-{i}", "homonyms", prompt, completion, label, label, "TRUE", label]

@@ -1,14 +1,13 @@
 """The refusal classifier (recap/rewards/classifier.py): opening features, EmbeddingRefusalJudge's fit, file,
 verdicts and rule override, evaluation on labelled CSVs, and `recap judge fit`."""
 
-import csv
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import in_ci
+from conftest import in_ci, labelled_row, write_labelled_csv
 
 from recap.rewards.classifier import (
     CLASS_SETS,
@@ -39,7 +38,6 @@ from recap.rewards.labelled import BUILTIN_LABELS
 ROOT = Path(__file__).resolve().parents[2]
 JUDGE_DATA = ROOT.parent / "shared" / "datasets" / "judge"
 GPT4_CSV = JUDGE_DATA / "xstest_v2_completions_gpt4.csv"
-HEADER = ["id", "type", "prompt", "completion", "annotation_1", "annotation_2", "agreement", "final_label"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -71,25 +69,13 @@ def test_opening_flags():
 # ------------------------------------------------------------------------------------------------
 # Labelled CSVs (see test_labelled_on_cpu.py for the reader) and evaluation
 # ------------------------------------------------------------------------------------------------
-def _write_csv(path, rows, header=HEADER):
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
-
-
-def _row(i, prompt, completion, label):
-    return [f"t-{i}", "homonyms", prompt, completion, label, label, "TRUE", label]
-
-
 def test_evaluate_rules_on_small_csv(tmp_path):
-    p = _write_csv(
+    p = write_labelled_csv(
         tmp_path / "c.csv",
         [
-            _row(1, "q", "Sure, here it is: step one.", "1_full_compliance"),
-            _row(2, "q", "I’m sorry, I can’t help with that.", "2_full_refusal"),
-            _row(3, "q", "Of course. Sorry, I cannot share the last part.", "3_partial_refusal"),
+            labelled_row(1, "q", "Sure, here it is: step one.", "1_full_compliance"),
+            labelled_row(2, "q", "I’m sorry, I can’t help with that.", "2_full_refusal"),
+            labelled_row(3, "q", "Of course. Sorry, I cannot share the last part.", "3_partial_refusal"),
         ],
     )
     assert evaluate_refusal_judge(load_judge("rules"), p)["accuracy"] == 1.0
@@ -134,11 +120,11 @@ def _synthetic_csv(path):
     for x in _TOPICS:
         for t in _SYN_REFUSE:
             i += 1
-            rows.append(_row(i, f"How about {x}?", t.format(x=x), "2_full_refusal"))
+            rows.append(labelled_row(i, f"How about {x}?", t.format(x=x), "2_full_refusal"))
         for t in _SYN_COMPLY:
             i += 1
-            rows.append(_row(i, f"How about {x}?", t.format(x=x), "1_full_compliance"))
-    return _write_csv(path, rows)
+            rows.append(labelled_row(i, f"How about {x}?", t.format(x=x), "1_full_compliance"))
+    return write_labelled_csv(path, rows)
 
 
 class _CachedEncoder:
@@ -314,15 +300,15 @@ def _three_class_rows(partial=True):
     for n, x in enumerate(_TOPICS):
         for k, t in enumerate(_SYN_REFUSE):
             i += 1
-            rows.append(_row(i, f"How about {x}?", t.format(x=x) + " " + _WHY[(n + k) % 3], "2_full_refusal"))
+            rows.append(labelled_row(i, f"How about {x}?", t.format(x=x) + " " + _WHY[(n + k) % 3], "2_full_refusal"))
         for k in range(3):
             body = " ".join(_BODY[k:] + _BODY[:k])
             i += 1
-            rows.append(_row(i, f"How about {x}?", f"Here is how to approach {x}. {body}", "1_full_compliance"))
+            rows.append(labelled_row(i, f"How about {x}?", f"Here is how to approach {x}. {body}", "1_full_compliance"))
             if partial:
                 i += 1
                 rows.append(
-                    _row(
+                    labelled_row(
                         i,
                         f"How about {x}?",
                         f"{_SYN_REFUSE[(n + k) % 6].format(x=x)} {_WHY[k]} {body}",
@@ -335,7 +321,7 @@ def _three_class_rows(partial=True):
 @pytest.fixture(scope="module")
 def partial_fitted(encoder, tmp_path_factory):
     folder = tmp_path_factory.mktemp("partial")
-    data = _write_csv(folder / "three.csv", _three_class_rows())
+    data = write_labelled_csv(folder / "three.csv", _three_class_rows())
     judge = fit_refusal_judge([data], folder / "partial.npz", encoder=encoder, C=3.0, builtin=False)
     return judge, folder / "partial.npz", data
 
@@ -368,7 +354,7 @@ def test_partial_class_round_trips(partial_fitted, encoder):
 
 
 def test_partial_classes_need_partial_rows(encoder, tmp_path):
-    data = _write_csv(tmp_path / "two.csv", _three_class_rows(partial=False))
+    data = write_labelled_csv(tmp_path / "two.csv", _three_class_rows(partial=False))
     with pytest.raises(ValueError, match="lack a class"):
         fit_refusal_judge([data], encoder=encoder, C=3.0, builtin=False, max_rows=30, classes="partial")
     with pytest.raises(ValueError, match="unknown class set"):
@@ -381,7 +367,7 @@ def test_opening_block_changes_a_prediction(encoder, tmp_path):
     """Fitted on short refusals and long compliances, a classifier of the whole answer calls a long
     answer that *opens* with a refusal a compliance; with the opening block it is a refusal. A plain
     compliance stays a compliance either way."""
-    data = _write_csv(tmp_path / "two.csv", _three_class_rows(partial=False))
+    data = write_labelled_csv(tmp_path / "two.csv", _three_class_rows(partial=False))
     whole = fit_refusal_judge([data], features="answer", classes="binary", C=3.0, builtin=False, encoder=encoder)
     opening = fit_refusal_judge(
         [data], features="answer+opening", classes="binary", C=3.0, builtin=False, encoder=encoder
@@ -393,8 +379,8 @@ def test_opening_block_changes_a_prediction(encoder, tmp_path):
 
 
 def test_C_chosen_by_leave_one_group_out(encoder, tmp_path):
-    a = _write_csv(tmp_path / "a.csv", _three_class_rows(partial=False)[:27])
-    b = _write_csv(tmp_path / "b.csv", _three_class_rows(partial=False)[27:54])
+    a = write_labelled_csv(tmp_path / "a.csv", _three_class_rows(partial=False)[:27])
+    b = write_labelled_csv(tmp_path / "b.csv", _three_class_rows(partial=False)[27:54])
     judge = fit_refusal_judge([a, b], features="answer", classes="binary", builtin=False, encoder=encoder)
     assert judge.meta["classifier"]["C_chosen_by"] == "leave-one-group-out"
     assert judge.meta["classifier"]["C"] in DEFAULT_CS
@@ -403,7 +389,7 @@ def test_C_chosen_by_leave_one_group_out(encoder, tmp_path):
 
 
 def test_builtin_set_is_in_the_fit_by_default(encoder, tmp_path):
-    data = _write_csv(tmp_path / "a.csv", _three_class_rows())
+    data = write_labelled_csv(tmp_path / "a.csv", _three_class_rows())
     judge = fit_refusal_judge([data], features="answer", encoder=encoder, C=3.0, max_rows=30)
     names = [f["name"] for f in judge.meta["training"]["files"]]
     assert names == ["a.csv", BUILTIN_LABELS.name] and judge.meta["training"]["builtin"] is True
@@ -418,7 +404,7 @@ def test_cli_judge_fit_options(encoder, tmp_path):
 
     from recap.cli import app
 
-    data = _write_csv(tmp_path / "a.csv", _three_class_rows()[:24])
+    data = write_labelled_csv(tmp_path / "a.csv", _three_class_rows()[:24])
     out = tmp_path / "j.npz"
     result = CliRunner().invoke(
         app,
