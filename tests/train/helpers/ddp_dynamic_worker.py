@@ -3,39 +3,12 @@ from tests/train/test_dynamic_sampling_distributed_on_cpu.py). Only prompts whos
 rewards with variance, so the ranks fall short of groups with signal in different rounds. Records per
 rank and step: the generation rounds it ran, its groups with signal, and a checksum of its weights."""
 
-import hashlib
-import json
-import os
 import sys
 import zlib
-from pathlib import Path
-
-import torch
-from transformers import TrainerCallback
 
 import recap.train.run as train_module
-from recap.data.mixture import MixtureConfig, build_mixture
-from recap.toy.data import train_examples
-from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
 from recap.train import RecapTrainer, TrainConfig, train, zero_variance_groups
-
-out = Path(sys.argv[1])
-rank = int(os.environ["RANK"])
-log = out / f"rank{rank}.jsonl"
-torch.set_num_threads(1)
-
-
-def record(**row):
-    with log.open("a") as fh:
-        fh.write(json.dumps(row) + "\n")
-
-
-class Weights(TrainerCallback):
-    def on_step_end(self, args, state, control, model=None, **kw):
-        h = hashlib.sha256()
-        for name, p in sorted(model.named_parameters()):
-            h.update(name.encode() + p.detach().cpu().numpy().tobytes())
-        record(event="weights", step=state.global_step, sha=h.hexdigest())
+from toy_rank import Weights, base_and_examples, out, record  # beside this script
 
 
 real_round = RecapTrainer._round
@@ -75,16 +48,7 @@ def build(cfg, examples=None, model=None, tokenizer=None):
 
 
 train_module.build_trainer = build
-tok = build_tokenizer()
-base = out / "base"
-if rank == 0 and not (base / "config.json").exists():
-    build_model(
-        tok, ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), seed=0
-    ).save_pretrained(base)
-    tok.save_pretrained(base)
-torch.distributed.init_process_group("gloo") if not torch.distributed.is_initialized() else None
-torch.distributed.barrier()
-examples = build_mixture(train_examples(seed=0)[:48], MixtureConfig(alpha=0.5, prefill_words="4-8", seed=0))
+base, examples = base_and_examples()
 steps = int(sys.argv[2])
 cfg = TrainConfig(
     model=str(base),
