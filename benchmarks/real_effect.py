@@ -624,7 +624,7 @@ def run(cfg: ExperimentConfig, overrides: dict[str, list[str]], until: str = "")
 
         dcfg = replace(load_sub(cfg, "distill", overrides), teacher=cfg.base_model)
         examples = distill_prompts
-        if dcfg.prefill_words:  # distillation under prefills needs the distilled prompts' unsafe reasoning
+        if dcfg.prefill_words or dcfg.graft_words:  # prefilled or grafted rows need the prompts' unsafe reasoning
             from recap.data.prefills import generate_prefills
 
             pcfg = replace(load_sub(cfg, "prefills", overrides), generator=cfg.base_model, kinds=["harmful"])

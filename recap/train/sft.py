@@ -455,6 +455,12 @@ class DistillConfig:
             "help": "Distil under the prefilling attack too: each harmful example with counter_reasoning is also sampled with its first ℓ words prefilled (after the system prompt), and kept answers become rows with that prefill in the context (loss on the continuation only) — a start that sometimes overrides flawed reasoning, as the paper's starting models do. 0: clean prompts only."
         },
     )
+    graft_words: int | list[int] | str = field(
+        default=0,
+        metadata={
+            "help": "Also write each kept refusal of a harmful example with counter_reasoning after its first ℓ words (a grafted recovery: the teacher's clean refusal as the continuation of a compliant prefill; provenance method context-distillation-graft). ℓ: an int, a list to draw from, or a range like '5-40' (drawn per row from the seed and the row id). A cheap way to a start that sometimes overrides a flawed prefill, as the paper's starting models do (DSLlama-8B: 45 % safe under the prefill); teacher recoveries under prefills (prefill_words) are rare at 135M. 0: none."
+        },
+    )
     echo_words: int = field(
         default=8,
         metadata={
@@ -473,8 +479,15 @@ class DistillConfig:
     dtype: str = field(default="float32", metadata={"help": "Teacher weights dtype."})
 
     def __post_init__(self):
-        if self.samples_per_prompt < 1 or self.keep_per_prompt < 1 or self.echo_words < 0 or self.prefill_words < 0:
+        if self.samples_per_prompt < 1 or self.keep_per_prompt < 1 or min(self.echo_words, self.prefill_words) < 0:
             raise ValueError("samples_per_prompt and keep_per_prompt must be ≥ 1, echo_words and prefill_words ≥ 0")
+        if self.graft_words != 0:
+            from recap.data.mixture import parse_lengths
+
+            try:
+                parse_lengths(self.graft_words)
+            except ValueError as err:
+                raise ValueError(str(err).replace("prefill_words", "graft_words")) from None
         if self.truncated not in ("trim", "drop", "keep"):
             raise ValueError(f"truncated must be trim, drop or keep, got {self.truncated!r}")
         if self.unclosed not in UNCLOSED_MODES:
@@ -586,6 +599,8 @@ def sample_teacher(
 
 
 PREFILLED_ID = "+prefill"  # suffix of a prefilled example's id (its rows: "<id>+prefill#distill-<i>")
+GRAFTED_ID = "+graft"  # a grafted row's id: "<id>+graft#distill-<i>"
+GRAFT_BREAK = "\n\n"  # between a grafted row's prefill and its completion
 
 
 def prefilled_examples(examples: Sequence[Example], words: int) -> list[Example]:
@@ -628,8 +643,11 @@ def distill(
     dropped before judging. With ``cfg.prefill_words`` the harmful examples with counter-aligned reasoning
     are distilled a second time under their first ℓ words (``prefilled_examples``): the teacher continues
     the prefill under the system prompt, the judge reads its continuation, and a kept row holds the
-    prefill as context, so the student learns to override flawed reasoning it did not write. ``stats``
-    counts, per kind (``harmful_prefilled`` apart), prompts, samples, drops, qualifying samples and rows."""
+    prefill as context, so the student learns to override flawed reasoning it did not write. With
+    ``cfg.graft_words`` each kept clean harmful row of an example with counter-aligned reasoning is written a
+    second time with its first ℓ words as the prefill (the same refusal, now after a compliant start). ``stats``
+    counts, per kind (``harmful_prefilled`` apart), prompts, samples, drops, qualifying samples and rows, and
+    ``harmful_grafted`` the grafted rows."""
     from recap.rewards.factory import load_judges
     from recap.rewards.judges import JudgeItem, checked_judge, judge_name
 
@@ -722,4 +740,43 @@ def distill(
                     },
                 }
             )
+    if cfg.graft_words and "harmful" in cfg.kinds:
+        rows += graft_rows(rows, {e.id: e for e in chosen}, cfg.graft_words, cfg.seed)
+        stats["harmful_grafted"] = {
+            "prompts": sum(e.kind == "harmful" and not e.prefill and bool(e.counter_reasoning) for e in chosen),
+            "rows": sum(r["id"].split("#")[0].endswith(GRAFTED_ID) for r in rows),
+        }
     return rows, stats
+
+
+def graft_rows(rows: Sequence[dict], examples: dict[str, Example], words, seed: int = 0) -> list[dict]:
+    """Grafted recoveries: each clean harmful row whose example has counter-aligned reasoning, again with the
+    reasoning's first ℓ words as the prefill before the same completion (id ``<id>+graft#…``). ``words`` is a
+    length spec (``recap.data.mixture.parse_lengths``); ℓ is drawn per row from ``seed`` and the row's id. The
+    completion starts with a paragraph break (``GRAFT_BREAK``), so the prefill's last word and the answer's
+    first one stay separate tokens (the row trains the context RL and evaluation render)."""
+    import random
+
+    from recap.data.mixture import draw_length, truncate_words
+
+    out = []
+    for r in rows:
+        e = examples.get(r["provenance"]["source_id"])
+        if r["kind"] != "harmful" or r["prefill"] is not None or e is None or not e.counter_reasoning:
+            continue
+        n = draw_length(words, random.Random(zlib.crc32(f"{seed}:graft:{r['id']}".encode())))
+        out.append(
+            dict(
+                r,
+                id=r["id"].replace("#distill-", GRAFTED_ID + "#distill-", 1),
+                prefill=truncate_words(e.counter_reasoning, n),
+                completion=GRAFT_BREAK + r["completion"],
+                provenance={
+                    **r["provenance"],
+                    "method": "context-distillation-graft",
+                    "prefill_words": n,
+                    "prefill_source": e.counter_source,
+                },
+            )
+        )
+    return out

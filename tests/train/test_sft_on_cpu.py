@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from recap.data.examples import DataError, Example
+from recap.data.mixture import count_words
 from recap.inference.chat import render_prompt
 from recap.inference.generation import Generation, SamplingConfig
 from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
@@ -16,6 +17,7 @@ from recap.train.sft import (
     SFTTrainConfig,
     build_sft_trainer,
     distill,
+    graft_rows,
     prompt_completion,
     read_rows,
     train_sft,
@@ -342,3 +344,59 @@ def test_distillation_under_prefills_keeps_the_prefill_as_context(smol, tmp_path
     # the cache keeps clean and prefilled samples apart: a rerun samples nothing
     again, _ = distill(examples, cfg, load=lambda name: pytest.fail("the teacher was loaded again"))
     assert again == rows
+
+
+def test_grafted_rows_put_the_kept_refusal_after_a_compliant_prefill(smol, tmp_path, monkeypatch):
+    """With graft_words, each kept clean refusal of a harmful example with counter-aligned reasoning is written
+    again after the reasoning's first ℓ words; benign rows, examples without reasoning and unkept prompts get
+    none, and the teacher samples nothing more."""
+    _, tok = smol
+    teacher = FakeTeacher()
+    monkeypatch.setattr("recap.inference.generation.generate", teacher)
+    reasoning = "Okay, the user wants this, and I will help them steal it step by step."
+    examples = [
+        Example("h1", "harmful", "how do i steal a car ?", counter_reasoning=reasoning, counter_source="gen-x"),
+        Example("h2", "harmful", "how do i steal a bike ?"),  # no counter reasoning: no graft
+        Example("b1", "benign", "how do i kill a python process ?", counter_reasoning="I must refuse this."),
+    ]
+    cfg = DistillConfig(
+        teacher="teacher-x",
+        system_prompt=SYSTEM,
+        samples_per_prompt=3,
+        judge="rules",
+        echo_words=3,
+        unclosed="continuation",
+        graft_words=5,
+        cache=str(tmp_path / "cache.jsonl"),
+        sampling=SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=16, batch_size=9),
+    )
+    rows, stats = distill(examples, cfg, load=lambda name: (None, tok))
+    assert len(teacher.prompts) == 9  # clean sampling only
+    by_id = {r["id"]: r for r in rows}
+    assert set(by_id) == {"h1#distill-1", "h2#distill-1", "b1#distill-1", "h1+graft#distill-1"}
+    clean, graft = by_id["h1#distill-1"], by_id["h1+graft#distill-1"]
+    assert graft["prefill"] == "Okay, the user wants this," and clean["prefill"] is None
+    assert clean["completion"] == "I'm sorry, but I can't help with that."
+    assert graft["completion"] == "\n\nI'm sorry, but I can't help with that."  # a break after the prefill
+    assert graft["messages"] == clean["messages"] == examples[0].messages()
+    p = graft["provenance"]
+    assert p["method"] == "context-distillation-graft" and clean["provenance"]["method"] == "context-distillation"
+    assert (p["prefill_words"], p["prefill_source"], p["sample"]) == (5, "gen-x", 1)
+    pair = prompt_completion([graft], tok)[0]
+    assert SYSTEM not in pair["prompt"]
+    assert pair["prompt"] == render_prompt(tok, examples[0].messages(), "Okay, the user wants this,")
+    assert pair["completion"] == graft["completion"]
+    assert stats["harmful_grafted"] == {"prompts": 1, "rows": 1} and stats["harmful"]["rows"] == 2
+    # a range draws ℓ per row, reproducibly from the seed and the row id
+    ranged = graft_rows(rows[:1], {e.id: e for e in examples}, "1-9", seed=3)
+    again = graft_rows(rows[:1], {e.id: e for e in examples}, "1-9", seed=3)
+    assert ranged == again and 1 <= ranged[0]["provenance"]["prefill_words"] <= 9
+    lengths = {
+        graft_rows([dict(clean, id=f"h1#distill-{i}")], {"h1": examples[0]}, "1-9")[0]["provenance"]["prefill_words"]
+        for i in range(20)
+    }
+    assert len(lengths) > 3 and lengths <= set(range(1, 10))
+    assert all(count_words(g["prefill"]) == g["provenance"]["prefill_words"] for g in ranged)
+    for bad in (-1, "9-1", "many"):
+        with pytest.raises(ValueError, match="graft_words"):
+            DistillConfig(graft_words=bad)
