@@ -20,12 +20,10 @@ import argparse
 import time
 
 from recap.data.examples import read_examples
-from recap.data.mixture import truncate_words
-from recap.inference.chat import final_answer, render_prompt
-from recap.inference.generation import SamplingConfig, generate
+from recap.eval.probe import probe_under_prefill
+from recap.inference.generation import SamplingConfig
 from recap.inference.models import load_model
 from recap.rewards.factory import load_judge
-from recap.rewards.judges import JudgeItem, RuleJudge
 
 
 def main() -> None:
@@ -50,29 +48,31 @@ def main() -> None:
     if not examples:
         raise SystemExit(f"error: {args.prompts}: no harmful example with counter_reasoning")
     model, tokenizer = load_model(args.model)
-    judge, rules = load_judge(args.judge), RuleJudge()
-    system = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
+    judge = load_judge(args.judge)
     k = args.samples
     print(f"{len(examples)} prompts × {k} samples, {args.model}, judge {args.judge}")
     print("| ℓ words | refused (rules) | mean reward | groups with spread > 0.5 | seconds |")
     print("|---|---|---|---|---|")
+    sampling = SamplingConfig(
+        temperature=args.temperature, max_new_tokens=args.max_new_tokens, batch_size=min(64, len(examples) * k)
+    )
     for words in (int(w) for w in args.words.split(",")):
         start = time.time()
-        rows = [e for e in examples for _ in range(k)]
-        prefills = [truncate_words(e.counter_reasoning, words) if words else "" for e in rows]
-        prompts = [render_prompt(tokenizer, system + e.messages(), p or None) for e, p in zip(rows, prefills)]
-        sampling = SamplingConfig(
-            temperature=args.temperature, max_new_tokens=args.max_new_tokens, batch_size=min(64, len(prompts))
+        r = probe_under_prefill(
+            model,
+            tokenizer,
+            examples,
+            words,
+            sampling,
+            samples=k,
+            seed=args.seed,
+            system_prompt=args.system_prompt,
+            judge=judge,
         )
-        gens = generate(model, tokenizer, prompts, sampling, seed=args.seed)
-        answers = [final_answer(g.text, p, "continuation").answer for g, p in zip(gens, prefills)]
-        items = [JudgeItem(e.user_text(), a, "harmful") for e, a in zip(rows, answers)]
-        refused = sum(bool(v.refused) for v in rules.judge(items)) / len(items)
-        scores = [v.score for v in judge.judge(items)]
-        groups = [scores[i : i + k] for i in range(0, len(scores), k)]
-        spread = sum(max(g) - min(g) > 0.5 for g in groups) / len(groups)
-        mean = sum(scores) / len(scores)
-        print(f"| {words} | {100 * refused:.1f} % | {mean:.3f} | {100 * spread:.1f} % | {time.time() - start:.0f} |")
+        print(
+            f"| {words} | {100 * r.refusal_rate:.1f} % | {r.mean_score:.3f} | {100 * r.spread_share():.1f} % "
+            f"| {time.time() - start:.0f} |"
+        )
 
 
 if __name__ == "__main__":

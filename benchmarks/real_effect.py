@@ -279,10 +279,8 @@ def _probe_callback(label: str, probe_file: Path, examples: list, words: int, ev
     the prefilling attack (``words``-word prefills), judged with the string rules, appended to ``probe_file``."""
     from transformers import TrainerCallback
 
-    from recap.data.mixture import truncate_words
-    from recap.inference.chat import final_answer, render_prompt
-    from recap.inference.generation import SamplingConfig, generate
-    from recap.rewards.judges import JudgeItem, RuleJudge
+    from recap.eval.probe import probe_under_prefill
+    from recap.inference.generation import SamplingConfig
 
     done = set()
     if probe_file.is_file():
@@ -294,21 +292,13 @@ def _probe_callback(label: str, probe_file: Path, examples: list, words: int, ev
                 return
             was_training = model.training
             model.eval()
-            prefills = [truncate_words(e.counter_reasoning, words) for e in examples]
-            prompts = [render_prompt(tokenizer, e.messages(), p) for e, p in zip(examples, prefills)]
-            gens = generate(
-                model,
-                tokenizer,
-                prompts,
-                SamplingConfig(temperature=0.7, top_p=0.95, max_new_tokens=48, batch_size=len(prompts)),
-                seed=seed,
-            )
-            answers = [final_answer(g.text, p, "continuation").answer for g, p in zip(gens, prefills)]
-            verdicts = RuleJudge().judge([JudgeItem(e.user_text(), a, "harmful") for e, a in zip(examples, answers)])
-            refused = sum(bool(v.refused) for v in verdicts) / len(verdicts)
+            sampling = SamplingConfig(temperature=0.7, top_p=0.95, max_new_tokens=48, batch_size=len(examples))
+            probe = probe_under_prefill(model, tokenizer, examples, words, sampling, seed=seed)
+            refused = probe.refusal_rate
             with probe_file.open("a") as fh:
                 fh.write(
-                    json.dumps({"step": state.global_step, "refusal_under_prefill": refused, "n": len(verdicts)}) + "\n"
+                    json.dumps({"step": state.global_step, "refusal_under_prefill": refused, "n": len(probe.refused)})
+                    + "\n"
                 )
             done.add(state.global_step)
             say(f"{label}: step {state.global_step}: probe refusal under prefill {refused:.2f}")
