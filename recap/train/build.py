@@ -13,7 +13,7 @@ from recap.data.onpolicy import step_judge_for
 from recap.data.prefill_sources import PrefillPlanner
 from recap.data.selfreset import SelfResetPlanner, cutter_for
 from recap.inference.chat import render_prompt, with_think_system
-from recap.train.config import TrainConfig, check_train_config, dynamic_prefills
+from recap.train.config import TrainConfig, check_train_config, common_trainer_args, dynamic_prefills
 from recap.train.distributed import world_size
 from recap.train.trainer import RecapTrainer, completion_budget
 
@@ -68,7 +68,7 @@ def grpo_config(cfg: TrainConfig) -> GRPOConfig:
             f"micro_batch_size {micro} × {world} process(es) must divide prompts_per_step × num_generations = {total}"
         )
     return GRPOConfig(
-        output_dir=cfg.output_dir,
+        **common_trainer_args(cfg),
         loss_type=cfg.loss_type,
         epsilon=cfg.epsilon,
         epsilon_high=cfg.epsilon_high,
@@ -77,26 +77,12 @@ def grpo_config(cfg: TrainConfig) -> GRPOConfig:
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=total // (micro * world),
         max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=0,
         temperature=cfg.temperature,
         max_completion_length=cfg.max_completion_length,
         mask_truncated_completions=cfg.mask_truncated_completions,
         reward_weights=[1.0, cfg.overlong_penalty] if cfg.overlong_buffer else None,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=2,
-        report_to=cfg.report_to,
-        use_cpu=cfg.use_cpu,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        bf16=cfg.bf16,
         log_completions=False,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
         use_vllm=mode is not None,
         vllm_mode=mode or "colocate",
         vllm_server_host=cfg.vllm_server_host,

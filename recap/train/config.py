@@ -1,5 +1,5 @@
-"""The RL training config (``TrainConfig``, every field documented, paper defaults) and the checks of its
-settings that the trainer cannot run."""
+"""The RL training config (``TrainConfig``, every field documented, paper defaults), the checks of its
+settings that the trainer cannot run, and the trainer arguments RL and SFT share (``common_trainer_args``)."""
 
 from __future__ import annotations
 
@@ -243,3 +243,27 @@ def check_train_config(cfg: TrainConfig) -> None:
             f"groups of num_generations = {cfg.num_generations}, since each process refills its own "
             "groups; make prompts_per_step a multiple of the number of processes"
         )
+
+
+def common_trainer_args(cfg) -> dict:
+    """The ``transformers.TrainingArguments`` both of our TRL configs (``GRPOConfig`` for RL, ``SFTConfig`` for
+    SFT) set the same way, from the fields ``TrainConfig`` and ``SFTTrainConfig`` share: where and how often to
+    save (the last two checkpoints kept, which resume needs) and log, seeds, device and precision, and no
+    progress bars or dataloader workers (our own progress lines; rows are in memory)."""
+    return {
+        "output_dir": cfg.output_dir,
+        "learning_rate": cfg.learning_rate,
+        "lr_scheduler_type": cfg.lr_scheduler_type,
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "logging_steps": cfg.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": cfg.save_steps,
+        "save_total_limit": 2,
+        "report_to": cfg.report_to,
+        "use_cpu": cfg.use_cpu,
+        "bf16": cfg.bf16,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }

@@ -247,9 +247,11 @@ def sft_args(cfg: SFTTrainConfig):
     """TRL's ``SFTConfig`` for ``cfg``: prompt-completion loss, no truncation, no packing."""
     from trl import SFTConfig
 
+    from recap.train.config import common_trainer_args
+
     micro = cfg.micro_batch_size or cfg.batch_size
     return SFTConfig(
-        output_dir=cfg.output_dir,
+        **common_trainer_args(cfg),
         completion_only_loss=True,
         packing=False,
         max_length=None,
@@ -257,22 +259,8 @@ def sft_args(cfg: SFTTrainConfig):
         gradient_accumulation_steps=cfg.batch_size // micro,
         num_train_epochs=cfg.epochs if cfg.max_steps <= 0 else 1.0,
         max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=2,
-        report_to=cfg.report_to,
-        use_cpu=cfg.use_cpu,
-        bf16=cfg.bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
     )
 
 

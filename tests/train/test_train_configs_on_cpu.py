@@ -64,3 +64,23 @@ def test_no_shipped_config_sets_the_removed_tau():
     assert not [
         p for p in (ROOT / "configs").rglob("*.yaml") if "dynamic_sampling_tau" in p.read_text(encoding="utf-8")
     ]
+
+
+def test_rl_and_sft_trainer_arguments_share_seeds_saving_and_logging(tmp_path):
+    """GRPOConfig (RL) and SFTConfig (warm start) take the same TrainingArguments from the shared fields of
+    TrainConfig and SFTTrainConfig — seeds, learning rate, where and how often to save and log, device — and
+    keep the last two checkpoints, which resume needs."""
+    from recap.train.build import grpo_config
+    from recap.train.sft import SFTTrainConfig, sft_args
+
+    shared = dict(seed=7, learning_rate=3e-5, lr_scheduler_type="linear", logging_steps=3, save_steps=11, use_cpu=True)
+    rl = grpo_config(
+        TrainConfig(model="m", output_dir=str(tmp_path / "rl"), prompts_per_step=2, num_generations=4, **shared)
+    )
+    sft = sft_args(SFTTrainConfig(model="m", train_file="f", output_dir=str(tmp_path / "sft"), **shared))
+    for args, out in ((rl, "rl"), (sft, "sft")):
+        assert args.output_dir == str(tmp_path / out)
+        assert (args.seed, args.data_seed, args.learning_rate) == (7, 7, 3e-5)
+        assert (args.logging_steps, args.save_steps, args.save_total_limit) == (3, 11, 2)
+        assert args.lr_scheduler_type == "linear" and args.use_cpu and args.disable_tqdm
+        assert args.dataloader_num_workers == 0 and args.report_to == []
