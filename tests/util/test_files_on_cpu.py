@@ -114,20 +114,28 @@ def test_leftovers_of_a_killed_writer_are_removed_by_the_next_write(tmp_path, fo
 
 def test_only_stale_leftovers_are_removed(tmp_path):
     import os
+    import subprocess
+    import sys
     import time
 
     from recap.util.files import STALE_AFTER_S, clean_leftovers
 
     target = tmp_path / "out.json"
-    live = tmp_path / f".out.json.tmp-{os.getppid()}"  # a writer that is still running
-    old_live = tmp_path / ".out.json.tmp-1"  # PID 1 is alive, but the file is older than any write
-    other = tmp_path / ".other.json.tmp-999999999"  # another output's: not ours to touch
-    for p in (live, old_live, other):
-        p.write_text("x")
-    then = time.time() - STALE_AFTER_S - 60
-    os.utime(old_live, (then, then))
-    assert clean_leftovers(target) == [old_live]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a writer still running
+    try:
+        # (not the parent's PID: a detached run's parent is PID 1, the old file's PID below)
+        live = tmp_path / f".out.json.tmp-{writer.pid}"
+        old_live = tmp_path / ".out.json.tmp-1"  # PID 1 is alive, but the file is older than any write
+        other = tmp_path / ".other.json.tmp-999999999"  # another output's: not ours to touch
+        for p in (live, old_live, other):
+            p.write_text("x")
+        then = time.time() - STALE_AFTER_S - 60
+        os.utime(old_live, (then, then))
+        assert clean_leftovers(target) == [old_live]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 def test_a_kill_between_the_two_renames_of_a_folder_restores_the_previous_one(tmp_path):
