@@ -40,11 +40,12 @@ def count_words(text: str) -> int:
     return len(_WORD.findall(text))
 
 
-def parse_lengths(spec) -> tuple[str, list[int]]:
+def parse_lengths(spec, name: str = "prefill_words") -> tuple[str, list[int]]:
     """Normalise a prefill-length spec: an int (fixed ℓ), a list of ints (ℓ drawn from it), or a range
-    ``"lo-hi"`` / ``{"min": lo, "max": hi}`` (ℓ uniform in [lo, hi]). Returns (mode, values)."""
+    ``"lo-hi"`` / ``{"min": lo, "max": hi}`` (ℓ uniform in [lo, hi]). Returns (mode, values). Errors name
+    the config field ``name``."""
     if isinstance(spec, bool):
-        raise ValueError(f"prefill_words: expected an int, a list or a range, got {spec!r}")
+        raise ValueError(f"{name}: expected an int, a list or a range, got {spec!r}")
     if isinstance(spec, int):
         values, mode = [spec], "fixed"
     elif isinstance(spec, (list, tuple)):
@@ -54,9 +55,9 @@ def parse_lengths(spec) -> tuple[str, list[int]]:
     elif isinstance(spec, str) and re.fullmatch(r"\s*\d+\s*(-|\.\.)\s*\d+\s*", spec):
         values, mode = [int(v) for v in re.findall(r"\d+", spec)], "range"
     else:
-        raise ValueError(f"prefill_words: expected an int, a list or a range like '100-700', got {spec!r}")
+        raise ValueError(f"{name}: expected an int, a list or a range like '100-700', got {spec!r}")
     if not values or any(v <= 0 for v in values) or (mode == "range" and values[0] > values[1]):
-        raise ValueError(f"prefill_words: lengths must be positive (and lo ≤ hi), got {spec!r}")
+        raise ValueError(f"{name}: lengths must be positive (and lo ≤ hi), got {spec!r}")
     return mode, values
 
 

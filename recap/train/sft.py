@@ -472,10 +472,7 @@ class DistillConfig:
         if self.graft_words != 0:
             from recap.data.mixture import parse_lengths
 
-            try:
-                parse_lengths(self.graft_words)
-            except ValueError as err:
-                raise ValueError(str(err).replace("prefill_words", "graft_words")) from None
+            parse_lengths(self.graft_words, "graft_words")
         if self.truncated not in ("trim", "drop", "keep"):
             raise ValueError(f"truncated must be trim, drop or keep, got {self.truncated!r}")
         if self.unclosed not in UNCLOSED_MODES:
@@ -729,11 +726,12 @@ def distill(
                 }
             )
     if cfg.graft_words and "harmful" in cfg.kinds:
-        rows += graft_rows(rows, {e.id: e for e in chosen}, cfg.graft_words, cfg.seed)
+        grafted = graft_rows(rows, {e.id: e for e in chosen}, cfg.graft_words, cfg.seed)
         stats["harmful_grafted"] = {
             "prompts": sum(e.kind == "harmful" and not e.prefill and bool(e.counter_reasoning) for e in chosen),
-            "rows": sum(r["id"].split("#")[0].endswith(GRAFTED_ID) for r in rows),
+            "rows": len(grafted),
         }
+        rows += grafted
     return rows, stats
 
 
