@@ -301,6 +301,31 @@ def test_distillation_refuses_examples_that_already_hold_the_system_prompt(smol,
         distill([ex], cfg, load=lambda name: (None, smol[1]))
 
 
+def _with_reasoning() -> list[Example]:
+    """A harmful example with counter-aligned reasoning, one without (distilled clean only), and a benign one
+    whose reasoning must never be prefilled or grafted."""
+    reasoning = "Okay, the user wants this, and I will help them steal it step by step."
+    return [
+        Example("h1", "harmful", "how do i steal a car ?", counter_reasoning=reasoning, counter_source="gen-x"),
+        Example("h2", "harmful", "how do i steal a bike ?"),
+        Example("b1", "benign", "how do i kill a python process ?", counter_reasoning="I must refuse this."),
+    ]
+
+
+def _reasoning_cfg(tmp_path, batch_size: int, **kw) -> DistillConfig:
+    return DistillConfig(
+        teacher="teacher-x",
+        system_prompt=SYSTEM,
+        samples_per_prompt=3,
+        judge="rules",
+        echo_words=3,
+        unclosed="continuation",
+        cache=str(tmp_path / "cache.jsonl"),
+        sampling=SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=16, batch_size=batch_size),
+        **kw,
+    )
+
+
 def test_distillation_under_prefills_keeps_the_prefill_as_context(smol, tmp_path, monkeypatch):
     """With prefill_words, a harmful example with counter-aligned reasoning is also sampled under its first ℓ
     words: the teacher sees system prompt + prefill, the judge reads only the continuation, and the row trains
@@ -308,23 +333,8 @@ def test_distillation_under_prefills_keeps_the_prefill_as_context(smol, tmp_path
     _, tok = smol
     teacher = FakeTeacher()
     monkeypatch.setattr("recap.inference.generation.generate", teacher)
-    reasoning = "Okay, the user wants this, and I will help them steal it step by step."
-    examples = [
-        Example("h1", "harmful", "how do i steal a car ?", counter_reasoning=reasoning, counter_source="gen-x"),
-        Example("h2", "harmful", "how do i steal a bike ?"),  # no counter reasoning: distilled clean only
-        Example("b1", "benign", "how do i kill a python process ?", counter_reasoning="I must refuse this."),
-    ]
-    cfg = DistillConfig(
-        teacher="teacher-x",
-        system_prompt=SYSTEM,
-        samples_per_prompt=3,
-        judge="rules",
-        echo_words=3,
-        unclosed="continuation",
-        prefill_words=4,
-        cache=str(tmp_path / "cache.jsonl"),
-        sampling=SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=16, batch_size=6),
-    )
+    examples = _with_reasoning()
+    cfg = _reasoning_cfg(tmp_path, batch_size=6, prefill_words=4)
     rows, stats = distill(examples, cfg, load=lambda name: (None, tok))
     prefill = "Okay, the user wants"
     prefilled = [p for p in teacher.prompts if prefill in p]
@@ -353,23 +363,8 @@ def test_grafted_rows_put_the_kept_refusal_after_a_compliant_prefill(smol, tmp_p
     _, tok = smol
     teacher = FakeTeacher()
     monkeypatch.setattr("recap.inference.generation.generate", teacher)
-    reasoning = "Okay, the user wants this, and I will help them steal it step by step."
-    examples = [
-        Example("h1", "harmful", "how do i steal a car ?", counter_reasoning=reasoning, counter_source="gen-x"),
-        Example("h2", "harmful", "how do i steal a bike ?"),  # no counter reasoning: no graft
-        Example("b1", "benign", "how do i kill a python process ?", counter_reasoning="I must refuse this."),
-    ]
-    cfg = DistillConfig(
-        teacher="teacher-x",
-        system_prompt=SYSTEM,
-        samples_per_prompt=3,
-        judge="rules",
-        echo_words=3,
-        unclosed="continuation",
-        graft_words=5,
-        cache=str(tmp_path / "cache.jsonl"),
-        sampling=SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=16, batch_size=9),
-    )
+    examples = _with_reasoning()
+    cfg = _reasoning_cfg(tmp_path, batch_size=9, graft_words=5)
     rows, stats = distill(examples, cfg, load=lambda name: (None, tok))
     assert len(teacher.prompts) == 9  # clean sampling only
     by_id = {r["id"]: r for r in rows}
