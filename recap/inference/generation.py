@@ -244,7 +244,7 @@ def _check_decoder(sampling: SamplingConfig) -> None:
         raise ValueError(f"SamplingConfig.decoder must be one of {', '.join(DECODERS)}, got {sampling.decoder!r}")
 
 
-def _use_loop(model, sampling: SamplingConfig) -> bool:
+def loop_supported(model, sampling: SamplingConfig) -> bool:
     """Whether ``model`` decodes with recap's loop: a transformers causal LM whose cache layers are all plain
     dynamic ones and whose generation config asks for no logits processor beyond what the loop does."""
     from transformers import GenerationConfig
@@ -572,7 +572,7 @@ def generate(
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     pad, eos = _pad_eos(tokenizer)
-    if _use_loop(model, sampling):
+    if loop_supported(model, sampling):
         return _generate_loop(model, tokenizer, encoded, order, sampling, pad, eos, progress)
     out: list[Generation | None] = [None] * len(prompts)
     for start in range(0, len(order), sampling.batch_size):
@@ -639,7 +639,7 @@ def generate_ids(
     ``max_new_tokens``; a row that reaches its budget leaves the batch, so shorter budgets cost less.
     Decodes with recap's loop, rows sorted by length; ``seed`` seeds torch first."""
     _check_decoder(sampling)
-    if not _use_loop(model, sampling):
+    if not loop_supported(model, sampling):
         raise ValueError(
             "generate_ids needs a transformers model the decode loop supports (decoder not 'hf', plain "
             "dynamic cache, no extra logits processors)"
@@ -718,7 +718,7 @@ def generate_rounds(
             return model.generate_rounds(prompts, next_turn, rounds, sampling, seeds, progress)
         return _engine_rounds(model, prompts, next_turn, rounds, sampling, seeds, progress)
     _check_decoder(sampling)
-    sample = _loop_sample if _use_loop(model, sampling) else _sample
+    sample = _loop_sample if loop_supported(model, sampling) else _sample
     pad, eos = _pad_eos(tokenizer)
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))

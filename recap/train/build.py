@@ -156,6 +156,7 @@ def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model
         dynamic_sampling_tolerance=cfg.dynamic_sampling_tolerance,
         max_total_length=cfg.max_total_length,
         loss_length_buckets=cfg.loss_length_buckets,
+        rollout_decoder=cfg.rollout_decoder,
         planner=planner,
         selfreset=selfreset,
     )

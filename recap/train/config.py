@@ -10,6 +10,8 @@ from recap.data.schedules import LengthSchedule
 from recap.data.selfreset import SelfResetConfig
 from recap.train.distributed import world_size
 
+ROLLOUT_DECODERS = ("hf", "continuous")  # TrainConfig.rollout_decoder
+
 
 @dataclass
 class TrainConfig:
@@ -132,6 +134,12 @@ class TrainConfig:
             "help": "Run each micro-batch's loss pass in this many chunks of rows with similar lengths, each trimmed of its own padding (TRL pads every row to the longest prompt of the generation batch, and prefilled prompts are the longest). Same loss and gradient up to float rounding; 1 turns it off. Single-process runs only (with several processes each forward must pair with one backward)."
         },
     )
+    rollout_decoder: str = field(
+        default="hf",
+        metadata={
+            "help": "How transformers rollouts are decoded (vLLM rollouts are vLLM's): 'hf' (TRL's one generate call per step, which computes every row until the longest ends — a row past its EOS or its max_total_length budget still costs a forward each step) or 'continuous' (recap's decode loop, recap.inference.generation: a row leaves the batch at its EOS or its own budget, so a prefilled row with less budget left costs less). Same sampling distribution; the same seed draws different samples. Falls back to 'hf' for settings the loop does not implement (top_k, min_p, repetition penalty, several EOS tokens, generation_kwargs)."
+        },
+    )
     lora_r: int = field(
         default=0, metadata={"help": "LoRA rank (peft); 0 trains every weight. The final model is saved merged."}
     )
@@ -232,6 +240,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     for name in ("dynamic_sampling_max_extra_rounds", "max_total_length", "overlong_buffer"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be ≥ 0, got {getattr(cfg, name)}")
+    if cfg.rollout_decoder not in ROLLOUT_DECODERS:
+        raise ValueError(f"rollout_decoder must be one of {', '.join(ROLLOUT_DECODERS)}, got {cfg.rollout_decoder!r}")
     if cfg.dynamic_sampling_tolerance < 0:
         raise ValueError(f"dynamic_sampling_tolerance must be ≥ 0, got {cfg.dynamic_sampling_tolerance}")
     world = world_size()

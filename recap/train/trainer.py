@@ -71,7 +71,8 @@ class RecapTrainer(GRPOTrainer):
     ``dynamic_sampling/extra_rounds``.
 
     Length budget (``max_total_length``): each row may write ``completion_budget(prompt tokens)``; for
-    transformers generation a stopping criterion ends each row at its budget, and every backend's
+    transformers generation a stopping criterion ends each row at its budget (with ``rollout_decoder:
+    continuous`` the row leaves recap's decode loop there instead, and stops costing), and every backend's
     completions are cut to it afterwards (vLLM takes per-request limits, but TRL sends one for the batch:
     cutting a sampled rollout at n tokens gives what sampling with a limit of n gives). The budget is
     passed to reward functions as the ``completion_budget`` column.
@@ -85,6 +86,7 @@ class RecapTrainer(GRPOTrainer):
         dynamic_sampling_tolerance: float = 1e-6,
         max_total_length: int = 0,
         loss_length_buckets: int = 1,
+        rollout_decoder: str = "hf",
         planner: PrefillPlanner | None = None,
         selfreset: SelfResetPlanner | None = None,
         **kwargs,
@@ -95,6 +97,7 @@ class RecapTrainer(GRPOTrainer):
         self.dynamic_sampling_tolerance = dynamic_sampling_tolerance
         self.max_total_length = max_total_length
         self.loss_length_buckets = loss_length_buckets
+        self.rollout_decoder = rollout_decoder
         self.planner = planner
         self.selfreset = selfreset
         self._last_rewards: torch.Tensor | None = None
@@ -193,6 +196,11 @@ class RecapTrainer(GRPOTrainer):
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         budgets = [completion_budget(len(ids), self.max_completion_length, self.max_total_length) for ids in prompt_ids]
         self._row_budgets = budgets
+        if self.rollout_decoder == "continuous" and not images:
+            completion_ids = self._continuous_rollouts(prompt_ids, budgets)
+            if completion_ids is not None:
+                self._decoded_tokens += sum(len(ids) for ids in completion_ids)
+                return completion_ids, None
         if not self.max_total_length:
             completion_ids, logprobs = super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images
@@ -208,6 +216,55 @@ class RecapTrainer(GRPOTrainer):
         if logprobs is not None:
             logprobs = [list(lp[:b]) for lp, b in zip(logprobs, budgets, strict=True)]
         return completion_ids, logprobs
+
+    def _continuous_rollouts(self, prompt_ids: list[list[int]], budgets: list[int]) -> list[list[int]] | None:
+        """Rollouts with recap's decode loop (``rollout_decoder: continuous``): every row is sampled with TRL's
+        temperature and top-p and leaves the batch at its EOS (kept, as TRL keeps it) or at its own budget.
+        The model is unwrapped, its generation config overridden and its parameters gathered exactly as for
+        TRL's transformers rollouts. None when TRL's generate must decode: vLLM or transformers' paged
+        batching, several EOS tokens, extra ``generation_kwargs``, or a sampler setting the loop does not
+        implement (top-k, min-p, repetition penalty, suppressed tokens, …)."""
+        from trl.models.utils import unwrap_model_for_generation
+
+        from recap.inference.generation import SamplingConfig, generate_ids, loop_supported
+
+        gc = self.generation_config
+        if (
+            self.use_vllm
+            or getattr(self, "use_transformers_continuous_batching", False)
+            or len(self.eos_token_ids) != 1
+            or self.args.generation_kwargs
+            or gc.top_k not in (0, None)
+            or (gc.repetition_penalty or 1.0) != 1.0
+        ):
+            return None
+        sampling = SamplingConfig(
+            temperature=gc.temperature if gc.do_sample else 0.0,
+            top_p=gc.top_p if gc.top_p is not None else 1.0,
+            max_new_tokens=max(budgets),
+            batch_size=len(prompt_ids),
+        )
+        eos = self.eos_token_ids[0]
+        pad = self.processing_class.pad_token_id
+        with (
+            unwrap_model_for_generation(
+                self.model_wrapped,
+                self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                generation_kwargs=self.generation_kwargs,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as model,
+            torch.no_grad(),
+            self._dist.summon_full_params(self.model_wrapped, recurse=False),
+        ):
+            own, model.generation_config = model.generation_config, gc  # what TRL's generate would sample with
+            try:
+                if not loop_supported(model, sampling):
+                    return None
+                out = generate_ids(model, prompt_ids, sampling, eos if pad is None else pad, eos, budgets=budgets)
+            finally:
+                model.generation_config = own
+        return [new + [eos] if ended else new for new, ended in out]
 
     @contextlib.contextmanager
     def _row_stopping(self, budgets: list[int]):

@@ -491,17 +491,17 @@ def test_top_p_near_zero_samples_the_greedy_token(eos_model, tok, mixed):
 
 
 def test_the_models_repetition_penalty_is_applied_as_transformers_does(tok, mixed):
-    from recap.inference.generation import _use_loop
+    from recap.inference.generation import loop_supported
 
     m = _random_model(tok, seed=1, silent=(tok.pad_token_id, tok.unk_token_id), eos_scale=3.0)
     plain = generate(m, tok, mixed, _greedy("continuous", 4))
     m.generation_config.repetition_penalty = 3.0
-    assert _use_loop(m, _greedy("continuous", 4))
+    assert loop_supported(m, _greedy("continuous", 4))
     penalised = generate(m, tok, mixed, _greedy("continuous", 4))
     assert penalised != plain
     assert penalised == generate(m, tok, mixed, _greedy("hf", 4))
     m.generation_config.no_repeat_ngram_size = 2  # not implemented by the loop: transformers decodes
-    assert not _use_loop(m, _greedy("continuous", 4))
+    assert not loop_supported(m, _greedy("continuous", 4))
 
 
 def test_an_unknown_decoder_is_refused(model, tok, prompts):

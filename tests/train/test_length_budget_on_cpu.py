@@ -153,3 +153,83 @@ def test_soft_overlong_punishment_uses_each_rows_limit():
     assert punish([[1] * 30, [1] * 30], completion_budget=[40, 100]) == [-0.5, 0.0]
     with pytest.raises(ValueError, match="overlong buffer must be positive"):
         SoftOverlongPunishment(100, 0)
+
+
+def _eos_prone_model(tok):
+    """TINY with N(0, 0.5²) weights and <eos>'s embedding row scaled by 1.5: greedily, the plain request ends
+    with EOS within a few tokens and the prefilled one runs to its budget."""
+    model = build_model(tok, TINY, 0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        model.get_input_embeddings().weight[tok.eos_token_id] *= 1.5
+    return model
+
+
+def _greedy_trainer(tok, tmp_path, **kw):
+    """A trainer whose rollouts are greedy (top-p 1e-9 keeps one token), so the two decoders must agree."""
+    trainer = build_trainer(
+        _cfg(tmp_path, max_completion_length=24, **kw), _examples(), model=_eos_prone_model(tok), tokenizer=tok
+    )
+    trainer.generation_config.top_p = trainer.generation_kwargs["top_p"] = 1e-9
+    trainer.model.train()
+    return trainer
+
+
+@pytest.mark.parametrize("total", [40, 0])
+def test_continuous_rollouts_are_trls_rollouts_without_the_rows_that_ended(tok, tmp_path, monkeypatch, total):
+    """``rollout_decoder: continuous``: the same completions as TRL's generate (greedy here), each ending at
+    its EOS (kept) or its own budget — with the rows that ended out of the batch, so fewer positions are
+    computed than one generate call computes — and no call to ``generate``."""
+    rows = _prompt_ids(tok)
+    expected, _ = _greedy_trainer(tok, tmp_path / "hf", max_total_length=total)._generate_single_turn(rows, None, {}, 2)
+    trainer = _greedy_trainer(tok, tmp_path / "loop", max_total_length=total, rollout_decoder="continuous")
+    monkeypatch.setattr(type(trainer.model), "generate", lambda *a, **k: pytest.fail("TRL's generate was called"))
+    positions = []
+    trainer.model.register_forward_pre_hook(
+        lambda m, a, kw: positions.append(kw["input_ids"].numel()), with_kwargs=True
+    )
+    completions, logprobs = trainer._generate_single_turn(rows, None, {}, 2)
+    assert completions == expected and logprobs is None
+    budgets = [completion_budget(len(r), 24, total) for r in rows]
+    assert trainer._row_budgets == budgets and trainer._decoded_tokens == sum(len(c) for c in completions)
+    ended = [c[-1] == tok.eos_token_id for c in completions]
+    assert ended == [False, False, True, True]  # the prefilled rows run to their budget, the plain ones end
+    assert all(len(c) == b for c, b in zip(completions[:2], budgets))
+    one_generate = len(rows) * (max(len(r) for r in rows) + max(len(c) for c in completions) - 1)
+    assert sum(positions) < one_generate
+
+
+def test_continuous_rollouts_fall_back_to_trl_for_samplers_the_loop_lacks(tok, tmp_path, monkeypatch):
+    trainer = _greedy_trainer(tok, tmp_path, rollout_decoder="continuous")
+    calls = []
+    generate = type(trainer.model).generate
+    monkeypatch.setattr(
+        type(trainer.model), "generate", lambda self, *a, **k: calls.append(1) or generate(self, *a, **k)
+    )
+    rows = _prompt_ids(tok)
+    trainer._generate_single_turn(rows, None, {}, 2)
+    assert calls == []
+    trainer.generation_config.suppress_tokens = trainer.generation_kwargs["suppress_tokens"] = [tok.eos_token_id]
+    completions, _ = trainer._generate_single_turn(rows, None, {}, 2)
+    assert calls == [1] and all(tok.eos_token_id not in c for c in completions)
+    trainer.generation_config.suppress_tokens = None
+    del trainer.generation_kwargs["suppress_tokens"]
+    trainer.generation_config.top_k = 5
+    trainer._generate_single_turn(rows, None, {}, 2)
+    assert calls == [1, 1]
+
+
+def test_an_unknown_rollout_decoder_is_refused(tok, tmp_path):
+    with pytest.raises(ValueError, match="rollout_decoder must be one of hf, continuous, got 'vllm'"):
+        build_trainer(
+            _cfg(tmp_path, rollout_decoder="vllm"), _examples(), model=build_model(tok, TINY, 0), tokenizer=tok
+        )
+
+
+def _prompt_ids(tok):
+    """Prompt ids of the prefilled and the plain request, two rollouts each, as TRL hands them over."""
+    rows = rl_rows(_examples(), tok)
+    return [list(tok(r["prompt"])["input_ids"]) for r in (rows[0], rows[0], rows[1], rows[1])]
