@@ -20,7 +20,7 @@ Stages (run in the order generation, trainer, step_cost: the proxy is the one to
   run of the miniature world at the paper's 16 rollouts per prompt, then the RECAP/vanilla step-time ratio
   on a random Qwen2-shaped model with the miniature world's vocabulary and prompts, with rollouts from vLLM
   colocated (``vllm: colocate``, when vLLM imports), from TRL's transformers ``generate`` and from recap's
-  loop (``benchmarks/step_cost.py --rollouts loop``), at an equal budget and under ``max_total_length``.
+  loop (TrainConfig ``rollout_decoder: continuous``), at an equal budget and under ``max_total_length``.
 
 Without a GPU it writes ``{"status": "no-gpu", ...}`` and exits with status 3, unless ``--allow-cpu`` (a dry
 run of every stage on tiny shapes, for checking the script itself):
@@ -264,7 +264,7 @@ def _toy_base(args) -> str:
     return str(folder)
 
 
-def _train(cfg, examples, rollouts: str = "trl") -> dict:
+def _train(cfg, examples) -> dict:
     """Train ``cfg`` on ``examples``; per-step seconds (TRL's step_time), rollout seconds and mean reward."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -275,10 +275,6 @@ def _train(cfg, examples, rollouts: str = "trl") -> dict:
         trainer.remove_callback(cb)
     rollout_s: dict[int, float] = {}
     inner = trainer._generate_single_turn
-    if rollouts == "loop":
-        import step_cost
-
-        inner = step_cost._loop_rollouts(trainer)
 
     def timed(*a, _trainer=trainer, **kw):
         t = time.perf_counter()
@@ -436,11 +432,12 @@ def trainer_stage(args, device, dtype, deadline) -> dict:
                     max_completion_length=args.trainer_budget,
                     max_total_length=total,
                     vllm="colocate" if engine == "vllm" else "off",
+                    rollout_decoder="continuous" if engine == "loop" else "hf",
                     bf16=not on_cpu,
                     gradient_checkpointing=False,
                 )
                 try:
-                    res = _train(cfg, mix, rollouts="loop" if engine == "loop" else "trl")
+                    res = _train(cfg, mix)
                     res.update(
                         median_step_s=_median(res["steps"], "seconds"),
                         median_rollout_s=_median(res["steps"], "rollout_s"),

@@ -11,14 +11,19 @@ and the ratio RECAP/vanilla. The seconds a step spends in rollouts (``_generate_
 apart from the rest (rewards, the loss pass, the optimizer step).
 
 ``--max-total-length`` turns on the paper's total budget (prompt + prefill + continuation, TrainConfig
-``max_total_length``). ``--rollouts loop`` is a measurement of a proposed trainer change, patched in this
-process only: TRL's transformers rollouts (one ``generate`` call that computes every row until the longest
-ends, per-row budgets enforced by a stopping criterion that frees nothing) are replaced by
-``recap.inference.generation.generate_ids`` (rows leave the batch at EOS or at their own budget).
+``max_total_length``). ``--rollout-decoder`` sets TrainConfig ``rollout_decoder``: ``hf`` is TRL's
+transformers rollouts (one ``generate`` call that computes every row until the longest ends; per-row
+budgets are enforced by a stopping criterion that frees nothing), ``continuous`` is recap's decode loop
+(rows leave the batch at EOS or at their own budget).
 
     python benchmarks/step_cost.py --model toy                       # miniature world, ~4 minutes
     python benchmarks/step_cost.py --model smollm2-135m --steps 3    # needs runs/smollm2/train-prompts.jsonl
-    python benchmarks/step_cost.py --model smollm2-135m --max-completion-length 512 --max-total-length 640 --rollouts loop
+    python benchmarks/step_cost.py --model smollm2-135m --max-completion-length 512 --max-total-length 640 --rollout-decoder continuous
+    # the paper's shape: 500-word prefills under a 2,048-token total budget (docs/performance.md, round three)
+    python benchmarks/step_cost.py --model smollm2-135m --data runs/bench/long-prompts.jsonl --min-reasoning-words 500 \
+        --prefill-words 500 --prompts-per-step 4 --num-generations 2 --max-completion-length 2048 \
+        --max-total-length 2048 --micro-batch-size 2 --steps 1 --repeats 1 --no-dynamic-sampling --no-eos \
+        --rollout-decoder continuous
 """
 
 from __future__ import annotations
@@ -53,7 +58,13 @@ def _examples(args, alpha: float):
             "balanced_safe_unsafe_3000.jsonl --limit 160 --subset-seed 0 --config "
             f"configs/smollm2/prefills.yaml --out {data}`, or pass --data"
         )
-    return build_mixture(read_examples(data), MixtureConfig(alpha=alpha, prefill_words=args.prefill_words, seed=0))
+    examples = read_examples(data)
+    if args.min_reasoning_words:  # e.g. the paper's 500-word prefills: only prompts with that much reasoning
+        from recap.data.mixture import count_words
+
+        examples = [e for e in examples if count_words(e.counter_reasoning or "") >= args.min_reasoning_words]
+    words = int(args.prefill_words) if args.prefill_words.isdigit() else args.prefill_words
+    return build_mixture(examples, MixtureConfig(alpha=alpha, prefill_words=words, seed=0))
 
 
 def _config(args, out_dir: str, seed: int = 0):
@@ -74,6 +85,8 @@ def _config(args, out_dir: str, seed: int = 0):
             num_threads=args.threads,
             seed=seed,
             max_total_length=args.max_total_length,
+            rollout_decoder=args.rollout_decoder,
+            **({"dynamic_sampling": False} if args.no_dynamic_sampling else {}),
             **({"max_completion_length": args.max_completion_length} if args.toy_budget else {}),
         )
     return TrainConfig(
@@ -93,6 +106,9 @@ def _config(args, out_dir: str, seed: int = 0):
         use_cpu=True,
         seed=seed,
         max_total_length=args.max_total_length,
+        rollout_decoder=args.rollout_decoder,
+        dynamic_sampling=not args.no_dynamic_sampling,
+        micro_batch_size=args.micro_batch_size,
     )
 
 
@@ -121,8 +137,12 @@ def _job(arm: str, rep: int, args, out_dir: str, queue) -> None:
     torch.set_num_threads(args.threads)
     cfg = _config(args, out_dir, seed=rep)  # both arms of a repetition see the same prompts in the same order
     trainer = build_trainer(cfg, _examples(args, 0.5 if arm == "recap" else 0.0))
+    if args.no_eos:  # an id no row samples: every rollout writes its whole budget
+        never = len(trainer.processing_class)
+        trainer.eos_token_ids = [never]
+        trainer.generation_config.eos_token_id = trainer.generation_kwargs["eos_token_id"] = [never]
     rollout_s: dict[int, float] = {}
-    inner = trainer._generate_single_turn if args.rollouts == "trl" else _loop_rollouts(trainer)
+    inner = trainer._generate_single_turn
 
     def timed(*a, **kw):
         t = time.perf_counter()
@@ -150,6 +170,7 @@ def _job(arm: str, rep: int, args, out_dir: str, queue) -> None:
                 "decoded": decoded,
                 "prompt_tokens": h["num_tokens"] - prev_tokens - decoded,
                 "loss_tokens": decoded,
+                "rounds": 1 + h.get("dynamic_sampling/extra_rounds", 0.0),
             }
         )
         prev_tokens = h["num_tokens"]
@@ -180,56 +201,6 @@ def _CpuClock(into: dict):
     return CpuClock()
 
 
-def _loop_rollouts(trainer):
-    """The proposed trainer change, for measurement: TRL's transformers rollouts done by
-    ``recap.inference.generation.generate_ids`` — same prompts, same sampling settings, each row stopping at EOS or at
-    its own budget (``completion_budget``, set by ``RecapTrainer`` in ``_row_budgets``) and leaving the batch.
-    Returns what TRL's ``_generate_single_turn`` returns (completion ids with their EOS, no logprobs)."""
-    import torch
-
-    from recap.inference.generation import SamplingConfig, generate_ids
-    from recap.train import completion_budget
-
-    def rollouts(prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        gc = trainer.generation_config
-        plain = (
-            gc.top_k in (0, None)
-            and not gc.min_p
-            and (gc.repetition_penalty or 1.0) == 1.0
-            and len(trainer.eos_token_ids) == 1
-        )  # what the loop samples like TRL's generate
-        if trainer.use_vllm or getattr(trainer, "use_transformers_continuous_batching", False) or images or not plain:
-            return type(trainer)._generate_single_turn(
-                trainer, prompt_ids, images, multimodal_fields, num_generations, has_tool_images
-            )
-        budgets = [
-            completion_budget(len(ids), trainer.max_completion_length, trainer.max_total_length) for ids in prompt_ids
-        ]
-        trainer._row_budgets = budgets
-        sampling = SamplingConfig(
-            temperature=gc.temperature if gc.do_sample else 0.0,
-            top_p=gc.top_p or 1.0,
-            max_new_tokens=max(budgets),
-            batch_size=len(prompt_ids),
-        )
-        tok = trainer.processing_class
-        eos = trainer.eos_token_ids[0]
-        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
-        model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                out = generate_ids(model, prompt_ids, sampling, pad, eos, budgets=budgets)
-        finally:
-            model.train(was_training)
-        completion_ids = [new + ([eos] if ended else []) for new, ended in out]
-        trainer._decoded_tokens += sum(len(c) for c in completion_ids)
-        return completion_ids, None
-
-    return rollouts
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="toy", help="toy, or a real model (smollm2-135m, a folder, a .gguf)")
@@ -237,6 +208,12 @@ def main(argv=None) -> dict:
         "--data", default="runs/smollm2/train-prompts.jsonl", help="prompts with counter_reasoning (real models)"
     )
     ap.add_argument("--prefill-words", default="20-60", help="ℓ of the RECAP arm (real models)")
+    ap.add_argument(
+        "--min-reasoning-words",
+        type=int,
+        default=0,
+        help="use only the prompts whose counter-aligned reasoning has at least this many words (real models)",
+    )
     ap.add_argument("--steps", type=int, default=4, help="timed steps per run (after one warm-up step)")
     ap.add_argument("--repeats", type=int, default=2, help="runs per arm, alternating")
     ap.add_argument("--prompts-per-step", type=int, default=4)
@@ -250,10 +227,25 @@ def main(argv=None) -> dict:
     ap.add_argument("--toy-budget", action="store_true", help="use --max-completion-length in the miniature world too")
     ap.add_argument("--max-total-length", type=int, default=0, help="TrainConfig max_total_length (0: off)")
     ap.add_argument(
-        "--rollouts",
-        default="trl",
-        choices=("trl", "loop"),
-        help="trl: TRL's transformers generate; loop: recap.inference.generation.generate_ids patched in (a proposed trainer change)",
+        "--rollout-decoder",
+        default="hf",
+        choices=("hf", "continuous"),
+        help="TrainConfig rollout_decoder: hf (TRL's generate) or continuous (recap's decode loop; rows leave at EOS or their budget)",
+    )
+    ap.add_argument(
+        "--micro-batch-size", type=int, default=0, help="TrainConfig micro_batch_size (real models; 0: one pass)"
+    )
+    ap.add_argument(
+        "--no-eos",
+        action="store_true",
+        help="rollouts never end before their budget (the end-of-sequence id is one no row samples): the cost of "
+        "the budgets, not of where the model happens to stop",
+    )
+    ap.add_argument(
+        "--no-dynamic-sampling",
+        action="store_true",
+        help="one generation round per step in both arms (dynamic sampling refills zero-variance groups, so a "
+        "step's rounds depend on the rewards)",
     )
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument(
@@ -292,14 +284,18 @@ def main(argv=None) -> dict:
         f"max_completion_length {first['max_completion_length']}; "
         f"{args.threads} threads; load average {os.getloadavg()[0]:.1f}; medians over {summary['recap']['steps_timed']} steps"
     )
-    print(f"  rollouts: {args.rollouts}; max_total_length: {args.max_total_length or 'off'}")
     print(
-        f"  {'arm':<8} {'s/step':>7} {'cpu s':>7} {'rollout s':>9} {'rest s':>7} {'decoded':>8} {'prompt tok':>10} {'in loss':>8} {'peak RSS MiB':>12}"
+        f"  rollout_decoder: {args.rollout_decoder}; max_total_length: {args.max_total_length or 'off'}; "
+        f"dynamic sampling: {'off' if args.no_dynamic_sampling else 'on'}; "
+        f"{'rollouts run to their budget (--no-eos)' if args.no_eos else 'rollouts end at EOS'}"
+    )
+    print(
+        f"  {'arm':<8} {'s/step':>7} {'cpu s':>7} {'rollout s':>9} {'rest s':>7} {'decoded':>8} {'prompt tok':>10} {'in loss':>8} {'rounds':>6} {'peak RSS MiB':>12}"
     )
     for arm, s in summary.items():
         print(
             f"  {arm:<8} {s['seconds']:7.2f} {s['cpu_s']:7.2f} {s['rollout_s']:9.2f} {s['rest_s']:7.2f} {s['decoded']:8.0f} "
-            f"{s['prompt_tokens']:10.0f} {s['loss_tokens']:8.0f} {s['peak_rss_mib']:12.0f}"
+            f"{s['prompt_tokens']:10.0f} {s['loss_tokens']:8.0f} {s['rounds']:6.1f} {s['peak_rss_mib']:12.0f}"
         )
     print(f"  ratio RECAP/vanilla CPU seconds per step: {cpu_ratio:.3f}")
     print(
