@@ -245,7 +245,7 @@ class RecapTrainer(GRPOTrainer):
             batch_size=len(prompt_ids),
         )
         eos = self.eos_token_ids[0]
-        pad = self.processing_class.pad_token_id
+        pad = self._tokenizer.pad_token_id  # TRL's tokenizer (a processor's own, for multimodal models)
         with (
             unwrap_model_for_generation(
                 self.model_wrapped,
