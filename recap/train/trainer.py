@@ -196,26 +196,25 @@ class RecapTrainer(GRPOTrainer):
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         budgets = [completion_budget(len(ids), self.max_completion_length, self.max_total_length) for ids in prompt_ids]
         self._row_budgets = budgets
+        completion_ids = logprobs = None
         if self.rollout_decoder == "continuous" and not images:
             completion_ids = self._continuous_rollouts(prompt_ids, budgets)
-            if completion_ids is not None:
-                self._decoded_tokens += sum(len(ids) for ids in completion_ids)
-                return completion_ids, None
-        if not self.max_total_length:
-            completion_ids, logprobs = super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
-            )
-            self._decoded_tokens += sum(len(ids) for ids in completion_ids)
-            return completion_ids, logprobs
-        with self._row_stopping(budgets):
-            completion_ids, logprobs = super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
-            )
+        if completion_ids is None:
+            with self._row_stopping(budgets) if self.max_total_length else contextlib.nullcontext():
+                completion_ids, logprobs = super()._generate_single_turn(
+                    prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+                )
         self._decoded_tokens += sum(len(ids) for ids in completion_ids)  # what was decoded, before the cut
-        completion_ids = [list(ids[:b]) for ids, b in zip(completion_ids, budgets, strict=True)]
-        if logprobs is not None:
-            logprobs = [list(lp[:b]) for lp, b in zip(logprobs, budgets, strict=True)]
+        if self.max_total_length:
+            completion_ids = [list(ids[:b]) for ids, b in zip(completion_ids, budgets, strict=True)]
+            if logprobs is not None:
+                logprobs = [list(lp[:b]) for lp, b in zip(logprobs, budgets, strict=True)]
         return completion_ids, logprobs
+
+    @property
+    def _decodes_with_generate(self) -> bool:
+        """Whether TRL's rollouts are one transformers ``generate`` call (not vLLM, not paged batching)."""
+        return not (self.use_vllm or getattr(self, "use_transformers_continuous_batching", False))
 
     def _continuous_rollouts(self, prompt_ids: list[list[int]], budgets: list[int]) -> list[list[int]] | None:
         """Rollouts with recap's decode loop (``rollout_decoder: continuous``): every row is sampled with TRL's
@@ -230,8 +229,7 @@ class RecapTrainer(GRPOTrainer):
 
         gc = self.generation_config
         if (
-            self.use_vllm
-            or getattr(self, "use_transformers_continuous_batching", False)
+            not self._decodes_with_generate
             or len(self.eos_token_ids) != 1
             or self.args.generation_kwargs
             or gc.top_k not in (0, None)
@@ -269,7 +267,7 @@ class RecapTrainer(GRPOTrainer):
     @contextlib.contextmanager
     def _row_stopping(self, budgets: list[int]):
         """For transformers generation: stop each row at its budget, and the batch at the largest one."""
-        if self.use_vllm or getattr(self, "use_transformers_continuous_batching", False):
+        if not self._decodes_with_generate:
             yield
             return
         from transformers import StoppingCriteriaList
