@@ -231,8 +231,8 @@ def test_llamacpp_on_the_real_gguf_agrees_with_transformers_on_the_same_weights(
     greedy = SamplingConfig(temperature=0, max_new_tokens=12)
     a, b = generate(llama, tok, prompts, greedy), generate(hf, tok, prompts, greedy)
     for x, y in zip(a, b):
-        assert x.n_tokens == 12 and x.truncated
-        assert x.ids[:4] == y.ids[:4], (x.text, y.text)
+        assert x.ids[:4] == y.ids[:4], (x.text, y.text)  # where the kernels' rounding has not yet parted them
+        assert x.truncated == (x.n_tokens == 12)  # cut at the budget, or ended with its own EOS
     turns = generate_rounds(
         llama, tok, prompts, lambda r, i, g: (len(g.text), "\n<think>\nWait, let me restart."), 1, greedy, seeds=[0, 1]
     )
