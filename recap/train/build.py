@@ -67,6 +67,7 @@ def grpo_config(cfg: TrainConfig) -> GRPOConfig:
         raise ValueError(
             f"micro_batch_size {micro} × {world} process(es) must divide prompts_per_step × num_generations = {total}"
         )
+    accumulation = total // (micro * world)
     return GRPOConfig(
         **common_trainer_args(cfg),
         loss_type=cfg.loss_type,
@@ -75,7 +76,9 @@ def grpo_config(cfg: TrainConfig) -> GRPOConfig:
         beta=cfg.beta,
         num_generations=cfg.num_generations,
         per_device_train_batch_size=micro,
-        gradient_accumulation_steps=total // (micro * world),
+        gradient_accumulation_steps=accumulation,
+        steps_per_generation=accumulation * cfg.updates_per_generation,  # TRL counts micro-batches
+        num_iterations=cfg.num_iterations,
         max_steps=cfg.max_steps,
         warmup_steps=0,
         temperature=cfg.temperature,
@@ -157,6 +160,7 @@ def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model
         max_total_length=cfg.max_total_length,
         loss_length_buckets=cfg.loss_length_buckets,
         rollout_decoder=cfg.rollout_decoder,
+        shared_prefix=cfg.shared_prefix,
         planner=planner,
         selfreset=selfreset,
     )

@@ -10,7 +10,8 @@ from recap.data.schedules import LengthSchedule
 from recap.data.selfreset import SelfResetConfig
 from recap.train.distributed import world_size
 
-ROLLOUT_DECODERS = ("hf", "continuous")  # TrainConfig.rollout_decoder
+ROLLOUT_DECODERS = ("continuous", "hf")  # TrainConfig.rollout_decoder
+SHARED_PREFIX_MODES = ("auto", "on", "off")  # TrainConfig.shared_prefix
 
 
 @dataclass
@@ -135,9 +136,27 @@ class TrainConfig:
         },
     )
     rollout_decoder: str = field(
-        default="hf",
+        default="continuous",
         metadata={
-            "help": "How transformers rollouts are decoded (vLLM rollouts are vLLM's): 'hf' (TRL's one generate call per step, which computes every row until the longest ends — a row past its EOS or its max_total_length budget still costs a forward each step) or 'continuous' (recap's decode loop, recap.inference.generation: a row leaves the batch at its EOS or its own budget, so a prefilled row with less budget left costs less). Same sampling distribution; the same seed draws different samples. Falls back to 'hf' for settings the loop does not implement (top_k, min_p, repetition penalty, several EOS tokens, generation_kwargs)."
+            "help": "How transformers rollouts are decoded (vLLM rollouts are vLLM's): 'continuous' (recap's decode loop, recap.inference.generation: each group's prompt is read once and its KV cache copied to the group's rows, and a row leaves the batch at its EOS or its own max_total_length budget, so ended rows and prefilled rows with less budget left stop costing) or 'hf' (TRL's one generate call per step: every row reads its prompt and is computed until the longest row ends). Same sampling distribution (TRL's temperature and top-p; greedy rollouts are token for token TRL's), but the same seed draws different samples. Where the loop cannot decode (top_k, min_p, repetition penalty, several EOS tokens, generation_kwargs, vLLM) TRL's generate does, with one log line and the metric rollouts/fallback."
+        },
+    )
+    shared_prefix: str = field(
+        default="auto",
+        metadata={
+            "help": "Read each group's prompt (prefill included) once in the loss pass and in the old/reference log-probabilities (Prefix Grouper, Liu et al. 2025, arXiv 2506.05433; recap.train.shared_prefix): the prompt is encoded once with gradient and the group's completions attend to it, so log-probabilities and gradients are the unshared ones up to float rounding while RECAP's longer prompts cost little. 'auto' uses it whenever a batch holds groups and the model supports it (sdpa or eager attention through transformers' attention interface, no sliding windows, text only; the first shared forward is checked against TRL's), else falls back to TRL's pass with one log line; 'on' raises instead of falling back; 'off' is TRL's pass."
+        },
+    )
+    num_iterations: int = field(
+        default=1,
+        metadata={
+            "help": "Optimizer passes over each rollout batch (μ of GRPO, TRL num_iterations). With one pass and one update per rollout batch the importance ratio π/π_old is exactly 1 and DAPO's clip (epsilon, epsilon_high) never acts; more passes or updates make the policy drift from the one that sampled, and the clip bounds the drift. The paper trains with verl's DAPO recipe, whose PPO epochs are 1."
+        },
+    )
+    updates_per_generation: int = field(
+        default=1,
+        metadata={
+            "help": "Optimizer steps each rollout batch is split into (PPO mini-batches; TRL steps_per_generation = this × gradient accumulation steps). A rollout batch holds updates_per_generation × prompts_per_step prompts and each optimizer step trains on prompts_per_step of them, so every update after the first is off-policy and clip-higher binds (DAPO: 512 prompts per rollout batch, mini-batches of 32, i.e. 16 updates). max_steps counts optimizer steps."
         },
     )
     lora_r: int = field(
@@ -242,6 +261,11 @@ def check_train_config(cfg: TrainConfig) -> None:
             raise ValueError(f"{name} must be ≥ 0, got {getattr(cfg, name)}")
     if cfg.rollout_decoder not in ROLLOUT_DECODERS:
         raise ValueError(f"rollout_decoder must be one of {', '.join(ROLLOUT_DECODERS)}, got {cfg.rollout_decoder!r}")
+    if cfg.shared_prefix not in SHARED_PREFIX_MODES:
+        raise ValueError(f"shared_prefix must be one of {', '.join(SHARED_PREFIX_MODES)}, got {cfg.shared_prefix!r}")
+    for name in ("num_iterations", "updates_per_generation"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be ≥ 1, got {getattr(cfg, name)}")
     if cfg.dynamic_sampling_tolerance < 0:
         raise ValueError(f"dynamic_sampling_tolerance must be ≥ 0, got {cfg.dynamic_sampling_tolerance}")
     world = world_size()

@@ -1,11 +1,18 @@
-"""``RecapTrainer``: TRL's ``GRPOTrainer`` plus DAPO's dynamic sampling, the per-row total length budget
-and the per-step prefills of the prefill planner and Self-ReSET."""
+"""``RecapTrainer``: TRL's ``GRPOTrainer`` plus DAPO's dynamic sampling, the per-row total length budget,
+the per-step prefills of the prefill planner and Self-ReSET, and groups that read their prompt once (the
+shared-prefix loss pass of ``recap.train.shared_prefix`` and rollouts with recap's decode loop).
+
+``RecapTrainer`` overrides private methods of TRL's ``GRPOTrainer``; they are listed, with the parameters
+they are called with, in ``TRL_PRIVATE_API``, and ``trl_private_api_changes`` (checked when a trainer is
+built, and by a test) names any that the installed TRL no longer has as written."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
+import logging
 import math
 import zlib
 from pathlib import Path
@@ -13,12 +20,57 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteria
 from trl import GRPOTrainer
+from trl.trainer.utils import split_tensor_dict
 
 from recap.data.prefill_sources import PrefillPlanner
 from recap.data.selfreset import SelfResetPlanner
+import recap.train.shared_prefix as sp
+from recap.train.config import SHARED_PREFIX_MODES
+
+log = logging.getLogger(__name__)
 
 PLANNER_STATE = "prefix_buffer.json"  # the on-policy buffer, saved with each checkpoint
 SELFRESET_STATE = "selfreset_queue.json"  # the Self-ReSET re-roll queue, saved with each checkpoint
+
+#: The private ``GRPOTrainer`` methods ``RecapTrainer`` overrides or calls, with the parameters it passes (TRL
+#: 1.16.0). A TRL release that renames or drops one would make the override dead code or a crash deep in a step.
+TRL_PRIVATE_API = {
+    "_save_checkpoint": ("model", "trial"),
+    "_prepare_inputs": ("generation_batch",),
+    "_generate_and_score_completions": ("inputs",),
+    "_generate_single_turn": ("prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images"),
+    "_calculate_rewards": ("inputs", "prompts", "completions", "completion_ids_list"),
+    "_compute_loss": ("model", "inputs"),
+    "_get_per_token_logps_and_entropies": (
+        "model",
+        "input_ids",
+        "attention_mask",
+        "logits_to_keep",
+        "batch_size",
+        "compute_entropy",
+        "compute_aux_loss",
+    ),
+}
+
+
+def trl_private_api_changes(base: type = GRPOTrainer) -> list[str]:
+    """What of ``TRL_PRIVATE_API`` the installed TRL's ``base`` lacks: one line per method that is gone or whose
+    parameters no longer start with the listed ones, naming the TRL version. Empty when all is as expected."""
+    import trl
+
+    problems = []
+    for name, expected in TRL_PRIVATE_API.items():
+        method = getattr(base, name, None)
+        if method is None:
+            problems.append(f"trl {trl.__version__}: GRPOTrainer.{name} is gone")
+            continue
+        params = [p for p in inspect.signature(method).parameters if p != "self"]
+        if tuple(params[: len(expected)]) != expected:
+            problems.append(
+                f"trl {trl.__version__}: GRPOTrainer.{name}({', '.join(params)}) — RecapTrainer overrides it as "
+                f"{name}({', '.join(expected)})"
+            )
+    return problems
 
 
 def completion_budget(prompt_tokens: int, max_completion_length: int, max_total_length: int = 0) -> int:
@@ -54,8 +106,8 @@ class _RowBudget(StoppingCriteria):
 
 
 class RecapTrainer(GRPOTrainer):
-    """``GRPOTrainer`` plus DAPO's dynamic sampling, the per-row total length budget, and the prefill
-    planner's per-step prefills.
+    """``GRPOTrainer`` plus DAPO's dynamic sampling, the per-row total length budget, the prefill planner's
+    per-step prefills, and groups that read their prompt once.
 
     Dynamic sampling (``dynamic_sampling``): after each generation round, every prompt group whose total
     rewards are all equal (``zero_variance_groups``) is dropped; while the step has fewer than its
@@ -76,6 +128,19 @@ class RecapTrainer(GRPOTrainer):
     completions are cut to it afterwards (vLLM takes per-request limits, but TRL sends one for the batch:
     cutting a sampled rollout at n tokens gives what sampling with a limit of n gives). The budget is
     passed to reward functions as the ``completion_budget`` column.
+
+    Shared prefix (``shared_prefix``: auto, on, off): every forward TRL makes over completions — the loss
+    pass and the old and reference log-probabilities — reads each distinct prompt of the batch once, and its
+    rows' completions attend to it (``recap.train.shared_prefix``); the result is the unshared one up to
+    float rounding. The rows of a group stay together when the rollout batch is shuffled and split into
+    micro-batches. The first shared forward of a run is checked against TRL's unshared one; ``auto`` falls
+    back to TRL's pass (one log line, ``shared_prefix/active`` 0) for a model it cannot run exactly or that
+    fails the check, ``on`` raises. Logged: ``shared_prefix/read_fraction`` (tokens read over the tokens of
+    the unshared rows).
+
+    Rollouts (``rollout_decoder: continuous``) decode with recap's loop, which reads each group's prompt
+    once and copies its KV cache to the group's rows. Where the loop cannot decode (vLLM, paged batching,
+    samplers it lacks) TRL's ``generate`` does, with one log line per reason and ``rollouts/fallback`` 1.
     """
 
     def __init__(
@@ -87,10 +152,19 @@ class RecapTrainer(GRPOTrainer):
         max_total_length: int = 0,
         loss_length_buckets: int = 1,
         rollout_decoder: str = "hf",
+        shared_prefix: str = "off",
         planner: PrefillPlanner | None = None,
         selfreset: SelfResetPlanner | None = None,
         **kwargs,
     ):
+        changed = trl_private_api_changes()
+        if changed:
+            raise RuntimeError(
+                "RecapTrainer relies on private GRPOTrainer methods that changed in the installed TRL; pin "
+                "trl==1.16.0 (pyproject.toml) or update recap/train/trainer.py: " + "; ".join(changed)
+            )
+        if shared_prefix not in SHARED_PREFIX_MODES:
+            raise ValueError(f"shared_prefix must be one of {', '.join(SHARED_PREFIX_MODES)}, got {shared_prefix!r}")
         super().__init__(*args, **kwargs)
         self.dynamic_sampling = dynamic_sampling
         self.max_extra_rounds = max_extra_rounds
@@ -98,6 +172,7 @@ class RecapTrainer(GRPOTrainer):
         self.max_total_length = max_total_length
         self.loss_length_buckets = loss_length_buckets
         self.rollout_decoder = rollout_decoder
+        self.shared_prefix = shared_prefix
         self.planner = planner
         self.selfreset = selfreset
         self._last_rewards: torch.Tensor | None = None
@@ -107,26 +182,24 @@ class RecapTrainer(GRPOTrainer):
         self._dataset_ids: list | None = None
         self._step_rounds: list[tuple[list[dict], torch.Tensor, list[str], list | None]] = []
         self._decoded_tokens = 0  # tokens this process decoded in the current step (every round)
-
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if (self.planner is not None or self.selfreset is not None) and self.args.should_save:
-            from recap.util.files import write_text
-
-            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-            if folder.is_dir() and self.planner is not None:  # the buffer resumes with the run
-                write_text(folder / PLANNER_STATE, json.dumps(self.planner.state()))
-            if folder.is_dir() and self.selfreset is not None:  # so does the re-roll queue
-                write_text(folder / SELFRESET_STATE, json.dumps(self.selfreset.state()))
+        self._fallbacks: set[str] = set()  # why rollouts went to TRL's generate (each logged once)
+        self._shared = self._shared_prefix_usable()
+        self._shared_checked = False  # the first shared forward is compared with TRL's
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """TRL's training loop; with Self-ReSET the re-roll queue of the checkpoint resumed from is restored
-        first, and ``output_dir/selfreset_stats.json`` is written at the end."""
+        first, and ``output_dir/selfreset_stats.json`` is written at the end. The shared-prefix attention is
+        taken off the model at the end (it is the model's own attention without a layout in any case)."""
         if self.selfreset is not None and isinstance(resume_from_checkpoint, str):
             saved = Path(resume_from_checkpoint) / SELFRESET_STATE
             if saved.is_file():
                 self.selfreset.load_state(json.loads(saved.read_text(encoding="utf-8")))
-        result = super().train(resume_from_checkpoint, *args, **kwargs)
+        try:
+            result = super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            for model in (self.model, self.ref_model):
+                if model is not None:
+                    sp.uninstall(self.accelerator.unwrap_model(model))
         if self.selfreset is not None and self.accelerator.is_main_process:
             from recap.util.files import write_text
 
@@ -173,13 +246,72 @@ class RecapTrainer(GRPOTrainer):
             cost += len(idx) * (pm.shape[1] - first + last)
         return out if cost <= 0.9 * rows * width else None
 
-    def _compute_loss(self, model, inputs):
-        chunks = self.length_buckets(inputs)
-        if chunks is None:
-            return super()._compute_loss(model, inputs)
-        # The DAPO normaliser is the step's token count (num_items_in_batch), the same for every chunk,
-        # so the chunks' losses add up to the micro-batch's loss.
-        return sum(super(RecapTrainer, self)._compute_loss(model, chunk) for chunk in chunks)
+    # ---------------------------------------------------------------------------------------------------
+    # Overrides of GRPOTrainer's private methods (TRL_PRIVATE_API lists them; keep both in step).
+    # ---------------------------------------------------------------------------------------------------
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if (self.planner is not None or self.selfreset is not None) and self.args.should_save:
+            from recap.util.files import write_text
+
+            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            if folder.is_dir() and self.planner is not None:  # the buffer resumes with the run
+                write_text(folder / PLANNER_STATE, json.dumps(self.planner.state()))
+            if folder.is_dir() and self.selfreset is not None:  # so does the re-roll queue
+                write_text(folder / SELFRESET_STATE, json.dumps(self.selfreset.state()))
+
+    def _prepare_inputs(self, generation_batch):
+        """TRL's buffering of a rollout batch into micro-batches, except that with the shared prefix on the
+        batch is shuffled group by group (TRL shuffles rows), so a group's rows share their micro-batches."""
+        if not (self._shared and self.model.training):
+            return super()._prepare_inputs(generation_batch)
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        if self._step % generate_every == 0 or self._buffered_inputs is None:
+            batch = self._generate_and_score_completions(generation_batch)
+            batch = _shuffle_groups(batch, sp.group_rows(batch["prompt_ids"], batch["prompt_mask"]))
+            self._buffered_inputs = split_tensor_dict(batch, self.args.steps_per_generation)
+        return self._buffered_inputs[self._step % self.args.steps_per_generation]
+
+    def _generate_and_score_completions(self, inputs):
+        if not self.model.training:
+            return super()._generate_and_score_completions(inputs)
+        self._step_rounds, self._decoded_tokens = [], 0
+        if not self.dynamic_sampling:
+            batch, out, _, texts = self._round(inputs)
+            self._planner_step([(batch, texts)])
+        else:
+            out = self._dynamic_sampling_step(inputs)
+        self._selfreset_step()
+        decoded = self.accelerator.gather(torch.tensor(float(self._decoded_tokens), device=self.accelerator.device))
+        self._metrics["train"]["cost/decoded_tokens"].append(decoded.sum().item())
+        return out
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        budgets = [completion_budget(len(ids), self.max_completion_length, self.max_total_length) for ids in prompt_ids]
+        self._row_budgets = budgets
+        completion_ids = logprobs = None
+        if self.rollout_decoder == "continuous":
+            completion_ids, why = (
+                (None, "multimodal prompts") if images else self._continuous_rollouts(prompt_ids, budgets)
+            )
+            if why is not None and why not in self._fallbacks:
+                self._fallbacks.add(why)
+                log.warning("rollouts: TRL's generate decodes instead of recap's loop (%s)", why)
+            self._metrics["train" if self.model.training else "eval"]["rollouts/fallback"].append(
+                float(why is not None)
+            )
+        if completion_ids is None:
+            with self._row_stopping(budgets) if self.max_total_length else contextlib.nullcontext():
+                completion_ids, logprobs = super()._generate_single_turn(
+                    prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+                )
+        self._decoded_tokens += sum(len(ids) for ids in completion_ids)  # what was decoded, before the cut
+        if self.max_total_length:
+            completion_ids = [list(ids[:b]) for ids, b in zip(completion_ids, budgets, strict=True)]
+            if logprobs is not None:
+                logprobs = [list(lp[:b]) for lp, b in zip(logprobs, budgets, strict=True)]
+        return completion_ids, logprobs
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         if self._row_budgets is not None and len(self._row_budgets) == len(inputs):
@@ -193,49 +325,195 @@ class RecapTrainer(GRPOTrainer):
         self._last_verdicts = list(verdicts) if verdicts is not None and len(verdicts) == len(inputs) else None
         return rewards_per_func
 
-    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        budgets = [completion_budget(len(ids), self.max_completion_length, self.max_total_length) for ids in prompt_ids]
-        self._row_budgets = budgets
-        completion_ids = logprobs = None
-        if self.rollout_decoder == "continuous" and not images:
-            completion_ids = self._continuous_rollouts(prompt_ids, budgets)
-        if completion_ids is None:
-            with self._row_stopping(budgets) if self.max_total_length else contextlib.nullcontext():
-                completion_ids, logprobs = super()._generate_single_turn(
-                    prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+    def _compute_loss(self, model, inputs):
+        if self._shared and _has_groups(inputs["prompt_ids"], inputs["prompt_mask"]):
+            return super()._compute_loss(model, inputs)  # one shared-prefix forward (no padding to trim)
+        chunks = self.length_buckets(inputs)
+        if chunks is None:
+            return super()._compute_loss(model, inputs)
+        # The DAPO normaliser is the step's token count (num_items_in_batch), the same for every chunk,
+        # so the chunks' losses add up to the micro-batch's loss.
+        return sum(super(RecapTrainer, self)._compute_loss(model, chunk) for chunk in chunks)
+
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **model_inputs,
+    ):
+        """TRL's per-token log-probabilities (and entropies) of the completion columns, from one shared-prefix
+        forward per chunk of groups when the shared prefix is on and the batch holds groups (text only: any
+        further model input, e.g. images, takes TRL's pass)."""
+        packs = None
+        if self._shared and not compute_aux_loss and all(v is None for v in model_inputs.values()):
+            packs = self._packs(input_ids, attention_mask, logits_to_keep, batch_size)
+        if packs and not self._shared_checked:
+            self._check_shared_prefix(model, input_ids, attention_mask, logits_to_keep, batch_size, packs)
+        if not packs or not self._shared:
+            return super()._get_per_token_logps_and_entropies(
+                model,
+                input_ids,
+                attention_mask,
+                logits_to_keep,
+                batch_size,
+                compute_entropy,
+                compute_aux_loss,
+                **model_inputs,
+            )
+        logps, entropies = self._shared_forward(model, packs, compute_entropy)
+        mode = "train" if self.model.training else "eval"
+        unshared = attention_mask.sum().item()
+        read = sum(p.input_ids.shape[1] for p in packs)
+        self._metrics[mode]["shared_prefix/read_fraction"].append(read / max(1, unshared))
+        return logps, entropies, None
+
+    # ---------------------------------------------------------------------------------------------------
+    # Shared prefix
+    # ---------------------------------------------------------------------------------------------------
+
+    def _shared_prefix_usable(self) -> bool:
+        """Whether the loss pass shares prefixes: ``shared_prefix`` is not off and the model can run the split
+        attention exactly (``auto`` logs why not; ``on`` raises). Routes the model's attention through it."""
+        if self.shared_prefix == "off":
+            return False
+        models = [self.accelerator.unwrap_model(m) for m in (self.model, self.ref_model) if m is not None]
+        why = next((w for w in map(sp.why_unsupported, models) if w is not None), None)
+        if why is None and getattr(self, "aux_loss_enabled", False):
+            why = "a mixture-of-experts load-balancing loss (it is computed over every token read)"
+        if why is not None:
+            if self.shared_prefix == "on":
+                raise ValueError(f"shared_prefix: on cannot run this model exactly: {why}; set shared_prefix: off")
+            log.warning("shared_prefix: TRL's unshared loss pass is used (%s)", why)
+            self._metrics["train"]["shared_prefix/active"].append(0.0)
+            return False
+        for m in models:
+            sp.install(m)
+        return True
+
+    def _packs(self, input_ids, attention_mask, logits_to_keep, batch_size) -> list[sp.Packed] | None:
+        """The shared-prefix forwards of a batch (each at most ``batch_size`` rows, groups kept whole where
+        they fit), or None when no prompt of the batch has two rows or no row has a completion token."""
+        prompt_ids, prompt_mask = input_ids[:, :-logits_to_keep], attention_mask[:, :-logits_to_keep]
+        if not _has_groups(prompt_ids, prompt_mask):
+            return None
+        groups = sp.group_rows(prompt_ids, prompt_mask)
+        size = batch_size or input_ids.shape[0]
+        chunks, current = [], []
+        for group in groups:
+            for start in range(0, len(group), size):
+                part = group[start : start + size]
+                if current and sum(map(len, current)) + len(part) > size:
+                    chunks.append(current)
+                    current = []
+                current.append(part)
+        chunks.append(current)
+        completion_ids, completion_mask = input_ids[:, -logits_to_keep:], attention_mask[:, -logits_to_keep:]
+        packs = [sp.pack(prompt_ids, prompt_mask, completion_ids, completion_mask, chunk) for chunk in chunks]
+        return [p for p in packs if p is not None] or None
+
+    def _shared_forward(self, model, packs: list[sp.Packed], compute_entropy: bool):
+        """Per-token log-probabilities (and entropies) of the packed forwards, in TRL's (rows, completion width)
+        layout; 0 where TRL's masked positions are 0."""
+        sp.install(self.accelerator.unwrap_model(model))  # again after train() took it off
+        logps = entropies = None
+        for packed in packs:
+            device = packed.input_ids.device
+            with self.accelerator.autocast():
+                out = model(
+                    input_ids=packed.input_ids,
+                    attention_mask=sp.placeholder_mask(device),
+                    position_ids=packed.position_ids,
+                    shift_labels=packed.shift_labels,
+                    fused_lm_head=True,
+                    **{sp.LAYOUT_KWARG: packed.layout},
                 )
-        self._decoded_tokens += sum(len(ids) for ids in completion_ids)  # what was decoded, before the cut
-        if self.max_total_length:
-            completion_ids = [list(ids[:b]) for ids, b in zip(completion_ids, budgets, strict=True)]
-            if logprobs is not None:
-                logprobs = [list(lp[:b]) for lp, b in zip(logprobs, budgets, strict=True)]
-        return completion_ids, logprobs
+            if not packed.layout.calls:  # the check of the first forward catches a model that bypasses it partly
+                raise RuntimeError(
+                    "shared_prefix: no attention layer of the model read the shared-prefix layout (its attention "
+                    "bypasses transformers' attention interface); set shared_prefix: off"
+                )
+            lp = sp.unpack(out.log_probs, packed)
+            logps = lp if logps is None else logps + lp
+            if compute_entropy:
+                ent = sp.unpack(out.entropy, packed)
+                entropies = ent if entropies is None else entropies + ent
+        return logps, entropies
+
+    def _check_shared_prefix(self, model, input_ids, attention_mask, logits_to_keep, batch_size, packs) -> None:
+        """Compare the first shared forward of the run with TRL's unshared one (no gradient, dropout off): a
+        difference in a scored log-probability beyond float rounding turns the shared prefix off (``auto``,
+        one log line) or raises (``on``)."""
+        self._shared_checked = True
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                shared, _ = self._shared_forward(model, packs, False)
+                unshared, _, _ = super()._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, logits_to_keep, batch_size
+                )
+        finally:
+            model.train(was_training)
+        scored = attention_mask[:, -logits_to_keep:].bool()
+        diff = (shared - unshared).abs()[scored].max().item() if scored.any() else 0.0
+        half = self.args.bf16 or self.args.fp16 or next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
+        tolerance = 5e-2 if half else 1e-3
+        self._metrics["train"]["shared_prefix/check_max_diff"].append(diff)
+        if diff <= tolerance:
+            self._metrics["train"]["shared_prefix/active"].append(1.0)
+            return
+        message = (
+            f"shared_prefix: the shared-prefix log-probabilities differ from TRL's by up to {diff:.3g} "
+            f"(tolerance {tolerance:g}) on this model"
+        )
+        if self.shared_prefix == "on":
+            raise RuntimeError(message + "; set shared_prefix: off")
+        log.warning("%s; TRL's unshared loss pass is used", message)
+        self._metrics["train"]["shared_prefix/active"].append(0.0)
+        self._shared = False
+
+    # ---------------------------------------------------------------------------------------------------
+    # Rollouts
+    # ---------------------------------------------------------------------------------------------------
 
     @property
     def _decodes_with_generate(self) -> bool:
         """Whether TRL's rollouts are one transformers ``generate`` call (not vLLM, not paged batching)."""
         return not (self.use_vllm or getattr(self, "use_transformers_continuous_batching", False))
 
-    def _continuous_rollouts(self, prompt_ids: list[list[int]], budgets: list[int]) -> list[list[int]] | None:
+    def _continuous_rollouts(
+        self, prompt_ids: list[list[int]], budgets: list[int]
+    ) -> tuple[list[list[int]] | None, str | None]:
         """Rollouts with recap's decode loop (``rollout_decoder: continuous``): every row is sampled with TRL's
-        temperature and top-p and leaves the batch at its EOS (kept, as TRL keeps it) or at its own budget.
-        The model is unwrapped, its generation config overridden and its parameters gathered exactly as for
-        TRL's transformers rollouts. None when TRL's generate must decode: vLLM or transformers' paged
-        batching, several EOS tokens, extra ``generation_kwargs``, or a sampler setting the loop does not
-        implement (top-k, min-p, repetition penalty, suppressed tokens, …)."""
+        temperature and top-p and leaves the batch at its EOS (kept, as TRL keeps it) or at its own budget;
+        each group's prompt is read once and its KV cache copied to the group's rows. The model is unwrapped,
+        its generation config overridden and its parameters gathered exactly as for TRL's transformers
+        rollouts. Returns ``(completion ids, None)``, or ``(None, why)`` when TRL's generate must decode: vLLM
+        or transformers' paged batching, several EOS tokens, extra ``generation_kwargs``, or a sampler setting
+        the loop does not implement (top-k, min-p, repetition penalty, suppressed tokens, …)."""
         from trl.models.utils import unwrap_model_for_generation
 
         from recap.inference.generation import SamplingConfig, generate_ids, loop_supported
 
         gc = self.generation_config
-        if (
-            not self._decodes_with_generate
-            or len(self.eos_token_ids) != 1
-            or self.args.generation_kwargs
-            or gc.top_k not in (0, None)
-            or (gc.repetition_penalty or 1.0) != 1.0
-        ):
-            return None
+        why = None
+        if not self._decodes_with_generate:
+            why = "vLLM or paged rollouts"
+        elif len(self.eos_token_ids) != 1:
+            why = f"{len(self.eos_token_ids)} end-of-sequence tokens"
+        elif self.args.generation_kwargs:
+            why = "generation_kwargs"
+        elif gc.top_k not in (0, None):
+            why = "top_k sampling"
+        elif (gc.repetition_penalty or 1.0) != 1.0:
+            why = "repetition_penalty"
+        if why is not None:
+            return None, why
         sampling = SamplingConfig(
             temperature=gc.temperature if gc.do_sample else 0.0,
             top_p=gc.top_p if gc.top_p is not None else 1.0,
@@ -258,11 +536,11 @@ class RecapTrainer(GRPOTrainer):
             own, model.generation_config = model.generation_config, gc  # what TRL's generate would sample with
             try:
                 if not loop_supported(model, sampling):
-                    return None
+                    return None, "a sampler setting or cache the decode loop lacks"
                 out = generate_ids(model, prompt_ids, sampling, eos if pad is None else pad, eos, budgets=budgets)
             finally:
                 model.generation_config = own
-        return [new + [eos] if ended else new for new, ended in out]
+        return [new + [eos] if ended else new for new, ended in out], None
 
     @contextlib.contextmanager
     def _row_stopping(self, budgets: list[int]):
@@ -288,19 +566,9 @@ class RecapTrainer(GRPOTrainer):
             else:
                 model.generate = own
 
-    def _generate_and_score_completions(self, inputs):
-        if not self.model.training:
-            return super()._generate_and_score_completions(inputs)
-        self._step_rounds, self._decoded_tokens = [], 0
-        if not self.dynamic_sampling:
-            batch, out, _, texts = self._round(inputs)
-            self._planner_step([(batch, texts)])
-        else:
-            out = self._dynamic_sampling_step(inputs)
-        self._selfreset_step()
-        decoded = self.accelerator.gather(torch.tensor(float(self._decoded_tokens), device=self.accelerator.device))
-        self._metrics["train"]["cost/decoded_tokens"].append(decoded.sum().item())
-        return out
+    # ---------------------------------------------------------------------------------------------------
+    # Generation rounds: dynamic sampling, the prefill planner, Self-ReSET
+    # ---------------------------------------------------------------------------------------------------
 
     def _round(self, inputs: list[dict], fresh: bool = True) -> tuple[list[dict], dict, torch.Tensor, list[str]]:
         """One generation round: Self-ReSET's re-rolls first, per-step prefills, TRL's generation and scoring.
@@ -453,3 +721,26 @@ def _stack_rows(parts: list[dict], pad_id: int) -> dict:
             padded.append(torch.cat([pad, v] if key.startswith("prompt_") else [v, pad], dim=1))
         out[key] = torch.cat(padded)
     return out
+
+
+def _has_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> bool:
+    """Whether two rows of a left-padded batch share their prompt (so a shared-prefix forward saves reading)."""
+    if prompt_ids.shape[0] < 2 or not sp.left_padded(prompt_mask):
+        return False
+    return max(map(len, sp.group_rows(prompt_ids, prompt_mask))) > 1
+
+
+def _shuffle_groups(batch: dict, groups: list[list[int]]) -> dict:
+    """``batch`` (TRL's rollout-batch dict) with its groups in random order (torch's generator, as TRL's own row
+    shuffle) and each group's rows together, in their order."""
+    order = torch.tensor([row for g in torch.randperm(len(groups)).tolist() for row in groups[g]])
+    rows = len(order)
+
+    def permute(value):
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == rows:
+            return value[order.to(value.device)]
+        if isinstance(value, list) and len(value) == rows:
+            return [value[i] for i in order.tolist()]
+        return value
+
+    return {key: permute(value) for key, value in batch.items()}

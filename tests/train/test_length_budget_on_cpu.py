@@ -223,7 +223,7 @@ def test_continuous_rollouts_fall_back_to_trl_for_samplers_the_loop_lacks(tok, t
 
 
 def test_an_unknown_rollout_decoder_is_refused(tok, tmp_path):
-    with pytest.raises(ValueError, match="rollout_decoder must be one of hf, continuous, got 'vllm'"):
+    with pytest.raises(ValueError, match="rollout_decoder must be one of continuous, hf, got 'vllm'"):
         build_trainer(
             _cfg(tmp_path, rollout_decoder="vllm"), _examples(), model=build_model(tok, TINY, 0), tokenizer=tok
         )
