@@ -2,7 +2,8 @@
 
 All G rollouts of a group continue the same prompt (RECAP's prefill included); the unshared loss pass
 reads that prompt G times. Here the rows of a batch are packed into one token stream in which each
-distinct prompt appears once, followed by its rows' continuations::
+distinct prompt appears once, followed by its rows' continuations, each as long as its own completion (no
+padding)::
 
     [prompt_a[:-1] | a[-1] c_a1 | a[-1] c_a2 | … | prompt_b[:-1] | b[-1] c_b1 | …]
 
@@ -16,7 +17,8 @@ same gradients (the prefix's gradient is the sum of its G rows'), up to float ro
 The split attention is an attention function registered with transformers' ``AttentionInterface``
 (``install``) that wraps the model's own one (sdpa or eager): without a ``recap_prefix`` layout in the
 forward's keyword arguments it *is* the model's attention, so generation and evaluation are unchanged;
-with one, it computes the split attention with the model's attention for each part. The layout rides
+with one, it computes the split attention with the model's attention for each part (a group's suffixes
+are laid side by side in a padded block for it, and taken back out after). The layout rides
 in the keyword arguments, so gradient checkpointing replays it. Rows whose completion mask is empty
 (dynamic-sampling fillers, overlong-filtered rows) are left out of the forward: their log-probabilities
 are 0, as TRL's are at masked positions.
@@ -37,14 +39,17 @@ LAYOUT_KWARG = "recap_prefix"  # the forward keyword argument that carries a Lay
 @dataclass(eq=False)
 class Layout:
     """Where each group lies in the packed token stream (all of it in batch row 0): per group, the first
-    position of its prefix, the prefix length, its number of suffix rows and the suffix width; and each
-    suffix row's key mask (the prompt's last token and the row's completion mask). ``calls`` counts the
-    attention layers that read it: a model whose attention bypasses the interface reads none."""
+    position of its prefix, the prefix length, its number of suffix rows, the width of its padded suffix
+    block (the longest suffix), where each suffix token goes in that block (``slots``: row × width + column,
+    in stream order), and each block row's key mask (the prompt's last token and the row's completion mask;
+    False past the row's end). ``calls`` counts the attention layers that read it: a model whose attention
+    bypasses the interface reads none."""
 
     starts: list[int]
     prefixes: list[int]
     rows: list[int]
     widths: list[int]
+    slots: list[torch.Tensor]  # per group: (suffix tokens,) long
     keys: list[torch.Tensor]  # per group: (rows, width) bool
     calls: int = 0
     _masks: dict = field(default_factory=dict)
@@ -52,7 +57,8 @@ class Layout:
     def masks(self, kind: str, dtype: torch.dtype, device) -> list[tuple[torch.Tensor | None, torch.Tensor]]:
         """Per group, (prefix mask, suffix mask) in the format of the wrapped attention: ``sdpa`` takes
         booleans (True: attend) and no prefix mask (its causal kernel), ``eager`` additive floats. Built once
-        per layout and reused by every layer."""
+        per layout and reused by every layer. A block position past its row's end is a key of no one; as a
+        query it still sees the prefix or its row's first token, so no row of the mask is empty."""
         key = (kind, dtype, device)
         if key not in self._masks:
             out = []
@@ -109,14 +115,15 @@ def pack(
     completion_mask: torch.Tensor,
     groups: list[list[int]],
 ) -> Packed | None:
-    """The packed stream of ``groups`` (lists of batch rows sharing a prompt; see ``group_rows``). None
-    when no row of them has a completion token in the mask (nothing to compute)."""
+    """The packed stream of ``groups`` (lists of batch rows sharing a prompt; see ``group_rows``). Each row's
+    suffix is the prompt's last token and its completion up to the last position in its mask. None when no
+    row of them has a completion token in the mask (nothing to compute)."""
     rows, width = completion_ids.shape
     cmask = completion_mask.bool()
     ends = torch.where(cmask.any(1), width - cmask.flip(1).int().argmax(1), 0).tolist()  # past the last 1
     lengths = prompt_mask.sum(1).tolist()
     ids, pos, labels, source, target = [], [], [], [], []
-    starts, prefixes, counts, widths, keys = [], [], [], [], []
+    starts, prefixes, counts, widths, slots, keys = [], [], [], [], [], []
     at = 0
     for group in groups:
         members = [r for r in group if ends[r] > 0]
@@ -132,18 +139,21 @@ def pack(
         ids.append(prompt_ids[first, prompt_ids.shape[1] - n : prompt_ids.shape[1] - 1])
         pos.append(torch.arange(p))
         labels.append(torch.full((p,), -100, dtype=torch.long))
-        index = torch.tensor(members)
-        last = prompt_ids[index, -1:]
-        c_ids, c_mask = completion_ids[index, : s - 1], cmask[index, : s - 1]
-        ids.append(torch.cat([last, c_ids], dim=1).reshape(-1))
-        pos.append((p + torch.arange(s)).repeat(len(members)))
-        row_labels = torch.cat([c_ids.masked_fill(~c_mask, -100), c_ids.new_full((len(members), 1), -100)], dim=1)
-        labels.append(row_labels.reshape(-1))
-        keys.append(torch.cat([c_mask.new_ones(len(members), 1), c_mask], dim=1))
-        suffix = at + p + torch.arange(len(members) * s).view(len(members), s)[:, : s - 1]
-        source.append(suffix.reshape(-1))
-        target.append((index[:, None] * width + torch.arange(s - 1)).reshape(-1))
-        at += p + len(members) * s
+        at += p
+        block, ok = [], torch.zeros(len(members), s, dtype=torch.bool)
+        for j, r in enumerate(members):
+            e = ends[r]
+            c_ids, c_mask = completion_ids[r, :e], cmask[r, :e]
+            ids.append(torch.cat([prompt_ids[r, -1:], c_ids]))
+            pos.append(p + torch.arange(e + 1))
+            labels.append(torch.cat([c_ids.masked_fill(~c_mask, -100), c_ids.new_full((1,), -100)]))
+            ok[j, 0], ok[j, 1 : e + 1] = True, c_mask
+            block.append(j * s + torch.arange(e + 1))
+            source.append(at + torch.arange(e))
+            target.append(r * width + torch.arange(e))
+            at += e + 1
+        slots.append(torch.cat(block))
+        keys.append(ok)
     if not starts:
         return None
     device = prompt_ids.device
@@ -151,7 +161,7 @@ def pack(
         input_ids=torch.cat([t.to(device) for t in ids])[None],
         position_ids=torch.cat(pos).to(device)[None],
         shift_labels=torch.cat([t.to(device) for t in labels])[None],
-        layout=Layout(starts, prefixes, counts, widths, keys),
+        layout=Layout(starts, prefixes, counts, widths, [t.to(device) for t in slots], keys),
         source=torch.cat(source).to(device),
         target=torch.cat(target).to(device),
         shape=(rows, width),
@@ -193,21 +203,28 @@ def _split_attention(kind: str, module, query, key, value, attention_mask, **kwa
     layout.calls += 1
     masks = layout.masks(kind, query.dtype, query.device)
     out = []
-    for start, p, n, s, (prefix_mask, suffix_mask) in zip(
-        layout.starts, layout.prefixes, layout.rows, layout.widths, masks
-    ):
+    for g, (start, p, n, s) in enumerate(zip(layout.starts, layout.prefixes, layout.rows, layout.widths)):
+        prefix_mask, suffix_mask = masks[g]
         kp = vp = None
         if p:
             qp, kp, vp = (t[:, :, start : start + p] for t in (query, key, value))
             out.append(base(module, qp, kp, vp, prefix_mask, **kwargs)[0])
-        b = start + p
-        qs, ks, vs = (t[0, :, b : b + n * s].unflatten(1, (n, s)).transpose(0, 1) for t in (query, key, value))
+        b, slots = start + p, layout.slots[g]
+        qs, ks, vs = (_block(t[0, :, b : b + len(slots)], slots, n, s) for t in (query, key, value))
         if p:
             ks = torch.cat([kp.expand(n, -1, -1, -1), ks], dim=2)
             vs = torch.cat([vp.expand(n, -1, -1, -1), vs], dim=2)
         suffix = base(module, qs, ks, vs, suffix_mask, **kwargs)[0]  # (n, s, heads, dim)
-        out.append(suffix.reshape(1, n * s, *suffix.shape[2:]))
+        out.append(suffix.reshape(n * s, *suffix.shape[2:]).index_select(0, slots)[None])
     return torch.cat(out, dim=1), None
+
+
+def _block(x: torch.Tensor, slots: torch.Tensor, rows: int, width: int) -> torch.Tensor:
+    """A group's suffix tokens ``x`` (heads, tokens, dim) laid out as a padded block (rows, heads, width, dim),
+    zeros where a row is shorter than the block."""
+    heads, _, dim = x.shape
+    block = x.new_zeros(rows * width, heads, dim).index_copy(0, slots, x.transpose(0, 1))
+    return block.view(rows, width, heads, dim).transpose(1, 2)
 
 
 def _register() -> None:

@@ -64,20 +64,17 @@ def test_the_packed_stream_holds_each_prompt_once_and_each_row_its_own_labels():
     completion_ids = torch.tensor([[31, 32, 33], [41, 42, 0], [51, 0, 0], [61, 62, 63]])
     completion_mask = torch.tensor([[1, 1, 1], [1, 1, 0], [0, 0, 0], [1, 1, 0]])
     packed = sp.pack(prompt_ids, prompt_mask, completion_ids, completion_mask, [[0, 1], [2, 3]])
-    # group a: prefix 11 12, then (13 | row's completion) per row, 4 wide; group b: row 2 has no token in the
-    # loss (a filler) and is left out: prefix 21, then (22 | 61 62) in 3 columns
-    assert packed.input_ids.tolist() == [[11, 12, 13, 31, 32, 33, 13, 41, 42, 0, 21, 22, 61, 62]]
-    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 4, 5, 2, 3, 4, 5, 0, 1, 2, 3]]
-    assert packed.shift_labels.tolist() == [[-100, -100, 31, 32, 33, -100, 41, 42, -100, -100, -100, 61, 62, -100]]
-    assert (packed.layout.starts, packed.layout.prefixes, packed.layout.rows, packed.layout.widths) == (
-        [0, 10],
-        [2, 1],
-        [2, 1],
-        [4, 3],
-    )
-    assert packed.layout.keys[0].tolist() == [[True] * 4, [True, True, True, False]]
-    values = torch.arange(14.0)[None]
-    assert sp.unpack(values, packed).tolist() == [[2, 3, 4], [6, 7, 8], [0, 0, 0], [11, 12, 0]]
+    # group a: prefix 11 12, then (13 | the row's completion up to its last masked-in token) per row; group b:
+    # row 2 has no token in the loss (a filler) and is left out: prefix 21, then (22 | 61 62). No padding.
+    assert packed.input_ids.tolist() == [[11, 12, 13, 31, 32, 33, 13, 41, 42, 21, 22, 61, 62]]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 4, 5, 2, 3, 4, 0, 1, 2, 3]]
+    assert packed.shift_labels.tolist() == [[-100, -100, 31, 32, 33, -100, 41, 42, -100, -100, 61, 62, -100]]
+    layout = packed.layout
+    assert (layout.starts, layout.prefixes, layout.rows, layout.widths) == ([0, 9], [2, 1], [2, 1], [4, 3])
+    assert [t.tolist() for t in layout.slots] == [[0, 1, 2, 3, 4, 5, 6], [0, 1, 2]]  # row × width + column
+    assert layout.keys[0].tolist() == [[True] * 4, [True, True, True, False]]
+    values = torch.arange(13.0)[None]
+    assert sp.unpack(values, packed).tolist() == [[2, 3, 4], [6, 7, 0], [0, 0, 0], [10, 11, 0]]
     none = torch.zeros_like(completion_mask)
     assert sp.pack(prompt_ids, prompt_mask, completion_ids, none, [[0, 1], [2, 3]]) is None
 

@@ -73,3 +73,13 @@ def test_one_checkpoint_and_one_final_model(run):
     ckpt = load_file(run_dir / f"checkpoint-{STEPS}" / "model.safetensors")
     assert final.keys() == ckpt.keys() and all((final[k] == ckpt[k]).all() for k in final)
     assert [r["final"] for r in logs[0] + logs[1] if r["event"] == "done"] == [str(run_dir / "final")] * 2
+
+
+def test_both_ranks_trained_with_the_shared_prefix_loss_pass(run):
+    """The default shared-prefix pass ran in the data-parallel run (its first-forward check passed on both
+    ranks at once), and the identical weights above are its weights."""
+    out, _ = run
+    history = json.loads((out / "run" / "log_history.json").read_text())
+    active = [h["shared_prefix/active"] for h in history if "shared_prefix/active" in h]
+    read = [h["shared_prefix/read_fraction"] for h in history if "shared_prefix/read_fraction" in h]
+    assert active == [1.0] and len(read) == STEPS and max(read) < 1
