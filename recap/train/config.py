@@ -4,6 +4,7 @@ settings that the trainer cannot run, and the trainer arguments RL and SFT share
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from recap.data.prefill_sources import PrefillSourceConfig
 from recap.data.schedules import LengthSchedule
@@ -11,7 +12,8 @@ from recap.data.selfreset import SelfResetConfig
 from recap.train.distributed import world_size
 
 ROLLOUT_DECODERS = ("continuous", "hf")  # TrainConfig.rollout_decoder
-SHARED_PREFIX_MODES = ("auto", "on", "off")  # TrainConfig.shared_prefix
+SharedPrefixMode = Literal["auto", "on", "off"]  # TrainConfig.shared_prefix (YAML's bare on / off read as such)
+SHARED_PREFIX_MODES = get_args(SharedPrefixMode)
 
 
 @dataclass
@@ -141,7 +143,7 @@ class TrainConfig:
             "help": "How transformers rollouts are decoded (vLLM rollouts are vLLM's): 'continuous' (recap's decode loop, recap.inference.generation: each group's prompt is read once and its KV cache copied to the group's rows, and a row leaves the batch at its EOS or its own max_total_length budget, so ended rows and prefilled rows with less budget left stop costing) or 'hf' (TRL's one generate call per step: every row reads its prompt and is computed until the longest row ends). Same sampling distribution (TRL's temperature and top-p; greedy rollouts are token for token TRL's), but the same seed draws different samples. Where the loop cannot decode (top_k, min_p, repetition penalty, several EOS tokens, generation_kwargs, vLLM) TRL's generate does, with one log line and the metric rollouts/fallback."
         },
     )
-    shared_prefix: str = field(
+    shared_prefix: SharedPrefixMode = field(
         default="auto",
         metadata={
             "help": "Read each group's prompt (prefill included) once in the loss pass and in the old/reference log-probabilities (Prefix Grouper, Liu et al. 2025, arXiv 2506.05433; recap.train.shared_prefix): the prompt is encoded once with gradient and the group's completions attend to it, so log-probabilities and gradients are the unshared ones up to float rounding while RECAP's longer prompts cost little. 'auto' uses it whenever a batch holds groups and the model supports it (sdpa or eager attention through transformers' attention interface, no sliding windows, text only; the first shared forward is checked against TRL's), else falls back to TRL's pass with one log line; 'on' raises instead of falling back; 'off' is TRL's pass."

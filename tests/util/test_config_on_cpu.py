@@ -219,3 +219,20 @@ def test_a_float_written_without_a_dot_is_a_float():
     assert load_config(TrainConfig, None, ["learning_rate=2e-3"]).learning_rate == 0.002
     with pytest.raises(ConfigError, match="learning_rate"):
         load_config(TrainConfig, None, ["learning_rate=fast"])
+
+
+def test_a_choice_of_on_off_takes_yamls_bare_on_and_off(tmp_path):
+    """YAML 1.1 reads an unquoted ``off`` as ``False``: a field whose choices are on / off / … takes it as
+    written, in a file and in an override; anything outside the choices names the field and the choices."""
+    from recap.train import TrainConfig
+
+    assert load_config(TrainConfig, _yaml(tmp_path, "shared_prefix: off\n", "train.yaml")).shared_prefix == "off"
+    assert load_config(TrainConfig, None, ["shared_prefix=on"]).shared_prefix == "on"
+    assert load_config(TrainConfig, None, ["shared_prefix='off'"]).shared_prefix == "off"
+    path = _yaml(tmp_path, "shared_prefix: sometimes\n", "bad.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_config(TrainConfig, path)
+    msg = str(info.value)
+    assert msg.startswith(str(path)) and "field 'shared_prefix'" in msg and "one of auto, on, off" in msg
+    with pytest.raises(ConfigError, match="one of auto, on, off, got 1"):
+        load_config(TrainConfig, None, ["shared_prefix=1"])
