@@ -754,9 +754,15 @@ def _has_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> bool:
 
 
 def _shuffle_groups(batch: dict, groups: list[list[int]]) -> dict:
-    """``batch`` (TRL's rollout-batch dict) with its groups in random order (torch's generator, as TRL's own row
-    shuffle) and each group's rows together, in their order."""
-    order = torch.tensor([row for g in torch.randperm(len(groups)).tolist() for row in groups[g]])
+    """``batch`` (TRL's rollout-batch dict) with its groups in random order and each group's rows together, in
+    their order. The order is read off TRL's own draw (``shuffle_sequence_dict``: one permutation of the rows,
+    each group placed where its first row lands), so the random stream, and with it every later rollout, is
+    the same with the shared prefix on or off."""
+    group_of = {row: g for g, rows in enumerate(groups) for row in rows}
+    first: dict[int, int] = {}
+    for position, row in enumerate(torch.randperm(len(group_of)).tolist()):
+        first.setdefault(group_of[row], position)
+    order = torch.tensor([row for g in sorted(first, key=first.get) for row in groups[g]])
     rows = len(order)
 
     def permute(value):

@@ -23,6 +23,7 @@ from helpers.grpo import (
     toy_prompts,
 )
 from transformers import LlamaForCausalLM, MistralConfig, MistralForCausalLM
+from trl.trainer.utils import shuffle_sequence_dict
 
 import recap.train.shared_prefix as sp
 from recap.toy.model import build_tokenizer
@@ -215,6 +216,7 @@ def test_groups_stay_whole_when_a_rollout_batch_is_split_into_micro_batches(tok,
     trainer._generate_and_score_completions = lambda inputs: dict(batch)
     torch.manual_seed(1)
     parts = [trainer._prepare_inputs(None)]
+    after = torch.rand(1).item()
     for step in (1, 2):
         trainer._step = step
         parts.append(trainer._prepare_inputs(None))
@@ -222,6 +224,31 @@ def test_groups_stay_whole_when_a_rollout_batch_is_split_into_micro_batches(tok,
     assert sorted(r for part in rows for r in part) == list(range(3 * G))
     assert all(len({r // G for r in part}) == 1 for part in rows)  # each micro-batch is one whole group
     assert [part[:] for part in rows] == [sorted(part) for part in rows]  # in their order within the group
+    torch.manual_seed(1)
+    shuffle_sequence_dict(dict(batch))  # TRL's row shuffle draws as much from torch's generator
+    assert torch.rand(1).item() == after  # so later draws (the next rollouts) are TRL's
+
+
+def test_training_with_the_shared_prefix_follows_the_unshared_run_step_by_step(tok, tmp_path):
+    """Several steps of the real loop with its Adam optimizer: the same rollouts and rewards at every step
+    with the shared prefix on or off (the group shuffle leaves torch's random stream as TRL's row shuffle
+    does), and weights apart by float rounding only."""
+    model = toy_model(tok, "sdpa")
+    runs = {}
+    for mode in ("off", "on"):
+        trainer = grpo_trainer(
+            model, tok, tmp_path, mode, max_steps=4, micro_batch_size=6, temperature=1.5, logging_steps=1
+        )
+        torch.manual_seed(0)
+        trainer.train()
+        logs = [(h["reward"], h["completions/mean_length"]) for h in trainer.state.log_history if "reward" in h]
+        runs[mode] = logs, {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    assert len(runs["on"][0]) == 4 and len({r for r, _ in runs["off"][0]}) > 1
+    assert runs["on"][0] == runs["off"][0]
+    moved = max((w - dict(model.named_parameters())[n]).abs().max().item() for n, w in runs["off"][1].items())
+    gap = max((runs["on"][1][n] - w).abs().max().item() for n, w in runs["off"][1].items())
+    print(f"after 4 steps: largest weight change {moved:.2e}, largest gap {gap:.2e}")
+    assert gap <= 1e-2 * moved
 
 
 # --- when the shared pass cannot run ------------------------------------------------------------------
