@@ -759,10 +759,8 @@ def _shuffle_groups(batch: dict, groups: list[list[int]]) -> dict:
     each group placed where its first row lands), so the random stream, and with it every later rollout, is
     the same with the shared prefix on or off."""
     group_of = {row: g for g, rows in enumerate(groups) for row in rows}
-    first: dict[int, int] = {}
-    for position, row in enumerate(torch.randperm(len(group_of)).tolist()):
-        first.setdefault(group_of[row], position)
-    order = torch.tensor([row for g in sorted(first, key=first.get) for row in groups[g]])
+    drawn = dict.fromkeys(group_of[row] for row in torch.randperm(len(group_of)).tolist())  # first-seen order
+    order = torch.tensor([row for g in drawn for row in groups[g]])
     rows = len(order)
 
     def permute(value):
