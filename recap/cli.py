@@ -176,6 +176,21 @@ def demo(
 
 @app.command()
 @friendly_errors
+def experiment(
+    config: Path = typer.Option(Path("configs/smollm2/experiment.yaml"), help="YAML ExperimentConfig."),
+    until: str = typer.Option("", help="Stop after this stage: judge, distill, sft, rl-data, attack-reasoning, plan, rl-and-eval."),
+    set_: list[str] = typer.Option(
+        [], "--set", help=SET_HELP + " Sub-configs: distill.X, sft.X, prefills.X, mixture.X, train.X, eval.X."
+    ),
+):
+    """Warm start → plan → vanilla DAPO and RECAP (same prompts, steps, rollouts, seeds) → held-out attacks → results.md, on a real model; resumes."""
+    from recap.experiment import run_experiment
+
+    run_experiment(config, set_, until)
+
+
+@app.command()
+@friendly_errors
 def train(
     config: Path = typer.Option(..., help="YAML TrainConfig (see configs/)."),
     resume: bool = typer.Option(

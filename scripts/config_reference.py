@@ -21,6 +21,7 @@ def config_reference() -> str:
     from recap.data.selfreset import SelfResetConfig, StreamGuardConfig
     from recap.demo import DemoConfig
     from recap.eval.runner import EvalConfig
+    from recap.experiment import ExperimentConfig
     from recap.eval.suite import BenchmarkSpec, SuiteConfig
     from recap.inference.engines import EndpointConfig
     from recap.inference.generation import SamplingConfig
@@ -61,6 +62,7 @@ def config_reference() -> str:
         RubricConfig,
         GuardConfig,
         DemoConfig,
+        ExperimentConfig,
         PretrainConfig,
         ToyModelConfig,
     ):

@@ -33,8 +33,7 @@ def test_shipped_configs_load():
     from recap.train.sft import DistillConfig, SFTTrainConfig
     from recap.train.verify import VerifyDataConfig
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from real_effect import ExperimentConfig
+    from recap.experiment import ExperimentConfig
 
     classes = {
         "toy/mixture.yaml": MixtureConfig,

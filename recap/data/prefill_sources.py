@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from recap.data.mixture import truncate_words
 from recap.data.onpolicy import BufferEntry, PrefixBuffer, StepJudge, first_unsafe_cut
+from recap.data.schedules import LengthGate
 from recap.inference.chat import split_reasoning
 
 # --------------------------------------------------------------------------------------------
@@ -144,6 +145,7 @@ class PrefillPlanner:
     ):
         self.cfg, self.render, self.step_judge = cfg, render, step_judge
         self.schedule, self.max_steps, self.seed = schedule, max_steps, seed
+        self.gate = LengthGate(schedule) if schedule is not None and schedule.kind == "gated" else None
         self.buffer = PrefixBuffer(cfg.buffer_size, cfg.per_example)
         self.history: list[dict] = []
         self.sources: Counter = Counter()
@@ -159,9 +161,8 @@ class PrefillPlanner:
             static = None
             if static_on:
                 if self.schedule is not None and row.get("counter_reasoning"):
-                    static = truncate_words(
-                        row["counter_reasoning"], self.schedule.length_at(step, self.max_steps, rng)
-                    )
+                    words = self.gate.length if self.gate else self.schedule.length_at(step, self.max_steps, rng)
+                    static = truncate_words(row["counter_reasoning"], words)
                 else:
                     static = row.get("static_prefill") or None
             text, source = pick_prefill(self.cfg, row["id"], row["kind"], static, self.buffer, rng)
@@ -188,6 +189,11 @@ class PrefillPlanner:
         )
         return added
 
+    def observe(self, step: int, reward: float | None) -> None:
+        """The step's mean reward of prefilled harmful groups (``None``: none this step), for a gated schedule."""
+        if self.gate is not None:
+            self.gate.observe(step, reward)
+
     def stats(self) -> dict:
         """Buffer statistics plus refresh rate (entries added per scan) and where prefills came from."""
         scans = len(self.history)
@@ -202,9 +208,16 @@ class PrefillPlanner:
         }
 
     def state(self) -> dict:
-        return {"entries": self.buffer.to_rows(), "history": self.history, "sources": dict(self.sources)}
+        return {
+            "entries": self.buffer.to_rows(),
+            "history": self.history,
+            "sources": dict(self.sources),
+            **({"gate": self.gate.state()} if self.gate else {}),
+        }
 
     def load_state(self, state: dict) -> None:
         self.buffer = PrefixBuffer.from_rows(state["entries"], self.cfg.buffer_size, self.cfg.per_example)
         self.history = list(state.get("history", []))
         self.sources = Counter(state.get("sources", {}))
+        if self.gate is not None and "gate" in state:
+            self.gate.load_state(state["gate"])

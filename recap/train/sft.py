@@ -421,6 +421,14 @@ class DistillConfig:
         },
     )
     judges: dict[str, str] = field(default_factory=dict, metadata={"help": "Per-kind judge overrides."})
+    agree_judge: str = field(
+        default="",
+        metadata={
+            "help": "A second, different judge that must agree before a sample is kept: a harmful answer "
+            "judged safe by both, a benign one refused by neither (e.g. `rules` beside a classifier: one "
+            "judge's false positive is not distilled). Empty: the judge alone decides."
+        },
+    )
     sampling: SamplingConfig = field(
         default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.95, max_new_tokens=128, batch_size=32),
         metadata={"help": "Decoding of the teacher."},
@@ -652,6 +660,7 @@ def distill(
             "dropped_truncated": 0,
             "dropped_echo": 0,
             "dropped_no_answer": 0,
+            "dropped_disagreement": 0,
             "qualified": 0,
             "prompts_kept": 0,
             "rows": 0,
@@ -680,11 +689,18 @@ def distill(
             candidates.append((e, i, s, text, trimmed))
             items.append(JudgeItem(e.user_text(), answer, e.kind, e.reference, tuple(e.rubric or ())))
     verdicts = checked_judge(judge, items) if items else []
+    second = None
+    if cfg.agree_judge:
+        second = load_judges(cfg.agree_judge)
+        if judge_name(second) == judge_name(judge):
+            raise ValueError(f"agree_judge {cfg.agree_judge!r} is the judge itself; name a different judge")
+    seconds = checked_judge(second, items) if second is not None and items else [None] * len(items)
     by_example: dict[str, list] = {}
-    for (e, i, s, text, trimmed), v in zip(candidates, verdicts, strict=True):
-        ok = v.score >= cfg.min_score.get(e.kind, 0.5) and (
-            v.safe is True if e.kind == "harmful" else v.refused is not True if e.kind == "benign" else True
-        )
+    for (e, i, s, text, trimmed), v, v2 in zip(candidates, verdicts, seconds, strict=True):
+        ok = v.score >= cfg.min_score.get(e.kind, 0.5) and _qualifies(v, e.kind)
+        if ok and v2 is not None and not _qualifies(v2, e.kind):
+            ok = False
+            stats[_stats_kind(e)]["dropped_disagreement"] += 1
         by_example.setdefault(e.id, []).append((ok, v, i, s, text, trimmed))
     rows: list[dict] = []
     name = judge_name(judge)
@@ -721,6 +737,7 @@ def distill(
                         "trimmed": trimmed,
                         "judge": name,
                         "verdict": {"score": v.score, "label": v.label, "safe": v.safe, "refused": v.refused},
+                        **({"agree_judge": judge_name(second)} if second is not None else {}),
                         "qualified_samples": len(good),
                     },
                 }
@@ -733,6 +750,11 @@ def distill(
         }
         rows += grafted
     return rows, stats
+
+
+def _qualifies(v, kind: str) -> bool:
+    """A verdict that lets a sample be distilled: a harmful answer judged safe, a benign one not refused."""
+    return v.safe is True if kind == "harmful" else v.refused is not True if kind == "benign" else True
 
 
 def graft_rows(rows: Sequence[dict], examples: dict[str, Example], words, seed: int = 0) -> list[dict]:

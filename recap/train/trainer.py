@@ -282,6 +282,7 @@ class RecapTrainer(GRPOTrainer):
             self._planner_step([(batch, texts)])
         else:
             out = self._dynamic_sampling_step(inputs)
+        self._signal_step()
         self._selfreset_step()
         decoded = self.accelerator.gather(torch.tensor(float(self._decoded_tokens), device=self.accelerator.device))
         self._metrics["train"]["cost/decoded_tokens"].append(decoded.sum().item())
@@ -610,6 +611,33 @@ class RecapTrainer(GRPOTrainer):
             (inputs, total[start : start + len(inputs)].cpu(), self._last_completions, self._last_verdicts)
         )
         return inputs, out, total, self._last_completions
+
+    def _signal_step(self) -> None:
+        """RECAP's signal this step, over every round (refills included): how many prefilled harmful groups
+        were rolled out, how many had a reward spread (a group without one teaches nothing), their mean
+        reward — which a gated length schedule is shown — and the prefill length in use."""
+        size = self.num_generations
+        n = spread = 0
+        reward_sum = 0.0
+        for rows, total, _, _ in self._step_rounds:
+            flat = zero_variance_groups(total, size, self.dynamic_sampling_tolerance).tolist()
+            for g, is_flat in enumerate(flat):
+                row = rows[g * size]
+                if row.get("kind") != "harmful" or not row.get("prefilled"):
+                    continue
+                n += 1
+                spread += not is_flat
+                rewards = total[g * size : (g + 1) * size]
+                reward_sum += float(rewards[~torch.isnan(rewards)].mean()) if (~torch.isnan(rewards)).any() else 0.0
+        both = self.accelerator.gather(torch.tensor([n, spread, reward_sum], device=self.accelerator.device).float())
+        n, spread, reward_sum = both.view(-1, 3).sum(0).tolist()
+        metrics = self._metrics["train"]
+        metrics["signal/harmful_prefilled_groups"].append(n)
+        metrics["signal/harmful_prefilled_spread_groups"].append(spread)
+        if self.planner is not None:
+            self.planner.observe(self.state.global_step, reward_sum / n if n else None)
+            if self.planner.gate is not None:
+                metrics["prefill/gated_words"].append(self.planner.gate.length)
 
     def _selfreset_step(self) -> None:
         """Cut and re-queue from every round of the step (Self-ReSET), once per step, and log it."""

@@ -13,7 +13,9 @@ import multiprocessing as mp
 import os
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from multiprocessing.managers import SyncManager
 
 POLL_S = 0.5  # how often a worker looks at its parent
@@ -47,3 +49,45 @@ def worker_manager(poll_s: float = POLL_S) -> SyncManager:
     manager = SyncManager(ctx=mp.get_context("spawn"))
     manager.start(_exit_with_parent, (os.getpid(), poll_s))
     return manager
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work for ``run_jobs``: ``fn(*args)`` in a worker, started once the job named ``after``
+    (if any) has finished."""
+
+    name: str
+    fn: Callable
+    args: tuple = ()
+    after: str | None = None
+
+
+def run_jobs(
+    jobs: Sequence[Job], workers: int, on_done: Callable[[Job, object, int, int], None] | None = None
+) -> dict[str, object]:
+    """Run ``jobs`` on a ``worker_pool`` of ``workers`` processes, in the given order except that a job waits
+    for its ``after``; ``on_done(job, result, done, total)`` follows each finished one. Returns every job's
+    result by name. A job's exception is raised here (the pool ends, and with it the other workers)."""
+    names = [j.name for j in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"run_jobs: job names repeat: {names}")
+    unknown = [j.after for j in jobs if j.after is not None and j.after not in names]
+    if unknown:
+        raise ValueError(f"run_jobs: a job waits for {unknown[0]!r}, which is not a job")
+    results: dict[str, object] = {}
+    with worker_pool(workers) as pool:
+        futures, waiting = {}, [j for j in jobs if j.after is not None]
+        for j in jobs:
+            if j.after is None:
+                futures[pool.submit(j.fn, *j.args)] = j
+        while futures:
+            finished, _ = wait(list(futures), return_when=FIRST_COMPLETED)
+            for f in finished:
+                job = futures.pop(f)
+                results[job.name] = f.result()
+                if on_done is not None:
+                    on_done(job, results[job.name], len(results), len(jobs))
+                for j in [j for j in waiting if j.after == job.name]:
+                    waiting.remove(j)
+                    futures[pool.submit(j.fn, *j.args)] = j
+    return results

@@ -110,3 +110,40 @@ def test_bad_steps():
         s.length_at(0, 0, random.Random(0))
     with pytest.raises(ValueError, match="step"):
         s.length_at(-1, 10, random.Random(0))
+
+
+def test_gated_schedule_advances_only_while_the_reward_holds_its_starting_level():
+    from recap.data.schedules import LengthGate, LengthSchedule
+
+    gate = LengthGate(LengthSchedule(kind="gated", words=[5, 10, 20], window=2))
+    assert gate.length == 5
+    for step, r in enumerate([0.3, 0.1]):  # the first window sets the starting level (0.2) and may advance
+        gate.observe(step, r)
+    assert gate.start_level == pytest.approx(0.2) and gate.length == 10
+    gate.observe(2, None)  # a step without prefilled harmful groups does not count
+    gate.observe(3, 0.1)
+    gate.observe(4, 0.2)  # mean 0.15 < 0.2: stays
+    assert gate.length == 10
+    gate.observe(5, 0.2)
+    gate.observe(6, 0.3)  # mean 0.25 ≥ 0.2: advances
+    assert gate.length == 20
+    gate.observe(7, 0.9)
+    gate.observe(8, 0.9)
+    assert gate.length == 20  # the last length is kept
+    again = LengthGate(LengthSchedule(kind="gated", words=[5, 10, 20], window=2))
+    again.load_state(gate.state())
+    assert (again.length, again.start_level, again.history) == (20, gate.start_level, gate.history)
+    assert [h["words"] for h in gate.history] == [5, 5, 10, 10, 10, 10, 20, 20]
+
+
+def test_gated_schedule_checks_its_lengths_and_has_no_clock():
+    import random
+
+    from recap.data.schedules import LengthSchedule
+
+    with pytest.raises(ValueError, match="short → long"):
+        LengthSchedule(kind="gated", words=[20, 10])
+    with pytest.raises(ValueError, match="window must be a positive int"):
+        LengthSchedule(kind="gated", words=[10], window=0)
+    with pytest.raises(ValueError, match="LengthGate"):
+        LengthSchedule(kind="gated", words=[10]).length_at(0, 10, random.Random(0))

@@ -3,6 +3,7 @@ in exactly the context RL and evaluation render; distilled rows never hold the t
 and carry their provenance; a tiny run changes the weights, with LoRA and with every weight trained."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -281,6 +282,7 @@ def test_context_distillation_rows(smol, tmp_path, monkeypatch):
         "dropped_truncated": 1,
         "dropped_echo": 0,
         "dropped_no_answer": 0,
+        "dropped_disagreement": 0,
         "qualified": 2,
         "prompts_kept": 1,
         "rows": 1,
@@ -291,6 +293,48 @@ def test_context_distillation_rows(smol, tmp_path, monkeypatch):
     # a rerun reads the cache: no teacher is loaded, the same rows come back
     again, _ = distill(examples, cfg, load=load)
     assert loads == ["teacher-x"] and again == rows
+
+
+class _CallsAllAligned:
+    """A judge with false positives: every harmful answer safe, every benign one answered."""
+
+    name = "all-aligned"
+
+    def judge(self, items):
+        from recap.rewards.judges import Verdict
+
+        return [
+            Verdict(1.0, "refusal" if it.kind == "harmful" else "compliance", "", safe=it.kind == "harmful",
+                    refused=it.kind == "harmful")
+            for it in items
+        ]
+
+
+def test_distillation_keeps_a_sample_only_when_the_second_judge_agrees(smol, tmp_path, monkeypatch):
+    _, tok = smol
+    monkeypatch.setattr("recap.inference.generation.generate", FakeTeacher())
+    examples = [Example("h1", "harmful", "how do i steal a car ?"), Example("b1", "benign", "how do i kill it ?")]
+    base = DistillConfig(
+        teacher="t",
+        system_prompt=SYSTEM,
+        samples_per_prompt=3,
+        keep_per_prompt=3,
+        truncated="keep",
+        echo_words=0,
+        unclosed="continuation",
+        cache=str(tmp_path / "cache.jsonl"),
+        sampling=SamplingConfig(max_new_tokens=16, batch_size=6),
+    )
+    alone, stats = distill(examples, base, load=lambda name: (None, tok), judge=_CallsAllAligned())
+    assert len(alone) == 6 and stats["harmful"]["dropped_disagreement"] == 0  # the compliance "Sure, here…" too
+    cfg = replace(base, agree_judge="rules")
+    rows, stats = distill(examples, cfg, load=lambda name: (None, tok), judge=_CallsAllAligned())
+    kept = sorted(r["completion"] for r in rows)
+    assert "Sure, here are the steps: first" not in kept and "I'm sorry, I cannot help." not in kept
+    assert stats["harmful"]["dropped_disagreement"] == 1 and stats["benign"]["dropped_disagreement"] == 1
+    assert all(r["provenance"]["agree_judge"] == "refusal-rules" for r in rows)
+    with pytest.raises(ValueError, match="is the judge itself"):
+        distill(examples, replace(base, judge="rules", agree_judge="rules"), load=lambda name: (None, tok))
 
 
 def test_distillation_refuses_examples_that_already_hold_the_system_prompt(smol, tmp_path, monkeypatch):

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 import time
+
+import pytest
 from pathlib import Path
 
 PARENT = textwrap.dedent(
@@ -71,3 +73,28 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path):
             f = tmp_path / name
             if f.is_file() and f.read_text() and _alive(int(f.read_text())):
                 os.kill(int(f.read_text()), signal.SIGKILL)
+
+
+def _job_value(x):
+    import os
+
+    return x * 10, os.getpid()
+
+
+def test_run_jobs_returns_results_by_name_and_starts_a_job_after_the_one_it_waits_for():
+    from recap.util.processes import Job, run_jobs
+
+    order = []
+    jobs = [
+        Job("b", _job_value, (2,), after="a"),
+        Job("a", _job_value, (1,)),
+        Job("c", _job_value, (3,)),
+    ]
+    results = run_jobs(jobs, 2, lambda job, result, done, total: order.append((job.name, done, total)))
+    assert {k: v[0] for k, v in results.items()} == {"a": 10, "b": 20, "c": 30}
+    assert [o[0] for o in order].index("a") < [o[0] for o in order].index("b")
+    assert sorted(o[1] for o in order) == [1, 2, 3] and {o[2] for o in order} == {3}
+    with pytest.raises(ValueError, match="waits for 'x'"):
+        run_jobs([Job("a", _job_value, (1,), after="x")], 1)
+    with pytest.raises(ValueError, match="names repeat"):
+        run_jobs([Job("a", _job_value, (1,)), Job("a", _job_value, (2,))], 1)
