@@ -178,7 +178,9 @@ def demo(
 @friendly_errors
 def experiment(
     config: Path = typer.Option(Path("configs/smollm2/experiment.yaml"), help="YAML ExperimentConfig."),
-    until: str = typer.Option("", help="Stop after this stage: judge, distill, sft, rl-data, attack-reasoning, plan, rl-and-eval."),
+    until: str = typer.Option(
+        "", help="Stop after this stage: judge, distill, sft, rl-data, attack-reasoning, plan, rl-and-eval."
+    ),
     set_: list[str] = typer.Option(
         [], "--set", help=SET_HELP + " Sub-configs: distill.X, sft.X, prefills.X, mixture.X, train.X, eval.X."
     ),

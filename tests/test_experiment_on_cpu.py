@@ -82,10 +82,29 @@ def _records(method, seed, safe_at_training, safe_at_attack, compliance=9, clean
             ("prefill_sweep", {"variant": "10w"}, safe_at_training),
             ("prefill", {}, safe_at_attack),
         ):
-            out.append({"method": method, "seed": seed, "attack": attack, "kind": "harmful", "label": "x",
-                        "safe": i < k, "refused": i < k, **extra})
-        out.append({"method": method, "seed": seed, "attack": "clean", "kind": "benign", "label": "x",
-                    "safe": None, "refused": i >= compliance})
+            out.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "attack": attack,
+                    "kind": "harmful",
+                    "label": "x",
+                    "safe": i < k,
+                    "refused": i < k,
+                    **extra,
+                }
+            )
+        out.append(
+            {
+                "method": method,
+                "seed": seed,
+                "attack": "clean",
+                "kind": "benign",
+                "label": "x",
+                "safe": None,
+                "refused": i >= compliance,
+            }
+        )
     return out
 
 
@@ -122,10 +141,18 @@ def test_reached_sums_the_signal_per_run(tmp_path):
     data = {
         "recap-seed0": {
             "signal": [
-                {"step": 1, "signal/harmful_prefilled_groups": 3, "signal/harmful_prefilled_spread_groups": 2,
-                 "prefill/gated_words": 5},
-                {"step": 2, "signal/harmful_prefilled_groups": 1, "signal/harmful_prefilled_spread_groups": 1,
-                 "prefill/gated_words": 10},
+                {
+                    "step": 1,
+                    "signal/harmful_prefilled_groups": 3,
+                    "signal/harmful_prefilled_spread_groups": 2,
+                    "prefill/gated_words": 5,
+                },
+                {
+                    "step": 2,
+                    "signal/harmful_prefilled_groups": 1,
+                    "signal/harmful_prefilled_spread_groups": 1,
+                    "prefill/gated_words": 10,
+                },
             ],
             "reward": [{"step": 1, "reward/harmful_prefilled": 0.1}, {"step": 2, "reward/harmful_prefilled": 0.3}],
             "probe": [],

@@ -304,8 +304,13 @@ class _CallsAllAligned:
         from recap.rewards.judges import Verdict
 
         return [
-            Verdict(1.0, "refusal" if it.kind == "harmful" else "compliance", "", safe=it.kind == "harmful",
-                    refused=it.kind == "harmful")
+            Verdict(
+                1.0,
+                "refusal" if it.kind == "harmful" else "compliance",
+                "",
+                safe=it.kind == "harmful",
+                refused=it.kind == "harmful",
+            )
             for it in items
         ]
 
