@@ -25,7 +25,6 @@ import json
 import resource
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from recap.eval.runner import EvalConfig
 from recap.inference.generation import SamplingConfig
 from recap.toy import world
 from recap.toy.model import PretrainConfig, ToyModelConfig
-from recap.util.processes import worker_manager, worker_pool
+from recap.util.processes import Job, run_jobs, worker_manager
 from recap.train import TrainConfig
 from recap.train.sft import SFTTrainConfig
 from recap.train.verify import VerifyDataConfig
@@ -679,50 +678,39 @@ def run_demo(cfg: DemoConfig, out: str | Path, log=print, progress=None) -> dict
         write_text(stamp_file, json.dumps(stamp, indent=1))
     seeds = list(range(cfg.seeds))
     verify_seeds = [s for s in seeds if any(METHODS[m].verify for m in cfg.methods)]
-    jobs = (
-        [("verify", "verify", s) for s in verify_seeds]
-        + [("rl", m, s) for s in seeds for m in cfg.methods]
-        + [("eval", "base", s) for s in seeds]
-    )
-    log(f"[demo] {len(jobs)} jobs ({len(verify_seeds)} verification stages, RL + evaluation) on {cfg.workers} workers…")
     stores = []
     # Workers run one thread each: separate single-threaded processes share a busy machine fairly, unlike
     # the threads of one process, which wait for each other.
-    with worker_manager() as manager, worker_pool(cfg.workers) as pool:  # both end if the demo is killed
-        futures, waiting = {}, []
+    with worker_manager() as manager:  # the manager and the workers end if the demo is killed
         queue = manager.Queue() if progress is not None else None
         reader = threading.Thread(target=_forward, args=(queue, progress), daemon=True) if queue is not None else None
         if reader is not None:
             reader.start()
+        jobs = (
+            [Job(f"verify seed {s}", _verify_job, (s, cfg, str(out))) for s in verify_seeds]
+            + [
+                # RL from the verified model waits for its seed's verification stage
+                Job(
+                    f"{m} seed {s}",
+                    _rl_job,
+                    (m, s, cfg, str(out), queue),
+                    after=f"verify seed {s}" if METHODS[m].verify else None,
+                )
+                for s in seeds
+                for m in cfg.methods
+            ]
+            + [Job(f"base seed {s}", _eval_job, ("base", s, str(base), cfg, str(out))) for s in seeds]
+        )
+        log(
+            f"[demo] {len(jobs)} jobs ({len(verify_seeds)} verification stages, RL + evaluation) on {cfg.workers} workers…"
+        )
 
-        def submit(kind: str, method: str, seed: int) -> None:
-            if kind == "verify":
-                f = pool.submit(_verify_job, seed, cfg, str(out))
-            elif kind == "rl":
-                f = pool.submit(_rl_job, method, seed, cfg, str(out), queue)
-            else:
-                f = pool.submit(_eval_job, method, seed, str(base), cfg, str(out))
-            futures[f] = (kind, method, seed)
+        def done(job: Job, result, n: int, total: int) -> None:
+            if job.fn is not _verify_job:
+                stores.append(result)
+            log(f"[demo]   {n}/{total} done: {job.name} ({time.time() - t0:.0f}s)")
 
-        for kind, method, seed in jobs:  # RL from the verified model waits for its seed's verification stage
-            if kind == "rl" and METHODS[method].verify:
-                waiting.append((kind, method, seed))
-            else:
-                submit(kind, method, seed)
-        done = 0
-        while futures:
-            finished, _ = wait(list(futures), return_when=FIRST_COMPLETED)
-            for f in finished:
-                kind, method, seed = futures.pop(f)
-                result = f.result()
-                done += 1
-                if kind == "verify":
-                    for job in [j for j in waiting if j[2] == seed]:
-                        waiting.remove(job)
-                        submit(*job)
-                else:
-                    stores.append(result)
-                log(f"[demo]   {done}/{len(jobs)} done: {method} seed {seed} ({time.time() - t0:.0f}s)")
+        run_jobs(jobs, cfg.workers, done)
         if reader is not None:
             queue.put(None)
             reader.join()

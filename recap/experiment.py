@@ -351,8 +351,17 @@ def _probe_callback(label: str, probe_file: Path, examples: list, words: int, ev
                     for k, v in sorted(logs.items())
                     if k.startswith("reward/") and ("prefilled" in k or "plain" in k)
                 ]
+                signal = ""
+                if logs.get("signal/harmful_prefilled_groups"):
+                    signal = (
+                        f"; prefilled harmful groups {logs['signal/harmful_prefilled_groups']:.0f}, "
+                        f"{logs.get('signal/harmful_prefilled_spread_groups', 0):.0f} with a spread"
+                    )
+                if "prefill/gated_words" in logs:
+                    signal += f", ℓ {logs['prefill/gated_words']:.0f}"
                 say(
-                    f"{label}: step {state.global_step}/{state.max_steps}: reward {logs['reward']:.2f} ({', '.join(parts)})"
+                    f"{label}: step {state.global_step}/{state.max_steps}: reward {logs['reward']:.2f} "
+                    f"({', '.join(parts)}){signal}"
                 )
 
     return Probe()
@@ -617,7 +626,13 @@ def reached(cfg: ExperimentConfig, curve_data: dict) -> dict:
             "groups": int(n),
             "spread": int(spread),
             "spread_share": spread / n if n else None,
-            "words": sorted({int(h["prefill/gated_words"]) for h in sig if "prefill/gated_words" in h}),
+            "words": sorted(
+                {
+                    int(h["prefill/gated_words"])
+                    for h in sig
+                    if "prefill/gated_words" in h and h.get("signal/harmful_prefilled_groups")
+                }
+            ),
             "reward_first_half": statistics.fmean(rewards[:half]) if half else None,
             "reward_second_half": statistics.fmean(rewards[half:]) if half else None,
         }
@@ -933,15 +948,20 @@ def report(cfg: ExperimentConfig, timings: Timings, t0: float, c0: float) -> dic
         ]
     target_lines = ["## Target", ""] + [f"- {'✔' if ok else '✘'} {name}" for name, ok in check["checks"].items()]
     target_lines += ["", f"Target: **{'met' if check['met'] else 'not met'}**."]
+
+    def prompts(col) -> int:  # prompts per condition: records of one method and seed
+        x = next(iter(by_rules["table"].values()), {}).get(col.name)
+        return x["n"] // len(x["per_seed"]) if x else 0
+
     text = (
         f"# RECAP vs vanilla DAPO on {cfg.base_model}\n\n"
         + plan_markdown(plan)
         + "\n"
         + "\n".join(reached_lines)
         + "\n\n## Held-out evaluation: string-rule judge (not the reward)\n\n"
-        "% safe on 96 StrongREJECT prompts per condition and % of 96 XSTest safe prompts answered; mean over "
-        "seeds, pooled 95 % Wilson interval, per-seed values in parentheses, `inv` the share of malformed "
-        "answers (never counted safe).\n\n"
+        f"% safe on {prompts(cols[0])} held-out StrongREJECT prompts per condition and % of "
+        f"{prompts(cols[-1])} XSTest safe prompts answered; mean over seeds, pooled 95 % Wilson interval, "
+        "per-seed values in parentheses, `inv` the share of malformed answers (never counted safe).\n\n"
         + comparison_markdown(by_rules, cols, labels)
         + "\n## The same answers under the classifier judge (the reward's judge)\n\n"
         + comparison_markdown(by_classifier, cols, labels)

@@ -3,7 +3,7 @@ reasoning cut to ℓ words inside the open think block, a few samples each; the 
 rules (refused or not) and, if given, by a reward judge (its scores). ℓ = 0 is the clean prompt.
 
 The full evaluation (``recap.eval.runner``) writes every sample to a result store; this probe is the cheap
-number watched during RL (``benchmarks/real_effect.py``) and per prefill length
+number watched during RL (``recap experiment``) and per prefill length
 (``benchmarks/prefill_recovery.py``): how often the model overrides a compliant start, and whether a GRPO
 group of its samples has any signal.
 """
