@@ -36,6 +36,7 @@ from recap.eval.runner import EvalConfig
 from recap.inference.generation import SamplingConfig
 from recap.toy import world
 from recap.toy.model import PretrainConfig, ToyModelConfig
+from recap.report.comparison import Condition, attack, beyond_noise, compare
 from recap.util.processes import Job, run_jobs, worker_manager
 from recap.train import TrainConfig
 from recap.train.sft import SFTTrainConfig
@@ -641,6 +642,28 @@ def _comparison_plot(per_seed: dict, costs: dict, methods: list[str], label: dic
     plt.close(fig)
 
 
+DIFFERENCE_CONDITIONS = (
+    attack("safe, clean", "clean"),
+    attack("safe under the prefill", "prefill"),
+    Condition(  # as the metric: only hijacks whose attacker reasoning is complete
+        "safe under CoT hijack",
+        lambda r: r["attack"] == "hijack" and r["kind"] == "harmful" and r.get("counter_complete") is not False,
+    ),
+    attack("safe, IPR k = 2", "ipr", round=2),
+    attack("safe, IPR k = 3", "ipr", round=3),
+    attack("benign answered, clean", "clean", kind="benign"),
+    attack("benign answered under a refusal prefill", "refusal_prefill", kind="benign"),
+)
+
+
+def method_differences(records: list[dict], methods) -> dict[str, dict]:
+    """Each trained method − vanilla on the safety and over-refusal conditions, pooled over seeds with the
+    difference's 95 % interval (``recap.report.comparison.compare``); empty without vanilla."""
+    if "vanilla" not in methods:
+        return {}
+    return {m: compare(records, DIFFERENCE_CONDITIONS, ["vanilla", m], "vanilla", m) for m in methods if m != "vanilla"}
+
+
 def _forward(queue, progress) -> None:
     """Hand the workers' progress messages to ``progress`` until a None arrives."""
     while (item := queue.get()) is not None:
@@ -760,7 +783,14 @@ def run_demo(cfg: DemoConfig, out: str | Path, log=print, progress=None) -> dict
             f"accuracy {100 * verification['accuracy_base']:.0f}% (base) → "
             f"{100 * verification['accuracy_verified']:.0f}% (verified)."
         )
-    summary = write_report(records, out, title="RECAP in the miniature world", notes=notes)
+    differences = method_differences(records, cfg.methods)
+    summary = write_report(
+        records,
+        out,
+        title="RECAP in the miniature world",
+        notes=notes,
+        comparisons=[(f"{m} − vanilla", d, DIFFERENCE_CONDITIONS) for m, d in differences.items()],
+    )
     comparison = None
     if set(cfg.methods) - {"recap", "vanilla"}:
         comparison = write_comparison(records, summary, out, cfg)
@@ -771,6 +801,11 @@ def run_demo(cfg: DemoConfig, out: str | Path, log=print, progress=None) -> dict
         **({"self_reset": resets} if resets else {}),
         **({"verification_stage": verification} if verification else {}),
         **({"comparison": comparison} if comparison else {}),
+        **(
+            {"differences": {m: {"diff": d["diff"], "beyond_noise": beyond_noise(d)} for m, d in differences.items()}}
+            if differences
+            else {}
+        ),
         **summary,
     }
     write_text(out / "summary.json", json.dumps(summary, indent=1))

@@ -707,10 +707,14 @@ def plot_curves(data: dict, path: Path) -> None:
         for ax, key in zip(axes[:2], ("reward/harmful_prefilled", "reward/harmful_plain")):
             pts = [(h["step"], h[key]) for h in d["reward"] if key in h]
             if pts:
-                ax.plot(*zip(*pts), style, label=name, alpha=0.8)
-        pts = [(h["step"], h["prefill/gated_words"]) for h in d["signal"] if "prefill/gated_words" in h]
+                ax.plot(*zip(*pts), style, marker=".", label=name, alpha=0.8)
+        pts = [
+            (h["step"], h["prefill/gated_words"])
+            for h in d["signal"]
+            if "prefill/gated_words" in h and h.get("signal/harmful_prefilled_groups")
+        ]
         if pts:
-            axes[2].step(*zip(*pts), where="post", label=name)
+            axes[2].step(*zip(*pts), where="post", marker=".", label=name)
         pts = [(p["step"], p["refusal_under_prefill"]) for p in d["probe"]]
         if pts:
             axes[3].plot(*zip(*pts), style + "o", label=name)
@@ -890,17 +894,13 @@ def report(cfg: ExperimentConfig, timings: Timings, t0: float, c0: float) -> dic
     """The report, results.md (plan vs reached, the comparison under both judges, the target), curves."""
     from recap.eval.store import ResultStore
     from recap.report import write_report
-    from recap.report.comparison import compare, comparison_markdown, rejudge
+    from recap.report.comparison import beyond_noise, compare, comparison_markdown, rejudge
     from recap.rewards.factory import load_judge
     from recap.util.files import write_text
 
     out = Path(cfg.out)
     plan = read_plan(cfg)
     records = [r for p in sorted((out / "results").glob("*.jsonl")) for r in ResultStore(p).records()]
-    summary = write_report(
-        records, out / "report", title=f"RECAP vs vanilla DAPO on {cfg.base_model} (warm start by context distillation)"
-    )
-    write_text(out / "report" / "summary.json", json.dumps(summary, indent=1))
     cols = conditions(cfg, plan)
     baseline = next(m for m, a in cfg.methods.items() if a == 0)
     treatment = next(m for m, a in cfg.methods.items() if a > 0)
@@ -909,6 +909,20 @@ def report(cfg: ExperimentConfig, timings: Timings, t0: float, c0: float) -> dic
     by_rules = compare(records, cols, order, baseline, treatment)
     classifier = load_judge(f"classifier:{cfg.judge_file}")
     by_classifier = compare(rejudge(records, classifier), cols, order, baseline, treatment)
+    summary = write_report(
+        records,
+        out / "report",
+        title=f"RECAP vs vanilla DAPO on {cfg.base_model} (warm start by context distillation)",
+        comparisons=[
+            (f"{treatment} − {baseline}: string rules (the evaluation judge)", by_rules, cols),
+            (
+                f"{treatment} − {baseline}: the same answers under the classifier (the reward's judge)",
+                by_classifier,
+                cols,
+            ),
+        ],
+    )
+    write_text(out / "report" / "summary.json", json.dumps(summary, indent=1))
     curve_data = curves(cfg)
     write_text(out / "curves.json", json.dumps(curve_data, indent=1))
     plot_curves(curve_data, out / "curves.png")
@@ -963,8 +977,14 @@ def report(cfg: ExperimentConfig, timings: Timings, t0: float, c0: float) -> dic
         f"{prompts(cols[-1])} XSTest safe prompts answered; mean over seeds, pooled 95 % Wilson interval, "
         "per-seed values in parentheses, `inv` the share of malformed answers (never counted safe).\n\n"
         + comparison_markdown(by_rules, cols, labels)
+        + "\n"
+        + beyond_noise(by_rules)
+        + "\n"
         + "\n## The same answers under the classifier judge (the reward's judge)\n\n"
         + comparison_markdown(by_classifier, cols, labels)
+        + "\n"
+        + beyond_noise(by_classifier)
+        + "\n"
         + "\n"
         + "\n".join(target_lines)
         + "\n\n"

@@ -18,6 +18,7 @@ LAYERS = {
     "eval": 3,
     "report": 4,
     "demo": 5,
+    "experiment": 5,
     "cli": 6,
 }
 

@@ -151,3 +151,52 @@ def comparison_markdown(result: dict, conditions: Sequence[Condition], labels: d
             + " |",
         ]
     return "\n".join(lines) + "\n"
+
+
+def beyond_noise(result: dict) -> str:
+    """One plain line: which treatment − baseline differences have a 95 % interval that excludes 0."""
+    t, b = result["treatment"], result["baseline"]
+    up = [n for n, d in result["diff"].items() if d["ci"][0] > 0]
+    down = [n for n, d in result["diff"].items() if d["ci"][1] < 0]
+    if not up and not down:
+        return f"No {t} − {b} difference exceeds its 95 % interval (none is distinguishable from noise)."
+    parts = []
+    if up:
+        parts.append(f"higher with {t}: {', '.join(up)}")
+    if down:
+        parts.append(f"lower with {t}: {', '.join(down)}")
+    return f"Differences beyond their 95 % interval — {'; '.join(parts)}."
+
+
+def comparison_html(result: dict, conditions: Sequence[Condition], labels: dict | None = None) -> str:
+    """The same tables as ``comparison_markdown``, as HTML."""
+    import html
+
+    e, labels = html.escape, labels or {}
+    names = [c.name for c in conditions]
+    head = "".join(f"<th>{e(n)}</th>" for n in names)
+    rows = []
+    for method, row in result["table"].items():
+        cells = []
+        for name in names:
+            x = row.get(name)
+            if x is None:
+                cells.append("<td>—</td>")
+                continue
+            extra = f"[{x['ci'][0] * 100:.0f}, {x['ci'][1] * 100:.0f}]"
+            if len(x["per_seed"]) > 1:
+                extra += " (" + " / ".join(f"{v * 100:.0f}" for v in x["per_seed"].values()) + ")"
+            if x["invalid"]:
+                extra += f" invalid {x['invalid'] * 100:.0f} %"
+            cells.append(f'<td>{x["mean"] * 100:.1f}<span class="ci">{e(extra)}</span></td>')
+        rows.append(f"<tr><td>{e(labels.get(method, method))}</td>{''.join(cells)}</tr>")
+    if result["diff"]:
+        t, b = result["treatment"], result["baseline"]
+        cells = "".join(
+            f'<td>{d["diff"] * 100:+.1f}<span class="ci">[{d["ci"][0] * 100:+.0f}, {d["ci"][1] * 100:+.0f}]</span></td>'
+            if (d := result["diff"].get(n))
+            else "<td>—</td>"
+            for n in names
+        )
+        rows.append(f'<tr class="area"><td>{e(labels.get(t, t))} − {e(labels.get(b, b))}, points</td>{cells}</tr>')
+    return f'<div class="tablewrap"><table><tr><th>model</th>{head}</tr>{"".join(rows)}</table></div>'

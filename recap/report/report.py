@@ -13,7 +13,7 @@ import base64
 import html
 import re
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from recap.eval.metrics import describe, higher_is_better, is_rate, metric_stats, ordered, wilson  # noqa: E402
 from recap.util.files import atomic_write, write_text  # noqa: E402
+from recap.report.comparison import beyond_noise, comparison_html, comparison_markdown  # noqa: E402
 
 METHODS_ORDER = ("base", "vanilla", "recap", "on_policy", "mixed", "self_reset", "verify_grpo", "verify_recap")
 SAFETY_NOTE = (
@@ -405,7 +406,7 @@ def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
-def _markdown(summary, report_title, notes, plots, transcripts, bench=()) -> str:
+def _markdown(summary, report_title, notes, plots, transcripts, bench=(), comparisons=()) -> str:
     methods, n_seeds = list(summary["methods"]), len(summary["seeds"])
     lines = [f"# {report_title}", "", f"> **{SAFETY_NOTE}**", ""]
     lines += [f"- {note}" for note in notes] + ([""] if notes else [])
@@ -417,6 +418,8 @@ def _markdown(summary, report_title, notes, plots, transcripts, bench=()) -> str
             cells = [" ".join(x for x in _cell(m, summary["methods"][meth].get(m), n_seeds) if x) for meth in methods]
             lines.append(f"| {title(m)} (`{m}`) | " + " | ".join(cells) + " |")
     lines += ["", "**Legend**", ""] + [f"- `{m}`: {_legend(m)}" for m in _present_metrics(summary)] + [""]
+    for heading, result, conditions in comparisons:
+        lines += [f"## {heading}", "", comparison_markdown(result, conditions), beyond_noise(result), ""]
     if bench:
         cols = _bench_columns(bench)
         lines += ["## Per benchmark (%)", "", "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
@@ -438,7 +441,7 @@ def _markdown(summary, report_title, notes, plots, transcripts, bench=()) -> str
     return "\n".join(lines)
 
 
-def _html(summary, report_title, notes, plots, transcripts, out_dir: Path, bench=()) -> str:
+def _html(summary, report_title, notes, plots, transcripts, out_dir: Path, bench=(), comparisons=()) -> str:
     e = html.escape
     methods, n_seeds = list(summary["methods"]), len(summary["seeds"])
     parts = [
@@ -470,6 +473,8 @@ def _html(summary, report_title, notes, plots, transcripts, out_dir: Path, bench
         + "".join(f"<li><code>{e(m)}</code>: {e(_legend(m))}</li>" for m in _present_metrics(summary))
         + "</ul></details>"
     )
+    for heading, result, conditions in comparisons:
+        parts += [f"<h2>{e(heading)}</h2>", comparison_html(result, conditions), f"<p>{e(beyond_noise(result))}</p>"]
     if bench:
         cols = _bench_columns(bench)
         parts.append(
@@ -517,11 +522,13 @@ def write_report(
     title: str = "RECAP report",
     notes: list[str] | None = None,
     summary: dict | None = None,
+    comparisons: Sequence[tuple[str, dict, Sequence]] = (),
 ) -> dict:
     """Write ``report.md``, a self-contained ``report.html`` and PNG plots into ``out_dir``.
 
     ``summary`` defaults to ``summarize(records)``; it is returned (with ``benchmarks`` rows for suite
-    records)."""
+    records). ``comparisons``: ``(heading, result, conditions)`` of ``recap.report.comparison.compare``, each
+    shown after the metric table with its difference row and which differences exceed their interval."""
     records = list(records)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -548,6 +555,6 @@ def write_report(
     bench = benchmark_rows(records)
     if bench:
         summary = {**summary, "benchmarks": bench}
-    write_text(out_dir / "report.md", _markdown(summary, title, notes, plots, transcripts, bench))
-    write_text(out_dir / "report.html", _html(summary, title, notes, plots, transcripts, out_dir, bench))
+    write_text(out_dir / "report.md", _markdown(summary, title, notes, plots, transcripts, bench, comparisons))
+    write_text(out_dir / "report.html", _html(summary, title, notes, plots, transcripts, out_dir, bench, comparisons))
     return summary
