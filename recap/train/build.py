@@ -113,6 +113,9 @@ def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model
         model, tokenizer = model or loaded, tokenizer or loaded_tok
     prepare_tokenizer(model, tokenizer)
     if cfg.lora_r:
+        from transformers import set_seed
+
+        set_seed(cfg.seed)  # the adapters' initial weights: the run's, whatever this process drew before
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
     rows = rl_rows(examples, tokenizer, cfg.think_system_prompt)
     labelled = [(f"{cfg.train_file or 'examples'}: example {r['id']!r}", r["prompt"]) for r in rows]

@@ -290,6 +290,9 @@ def build_sft_trainer(
     texts = prompt_completion(rows, tokenizer, cfg.think_system_prompt, where)
     check_lengths(texts, rows, tokenizer, cfg.max_length, where)
     if cfg.lora_r:
+        from transformers import set_seed
+
+        set_seed(cfg.seed)  # the adapters' initial weights: the run's, whatever this process drew before
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
     model.train()
     return SFTTrainer(

@@ -444,3 +444,47 @@ def test_grafted_rows_put_the_kept_refusal_after_a_compliant_prefill(smol, tmp_p
     for bad in (-1, "9-1", "many"):
         with pytest.raises(ValueError, match="graft_words"):
             DistillConfig(graft_words=bad)
+
+
+def test_lora_adapters_start_from_the_seed_not_from_what_the_process_drew_before(tmp_path):
+    """The adapters' initial weights depend on the config's seed only: a worker that ran other jobs first
+    (and so drew other random numbers) starts the same SFT and RL runs (issue 36, item 4)."""
+    from recap.train import TrainConfig, build_trainer
+
+    tok = build_tokenizer()
+    rows = [{"id": "r0", "messages": [{"role": "user", "content": "what is 2 plus 3 ?"}], "completion": "5 ."}]
+
+    def sft_adapters(draws: int, seed: int = 0):
+        model = build_model(tok, TINY, 0)
+        torch.rand(draws)  # what the process drew since (building the model seeds it)
+        trainer = build_sft_trainer(_cfg(tmp_path, lora_r=4, seed=seed), rows, model=model, tokenizer=tok)
+        return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_A" in n}
+
+    def rl_adapters(draws: int):
+        model = build_model(tok, TINY, 0)
+        torch.rand(draws)
+        cfg = TrainConfig(
+            model="unused",
+            output_dir=str(tmp_path / "rl"),
+            judge="toy",
+            lora_r=4,
+            num_generations=2,
+            prompts_per_step=1,
+            max_steps=1,
+            use_cpu=True,
+            seed=3,
+            max_completion_length=8,
+        )
+        trainer = build_trainer(
+            cfg,
+            [Example("t", "task", "what is 2 plus 3 ?", reference="5")],
+            model=model,
+            tokenizer=tok,
+        )
+        return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_A" in n}
+
+    for adapters in (sft_adapters, rl_adapters):
+        a, b = adapters(0), adapters(1000)
+        assert a and all(torch.equal(a[n], b[n]) for n in a)
+    other = sft_adapters(0, seed=1)
+    assert any(not torch.equal(other[n], sft_adapters(0)[n]) for n in other)
