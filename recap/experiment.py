@@ -357,7 +357,7 @@ def _probe_callback(label: str, probe_file: Path, examples: list, words: int, ev
                         f"; prefilled harmful groups {logs['signal/harmful_prefilled_groups']:.0f}, "
                         f"{logs.get('signal/harmful_prefilled_spread_groups', 0):.0f} with a spread"
                     )
-                if "prefill/gated_words" in logs:
+                if signal and "prefill/gated_words" in logs:
                     signal += f", ℓ {logs['prefill/gated_words']:.0f}"
                 say(
                     f"{label}: step {state.global_step}/{state.max_steps}: reward {logs['reward']:.2f} "
