@@ -114,6 +114,16 @@ def compare(
     return {"table": table, "diff": diffs, "baseline": baseline, "treatment": treatment}
 
 
+def _detail(x: dict, invalid: str) -> str:
+    """A cell's interval, per-seed values (with several seeds) and invalid share (``invalid`` formats it)."""
+    text = f"[{x['ci'][0] * 100:.0f}, {x['ci'][1] * 100:.0f}]"
+    if len(x["per_seed"]) > 1:
+        text += " (" + " / ".join(f"{v * 100:.0f}" for v in x["per_seed"].values()) + ")"
+    if x["invalid"]:
+        text += " " + invalid.format(x["invalid"] * 100)
+    return text
+
+
 def comparison_markdown(result: dict, conditions: Sequence[Condition], labels: dict | None = None) -> str:
     """The rate table (mean over seeds, pooled 95 % interval, per-seed values, invalid share when any) and
     the difference row."""
@@ -127,12 +137,7 @@ def comparison_markdown(result: dict, conditions: Sequence[Condition], labels: d
             if x is None:
                 cells.append("—")
                 continue
-            cell = f"**{x['mean'] * 100:.1f}** [{x['ci'][0] * 100:.0f}, {x['ci'][1] * 100:.0f}]"
-            if len(x["per_seed"]) > 1:
-                cell += " (" + " / ".join(f"{v * 100:.0f}" for v in x["per_seed"].values()) + ")"
-            if x["invalid"]:
-                cell += f" inv {x['invalid'] * 100:.0f}"
-            cells.append(cell)
+            cells.append(f"**{x['mean'] * 100:.1f}** " + _detail(x, "inv {:.0f}"))
         n_seeds = max(len(x["per_seed"]) for x in row.values())
         lines.append(f"| {labels.get(method, method)} | {n_seeds} | " + " | ".join(cells) + " |")
     if result["diff"]:
@@ -183,12 +188,7 @@ def comparison_html(result: dict, conditions: Sequence[Condition], labels: dict 
             if x is None:
                 cells.append("<td>—</td>")
                 continue
-            extra = f"[{x['ci'][0] * 100:.0f}, {x['ci'][1] * 100:.0f}]"
-            if len(x["per_seed"]) > 1:
-                extra += " (" + " / ".join(f"{v * 100:.0f}" for v in x["per_seed"].values()) + ")"
-            if x["invalid"]:
-                extra += f" invalid {x['invalid'] * 100:.0f} %"
-            cells.append(f'<td>{x["mean"] * 100:.1f}<span class="ci">{e(extra)}</span></td>')
+            cells.append(f'<td>{x["mean"] * 100:.1f}<span class="ci">{e(_detail(x, "invalid {:.0f} %"))}</span></td>')
         rows.append(f"<tr><td>{e(labels.get(method, method))}</td>{''.join(cells)}</tr>")
     if result["diff"]:
         t, b = result["treatment"], result["baseline"]
