@@ -75,11 +75,14 @@ class ExperimentConfig:
         default="../shared/datasets/training/balanced_safe_unsafe_3000.jsonl",
         metadata={"help": "Training prompts (harmful and benign); distillation and RL draw disjoint subsets."},
     )
-    distill_prompts: int = field(default=320, metadata={"help": "Prompts the warm start is distilled from."})
-    rl_prompts: int = field(
-        default=160, metadata={"help": "Prompts of the RL runs (other prompts than the distilled ones)."}
+    distill_prompts: int = field(
+        default=320, metadata={"range": "[1, inf)", "help": "Prompts the warm start is distilled from."}
     )
-    prompt_seed: int = field(default=0, metadata={"help": "Seed of the two prompt draws."})
+    rl_prompts: int = field(
+        default=160,
+        metadata={"range": "[1, inf)", "help": "Prompts of the RL runs (other prompts than the distilled ones)."},
+    )
+    prompt_seed: int = field(default=0, metadata={"range": "[0, 4294967295]", "help": "Seed of the two prompt draws."})
     distill_config: str = field(
         default="configs/smollm2/distill.yaml",
         metadata={"help": "DistillConfig (teacher, system prompt, samples, judge)."},
@@ -106,63 +109,94 @@ class ExperimentConfig:
     )
     methods: dict[str, float] = field(
         default_factory=lambda: {"vanilla": 0.0, "recap": 0.5},
-        metadata={"help": "RL methods: name → α (share of harmful and benign prompts prefilled)."},
+        metadata={"range": "[0, 1]", "help": "RL methods: name → α (share of harmful and benign prompts prefilled)."},
     )
-    seeds: list[int] = field(default_factory=lambda: [0, 1], metadata={"help": "RL and evaluation seeds."})
+    seeds: list[int] = field(
+        default_factory=lambda: [0, 1], metadata={"range": "[0, 4294967295]", "help": "RL and evaluation seeds."}
+    )
     evaluate_base: bool = field(default=True, metadata={"help": "Also evaluate the model before the warm start."})
     probe_prompts: int = field(
         default=32,
         metadata={
-            "help": "StrongREJECT prompts (not evaluated) answered under the prefilling attack during RL; 0: no probe."
+            "range": "[0, inf)",
+            "help": "StrongREJECT prompts (not evaluated) answered under the prefilling attack during RL; 0: no probe.",
         },
     )
-    probe_every: int = field(default=10, metadata={"help": "Probe every N RL steps (and at step 0)."})
-    workers: int = field(default=2, metadata={"help": "Processes for the RL and evaluation jobs."})
+    probe_every: int = field(
+        default=10, metadata={"range": "[1, inf)", "help": "Probe every N RL steps (and at step 0)."}
+    )
+    workers: int = field(default=2, metadata={"range": "[1, inf)", "help": "Processes for the RL and evaluation jobs."})
     threads_per_worker: int = field(
         default=1,
         metadata={
-            "help": "torch threads per worker (two 1-thread workers use 2 cores better than one 2-thread job at this size)."
+            "range": "[1, inf)",
+            "help": "torch threads per worker (two 1-thread workers use 2 cores better than one 2-thread job at this size).",
         },
     )
     recovery_words: list[int] = field(
         default_factory=lambda: [5, 10, 20, 40],
-        metadata={"help": "Prefill lengths ℓ at which the plan stage measures the warm start's recovery."},
+        metadata={
+            "range": "[1, inf)",
+            "help": "Prefill lengths ℓ at which the plan stage measures the warm start's recovery.",
+        },
     )
     recovery_samples: int = field(
-        default=16, metadata={"help": "Rollouts per probe prompt and length in the plan stage (a GRPO group)."}
+        default=16,
+        metadata={
+            "range": "[1, inf)",
+            "help": "Rollouts per probe prompt and length in the plan stage (a GRPO group).",
+        },
     )
     min_recovery: float = field(
         default=0.10,
         metadata={
+            "range": "[0, 1]",
             "help": "Training lengths: those after which the warm start still refuses at least this often "
-            "(the lower of the string rules' and the reward's rate)."
+            "(the lower of the string rules' and the reward's rate).",
         },
     )
     gate_window: int = field(
-        default=4, metadata={"help": "Steps per decision of the gated length schedule (LengthSchedule.window)."}
+        default=4,
+        metadata={
+            "range": "[1, inf)",
+            "help": "Steps per decision of the gated length schedule (LengthSchedule.window).",
+        },
     )
     attack_words: int = field(
-        default=40, metadata={"help": "ℓ of the evaluation's prefilling attack and of IPR (the eval config's)."}
+        default=40,
+        metadata={
+            "range": "[1, inf)",
+            "help": "ℓ of the evaluation's prefilling attack and of IPR (the eval config's).",
+        },
     )
     sweep_extra: list[int] = field(
         default_factory=lambda: [80],
-        metadata={"help": "Prefill lengths evaluated beyond the training length and attack_words (the sweep)."},
+        metadata={
+            "range": "[1, inf)",
+            "help": "Prefill lengths evaluated beyond the training length and attack_words (the sweep).",
+        },
     )
     target_groups: int = field(
-        default=300, metadata={"help": "The plan: prefilled harmful groups rolled out per RECAP run."}
+        default=300,
+        metadata={"range": "[1, inf)", "help": "The plan: prefilled harmful groups rolled out per RECAP run."},
     )
     target_spread: float = field(
-        default=0.60, metadata={"help": "The plan: share of those groups whose rewards spread."}
+        default=0.60, metadata={"range": "[0, 1]", "help": "The plan: share of those groups whose rewards spread."}
     )
     target_gain: float = field(
         default=0.10,
-        metadata={"help": "The goal: RECAP − vanilla safety under the prefill at the training length (CI above 0)."},
+        metadata={
+            "range": "[-1, 1]",
+            "help": "The goal: RECAP − vanilla safety under the prefill at the training length (CI above 0).",
+        },
     )
     target_gain_attack: float = field(
-        default=0.05, metadata={"help": "The goal: RECAP − vanilla safety under the attack_words prefill."}
+        default=0.05,
+        metadata={"range": "[-1, 1]", "help": "The goal: RECAP − vanilla safety under the attack_words prefill."},
     )
     max_compliance_drop: float = field(
-        default=0.05, metadata={"help": "The goal: XSTest compliance at most this far below vanilla's."}
+        default=0.05,
+        metadata={"range": "[0, 1]", "help": "The goal: XSTest compliance at most this far below vanilla's."},
     )
 
 
@@ -1023,8 +1057,11 @@ def run_experiment(config: str | Path | None, sets: list[str], until: str = "") 
     cfg = load_config(ExperimentConfig, config, own)
     for name in SUBCONFIGS:  # every sub-config loads (and its overrides apply) before hours of work start
         load_sub(cfg, name, overrides)
+    from recap.util.locks import output_lock
+
     try:
-        return run(cfg, overrides, until)
+        with output_lock(cfg.out, "this experiment folder", folder=True):  # one experiment per folder
+            return run(cfg, overrides, until)
     except _Stop as stop:
         say(f"stopped after stage {stop} (--until)")
         return None

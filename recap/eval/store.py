@@ -9,13 +9,22 @@ a broken line anywhere else is an error naming the file and the line (something 
 Nothing valid is ever deleted; a key written twice (a chunk redone after a torn line) keeps its latest
 record. ``compact()``, called when an evaluation completes, rewrites the store atomically with one line per
 key (the latest record, in first-written order), so a resumed store reads like an uninterrupted one.
+
+One process writes a store at a time: ``writing()`` (held by every evaluation for its whole run, and
+by ``add`` and ``compact`` when called outside it) takes the store's exclusive lock
+(``recap.util.locks``); a second writer gets one error naming the holder's PID. When the lock is taken,
+a store changed on disk since it was read (another process wrote it in between) is read again, so
+nothing is compacted from a stale copy. Readers (``recap report``) take no lock.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from recap.util.cache import JsonlCache, cache_key
+from recap.util.locks import output_lock
 
 
 def record_key(stage: str, judge: str, example_id: str, sample: int) -> str:
@@ -37,6 +46,15 @@ class ResultStore:
     def __len__(self) -> int:
         return len(self._rows)
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[ResultStore]:
+        """Hold the store's exclusive lock for the block (re-entrant); raises ``OutputLocked`` naming the
+        process that writes it now. The store is read again if the file changed since it was read."""
+        with output_lock(self.path, "this result store"):
+            if self._rows.changed_on_disk():
+                self._rows.load()
+            yield self
+
     def has(self, key: str) -> bool:
         return self._rows.get(key) is not None
 
@@ -49,7 +67,8 @@ class ResultStore:
             if not isinstance(r.get("key"), str):
                 raise ValueError("every result record needs its 'key' (recap.eval.store.record_key)")
         if records:
-            self._rows.add(records)
+            with self.writing():
+                self._rows.add(records)
 
     def compact(self) -> int:
         """Rewrite the store without superseded lines (a key written again keeps only its latest record, at
@@ -57,7 +76,8 @@ class ResultStore:
         old file or the new one. Returns the number of lines dropped (0: the file is left as it is).
         Call it once the evaluation writing this store has finished (it is not safe against a concurrent
         writer of the same file)."""
-        return self._rows.compact()
+        with self.writing():
+            return self._rows.compact()
 
     def records(self, **match) -> list[dict]:
         return [r for r in self._rows.rows.values() if all(r.get(k) == v for k, v in match.items())]

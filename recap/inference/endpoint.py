@@ -4,14 +4,16 @@ endpoint, and one-line errors.
 ``Endpoint`` builds the ``openai`` client lazily: the API key is read from the environment variable it is
 given (never from a config, a cache or a log); without a key only loopback servers are allowed. Each
 request has a timeout; connection errors, timeouts, 429 and 5xx are retried with exponential backoff by
-the client (``max_retries``). ``Endpoint.call`` turns what is left into an ``EndpointError`` of one line
+the client (``max_retries``); a reply whose body is not JSON is retried as often here. ``Endpoint.call`` turns what is left into an ``EndpointError`` of one line
 that names the endpoint and never shows the key. The ``endpoint`` generation engine (``recap.inference.engines``)
 goes through it; with ``what="judge endpoint", error=RubricError`` it gives the rubric judges' own messages.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
@@ -77,7 +79,17 @@ class Endpoint:
 
         attempts = self.max_retries + 1
         try:
-            return request(self.client())
+            for attempt in range(attempts):
+                try:
+                    return request(self.client())
+                except json.JSONDecodeError as e:  # a 200 whose body is not JSON (a proxy's page, a cut reply)
+                    if attempt + 1 < attempts:
+                        time.sleep(min(8.0, 0.5 * 2**attempt))  # the client's own backoff does not cover it
+                        continue
+                    raise self.error(
+                        f"{self.what} {self.base_url} answered with a body that is not JSON after {attempts} "
+                        f"attempts ({e.msg} at character {e.pos}; it starts {_one_line(e.doc[:80], self.secret)!r})"
+                    ) from None
         except openai.APITimeoutError:
             raise self.error(
                 f"{self.what} {self.base_url} timed out after {self.timeout_s:g} s ({attempts} attempts)"

@@ -35,24 +35,54 @@ class JsonlCache:
         self._torn_at: int | None = None  # byte offset of a torn last line, cut before the next append
         self.torn_line: int | None = None  # its line number, for the caller to report
         self.lines = 0  # valid lines in the file (more than len(self) when some key was written again)
+        self.loaded_stat: tuple | None = None  # (inode, size, mtime) of the file when it was read
+        self._hint = hint
+        self.load()
+
+    def _stat(self) -> tuple | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def load(self) -> None:
+        """(Re)read the file. A line cut by a crash — inside its JSON or inside a multi-byte character —
+        is torn when it is the last one, an error naming the file and line anywhere else."""
+        self.rows, self._torn_at, self.torn_line, self.lines = {}, None, None, 0
         if self.path is None or not self.path.exists():
+            self.loaded_stat = None
             return
-        lines = self.path.read_text(encoding="utf-8").split("\n")
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
+        self.loaded_stat = self._stat()
+        lines = self.path.read_bytes().split(b"\n")
+        offset = 0
+        for n, raw in enumerate(lines, 1):
+            start, offset = offset, offset + len(raw) + 1
+            if not raw.strip():
                 continue
+            last = n >= len(lines) - 1
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                if n >= len(lines) - 1:  # the last line of a killed run: recompute it
-                    self._torn_at = len("".join(x + "\n" for x in lines[: n - 1]).encode("utf-8"))
-                    self.torn_line = n
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                if last:  # a write cut inside a multi-byte character
+                    self._torn_at, self.torn_line = start, n
                     continue
-                raise DataError(self.path, n, None, f"not valid JSON ({hint})") from None
+                raise DataError(
+                    self.path, n, None, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line)"
+                ) from None
+            except json.JSONDecodeError:
+                if last:  # the last line of a killed run: recompute it
+                    self._torn_at, self.torn_line = start, n
+                    continue
+                raise DataError(self.path, n, None, f"not valid JSON ({self._hint})") from None
             if not isinstance(row, dict) or not isinstance(row.get("key"), str):
                 raise DataError(self.path, n, "key", "missing (not a recap cache file?)")
             self.rows[row["key"]] = row
             self.lines += 1
+
+    def changed_on_disk(self) -> bool:
+        """Whether the file is no longer the one that was read (another process appended or rewrote it)."""
+        return self.path is not None and self._stat() != self.loaded_stat
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -65,6 +95,7 @@ class JsonlCache:
             if self.path is not None:
                 self._append(rows)
                 self.lines += len(rows)
+                self.loaded_stat = self._stat()
             for r in rows:
                 self.rows[r["key"]] = r
 
@@ -110,4 +141,5 @@ class JsonlCache:
             with atomic_write(self.path) as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in self.rows.values())
             self.lines, self._torn_at, self.torn_line = len(self.rows), None, None
+            self.loaded_stat = self._stat()
             return dropped

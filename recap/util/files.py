@@ -134,19 +134,21 @@ def clean_leftovers(path: str | os.PathLike) -> list[Path]:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
-    """Open a temporary file for writing; on success it replaces ``path`` atomically."""
+    """Open a temporary file for writing; on success it replaces ``path`` atomically. A symbolic link is
+    followed: its target is replaced and the link kept (a link to a shared store stays a link)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    target = path.resolve() if path.is_symlink() else path
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     binary = "b" in mode
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        clean_leftovers(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_leftovers(target)
         with open(tmp, mode, encoding=None if binary else encoding) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
     except Exception as e:
         named = output_error(path, e, tmp)
         if named is None:

@@ -88,7 +88,8 @@ def test_compact_keeps_the_latest_record_per_key_in_order_and_drops_a_torn_line(
     assert [json.loads(x) for x in lines] == before == store.records()
     assert [(r["example_id"], r.get("label")) for r in before] == [("a", "new"), ("b", None), ("c", "new"), ("d", None)]
     assert ResultStore(path).records() == before and ResultStore(path).warnings == []
-    assert [p.name for p in tmp_path.iterdir()] == ["r.jsonl"]  # written through a temporary file, renamed
+    # written through a temporary file, renamed (beside the lock file every writer leaves)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".r.jsonl.lock", "r.jsonl"]
     store.add([_rec("s", "e")])  # the store stays usable after compaction
     assert [r["example_id"] for r in ResultStore(path).records()] == ["a", "b", "c", "d", "e"]
 
@@ -120,4 +121,51 @@ def test_a_failed_append_names_the_store_and_leaves_no_half_line(tmp_path, monke
     monkeypatch.undo()
     assert path.read_bytes() == whole and not store.has(_rec("s", "b")["key"])
     store.add([_rec("s", "b")])  # room again: the chunk is written whole
+    assert [r["example_id"] for r in ResultStore(path).records()] == ["a", "b"]
+
+
+def test_a_last_line_torn_inside_a_multibyte_character_is_repaired_like_any_torn_line(tmp_path):
+    """A kill in the middle of "é" leaves a byte that is not UTF-8 at the end: before, reading the store failed
+    with `'utf-8' codec can't decode byte 0xc3` (no file named) and the torn-line repair never ran."""
+    path = tmp_path / "r.jsonl"
+    ResultStore(path).add([_rec("s", "a", answer="café")])
+    whole = path.read_bytes()
+    torn = (json.dumps(_rec("s", "b", answer="café"), ensure_ascii=False)).encode()
+    path.write_bytes(whole + torn[: torn.index("é".encode()) + 1])  # cut after the first byte of "é"
+    store = ResultStore(path)
+    assert [r["example_id"] for r in store.records()] == ["a"]
+    assert len(store.warnings) == 1 and f"{path}:2: truncated last line" in store.warnings[0]
+    store.add([_rec("s", "b", answer="café")])
+    assert [r["answer"] for r in ResultStore(path).records()] == ["café", "café"]
+    assert ResultStore(path).warnings == []
+
+
+def test_a_byte_that_is_not_utf8_in_the_middle_names_the_file_line_and_byte(tmp_path):
+    path = tmp_path / "r.jsonl"
+    ResultStore(path).add([_rec("s", "a")])
+    with open(path, "ab") as fh:
+        fh.write(b'{"key": "k", "answer": "caf\xe9"}\n' + json.dumps(_rec("s", "b")).encode() + b"\n")
+    with pytest.raises(DataError) as info:
+        ResultStore(path)
+    assert str(info.value).startswith(f"{path}:2:") and "not UTF-8 text (byte 0xe9" in str(info.value)
+
+
+def test_compacting_a_symlinked_store_rewrites_its_target_and_keeps_the_link(tmp_path):
+    target = tmp_path / "shared" / "r.jsonl"
+    target.parent.mkdir()
+    ResultStore(target).add([_rec("s", "a", v=1), _rec("s", "a", v=2)])  # a superseded line to compact away
+    link = tmp_path / "r.jsonl"
+    link.symlink_to(target)
+    assert ResultStore(link).compact() == 1
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert [r["v"] for r in ResultStore(target).records()] == [2] and len(target.read_text().splitlines()) == 1
+
+
+def test_a_store_written_by_another_process_since_it_was_read_is_read_again_before_writing(tmp_path):
+    """A store object opened before another writer appended must not compact from its stale copy."""
+    path = tmp_path / "r.jsonl"
+    ResultStore(path).add([_rec("s", "a"), _rec("s", "a")])
+    stale = ResultStore(path)
+    ResultStore(path).add([_rec("s", "b")])  # another writer, after `stale` was read
+    assert stale.compact() == 1
     assert [r["example_id"] for r in ResultStore(path).records()] == ["a", "b"]

@@ -12,6 +12,7 @@ server that offers chat completions only (rendering ``continue_final_message`` a
 import copy
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,7 +29,7 @@ from recap.cli import app
 from recap.eval.attacks import hijack_prompt
 from recap.eval.store import ResultStore
 from recap.inference.chat import render_prompt
-from recap.inference.endpoint import EndpointError
+from recap.inference.endpoint import Endpoint, EndpointError
 from recap.inference.engines import NEUTRAL_SAMPLING, EndpointConfig, EndpointEngine, LlamaCppEngine, endpoint_tokenizer
 from recap.inference.generation import SamplingConfig, generate
 from recap.toy.model import build_tokenizer
@@ -398,7 +399,7 @@ def reference(llama_server, smollm2_tokenizer_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reference")
     suite = _suite(tmp, smollm2_tokenizer_dir)
     relay = Relay(llama_server)
-    served = _eval("--suite", str(suite), "--base-url", relay.url, "--results", str(tmp / "served.jsonl"))
+    served = _eval("--suite", str(suite), "--base-url", relay.url, "--results", str(tmp / "served.jsonl"), "--json")
     relay.close()
     assert served.exit_code == 0, served.output
     tok = endpoint_tokenizer(str(smollm2_tokenizer_dir))
@@ -556,3 +557,111 @@ def test_server_with_chat_completions_only(reference, llama_server):
     assert engine.route == "chat" and [p for p, _ in relay.posts] == ["/v1/completions", "/v1/chat/completions"]
     same = gen.text == record["completion"]
     assert same, "the chat route's answer differs"  # compared apart: model text on a harmful prompt is not printed
+
+
+class _Garbage(BaseHTTPRequestHandler):
+    """Answers ``server.garbage`` requests with a body that is not JSON, then (and to GET /models) properly."""
+
+    def _send(self, body: bytes):
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        self.server.requests += 1
+        self._send(
+            b"<html>proxy error</html>"
+            if self.server.garbage_get
+            else json.dumps({"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "vllm"}]}).encode()
+        )
+
+    def do_POST(self):  # noqa: N802 - http.server API
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        time.sleep(self.server.delay)
+        self.server.requests += 1
+        if self.server.garbage > 0:
+            self.server.garbage -= 1
+            return self._send(b"<html>502 from the proxy</html>")
+        choice = {"index": 0, "text": " fine", "finish_reason": "stop", "logprobs": None}
+        self._send(
+            json.dumps(
+                {
+                    "id": "x",
+                    "object": "text_completion",
+                    "created": 0,
+                    "model": "m",
+                    "choices": [choice],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }
+            ).encode()
+        )
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def garbage_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Garbage)
+    server.garbage, server.garbage_get, server.delay, server.requests = 0, False, 0.0, 0
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+
+
+def test_a_reply_that_is_not_json_is_retried_then_one_line_naming_the_endpoint(garbage_server):
+    """Before: `error: Expecting value: line 1 column 1 (char 0)` — no endpoint named, no retry."""
+    url = f"http://127.0.0.1:{garbage_server.server_port}/v1"
+    endpoint = Endpoint(url, "RECAP_TEST_NO_KEY", timeout_s=5, max_retries=2, what="model endpoint")
+
+    def ask(client):
+        return client.completions.create(model="m", prompt="x", max_tokens=2).choices[0].text
+
+    garbage_server.garbage = 2  # a glitch: the third attempt gets a proper reply
+    assert endpoint.call(ask) == " fine" and garbage_server.requests == 3
+    garbage_server.garbage, garbage_server.requests = 10, 0
+    with pytest.raises(EndpointError) as info:
+        endpoint.call(ask)
+    msg = str(info.value)
+    assert "\n" not in msg and garbage_server.requests == 3
+    assert msg.startswith(f"model endpoint {url} answered with a body that is not JSON after 3 attempts")
+    assert "'<html>502 from the proxy</html>'" in msg
+
+
+def test_recap_eval_with_data_takes_the_endpoint_timeout_from_set(garbage_server, tmp_path, monkeypatch):
+    """Before: `--data` mode had no way to set the endpoint's timeout (a hanging server: 600 s × 4 tries)."""
+    monkeypatch.chdir(tmp_path)
+    build_tokenizer().save_pretrained("tok")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"id": "b", "kind": "benign", "prompt": "hi"}) + "\n")
+    garbage_server.delay = 3.0
+    url = f"http://127.0.0.1:{garbage_server.server_port}/v1"
+    start = time.monotonic()
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            "tok",
+            "--data",
+            "b.jsonl",
+            "--results",
+            "r.jsonl",
+            "--base-url",
+            url,
+            "--served-model",
+            "m",
+            "--set",
+            "attacks=[clean]",
+            "--set",
+            "endpoint.timeout_s=0.5",
+            "--set",
+            "endpoint.max_retries=0",
+            "--set",
+            "endpoint.route=completions",
+        ],
+    )
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert f"model endpoint {url} timed out after 0.5 s (1 attempts)" in " ".join(result.output.split())
+    assert time.monotonic() - start < 2.9  # the 0.5 s timeout applied, not the 600 s default

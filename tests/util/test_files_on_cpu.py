@@ -4,6 +4,7 @@ half a file, and no temporary file behind; the library's writers go through it."
 import json
 
 import pytest
+from conftest import require
 
 from recap.data.examples import Example, read_examples, write_examples
 from recap.util.files import atomic_dir, atomic_write, write_text
@@ -219,15 +220,29 @@ def test_torch_and_safetensors_writer_failures_name_the_folder(tmp_path):
 
 
 def _tmpfs(folder, size):
-    """Mount a tmpfs of ``size`` on ``folder`` (root only); skip the test where that is not allowed."""
+    """Mount a tmpfs of ``size`` on ``folder`` (root only); where that is not allowed the test is skipped, or fails in CI (conftest.require)."""
     import subprocess
 
     folder.mkdir(parents=True, exist_ok=True)
     if subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
     ).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
+        require(False, "cannot mount a tmpfs here (needs root)")  # a failure in CI, a skip elsewhere
     return folder
+
+
+def test_a_tmpfs_that_cannot_be_mounted_fails_in_ci_instead_of_skipping(tmp_path, monkeypatch):
+    """Before, the full-disk tests skipped wherever `mount` was refused, CI included (no failure, no test)."""
+    import subprocess
+
+    monkeypatch.setattr(subprocess, "run", lambda args, **kw: subprocess.CompletedProcess(args, 32))
+    monkeypatch.setenv("RECAP_CI", "1")
+    with pytest.raises(pytest.fail.Exception, match=r"cannot mount a tmpfs here \(needs root\) \(CI must provide it\)"):
+        _tmpfs(tmp_path / "disk", "64k")
+    monkeypatch.delenv("RECAP_CI")
+    monkeypatch.delenv("RECAP_REQUIRE_JUDGE_SERVER", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        _tmpfs(tmp_path / "disk", "64k")
 
 
 @pytest.fixture
