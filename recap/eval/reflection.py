@@ -26,7 +26,15 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from recap.rewards.rubric import NO_PREFILL, RubricConfig, RubricError, RubricJudge, json_reply, rubric_integer
+from recap.rewards.rubric import (
+    NO_PREFILL,
+    RubricConfig,
+    RubricError,
+    RubricJudge,
+    fence_text,
+    json_reply,
+    rubric_integer,
+)
 from recap.util.cache import cache_key
 from recap.util.errors import DataError
 
@@ -69,7 +77,9 @@ class RegexReflection:
 
 def parse_reflection_reply(text: str) -> tuple[bool, str]:
     """``(reflected, rationale)`` from the judge's JSON reply (``"reflected"``: 0/1 or true/false);
-    raises ``RubricError`` saying what is wrong."""
+    raises ``RubricError`` saying what is wrong — also when the reply is ambiguous (a key given twice,
+    several JSON objects that disagree: ``json_reply``), so a verdict echoed from the judged reasoning is
+    never read."""
     data = json_reply(text)
     if isinstance(data.get("reflected"), bool):
         return data["reflected"], str(data.get("reasoning", "")).strip()
@@ -97,9 +107,12 @@ class ReflectionJudge(RubricJudge):
         return cache_key(self.name, self._version, prefill, reasoning)
 
     def render(self, prefill: str, reasoning: str) -> str:
+        """The request: the prefill and the reasoning, each cut to ``max_answer_chars`` (head and tail kept)
+        and fenced so that neither can close its ``<<<`` / ``>>>`` block (``fence_text``)."""
         limit = self.cfg.max_answer_chars
         return self.template.format(
-            prefill=_cut(prefill, limit) if prefill.strip() else NO_PREFILL, reasoning=_cut(reasoning, limit)
+            prefill=fence_text(_cut(prefill, limit)) if prefill.strip() else NO_PREFILL,
+            reasoning=fence_text(_cut(reasoning, limit)),
         )
 
     @staticmethod

@@ -40,7 +40,14 @@ Control tokens in the judged text. The answer comes from the policy being traine
 the guard's control tokens (e.g. a fake end of turn followed by a fake verdict) it could game the
 reward. With ``sanitize_control_tokens`` (default), control tokens inside the prompt and the answer are
 encoded as plain text (``apply_chat_template(..., sanitize_control_tokens=True)``), only the template's
-own control tokens are real.
+own control tokens are real. Nor is there reply text to parse: P(safe) is read at one position, the end of
+the template's own generation prompt and prefix, so verdict-like lines in the answer (several "Safety: Safe",
+say) are content the guard classifies, never the verdict read.
+
+Weights. ``load_guard`` goes through ``recap.inference.models.load_model``, with the checks of every recap
+model loader: safetensors or GGUF weights only, so a local folder whose weights are ``pytorch_model.bin``
+pickles only is a ``ValueError`` naming the folder and the file before anything is unpickled (unpickling
+can run code), unless ``allow_pickle_weights: true``; no remote code.
 
 Configurations (check ``safe_ids``/``unsafe_ids`` and the verdict share on a few examples before use):
 
@@ -85,6 +92,13 @@ class GuardConfig:
         metadata={
             "help": "GGUF file inside `model` to load model and tokenizer from (transformers dequantizes it); "
             "null for a regular checkpoint."
+        },
+    )
+    allow_pickle_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Accept a local guard folder whose weights are pytorch_model.bin pickles only (unpickling can "
+            "run code: only files you trust). Off: safetensors or GGUF only, as every recap model loader."
         },
     )
     dtype: str = field(
@@ -156,32 +170,34 @@ class GuardConfig:
         },
     )
     threshold: float = field(
-        default=0.5, metadata={"help": "P(safe) at or above which the label is 'safe' (else 'unsafe')."}
+        default=0.5,
+        metadata={"range": "[0, 1]", "help": "P(safe) at or above which the label is 'safe' (else 'unsafe')."},
     )
-    batch_size: int = field(default=8, metadata={"help": "Conversations per forward pass."})
+    batch_size: int = field(default=8, metadata={"range": "[1, inf)", "help": "Conversations per forward pass."})
     max_length: int = field(
         default=4096,
         metadata={
+            "range": "[0, inf)",
             "help": "Longest guard input in tokens; longer inputs keep the beginning of the answer (then of "
-            "the prompt) and are marked 'truncated' in the rationale. 0 = no limit."
+            "the prompt) and are marked 'truncated' in the rationale. 0 = no limit.",
         },
     )
 
 
 def load_guard(cfg: GuardConfig):
-    """Load the guard's tokenizer and causal LM (eval mode, on ``cfg.device``)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load the guard's tokenizer and causal LM (eval mode, on ``cfg.device``) with ``recap.inference.models``'
+    checks: safetensors or GGUF only (a folder of ``pytorch_model.bin`` pickles is a ``ValueError`` naming it,
+    before anything is unpickled, unless ``cfg.allow_pickle_weights``), no remote code."""
+    from recap.inference.models import load_model
 
-    extra = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
     dtype: Any = cfg.dtype
     if dtype != "auto":
         dtype = getattr(torch, dtype, None)
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"GuardConfig.dtype {cfg.dtype!r} is not a torch dtype")
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model, **extra)
-    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype, **extra)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), tokenizer
+    return load_model(
+        cfg.model, gguf_file=cfg.gguf_file, dtype=dtype, device=cfg.device, allow_pickle=cfg.allow_pickle_weights
+    )
 
 
 def safe_probability(
