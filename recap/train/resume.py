@@ -160,6 +160,32 @@ def check_same_run(cfg: TrainConfig, out: Path, inputs: dict | None = None) -> N
         )
 
 
+def finished_step(out: Path) -> int | None:
+    """The step a finished run of ``out`` ended at (the last entry of its ``log_history.json``, written just
+    before the final model); None when unknown."""
+    try:
+        history = json.loads((out / "log_history.json").read_text(encoding="utf-8"))
+        return int(history[-1]["step"])
+    except (OSError, ValueError, LookupError, TypeError):
+        return None
+
+
+def check_finished_length(out: Path, was, now) -> None:
+    """A finished run asked for another ``max_steps`` is refused with one line that says how to go on. It is
+    not extended: its checkpoints' learning-rate schedule (warm-up and decay over the old ``max_steps``)
+    ended with the run, so training on from them would be a run that no config describes, and equal to
+    neither the old run nor a run of the new ``max_steps``."""
+    if was is None or was == now:
+        return
+    step = finished_step(out)
+    at = f" at step {step}" if step is not None else ""
+    raise ValueError(
+        f"{out} holds a run that finished{at} (max_steps {was}); max_steps is now {now}: to train further, "
+        f"start a new run from its final model (model: {out / 'final'}) in another output_dir, or set "
+        f"max_steps back to {was}"
+    )
+
+
 def resume_point(cfg: TrainConfig, out: Path, inputs: dict, log: Callable[[str], None]) -> Path | None:
     """Where the run starts (the checkpoint to resume, None: step 0), or a ``ValueError`` saying why it
     may not. Torn checkpoints are set aside first, so they never decide: an earlier run that left no

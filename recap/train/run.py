@@ -3,6 +3,7 @@ checkpoint write failures, the training log and progress."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,7 +14,15 @@ from recap.data.examples import Example
 from recap.train.build import build_trainer
 from recap.train.config import TrainConfig
 from recap.train.distributed import broadcast_checkpoint, world_size
-from recap.train.resume import RESUME_MODES, config_dump, input_hashes, resume_point
+from recap.train.resume import (
+    RESUME_MODES,
+    check_finished_length,
+    check_same_run,
+    config_dump,
+    finished_step,
+    input_hashes,
+    resume_point,
+)
 from recap.train.trainer import PLANNER_STATE, RecapTrainer
 
 
@@ -82,8 +91,19 @@ def train(
     handled as ``cfg.resume`` says; resuming restores the weights, optimizer, scheduler, RNG states and
     the data position of the last complete checkpoint, after checking that the config and the content of
     the inputs (``input_hashes``) are those of the run being resumed. Returns the folder of the final
-    model, which is written whole or not at all. TRL's log dicts go to ``output_dir/train_log.jsonl``,
-    not to the terminal; ``progress(step, max_steps, latest logs)`` follows every step."""
+    model, which is written whole or not at all; a finished run is returned as is only when it is the run
+    of this config (fields, input hashes and ``max_steps``: otherwise a ``ValueError`` says what differs and
+    how to go on, ``check_finished_length``). TRL's log dicts go to ``output_dir/train_log.jsonl``,
+    not to the terminal; ``progress(step, max_steps, latest logs)`` follows every step. One run at a
+    time per ``output_dir``: another process training into it gets an error naming its PID."""
+    from recap.util.locks import output_lock
+
+    main = int(os.environ.get("RANK", "0")) == 0  # the ranks of one distributed run share the folder
+    with output_lock(cfg.output_dir, "this training output_dir", folder=True) if main else contextlib.nullcontext():
+        return _train(cfg, examples, log, progress)
+
+
+def _train(cfg: TrainConfig, examples, log, progress) -> Path:
     from recap.util.files import atomic_dir, write_text
 
     if cfg.resume not in RESUME_MODES:
@@ -93,6 +113,14 @@ def train(
     if (final / "config.json").exists():
         if cfg.resume == "never":
             raise ValueError(f"{out} already holds a finished run ({final}); choose another output_dir")
+        # The finished run must be this config's run, as for an unfinished one: same fields, same inputs
+        # (training file, judge files), same max_steps; otherwise one line says what differs.
+        check_same_run(cfg, out, input_hashes(cfg, examples))
+        saved = out / "train_config.json"
+        was = json.loads(saved.read_text(encoding="utf-8")).get("max_steps") if saved.is_file() else None
+        check_finished_length(out, was, cfg.max_steps)
+        step = finished_step(out)
+        log(f"{out}: the run finished{'' if step is None else f' at step {step}'}; nothing left to train")
         return final
     accelerator_main = int(os.environ.get("RANK", "0")) == 0
     ckpt, problem, inputs = None, None, {}

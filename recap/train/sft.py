@@ -158,25 +158,31 @@ class SFTTrainConfig:
     output_dir: str = field(
         default="runs/sft", metadata={"help": "Checkpoints, logs and the final model (output_dir/final; LoRA merged)."}
     )
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank (peft); 0 trains every weight."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling α."})
-    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate."})
+    lora_r: int = field(default=16, metadata={"range": "[0, inf)", "help": "LoRA rank (peft); 0 trains every weight."})
+    lora_alpha: int = field(default=32, metadata={"range": "[1, inf)", "help": "LoRA scaling α."})
+    learning_rate: float = field(default=2e-4, metadata={"range": "(0, inf)", "help": "Peak learning rate."})
     lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers scheduler name."})
-    warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    epochs: float = field(default=2.0, metadata={"help": "Passes over the rows (ignored when max_steps > 0)."})
-    max_steps: int = field(default=0, metadata={"help": "Optimizer steps; 0: run `epochs` passes."})
-    batch_size: int = field(default=8, metadata={"help": "Rows per optimizer step."})
+    warmup_steps: int = field(default=0, metadata={"range": "[0, inf)", "help": "Linear warm-up steps."})
+    weight_decay: float = field(default=0.0, metadata={"range": "[0, inf)", "help": "AdamW weight decay."})
+    epochs: float = field(
+        default=2.0, metadata={"range": "[0, inf)", "help": "Passes over the rows (ignored when max_steps > 0)."}
+    )
+    max_steps: int = field(
+        default=0, metadata={"range": "[0, inf)", "help": "Optimizer steps; 0: run `epochs` passes."}
+    )
+    batch_size: int = field(default=8, metadata={"range": "[1, inf)", "help": "Rows per optimizer step."})
     micro_batch_size: int = field(
         default=0,
         metadata={
-            "help": "Rows per forward/backward pass (gradient accumulation up to batch_size); 0: the whole step in one pass."
+            "range": "[0, inf)",
+            "help": "Rows per forward/backward pass (gradient accumulation up to batch_size); 0: the whole step in one pass.",
         },
     )
     max_length: int = field(
         default=4096,
         metadata={
-            "help": "Longest row in tokens (prompt + completion + EOS); a longer row is an error (nothing is cut silently)."
+            "range": "[2, inf)",
+            "help": "Longest row in tokens (prompt + completion + EOS); a longer row is an error (nothing is cut silently).",
         },
     )
     think_system_prompt: bool = field(
@@ -185,10 +191,15 @@ class SFTTrainConfig:
             "help": "Put recap.inference.chat.THINK_SYSTEM_PROMPT in a system message of rows that have none (match the RL and evaluation configs)."
         },
     )
-    seed: int = field(default=0, metadata={"help": "Seed of the data order and the adapters' initialisation."})
-    save_steps: int = field(default=50, metadata={"help": "Checkpoint every N steps (resumable)."})
-    logging_steps: int = field(default=10, metadata={"help": "Log the loss every N steps."})
-    num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's default)."})
+    seed: int = field(
+        default=0,
+        metadata={"range": "[0, 4294967295]", "help": "Seed of the data order and the adapters' initialisation."},
+    )
+    save_steps: int = field(default=50, metadata={"range": "[1, inf)", "help": "Checkpoint every N steps (resumable)."})
+    logging_steps: int = field(default=10, metadata={"range": "[1, inf)", "help": "Log the loss every N steps."})
+    num_threads: int = field(
+        default=0, metadata={"range": "[0, inf)", "help": "torch CPU threads (0: leave torch's default)."}
+    )
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in the backward pass (saves memory, costs compute)."}
     )
@@ -324,6 +335,44 @@ def _input_hash(rows: Sequence[dict]) -> str:
 _RESUMABLE = {"resume", "max_steps", "save_steps", "logging_steps", "num_threads", "report_to"}
 
 
+def _rows_named(cfg: SFTTrainConfig) -> str:
+    return f"the rows of {cfg.train_file}" if cfg.train_file else "the rows passed in"
+
+
+def _check_same_sft_run(saved_file: Path, saved: dict, dump: dict, where: str) -> None:
+    """The run in ``output_dir`` (its ``sft_config.json``, ``saved``) must be the run of this config
+    (``dump``): every field but the resumable ones, and the rows (their count and sha256)."""
+    for key in sorted((set(saved) | set(dump)) - _RESUMABLE):
+        if saved.get(key) != dump.get(key):
+            what = f": {where} changed since the run started" if key == "inputs" else ""
+            raise ValueError(
+                f"{saved_file}: '{key}' was {saved.get(key)!r} in the run being resumed, now "
+                f"{dump.get(key)!r}{what}; use another output_dir for a different run"
+            )
+
+
+def _token_count(trainer):
+    """A callback that keeps TRL's running count of trained tokens (``num_tokens`` in the logs) in each
+    checkpoint's trainer state and gives it back on resume: TRL starts it at 0 in every process, so a resumed
+    run would log other ``num_tokens`` than an uninterrupted one."""
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
+
+    class SFTTokenCount(TrainerCallback, ExportableState):
+        def state(self) -> dict:
+            return {"args": {}, "attributes": {"tokens": getattr(trainer, "_total_train_tokens", 0)}}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            # A checkpoint written before this callback existed has no entry (its count restarts at 0); the
+            # entry is added so that the Trainer can save the next checkpoint's.
+            saved = state.stateful_callbacks.setdefault(type(self).__name__, self.state())
+            tokens = saved.get("attributes", {}).get("tokens") if isinstance(saved, dict) else None
+            if state.global_step > 0 and isinstance(tokens, (int, float)) and hasattr(trainer, "_total_train_tokens"):
+                trainer._total_train_tokens = tokens
+
+    return SFTTokenCount()
+
+
 def train_sft(
     cfg: SFTTrainConfig,
     rows: Sequence[dict] | None = None,
@@ -333,23 +382,43 @@ def train_sft(
     log: Callable[[str], None] = print,
 ) -> Path:
     """Fine-tune on ``rows`` (default: ``cfg.train_file``); returns ``output_dir/final`` (LoRA merged), written
-    whole or not at all. A finished run is returned as is; checkpoints are resumed as ``cfg.resume`` says,
-    after checking that the config and the rows are those of the run being resumed."""
+    whole or not at all. A finished run is returned as is when it is the run of this config (its fields, its
+    rows and ``max_steps``; otherwise a ``ValueError`` says what differs); checkpoints are resumed as
+    ``cfg.resume`` says, after checking that the config and the rows are those of the run being resumed. A
+    resumed run ends with the weights and the per-step log of an uninterrupted one (the adapters are seeded;
+    weights, optimizer, scheduler, RNG states, data position and the token count come back). One run at a
+    time per ``output_dir``: another process training into it gets an error naming its PID."""
+    from recap.util.locks import output_lock
+
+    with output_lock(cfg.output_dir, "this training output_dir", folder=True):
+        return _train_sft(cfg, rows, model, tokenizer, log)
+
+
+def _train_sft(cfg: SFTTrainConfig, rows, model, tokenizer, log) -> Path:
     from recap.train import last_checkpoint
     from recap.util.files import atomic_dir, write_text
     from recap.util.security import redacted
 
     out = Path(cfg.output_dir)
     final = out / "final"
-    if (final / "config.json").exists():
-        if cfg.resume == "never":
-            raise ValueError(f"{out} already holds a finished run ({final}); choose another output_dir")
-        return final
+    finished = (final / "config.json").exists()
+    if finished and cfg.resume == "never":
+        raise ValueError(f"{out} already holds a finished run ({final}); choose another output_dir")
     if rows is None:
         rows = read_rows(cfg.train_file)
     dump = json.loads(json.dumps(redacted(asdict(cfg))))
     dump["inputs"] = {"rows": len(rows), "sha256": _input_hash(rows)}
     saved_file = out / "sft_config.json"
+    if finished:  # returned as is only when it is this config's run (fields, rows, max_steps)
+        from recap.train.resume import check_finished_length, finished_step
+
+        saved = json.loads(saved_file.read_text(encoding="utf-8")) if saved_file.is_file() else None
+        if saved is not None:
+            _check_same_sft_run(saved_file, saved, dump, _rows_named(cfg))
+        check_finished_length(out, None if saved is None else saved.get("max_steps"), cfg.max_steps)
+        step = finished_step(out)
+        log(f"{out}: the run finished{'' if step is None else f' at step {step}'}; nothing left to train")
+        return final
     ckpt = last_checkpoint(out, log)
     if ckpt is not None and cfg.resume == "never":
         raise ValueError(
@@ -360,17 +429,13 @@ def train_sft(
         raise ValueError(f"{out}: no complete checkpoint to resume from; run without --resume to start")
     if ckpt is not None and saved_file.is_file():
         saved = json.loads(saved_file.read_text(encoding="utf-8"))
-        for key in sorted((set(saved) | set(dump)) - _RESUMABLE):
-            if saved.get(key) != dump.get(key):
-                raise ValueError(
-                    f"{saved_file}: '{key}' was {saved.get(key)!r} in the run being resumed, now "
-                    f"{dump.get(key)!r}; use another output_dir for a different run"
-                )
+        _check_same_sft_run(saved_file, saved, dump, _rows_named(cfg))
     if ckpt is None:
         write_text(saved_file, json.dumps(dump, indent=1))
     else:
         log(f"resuming from {ckpt}")
     trainer = build_sft_trainer(cfg, rows, model=model, tokenizer=tokenizer, callbacks=[_log_callback(log)])
+    trainer.add_callback(_token_count(trainer))
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
     trained = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(trained, "merge_and_unload"):
@@ -404,17 +469,19 @@ class DistillConfig:
         default_factory=lambda: ["harmful", "benign"],
         metadata={"help": "Kinds of prompts distilled (others are skipped)."},
     )
-    samples_per_prompt: int = field(default=4, metadata={"help": "Answers sampled per prompt."})
+    samples_per_prompt: int = field(default=4, metadata={"range": "[1, inf)", "help": "Answers sampled per prompt."})
     keep_per_prompt: int = field(
         default=1,
         metadata={
-            "help": "Most rows kept per prompt: the qualifying answers with the highest judge score (ties: lower sample index)."
+            "range": "[1, inf)",
+            "help": "Most rows kept per prompt: the qualifying answers with the highest judge score (ties: lower sample index).",
         },
     )
     min_score: dict[str, float] = field(
         default_factory=lambda: {"harmful": 0.5, "benign": 0.5, "task": 1.0},
         metadata={
-            "help": "Lowest judge score kept, per kind (harmful: safety; benign: helpfulness; task: correctness). A harmful answer must also be judged safe, a benign one not refused."
+            "range": "[0, 1]",
+            "help": "Lowest judge score kept, per kind (harmful: safety; benign: helpfulness; task: correctness). A harmful answer must also be judged safe, a benign one not refused.",
         },
     )
     judge: str = field(
@@ -451,23 +518,30 @@ class DistillConfig:
     prefill_words: int = field(
         default=0,
         metadata={
-            "help": "Distil under the prefilling attack too: each harmful example with counter_reasoning is also sampled with its first ℓ words prefilled (after the system prompt), and kept answers become rows with that prefill in the context (loss on the continuation only) — a start that sometimes overrides flawed reasoning, as the paper's starting models do. 0: clean prompts only."
+            "range": "[0, inf)",
+            "help": "Distil under the prefilling attack too: each harmful example with counter_reasoning is also sampled with its first ℓ words prefilled (after the system prompt), and kept answers become rows with that prefill in the context (loss on the continuation only) — a start that sometimes overrides flawed reasoning, as the paper's starting models do. 0: clean prompts only.",
         },
     )
     graft_words: int | list[int] | str = field(
         default=0,
         metadata={
-            "help": "Also write each kept refusal of a harmful example with counter_reasoning after its first ℓ words (a grafted recovery: the teacher's clean refusal as the continuation of a compliant prefill; provenance method context-distillation-graft). ℓ: an int, a list to draw from, or a range like '5-40' (drawn per row from the seed and the row id). A cheap way to a start that sometimes overrides a flawed prefill, as the paper's starting models do (DSLlama-8B: 45 % safe under the prefill); teacher recoveries under prefills (prefill_words) are rare at 135M. 0: none."
+            "range": "[0, inf)",
+            "help": "Also write each kept refusal of a harmful example with counter_reasoning after its first ℓ words (a grafted recovery: the teacher's clean refusal as the continuation of a compliant prefill; provenance method context-distillation-graft). ℓ: an int, a list to draw from, or a range like '5-40' (drawn per row from the seed and the row id). A cheap way to a start that sometimes overrides a flawed prefill, as the paper's starting models do (DSLlama-8B: 45 % safe under the prefill); teacher recoveries under prefills (prefill_words) are rare at 135M. 0: none.",
         },
     )
     echo_words: int = field(
         default=8,
         metadata={
-            "help": "Drop a sample that repeats this many consecutive words of the system prompt (the student never sees the prompt, so reciting it is not behaviour to learn; small models often do); 0 keeps them."
+            "range": "[0, inf)",
+            "help": "Drop a sample that repeats this many consecutive words of the system prompt (the student never sees the prompt, so reciting it is not behaviour to learn; small models often do); 0 keeps them.",
         },
     )
     seed: int = field(
-        default=0, metadata={"help": "Sampling seed (each batch is seeded from it and its first example id)."}
+        default=0,
+        metadata={
+            "range": "[0, 4294967295]",
+            "help": "Sampling seed (each batch is seeded from it and its first example id).",
+        },
     )
     cache: str = field(
         default=".recap-cache/distill.jsonl",

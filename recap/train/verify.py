@@ -171,17 +171,31 @@ class CriticConfig:
             "help": "Environment variable holding the API key (never in a config). Unset is allowed for loopback servers only."
         },
     )
-    max_concurrency: int = field(default=8, metadata={"help": "Requests in flight at once."})
-    timeout_s: float = field(default=120.0, metadata={"help": "Seconds before one request times out."})
+    max_concurrency: int = field(default=8, metadata={"range": "[1, inf)", "help": "Requests in flight at once."})
+    timeout_s: float = field(
+        default=120.0, metadata={"range": "(0, inf)", "help": "Seconds before one request times out."}
+    )
     max_retries: int = field(
-        default=3, metadata={"help": "Retries of a failed request (connection error, timeout, 429, 5xx), with backoff."}
+        default=3,
+        metadata={
+            "range": "[0, inf)",
+            "help": "Retries of a failed request (connection error, timeout, 429, 5xx), with backoff.",
+        },
     )
     parse_retries: int = field(
-        default=2, metadata={"help": "Asks again when the reply is empty or too short, then fails quoting it."}
+        default=2,
+        metadata={
+            "range": "[0, inf)",
+            "help": "Asks again when the reply is empty or too short, then fails quoting it.",
+        },
     )
-    temperature: float = field(default=0.0, metadata={"help": "Sampling temperature of the critic."})
-    max_tokens: int = field(default=400, metadata={"help": "Longest critique, in tokens."})
-    min_chars: int = field(default=40, metadata={"help": "A shorter reply is not a critique (asked again)."})
+    temperature: float = field(
+        default=0.0, metadata={"range": "[0, inf)", "help": "Sampling temperature of the critic."}
+    )
+    max_tokens: int = field(default=400, metadata={"range": "[1, inf)", "help": "Longest critique, in tokens."})
+    min_chars: int = field(
+        default=40, metadata={"range": "[0, inf)", "help": "A shorter reply is not a critique (asked again)."}
+    )
     cache: str = field(
         default=".recap-cache/critiques.jsonl",
         metadata={
@@ -294,7 +308,11 @@ class VerifyDataConfig:
     gives one)."""
 
     samples_per_prompt: int = field(
-        default=8, metadata={"help": "Answers sampled per training prompt from the initial policy (the paper: 8)."}
+        default=8,
+        metadata={
+            "range": "[2, inf)",
+            "help": "Answers sampled per training prompt from the initial policy (the paper: 8).",
+        },
     )
     sampling: SamplingConfig = field(
         default_factory=lambda: SamplingConfig(temperature=1.0, max_new_tokens=1024, batch_size=64),
@@ -336,10 +354,14 @@ class VerifyDataConfig:
     replay: float = field(
         default=0.0,
         metadata={
-            "help": "Self-distillation replay rows per verification row: the initial policy's own unfiltered samples (reasoning and answer, tasks included), chosen by no judge, that anchor its answering. 0: verification data only, as the paper trains; the miniature world's 0.85M model forgets how to answer without it (docs/miniature-world.md)."
+            "range": "[0, inf)",
+            "help": "Self-distillation replay rows per verification row: the initial policy's own unfiltered samples (reasoning and answer, tasks included), chosen by no judge, that anchor its answering. 0: verification data only, as the paper trains; the miniature world's 0.85M model forgets how to answer without it (docs/miniature-world.md).",
         },
     )
-    seed: int = field(default=0, metadata={"help": "Seed of the sampling and of the choice among answers."})
+    seed: int = field(
+        default=0,
+        metadata={"range": "[0, 4294967295]", "help": "Seed of the sampling and of the choice among answers."},
+    )
 
     def __post_init__(self):
         if self.samples_per_prompt < 2:

@@ -488,3 +488,128 @@ def test_lora_adapters_start_from_the_seed_not_from_what_the_process_drew_before
         assert a and all(torch.equal(a[n], b[n]) for n in a)
     other = sft_adapters(0, seed=1)
     assert any(not torch.equal(other[n], sft_adapters(0)[n]) for n in other)
+
+
+ROWS = [
+    {"id": f"r{i}", "messages": [{"role": "user", "content": q}], "completion": a}
+    for i, (q, a) in enumerate(
+        [
+            ("how do i steal a car ?", "i can not help with that . </think> no"),
+            ("what is 2 plus 3 ?", "2 plus 3 is 5 . </think> 5"),
+            ("what is 1 plus 1 ?", "1 plus 1 is 2 . </think> 2"),
+            ("how do i make a bomb ?", "i can not help . </think> no"),
+        ]
+    )
+]
+
+
+class _Killed(Exception):
+    """Stands in for SIGKILL right after a checkpoint was written."""
+
+
+def _kill_after_checkpoint(monkeypatch, step: int) -> None:
+    """The next ``train_sft`` dies as soon as ``checkpoint-<step>`` is whole."""
+    from transformers import TrainerCallback
+
+    import recap.train.sft as sft
+
+    class Kill(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise _Killed(f"killed after checkpoint-{step}")
+
+    build = sft.build_sft_trainer
+    monkeypatch.setattr(
+        sft, "build_sft_trainer", lambda *a, callbacks=(), **kw: build(*a, callbacks=[*callbacks, Kill()], **kw)
+    )
+
+
+def _per_step(out):
+    """Every per-step entry of a run's log (loss, grad norm, learning rate, token count, accuracy…), exactly."""
+    return [h for h in json.loads((out / "log_history.json").read_text()) if "loss" in h]
+
+
+def test_lora_sft_is_bit_identical_run_to_run_and_after_a_kill_and_resume(tmp_path, monkeypatch):
+    """Two LoRA runs of one config give the same per-step log and weights, bit for bit; a run killed after a
+    checkpoint (in a process that drew other random numbers) resumes to the same log and weights (issue 36,
+    item 4): the adapters are seeded, and weights, optimizer, scheduler, RNG, data position and TRL's token
+    count come back."""
+    from safetensors.torch import load_file
+
+    tok = build_tokenizer()
+
+    def run(name: str, draws: int = 0, **kw):
+        model = build_model(tok, TINY, 0)
+        torch.rand(draws)  # what this process drew before: another job, another import order
+        cfg = _cfg(tmp_path, output_dir=str(tmp_path / name), lora_r=4, max_steps=4, micro_batch_size=1, save_steps=1)
+        lines = []
+        final = train_sft(replace(cfg, seed=5, **kw), ROWS, model=model, tokenizer=tok, log=lines.append)
+        return final, lines
+
+    a, _ = run("a")
+    b, _ = run("b", draws=1000)
+    with monkeypatch.context() as m:
+        _kill_after_checkpoint(m, 1)  # mid-epoch: the resumed run must skip the data already trained on
+        with pytest.raises(_Killed):
+            run("c", draws=7)
+    assert not (tmp_path / "c" / "final").exists() and (tmp_path / "c" / "checkpoint-1").is_dir()
+    c, lines = run("c", draws=3, resume="must")
+    assert any(line.startswith("resuming from") and line.endswith("checkpoint-1") for line in lines)
+    steps = _per_step(tmp_path / "a")
+    assert [h["step"] for h in steps] == [1, 2, 3, 4] and len({h["loss"] for h in steps}) == 4
+    assert _per_step(tmp_path / "b") == steps and _per_step(tmp_path / "c") == steps  # num_tokens included
+    weights = load_file(a / "model.safetensors")
+    for other in (b, c):
+        assert all(torch.equal(weights[k], v) for k, v in load_file(other / "model.safetensors").items())
+
+
+def test_a_finished_sft_run_is_returned_only_for_its_own_config_rows_and_length(tmp_path):
+    """A finished run is the run of its config: the same config and rows return it as is; other rows, another
+    field or another max_steps are refused with one line saying what differs (issue 36, item 8), instead of
+    returning a model trained on something else."""
+    tok = build_tokenizer()
+    cfg = _cfg(tmp_path, max_steps=1, batch_size=1, resume="must")
+    lines = []
+    final = train_sft(replace(cfg, resume="never"), ROWS[:2], model=build_model(tok, TINY, 0), tokenizer=tok)
+    assert train_sft(cfg, ROWS[:2], log=lines.append) == final  # no model needed: nothing is trained
+    assert lines == [f"{tmp_path / 'sft'}: the run finished at step 1; nothing left to train"]
+    assert train_sft(replace(cfg, save_steps=7, logging_steps=3), ROWS[:2], log=lines.append) == final
+    with pytest.raises(
+        ValueError, match=r"'inputs' was .* in the run being resumed, now .*: the rows passed in changed"
+    ):
+        train_sft(cfg, ROWS[1:3], log=lines.append)
+    with pytest.raises(ValueError, match=r"'learning_rate' was 0.01 in the run being resumed, now 0.5"):
+        train_sft(replace(cfg, learning_rate=0.5), ROWS[:2], log=lines.append)
+    with pytest.raises(ValueError) as info:
+        train_sft(replace(cfg, max_steps=3), ROWS[:2], log=lines.append)
+    assert str(info.value) == (
+        f"{tmp_path / 'sft'} holds a run that finished at step 1 (max_steps 1); max_steps is now 3: to train "
+        f"further, start a new run from its final model (model: {final}) in another output_dir, or set max_steps "
+        "back to 1"
+    )
+    with pytest.raises(ValueError, match="already holds a finished run"):
+        train_sft(replace(cfg, resume="never"), ROWS[:2])
+
+
+def test_recap_sft_train_resume_refuses_a_finished_run_whose_training_file_changed(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from recap.cli import app
+
+    tok = build_tokenizer()
+    build_model(tok, TINY, 0).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    rows = write_rows(tmp_path / "rows.jsonl", ROWS[:2])
+    config = tmp_path / "sft.yaml"
+    cfg = dict(model=str(tmp_path / "base"), train_file=str(rows), output_dir=str(tmp_path / "sft"), lora_r=0)
+    config.write_text(yaml.safe_dump({**cfg, "max_steps": 1, "batch_size": 1, "use_cpu": True, "save_steps": 1}))
+    first = CliRunner().invoke(app, ["sft", "train", "--config", str(config)])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, ["sft", "train", "--config", str(config), "--resume"])
+    assert again.exit_code == 0 and "the run finished at step 1; nothing left to train" in again.output
+    write_rows(rows, ROWS[1:3])  # rebuilt in place
+    result = CliRunner().invoke(app, ["sft", "train", "--config", str(config), "--resume"])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1, result.output
+    assert f"the rows of {rows} changed since the run started" in errors[0]

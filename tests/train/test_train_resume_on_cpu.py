@@ -93,7 +93,7 @@ def test_torn_checkpoints_of_another_config_are_still_refused_naming_the_field(t
     for resume in ("never", "must"):
         with pytest.raises(ValueError, match=r"field 'learning_rate' was 0.01 in the run being resumed, now 0.5"):
             train(replace(cfg, resume=resume, learning_rate=0.5), EXAMPLES, log=lambda s: None)
-    assert sorted(p.name for p in out.iterdir()) == ["incomplete-checkpoint-1", "train_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".recap.lock", "incomplete-checkpoint-1", "train_config.json"]
 
 
 def test_resume_without_any_trace_of_a_run_is_still_an_error(tmp_path):
@@ -192,3 +192,56 @@ def test_a_self_reset_checkpoint_without_its_queue_is_torn(tmp_path):
     (out / "checkpoint-1" / SELFRESET_STATE).write_text("{}")  # checkpoint 2 lacks its queue
     assert resume_point(cfg, out, input_hashes(cfg, EXAMPLES), log=lambda s: None) == out / "checkpoint-1"
     assert (out / "incomplete-checkpoint-2").is_dir()
+
+
+def test_resume_on_a_finished_run_checks_its_inputs_and_length_instead_of_ignoring_them(base, tmp_path):
+    """`recap train --resume` on a finished run returns it only when it is the run of the config: a rebuilt
+    training file, another field or a larger max_steps is one `error:` line (exit 2) saying what differs and
+    how to go on, never a silent exit 0 with the old model (issue 36, item 8)."""
+    mix = write_examples(tmp_path / "mix.jsonl", EXAMPLES)
+    out = tmp_path / "run"
+    run = _cfg(out, model=str(base), train_file=str(mix))
+    (tmp_path / "train.yaml").write_text(
+        yaml.safe_dump({k: v for k, v in vars(run).items() if k not in ("prefill_sources", "prefill_length")})
+    )
+
+    def recap_train(*args):
+        result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "train.yaml"), *args])
+        return result, [line for line in result.output.splitlines() if line.startswith("error:")]
+
+    result, _ = recap_train()
+    assert result.exit_code == 0, result.output
+    weights = (out / "final" / "model.safetensors").read_bytes()
+    result, _ = recap_train("--resume", "--set", "save_steps=5")  # a field that does not change what is trained
+    assert result.exit_code == 0 and f"{out}: the run finished at step 1; nothing left to train" in result.output
+    result, errors = recap_train("--resume", "--set", "max_steps=3")
+    assert result.exit_code == 2 and errors == [
+        f"error: {out} holds a run that finished at step 1 (max_steps 1); max_steps is now 3: to train further, "
+        f"start a new run from its final model (model: {out / 'final'}) in another output_dir, or set max_steps "
+        "back to 1"
+    ]
+    result, errors = recap_train("--resume", "--set", "learning_rate=0.5")
+    assert result.exit_code == 2 and len(errors) == 1 and "field 'learning_rate' was 0.01" in errors[0]
+    write_examples(mix, [replace(EXAMPLES[0], prefill="the user wants more"), EXAMPLES[1]])  # rebuilt in place
+    result, errors = recap_train("--resume")
+    assert result.exit_code == 2 and len(errors) == 1 and f"train_file {mix} changed since the run started" in errors[0]
+    result, errors = recap_train()
+    assert result.exit_code == 2 and errors == [
+        f"error: {out} already holds a finished run ({out / 'final'}); choose another output_dir"
+    ]
+    assert (out / "final" / "model.safetensors").read_bytes() == weights  # nothing was trained or written
+
+
+def test_a_finished_run_whose_judge_file_changed_is_refused(tmp_path):
+    rubric = tmp_path / "rubric.yaml"
+    rubric.write_text("base_url: http://127.0.0.1:9/v1\n")
+    cfg = _cfg(tmp_path / "run", judges={"harmful": f"rubric:{rubric}"}, resume="must")
+    out = _started(cfg, EXAMPLES)
+    (out / "final").mkdir()
+    (out / "final" / "config.json").write_text("{}")  # finished (its log_history.json lost)
+    logs = []
+    assert train(cfg, EXAMPLES, log=logs.append) == out / "final"
+    assert logs == [f"{out}: the run finished; nothing left to train"]
+    rubric.write_text("base_url: http://127.0.0.1:9/v1\nmodel: another\n")
+    with pytest.raises(ValueError, match=rf"judges.harmful {rubric} changed since the run started"):
+        train(cfg, EXAMPLES, log=lambda s: None)

@@ -393,3 +393,71 @@ def test_replay_rows_are_the_policys_own_complete_samples_chosen_by_no_judge():
     from recap.train.verify import check_verification_rows
 
     check_verification_rows(rows)  # replay rows need no verdict
+
+
+def test_recap_verify_train_is_bit_identical_run_to_run_and_resumes_a_killed_run_to_the_same_model(
+    tmp_path, monkeypatch
+):
+    """`recap verify train` (LoRA SFT through recap.train.sft) with a fixed seed: two runs give the same per-step
+    log and weights bit for bit, whatever the process drew before; a run killed after a checkpoint, run again,
+    resumes (``resume: auto``) to the same log and weights (issue 36, item 4)."""
+    import torch
+    import yaml
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+    from typer.testing import CliRunner
+
+    import recap.train.sft as sft
+    from recap.cli import app
+    from recap.toy.model import ToyModelConfig, build_model
+    from recap.train.sft import write_rows
+
+    tok = build_tokenizer()
+    build_model(
+        tok, ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), 0
+    ).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    fmt = ToyFormat()
+    rows = verification_rows(
+        HARMFUL, [REFUSAL, COMPLIANCE], [_v(True), _v(False)], fmt, [(0, SAFE), (1, UNSAFE)], tokenizer=tok
+    ) + verification_rows(BENIGN, [REFUSAL], [_v(True)], fmt, [(0, SAFE)], tokenizer=tok)
+    write_rows(tmp_path / "data.jsonl", rows)
+    common = dict(model=str(tmp_path / "base"), train_file=str(tmp_path / "data.jsonl"), lora_r=4, lora_alpha=8)
+    common.update(learning_rate=1e-2, max_steps=4, batch_size=2, micro_batch_size=1, max_length=512, seed=3)
+    common.update(save_steps=1, logging_steps=1, use_cpu=True)
+
+    def verify_train(name: str, draws: int):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**common, "output_dir": str(tmp_path / name)}))
+        torch.rand(draws)  # what this process drew before
+        return CliRunner().invoke(app, ["verify", "train", "--config", str(tmp_path / f"{name}.yaml")])
+
+    class Killed(Exception):
+        pass
+
+    class Kill(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                raise Killed("killed after checkpoint-1")
+
+    for name, draws in (("a", 0), ("b", 1000)):
+        assert verify_train(name, draws).exit_code == 0
+    build = sft.build_sft_trainer
+    with monkeypatch.context() as m:
+        m.setattr(
+            sft, "build_sft_trainer", lambda *a, callbacks=(), **kw: build(*a, callbacks=[*callbacks, Kill()], **kw)
+        )
+        assert isinstance(verify_train("c", 7).exception, Killed)
+    assert not (tmp_path / "c" / "final").exists()
+    result = verify_train("c", 3)
+    assert result.exit_code == 0 and "resuming from" in result.output, result.output
+    assert json.loads((tmp_path / "a" / "sft_config.json").read_text())["seed"] == 3  # the config's seed, passed down
+
+    def per_step(name):
+        return [h for h in json.loads((tmp_path / name / "log_history.json").read_text()) if "loss" in h]
+
+    assert [h["step"] for h in per_step("a")] == [1, 2, 3, 4]
+    assert per_step("b") == per_step("a") and per_step("c") == per_step("a")
+    weights = load_file(tmp_path / "a" / "final" / "model.safetensors")
+    for name in ("b", "c"):
+        other = load_file(tmp_path / name / "final" / "model.safetensors")
+        assert all(torch.equal(weights[k], v) for k, v in other.items())
