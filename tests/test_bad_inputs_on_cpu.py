@@ -258,6 +258,39 @@ CASES = {
         lambda: _yaml("model: m\ntrain_file: f\nmax_steps: ten\n"),
         ["train.yaml", "field 'max_steps'", "expected int, got 'ten'"],
     ),
+    "config negative steps": (
+        "max_steps: -1",
+        lambda: _yaml("model: m\ntrain_file: f\nmax_steps: -1\n"),
+        ["train.yaml: field 'max_steps': must be ≥ 1, got -1"],
+    ),
+    "config infinite learning rate": (
+        "learning_rate: .inf",
+        lambda: _yaml("model: m\ntrain_file: f\nlearning_rate: .inf\n"),
+        ["train.yaml: field 'learning_rate': must be a finite number > 0, got inf"],
+    ),
+    "config zero generations": (
+        "num_generations: 0",
+        lambda: _yaml("model: m\ntrain_file: f\nnum_generations: 0\n"),
+        ["train.yaml: field 'num_generations': must be ≥ 2, got 0"],
+    ),
+    "config NaN top_p": (
+        "sampling: {top_p: .nan} in an eval config",
+        lambda: [
+            *["eval", "--model", "m", "--data", _jsonl("eval.jsonl", [GOOD]), "--results", "r.jsonl"],
+            *["--config", _write_bytes("eval.yaml", b"sampling: {top_p: .nan}\n")],
+        ],
+        ["eval.yaml: field 'sampling': field 'top_p': must be a number in (0, 1], got nan"],
+    ),
+    "config not UTF-8": (
+        "a Latin-1 byte in a config comment",
+        lambda: ["train", "--config", _write_bytes("train.yaml", b"model: m\ntrain_file: f\n# caf\xe9 au lait\n")],
+        ["train.yaml:3: not UTF-8 text (byte 0xe9 at byte 6 of the line)"],
+    ),
+    "config torn UTF-8": (
+        "a config cut inside an 'é'",
+        lambda: ["train", "--config", _write_bytes("train.yaml", b"model: m\ntrain_file: f\nname: caf\xc3")],
+        ["train.yaml:3: not UTF-8 text (byte 0xc3 at byte 10 of the line)"],
+    ),
 }
 
 

@@ -75,18 +75,22 @@ class MixtureConfig:
     alpha: float = field(
         default=0.5,
         metadata={
+            "range": "[0, 1]",
             "help": "Fraction of harmful and of benign prompts that receive a counter-aligned prefill "
-            "(RECAP uses 0.5; 0 gives vanilla DAPO data). Task prompts are never prefilled."
+            "(RECAP uses 0.5; 0 gives vanilla DAPO data). Task prompts are never prefilled.",
         },
     )
     prefill_words: int | list[int] | str = field(
         default=500,
         metadata={
+            "range": "[1, inf)",
             "help": "Prefill length ℓ in words: an int, a list to draw from, or a range 'lo-hi' "
-            "(the paper uses 500 and ablates 100–700)."
+            "(the paper uses 500 and ablates 100–700).",
         },
     )
-    seed: int = field(default=0, metadata={"help": "Seed of the selection and of the lengths."})
+    seed: int = field(
+        default=0, metadata={"range": "[0, 4294967295]", "help": "Seed of the selection and of the lengths."}
+    )
     selection: str = field(
         default="per_row",
         metadata={

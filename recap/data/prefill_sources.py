@@ -40,18 +40,29 @@ class PrefillSourceConfig:
     weights: dict[str, float] = field(
         default_factory=lambda: {"static": 1.0},
         metadata={
+            "range": "[0, inf)",
             "help": "Draw weight of each prefill source: 'static' (the corpus's counter-aligned "
             "reasoning, RECAP) and 'on_policy' (the policy's own unsafe reasoning cut at its "
             "first unsafe step, Self-ReSET). 'Mixed' is simply both weights > 0, e.g. "
-            "{'static': 0.5, 'on_policy': 0.5}."
+            "{'static': 0.5, 'on_policy': 0.5}.",
         },
     )
-    buffer_size: int = field(default=512, metadata={"help": "Most on-policy prefixes kept; the oldest leave first."})
+    buffer_size: int = field(
+        default=512, metadata={"range": "[1, inf)", "help": "Most on-policy prefixes kept; the oldest leave first."}
+    )
     per_example: int = field(
-        default=4, metadata={"help": "Most on-policy prefixes kept per training example; its oldest leave first."}
+        default=4,
+        metadata={
+            "range": "[1, inf)",
+            "help": "Most on-policy prefixes kept per training example; its oldest leave first.",
+        },
     )
     refresh_every: int = field(
-        default=1, metadata={"help": "Training steps between two scans of the policy's rollouts for new prefixes."}
+        default=1,
+        metadata={
+            "range": "[1, inf)",
+            "help": "Training steps between two scans of the policy's rollouts for new prefixes.",
+        },
     )
     judge: str = field(
         default="auto",

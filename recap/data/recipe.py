@@ -164,7 +164,8 @@ class RecipePart:
     n: int | None = field(
         default=None,
         metadata={
-            "help": "Prompts to draw (a seeded sample, kept in source order); null takes all. Fewer available prompts is an error."
+            "range": "[1, inf)",
+            "help": "Prompts to draw (a seeded sample, kept in source order); null takes all. Fewer available prompts is an error.",
         },
     )
     sources: list[RecipeSource] = field(
@@ -214,7 +215,10 @@ class RecipeConfig:
             "help": "The corpus, part by part (default: the paper's 1K BeaverTails harmful, STAR-benign-915, 1.5K GSM8K train, 1.5K MATH train, from the hub)."
         },
     )
-    seed: int = field(default=0, metadata={"help": "Seed of each part's sample (combined with the part's name)."})
+    seed: int = field(
+        default=0,
+        metadata={"range": "[0, 4294967295]", "help": "Seed of each part's sample (combined with the part's name)."},
+    )
     offline: bool = field(
         default=False,
         metadata={

@@ -38,27 +38,35 @@ class LengthSchedule:
     words: int | list[int] = field(
         default=500,
         metadata={
+            "range": "[1, inf)",
             "help": "fixed: ℓ, an int (RECAP uses 500); uniform: the list of lengths to draw from "
             "(e.g. [100, 300, 500, 700], the paper's ablation range); gated: the lengths in the order they are "
-            "reached (non-decreasing)."
+            "reached (non-decreasing).",
         },
     )
-    start: int = field(default=100, metadata={"help": "curriculum: ℓ at the first step (shortest of the ablation)."})
-    end: int = field(default=700, metadata={"help": "curriculum: ℓ at the last step (longest of the ablation)."})
+    start: int = field(
+        default=100,
+        metadata={"range": "[1, inf)", "help": "curriculum: ℓ at the first step (shortest of the ablation)."},
+    )
+    end: int = field(
+        default=700, metadata={"range": "[1, inf)", "help": "curriculum: ℓ at the last step (longest of the ablation)."}
+    )
     stages: int = field(
         default=4,
         metadata={
+            "range": "[0, inf)",
             "help": "curriculum: number of equal stages from start to end (a step function); 0 = a "
-            "linear ramp. At least 2 unless 0."
+            "linear ramp. At least 2 unless 0.",
         },
     )
 
     window: int = field(
         default=5,
         metadata={
+            "range": "[1, inf)",
             "help": "gated: steps per decision. The starting level is the prefilled harmful groups' mean reward "
             "over the first window steps; a length is left after window steps if its last window steps' mean "
-            "holds at or above it."
+            "holds at or above it.",
         },
     )
 

@@ -228,11 +228,12 @@ class StreamGuardConfig:
         default="auto", metadata={"help": "Weights dtype: auto (the checkpoint's), bfloat16, float16 or float32."}
     )
     device: str = field(default="auto", metadata={"help": "auto (cuda when available, else cpu), cpu, cuda:1, ..."})
-    batch_size: int = field(default=8, metadata={"help": "Reasonings per forward pass."})
+    batch_size: int = field(default=8, metadata={"range": "[1, inf)", "help": "Reasonings per forward pass."})
     max_length: int = field(
         default=8192,
         metadata={
-            "help": "Longest guard input in tokens; a longer reasoning is read up to it (tokens beyond are safe)."
+            "range": "[8, inf)",
+            "help": "Longest guard input in tokens; a longer reasoning is read up to it (tokens beyond are safe).",
         },
     )
 
@@ -406,12 +407,14 @@ class SelfResetConfig:
         metadata={"help": "Extend the cut through the next punctuation mark, so the prefix ends on a whole phrase."},
     )
     punctuation_lookahead: int = field(
-        default=100, metadata={"help": "Tokens searched for that punctuation mark (the reference code: 100)."}
+        default=100,
+        metadata={"range": "[1, inf)", "help": "Tokens searched for that punctuation mark (the reference code: 100)."},
     )
     buffer_size: int = field(
         default=256,
         metadata={
-            "help": "Most items waiting to be re-rolled (cuts and re-queued prompts); the oldest leave first (Self-ReSET: 256)."
+            "range": "[1, inf)",
+            "help": "Most items waiting to be re-rolled (cuts and re-queued prompts); the oldest leave first (Self-ReSET: 256).",
         },
     )
     wait: str = field(
@@ -426,7 +429,8 @@ class SelfResetConfig:
     refusal_threshold: int = field(
         default=0,
         metadata={
-            "help": "A benign group is re-queued when more than this many of its rollouts refuse (the reference default 0: any refusal)."
+            "range": "[0, inf)",
+            "help": "A benign group is re-queued when more than this many of its rollouts refuse (the reference default 0: any refusal).",
         },
     )
     skip_zero_variance: bool = field(

@@ -67,11 +67,13 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 class ToyModelConfig:
     """Size of the miniature model (Llama architecture, tied embeddings)."""
 
-    hidden_size: int = field(default=128, metadata={"help": "Model width."})
-    num_layers: int = field(default=4, metadata={"help": "Decoder layers."})
-    num_heads: int = field(default=4, metadata={"help": "Attention heads."})
-    intermediate_size: int = field(default=384, metadata={"help": "MLP width."})
-    max_position_embeddings: int = field(default=512, metadata={"help": "Longest sequence (tokens)."})
+    hidden_size: int = field(default=128, metadata={"range": "[1, inf)", "help": "Model width."})
+    num_layers: int = field(default=4, metadata={"range": "[1, inf)", "help": "Decoder layers."})
+    num_heads: int = field(default=4, metadata={"range": "[1, inf)", "help": "Attention heads."})
+    intermediate_size: int = field(default=384, metadata={"range": "[1, inf)", "help": "MLP width."})
+    max_position_embeddings: int = field(
+        default=512, metadata={"range": "[1, inf)", "help": "Longest sequence (tokens)."}
+    )
 
 
 def build_model(tokenizer: PreTrainedTokenizerFast, cfg: ToyModelConfig, seed: int) -> LlamaForCausalLM:
@@ -100,36 +102,47 @@ def build_model(tokenizer: PreTrainedTokenizerFast, cfg: ToyModelConfig, seed: i
 class PretrainConfig:
     """Supervised pre-training of the miniature base model (what makes it a "reasoning model")."""
 
-    steps: int = field(default=600, metadata={"help": "Optimizer steps."})
-    batch_size: int = field(default=64, metadata={"help": "Sequences per step."})
-    lr: float = field(default=2e-3, metadata={"help": "Peak learning rate (cosine decay, 5% warm-up)."})
-    corpus_size: int = field(default=20000, metadata={"help": "Supervised examples drawn from the world."})
+    steps: int = field(default=600, metadata={"range": "[1, inf)", "help": "Optimizer steps."})
+    batch_size: int = field(default=64, metadata={"range": "[1, inf)", "help": "Sequences per step."})
+    lr: float = field(
+        default=2e-3, metadata={"range": "(0, inf)", "help": "Peak learning rate (cosine decay, 5% warm-up)."}
+    )
+    corpus_size: int = field(
+        default=20000, metadata={"range": "[1, inf)", "help": "Supervised examples drawn from the world."}
+    )
     p_flawed: float = field(
         default=0.15,
         metadata={
+            "range": "[0, 1]",
             "help": "Share of harmful/benign examples whose reasoning is counter-aligned and followed to "
-            "the misaligned answer: what makes the base brittle under prefill."
+            "the misaligned answer: what makes the base brittle under prefill.",
         },
     )
     p_wait: float = field(
         default=0.05,
         metadata={
+            "range": "[0, 1]",
             "help": "Share of harmful/benign examples with a flawed start and a self-correction opened by one "
             "of the world's reflection cues ('wait ,', 'hold on ,', …). Must stay small (≤5%): RL "
-            "amplifies a latent recovery, it does not create one."
+            "amplifies a latent recovery, it does not create one.",
         },
     )
     p_reconsider: float = field(
         default=0.03,
         metadata={
+            "range": "[0, 1]",
             "help": "Share of harmful/benign examples whose complete flawed reasoning closes and whose answer "
             "still turns aligned after a short reconsideration ('on reflection , …'): real reasoning "
             "models rarely answer against their own reasoning, so this stays below p_wait "
-            "(docs/miniature-world.md)."
+            "(docs/miniature-world.md).",
         },
     )
-    task_share: float = field(default=0.4, metadata={"help": "Share of arithmetic examples in the corpus."})
-    seed: int = field(default=0, metadata={"help": "Seed of the corpus and of the initialisation."})
+    task_share: float = field(
+        default=0.4, metadata={"range": "[0, 1]", "help": "Share of arithmetic examples in the corpus."}
+    )
+    seed: int = field(
+        default=0, metadata={"range": "[0, 4294967295]", "help": "Seed of the corpus and of the initialisation."}
+    )
 
 
 def supervised_corpus(cfg: PretrainConfig) -> list[tuple[str, str]]:

@@ -3,12 +3,20 @@
 Every config in recap is a dataclass whose fields carry ``metadata={"help": ...}``. ``load_config``
 fills one from a YAML mapping (nested dataclasses included), rejects unknown keys and wrong types with
 a message naming the file and the field, and applies ``key.sub=value`` overrides from the CLI.
+
+Every number a config holds is range-checked as it loads: a numeric field declares its allowed values in
+interval notation, ``metadata={"help": ..., "range": "[1, inf)"}`` (``(0, 1]``, ``[0, 1]``,
+``(-inf, inf)`` for any finite number), and each of its numbers (list items and mapping values included)
+must lie in it. NaN never does; ±inf only where the interval closes on it (``[0, inf]``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,6 +29,134 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     pass
+
+
+_INTERVAL = re.compile(r"\s*([\[(])\s*([^,\s]+)\s*,\s*([^,\s]+)\s*([\])])\s*")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric field, parsed from its ``metadata["range"]`` (interval notation)."""
+
+    lo: float
+    hi: float
+    lo_closed: bool
+    hi_closed: bool
+
+    def __str__(self) -> str:
+        lo, hi = _number_text(self.lo), _number_text(self.hi)
+        low, high = self.lo > -math.inf, self.hi < math.inf
+        if low and high:
+            text = f"in {'[' if self.lo_closed else '('}{lo}, {hi}{']' if self.hi_closed else ')'}"
+        elif low:
+            text = f"{'≥' if self.lo_closed else '>'} {lo}"
+        elif high:
+            text = f"{'≤' if self.hi_closed else '<'} {hi}"
+        else:
+            text = ""
+        allowed = [s for s, ok in (("-inf", not low and self.lo_closed), ("inf", not high and self.hi_closed)) if ok]
+        if allowed:
+            return f"{text or 'a number'} ({' and '.join(allowed)} allowed)"
+        return text or "finite"
+
+    def problem(self, x: float) -> str | None:
+        """Why ``x`` is not allowed (``must be …``), or None."""
+        inside = (self.lo <= x if self.lo_closed else self.lo < x) and (x <= self.hi if self.hi_closed else x < self.hi)
+        if inside:
+            return None
+        text = str(self)
+        if math.isnan(x) or math.isinf(x):
+            kind = "a number" if math.isnan(x) else "a finite number"
+            if text != "finite" and not text.startswith("a number"):
+                kind += f" {text}"
+            return f"must be {kind}, got {x}"
+        return f"must be {text}, got {x}"
+
+
+def _number_text(x: float) -> str:
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return str(int(x)) if x == int(x) else repr(x)
+
+
+@functools.lru_cache(maxsize=None)
+def parse_range(spec: str) -> Range:
+    """``Range`` of an interval such as ``"[1, inf)"``, ``"(0, 1]"`` or ``"[0, inf]"`` (inf allowed)."""
+    m = _INTERVAL.fullmatch(spec)
+    lo = hi = math.nan
+    if m is not None:
+        try:
+            lo, hi = float(m.group(2)), float(m.group(3))
+        except ValueError:
+            pass
+    if m is None or math.isnan(lo) or math.isnan(hi):
+        raise ValueError(f"range {spec!r}: expected an interval such as '[1, inf)' or '(0, 1]'")
+    if lo > hi:
+        raise ValueError(f"range {spec!r}: the lower bound exceeds the upper one")
+    return Range(lo, hi, m.group(1) == "[", m.group(4) == "]")
+
+
+_ANY_FINITE = Range(-math.inf, math.inf, False, False)
+
+
+def numeric_type(tp: Any) -> bool:
+    """Whether values of type ``tp`` hold numbers (``int``, ``float``, lists, tuples or mappings of them,
+    optionally in a union); nested dataclasses are checked on their own, ``Any`` not at all."""
+    if tp in (int, float):
+        return True
+    if dataclasses.is_dataclass(tp) or tp in (Any, object):
+        return False
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType, list, tuple):
+        return any(numeric_type(a) for a in typing.get_args(tp) if a is not Ellipsis)
+    if origin is dict:
+        args = typing.get_args(tp)
+        return len(args) == 2 and numeric_type(args[1])
+    return False
+
+
+def field_range(f: dataclasses.Field) -> Range | None:
+    """The declared range of a dataclass field (``metadata["range"]``), or None."""
+    spec = f.metadata.get("range")
+    return None if spec is None else parse_range(spec)
+
+
+def _check_numbers(value: Any, rng: Range, where: str) -> None:
+    """Every number in ``value`` (itself, list items, mapping values) must lie in ``rng``."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, (int, float)):
+        problem = rng.problem(value)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_numbers(v, rng, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_numbers(v, rng, f"{where}[{k!r}]")
+
+
+def _check_field(f: dataclasses.Field, tp: Any, value: Any, where: str) -> None:
+    rng = field_range(f)
+    if rng is not None or numeric_type(tp):
+        _check_numbers(value, rng or _ANY_FINITE, where)
+
+
+def check_ranges(cfg: Any, where: str = "config") -> None:
+    """Raise ``ConfigError`` naming the field for a number outside its declared range (or NaN / ±inf) in
+    the dataclass instance ``cfg`` and the dataclasses it nests: the check ``load_config`` does, for a config
+    built in Python."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, here = getattr(cfg, f.name), f"{where}: field '{f.name}'"
+        _check_field(f, hints[f.name], value, here)
+        if isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                if dataclasses.is_dataclass(v) and not isinstance(v, type):
+                    check_ranges(v, f"{here}[{i}]")
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_ranges(value, here)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -56,6 +192,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] not in (Any, object):
+            return {k: _coerce(v, args[1], f"{where}[{k!r}]") for k, v in value.items()}
         return dict(value)
     if tp is Any:
         return value
@@ -84,6 +223,9 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise ConfigError(f"{where}: unknown field '{name}' ({hint}known: {', '.join(sorted(known))})")
     kwargs = {k: _coerce(v, hints[k], f"{where}: field '{k}'") for k, v in data.items()}
+    for f in dataclasses.fields(cls):
+        if f.name in kwargs:  # before the class's own checks, whose messages name no file
+            _check_field(f, hints[f.name], kwargs[f.name], f"{where}: field '{f.name}'")
     return cls(**kwargs)
 
 
@@ -164,6 +306,19 @@ def _merge(base: dict, extra: dict) -> dict:
     return merged
 
 
+def _utf8_text(path: Path) -> str:
+    """The text of ``path``; bytes that are not UTF-8 raise ``ConfigError`` naming the file, the line and the byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x} at byte {e.start - line_start + 1} of the line)"
+        ) from None
+
+
 def load_config(
     cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None, defaults: dict | None = None
 ) -> T:
@@ -178,7 +333,7 @@ def load_config(
     if path is not None:
         where = str(path)
         try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            loaded = yaml.safe_load(_utf8_text(Path(path)))
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such file") from None
         except yaml.YAMLError as e:
@@ -209,7 +364,8 @@ def to_dict(cfg) -> dict:
 
 
 def describe(cls) -> list[tuple[str, str, str]]:
-    """(field, default, help) rows of a config class, for docs and ``--help``."""
+    """(field, default, help) rows of a config class, for docs and ``--help``; the help of a field with a
+    declared range ends with it (``Range: ≥ 1.``)."""
     rows = []
     for f in dataclasses.fields(cls):
         default = (
@@ -217,5 +373,8 @@ def describe(cls) -> list[tuple[str, str, str]]:
             if f.default is not dataclasses.MISSING
             else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
         )
-        rows.append((f.name, repr(default), f.metadata.get("help", "")))
+        help_, rng = f.metadata.get("help", ""), field_range(f)
+        if rng is not None:
+            help_ = f"{help_} Range: {str(rng).removeprefix('in ')}.".lstrip()
+        rows.append((f.name, repr(default), help_))
     return rows

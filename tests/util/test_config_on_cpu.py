@@ -236,3 +236,244 @@ def test_a_choice_of_on_off_takes_yamls_bare_on_and_off(tmp_path):
     assert msg.startswith(str(path)) and "field 'shared_prefix'" in msg and "one of auto, on, off" in msg
     with pytest.raises(ConfigError, match="one of auto, on, off, got 1"):
         load_config(TrainConfig, None, ["shared_prefix=1"])
+
+
+# --- numbers are range-checked as the config loads (issue 36) ---------------------------------------
+
+
+def _train_cls():
+    from recap.train import TrainConfig
+
+    return TrainConfig
+
+
+RANGE_CASES = [  # (config class, YAML, the message after "<file>: ")
+    (_train_cls, "max_steps: -1\n", "field 'max_steps': must be ≥ 1, got -1"),
+    (_train_cls, "max_steps: 0\n", "field 'max_steps': must be ≥ 1, got 0"),
+    (_train_cls, "learning_rate: .inf\n", "field 'learning_rate': must be a finite number > 0, got inf"),
+    (_train_cls, "learning_rate: 0\n", "field 'learning_rate': must be > 0, got 0.0"),
+    (_train_cls, "prompts_per_step: 0\n", "field 'prompts_per_step': must be ≥ 1, got 0"),
+    (_train_cls, "num_generations: 0\n", "field 'num_generations': must be ≥ 2, got 0"),
+    (_train_cls, "num_generations: 1\n", "field 'num_generations': must be ≥ 2, got 1"),
+    (_train_cls, "seed: -3\n", "field 'seed': must be in [0, 4294967295], got -3"),
+    (
+        _train_cls,
+        "prefill_sources: {weights: {static: .nan}}\n",
+        "field 'prefill_sources': field 'weights'['static']: must be a number ≥ 0, got nan",
+    ),
+    (lambda: EvalConfig, "samples_per_prompt: 0\n", "field 'samples_per_prompt': must be ≥ 1, got 0"),
+    (lambda: EvalConfig, "sweep_lengths: [50, 0]\n", "field 'sweep_lengths'[1]: must be ≥ 1, got 0"),
+    (lambda: EvalConfig, "prefill_words: [5, -5]\n", "field 'prefill_words'[1]: must be ≥ 1, got -5"),
+    (
+        lambda: EvalConfig,
+        "sampling: {max_new_tokens: 0}\n",
+        "field 'sampling': field 'max_new_tokens': must be ≥ 1, got 0",
+    ),
+    (lambda: EvalConfig, "sampling: {batch_size: -2}\n", "field 'sampling': field 'batch_size': must be ≥ 1, got -2"),
+    (
+        lambda: EvalConfig,
+        "sampling: {top_p: .nan}\n",
+        "field 'sampling': field 'top_p': must be a number in (0, 1], got nan",
+    ),
+    (lambda: EvalConfig, "sampling: {top_p: 0}\n", "field 'sampling': field 'top_p': must be in (0, 1], got 0.0"),
+    (lambda: EvalConfig, "sampling: {temperature: -.inf}\n", "field 'sampling': field 'temperature': must be a finite"),
+]
+
+
+@pytest.mark.parametrize("cls, text, message", RANGE_CASES)
+def test_a_number_out_of_range_in_a_file_names_the_file_and_the_field(tmp_path, cls, text, message):
+    path = _yaml(tmp_path, text, "config.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_config(cls(), path)
+    assert str(info.value).startswith(f"{path}: {message}"), str(info.value)
+
+
+@pytest.mark.parametrize(
+    "cls, override, message",
+    [
+        (_train_cls, "max_steps=-1", "field 'max_steps': must be ≥ 1, got -1"),
+        (_train_cls, "learning_rate=inf", "field 'learning_rate': must be a finite number > 0, got inf"),
+        (_train_cls, "num_generations=0", "field 'num_generations': must be ≥ 2, got 0"),
+        (_train_cls, "prefill_sources.weights.on_policy=-1", "field 'weights'['on_policy']: must be ≥ 0, got -1.0"),
+        (lambda: EvalConfig, "sampling.top_p=nan", "field 'top_p': must be a number in (0, 1], got nan"),
+        (lambda: EvalConfig, "sampling.top_p=1.5", "field 'top_p': must be in (0, 1], got 1.5"),
+        (lambda: EvalConfig, "samples_per_prompt=0", "field 'samples_per_prompt': must be ≥ 1, got 0"),
+        (lambda: EvalConfig, "adaptive_lengths.0=0", "field 'adaptive_lengths'[0]: must be ≥ 1, got 0"),
+    ],
+)
+def test_a_number_out_of_range_in_an_override_names_the_field(tmp_path, cls, override, message):
+    path = _yaml(tmp_path, "seed: 1\n", "config.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_config(cls(), path, [override])
+    msg = str(info.value)
+    assert msg.startswith(f"{path} (with --set overrides): ") and message in msg, msg
+
+
+def test_bounds_and_documented_zeros_are_accepted(tmp_path):
+    from recap.train.sft import SFTTrainConfig
+
+    cfg = load_config(EvalConfig, None, ["sampling.top_p=1", "sampling.temperature=0", "samples_per_prompt=1"])
+    assert cfg.sampling.top_p == 1.0 and cfg.sampling.temperature == 0.0
+    cfg = load_config(_train_cls(), None, ["max_steps=1", "num_generations=2", "max_total_length=0", "seed=4294967295"])
+    assert cfg.max_steps == 1 and cfg.seed == 2**32 - 1
+    assert load_config(SFTTrainConfig, None, ["max_steps=0"]).max_steps == 0  # 0: run `epochs` passes
+    with pytest.raises(ConfigError, match=r"field 'max_steps': must be ≥ 0, got -1"):
+        load_config(SFTTrainConfig, None, ["max_steps=-1"])
+    with pytest.raises(ConfigError, match=r"field 'batch_size': must be ≥ 1, got -2"):
+        load_config(SFTTrainConfig, _yaml(tmp_path, "batch_size: -2\n", "sft.yaml"))
+
+
+@dataclass
+class _Ranged:
+    ratio: float = field(default=0.5, metadata={"help": "a ratio", "range": "[0, 1]"})
+    budget: float = field(default=1.0, metadata={"help": "inf: no limit", "range": "(0, inf]"})
+    count: int | None = field(default=None, metadata={"help": "a count", "range": "[1, 10)"})
+    weights: dict[str, float] = field(default_factory=dict, metadata={"help": "weights", "range": "[0, inf)"})
+
+
+def test_ranges_of_list_items_mapping_values_and_infinity():
+    assert from_dict(_Ranged, {"budget": float("inf"), "count": 9, "weights": {"a": 2}}).weights == {"a": 2.0}
+    assert from_dict(_Ranged, {"count": None}).count is None
+    for data, message in [
+        ({"ratio": 1.5}, "config: field 'ratio': must be in [0, 1], got 1.5"),
+        ({"ratio": float("nan")}, "config: field 'ratio': must be a number in [0, 1], got nan"),
+        ({"budget": 0}, "config: field 'budget': must be > 0 (inf allowed), got 0.0"),
+        ({"budget": float("nan")}, "config: field 'budget': must be a number > 0 (inf allowed), got nan"),
+        ({"count": 10}, "config: field 'count': must be in [1, 10), got 10"),
+        ({"weights": {"a": -1}}, "config: field 'weights'['a']: must be ≥ 0, got -1.0"),
+        ({"weights": {"a": "x"}}, "config: field 'weights'['a']: expected float, got 'x'"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            from_dict(_Ranged, data)
+        assert str(info.value) == message
+    # a numeric field that declares no range still takes no NaN or infinity
+    with pytest.raises(ConfigError, match=r"field 'ratio': must be a number, got nan"):
+        from_dict(_Opt, {"ratio": "nan"})  # YAML reads a bare nan as text
+    with pytest.raises(ConfigError, match=r"field 'ratio': must be a finite number, got -inf"):
+        from_dict(_Opt, {"ratio": float("-inf")})
+    assert dict((r[0], r[2]) for r in describe(_Ranged))["ratio"] == "a ratio Range: [0, 1]."
+
+
+def test_range_specs_and_built_configs():
+    from recap.util.config import check_ranges, parse_range
+
+    assert str(parse_range("[1, inf)")) == "≥ 1" and str(parse_range("(-inf, inf)")) == "finite"
+    for bad in ("1..2", "[2, 1]", "[a, 1)", "(0; 1]"):
+        with pytest.raises(ValueError, match="range"):
+            parse_range(bad)
+    with pytest.raises(ConfigError, match=r"^config: field 'sampling': field 'top_p': must be a number in \(0, 1\]"):
+        check_ranges(EvalConfig(sampling=SamplingConfig(top_p=float("nan"))))
+    from recap.train import TrainConfig, check_train_config
+
+    with pytest.raises(ValueError, match=r"TrainConfig: field 'max_steps': must be ≥ 1, got -1"):
+        check_train_config(TrainConfig(max_steps=-1))
+
+
+def _config_classes():
+    """Every dataclass in recap whose fields carry help: the configs."""
+    import dataclasses
+    import importlib
+    import inspect
+    import pkgutil
+
+    import recap
+
+    found = {}
+    for info in pkgutil.walk_packages(recap.__path__, "recap."):
+        module = importlib.import_module(info.name)
+        for obj in vars(module).values():
+            if (
+                inspect.isclass(obj)
+                and dataclasses.is_dataclass(obj)
+                and obj.__module__ == module.__name__
+                and any("help" in f.metadata for f in dataclasses.fields(obj))
+            ):
+                found[f"{obj.__module__}.{obj.__qualname__}"] = obj
+    return found
+
+
+def test_every_numeric_config_field_declares_its_range():
+    """A new int or float field (or a list / mapping of them) without ``metadata["range"]`` fails here."""
+    import dataclasses
+    import typing
+
+    from recap.util.config import check_ranges, field_range, numeric_type
+
+    classes = _config_classes()
+    assert {"recap.train.config.TrainConfig", "recap.inference.generation.SamplingConfig"} <= set(classes)
+    missing = []
+    for name, cls in classes.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            rng = field_range(f)  # a malformed spec raises here
+            if numeric_type(hints[f.name]) and rng is None:
+                missing.append(f"{name}.{f.name}")
+        try:
+            default = cls()
+        except TypeError:  # required fields (BenchmarkSpec)
+            continue
+        check_ranges(default, name)  # the defaults lie in their own ranges
+    assert not missing, f"numeric fields without a declared range: {missing}"
+
+
+SHIPPED = {  # config file -> its class (module, name)
+    "judges/guard.yaml": ("recap.rewards.guard", "GuardConfig"),
+    "judges/overrefusal-rubric.yaml": ("recap.rewards.rubric", "RubricConfig"),
+    "judges/reflection-rubric.yaml": ("recap.rewards.rubric", "RubricConfig"),
+    "judges/strongreject-rubric.yaml": ("recap.rewards.rubric", "RubricConfig"),
+    "recap-dapo.yaml": ("recap.train", "TrainConfig"),
+    "recap-mixed-curriculum.yaml": ("recap.train", "TrainConfig"),
+    "recipe/cpu.yaml": ("recap.data.recipe", "RecipeConfig"),
+    "recipe/paper.yaml": ("recap.data.recipe", "RecipeConfig"),
+    "recipe/paper-prefills.yaml": ("recap.data.prefills", "PrefillConfig"),
+    "scale/recap-8b.yaml": ("recap.train", "TrainConfig"),
+    "scale/recap-8b-vllm-server.yaml": ("recap.train", "TrainConfig"),
+    "self-reset.yaml": ("recap.train", "TrainConfig"),
+    "smollm2/distill.yaml": ("recap.train.sft", "DistillConfig"),
+    "smollm2/eval.yaml": ("recap.eval.suite", "SuiteConfig"),
+    "smollm2/eval-effect.yaml": ("recap.eval.suite", "SuiteConfig"),
+    "smollm2/eval-full.yaml": ("recap.eval.suite", "SuiteConfig"),
+    "smollm2/experiment.yaml": ("recap.experiment", "ExperimentConfig"),
+    "smollm2/mixture.yaml": ("recap.data.mixture", "MixtureConfig"),
+    "smollm2/prefills.yaml": ("recap.data.prefills", "PrefillConfig"),
+    "smollm2/rl.yaml": ("recap.train", "TrainConfig"),
+    "smollm2/sft.yaml": ("recap.train.sft", "SFTTrainConfig"),
+    "smollm2/train.yaml": ("recap.train", "TrainConfig"),
+    "toy/demo.yaml": ("recap.demo", "DemoConfig"),
+    "toy/eval.yaml": ("recap.eval.runner", "EvalConfig"),
+    "toy/mixture.yaml": ("recap.data.mixture", "MixtureConfig"),
+    "toy/train.yaml": ("recap.train", "TrainConfig"),
+    "verify-data.yaml": ("recap.train.verify", "VerifyDataConfig"),
+    "verify.yaml": ("recap.train.sft", "SFTTrainConfig"),
+}
+
+
+def test_every_shipped_config_loads_within_its_ranges():
+    import importlib
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    shipped = {str(p.relative_to(configs)) for p in configs.rglob("*.yaml") if p.parent.name != "accelerate"}
+    assert shipped == set(SHIPPED), "add the new config file to SHIPPED"
+    for name, (module, cls) in SHIPPED.items():
+        load_config(getattr(importlib.import_module(module), cls), configs / name)
+
+
+@pytest.mark.parametrize(
+    "data, line, message",
+    [
+        (
+            b"seed: 1\nsampling:\n  temperature: 0.5  # caf\xe9\n",
+            3,
+            "not UTF-8 text (byte 0xe9 at byte 26 of the line)",
+        ),
+        (b"seed: 1\nattacks: [clean, \xc3]\n", 2, "not UTF-8 text (byte 0xc3 at byte 18 of the line)"),
+        (b"seed: 1\n# caf\xc3", 2, "not UTF-8 text (byte 0xc3 at byte 6 of the line)"),  # a torn \xc3\xa9
+    ],
+)
+def test_bytes_that_are_not_utf8_name_the_file_and_the_line(tmp_path, data, line, message):
+    path = tmp_path / "eval.yaml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as info:
+        load_config(EvalConfig, path)
+    assert str(info.value) == f"{path}:{line}: {message}"
