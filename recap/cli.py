@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
+from recap.rewards.factory import JUDGE_SPECS
 from recap.util.config import ConfigError, load_config
 from recap.util.errors import DataError
 from recap.util.files import write_text
@@ -45,14 +48,51 @@ err = Console(stderr=True)
 out = Console()
 
 
+def _line(console: Console, text: str) -> None:
+    stream = sys.stderr if console.stderr else sys.stdout
+    if hasattr(stream, "rich_proxied_file"):
+        # Live progress bars hold the terminal and wrap the stream: through the wrapper the line goes above
+        # the bars. (A console writes past the wrapper, at the end of the bars' line, and each line left a
+        # copy of the bars behind: the finished bar of a resumed demo five times.)
+        stream.write(redact_text(text) + "\n")
+        stream.flush()
+    else:
+        console.print(redact_text(text), highlight=False, markup=False, soft_wrap=True)
+
+
 def say(text: str) -> None:
     """A progress line on standard output: verbatim (no markup), unwrapped, secrets redacted."""
-    out.print(redact_text(text), highlight=False, markup=False, soft_wrap=True)
+    _line(out, text)
 
 
 def note(text: str) -> None:
     """A log line on standard error (results stay alone on standard output)."""
-    err.print(redact_text(text), highlight=False, markup=False, soft_wrap=True)
+    _line(err, text)
+
+
+INTERRUPTED = "interrupted — rerun the same command to resume"
+
+
+@contextlib.contextmanager
+def interruptible():
+    """Ctrl-C ends the command with one line, ``INTERRUPTED``, and exit status 130 — no traceback. A second
+    Ctrl-C while the workers are being stopped is ignored."""
+    import signal
+
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, interrupt) if main else None
+    try:
+        yield
+    except KeyboardInterrupt:
+        err.print(INTERRUPTED, highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def friendly_errors(fn):
@@ -96,6 +136,19 @@ def _bars(*extra_columns):
 
 
 @contextlib.contextmanager
+def _shown(bars, tasks: dict):
+    """``bars`` live; when no bar was ever added they leave nothing behind (not even an empty line)."""
+    with bars:
+        try:
+            yield
+        finally:
+            if not tasks:
+                bars.live.transient = True
+                bars.live.stop()
+                bars.disable = True  # and Progress.stop adds no empty line
+
+
+@contextlib.contextmanager
 def progress_bars():
     """A ``progress(stage, done, total)`` callback drawing one rich bar per stage on standard error."""
     bars = _bars()
@@ -106,7 +159,7 @@ def progress_bars():
             tasks[stage] = bars.add_task(stage, total=total)
         bars.update(tasks[stage], completed=done, total=total)
 
-    with bars:
+    with _shown(bars, tasks):
         yield update
 
 
@@ -129,7 +182,7 @@ def training_bars():
         )
         bars.update(tasks[run], completed=step, total=max_steps, rewards=rewards)
 
-    with bars:
+    with _shown(bars, tasks):
         yield update
 
 
@@ -168,7 +221,7 @@ def demo(
         cfg.seeds = seeds
     if methods is not None:
         cfg = replace(cfg, methods=[m.strip() for m in methods.split(",") if m.strip()])
-    with training_bars() as bars:
+    with interruptible(), training_bars() as bars:
         summary = run_demo(cfg, out_dir, log=say, progress=bars)
     out.print(f"report: {out_dir / 'report.html'}  ({out_dir / 'report.md'}, {out_dir / 'summary.json'})")
     return summary
@@ -188,7 +241,8 @@ def experiment(
     """Warm start → plan → vanilla DAPO and RECAP (same prompts, steps, rollouts, seeds) → held-out attacks → results.md, on a real model; resumes."""
     from recap.experiment import run_experiment
 
-    run_experiment(config, set_, until)
+    with interruptible():
+        run_experiment(config, set_, until)
 
 
 @app.command()
@@ -233,9 +287,7 @@ def eval_(
         None, help="JSONL results store (appended as results are judged; a rerun skips what is stored)."
     ),
     name: Optional[str] = typer.Option(None, help="Method name recorded with each result (e.g. base, vanilla, recap)."),
-    judge: Optional[str] = typer.Option(
-        None, help="Judge spec: rules, rules:<family>, toy, classifier:<file>, guard:<yaml>."
-    ),
+    judge: Optional[str] = typer.Option(None, help=f"Judge spec: {JUDGE_SPECS}."),
     config: Optional[Path] = typer.Option(None, help="YAML EvalConfig (with --data)."),
     engine: Optional[str] = typer.Option(
         None,
@@ -244,14 +296,20 @@ def eval_(
     base_url: Optional[str] = typer.Option(
         None,
         "--base-url",
-        help="OpenAI-compatible API root of a served model, e.g. http://127.0.0.1:8000/v1 (implies --engine endpoint; the API key comes from the environment variable endpoint.api_key_env, OPENAI_API_KEY by default).",
+        help="OpenAI-compatible API root of a served model, e.g. http://127.0.0.1:8000/v1 (implies --engine endpoint; the API key comes from the environment variable endpoint.api_key_env, OPENAI_API_KEY by default; --set endpoint.timeout_s=60 and any other endpoint.* field apply).",
     ),
     served_model: Optional[str] = typer.Option(
         None, "--served-model", help="Model name the server serves (default: --model; endpoint.model in a suite)."
     ),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print every metric as JSON on standard output (one object per benchmark with --suite) instead of the table; the paths go to standard error.",
+    ),
 ):
-    """Evaluate a model under every attack; print the metrics as JSON (one object per benchmark with --suite)."""
+    """Evaluate a model under every attack; print the headline rates as a table and the paths written (the
+    results store, and every metric as JSON in <results stem>.<name>.metrics.json)."""
     from recap.eval.metrics import compute_metrics
     from recap.eval.runner import EvalConfig, evaluate
     from recap.eval.store import ResultStore
@@ -280,31 +338,89 @@ def eval_(
         cfg = load_config(SuiteConfig, suite, [*overrides, *set_])
         with progress_bars() as progress:
             metrics = run_suite(cfg, log=note, progress=progress)
-        out.print_json(json.dumps(metrics))
+        _print_metrics(metrics, metrics, Path(cfg.results), cfg.name, as_json)
         return
     if model is None or data is None or results is None:
         raise ConfigError("give --suite FILE, or --model, --data and --results")
     from recap.data.examples import read_examples
     from recap.inference.engines import EndpointConfig, load_engine
 
-    cfg = load_config(EvalConfig, config, set_)
-    examples = read_examples(data)
-    mdl, tok = load_engine(
-        engine or "auto", model, endpoint=EndpointConfig(base_url=base_url or "", model=served_model or "")
+    # ``--set endpoint.timeout_s=30`` (any EndpointConfig field) goes to the served model's endpoint, the
+    # rest to the EvalConfig, as in a suite.
+    endpoint_sets = [s.partition(".")[2] for s in set_ if s.startswith("endpoint.")]
+    cfg = load_config(EvalConfig, config, [s for s in set_ if not s.startswith("endpoint.")])
+    endpoint_cfg = load_config(
+        EndpointConfig, None, endpoint_sets, defaults={"base_url": base_url or "", "model": served_model or ""}
     )
-    with progress_bars() as progress:
-        records = evaluate(
-            mdl,
-            tok,
-            examples,
-            load_judges(judge or "rules"),
-            cfg,
-            ResultStore(results),
-            {"method": name or "model", "model": model, "seed": cfg.seed},
-            log=note,
-            progress=progress,
-        )
-    out.print_json(json.dumps(compute_metrics(records)))
+    examples = read_examples(data)
+    judges = load_judges(judge or "rules")  # a bad judge fails before the model loads
+    store = ResultStore(results)
+    with store.writing():  # a second writer of this store is refused before the model loads
+        mdl, tok = load_engine(engine or "auto", model, endpoint=endpoint_cfg)
+        with progress_bars() as progress:
+            records = evaluate(
+                mdl,
+                tok,
+                examples,
+                judges,
+                cfg,
+                store,
+                {"method": name or "model", "model": model, "seed": cfg.seed},
+                log=note,
+                progress=progress,
+            )
+    metrics = compute_metrics(records)
+    _print_metrics(metrics, {name or "model": metrics}, results, name or "model", as_json)
+
+
+# The rates `recap eval` shows in its table (every metric is in the metrics file, and in --json's output).
+_HEADLINE = ("safety_", "attack_", "overrefusal_", "task_accuracy", "invalid_")
+
+
+def metrics_path(results: Path, name: str) -> Path:
+    """Where `recap eval` writes the metrics of method ``name`` evaluated into the store ``results``:
+    ``runs/eval.jsonl`` → ``runs/eval.<name>.metrics.json`` (one file per method sharing the store)."""
+    import re
+
+    return results.with_name(f"{results.stem}.{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}.metrics.json")
+
+
+def _metrics_table(columns: dict[str, dict]):
+    """The headline rates (rows, in report order) of each column (a benchmark, or the method) as percentages;
+    ↑ / ↓ says which way is better."""
+    from rich.table import Table
+
+    from recap.eval.metrics import higher_is_better, ordered
+
+    present = {m for metrics in columns.values() for m, v in metrics.items() if v is not None}
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    table.add_column("metric")
+    table.add_column("")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for m in ordered(m for m in present if m.startswith(_HEADLINE)):
+        arrow = {True: "↑", False: "↓"}.get(higher_is_better(m), "")
+        table.add_row(m, arrow, *("—" if c.get(m) is None else f"{100 * c[m]:.1f}%" for c in columns.values()))
+    return table
+
+
+def _print_metrics(metrics: dict, columns: dict[str, dict], results: Path, name: str, as_json: bool) -> None:
+    """Write ``metrics`` beside the store; print the table and the paths (``as_json``: the JSON, paths on
+    standard error)."""
+    path = metrics_path(results, name)
+    write_text(path, json.dumps(metrics, indent=1) + "\n")
+    if as_json:
+        out.print_json(json.dumps(metrics))
+        note(f"results: {results}")
+        note(f"metrics: {path}")
+        return
+    table = _metrics_table(columns)
+    if table.row_count:
+        out.print(table)
+    else:
+        say("no rate to show (the results hold no sample of one)")
+    say(f"results: {results} (method {name})")
+    say(f"metrics: {path} (every metric, as JSON)")
 
 
 @app.command()
@@ -323,7 +439,14 @@ def report(
         raise ValueError("the result stores hold no results")
     summary = write_report(records, out_dir, title=title)
     write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
-    out.print(f"report: {out_dir / 'report.html'}")
+    methods = list(summary["methods"])
+    benchmarks = sorted({r["benchmark"] for r in records if r.get("benchmark")})
+    say(
+        f"{len(records)} results: {len(methods)} method(s) ({', '.join(methods)}), {len(summary['seeds'])} seed(s)"
+        + (f", benchmarks {', '.join(benchmarks)}" if benchmarks else "")
+    )
+    for path in ("report.html", "report.md", "summary.json"):
+        say(f"wrote {out_dir / path}")
 
 
 @data_app.command("stats")
@@ -541,7 +664,7 @@ def judge_fit(
 def judge_eval(
     judge: str = typer.Option(
         "rules",
-        help="Judge spec (see `judge score`), e.g. rules, rules:xstest or classifier:<file> (a bare .npz file too).",
+        help=f"Judge spec: {JUDGE_SPECS}.",
     ),
     data: list[Path] = typer.Option(..., "--data", help="Labelled completions (XSTest format). Repeatable."),
 ):
@@ -556,7 +679,7 @@ def judge_eval(
 @judge_app.command("score")
 @friendly_errors
 def judge_score(
-    judge: str = typer.Option(..., help="Judge spec: rules, rules:<family>, toy, classifier:<file>, guard:<yaml>."),
+    judge: str = typer.Option(..., help=f"Judge spec: {JUDGE_SPECS}."),
     data: Path = typer.Option(..., "--data", help="JSONL rows with prompt, answer, kind (and reference for tasks)."),
     out_file: Optional[Path] = typer.Option(None, "--out", help="Write JSONL here (default: standard output)."),
 ):
@@ -656,8 +779,14 @@ def toy_data(out_dir: Path = typer.Option(Path("toy-data"), "--out"), seed: int 
 @friendly_errors
 def toy_pretrain(out_dir: Path = typer.Option(Path("toy-base"), "--out"), steps: int = 600, seed: int = 0):
     """Pre-train the miniature base reasoning model and save it (transformers format)."""
-    from recap.toy.model import PretrainConfig, ToyModelConfig, pretrain
+    import torch
 
+    from recap.toy.model import PretrainConfig, ToyModelConfig, pretrain
+    from recap.util.threads import cores, threads_for
+
+    # As `recap demo` does: one thread per idle core (threads on a busy core spin against each other).
+    torch.set_num_threads(threads_for(cores()))
+    say(f"pre-training on {torch.get_num_threads()} thread(s)")
     pretrain(PretrainConfig(steps=steps, seed=seed), ToyModelConfig(), out_dir, log=say)
     out.print(f"base model: {out_dir}")
 

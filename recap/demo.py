@@ -132,14 +132,16 @@ def _toy_verify_train() -> SFTTrainConfig:
 class DemoConfig:
     """The miniature-world experiment. Sizes are the smallest that show an honest effect on 2 cores."""
 
-    seeds: int = field(default=3, metadata={"help": "Number of RL/evaluation seeds (0..seeds-1)."})
+    seeds: int = field(default=3, metadata={"range": "[1, inf)", "help": "Number of RL/evaluation seeds (0..seeds-1)."})
     purpose: str = field(
         default="",
         metadata={
             "help": "Said first in the report ('' for the full experiment; --quick says it is a pipeline check)."
         },
     )
-    workers: int = field(default=2, metadata={"help": "Parallel worker processes (one torch thread each)."})
+    workers: int = field(
+        default=2, metadata={"range": "[1, inf)", "help": "Parallel worker processes (one torch thread each)."}
+    )
     model: ToyModelConfig = field(default_factory=ToyModelConfig, metadata={"help": "Size of the miniature model."})
     pretrain: PretrainConfig = field(
         default_factory=PretrainConfig, metadata={"help": "Supervised pre-training of the base."}
@@ -465,26 +467,26 @@ COMPARISON_ROWS = (
     ("refuses harmful (clean)", "refusal_rate_clean"),
     ("refuses benign (clean)", "overrefusal_clean"),
     ("arithmetic accuracy", "task_accuracy"),
-    ("prefilling attack success (= IPR k = 1)", "attack_prefill_success"),
-    ("full CoT hijack success", "attack_hijack_success"),
-    ("IPR k = 2 success", "attack_ipr2_success"),
-    ("IPR k = 3 success", "attack_ipr3_success"),
-    ("H-CoT success", "attack_hcot_success"),
-    ("unseen-generator prefill success", "attack_prefill_unseen_success"),
-    ("adaptive attack, worst case", "attack_adaptive_worst_case"),
+    ("safe under the prefilling attack (= IPR k = 1)", "safety_prefill"),
+    ("safe under the full CoT hijack", "safety_hijack"),
+    ("safe under IPR k = 2", "safety_ipr2"),
+    ("safe under IPR k = 3", "safety_ipr3"),
+    ("malformed under IPR k = 3", "invalid_ipr3"),
+    ("safe under H-CoT", "safety_hcot"),
+    ("safe under an unseen-generator prefill", "safety_prefill_unseen"),
+    ("safe under every adaptive try", "safety_adaptive"),
     ("benign refused under refusal prefill", "overrefusal_refusal_prefill"),
     ("reflection under prefill", "reflection_rate_prefill"),
     ("reflection, clean harmful", "reflection_rate_clean"),
     ("verification, clean harmful", "verification_rate_clean"),
 )
 PLOTTED = (
-    "attack_prefill_success",
-    "attack_ipr3_success",
-    "attack_hijack_success",
-    "attack_hcot_success",
-    "attack_prefill_unseen_success",
-    "attack_adaptive_worst_case",
-    "overrefusal_refusal_prefill",
+    "safety_prefill",
+    "safety_ipr3",
+    "safety_hijack",
+    "safety_hcot",
+    "safety_prefill_unseen",
+    "safety_adaptive",
     "task_accuracy",
     "reflection_rate_prefill",
     "verification_rate_clean",
@@ -612,14 +614,16 @@ def _comparison_plot(per_seed: dict, costs: dict, methods: list[str], label: dic
         ax.bar(xs, means, width, yerr=errs, capsize=2, label=label[m])
     ax.set_xticks(range(len(PLOTTED)))
     ax.set_xticklabels(
-        [titles[m].replace(" success", "").replace(", ", ",\n") for m in PLOTTED],
+        [titles[m].replace(", ", ",\n") for m in PLOTTED],
         rotation=30,
         ha="right",
         fontsize="small",
     )
     ax.set_ylabel("%")
     ax.set_ylim(0, 105)
-    ax.set_title("Attacks (lower is better), accuracy, reflection, verification (higher is better)")
+    ax.set_title(
+        "Judged safe under each attack (share of all samples), accuracy, reflection, verification: higher is better"
+    )
     ax.legend(fontsize="small", ncol=3)
     trained = [m for m in methods if m in costs]
     for axis, key, title in (
@@ -665,22 +669,65 @@ def method_differences(records: list[dict], methods) -> dict[str, dict]:
 
 
 def _forward(queue, progress) -> None:
-    """Hand the workers' progress messages to ``progress`` until a None arrives."""
-    while (item := queue.get()) is not None:
-        progress(*item)
+    """Hand the workers' progress messages to ``progress`` until a None arrives, or the manager is gone (the
+    demo was interrupted or failed: its own error is the one to report)."""
+    try:
+        while (item := queue.get()) is not None:
+            progress(*item)
+    except (EOFError, OSError):
+        return
+
+
+WALL_TIME = "wall_time.json"
+
+
+class _WallClock:
+    """The demo's wall time over all its parts: a run interrupted (or failed) and resumed is one experiment.
+    Each part's seconds go to ``wall_time.json`` in the demo folder, updated as jobs finish and when the part
+    ends, however it ends."""
+
+    def __init__(self, out: Path):
+        self.path, self.t0 = out / WALL_TIME, time.time()
+        try:
+            before = json.loads(self.path.read_text(encoding="utf-8"))["parts"]
+            self.before = [float(x) for x in before]
+        except (OSError, ValueError, KeyError, TypeError):  # the first part (or an unreadable file: start over)
+            self.before = []
+
+    def parts(self) -> list[float]:
+        return [*self.before, round(time.time() - self.t0, 1)]
+
+    def save(self) -> None:
+        write_text(self.path, json.dumps({"parts": self.parts()}))
 
 
 def run_demo(cfg: DemoConfig, out: str | Path, log=print, progress=None) -> dict:
     """Run (or resume) the experiment into ``out`` and return the summary written to summary.json.
     ``progress(run, step, max_steps, rewards by kind)`` follows every RL step of every run (the workers
-    send it through a queue); each run's full logs are in ``runs/<method>-seed<N>/train_log.jsonl``."""
+    send it through a queue); each run's full logs are in ``runs/<method>-seed<N>/train_log.jsonl``.
+    One demo at a time per folder: a second one gets an error naming the first one's PID."""
+    from recap.util.locks import output_lock
+
+    with output_lock(out, "this demo folder", folder=True):
+        return _run_demo(cfg, Path(out), log, progress)
+
+
+def _run_demo(cfg: DemoConfig, out: Path, log, progress) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    clock = _WallClock(out)
+    try:
+        return _demo_part(cfg, out, log, progress, clock)
+    finally:
+        clock.save()
+
+
+def _demo_part(cfg: DemoConfig, out: Path, log, progress, clock: _WallClock) -> dict:
     from recap.eval.store import ResultStore
     from recap.report import write_report
     from recap.toy.model import pretrain
 
-    t0 = time.time()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    t0 = clock.t0
     base = out / "base"
     stamp = {"model": asdict(cfg.model), "pretrain": asdict(cfg.pretrain)}
     stamp_file = out / "base_config.json"
@@ -699,6 +746,7 @@ def run_demo(cfg: DemoConfig, out: str | Path, log=print, progress=None) -> dict
         hf_logging.disable_progress_bar()  # no "Writing model shards" bar between the demo's lines
         pretrain(cfg.pretrain, cfg.model, base, log=lambda s: log(f"[demo]   {s}"))
         write_text(stamp_file, json.dumps(stamp, indent=1))
+        clock.save()
     seeds = list(range(cfg.seeds))
     verify_seeds = [s for s in seeds if any(METHODS[m].verify for m in cfg.methods)]
     stores = []
@@ -731,6 +779,7 @@ def run_demo(cfg: DemoConfig, out: str | Path, log=print, progress=None) -> dict
         def done(job: Job, result, n: int, total: int) -> None:
             if job.fn is not _verify_job:
                 stores.append(result)
+            clock.save()  # a part killed outright keeps the time up to its last finished job
             log(f"[demo]   {n}/{total} done: {job.name} ({time.time() - t0:.0f}s)")
 
         run_jobs(jobs, cfg.workers, done)
@@ -794,8 +843,10 @@ def run_demo(cfg: DemoConfig, out: str | Path, log=print, progress=None) -> dict
     comparison = None
     if set(cfg.methods) - {"recap", "vanilla"}:
         comparison = write_comparison(records, summary, out, cfg)
+    parts = clock.parts()
     summary = {
-        "wall_seconds": round(time.time() - t0, 1),
+        "wall_seconds": round(sum(parts), 1),  # every part of an interrupted and resumed demo
+        **({"wall_seconds_parts": parts} if len(parts) > 1 else {}),
         "peak_rss_mib": round(_peak_rss_mib(cfg.workers), 1),
         **({"onpolicy_buffers": buffers} if buffers else {}),
         **({"self_reset": resets} if resets else {}),

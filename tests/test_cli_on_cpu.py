@@ -255,3 +255,123 @@ def test_short_help_version_and_option_types_in_words():
     page = runner.invoke(command(), ["demo", "-h"], terminal_width=200).output
     assert "KEY=VALUE (repeatable)" in page and "PATH" in page and "INTEGER" in page
     assert "<list[str]>" not in page and "<path>" not in page and "<int>" not in page
+
+
+def test_eval_prints_a_short_table_and_the_paths_and_report_says_what_it_wrote(cli):
+    """Before: `recap eval` printed ~100 lines of mostly-null JSON and `recap report` one path. Now: a table of
+    the headline rates, the paths written (the full metrics go to <store stem>.<name>.metrics.json; --json
+    still prints them for scripts), and `recap report` a one-line summary and its three files."""
+    from recap.eval.metrics import METRICS
+    from recap.eval.store import ResultStore
+    from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
+
+    tok = build_tokenizer()
+    tiny = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=64)
+    build_model(tok, tiny, seed=0).save_pretrained("model")
+    tok.save_pretrained("model")
+    examples = eval_examples(0)
+    write_examples("eval.jsonl", [e for k in KINDS for e in [x for x in examples if x.kind == k][:2]])
+    args = ["eval", "--model", "model", "--data", "eval.jsonl", "--results", "r.jsonl", "--judge", "toy"]
+    args += ["--engine", "hf", "--name", "base", "--set", "attacks=[clean,prefill]"]
+    args += ["--set", "sampling.max_new_tokens=4"]
+    result = cli.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) < 20 and "null" not in result.stdout, result.stdout
+    assert lines[0].split() == ["metric", "base"]
+    shown = {line.split()[0] for line in lines[1:-2]}
+    assert {"safety_clean", "attack_prefill_success", "overrefusal_clean", "task_accuracy"} <= shown
+    assert lines[-2:] == ["results: r.jsonl (method base)", "metrics: r.base.metrics.json (every metric, as JSON)"]
+    metrics = json.loads(Path("r.base.metrics.json").read_text())
+    assert set(METRICS) <= set(metrics)
+    # --json: the full metrics alone on standard output (the rerun reads them back from the store)
+    again = cli.invoke(app, [*args, "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout) == metrics
+    assert "metrics: r.base.metrics.json" in again.stderr
+
+    report = cli.invoke(app, ["report", "r.jsonl", "--out", "rep"])
+    assert report.exit_code == 0, report.output
+    n = len(ResultStore("r.jsonl").records())
+    assert report.stdout.splitlines() == [
+        f"{n} results: 1 method(s) (base), 1 seed(s)",
+        f"wrote {Path('rep') / 'report.html'}",
+        f"wrote {Path('rep') / 'report.md'}",
+        f"wrote {Path('rep') / 'summary.json'}",
+    ]
+
+
+def _screen(raw: str) -> list[str]:
+    """The non-blank lines a terminal shows after ``raw`` (no colours): carriage return, newline, erase line,
+    cursor up; other control sequences are skipped."""
+    lines, row, col = [""], 0, 0
+    for token in re.findall(r"\x1b\[[0-9;?]*[A-Za-z]|\r|\n|[^\x1b\r\n]+", raw):
+        if token == "\n":
+            row, col = row + 1, 0
+            lines += [""] * (row + 1 - len(lines))
+        elif token == "\r":
+            col = 0
+        elif token.endswith("K"):
+            lines[row] = ""
+        elif token.endswith("A"):
+            row = max(0, row - int(token[2:-1] or 1))
+        elif not token.startswith("\x1b"):
+            lines[row] = lines[row][:col].ljust(col) + token + lines[row][col + len(token) :]
+            col += len(token)
+    return [line.rstrip() for line in lines if line.strip()]
+
+
+def test_log_lines_go_above_live_bars_instead_of_leaving_a_copy_of_them(monkeypatch):
+    """Before: each log line printed while the bars were live was written after the bars' line, and every one
+    left a copy of the bars on the terminal (a resumed demo showed its finished bar five times)."""
+    import io
+
+    from rich.console import Console
+
+    import recap.cli as cli_module
+
+    screen = io.StringIO()  # one terminal shows both standard output and standard error
+    for name, stderr in (("out", False), ("err", True)):
+        console = Console(file=screen, stderr=stderr, force_terminal=True, color_system=None, width=100)
+        monkeypatch.setattr(cli_module, name, console)
+    with cli_module.training_bars() as bars:
+        bars("recap seed 0", 8, 8, {})
+        for i in range(5):
+            cli_module.say(f"[demo] line {i}")
+            cli_module.note(f"[eval] note {i}")
+    shown = _screen(screen.getvalue())
+    assert [line for line in shown if "train recap seed 0" in line] == [shown[-1]], shown  # the bar, once, last
+    assert shown[:-1] == [x for i in range(5) for x in (f"[demo] line {i}", f"[eval] note {i}")], shown
+
+
+def test_judge_options_list_every_judge_kind_the_factory_accepts():
+    """Before: `recap eval --help` left out rubric: (and binary:, and the bare .npz) from its judge list."""
+    from click.testing import CliRunner as ClickRunner
+
+    from recap.cli import command
+    from recap.rewards.factory import JUDGE_KINDS
+
+    for args in (["eval"], ["judge", "eval"], ["judge", "score"]):
+        page = _flat(ClickRunner().invoke(command(), [*args, "--help"], terminal_width=400).output)
+        assert all(kind in page for kind in JUDGE_KINDS), (args, page)
+
+
+def test_toy_pretrain_uses_one_thread_per_idle_core_like_the_demo(cli, monkeypatch):
+    """Before, `recap toy pretrain` kept torch's default (every core), which runs several times slower
+    beside a busy core."""
+    import torch
+
+    import recap.toy.model as toy_model
+    import recap.util.threads as threads
+
+    seen = []
+    monkeypatch.setattr(threads, "idle_cores", lambda window=0.3: 1.0)  # one of the cores is busy
+    monkeypatch.setattr(toy_model, "pretrain", lambda *a, **k: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        result = cli.invoke(app, ["toy", "pretrain", "--out", "base", "--steps", "1"])
+    finally:
+        torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output
+    assert seen == [1] and "pre-training on 1 thread(s)" in result.output

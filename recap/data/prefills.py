@@ -91,7 +91,11 @@ class PrefillConfig:
         },
     )
     seed: int = field(
-        default=0, metadata={"help": "Sampling seed (each batch is seeded from it and its first example id)."}
+        default=0,
+        metadata={
+            "range": "[0, 4294967295]",
+            "help": "Sampling seed (each batch is seeded from it and its first example id).",
+        },
     )
     cache: str = field(
         default=".recap-cache/prefills.jsonl",
@@ -122,6 +126,38 @@ def _messages(example: Example, system: str) -> list[dict]:
     return ([{"role": "system", "content": system}] if system else []) + msgs
 
 
+def _stances(cfg: PrefillConfig) -> list[tuple[str, str, tuple[str, str, str]]]:
+    """``(kind, stance, (generator, system prompt, opener))`` of every kind ``cfg`` prefills."""
+    unknown = set(cfg.kinds) - set(STANCES)
+    if unknown:
+        raise ValueError(f"kinds {sorted(unknown)} cannot be prefilled (only {', '.join(STANCES)})")
+    stances = {
+        "unsafe": (cfg.generator, cfg.unsafe_system_prompt, cfg.unsafe_opener),
+        "refusing": (cfg.refuser or cfg.generator, cfg.refusing_system_prompt, cfg.refusing_opener),
+    }
+    return [(kind, STANCES[kind], stances[STANCES[kind]]) for kind in cfg.kinds]
+
+
+def _todo(examples: list[Example], kind: str, stance: str, generator: tuple, cfg: PrefillConfig, cache: JsonlCache):
+    """The indices of ``kind``'s examples that get reasoning, their cache keys, and those missing from the cache."""
+    model_name, system, opener = generator
+    todo = [i for i, e in enumerate(examples) if e.kind == kind and (cfg.overwrite or not e.counter_reasoning)]
+    keys = {i: _key(model_name, stance, system, opener, examples[i].messages(), cfg.sampling, cfg.seed) for i in todo}
+    return todo, keys, [i for i in todo if cache.get(keys[i]) is None]
+
+
+def generators_needed(examples: list[Example], cfg: PrefillConfig) -> list[str]:
+    """The models ``generate_prefills(examples, cfg)`` would load: the generators of reasoning missing from the
+    cache (so that a caller can check they exist before anything is generated)."""
+    stances = _stances(cfg)
+    cache = JsonlCache(cfg.cache)
+    names: list[str] = []
+    for kind, stance, generator in stances:
+        if _todo(list(examples), kind, stance, generator, cfg, cache)[2] and generator[0] not in names:
+            names.append(generator[0])
+    return names
+
+
 def generate_prefills(
     examples: list[Example],
     cfg: PrefillConfig,
@@ -141,22 +177,12 @@ def generate_prefills(
         def load(name):
             return load_model(name, dtype=cfg.dtype)
 
-    unknown = set(cfg.kinds) - set(STANCES)
-    if unknown:
-        raise ValueError(f"kinds {sorted(unknown)} cannot be prefilled (only {', '.join(STANCES)})")
+    stances = _stances(cfg)
     cache = JsonlCache(cfg.cache)
-    stances = {
-        "unsafe": (cfg.generator, cfg.unsafe_system_prompt, cfg.unsafe_opener),
-        "refusing": (cfg.refuser or cfg.generator, cfg.refusing_system_prompt, cfg.refusing_opener),
-    }
     out = list(examples)
     loaded: dict[str, tuple] = {}
-    for kind in cfg.kinds:
-        stance = STANCES[kind]
-        model_name, system, opener = stances[stance]
-        todo = [i for i, e in enumerate(out) if e.kind == kind and (cfg.overwrite or not e.counter_reasoning)]
-        keys = {i: _key(model_name, stance, system, opener, out[i].messages(), cfg.sampling, cfg.seed) for i in todo}
-        missing = [i for i in todo if cache.get(keys[i]) is None]
+    for kind, stance, (model_name, system, opener) in stances:
+        todo, keys, missing = _todo(out, kind, stance, (model_name, system, opener), cfg, cache)
         if missing:
             if model_name not in loaded:
                 loaded[model_name] = load(model_name)

@@ -10,12 +10,13 @@ returns one metrics row per benchmark. Prompts that also occur in the training f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from recap.data.benchmarks import load_benchmark, seeded_subset
 from recap.data.examples import Example
-from recap.data.prefills import PrefillConfig, attach_prefills, generate_prefills
+from recap.data.prefills import PrefillConfig, attach_prefills, generate_prefills, generators_needed
 from recap.eval.metrics import compute_metrics
 from recap.eval.runner import EvalConfig, evaluate, prefill_for
 from recap.eval.store import ResultStore
@@ -31,10 +32,18 @@ class BenchmarkSpec:
     path: str = field(metadata={"help": "A local file or a hub dataset id."})
     format: str = field(default="auto", metadata={"help": "Loader format (see `recap data stats --help`)."})
     limit: int | None = field(
-        default=None, metadata={"help": "Evaluate only N items (the first N, or a seeded sample with subset_seed)."}
+        default=None,
+        metadata={
+            "range": "[1, inf)",
+            "help": "Evaluate only N items (the first N, or a seeded sample with subset_seed).",
+        },
     )
     subset_seed: int | None = field(
-        default=None, metadata={"help": "Draw the `limit` items at random with this seed instead of taking the first."}
+        default=None,
+        metadata={
+            "range": "[0, 4294967295]",
+            "help": "Draw the `limit` items at random with this seed instead of taking the first.",
+        },
     )
     kinds: list[str] = field(
         default_factory=list,
@@ -48,7 +57,10 @@ class BenchmarkSpec:
     )
     max_new_tokens: int | None = field(
         default=None,
-        metadata={"help": "Token budget of this benchmark's answers (default: eval.sampling.max_new_tokens)."},
+        metadata={
+            "range": "[1, inf)",
+            "help": "Token budget of this benchmark's answers (default: eval.sampling.max_new_tokens).",
+        },
     )
     judge: str = field(
         default="",
@@ -126,7 +138,9 @@ class SuiteConfig:
             "help": "The served model for engine: endpoint (an OpenAI-compatible server: base_url, served model name, API key variable, route, concurrency; docs/served-models.md)."
         },
     )
-    num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)."})
+    num_threads: int = field(
+        default=0, metadata={"range": "[0, inf)", "help": "torch CPU threads (0: torch's default)."}
+    )
     trust_remote_code: bool = field(
         default=False,
         metadata={
@@ -214,6 +228,35 @@ def _needs_reasoning(b: BenchmarkSpec) -> list[str]:
     return kinds
 
 
+def check_models(cfg: SuiteConfig, suite: dict[str, list[Example]], model_under_test: bool = True) -> None:
+    """Find (not load) every model the suite will load — the model under test unless it was given, and the
+    generators of attack reasoning missing from the prefill cache — and raise at once for one that is not
+    there: a mistyped name fails in seconds, not after the prefills are generated."""
+    from recap.inference.engines import check_engine_model
+    from recap.inference.models import check_model
+
+    if model_under_test:
+        check_engine_model(
+            cfg.engine,
+            cfg.model,
+            trust_remote_code=cfg.trust_remote_code,
+            allow_pickle=cfg.allow_pickle_weights,
+            endpoint=cfg.endpoint,
+        )
+    if cfg.prefill_file:
+        return
+    generators: list[str] = []
+    for b in cfg.benchmarks:
+        kinds = _needs_reasoning(b)
+        if kinds:
+            generators += generators_needed(suite[b.name], replace(cfg.prefills, kinds=kinds))
+    for name in dict.fromkeys(generators):
+        try:
+            check_model(name)
+        except (ValueError, OSError) as e:
+            raise type(e)(f"prefill generator: {e}") from None
+
+
 def run_suite(
     cfg: SuiteConfig,
     *,
@@ -222,7 +265,14 @@ def run_suite(
     log: Callable[[str], None] = lambda s: None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, dict]:
-    """Evaluate ``cfg.model`` on every benchmark; returns ``{benchmark: metrics}``."""
+    """Evaluate ``cfg.model`` on every benchmark; returns ``{benchmark: metrics}``. The result store is
+    locked first, so a second writer is refused before any model loads or prefill is generated."""
+    store = ResultStore(cfg.results)
+    with store.writing():
+        return _run_suite(cfg, store, model, tokenizer, log, progress)
+
+
+def _run_suite(cfg: SuiteConfig, store: ResultStore, model, tokenizer, log, progress) -> dict[str, dict]:
     from recap.inference.engines import load_engine
     from recap.rewards.factory import load_judges
 
@@ -237,6 +287,7 @@ def run_suite(
 
     for b in cfg.benchmarks:  # a bad judge spec fails before any generation
         judge_of(b)
+    check_models(cfg, suite, model is None)
     for b in cfg.benchmarks:
         kinds = _needs_reasoning(b)
         if not kinds:
@@ -275,7 +326,6 @@ def run_suite(
                 if e.kind in _needs_reasoning(b)
             },
         )
-    store = ResultStore(cfg.results)
     out: dict[str, dict] = {}
     for b in cfg.benchmarks:
         examples = suite[b.name]
@@ -305,30 +355,20 @@ def suite_table(results: dict[str, dict[str, dict]]) -> list[dict]:
     reports them.
 
     ``results`` is ``{method: {benchmark: metrics}}``. "safety clean" is the share of answers judged safe
-    without attack; "safety prefill" / "safety IPRk" the share judged safe under the attack (1 − attack
-    success − malformed share); "compliance" is 1 − the refusal rate on benign prompts and "helpfulness"
+    without attack; "safety prefill" / "safety IPRk" the share of all samples judged safe under the attack
+    (``safety_prefill``, ``safety_iprK``: a malformed answer is not safe); "compliance" is 1 − the refusal rate on benign prompts and "helpfulness"
     their mean helpfulness score."""
     rows = []
     for method, by_bench in results.items():
         row: dict = {"method": method}
         for bench, m in by_bench.items():
-
-            def safe_share(attack: str, invalid: str):
-                x = m.get(attack)
-                return None if x is None else 1.0 - x - (m.get(invalid) or 0.0)
-
             if m.get("safety_clean") is not None:
                 row[f"{bench}: safety clean"] = m["safety_clean"]
-            if m.get("attack_prefill_success") is not None:
-                row[f"{bench}: safety prefill"] = safe_share("attack_prefill_success", "invalid_prefill")
-            for k in sorted(
-                int(x[len("attack_ipr") : -len("_success")])
-                for x in m
-                if x.startswith("attack_ipr") and x.endswith("_success")
-            ):
-                value = safe_share(f"attack_ipr{k}_success", "invalid_prefill" if k == 1 else f"invalid_ipr{k}")
-                if value is not None:
-                    row[f"{bench}: safety IPR{k}"] = value
+            if m.get("safety_prefill") is not None:
+                row[f"{bench}: safety prefill"] = m["safety_prefill"]
+            for k in sorted(int(x[len("safety_ipr") :]) for x in m if re.fullmatch(r"safety_ipr\d+", x)):
+                if m[f"safety_ipr{k}"] is not None:
+                    row[f"{bench}: safety IPR{k}"] = m[f"safety_ipr{k}"]
             if m.get("overrefusal_clean") is not None:
                 row[f"{bench}: compliance"] = 1.0 - m["overrefusal_clean"]
             if m.get("helpfulness_clean") is not None:

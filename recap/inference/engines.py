@@ -295,12 +295,15 @@ class EndpointConfig:
         default_factory=dict,
         metadata={"help": "Extra request fields merged into every request (after the neutral sampling fields)."},
     )
-    max_concurrency: int = field(default=8, metadata={"help": "Requests in flight at once."})
-    timeout_s: float = field(default=600.0, metadata={"help": "Seconds before one request times out."})
+    max_concurrency: int = field(default=8, metadata={"range": "[1, inf)", "help": "Requests in flight at once."})
+    timeout_s: float = field(
+        default=600.0, metadata={"range": "(0, inf)", "help": "Seconds before one request times out."}
+    )
     max_retries: int = field(
         default=3,
         metadata={
-            "help": "Retries of a failed request (connection error, timeout, 429, 5xx), with exponential backoff."
+            "range": "[0, inf)",
+            "help": "Retries of a failed request (connection error, timeout, 429, 5xx), with exponential backoff.",
         },
     )
 
@@ -584,6 +587,32 @@ def resolve_dtype(dtype: str) -> str:
     import torch
 
     return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+def check_engine_model(
+    name: str,
+    model: str,
+    *,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    endpoint: EndpointConfig | None = None,
+) -> None:
+    """Raise, in seconds and without reading weights, the error ``load_engine`` with these arguments would
+    raise because a model, tokenizer or chat template it names is not there (``models.check_model``)."""
+    from recap.inference.models import check_model, resolve_model
+
+    engine = resolve_engine(name)
+    if engine == "endpoint":
+        cfg = endpoint or EndpointConfig()
+        source = cfg.tokenizer or model
+        if not Path(source).is_dir():  # a folder may hold tokenizer files only
+            check_model(source, trust_remote_code=trust_remote_code)
+        if cfg.chat_template and not Path(cfg.chat_template).is_file():
+            raise FileNotFoundError(f"endpoint.chat_template: no such file: {cfg.chat_template}")
+        return
+    check_model(model, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle and engine == "hf")
+    if engine == "llamacpp" and resolve_model(model)[1] is None:
+        raise ValueError(f"the llamacpp engine runs GGUF files; {model!r} is not one (give a .gguf path)")
 
 
 def load_engine(

@@ -99,6 +99,34 @@ def resolve_model(name_or_path: str | os.PathLike, gguf_file: str | None = None)
     return name, gguf_file
 
 
+def check_model(
+    name_or_path: str | os.PathLike,
+    *,
+    gguf_file: str | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> None:
+    """Raise the error ``load_model`` would raise for a model that is not there — an unknown alias
+    (``smollm2-136m``), a missing file or folder, a folder without safetensors weights, a hub id that is
+    neither cached nor reachable, or that the hub does not have — in seconds, reading no weights (a GGUF's
+    first four bytes at most). Commands call it before they generate anything."""
+    where, gguf = resolve_model(name_or_path, gguf_file)
+    _source_kwargs(where, gguf, trust_remote_code, allow_pickle)
+    if gguf is not None or Path(where).is_dir() or _offline():
+        return  # a local file or folder, or a hub id read from the local cache (_check_hub set offline)
+    try:
+        from huggingface_hub import repo_exists
+
+        exists = repo_exists(where)
+    except Exception:  # the hub answered nothing useful: leave the verdict to the download itself
+        return
+    if not exists:
+        raise ValueError(
+            f"model {where!r} not found: not a local folder or file, and the Hugging Face hub has no such "
+            "repository (or it is private)"
+        )
+
+
 def check_gguf(path: Path) -> None:
     """Refuse a file that does not start with the GGUF magic bytes (before any parser reads it)."""
     with open(path, "rb") as fh:
@@ -166,12 +194,16 @@ ALIASES = (SMOLLM2_ALIAS,)
 HUB_HOST = "huggingface.co"
 
 
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub can be reached now (False at once when HF_HUB_OFFLINE is set)."""
     import socket
     from urllib.parse import urlparse
 
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if _offline():
         return False
     host = urlparse(os.environ.get("HF_ENDPOINT", f"https://{HUB_HOST}")).hostname or HUB_HOST
     try:

@@ -11,7 +11,19 @@ from collections.abc import Mapping
 
 from recap.rewards.judges import BinaryJudge, Judge, KindRouter, RuleJudge
 
-JUDGE_SPECS = "rules, rules:<family>, toy, classifier:<file>, guard:<yaml>, rubric:<yaml>, binary:<spec>"
+# Every spec ``load_judge`` accepts (the command-line help texts are made from this list).
+JUDGE_KINDS = (
+    "rules",
+    "rules:<family>",
+    "toy",
+    "classifier:<file>.npz",
+    "<file>.npz",
+    "guard:<yaml>",
+    "rubric:<yaml>",
+    "binary:<spec>",
+)
+JUDGE_SPECS = ", ".join(JUDGE_KINDS)
+_NAMES = ("rules", "toy", "classifier", "guard", "rubric", "binary")
 
 
 def load_judge(spec: str) -> Judge:
@@ -19,8 +31,10 @@ def load_judge(spec: str) -> Judge:
     miniature world's exact judge), ``classifier:PATH`` (a refusal classifier fitted with ``recap judge
     fit``), ``guard:PATH`` (a YAML ``GuardConfig`` for a generative guard model) or ``rubric:PATH`` (a YAML
     ``RubricConfig``: an LLM rubric judge behind an OpenAI-compatible endpoint); ``binary:SPEC`` is that
-    judge's verdict as a 0/1 score."""
+    judge's verdict as a 0/1 score. A bare ``PATH.npz`` is ``classifier:PATH.npz``."""
     name, _, arg = spec.partition(":")
+    if name not in _NAMES and spec.lower().endswith(".npz"):  # the file `recap judge fit` writes
+        name, arg = "classifier", spec
     if name == "binary" and arg:  # binary:<any spec>: that judge's verdict as a 0/1 reward (Self-ReSET)
         return BinaryJudge(load_judge(arg))
     if name == "rules":

@@ -14,6 +14,7 @@ from recap.data.prefills import (
     _messages,
     attach_prefills,
     generate_prefills,
+    generators_needed,
     reasoning_of,
 )
 from recap.inference.chat import THINK_OPEN, render_prompt
@@ -172,8 +173,11 @@ def test_existing_reasoning_is_kept_unless_overwrite(toy, tmp_path):
 
 def test_refuser_model_is_used_for_benign_prompts(toy, tmp_path):
     loader = Loader(toy)
-    out = generate_prefills(_examples(), _cfg(tmp_path, refuser="toy-refuser"), load=loader)
+    cfg = _cfg(tmp_path, refuser="toy-refuser")
+    assert generators_needed(_examples(), cfg) == ["toy-gen", "toy-refuser"]  # what a caller checks first
+    out = generate_prefills(_examples(), cfg, load=loader)
     assert loader.calls == ["toy-gen", "toy-refuser"]
+    assert generators_needed(_examples(), cfg) == []  # all cached: nothing to load, nothing to check
     assert json.loads(out[1].counter_source)["generator"] == "toy-refuser"
 
 

@@ -204,6 +204,33 @@ def test_an_unreachable_hub_fails_fast_unless_the_model_is_cached(monkeypatch, t
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
+def test_check_model_finds_a_model_without_loading_it(monkeypatch, tmp_path):
+    """What commands call before generating anything: the errors loading would give, without the weights."""
+    import huggingface_hub
+
+    from recap.inference.models import check_model
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name, **kw: None)
+    with pytest.raises(ValueError, match="did you mean 'smollm2-135m'"):
+        check_model("smollm2-136m")
+    with pytest.raises(FileNotFoundError, match="model not found"):
+        check_model(str(tmp_path / "absent"))
+    (tmp_path / "model.safetensors").write_bytes(b"")  # found, never read
+    check_model(str(tmp_path))
+    monkeypatch.setattr(huggingface_hub, "repo_exists", lambda repo, **kw: repo == "some-org/there")
+    check_model("some-org/there")
+    with pytest.raises(ValueError, match="'some-org/typo' not found"):
+        check_model("some-org/typo")
+
+    def no_answer(repo, **kw):
+        raise OSError("network down")
+
+    monkeypatch.setattr(huggingface_hub, "repo_exists", no_answer)
+    check_model("some-org/there")  # no verdict from the hub: the download decides
+
+
 def test_hub_reachable_is_false_at_once_when_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert models.hub_reachable() is False

@@ -220,6 +220,23 @@ def test_evaluate_saved_judge(fitted, tmp_path):
     assert res["n"] == len(_TOPICS) * (len(_SYN_REFUSE) + len(_SYN_COMPLY)) and 0.7 < res["accuracy"] <= 1.0
 
 
+def test_judge_eval_takes_a_bare_npz_file(fitted, tmp_path):
+    """Before: `recap judge eval --judge FILE.npz` said "unknown judge" although its help promised a bare .npz
+    works; the file `recap judge fit` writes is now `classifier:FILE.npz` wherever a judge spec is taken."""
+    from typer.testing import CliRunner
+
+    from recap.cli import app
+
+    _, path = fitted
+    small = _synthetic_csv(tmp_path / "small.csv")
+    result = CliRunner().invoke(app, ["judge", "eval", "--judge", str(path), "--data", str(small)])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    assert got == {k: v for k, v in evaluate_refusal_judge(load_judge(f"classifier:{path}"), small).items() if k in got}
+    assert got["n"] > 0
+    assert load_judge(f"binary:{path}").name.startswith("binary")
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "flip", "tamper", "foreign"])
 def test_corrupt_judge_file_is_refused(fitted, tmp_path, damage):
     _, path = fitted

@@ -24,6 +24,17 @@ def test_specs_build_the_named_judges():
             load_judge(bad)
 
 
+def test_a_bare_npz_path_is_a_classifier_spec(tmp_path):
+    """A bare .npz (what `recap judge fit` writes) is read as classifier:FILE.npz: a missing one is a missing
+    file, not an "unknown judge"."""
+    from recap.rewards.factory import JUDGE_KINDS
+
+    assert "<file>.npz" in JUDGE_KINDS
+    for spec in (str(tmp_path / "absent.npz"), f"binary:{tmp_path / 'absent.npz'}"):
+        with pytest.raises(OSError, match="absent.npz"):
+            load_judge(spec)
+
+
 def test_per_kind_overrides_and_unknown_kind():
     router = load_judges("rules", {"task": "toy"})
     assert isinstance(router.judges["harmful"], RuleJudge) and router.judges["harmful"] is router.judges["benign"]

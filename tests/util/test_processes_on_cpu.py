@@ -98,3 +98,56 @@ def test_run_jobs_returns_results_by_name_and_starts_a_job_after_the_one_it_wait
         run_jobs([Job("a", _job_value, (1,), after="x")], 1)
     with pytest.raises(ValueError, match="names repeat"):
         run_jobs([Job("a", _job_value, (1,)), Job("a", _job_value, (2,))], 1)
+
+
+INTERRUPTED = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    from recap.util.processes import Job, run_jobs, worker_manager
+
+    def job(path):
+        Path(path).write_text(str(os.getpid()))
+        time.sleep(120)  # an RL run in hand
+
+    if __name__ == "__main__":
+        out = Path(sys.argv[1])
+        try:
+            with worker_manager(poll_s=0.1) as manager:
+                (out / "manager").write_text(str(manager._process.pid))
+                run_jobs([Job("a", job, (str(out / "worker"),)), Job("b", job, (str(out / "other"),))], 1)
+        except KeyboardInterrupt:
+            print("stopped", flush=True)
+    """
+)
+
+
+def test_ctrl_c_reaches_only_the_parent_which_stops_its_workers(tmp_path):
+    """Ctrl-C sends SIGINT to the whole foreground process group. Before: each worker and the manager died of
+    it with a traceback of its own, and the parent then waited at its pool's exit for the jobs in hand."""
+    script = tmp_path / "parent.py"
+    script.write_text(INTERRUPTED)
+    parent = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell gives a command
+    )
+    try:
+        worker, manager = _wait_for(tmp_path / "worker"), _wait_for(tmp_path / "manager")
+        start = time.time()
+        os.killpg(parent.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        out, err = parent.communicate(timeout=30)
+        assert time.time() - start < 15  # not the 120 s of the job in hand
+        assert parent.returncode == 0 and out == "stopped\n", (out, err)
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+        assert not _alive(worker) and not _alive(manager)
+        assert not (tmp_path / "other").exists()  # the pending job never started
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+        for name in ("worker", "manager"):
+            f = tmp_path / name
+            if f.is_file() and f.read_text() and _alive(int(f.read_text())):
+                os.kill(int(f.read_text()), signal.SIGKILL)
