@@ -34,16 +34,30 @@ TRANSCRIPTS_PER_METHOD = 2
 
 # Areas of the table, in order: (title, test on the metric name).
 AREAS = (
-    ("Safety on harmful prompts", lambda m: m.startswith(("safety_", "refusal_rate_", "attack_"))),
+    (
+        "Safety on harmful prompts (judged safe, share of all samples; the unsafe and malformed shares beside it)",
+        lambda m: m.startswith(("safety_", "refusal_rate_", "attack_")),
+    ),
     ("Over-refusal on benign prompts", lambda m: m.startswith(("overrefusal_", "helpfulness_"))),
     ("Reasoning tasks", lambda m: m.startswith("task_")),
     ("Self-reflection and self-verification", lambda m: m.startswith(("reflection_rate_", "verification_rate_"))),
-    ("Malformed answers (no closing think tag, or empty)", lambda m: m.startswith("invalid_")),
+    (
+        "Malformed answers (no closing think tag, or an empty answer; in the miniature world also an answer outside "
+        "its grammar): neither safe nor unsafe",
+        lambda m: m.startswith("invalid_") or m == "hijack_complete",
+    ),
     ("Token budget", lambda m: m.endswith("_tokens")),
 )
 TITLES = {
     "safety_clean": "judged safe, no attack",
     "refusal_rate_clean": "refuses, no attack",
+    "safety_prefill": "prefill attack: judged safe",
+    "safety_hijack": "full CoT hijack: judged safe",
+    "safety_hcot": "H-CoT: judged safe",
+    "safety_prefill_unseen": "unseen-generator prefill: judged safe",
+    "safety_adaptive": "adaptive attacker: prompts safe under every try",
+    "hijack_complete": "full CoT hijack: attacker reasoning complete",
+    "invalid_adaptive": "adaptive attacker",
     "attack_prefill_success": "prefill attack: judged unsafe",
     "refusal_rate_prefill": "prefill attack: refuses",
     "attack_hijack_success": "full CoT hijack: judged unsafe",
@@ -71,6 +85,9 @@ TITLES = {
     "answer_tokens": "answer tokens (clean prompts)",
 }
 _DYNAMIC_TITLES = (
+    (re.compile(r"safety_ipr(\d+)"), "IPR round {0}: judged safe"),
+    (re.compile(r"safety_prefill_(\d+)w"), "{0}-word prefill: judged safe"),
+    (re.compile(r"invalid_prefill_(\d+)w"), "{0}-word prefill"),
     (re.compile(r"attack_ipr(\d+)_success"), "IPR round {0}: judged unsafe"),
     (re.compile(r"refusal_rate_ipr(\d+)"), "IPR round {0}: refuses"),
     (re.compile(r"invalid_ipr(\d+)"), "IPR round {0}"),
@@ -81,16 +98,16 @@ _DYNAMIC_TITLES = (
 PLOTS = (
     (
         "attack_success.png",
-        "Attack success: answers judged unsafe (lower is better)",
-        [("prefill", "attack_prefill_success"), ("hijack", "attack_hijack_success")],
+        "Safety under attack: answers judged safe, share of all samples (higher is better; malformed ones are not safe)",
+        [("prefill", "safety_prefill"), ("hijack", "safety_hijack")],
     ),
     (
         "stronger_attacks.png",
-        "Stronger attacks (lower is better)",
+        "Stronger attacks: judged safe, share of all samples (higher is better)",
         [
-            ("H-CoT", "attack_hcot_success"),
-            ("unseen prefill", "attack_prefill_unseen_success"),
-            ("adaptive, worst case", "attack_adaptive_worst_case"),
+            ("H-CoT", "safety_hcot"),
+            ("unseen prefill", "safety_prefill_unseen"),
+            ("adaptive, every try", "safety_adaptive"),
         ],
     ),
     (
@@ -260,16 +277,14 @@ def _plot(summary: dict, groups: list[tuple[str, str]], plot_title: str, path: P
 
 
 def _plot_sweep(summary: dict, path: Path) -> bool:
-    """Attack success against prefill length, one line per method (the prefill_sweep attack)."""
-    pattern = re.compile(r"attack_prefill_(\d+)w_success")
+    """The judged-safe share against prefill length, one line per method (the prefill_sweep attack)."""
+    pattern = re.compile(r"safety_prefill_(\d+)w")
     lengths = sorted({int(m.group(1)) for s in summary["methods"].values() for k in s if (m := pattern.fullmatch(k))})
     if not lengths:
         return False
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for method, stats in summary["methods"].items():
-        points = [
-            (n, stats[f"attack_prefill_{n}w_success"]) for n in lengths if f"attack_prefill_{n}w_success" in stats
-        ]
+        points = [(n, stats[f"safety_prefill_{n}w"]) for n in lengths if f"safety_prefill_{n}w" in stats]
         if points:
             ax.errorbar(
                 [n for n, _ in points],
@@ -283,9 +298,9 @@ def _plot_sweep(summary: dict, path: Path) -> bool:
                 label=method,
             )
     ax.set_xlabel("prefill length (words)")
-    ax.set_ylabel("attack success, %")
+    ax.set_ylabel("judged safe, % of all samples")
     ax.set_ylim(-2, 105)
-    ax.set_title("Prefill attack success against prefill length (lower is better)", fontsize=10)
+    ax.set_title("Safety under the prefill attack against prefill length (higher is better)", fontsize=10)
     ax.legend(fontsize="small")
     fig.tight_layout()
     _save(fig, path)
@@ -536,20 +551,20 @@ def write_report(
     notes = [*(notes or []), *auto_notes(records)]
     rounds = sorted(
         {
-            int(m[len("attack_ipr") : -len("_success")])
+            int(m[len("safety_ipr") :])
             for s in summary["methods"].values()
             for m in s
-            if m.startswith("attack_ipr") and m.endswith("_success")
+            if m.startswith("safety_ipr") and m[len("safety_ipr") :].isdigit()
         }
     )
     plots = []
     for name, plot_title, groups in PLOTS:
         if name == "attack_success.png":
-            groups = [*groups, *[(f"IPR k={k}", f"attack_ipr{k}_success") for k in rounds]]
+            groups = [*groups, *[(f"IPR k={k}", f"safety_ipr{k}") for k in rounds if k > 1]]
         if _plot(summary, groups, plot_title, out_dir / name):
             plots.append((name, plot_title))
     if _plot_sweep(summary, out_dir / "prefill_sweep.png"):
-        plots.append(("prefill_sweep.png", "Attack success against prefill length"))
+        plots.append(("prefill_sweep.png", "Safety against prefill length"))
     methods = _ordered(list(summary["methods"]) + [r["method"] for r in records], summary["methods"])
     transcripts = _transcripts(records, methods)
     bench = benchmark_rows(records)

@@ -3,6 +3,7 @@ token budgets, the held-out check, attack reasoning from a user file, and the be
 model is the miniature world's tiny random model; the files are small copies of the real formats."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 
@@ -149,15 +150,106 @@ def test_suite_errors(files):
         load_suite(only)
 
 
-def test_table_turns_attack_success_into_safety():
+def _no_generation(monkeypatch):
+    """Prefill generation and model loading fail the test if they are reached."""
+    import recap.data.prefills as prefills
+    import recap.eval.suite as suite_module
+    import recap.inference.engines as engines
+    import recap.inference.models as models
+
+    def reached(*args, **kwargs):
+        raise AssertionError("generation or model loading was reached")
+
+    for module, name in (
+        (suite_module, "generate_prefills"),
+        (prefills, "generate_prefills"),
+        (engines, "load_engine"),
+        (models, "load_model"),
+        (models, "load_tokenizer"),
+    ):
+        monkeypatch.setattr(module, name, reached)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: False)  # no network in a test
+
+
+def test_a_missing_model_generator_judge_or_file_fails_in_seconds_before_any_generation(files, monkeypatch):
+    """Before: `recap eval --suite configs/smollm2/eval.yaml --model smollm2-136m` generated the attack
+    prefills (9 min 38 s on a fresh clone) and only then failed to load the mistyped model."""
+    import time
+
+    from typer.testing import CliRunner
+
+    from recap.cli import app
+
+    _no_generation(monkeypatch)
+    weights = files["dir"] / "model"
+    weights.mkdir()
+    (weights / "model.safetensors").write_bytes(b"")  # found, never read
+    data = {
+        "name": "base",
+        "model": str(weights),
+        "results": str(files["dir"] / "results.jsonl"),
+        "judge": "rules",
+        "prefills": {"generator": str(weights), "cache": str(files["dir"] / "prefill-cache.jsonl")},
+        "benchmarks": [{"name": "strongreject", "path": str(files["sr"]), "attacks": ["clean", "prefill"]}],
+    }
+    suite = files["dir"] / "suite.yaml"
+    cases = [
+        (["--model", "smollm2-136m"], {}, "unknown model 'smollm2-136m'", "did you mean 'smollm2-135m'?"),
+        (["--model", str(files["dir"] / "absent")], {}, "absent", "model not found"),
+        ([], {"prefills": {**data["prefills"], "generator": "smollm2-13m"}}, "prefill generator: unknown model"),
+        ([], {"judge": f"classifier:{files['dir'] / 'absent.npz'}"}, "absent.npz"),
+        ([], {"benchmarks": [{**data["benchmarks"][0], "path": str(files["dir"] / "absent.csv")}]}, "absent.csv"),
+    ]
+    for args, change, *needles in cases:
+        suite.write_text(json.dumps({**data, **change}))
+        start = time.monotonic()
+        result = CliRunner().invoke(app, ["eval", "--suite", str(suite), *args])
+        text = " ".join(result.output.split())
+        assert result.exit_code == 2, (args, change, result.output, result.exception)
+        assert [line for line in result.output.splitlines() if line.strip()][0].startswith("error:"), result.output
+        assert all(n in text for n in needles), (needles, text)
+        assert time.monotonic() - start < 10
+    assert not (files["dir"] / "prefill-cache.jsonl").exists()
+
+
+def test_recap_eval_suite_prints_one_column_per_benchmark_and_the_paths(files, toy, monkeypatch):
+    """`recap eval --suite`: a table of the headline rates with one column per benchmark, the result store and
+    the metrics file (--json: the metrics as JSON, as before)."""
+    from typer.testing import CliRunner
+
+    from recap.cli import app
+
+    monkeypatch.chdir(files["dir"])
+    model, tok = toy
+    model.save_pretrained("model")
+    tok.save_pretrained("model")
+    cfg = _suite(files, model="model", engine="hf", results="r.jsonl")
+    suite = files["dir"] / "suite.yaml"
+    suite.write_text(json.dumps(asdict(cfg)))
+    result = CliRunner().invoke(app, ["eval", "--suite", str(suite)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["metric", "strongreject", "xstest", "gsm8k"]
+    assert lines[-2:] == ["results: r.jsonl (method base)", "metrics: r.base.metrics.json (every metric, as JSON)"]
+    metrics = json.loads((files["dir"] / "r.base.metrics.json").read_text())
+    assert set(metrics) == {"strongreject", "xstest", "gsm8k"}
+    as_json = CliRunner().invoke(app, ["eval", "--suite", str(suite), "--json"])
+    assert as_json.exit_code == 0 and json.loads(as_json.stdout) == metrics
+
+
+def test_table_shows_the_judged_safe_share_of_every_attack():
     m = {
         "safety_clean": 0.5,
         "attack_prefill_success": 0.75,
+        "safety_prefill": 0.2,  # 0.05 malformed: not counted safe
         "invalid_prefill": 0.05,
         "attack_ipr1_success": 0.75,
+        "safety_ipr1": 0.2,
         "attack_ipr2_success": 1.0,
+        "safety_ipr2": 0.0,
         "invalid_ipr2": 0.0,
         "attack_ipr3_success": None,
+        "safety_ipr3": None,
         "overrefusal_clean": None,
         "task_accuracy": None,
     }

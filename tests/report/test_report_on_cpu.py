@@ -176,7 +176,10 @@ def test_write_report(tmp_path):
     # table: one row per metric, grouped by area, readable titles, one column per method; mean ± std and
     # the pooled Wilson interval
     assert "<th>metric</th><th>base</th><th>vanilla</th><th>recap</th></tr>" in page
-    assert '<tr class="area"><th colspan="4">Safety on harmful prompts</th></tr>' in page
+    assert (
+        '<tr class="area"><th colspan="4">Safety on harmful prompts (judged safe, share of all samples; the unsafe and malformed shares beside it)</th></tr>'
+        in page
+    )
     assert 'prefill attack: judged unsafe<div class="key">attack_prefill_success</div>' in page
     # vanilla: 2 + 3 of 8 prefill samples unsafe; [30.6, 86.3] is the 95% Wilson interval of 5/8, in percent
     assert '<td>62.5 ± 12.5<span class="ci">[30.6, 86.3]</span></td>' in page
@@ -222,8 +225,9 @@ def test_one_seed_says_there_is_no_spread_and_zero_bars_are_labelled(tmp_path, m
     monkeypatch.setattr(matplotlib.axes.Axes, "bar_label", recording)
     records = [r for r in make_records() if r["seed"] == 0]
     write_report(records, tmp_path)
-    # one bar_label call per method of the attack plot: prefill, hijack, IPR k = 1, 2, 3; the zero bars carry "0"
-    assert ["100", "100", "100", "0", "0"] in labels and ["25", "100", "25", "0", "0"] in labels
+    # one bar_label call per method of the attack plot (judged safe): prefill (= IPR k = 1), hijack, IPR k = 2, 3;
+    # the zero bars carry "0"
+    assert ["0", "0", "100", "100"] in labels and ["75", "0", "100", "100"] in labels
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "One seed: no spread across seeds to show" in page and " ± " not in page.split("<h2>")[0]
     assert '<td>25.0<span class="ci">' in page  # recap, seed 0: 1 of 4 prefill samples unsafe
