@@ -13,6 +13,8 @@ chain reads exactly the token ids, and draws exactly the samples, of an uninterr
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 import zlib
 from collections.abc import Callable
@@ -48,23 +50,26 @@ class EvalConfig:
     prefill_words: int | list[int] | str = field(
         default=200,
         metadata={
+            "range": "[1, inf)",
             "help": "Attack prefill length ℓ in words (int, list or 'lo-hi' range). The paper "
             "evaluates with 200-word prefills from a generator other than the training one "
-            "(Sec. 2)."
+            "(Sec. 2).",
         },
     )
     sweep_lengths: list[int] = field(
         default_factory=lambda: [50, 100, 200, 500],
         metadata={
-            "help": "Prefill lengths (words) of the prefill_sweep attack: attack success against prefill length."
+            "range": "[1, inf)",
+            "help": "Prefill lengths (words) of the prefill_sweep attack: attack success against prefill length.",
         },
     )
     ipr_rounds: int = field(
         default=3,
         metadata={
+            "range": "[1, inf)",
             "help": "Rounds k of iterative prefill reset, in the paper's numbering: "
             "round 1 is the prefilling attack, rounds 2..k are resets (the "
-            "paper reports k = 1–3)."
+            "paper reports k = 1–3).",
         },
     )
     ipr_transition: str = field(
@@ -75,10 +80,16 @@ class EvalConfig:
         default=IPR_SEPARATOR, metadata={"help": "Text between a round's reasoning and the transition."}
     )
     samples_per_prompt: int = field(
-        default=1, metadata={"help": "Samples drawn per prompt and condition (pass@k on tasks uses k = this)."}
+        default=1,
+        metadata={
+            "range": "[1, inf)",
+            "help": "Samples drawn per prompt and condition (pass@k on tasks uses k = this).",
+        },
     )
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "Decoding settings."})
-    seed: int = field(default=0, metadata={"help": "Seed of the prefill lengths and of sampling."})
+    seed: int = field(
+        default=0, metadata={"range": "[0, 4294967295]", "help": "Seed of the prefill lengths and of sampling."}
+    )
     reflection_judge: str = field(
         default="regex",
         metadata={
@@ -102,13 +113,15 @@ class EvalConfig:
     adaptive_lengths: list[int] = field(
         default_factory=lambda: [100, 300, 500, 700],
         metadata={
-            "help": "Prefill lengths (words) the adaptive attacker tries per prompt and phrasing (the paper's ablation range)."
+            "range": "[1, inf)",
+            "help": "Prefill lengths (words) the adaptive attacker tries per prompt and phrasing (the paper's ablation range).",
         },
     )
     chunk_size: int = field(
         default=256,
         metadata={
-            "help": "Jobs generated, judged and written to the result store together: the most a killed run loses. A chunk's sampling seed depends only on its position, so resumed and uninterrupted runs draw the same samples."
+            "range": "[1, inf)",
+            "help": "Jobs generated, judged and written to the result store together: the most a killed run loses. A chunk's sampling seed depends only on its position, so resumed and uninterrupted runs draw the same samples.",
         },
     )
     unclosed: str = field(
@@ -130,6 +143,49 @@ class EvalConfig:
             raise ValueError(f"unknown attack(s) {sorted(unknown)}; known: {', '.join(ATTACKS)}")
         if any(n < 1 for n in self.sweep_lengths):
             raise ValueError(f"sweep_lengths must be positive, got {self.sweep_lengths}")
+
+
+# EvalConfig fields that change no stored result: which attacks run, the sweep and adaptive lengths (each
+# length is part of its result's key), the number of IPR rounds (each round is its own key and does not
+# depend on the rounds after it).
+_SETTINGS_IGNORED = ("attacks", "sweep_lengths", "adaptive_lengths", "ipr_rounds")
+# Settings that only shape a prompt: a reused result is checked against the prompt itself instead
+# (``Evaluation._check_reused``), so changing them redoes the stages they touch and no other.
+_PROMPT_SETTINGS = ("prefill_words", "hcot_frame", "unseen_prefills")
+# Settings of IPR rounds 2..k only (their prompts hold the model's own reasoning, so they cannot be
+# checked before generating).
+_IPR_SETTINGS = ("ipr_transition", "ipr_separator")
+
+
+def result_settings(cfg: EvalConfig) -> dict:
+    """Every setting of ``cfg`` that can change a stored result — sampling, seed, samples per prompt,
+    chunking (it sets the seeds), the unclosed rule, the reflection judge, the IPR transition and the
+    prompt-shaping settings — flattened to ``{"sampling.temperature": 1.0, ...}``. Each record carries
+    them; a store holding results of the same run under other settings is refused rather than reused
+    (``Evaluation.check_settings``)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if f.name in _SETTINGS_IGNORED:
+            continue
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update({f"{f.name}.{k}": v for k, v in dataclasses.asdict(value).items()})
+        else:
+            out[f.name] = value
+    return json.loads(json.dumps(out, default=str))  # as a record holds it after a round trip
+
+
+def _settings_differ(record: dict, now: dict) -> tuple[str, object, object] | None:
+    """The first setting that would make ``record`` another result than one made ``now`` (None: none)."""
+    old = record.get("settings")
+    if old is None:  # written before records carried their settings: not checked
+        return None
+    for k in sorted(set(old) | set(now)):
+        if k in _PROMPT_SETTINGS or (k in _IPR_SETTINGS and record.get("attack") != "ipr"):
+            continue
+        if old.get(k) != now.get(k):
+            return k, old.get(k), now.get(k)
+    return None
 
 
 def _seeded_length(cfg: EvalConfig, key: str) -> int:
@@ -205,11 +261,44 @@ class Evaluation:
         self.prefix = ":".join(f"{k}={v}" for k, v in sorted(tag.items()))
         self.judge_name = judge_name(judge)
         self.reflected = _reflection_test(cfg.reflection_judge)
+        self.settings = result_settings(cfg)
 
     # -- the stages ------------------------------------------------------------------------------------
     def run(self, examples: list[Example]) -> list[dict]:
+        check_attack_reasoning(examples, self.cfg)
+        with self.store.writing():  # one writer per store, for the whole run
+            self.check_settings()
+            return self._run(examples)
+
+    def check_settings(self) -> None:
+        """Refuse a store that holds results of this run (same tag) made under other settings: rerunning
+        with another temperature or token budget must not report the stored numbers as the new ones.
+        Records written before settings were stored carry none and are not checked."""
+        for r in self.store.records(**self.tag):
+            differ = _settings_differ(r, self.settings)
+            if differ is None:
+                continue
+            field_, was, now = differ
+            raise ValueError(
+                f"{self.store.path}: holds results of {self.prefix or 'this run'} evaluated with {field_} = "
+                f"{was!r}, now {now!r}; reusing them would report the old numbers as the new ones: write to "
+                "another results file (or give another --name), or delete that file to evaluate again"
+            )
+
+    def _check_reused(self, name: str, jobs: list[Job], keys: list[str]) -> None:
+        """Stored results are reused only for the very prompts they were generated from (the data, the chat
+        template or the prefill may have changed under the same example id)."""
+        for (e, p), k in zip(jobs, keys):
+            stored = self.store.get(k).get("prompt_text")
+            if stored is not None and stored != p.text:
+                raise ValueError(
+                    f"{self.store.path}: the stored {name} result of example {e.id!r} was generated from another "
+                    "prompt (the data, the chat template or the prefill changed since); write to another "
+                    "results file, or delete that file to evaluate again"
+                )
+
+    def _run(self, examples: list[Example]) -> list[dict]:
         cfg, n = self.cfg, self.cfg.samples_per_prompt
-        check_attack_reasoning(examples, cfg)
         for w in self.store.warnings:
             self.log(f"  warning: {w}")
         harmful = [e for e in examples if e.kind == "harmful"]
@@ -324,6 +413,7 @@ class Evaluation:
             for r in range(len(names)):
                 all_keys[r] += keys[r]
             if all(self.store.has(x) for ks in keys for x in ks):
+                self._check_reused("prefill", part, keys[0])
                 for step in steps:
                     step(len(part))
                 continue
@@ -401,6 +491,7 @@ class Evaluation:
             keys = self._keys(name, part, start, variants)
             all_keys += keys
             if all(self.store.has(k) for k in keys):
+                self._check_reused(name, part, keys)
                 step(len(part))
                 continue
             gens = generate(
@@ -423,8 +514,10 @@ class Evaluation:
         cfg, injected = self.cfg, {}
 
         def next_turn(r: int, i: int, previous: Generation) -> tuple[int, str]:
-            appended, injected[r, i] = attacks.ipr_suffix(jobs[i][1].injected, cfg.ipr_transition, cfg.ipr_separator)
-            return len(attacks.round_reasoning(previous.text)), appended
+            # This round's prompt = the previous round's + previous.text[:kept] + suffix (= + step.text).
+            step = attacks.ipr_next(previous.text, jobs[i][1].injected, cfg.ipr_transition, cfg.ipr_separator)
+            injected[r, i] = step.injected
+            return step.kept, step.suffix
 
         turns = generate_rounds(
             self.model,
@@ -484,6 +577,7 @@ class Evaluation:
                     **self.tag,
                     "stage": f"{self.prefix}:{name}",
                     "judge": self.judge_name,
+                    "settings": self.settings,
                     "attack": attack,
                     "round": rnd,
                     "example_id": e.id,

@@ -42,13 +42,16 @@ from transformers.cache_utils import DynamicLayer
 class SamplingConfig:
     """Decoding settings for evaluation."""
 
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature; 0 means greedy."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
-    max_new_tokens: int = field(default=64, metadata={"help": "Longest continuation, in tokens."})
+    temperature: float = field(
+        default=1.0, metadata={"range": "[0, inf)", "help": "Sampling temperature; 0 means greedy."}
+    )
+    top_p: float = field(default=1.0, metadata={"range": "(0, 1]", "help": "Nucleus sampling mass."})
+    max_new_tokens: int = field(default=64, metadata={"range": "[1, inf)", "help": "Longest continuation, in tokens."})
     batch_size: int = field(
         default=64,
         metadata={
-            "help": "Most rows decoded at once (prompts are sorted by length, so a batch holds prompts of similar length; with the continuous decoder, queued prompts join as rows end)."
+            "range": "[1, inf)",
+            "help": "Most rows decoded at once (prompts are sorted by length, so a batch holds prompts of similar length; with the continuous decoder, queued prompts join as rows end).",
         },
     )
     reuse_prefix: bool = field(

@@ -391,3 +391,63 @@ def test_prefill_unseen_reads_its_file(model, tok, examples, tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, rows[0]]))
     with pytest.raises(DataError, match=rf"unseen.jsonl:{len(rows) + 1}: field 'id': duplicate id"):
         evaluate(model, tok, examples, ToyJudge(), cfg, ResultStore(tmp_path / "r2.jsonl"), TAG)
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"sampling": SamplingConfig(max_new_tokens=6)}, "sampling.max_new_tokens = 8, now 6"),
+        ({"sampling": SamplingConfig(max_new_tokens=8, temperature=0.5)}, "sampling.temperature = 1.0, now 0.5"),
+        ({"ipr_transition": "Hmm, start over."}, "ipr_transition = "),
+        ({"chunk_size": 3}, "chunk_size = 256, now 3"),
+    ],
+)
+def test_a_store_of_the_same_run_under_other_settings_is_refused_not_reused(
+    model, tok, examples, tmp_path, change, named
+):
+    """Before: the key left out sampling and attack settings, so a rerun with another token budget,
+    temperature or IPR transition said "already in the store" and reported the old numbers."""
+    path = tmp_path / "r.jsonl"
+    cfg = _cfg(attacks=["clean", "prefill", "ipr"], ipr_rounds=2)
+    evaluate(model, tok, examples, ToyJudge(), cfg, ResultStore(path), TAG)
+    before = path.read_bytes()
+    with pytest.raises(ValueError) as info:
+        evaluate(
+            model,
+            tok,
+            examples,
+            ToyJudge(),
+            _cfg(attacks=["clean", "prefill", "ipr"], ipr_rounds=2, **change),
+            ResultStore(path),
+            TAG,
+        )
+    assert str(info.value).startswith(f"{path}: holds results of method=m:seed=0 evaluated with {named}")
+    assert path.read_bytes() == before
+    # another run (another tag) in the same store is free to use other settings
+    evaluate(model, tok, examples, ToyJudge(), _cfg(attacks=["clean"], **change), ResultStore(path), {**TAG, "seed": 1})
+
+
+def test_a_stored_result_is_reused_only_for_the_prompt_it_was_generated_from(model, tok, examples, tmp_path):
+    """Another prefill length (or edited data under the same ids) changes the prompts: refused by name."""
+    path = tmp_path / "r.jsonl"
+    evaluate(
+        model, tok, examples, ToyJudge(), _cfg(attacks=["clean", "prefill"], prefill_words=8), ResultStore(path), TAG
+    )
+    with pytest.raises(
+        ValueError, match=r"the stored prefill result of example '.*' was generated from another prompt"
+    ):
+        evaluate(
+            model,
+            tok,
+            examples,
+            ToyJudge(),
+            _cfg(attacks=["clean", "prefill"], prefill_words=12),
+            ResultStore(path),
+            TAG,
+        )
+
+
+def test_the_settings_a_result_was_made_under_are_stored_with_it(run):
+    _, _, records = run
+    assert {r["settings"]["sampling.max_new_tokens"] for r in records} == {8}
+    assert {r["settings"]["prefill_words"] for r in records} == {"8-30"}
