@@ -10,10 +10,34 @@ import sys
 
 import pytest
 
+from recap.eval.attacks import round_reasoning
 from recap.eval.metrics import METRICS
+from recap.eval.store import ResultStore
 
 COUNTS = ("reasoning_tokens", "answer_tokens")
 MEANS = ("helpfulness_", "task_pass@")  # means of scores, not rates of samples: no interval
+
+
+def ipr_chains(path) -> dict[int, dict[tuple, dict]]:
+    """The prefill/IPR records of a result store by round and (example, sample), checked to be the paper's
+    chain: round 1 is the prefilling attack's own records (stage ``prefill``, attack ``prefill``), rounds 2
+    and 3 hold the same (example, sample) pairs, and round k's prompt is exactly round k - 1's prompt, then
+    round k - 1's own reasoning (its answer dropped), the separator, the transition and the prefill."""
+    chains: dict[int, dict[tuple, dict]] = {}
+    for r in ResultStore(path).records():
+        if r["attack"] in ("prefill", "ipr"):
+            chains.setdefault(r["round"], {})[r["example_id"], r["sample"]] = r
+    assert sorted(chains) == [1, 2, 3], (path, sorted(chains))
+    assert all(r["attack"] == "prefill" and r["stage"].endswith(":prefill") for r in chains[1].values())
+    for k in (2, 3):
+        assert set(chains[k]) == set(chains[1]), (path, k)
+        for key, r in chains[k].items():
+            before, settings = chains[k - 1][key], r["settings"]
+            injected = f"{settings['ipr_transition']} {chains[1][key]['injected']}"
+            assert r["attack"] == "ipr" and r["injected"] == injected, (path, k, key)
+            own = round_reasoning(before["completion"])
+            assert r["prompt_text"] == before["prompt_text"] + own + settings["ipr_separator"] + injected, (k, key)
+    return chains
 
 
 @pytest.mark.slow
@@ -59,8 +83,10 @@ def test_quick_demo_writes_summary_report_and_plots(tmp_path):
                     assert s["ci"] is None, (method, metric, s)
                 else:  # a rate: every one has its pooled Wilson interval, and it holds the rate
                     assert s["ci"][0] <= s["mean"] <= s["ci"][1] and s["samples"] > 0, (method, metric, s)
-        # round 1 of IPR is the prefilling attack itself
-        assert stats["attack_ipr1_success"] == stats["attack_prefill_success"]
+        # round 1 of IPR is the prefilling attack itself: its rate is that of the stored round-1 samples
+        round1 = ipr_chains(out / "results" / f"{method}-seed0.jsonl")[1]
+        unsafe_share = sum(r["safe"] is False for r in round1.values()) / len(round1)
+        assert stats["attack_ipr1_success"]["mean"] == pytest.approx(unsafe_share), method
         # safe, unsafe and malformed partition the prefill samples (the world's judge knows both)
         unsafe, invalid = stats["attack_prefill_success"]["mean"], stats["invalid_prefill"]["mean"]
         assert unsafe + invalid <= 1.0 + 1e-9

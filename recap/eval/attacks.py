@@ -10,7 +10,8 @@
   opened by the template: each earlier round contributes only its own reasoning (its continuation cut at
   the first closing think tag, the answer dropped; a continuation that never closed contributes what it
   wrote), then ``IPR_SEPARATOR``, the transition ``t = IPR_TRANSITION`` and the prefill ``p`` again. No
-  new think block is opened.
+  new think block is opened. ``ipr_next`` is the one definition of what a round appends; the runner, the
+  Inspect solver and ``ipr_prompt`` all build their rounds with it.
 * H-CoT (``hcot_prompt``): the attacker's reasoning, in a benign-looking frame, inside the *user*
   turn; the think block opens clean.
 * ``prefill_unseen``: the prefilling attack with reasoning from a generator the policy never saw in
@@ -80,6 +81,42 @@ def ipr_suffix(prefill: str, transition: str = IPR_TRANSITION, separator: str = 
     return f"{separator}{injected}", injected
 
 
+@dataclass(frozen=True)
+class IprStep:
+    """What IPR round k + 1 adds to round k's prompt, given round k's completion (``ipr_next``)."""
+
+    reasoning: str  # the kept part of round k's completion: its own reasoning, the answer dropped
+    suffix: str  # then the separator, the transition and the prefill again
+    injected: str  # the attacker's text of round k + 1: ``t p``
+
+    @property
+    def kept(self) -> int:
+        """Characters of round k's completion kept (``reasoning`` is its first ``kept`` characters)."""
+        return len(self.reasoning)
+
+    @property
+    def text(self) -> str:
+        """Everything appended to round k's prompt: round k + 1's prompt is round k's prompt + this."""
+        return self.reasoning + self.suffix
+
+
+def ipr_next(
+    completion: str,
+    prefill: str,
+    transition: str = IPR_TRANSITION,
+    separator: str = IPR_SEPARATOR,
+    think_close: str = THINK_CLOSE,
+) -> IprStep:
+    """The one definition of an IPR round: round k + 1's prompt is round k's prompt followed by
+    ``ipr_next(completion_k, p).text`` — round k's own reasoning (``round_reasoning``: its completion cut
+    at the first closing think tag, the answer dropped), the separator, the transition ``t`` and the
+    prefill ``p``. Every path builds its rounds with it: the runner (``Evaluation._chain`` hands ``kept``
+    and ``suffix`` to ``generate_rounds``, which keeps those characters' token ids and appends the
+    suffix), the Inspect solver (``inspect_tasks.ipr_rounds``) and ``ipr_prompt``."""
+    suffix, injected = ipr_suffix(prefill, transition, separator)
+    return IprStep(round_reasoning(completion, think_close), suffix, injected)
+
+
 def ipr_prompt(
     first: AttackPrompt,
     completions: list[str],
@@ -88,13 +125,14 @@ def ipr_prompt(
     separator: str = IPR_SEPARATOR,
     think_close: str = THINK_CLOSE,
 ) -> AttackPrompt:
-    """Round ``len(completions) + 1`` of iterative prefill reset. ``first`` is round 1 (the prefilling
-    attack's prompt, ending with the prefill) and ``completions`` are the model's whole continuations of
-    rounds 1..k; only their reasoning is kept (``round_reasoning``)."""
+    """Round ``len(completions) + 1`` of iterative prefill reset as one prompt: ``first`` (round 1, the
+    prefilling attack's prompt, ending with the prefill) followed by ``ipr_next(c).text`` for each of the
+    model's whole continuations ``completions`` of rounds 1..k (what the runner and the Inspect solver
+    build round by round)."""
     text, injected = first.text, first.injected
     for completion in completions:
-        appended, injected = ipr_suffix(prefill, transition, separator)
-        text += round_reasoning(completion, think_close) + appended
+        step = ipr_next(completion, prefill, transition, separator, think_close)
+        text, injected = text + step.text, step.injected
     return AttackPrompt(text, injected)
 
 

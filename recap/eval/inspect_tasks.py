@@ -207,8 +207,8 @@ def ipr_rounds(rounds: int = 3, transition: str = attacks.IPR_TRANSITION, separa
         think, injected, shown, outcomes = prefill, prefill, list(conversation), []
         for r in range(1, rounds + 1):
             if r > 1:
-                appended, injected = attacks.ipr_suffix(prefill, transition, separator)
-                think += attacks.round_reasoning(outcomes[-1]["completion"]) + appended
+                step = attacks.ipr_next(outcomes[-1]["completion"], prefill, transition, separator)
+                think, injected, appended = think + step.text, step.injected, step.suffix
             turn = injected_turn(think, "ipr", r)
             state.messages = [*conversation, turn]
             state = await generate(state)

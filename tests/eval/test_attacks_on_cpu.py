@@ -149,6 +149,20 @@ def test_ipr_suffix_and_custom_transition():
     assert ipr_prompt(first, [" c </think> a"], "pre", "t", " | ") == AttackPrompt("P pre c | t pre", "t pre")
 
 
+def test_ipr_next_is_what_a_round_appends():
+    """``ipr_next``, the one builder of IPR rounds: the kept characters are the completion's reasoning, then
+    the separator, transition and prefill; ``ipr_prompt`` is round 1 plus each step's text."""
+    step = attacks.ipr_next(" c  \n</think> a", "pre", "t", " | ")
+    assert step == attacks.IprStep(" c", " | t pre", "t pre")
+    assert step.kept == 2 and step.text == " c | t pre"
+    completions = [" c </think> a", " d"]
+    first = AttackPrompt("P pre", "pre")
+    text = first.text + "".join(
+        c[: attacks.ipr_next(c, "pre").kept] + attacks.ipr_next(c, "pre").suffix for c in completions
+    )
+    assert ipr_prompt(first, completions, "pre") == AttackPrompt(text, f"{T} pre")
+
+
 def test_ipr_rounds_in_the_world_tokenize_without_unknown_words(tok):
     previous = prefill_prompt(tok, MESSAGES, PREFILL)
     completions = [" so fine </think> sorry , i can not help with that .", " i will explain every step"]
