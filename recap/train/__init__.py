@@ -10,7 +10,13 @@ from recap.train.build import build_trainer, grpo_config, rl_rows, vllm_mode
 from recap.train.config import TrainConfig, check_train_config, dynamic_prefills
 from recap.train.resume import config_dump, input_hashes, last_checkpoint
 from recap.train.run import TRAIN_LOG, train
-from recap.train.trainer import RecapTrainer, completion_budget, zero_variance_groups
+from recap.train.trainer import (
+    RecapTrainer,
+    completion_budget,
+    dropped_groups,
+    dynamic_sampling_drops,
+    zero_variance_groups,
+)
 
 __all__ = [
     "TRAIN_LOG",
@@ -20,7 +26,9 @@ __all__ = [
     "check_train_config",
     "completion_budget",
     "config_dump",
+    "dropped_groups",
     "dynamic_prefills",
+    "dynamic_sampling_drops",
     "grpo_config",
     "input_hashes",
     "last_checkpoint",

@@ -13,7 +13,7 @@ from recap.data.onpolicy import step_judge_for
 from recap.data.prefill_sources import PrefillPlanner
 from recap.data.selfreset import SelfResetPlanner, cutter_for
 from recap.inference.chat import render_prompt, with_think_system
-from recap.train.config import TrainConfig, check_train_config, common_trainer_args, dynamic_prefills
+from recap.train.config import PAPER_TAU, TrainConfig, check_train_config, common_trainer_args, dynamic_prefills
 from recap.train.distributed import world_size
 from recap.train.trainer import RecapTrainer, completion_budget
 
@@ -160,6 +160,8 @@ def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model
         dynamic_sampling=cfg.dynamic_sampling,
         max_extra_rounds=cfg.dynamic_sampling_max_extra_rounds,
         dynamic_sampling_tolerance=cfg.dynamic_sampling_tolerance,
+        dynamic_sampling_rule=cfg.dynamic_sampling_rule,
+        dynamic_sampling_tau=PAPER_TAU if cfg.dynamic_sampling_tau is None else cfg.dynamic_sampling_tau,
         max_total_length=cfg.max_total_length,
         loss_length_buckets=cfg.loss_length_buckets,
         rollout_decoder=cfg.rollout_decoder,

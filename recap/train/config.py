@@ -10,10 +10,14 @@ from recap.data.prefill_sources import PrefillSourceConfig
 from recap.data.schedules import LengthSchedule
 from recap.data.selfreset import SelfResetConfig
 from recap.train.distributed import world_size
+from recap.util.config import check_ranges
 
 ROLLOUT_DECODERS = ("continuous", "hf")  # TrainConfig.rollout_decoder
 SharedPrefixMode = Literal["auto", "on", "off"]  # TrainConfig.shared_prefix (YAML's bare on / off read as such)
 SHARED_PREFIX_MODES = get_args(SharedPrefixMode)
+DynamicSamplingRule = Literal["zero_variance", "paper"]  # TrainConfig.dynamic_sampling_rule
+DYNAMIC_SAMPLING_RULES = get_args(DynamicSamplingRule)
+PAPER_TAU = 0.9  # τ of the paper rule when dynamic_sampling_tau is unset (see its help)
 
 
 @dataclass
@@ -42,34 +46,49 @@ class TrainConfig:
         },
     )
     num_generations: int = field(
-        default=16, metadata={"help": "Rollouts per prompt (the group of GRPO/DAPO); the paper uses 16."}
+        default=16,
+        metadata={"range": "[2, inf)", "help": "Rollouts per prompt (the group of GRPO/DAPO); the paper uses 16."},
     )
     prompts_per_step: int = field(
         default=8,
-        metadata={"help": "Prompts per optimizer step over all processes (global batch = prompts × generations)."},
+        metadata={
+            "range": "[1, inf)",
+            "help": "Prompts per optimizer step over all processes (global batch = prompts × generations).",
+        },
     )
-    max_steps: int = field(default=100, metadata={"help": "Optimizer steps."})
+    max_steps: int = field(default=100, metadata={"range": "[1, inf)", "help": "Optimizer steps."})
     learning_rate: float = field(
-        default=1e-6, metadata={"help": "Learning rate (DAPO uses 1e-6 for 7–32B models; tiny models need far more)."}
+        default=1e-6,
+        metadata={
+            "range": "(0, inf)",
+            "help": "Learning rate (DAPO uses 1e-6 for 7–32B models; tiny models need far more).",
+        },
     )
     lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name."})
-    epsilon: float = field(default=0.2, metadata={"help": "Lower clip range ε_low (DAPO clip-higher: 0.2)."})
-    epsilon_high: float = field(default=0.28, metadata={"help": "Upper clip range ε_high (DAPO clip-higher: 0.28)."})
+    epsilon: float = field(
+        default=0.2, metadata={"range": "[0, 1]", "help": "Lower clip range ε_low (DAPO clip-higher: 0.2)."}
+    )
+    epsilon_high: float = field(
+        default=0.28, metadata={"range": "[0, inf)", "help": "Upper clip range ε_high (DAPO clip-higher: 0.28)."}
+    )
     loss_type: str = field(default="dapo", metadata={"help": "TRL loss type; 'dapo' is the token-level loss of DAPO."})
     beta: float = field(
-        default=0.0, metadata={"help": "KL coefficient; DAPO drops the KL term (0 ⇒ no reference model)."}
+        default=0.0,
+        metadata={"range": "[0, inf)", "help": "KL coefficient; DAPO drops the KL term (0 ⇒ no reference model)."},
     )
-    temperature: float = field(default=1.0, metadata={"help": "Rollout sampling temperature."})
+    temperature: float = field(default=1.0, metadata={"range": "(0, inf)", "help": "Rollout sampling temperature."})
     max_completion_length: int = field(
         default=1024,
         metadata={
-            "help": "Longest continuation in tokens (after the prefill); with max_total_length, the cap of every row's budget."
+            "range": "[1, inf)",
+            "help": "Longest continuation in tokens (after the prefill); with max_total_length, the cap of every row's budget.",
         },
     )
     max_total_length: int = field(
         default=0,
         metadata={
-            "help": "Length budget of a rollout counting prompt + prefill + continuation (the paper's Lmax = 8,000 tokens, Appendix C): each row may write min(max_completion_length, max_total_length − its prompt tokens), so a prefilled row writes less and costs what an unprefilled one costs. 0: off (every row gets max_completion_length)."
+            "range": "[0, inf)",
+            "help": "Length budget of a rollout counting prompt + prefill + continuation (the paper's Lmax = 8,000 tokens, Appendix C): each row may write min(max_completion_length, max_total_length − its prompt tokens), so a prefilled row writes less and costs what an unprefilled one costs. 0: off (every row gets max_completion_length).",
         },
     )
     mask_truncated_completions: bool = field(
@@ -81,44 +100,63 @@ class TrainConfig:
     overlong_buffer: int = field(
         default=0,
         metadata={
-            "help": "DAPO soft overlong punishment (TRL get_soft_overlong_punishment), an extra reward: 0 up to the row's limit − this many tokens, then down linearly to −1 at the limit (DAPO: 4096 of 20480). 0: off."
+            "range": "[0, inf)",
+            "help": "DAPO soft overlong punishment (TRL get_soft_overlong_punishment), an extra reward: 0 up to the row's limit − this many tokens, then down linearly to −1 at the limit (DAPO: 4096 of 20480). 0: off.",
         },
     )
     overlong_penalty: float = field(
         default=1.0,
-        metadata={"help": "Weight of the soft overlong punishment in the reward (with overlong_buffer > 0)."},
+        metadata={
+            "range": "[0, inf)",
+            "help": "Weight of the soft overlong punishment in the reward (with overlong_buffer > 0).",
+        },
     )
     dynamic_sampling: bool = field(
         default=True,
         metadata={
-            "help": "DAPO dynamic sampling (on in the paper): drop every prompt group whose rewards are all equal (zero variance: all 0, all 1, all −1 from the format penalty, all 0.4 from a continuous judge — no advantage, no gradient) and generate more groups until the step has prompts_per_step groups with signal."
+            "help": "DAPO dynamic sampling (on in the paper): drop the prompt groups dynamic_sampling_rule names and generate more groups until the step has prompts_per_step groups it keeps."
+        },
+    )
+    dynamic_sampling_rule: DynamicSamplingRule = field(
+        default="zero_variance",
+        metadata={
+            "help": "Which groups dynamic sampling drops. zero_variance (DAPO as verl, NeMo RL and SkyRL implement it): every group whose rewards are all equal (max − min ≤ dynamic_sampling_tolerance: all 0, all 1, all −1 from the format penalty, all 0.4 from a continuous judge — no advantage, no gradient). paper (the RECAP paper's rule): every group whose rewards are all 0 or all > dynamic_sampling_tau, whatever their spread — with continuous guard rewards exact ties almost never happen, so zero_variance keeps saturated safety groups (e.g. P(safe) 0.95–0.99) that the paper drops; it keeps an all-0.5 group, which gives no gradient."
         },
     )
     dynamic_sampling_max_extra_rounds: int = field(
         default=9,
         metadata={
-            "help": "Extra generation rounds per step to refill dropped groups (each draws as many prompts as the step; verl's max_num_gen_batches − 1, 10 − 1 in its DAPO recipe). When they are spent the step trains on the groups with signal it has: the others are masked out of the loss and the token normaliser. 0: drop without refilling."
+            "range": "[0, inf)",
+            "help": "Extra generation rounds per step to refill dropped groups (each draws as many prompts as the step; verl's max_num_gen_batches − 1, 10 − 1 in its DAPO recipe). When they are spent the step trains on the groups with signal it has: the others are masked out of the loss and the token normaliser. 0: drop without refilling.",
         },
     )
     dynamic_sampling_tolerance: float = field(
         default=1e-6,
         metadata={
-            "help": "A group's rewards count as equal when max − min ≤ this. 0 is verl's exact test (std > 0); the default only adds float noise (e.g. 0.99999994 vs 1.0 from a judge's probability), far below any real difference."
+            "range": "[0, inf)",
+            "help": "A group's rewards count as equal when max − min ≤ this, and a reward as 0 (paper rule) when abs(r) ≤ this. 0 is verl's exact test (std > 0); the default only adds float noise (e.g. 0.99999994 vs 1.0 from a judge's probability), far below any real difference.",
         },
     )
     dynamic_sampling_tau: float | None = field(
         default=None,
         metadata={
-            "help": "Removed: dynamic sampling no longer drops 'all 0 or all ≥ τ' groups but every group with zero reward variance, whatever the value; leave unset (see dynamic_sampling_tolerance)."
+            "range": "[0, inf)",
+            "help": "τ of dynamic_sampling_rule: paper: a group whose rewards are all > τ is dropped as solved. Only with that rule (an error otherwise); unset: 0.9, so an all-1 group (math-verify, the rubric) is dropped as DAPO drops it — any τ in [0, 1) gives DAPO's 0 < correct < G on 0/1 rewards — and so is a guard group whose P(safe) are all above 0.9.",
         },
     )
     format_penalty: float = field(
-        default=0.0, metadata={"help": "Reward of a completion with no closing think tag or an empty answer."}
+        default=0.0,
+        metadata={
+            "range": "(-inf, inf)",
+            "help": "Reward of a completion with no closing think tag or an empty answer.",
+        },
     )
-    seed: int = field(default=0, metadata={"help": "Seed of sampling and data order."})
-    save_steps: int = field(default=50, metadata={"help": "Checkpoint every N steps (resumable)."})
-    logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
-    num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's default)."})
+    seed: int = field(default=0, metadata={"range": "[0, 4294967295]", "help": "Seed of sampling and data order."})
+    save_steps: int = field(default=50, metadata={"range": "[1, inf)", "help": "Checkpoint every N steps (resumable)."})
+    logging_steps: int = field(default=10, metadata={"range": "[1, inf)", "help": "Log every N steps."})
+    num_threads: int = field(
+        default=0, metadata={"range": "[0, inf)", "help": "torch CPU threads (0: leave torch's default)."}
+    )
     gradient_checkpointing: bool = field(
         default=True,
         metadata={
@@ -128,13 +166,15 @@ class TrainConfig:
     micro_batch_size: int = field(
         default=0,
         metadata={
-            "help": "Completions per forward/backward pass on each process (gradient accumulation over the step's prompts × generations; the token-level loss is normalised over the whole step). 0: the process's whole share of the step in one pass. With several processes, prompts_per_step × num_generations is the global batch, split across them; a multiple of num_generations keeps each prompt's group on one process."
+            "range": "[0, inf)",
+            "help": "Completions per forward/backward pass on each process (gradient accumulation over the step's prompts × generations; the token-level loss is normalised over the whole step). 0: the process's whole share of the step in one pass. With several processes, prompts_per_step × num_generations is the global batch, split across them; a multiple of num_generations keeps each prompt's group on one process.",
         },
     )
     loss_length_buckets: int = field(
         default=2,
         metadata={
-            "help": "Run each micro-batch's loss pass in this many chunks of rows with similar lengths, each trimmed of its own padding (TRL pads every row to the longest prompt of the generation batch, and prefilled prompts are the longest). Same loss and gradient up to float rounding; 1 turns it off. Single-process runs only (with several processes each forward must pair with one backward)."
+            "range": "[1, inf)",
+            "help": "Run each micro-batch's loss pass in this many chunks of rows with similar lengths, each trimmed of its own padding (TRL pads every row to the longest prompt of the generation batch, and prefilled prompts are the longest). Same loss and gradient up to float rounding; 1 turns it off. Single-process runs only (with several processes each forward must pair with one backward).",
         },
     )
     rollout_decoder: str = field(
@@ -152,19 +192,25 @@ class TrainConfig:
     num_iterations: int = field(
         default=1,
         metadata={
-            "help": "Optimizer passes over each rollout batch (μ of GRPO, TRL num_iterations). With one pass and one update per rollout batch the importance ratio π/π_old is exactly 1 and DAPO's clip (epsilon, epsilon_high) never acts; more passes or updates make the policy drift from the one that sampled, and the clip bounds the drift. The paper trains with verl's DAPO recipe, whose PPO epochs are 1."
+            "range": "[1, inf)",
+            "help": "Optimizer passes over each rollout batch (μ of GRPO, TRL num_iterations). With one pass and one update per rollout batch the importance ratio π/π_old is exactly 1 and DAPO's clip (epsilon, epsilon_high) never acts; more passes or updates make the policy drift from the one that sampled, and the clip bounds the drift. The paper trains with verl's DAPO recipe, whose PPO epochs are 1.",
         },
     )
     updates_per_generation: int = field(
         default=1,
         metadata={
-            "help": "Optimizer steps each rollout batch is split into (PPO mini-batches; TRL steps_per_generation = this × gradient accumulation steps). A rollout batch holds updates_per_generation × prompts_per_step prompts and each optimizer step trains on prompts_per_step of them, so every update after the first is off-policy and clip-higher binds (DAPO: 512 prompts per rollout batch, mini-batches of 32, i.e. 16 updates). max_steps counts optimizer steps."
+            "range": "[1, inf)",
+            "help": "Optimizer steps each rollout batch is split into (PPO mini-batches; TRL steps_per_generation = this × gradient accumulation steps). A rollout batch holds updates_per_generation × prompts_per_step prompts and each optimizer step trains on prompts_per_step of them, so every update after the first is off-policy and clip-higher binds (DAPO: 512 prompts per rollout batch, mini-batches of 32, i.e. 16 updates). max_steps counts optimizer steps.",
         },
     )
     lora_r: int = field(
-        default=0, metadata={"help": "LoRA rank (peft); 0 trains every weight. The final model is saved merged."}
+        default=0,
+        metadata={
+            "range": "[0, inf)",
+            "help": "LoRA rank (peft); 0 trains every weight. The final model is saved merged.",
+        },
     )
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling α."})
+    lora_alpha: int = field(default=32, metadata={"range": "[1, inf)", "help": "LoRA scaling α."})
     unclosed: str = field(
         default="invalid",
         metadata={
@@ -189,9 +235,15 @@ class TrainConfig:
     vllm_server_host: str = field(
         default="127.0.0.1", metadata={"help": "Host of the `trl vllm-serve` rollout server (vllm: server)."}
     )
-    vllm_server_port: int = field(default=8000, metadata={"help": "Port of the rollout server (vllm: server)."})
+    vllm_server_port: int = field(
+        default=8000, metadata={"range": "[1, 65535]", "help": "Port of the rollout server (vllm: server)."}
+    )
     vllm_gpu_memory_utilization: float = field(
-        default=0.3, metadata={"help": "GPU memory fraction vLLM may take in colocate mode (the rest is for training)."}
+        default=0.3,
+        metadata={
+            "range": "(0, 1]",
+            "help": "GPU memory fraction vLLM may take in colocate mode (the rest is for training).",
+        },
     )
     bf16: bool = field(
         default=False,
@@ -252,12 +304,18 @@ def dynamic_prefills(cfg: TrainConfig) -> bool:
 
 def check_train_config(cfg: TrainConfig) -> None:
     """Raise ``ValueError`` naming the field for settings the trainer cannot run."""
-    if cfg.dynamic_sampling_tau is not None:
+    if cfg.dynamic_sampling_rule not in DYNAMIC_SAMPLING_RULES:
         raise ValueError(
-            "dynamic_sampling_tau was removed: dynamic sampling now drops every prompt group whose "
-            "rewards are all equal (zero variance, as DAPO does), whatever their value, and refills "
-            "the step (dynamic_sampling_max_extra_rounds); delete the field"
+            f"dynamic_sampling_rule must be one of {', '.join(DYNAMIC_SAMPLING_RULES)}, got {cfg.dynamic_sampling_rule!r}"
         )
+    if cfg.dynamic_sampling_tau is not None and cfg.dynamic_sampling_rule != "paper":
+        raise ValueError(
+            f"dynamic_sampling_tau is the τ of dynamic_sampling_rule: paper (drop groups whose rewards are all 0 "
+            f"or all > τ); the rule is {cfg.dynamic_sampling_rule!r}, which drops every group with zero reward "
+            "variance and reads no τ: set dynamic_sampling_rule: paper to keep the τ rule (what configs that "
+            "set dynamic_sampling_tau before the rule choice meant), or delete dynamic_sampling_tau"
+        )
+    check_ranges(cfg, "TrainConfig")  # what load_config checks, for a config built in Python
     for name in ("dynamic_sampling_max_extra_rounds", "max_total_length", "overlong_buffer"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be ≥ 0, got {getattr(cfg, name)}")

@@ -25,7 +25,7 @@ from trl.trainer.utils import split_tensor_dict
 from recap.data.prefill_sources import PrefillPlanner
 from recap.data.selfreset import SelfResetPlanner
 import recap.train.shared_prefix as sp
-from recap.train.config import SHARED_PREFIX_MODES
+from recap.train.config import DYNAMIC_SAMPLING_RULES, PAPER_TAU, SHARED_PREFIX_MODES
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,49 @@ def zero_variance_groups(rewards: torch.Tensor, group_size: int, tolerance: floa
     return ~(spread > tolerance)  # a group with at most one scored reward has no spread either
 
 
+def dynamic_sampling_drops(
+    rewards: torch.Tensor,
+    group_size: int,
+    rule: str = "zero_variance",
+    tau: float = PAPER_TAU,
+    tolerance: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """Why dynamic sampling drops each prompt group (``group_size`` consecutive total rewards each): one
+    boolean mask over the groups per reason, named as logged (``dynamic_sampling/dropped_<reason>``); a group
+    is dropped when any mask holds it, and counts under one reason only.
+
+    * ``rule="zero_variance"`` (DAPO as verl, NeMo RL and SkyRL filter groups): ``zero_variance`` — the
+      rewards are all equal (``zero_variance_groups``).
+    * ``rule="paper"`` (the RECAP paper's rule): ``all_zero`` — every reward is 0 (|r| ≤ ``tolerance``);
+      ``all_above_tau`` — every reward is > ``tau``. The spread does not matter: a saturated group such as
+      P(safe) 0.95–0.99 is dropped though its advantages are not 0, and an all-0.5 group is kept though they
+      are.
+
+    NaN rewards (unscorable completions) are ignored; a group with none scored is dropped (zero variance, or
+    all 0 under the paper rule)."""
+    if rule == "zero_variance":
+        return {"zero_variance": zero_variance_groups(rewards, group_size, tolerance)}
+    if rule != "paper":
+        raise ValueError(f"dynamic sampling rule must be one of {', '.join(DYNAMIC_SAMPLING_RULES)}, got {rule!r}")
+    grouped = rewards.float().view(-1, group_size)
+    nan = torch.isnan(grouped)
+    all_zero = ((grouped.abs() <= tolerance) | nan).all(1)
+    return {"all_zero": all_zero, "all_above_tau": ((grouped > tau) | nan).all(1) & ~all_zero}
+
+
+def dropped_groups(
+    rewards: torch.Tensor,
+    group_size: int,
+    rule: str = "zero_variance",
+    tau: float = PAPER_TAU,
+    tolerance: float = 0.0,
+) -> torch.Tensor:
+    """Boolean mask over prompt groups that dynamic sampling drops under ``rule`` (``dynamic_sampling_drops``,
+    whose reasons this joins)."""
+    masks = list(dynamic_sampling_drops(rewards, group_size, rule, tau, tolerance).values())
+    return functools.reduce(torch.logical_or, masks)
+
+
 class _RowBudget(StoppingCriteria):
     """A transformers stopping criterion that ends row i after ``budgets[i]`` new tokens."""
 
@@ -109,9 +152,10 @@ class RecapTrainer(GRPOTrainer):
     """``GRPOTrainer`` plus DAPO's dynamic sampling, the per-row total length budget, the prefill planner's
     per-step prefills, and groups that read their prompt once.
 
-    Dynamic sampling (``dynamic_sampling``): after each generation round, every prompt group whose total
-    rewards are all equal (``zero_variance_groups``) is dropped; while the step has fewer than its
-    ``prompts_per_step`` groups with signal, another round draws as many prompts again from the training
+    Dynamic sampling (``dynamic_sampling``): after each generation round, the prompt groups whose total
+    rewards the rule drops (``dynamic_sampling_rule``: ``zero_variance``, all equal; ``paper``, all 0 or all
+    > τ; ``dynamic_sampling_drops``) are dropped; while the step has fewer than its ``prompts_per_step``
+    groups it keeps ("with signal"), another round draws as many prompts again from the training
     set (seeded by seed, step, round and process; prompts already in the step are avoided while others
     remain) — at most ``max_extra_rounds`` rounds. The step then trains on the first groups with signal,
     up to its size; if refilling ran out, the missing groups are taken from dropped ones with their
@@ -119,8 +163,11 @@ class RecapTrainer(GRPOTrainer):
     gradient and no tokens to the DAPO normaliser. With several processes each fills its own share of
     groups, and all of them run a round while any is short. Logged per step:
     ``dynamic_sampling/effective_batch_size`` (groups with signal trained on),
-    ``dynamic_sampling/dropped_groups`` (zero-variance groups generated, all rounds) and
-    ``dynamic_sampling/extra_rounds``.
+    ``dynamic_sampling/dropped_groups`` (groups generated and dropped, all rounds), the same split by the
+    rule's reasons (``dynamic_sampling/dropped_zero_variance``; with the paper rule
+    ``dynamic_sampling/dropped_all_zero`` and ``dynamic_sampling/dropped_all_above_tau``, plus
+    ``dynamic_sampling/kept_zero_variance``: kept groups whose rewards are all equal, which give no gradient)
+    and ``dynamic_sampling/extra_rounds``.
 
     Length budget (``max_total_length``): each row may write ``completion_budget(prompt tokens)``; for
     transformers generation a stopping criterion ends each row at its budget (with ``rollout_decoder:
@@ -149,6 +196,8 @@ class RecapTrainer(GRPOTrainer):
         dynamic_sampling: bool = False,
         max_extra_rounds: int = 9,
         dynamic_sampling_tolerance: float = 1e-6,
+        dynamic_sampling_rule: str = "zero_variance",
+        dynamic_sampling_tau: float = PAPER_TAU,
         max_total_length: int = 0,
         loss_length_buckets: int = 1,
         rollout_decoder: str = "hf",
@@ -165,10 +214,23 @@ class RecapTrainer(GRPOTrainer):
             )
         if shared_prefix not in SHARED_PREFIX_MODES:
             raise ValueError(f"shared_prefix must be one of {', '.join(SHARED_PREFIX_MODES)}, got {shared_prefix!r}")
+        if dynamic_sampling_rule not in DYNAMIC_SAMPLING_RULES:
+            raise ValueError(
+                f"dynamic_sampling_rule must be one of {', '.join(DYNAMIC_SAMPLING_RULES)}, got {dynamic_sampling_rule!r}"
+            )
         super().__init__(*args, **kwargs)
         self.dynamic_sampling = dynamic_sampling
         self.max_extra_rounds = max_extra_rounds
         self.dynamic_sampling_tolerance = dynamic_sampling_tolerance
+        self.dynamic_sampling_rule = dynamic_sampling_rule
+        self.dynamic_sampling_tau = dynamic_sampling_tau
+        if dynamic_sampling:
+            log.info(
+                "dynamic sampling: rule %s (drops groups whose rewards are %s), up to %d refill rounds a step",
+                dynamic_sampling_rule,
+                f"all 0 or all > τ = {dynamic_sampling_tau:g}" if dynamic_sampling_rule == "paper" else "all equal",
+                max_extra_rounds,
+            )
         self.max_total_length = max_total_length
         self.loss_length_buckets = loss_length_buckets
         self.rollout_decoder = rollout_decoder
@@ -682,15 +744,22 @@ class RecapTrainer(GRPOTrainer):
         quota = len(inputs) // size  # this process's groups (whole groups: checked by check_train_config)
         first_group = self.accelerator.process_index * quota
         used = {row.get("id") for row in inputs}
-        rounds, kept, flat = [], [], []  # kept / flat: (round, local group)
-        dropped, extra, batch = 0, 0, inputs
+        rounds, kept, flat = [], [], []  # kept / flat (dropped): (round, local group)
+        reasons: dict[str, int] = {}  # groups dropped per reason of the rule, every process, all rounds
+        dropped, kept_equal, extra, batch = 0, 0, 0, inputs
+        rule, tau, tolerance = self.dynamic_sampling_rule, self.dynamic_sampling_tau, self.dynamic_sampling_tolerance
         while True:
             batch, out, total, texts = self._round(batch, fresh=extra == 0)
             rounds.append((batch, out, texts))
-            zero = zero_variance_groups(total, size, self.dynamic_sampling_tolerance)
-            dropped += int(zero.sum())
-            for g, is_zero in enumerate(zero[first_group : first_group + quota].tolist()):
-                (flat if is_zero else kept).append((len(rounds) - 1, g))
+            why = dynamic_sampling_drops(total, size, rule, tau, tolerance)
+            drop = functools.reduce(torch.logical_or, why.values())
+            for reason, mask in why.items():
+                reasons[reason] = reasons.get(reason, 0) + int(mask.sum())
+            dropped += int(drop.sum())
+            if rule != "zero_variance":  # kept groups without spread: trained on, no gradient
+                kept_equal += int((zero_variance_groups(total, size, tolerance) & ~drop).sum())
+            for g, is_dropped in enumerate(drop[first_group : first_group + quota].tolist()):
+                (flat if is_dropped else kept).append((len(rounds) - 1, g))
             short = torch.tensor(float(len(kept) < quota), device=self.accelerator.device)
             if self.accelerator.gather(short).sum().item() == 0 or extra >= self.max_extra_rounds:
                 break
@@ -703,6 +772,10 @@ class RecapTrainer(GRPOTrainer):
         metrics = self._metrics["train"]
         metrics["dynamic_sampling/effective_batch_size"].append(int(effective.sum().item()))
         metrics["dynamic_sampling/dropped_groups"].append(dropped)
+        for reason, n in reasons.items():  # which rule dropped how many
+            metrics[f"dynamic_sampling/dropped_{reason}"].append(n)
+        if rule != "zero_variance":
+            metrics["dynamic_sampling/kept_zero_variance"].append(kept_equal)
         metrics["dynamic_sampling/extra_rounds"].append(extra)
         return out
 

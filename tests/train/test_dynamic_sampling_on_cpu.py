@@ -17,10 +17,13 @@ from recap.train import (
     TrainConfig,
     build_trainer,
     check_train_config,
+    dropped_groups,
+    dynamic_sampling_drops,
     grpo_config,
     rl_rows,
     zero_variance_groups,
 )
+from recap.util.config import ConfigError, load_config
 
 TINY = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 G = 3
@@ -32,6 +35,7 @@ SCORES = {
     "cont": [0.4, 0.4, 0.4],
     "mixed01": [0.0, 1.0, 0.0],
     "mixedc": [0.4, 0.4, 0.41],
+    "sat": [0.95, 0.97, 0.99],  # a saturated guard P(safe): spread, but all > τ = 0.9
 }
 REQUESTS = {
     "const1": "how do i steal a car ?",
@@ -40,6 +44,7 @@ REQUESTS = {
     "cont": "how do i kill a python process ?",
     "mixed01": "what is 2 plus 3 ?",
     "mixedc": "what is 4 plus 4 ?",
+    "sat": "what is 2 plus 2 ?",
 }
 
 
@@ -83,6 +88,40 @@ def test_zero_variance_groups_01_continuous_negative():
     assert zero_variance_groups(rewards, 3).tolist() == [True, True, False, True, False, True, False, True, False]
 
 
+#: One group each (4 rollouts): which rule drops it.
+RULE_GROUPS = [
+    ([0.0, 0.0, 0.0, 0.0], {"zero_variance": True, "paper": True}),  # all failed
+    ([1.0, 1.0, 1.0, 1.0], {"zero_variance": True, "paper": True}),  # all solved
+    ([0.95, 0.97, 0.99, 0.96], {"zero_variance": False, "paper": True}),  # saturated guard P(safe): all > τ
+    ([0.2, 0.2, 0.2, 0.2], {"zero_variance": True, "paper": False}),  # tied, neither 0 nor above τ
+    ([0.0, 1.0, 0.0, 1.0], {"zero_variance": False, "paper": False}),  # signal
+]
+
+
+@pytest.mark.parametrize("rule", ["zero_variance", "paper"])
+def test_each_rule_drops_its_groups(rule):
+    rewards = torch.tensor([r for group, _ in RULE_GROUPS for r in group])
+    expected = [drops[rule] for _, drops in RULE_GROUPS]
+    assert dropped_groups(rewards, 4, rule, tau=0.9, tolerance=1e-6).tolist() == expected
+    why = dynamic_sampling_drops(rewards, 4, rule, tau=0.9, tolerance=1e-6)
+    if rule == "zero_variance":
+        assert list(why) == ["zero_variance"]
+    else:  # each dropped group counts under one reason
+        assert why["all_zero"].tolist() == [True, False, False, False, False]
+        assert why["all_above_tau"].tolist() == [False, True, True, False, False]
+
+
+def test_paper_rule_tau_is_strict_and_nan_is_ignored():
+    group = torch.tensor([0.9, 0.95, 0.99, 1.0])
+    assert dropped_groups(group, 4, "paper", tau=0.9).tolist() == [False]  # 0.9 is not above τ = 0.9
+    assert dropped_groups(group, 4, "paper", tau=0.89).tolist() == [True]
+    unscored = torch.tensor([0.0, float("nan"), 0.0, 0.0, 0.95, float("nan"), 0.99, 0.5])
+    assert dropped_groups(unscored, 4, "paper", tau=0.9).tolist() == [True, False]
+    assert dropped_groups(torch.full((4,), float("nan")), 4, "paper").tolist() == [True]  # nothing scored
+    with pytest.raises(ValueError, match="rule must be one of zero_variance, paper"):
+        dropped_groups(group, 4, "std")
+
+
 def test_tolerance_only_absorbs_float_noise():
     noise = torch.tensor([1.0, 1.0, 0.99999994])  # a judge's P(safe) on the same answer, float32
     assert zero_variance_groups(noise, 3, tolerance=1e-6).tolist() == [True]
@@ -104,7 +143,7 @@ def _reward(calls=None):
     return reward
 
 
-def _trainer(tok, tmp_path, ids, prompts_per_step, rounds, calls=None):
+def _trainer(tok, tmp_path, ids, prompts_per_step, rounds, calls=None, rule="zero_variance"):
     cfg = TrainConfig(
         output_dir=str(tmp_path),
         num_generations=G,
@@ -127,6 +166,8 @@ def _trainer(tok, tmp_path, ids, prompts_per_step, rounds, calls=None):
         dynamic_sampling=True,
         max_extra_rounds=rounds,
         dynamic_sampling_tolerance=cfg.dynamic_sampling_tolerance,
+        dynamic_sampling_rule=rule,
+        dynamic_sampling_tau=0.9,
     )
     trainer.model.train()
     return trainer, {r["id"]: r for r in rows}
@@ -155,9 +196,35 @@ def test_without_refill_every_equal_group_is_masked(tok, tmp_path):
     ) == ([2], [1], [0])
 
 
+@pytest.mark.parametrize(
+    ("rule", "trained", "reasons"),
+    [
+        ("zero_variance", ["mixed01", "sat"], {"dropped_zero_variance": [3]}),
+        (
+            "paper",
+            ["cont", "mixed01"],
+            {"dropped_all_zero": [1], "dropped_all_above_tau": [2], "kept_zero_variance": [1]},
+        ),
+    ],
+)
+def test_the_step_trains_on_the_groups_its_rule_keeps_and_logs_why_it_dropped(tok, tmp_path, rule, trained, reasons):
+    """Without refill: the paper rule drops all-0, all-1 and the saturated group and keeps the tied 0.4 group
+    (no gradient); zero_variance keeps the saturated group and drops the tied ones. The logs name the reasons."""
+    ids = ["const1", "const0", "cont", "sat", "mixed01"]
+    trainer, rows = _trainer(tok, tmp_path, ids, 5, rounds=0, rule=rule)
+    out = trainer._generate_and_score_completions([rows[i] for i in ids for _ in range(G)])
+    got, mask = _group_ids(tok, out)
+    assert len(got) == 5 * G and sorted(set(i for i, t in zip(got, mask) if t)) == trained
+    m = trainer._metrics["train"]
+    assert (m["dynamic_sampling/dropped_groups"], m["dynamic_sampling/effective_batch_size"]) == ([3], [2])
+    why = {k: v for k, v in m.items() if k.startswith(("dynamic_sampling/dropped_", "dynamic_sampling/kept_"))}
+    assert why == {"dynamic_sampling/dropped_groups": [3], **{f"dynamic_sampling/{k}": v for k, v in reasons.items()}}
+
+
 def test_refill_until_the_step_has_its_groups_with_signal(tok, tmp_path):
     calls = []
-    trainer, rows = _trainer(tok, tmp_path, list(SCORES), 2, rounds=5, calls=calls)
+    ids = [i for i in SCORES if i != "sat"]  # "sat" has spread too: only the paper rule drops it
+    trainer, rows = _trainer(tok, tmp_path, ids, 2, rounds=5, calls=calls)
     out = trainer._generate_and_score_completions([rows[i] for i in ("const1", "neg") for _ in range(G)])
     ids, trained = _group_ids(tok, out)
     assert len(ids) == 2 * G and all(trained)  # no filler: the step is full
@@ -291,9 +358,47 @@ def test_refill_rounds_get_per_step_prefills_and_one_harvest(tok, tmp_path):
     assert trainer._metrics["train"]["dynamic_sampling/effective_batch_size"] == [0]
 
 
-def test_tau_is_removed_with_a_message_and_processes_must_hold_whole_groups(tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match="dynamic_sampling_tau was removed: .*zero variance"):
+def test_rule_and_tau_config_fields(tmp_path):
+    """The rule defaults to zero_variance; τ belongs to the paper rule (a τ without it — as configs written
+    when τ was the only rule have — is an error that says which rule to set), lies in [0, inf), and an
+    unknown rule is refused by the YAML loader, check_train_config and the trainer alike."""
+    assert (TrainConfig().dynamic_sampling_rule, TrainConfig().dynamic_sampling_tau) == ("zero_variance", None)
+    check_train_config(TrainConfig(dynamic_sampling_rule="paper"))  # τ unset: 0.9
+    check_train_config(TrainConfig(dynamic_sampling_rule="paper", dynamic_sampling_tau=0.8))
+    with pytest.raises(
+        ValueError, match="dynamic_sampling_tau is the τ of dynamic_sampling_rule: paper .*'zero_variance'"
+    ):
         check_train_config(TrainConfig(dynamic_sampling_tau=1.0))
+    with pytest.raises(ValueError, match="dynamic_sampling_tau"):
+        check_train_config(TrainConfig(dynamic_sampling_rule="paper", dynamic_sampling_tau=-0.1))
+    with pytest.raises(ValueError, match="dynamic_sampling_rule must be one of zero_variance, paper"):
+        check_train_config(TrainConfig(dynamic_sampling_rule="std"))
+    path = tmp_path / "train.yaml"
+    path.write_text("dynamic_sampling_rule: paper\ndynamic_sampling_tau: 0.95\n", encoding="utf-8")
+    cfg = load_config(TrainConfig, path)
+    assert (cfg.dynamic_sampling_rule, cfg.dynamic_sampling_tau) == ("paper", 0.95)
+    path.write_text("dynamic_sampling_rule: std\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="dynamic_sampling_rule.*expected one of zero_variance, paper"):
+        load_config(TrainConfig, path)
+
+
+def test_build_trainer_passes_the_rule_and_the_default_tau(tok, tmp_path):
+    cfg = TrainConfig(
+        model="unused",
+        output_dir=str(tmp_path),
+        judge="toy",
+        num_generations=G,
+        prompts_per_step=2,
+        max_steps=1,
+        max_completion_length=6,
+        use_cpu=True,
+        dynamic_sampling_rule="paper",
+    )
+    trainer = build_trainer(cfg, _examples(), model=build_model(tok, TINY, 0), tokenizer=tok)
+    assert (trainer.dynamic_sampling_rule, trainer.dynamic_sampling_tau) == ("paper", 0.9)
+
+
+def test_processes_must_hold_whole_groups(tmp_path, monkeypatch):
     base = TrainConfig(
         output_dir=str(tmp_path), use_cpu=True, dynamic_sampling=True, prompts_per_step=3, num_generations=4
     )

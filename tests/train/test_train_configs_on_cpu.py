@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from recap.data.recipe import paper_parts
 from recap.rewards.factory import load_judge
 from recap.rewards.guard import GuardConfig
 from recap.rewards.judges import JudgeItem, RuleJudge
@@ -28,7 +29,9 @@ def test_paper_configs_use_the_papers_rewards_and_length_budget(name):
     check_train_config(cfg)
     assert _specs(cfg) == {"harmful": GUARD, "benign": RUBRIC, "task": "rules"}
     assert cfg.max_total_length == 8000 and cfg.max_completion_length >= cfg.max_total_length
-    assert cfg.dynamic_sampling and cfg.dynamic_sampling_tau is None
+    assert cfg.dynamic_sampling and (cfg.dynamic_sampling_rule, cfg.dynamic_sampling_tau) == ("paper", 0.9)
+    text = (ROOT / "configs" / name).read_text(encoding="utf-8")
+    assert "rarely tie" in text or "almost never happen" in text  # why: continuous guard rewards
 
 
 def test_the_judge_files_the_paper_configs_name():
@@ -60,10 +63,34 @@ def test_a_config_with_a_stand_in_judge_says_so(name):
     assert name != "smollm2/train.yaml" or stand_ins  # the CPU run does use one
 
 
-def test_no_shipped_config_sets_the_removed_tau():
-    assert not [
+@pytest.mark.parametrize("name", ["toy/train.yaml", "smollm2/train.yaml", "smollm2/rl.yaml", "self-reset.yaml"])
+def test_cpu_and_self_reset_configs_keep_the_zero_variance_rule_and_say_why(name):
+    path = ROOT / "configs" / name
+    cfg = load_config(TrainConfig, path)
+    check_train_config(cfg)
+    assert (cfg.dynamic_sampling_rule, cfg.dynamic_sampling_tau) == ("zero_variance", None)
+    line = next(x for x in path.read_text(encoding="utf-8").splitlines() if x.startswith("dynamic_sampling_rule:"))
+    assert "#" in line  # the reason, next to the choice
+
+
+def test_every_shipped_tau_comes_with_the_paper_rule():
+    with_tau = [
         p for p in (ROOT / "configs").rglob("*.yaml") if "dynamic_sampling_tau" in p.read_text(encoding="utf-8")
     ]
+    assert with_tau and all("dynamic_sampling_rule: paper" in p.read_text(encoding="utf-8") for p in with_tau)
+
+
+@pytest.mark.parametrize("name", ["scale/recap-8b.yaml", "scale/recap-8b-vllm-server.yaml"])
+@pytest.mark.parametrize("corpus", [5000, sum(part.n for part in paper_parts())])  # the paper's 5K; the recipe's 4915
+def test_scale_configs_train_one_epoch_of_the_papers_corpus(name, corpus):
+    """App. C: one epoch. TRL's sampler serves whole rollout batches (prompts_per_step × updates_per_generation
+    prompts; prompts_per_step is global) and drops the last partial one, so one epoch is the whole batches'
+    updates: every prompt drawn at most once, fewer than one rollout batch left undrawn."""
+    cfg = load_config(TrainConfig, ROOT / "configs" / name)
+    batch = cfg.prompts_per_step * cfg.updates_per_generation
+    assert (cfg.prompts_per_step, cfg.updates_per_generation) == (32, 16)  # DAPO's 512-prompt batch, 16 updates
+    assert cfg.max_steps == (corpus // batch) * cfg.updates_per_generation == 144
+    assert cfg.max_steps * cfg.prompts_per_step <= corpus < cfg.max_steps * cfg.prompts_per_step + batch
 
 
 def test_rl_and_sft_trainer_arguments_share_seeds_saving_and_logging(tmp_path):
