@@ -127,6 +127,19 @@ def config_dump(cfg: TrainConfig, inputs: dict | None = None) -> dict:
     return json.loads(json.dumps(redacted(dump)))
 
 
+def _defaults(cls) -> dict:
+    """The JSON dump of every field of ``cls`` that has a default (as ``config_dump`` writes it)."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return json.loads(json.dumps(out, default=lambda x: dataclasses.asdict(x) if dataclasses.is_dataclass(x) else str(x)))
+
+
 def check_same_run(cfg: TrainConfig, out: Path, inputs: dict | None = None) -> None:
     """A resumed run must train what the first run trained: compare its ``train_config.json`` with the
     same dump of ``cfg`` (redacted alike, so a secret in a field is no difference), then the content
@@ -135,10 +148,14 @@ def check_same_run(cfg: TrainConfig, out: Path, inputs: dict | None = None) -> N
     if not saved_file.is_file():
         return
     saved, now = json.loads(saved_file.read_text(encoding="utf-8")), config_dump(cfg)
+    # A field added to TrainConfig after the run was recorded is missing from its dump: the run trained
+    # with that field's default, so only a value other than the default is a change.
+    defaults = _defaults(type(cfg))
     for key in sorted((set(saved) | set(now)) - {"inputs"}):
-        if key not in _RESUMABLE_CHANGES and saved.get(key) != now.get(key):
+        was = saved[key] if key in saved else defaults.get(key, saved.get(key))
+        if key not in _RESUMABLE_CHANGES and was != now.get(key):
             raise ValueError(
-                f"{saved_file}: field '{key}' was {saved.get(key)!r} in the run being resumed, now "
+                f"{saved_file}: field '{key}' was {was!r} in the run being resumed, now "
                 f"{now.get(key)!r}; use another output_dir for a different run"
             )
     before = saved.get("inputs")

@@ -227,6 +227,23 @@ def test_resume_refuses_another_run(tmp_path):
         train(replace(cfg, resume="must", learning_rate=0.5), _examples())
 
 
+def test_a_field_added_after_the_run_was_recorded_is_no_change_at_its_default(tmp_path):
+    """A run recorded before a TrainConfig field existed (here dynamic_sampling_rule) trained with its
+    default: resuming it is refused only when the field is now set to something else."""
+    from dataclasses import asdict
+
+    from recap.train.resume import check_same_run
+
+    cfg = _cfg(tmp_path / "run", train_file="mix.jsonl")
+    old = asdict(cfg)
+    del old["dynamic_sampling_rule"]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train_config.json").write_text(json.dumps(old))
+    check_same_run(cfg, tmp_path / "run")
+    with pytest.raises(ValueError, match=r"field 'dynamic_sampling_rule' was 'zero_variance' .*, now 'paper'"):
+        check_same_run(replace(cfg, dynamic_sampling_rule="paper", dynamic_sampling_tau=0.9), tmp_path / "run")
+
+
 def test_on_policy_prefill_reaches_the_prompt_ids_and_is_logged(tok, tmp_path):
     from recap.data.onpolicy import BufferEntry
     from recap.data.prefill_sources import PrefillSourceConfig

@@ -50,7 +50,7 @@ def test_updates_per_generation_and_num_iterations_reach_trl(tmp_path):
     args = grpo_config(train_config(tmp_path, micro_batch_size=6, updates_per_generation=4, num_iterations=2))
     assert (args.gradient_accumulation_steps, args.steps_per_generation, args.num_iterations) == (2, 8, 2)
     assert args.generation_batch_size == 4 * 3 * G  # four optimizer steps' prompts per rollout batch
-    with pytest.raises(ValueError, match="updates_per_generation must be ≥ 1, got 0"):
+    with pytest.raises(ValueError, match="field 'updates_per_generation': must be ≥ 1, got 0"):
         grpo_config(train_config(tmp_path, updates_per_generation=0))
 
 
