@@ -36,7 +36,7 @@ class TrainConfig:
     judge: str = field(
         default="rules",
         metadata={
-            "help": "Judge of every kind's reward: rules, rules:<family>, toy, classifier:<file>, guard:<yaml> (see recap.rewards.factory.load_judge)."
+            "help": "Judge of every kind's reward: rules, rules:<family>, toy, classifier:<file>.npz (or a bare <file>.npz), guard:<yaml>, rubric:<yaml>, binary:<spec> (see recap.rewards.factory.load_judge)."
         },
     )
     judges: dict[str, str] = field(
