@@ -251,35 +251,45 @@ CASES = {
     "config unknown key": (
         "learning_rat: 0.1",
         lambda: _yaml("model: m\ntrain_file: f\nlearning_rat: 0.1\n"),
-        ["train.yaml", "unknown field 'learning_rat'", "did you mean 'learning_rate'?"],
+        ["train.yaml:3: unknown field 'learning_rat'", "did you mean 'learning_rate'?"],
+    ),
+    "config unknown key in a section": (
+        "--set rl.stpes=3 on the demo",
+        lambda: ["demo", "--quick", "--set", "rl.stpes=3", "--out", "demo"],
+        ["--set rl.stpes=3: unknown field 'rl.stpes' (did you mean 'rl.max_steps', 'rl.save_steps' or"],
     ),
     "config wrong type": (
         "max_steps: ten",
         lambda: _yaml("model: m\ntrain_file: f\nmax_steps: ten\n"),
-        ["train.yaml", "field 'max_steps'", "expected int, got 'ten'"],
+        ["train.yaml:3: field 'max_steps': expected int, got 'ten'"],
     ),
     "config negative steps": (
         "max_steps: -1",
         lambda: _yaml("model: m\ntrain_file: f\nmax_steps: -1\n"),
-        ["train.yaml: field 'max_steps': must be ≥ 1, got -1"],
+        ["train.yaml:3: field 'max_steps': must be ≥ 1, got -1"],
     ),
     "config infinite learning rate": (
         "learning_rate: .inf",
         lambda: _yaml("model: m\ntrain_file: f\nlearning_rate: .inf\n"),
-        ["train.yaml: field 'learning_rate': must be a finite number > 0, got inf"],
+        ["train.yaml:3: field 'learning_rate': must be a finite number > 0, got inf"],
     ),
     "config zero generations": (
         "num_generations: 0",
         lambda: _yaml("model: m\ntrain_file: f\nnum_generations: 0\n"),
-        ["train.yaml: field 'num_generations': must be ≥ 2, got 0"],
+        ["train.yaml:3: field 'num_generations': must be ≥ 2, got 0"],
     ),
     "config NaN top_p": (
-        "sampling: {top_p: .nan} in an eval config",
+        "top_p: .nan under sampling:, line 3 of an eval config",
         lambda: [
             *["eval", "--model", "m", "--data", _jsonl("eval.jsonl", [GOOD]), "--results", "r.jsonl"],
-            *["--config", _write_bytes("eval.yaml", b"sampling: {top_p: .nan}\n")],
+            *["--config", _write_bytes("eval.yaml", b"seed: 1\nsampling:\n  top_p: .nan\n")],
         ],
-        ["eval.yaml: field 'sampling': field 'top_p': must be a number in (0, 1], got nan"],
+        ["eval.yaml:3: field 'sampling': field 'top_p': must be a number in (0, 1], got nan"],
+    ),
+    "config bad override": (
+        "--set max_steps=ten",
+        lambda: [*_yaml("model: m\ntrain_file: f\nmax_steps: 3\n"), "--set", "max_steps=ten"],
+        ["--set max_steps=ten: field 'max_steps': expected int, got 'ten'"],
     ),
     "config not UTF-8": (
         "a Latin-1 byte in a config comment",

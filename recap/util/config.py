@@ -2,7 +2,9 @@
 
 Every config in recap is a dataclass whose fields carry ``metadata={"help": ...}``. ``load_config``
 fills one from a YAML mapping (nested dataclasses included), rejects unknown keys and wrong types with
-a message naming the file and the field, and applies ``key.sub=value`` overrides from the CLI.
+a message naming the file, the line of the key and the field (``train.yaml:7: field 'max_steps': …``; an
+unknown key with the closest fields of its own section), and applies ``key.sub=value`` overrides from the CLI
+(a wrong value they set names the override: ``--set max_steps=ten: …``).
 
 Every number a config holds is range-checked as it loads: a numeric field declares its allowed values in
 interval notation, ``metadata={"help": ..., "range": "[1, inf)"}`` (``(0, 1]``, ``[0, 1]``,
@@ -121,7 +123,7 @@ def field_range(f: dataclasses.Field) -> Range | None:
     return None if spec is None else parse_range(spec)
 
 
-def _check_numbers(value: Any, rng: Range, where: str) -> None:
+def _check_numbers(value: Any, rng: Range, where: str | _Where) -> None:
     """Every number in ``value`` (itself, list items, mapping values) must lie in ``rng``."""
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return
@@ -131,13 +133,13 @@ def _check_numbers(value: Any, rng: Range, where: str) -> None:
             raise ConfigError(f"{where}: {problem}")
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            _check_numbers(v, rng, f"{where}[{i}]")
+            _check_numbers(v, rng, _down(where, i, f"[{i}]"))
     elif isinstance(value, dict):
         for k, v in value.items():
-            _check_numbers(v, rng, f"{where}[{k!r}]")
+            _check_numbers(v, rng, _down(where, k, f"[{k!r}]"))
 
 
-def _check_field(f: dataclasses.Field, tp: Any, value: Any, where: str) -> None:
+def _check_field(f: dataclasses.Field, tp: Any, value: Any, where: str | _Where) -> None:
     rng = field_range(f)
     if rng is not None or numeric_type(tp):
         _check_numbers(value, rng or _ANY_FINITE, where)
@@ -159,7 +161,7 @@ def check_ranges(cfg: Any, where: str = "config") -> None:
             check_ranges(value, here)
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def _coerce(value: Any, tp: Any, where: str | _Where) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -188,13 +190,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (arg,) = typing.get_args(tp)[:1] or (Any,)
-        return [_coerce(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_coerce(v, arg, _down(where, i, f"[{i}]")) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] not in (Any, object):
-            return {k: _coerce(v, args[1], f"{where}[{k!r}]") for k, v in value.items()}
+            return {k: _coerce(v, args[1], _down(where, k, f"[{k!r}]")) for k, v in value.items()}
         return dict(value)
     if tp is Any:
         return value
@@ -212,20 +214,102 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
+class _Where:
+    """Where a value of a config sits, for messages: the label of its source (``train.yaml:7`` for a key read
+    from a file, ``--set max_steps=ten`` for an override, else ``default``) followed by the chain of fields
+    that leads to it (``: field 'sampling': field 'top_p'``). ``labels`` maps key paths (field names, list
+    indices) to labels; a value without its own takes that of the closest enclosing key."""
+
+    def __init__(self, default: str, root: type, labels: dict | None = None, path: tuple = (), chain: str = ""):
+        self.default, self.root, self.labels, self.path, self.chain = default, root, labels or {}, path, chain
+
+    def label(self) -> str:
+        for n in range(len(self.path), 0, -1):
+            label = self.labels.get(self.path[:n])
+            if label is not None:
+                return label
+        return self.default
+
+    def __str__(self) -> str:
+        return f"{self.label()}{self.chain}"
+
+    def down(self, step: Any, text: str) -> _Where:
+        """The place of item or field ``step`` of this value, ``text`` added to the chain."""
+        return _Where(self.default, self.root, self.labels, (*self.path, step), self.chain + text)
+
+    def at(self, step: Any) -> _Where:
+        """The chain of this value, labelled as its key ``step`` (for a message about that key)."""
+        return _Where(self.default, self.root, self.labels, (*self.path, step), self.chain)
+
+
+def _down(where: str | _Where, step: Any, text: str) -> str | _Where:
+    return where.down(step, text) if isinstance(where, _Where) else f"{where}{text}"
+
+
+def _closeness(name: str, field_name: str) -> tuple[float, float]:
+    """How close a mistyped ``name`` is to ``field_name``: the best similarity to the whole name or to a run
+    of its ``_``-separated words (``stpes`` is close to ``max_steps`` through ``steps``), then to the whole."""
+    whole = difflib.SequenceMatcher(None, name, field_name).ratio()
+    words = field_name.split("_") if len(name) >= 3 else []
+    runs = ["_".join(words[i:j]) for i in range(len(words)) for j in range(i + 1, len(words) + 1)]
+    return max([whole, *(difflib.SequenceMatcher(None, name, r).ratio() for r in runs)]), whole
+
+
+def _closest(name: str, candidates: list[str], key=lambda c: c) -> list[str]:
+    """The candidates closest to ``name`` (ties all, at most 3, the likeliest first), none below 0.6."""
+    scored = sorted(((_closeness(name, key(c)), c) for c in candidates), key=lambda s: (-s[0][0], -s[0][1], s[1]))
+    if not scored or scored[0][0][0] < 0.6:
+        return []
+    return [c for (best, _), c in scored if best == scored[0][0][0]][:3]
+
+
+def _field_paths(cls: type, prefix: str = "", outer: tuple = ()) -> list[str]:
+    """The dotted paths of the fields of ``cls`` and of the sections (dataclass fields) it nests."""
+    paths = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        paths.append(prefix + f.name)
+        tp = _unwrap(hints[f.name])
+        if dataclasses.is_dataclass(tp) and tp not in (*outer, cls):
+            paths.extend(_field_paths(tp, f"{prefix}{f.name}.", (*outer, cls)))
+    return paths
+
+
+def _did_you_mean(name: str, section: type, root: type, prefix: str, dotted: bool) -> str:
+    """``did you mean 'x'?`` for an unknown field ``name`` of ``section`` (at dotted ``prefix`` in ``root``):
+    the closest fields of that section, else the closest fields elsewhere in ``root`` (as dotted paths);
+    '' when none is close. ``dotted``: name the section's own fields by their dotted path too."""
+    names = [f.name for f in dataclasses.fields(section)]
+    close = [f"{prefix}{c}" if dotted else c for c in _closest(name, names)]
+    if not close:
+        here = {prefix + n for n in names}
+        others = [p for p in _field_paths(root) if p not in here]
+        close = _closest(name, others, key=lambda p: p.rsplit(".", 1)[-1])
+    if not close:
+        return ""
+    quoted = [f"'{c}'" for c in close]
+    listed = f"{', '.join(quoted[:-1])} or {quoted[-1]}" if len(quoted) > 1 else quoted[0]
+    return f"did you mean {listed}?"
+
+
+def from_dict(cls: type[T], data: dict, where: str | _Where = "config") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ``ConfigError``."""
+    if not isinstance(where, _Where):
+        where = _Where(where, cls)
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - known
     if unknown:
         name = sorted(unknown)[0]
-        close = difflib.get_close_matches(name, sorted(known), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ConfigError(f"{where}: unknown field '{name}' ({hint}known: {', '.join(sorted(known))})")
-    kwargs = {k: _coerce(v, hints[k], f"{where}: field '{k}'") for k, v in data.items()}
+        section = ".".join(str(p) for p in where.path)
+        hint = _did_you_mean(name, cls, where.root, f"{section}." if section else "", dotted=False)
+        hint = f"{hint} " if hint else ""
+        raise ConfigError(f"{where.at(name)}: unknown field '{name}' ({hint}known: {', '.join(sorted(known))})")
+    here = {k: where.down(k, f": field '{k}'") for k in data}
+    kwargs = {k: _coerce(v, hints[k], here[k]) for k, v in data.items()}
     for f in dataclasses.fields(cls):
         if f.name in kwargs:  # before the class's own checks, whose messages name no file
-            _check_field(f, hints[f.name], kwargs[f.name], f"{where}: field '{f.name}'")
+            _check_field(f, hints[f.name], kwargs[f.name], here[f.name])
     return cls(**kwargs)
 
 
@@ -259,12 +343,14 @@ def _field_default(f: dataclasses.Field) -> Any:
     return None
 
 
-def _set_override(cls: type, data: dict, item: str, dotted: str, value: Any) -> None:
+def _set_override(cls: type, data: dict, item: str, dotted: str, value: Any) -> tuple:
     """Set ``dotted`` (``a.b``, list items by index: ``benchmarks.0.limit``) to ``value`` in ``data``, checking
-    each step against the fields of ``cls``; an unknown field or a bad index names the override."""
+    each step against the fields of ``cls``; an unknown field or a bad index names the override. Returns the
+    key path set (list indices as ints)."""
     keys = dotted.split(".")
     node: Any = data
     tp: Any = cls
+    path: list = []
     for i, key in enumerate(keys):
         here, last = ".".join(keys[: i + 1]), i == len(keys) - 1
         if isinstance(node, list):
@@ -272,9 +358,10 @@ def _set_override(cls: type, data: dict, item: str, dotted: str, value: Any) -> 
                 raise ConfigError(
                     f"--set {item}: '{here}': no item {key} (the list has {len(node)} item(s), numbered from 0)"
                 )
+            path.append(int(key))
             if last:
                 node[int(key)] = value
-                return
+                return tuple(path)
             node, tp = node[int(key)], _unwrap((typing.get_args(tp) or (Any,))[0])
             continue
         if not isinstance(node, dict):
@@ -282,8 +369,9 @@ def _set_override(cls: type, data: dict, item: str, dotted: str, value: Any) -> 
         if dataclasses.is_dataclass(tp):
             known = {f.name: f for f in dataclasses.fields(tp)}
             if key not in known:
-                close = difflib.get_close_matches(key, sorted(known), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                section = ".".join(keys[:i])
+                hint = _did_you_mean(key, tp, cls, f"{section}." if section else "", dotted=True)
+                hint = f" ({hint})" if hint else ""
                 raise ConfigError(
                     f"--set {item}: unknown field '{here}'{hint}; known in this section: {', '.join(sorted(known))}"
                 )
@@ -293,9 +381,10 @@ def _set_override(cls: type, data: dict, item: str, dotted: str, value: Any) -> 
             tp = _unwrap(typing.get_type_hints(tp)[key])
         else:  # a free-form mapping (e.g. judges per kind): any key
             tp = Any
+        path.append(key)
         if last:
             node[key] = value
-            return
+            return tuple(path)
         node = node.setdefault(key, {})
 
 
@@ -304,6 +393,36 @@ def _merge(base: dict, extra: dict) -> dict:
     for k, v in extra.items():
         merged[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
     return merged
+
+
+def _yaml_with_lines(text: str) -> tuple[Any, dict[tuple, int]]:
+    """What ``yaml.safe_load`` reads from ``text``, and the line of each mapping key and list item, by key
+    path (``("sampling", "top_p")``, ``("benchmarks", 0)``)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
+    lines: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, path: tuple, inside: set[int]) -> None:
+        if id(node) in inside:  # an alias of an enclosing node
+            return
+        inside = inside | {id(node)}
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    lines[(*path, key_node.value)] = key_node.start_mark.line + 1
+                    walk(value_node, (*path, key_node.value), inside)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[(*path, i)] = item.start_mark.line + 1
+                walk(item, (*path, i), inside)
+
+    if node is not None:
+        walk(node, (), set())
+    return data, lines
 
 
 def _utf8_text(path: Path) -> str:
@@ -327,13 +446,15 @@ def load_config(
 
     ``defaults`` (e.g. ``dataclasses.asdict`` of a preset) is the starting point that the file and the
     overrides update field by field; without it the dataclass defaults apply. An override naming an
-    unknown field is reported as that override (with the closest field name)."""
+    unknown field is reported as that override (with the closest field name). A wrong value names the line
+    of its key in the file (``train.yaml:7: field 'max_steps': …``), or the override that set it."""
     data: dict = {}
     where = "defaults"
+    labels: dict[tuple, str] = {}
     if path is not None:
         where = str(path)
         try:
-            loaded = yaml.safe_load(_utf8_text(Path(path)))
+            loaded, lines = _yaml_with_lines(_utf8_text(Path(path)))
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such file") from None
         except yaml.YAMLError as e:
@@ -345,6 +466,7 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         data = loaded
+        labels = {keys: f"{path}:{line}" for keys, line in lines.items()}
     if defaults is not None:
         data = _merge(defaults, data)
     for item in overrides or []:
@@ -355,8 +477,10 @@ def load_config(
             value = yaml.safe_load(raw)
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item}: the value is not valid YAML ({getattr(e, 'problem', e)})") from None
-        _set_override(cls, data, item, key.strip(), value)
-    return from_dict(cls, data, where + (" (with --set overrides)" if overrides else ""))
+        keys = _set_override(cls, data, item, key.strip(), value)
+        labels = {k: v for k, v in labels.items() if k[: len(keys)] != keys}  # the file's keys it replaced
+        labels[keys] = f"--set {item}"
+    return from_dict(cls, data, _Where(where + (" (with --set overrides)" if overrides else ""), cls, labels))
 
 
 def to_dict(cfg) -> dict:

@@ -178,9 +178,74 @@ def test_override_typos_name_the_override_and_the_closest_field(tmp_path):
         load_config(EvalConfig, path, ["sampling.temprature=0"])
     msg = str(info.value)
     assert (
-        msg.startswith("--set sampling.temprature=0: unknown field 'sampling.temprature' (did you mean 'temperature'?)")
+        msg.startswith(
+            "--set sampling.temprature=0: unknown field 'sampling.temprature' (did you mean 'sampling.temperature'?)"
+        )
         and "defaults" not in msg
     )
+
+
+def test_a_typo_in_a_section_suggests_the_fields_of_that_section(tmp_path):
+    """``rl.stpes`` means one of rl's ``*_steps``, not the ``dtype`` that plain difflib finds closest; only a
+    name close to nothing in its section is looked for elsewhere in the config (issue 35)."""
+    from recap.demo import DemoConfig
+
+    with pytest.raises(ConfigError) as info:
+        load_config(DemoConfig, None, ["rl.stpes=3"])
+    assert str(info.value).startswith(
+        "--set rl.stpes=3: unknown field 'rl.stpes' "
+        "(did you mean 'rl.max_steps', 'rl.save_steps' or 'rl.logging_steps'?); known in this section: "
+    ), str(info.value)
+    with pytest.raises(
+        ConfigError, match=r"^--set max_stpes=3: unknown field 'max_stpes' \(did you mean 'max_steps'\?\)"
+    ):
+        load_config(_train_cls(), None, ["max_stpes=3"])
+    with pytest.raises(
+        ConfigError, match=r"unknown field 'temprature' \(did you mean 'eval.sampling.temperature', 'rl"
+    ):
+        load_config(DemoConfig, None, ["temprature=1"])  # no such field at the top: those of the sections
+    path = _yaml(tmp_path, "seeds: 1\nrl:\n  stpes: 3\n", "demo.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_config(DemoConfig, path)
+    assert str(info.value).startswith(
+        f"{path}:3: field 'rl': unknown field 'stpes' (did you mean 'max_steps', 'save_steps' or 'logging_steps'? "
+    ), str(info.value)
+
+
+def test_a_wrong_key_in_a_file_names_its_line_and_an_override_names_the_override(tmp_path):
+    from recap.eval.suite import SuiteConfig
+
+    path = _yaml(tmp_path, "model: m\ntrain_file: f\n\n# the rate\nlearning_rat: 0.1\n", "train.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_config(_train_cls(), path)
+    assert str(info.value).startswith(f"{path}:5: unknown field 'learning_rat' (did you mean 'learning_rate'? ")
+    path = _yaml(tmp_path, "seed: 1\nsampling:\n  temperature: 1\n  top_p: .nan\n", "eval.yaml")
+    message = "field 'sampling': field 'top_p': must be a number in (0, 1], got nan"
+    with pytest.raises(ConfigError) as info:
+        load_config(EvalConfig, path)
+    assert str(info.value) == f"{path}:4: {message}"  # the nested key's own line
+    with pytest.raises(ConfigError) as info:
+        load_config(EvalConfig, path, ["seed=2"])  # an override elsewhere leaves the file's line
+    assert str(info.value) == f"{path}:4: {message}"
+    with pytest.raises(ConfigError) as info:
+        load_config(EvalConfig, path, ["sampling.top_p=nan"])  # the override, not the line it replaced
+    assert str(info.value) == f"--set sampling.top_p=nan: {message}"
+    with pytest.raises(ConfigError) as info:
+        load_config(EvalConfig, path, ["sampling={top_p: 2}"])
+    assert str(info.value) == "--set sampling={top_p: 2}: field 'sampling': field 'top_p': must be in (0, 1], got 2.0"
+    path = _yaml(tmp_path, "seed: 1\nsampling:\n  temperature: hot\n", "eval.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_config(EvalConfig, path)
+    assert str(info.value) == f"{path}:3: field 'sampling': field 'temperature': expected float, got 'hot'"
+    path = _yaml(tmp_path, "benchmarks:\n  - {name: sr, path: a.csv}\n  - name: xs\n    path: b.csv\n    limit: 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(SuiteConfig, path)
+    assert str(info.value) == f"{path}:5: field 'benchmarks'[1]: field 'limit': must be ≥ 1, got 0"
+    path = _yaml(tmp_path, "seed: 1\nsweep_lengths:\n  - 50\n  - 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(EvalConfig, path)
+    assert str(info.value) == f"{path}:4: field 'sweep_lengths'[1]: must be ≥ 1, got 0"
+    assert load_config(EvalConfig, _yaml(tmp_path, "seed: &s 4\nipr_rounds: *s\n")).ipr_rounds == 4  # aliases
 
 
 def test_overrides_reach_list_items(tmp_path):
@@ -194,7 +259,7 @@ def test_overrides_reach_list_items(tmp_path):
     assert cfg.benchmarks[0].attacks == ["clean", "prefill"] and cfg.benchmarks[1].attacks == ["clean"]
     with pytest.raises(ConfigError, match=r"--set benchmarks.2.limit=5: 'benchmarks.2': no item 2 \(the list has 2"):
         load_config(SuiteConfig, path, ["benchmarks.2.limit=5"])
-    with pytest.raises(ConfigError, match=r"unknown field 'benchmarks.0.limt' \(did you mean 'limit'\?\)"):
+    with pytest.raises(ConfigError, match=r"unknown field 'benchmarks.0.limt' \(did you mean 'benchmarks.0.limit'\?\)"):
         load_config(SuiteConfig, path, ["benchmarks.0.limt=5"])
     # a list that only has its default (no file) is reachable too
     cfg = load_config(EvalConfig, None, ["sweep_lengths.1=150"])
@@ -247,7 +312,7 @@ def _train_cls():
     return TrainConfig
 
 
-RANGE_CASES = [  # (config class, YAML, the message after "<file>: ")
+RANGE_CASES = [  # (config class, YAML on one line, the message after "<file>:1: ")
     (_train_cls, "max_steps: -1\n", "field 'max_steps': must be ≥ 1, got -1"),
     (_train_cls, "max_steps: 0\n", "field 'max_steps': must be ≥ 1, got 0"),
     (_train_cls, "learning_rate: .inf\n", "field 'learning_rate': must be a finite number > 0, got inf"),
@@ -285,7 +350,7 @@ def test_a_number_out_of_range_in_a_file_names_the_file_and_the_field(tmp_path, 
     path = _yaml(tmp_path, text, "config.yaml")
     with pytest.raises(ConfigError) as info:
         load_config(cls(), path)
-    assert str(info.value).startswith(f"{path}: {message}"), str(info.value)
+    assert str(info.value).startswith(f"{path}:1: {message}"), str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -306,7 +371,7 @@ def test_a_number_out_of_range_in_an_override_names_the_field(tmp_path, cls, ove
     with pytest.raises(ConfigError) as info:
         load_config(cls(), path, [override])
     msg = str(info.value)
-    assert msg.startswith(f"{path} (with --set overrides): ") and message in msg, msg
+    assert msg.startswith(f"--set {override}: ") and message in msg, msg
 
 
 def test_bounds_and_documented_zeros_are_accepted(tmp_path):
