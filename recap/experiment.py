@@ -297,7 +297,8 @@ def probe_examples(suite_cfg) -> list:
     from recap.data.benchmarks import load_benchmark
     from recap.eval.suite import load_suite
 
-    evaluated = {e.user_text() for ex in load_suite(suite_cfg).values() for e in ex}
+    # the suite's whole selection, a smoke-test `limit` aside: the probes stay apart from the full evaluation
+    evaluated = {e.user_text() for ex in load_suite(replace(suite_cfg, limit=None)).values() for e in ex}
     sr = next(b for b in suite_cfg.benchmarks if "prefill" in b.attacks)
     rest = [
         e

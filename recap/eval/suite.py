@@ -95,6 +95,15 @@ class SuiteConfig:
     benchmarks: list[BenchmarkSpec] = field(
         default_factory=list, metadata={"help": "The benchmarks, each with its own attacks."}
     )
+    limit: int | None = field(
+        default=None,
+        metadata={
+            "range": "[1, inf)",
+            "help": "Smoke test (recap eval --limit): evaluate only the first N prompts of each benchmark as it "
+            "selects them (at most min(N, its own limit)); none: all. Their attack reasoning is generated in a full "
+            "run's batches, so a later full run with the same store and prefill cache ends as a fresh one would.",
+        },
+    )
     prefills: PrefillConfig = field(
         default_factory=PrefillConfig, metadata={"help": "Generator of the attack reasoning for prompts that lack it."}
     )
@@ -192,7 +201,8 @@ def check_held_out(examples: list[Example], training_files: list[str], prefills:
 
 
 def load_suite(cfg: SuiteConfig) -> dict[str, list[Example]]:
-    """Every benchmark's examples (kinds filtered), held-out check done, no reasoning attached yet."""
+    """Every benchmark's examples (kinds filtered; the first ``cfg.limit`` of each), held-out check done, no
+    reasoning attached yet."""
     if not cfg.benchmarks:
         raise ValueError("the suite names no benchmarks")
     suite: dict[str, list[Example]] = {}
@@ -216,7 +226,25 @@ def load_suite(cfg: SuiteConfig) -> dict[str, list[Example]]:
             raise ValueError(f"benchmark {b.name!r} ({b.path}): no examples of kinds {b.kinds}")
         suite[b.name] = examples
     check_held_out([e for ex in suite.values() for e in ex], cfg.held_out_from)
+    if cfg.limit is not None:  # after the held-out check: a smoke test fails where the full run would
+        suite = {name: examples[: cfg.limit] for name, examples in suite.items()}
     return suite
+
+
+def prefill_pool(examples: list[Example], limit: int | None, kinds: list[str], batch_size: int) -> list[Example]:
+    """The examples whose attack reasoning a run limited to the first ``limit`` of ``examples`` generates: those
+    ``limit`` and, of each prefilled kind, the rest of the last generator batch they start (``batch_size``
+    prompts of that kind), in order. The reasoning is generated and cached in the batches a full run uses
+    (each batch's seed and neighbours shape its samples), so a full run after a smoke test gets the prefills
+    of a fresh full run. The first ``limit`` of the pool are the first ``limit`` of ``examples``."""
+    if limit is None:
+        return examples
+    keep = set(range(min(limit, len(examples))))
+    for kind in kinds:
+        of_kind = [i for i, e in enumerate(examples) if e.kind == kind]
+        started = sum(i < limit for i in of_kind)
+        keep.update(of_kind[: -(-started // batch_size) * batch_size])
+    return [examples[i] for i in sorted(keep)]
 
 
 def _needs_reasoning(b: BenchmarkSpec) -> list[str]:
@@ -230,8 +258,9 @@ def _needs_reasoning(b: BenchmarkSpec) -> list[str]:
 
 def check_models(cfg: SuiteConfig, suite: dict[str, list[Example]], model_under_test: bool = True) -> None:
     """Find (not load) every model the suite will load — the model under test unless it was given, and the
-    generators of attack reasoning missing from the prefill cache — and raise at once for one that is not
-    there: a mistyped name fails in seconds, not after the prefills are generated."""
+    generators of attack reasoning missing from the prefill cache (``suite``: the examples that get reasoning)
+    — and raise at once for one that is not there: a mistyped name fails in seconds, not after the prefills
+    are generated."""
     from recap.inference.engines import check_engine_model
     from recap.inference.models import check_model
 
@@ -276,7 +305,13 @@ def _run_suite(cfg: SuiteConfig, store: ResultStore, model, tokenizer, log, prog
     from recap.inference.engines import load_engine
     from recap.rewards.factory import load_judges
 
-    suite = load_suite(cfg)
+    whole = load_suite(replace(cfg, limit=None))
+    suite = {name: examples[: cfg.limit] for name, examples in whole.items()}
+    # what gets attack reasoning: the evaluated prompts, in the prefill batches of a full run (prefill_pool)
+    pools = {
+        b.name: prefill_pool(whole[b.name], cfg.limit, _needs_reasoning(b), cfg.prefills.sampling.batch_size)
+        for b in cfg.benchmarks
+    }
     judges: dict[tuple, object] = {}  # one judge per distinct (default, per-kind) spec, shared by benchmarks
 
     def judge_of(b: BenchmarkSpec):
@@ -287,7 +322,7 @@ def _run_suite(cfg: SuiteConfig, store: ResultStore, model, tokenizer, log, prog
 
     for b in cfg.benchmarks:  # a bad judge spec fails before any generation
         judge_of(b)
-    check_models(cfg, suite, model is None)
+    check_models(cfg, pools, model is None)
     for b in cfg.benchmarks:
         kinds = _needs_reasoning(b)
         if not kinds:
@@ -297,10 +332,10 @@ def _run_suite(cfg: SuiteConfig, store: ResultStore, model, tokenizer, log, prog
         else:
             log(f"{b.name}: counter-aligned reasoning for {', '.join(kinds)} prompts (cache {cfg.prefills.cache})")
             suite[b.name] = generate_prefills(
-                suite[b.name],
+                pools[b.name],
                 replace(cfg.prefills, kinds=kinds),
                 progress=progress and (lambda s, d, t: progress(f"{b.name}/prefill-{s}", d, t)),
-            )
+            )[: len(suite[b.name])]
     if model is None:
         if cfg.num_threads:
             import torch

@@ -237,6 +237,79 @@ def test_recap_eval_suite_prints_one_column_per_benchmark_and_the_paths(files, t
     assert as_json.exit_code == 0 and json.loads(as_json.stdout) == metrics
 
 
+def test_suite_limit_takes_the_first_n_of_each_benchmark_selection(files):
+    """`limit` (recap eval --limit): the first N prompts of what each benchmark selects (its own limit, kinds
+    and seeded subset), so a smoke test evaluates prompts of the full run and never others."""
+    full = load_suite(_suite(files))
+    limited = load_suite(_suite(files, limit=2))
+    assert {b: [e.id for e in ex] for b, ex in limited.items()} == {b: [e.id for e in ex[:2]] for b, ex in full.items()}
+    assert [len(v) for v in load_suite(_suite(files, limit=10)).values()] == [4, 3, 3]  # min(N, its own)
+
+
+def test_prefill_pool_completes_the_generator_batches_the_first_n_start():
+    from recap.data.examples import Example
+    from recap.eval.suite import prefill_pool
+
+    kinds = "hhbhthhbhh"  # harmful, benign, task
+    ex = [
+        Example(id=f"e{i}", kind={"h": "harmful", "b": "benign", "t": "task"}[k], prompt="p")
+        for i, k in enumerate(kinds)
+    ]
+    ids = lambda xs: [x.id for x in xs]  # noqa: E731
+    assert prefill_pool(ex, None, ["harmful"], 3) == ex
+    # the first 4 hold harmful e0 e1 e3: the whole batch [e0 e1 e3] (3 a batch), [e0 e1] [e3 e5] (2 a batch);
+    # e2 (benign) is evaluated but not prefilled
+    assert ids(prefill_pool(ex, 4, ["harmful"], 3)) == ["e0", "e1", "e2", "e3"]
+    assert ids(prefill_pool(ex, 4, ["harmful"], 2)) == ["e0", "e1", "e2", "e3", "e5"]
+    # both kinds, 4 a batch: harmful [e0 e1 e3 e5], benign [e2 e7] (all there are)
+    assert ids(prefill_pool(ex, 3, ["harmful", "benign"], 4)) == ["e0", "e1", "e2", "e3", "e5", "e7"]
+    assert ids(prefill_pool(ex, 99, ["harmful"], 4)) == ids(ex)
+
+
+def test_recap_eval_suite_limit_then_full_run_equals_a_fresh_full_run(files, toy, monkeypatch):
+    """`recap eval --suite S --limit 1` evaluates one prompt per benchmark, says so and writes its metrics apart;
+    the full run afterwards in the same store and prefill cache writes exactly the records of a full run with a
+    fresh store and cache: sampled attack reasoning and answers included (the smoke test generated its
+    reasoning in the full run's batches, and the full run redoes the chunks it left partial)."""
+    from typer.testing import CliRunner
+
+    from recap.cli import app
+
+    monkeypatch.chdir(files["dir"])
+    model, tok = toy
+    model.save_pretrained("model")
+    tok.save_pretrained("model")
+    cfg = asdict(_suite(files, model="model", engine="hf", results="r.jsonl", prefill_file=""))
+    cfg["prefills"].update(generator="model", cache="cache.jsonl", kinds=["harmful"])
+    cfg["prefills"]["sampling"].update(temperature=1.0, max_new_tokens=8, batch_size=2)
+    cfg["eval"]["sampling"]["temperature"] = 1.0  # sampled: the draws depend on the chunk's seed and batch
+    cfg["eval"]["prefill_words"] = 30  # more than the opener: the generated words reach the prompts
+    suite = files["dir"] / "suite.yaml"
+    suite.write_text(json.dumps(cfg))
+    first = {b: ex[0].id for b, ex in load_suite(_suite(files)).items()}
+    result = CliRunner().invoke(app, ["eval", "--suite", str(suite), "--limit", "1"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "limit: first 1 prompts per benchmark (a smoke test, not the full numbers)"
+    assert lines[-1] == "metrics: r.base.first1.metrics.json (every metric, as JSON)"
+    assert not (files["dir"] / "r.base.metrics.json").exists()
+    assert {(r["benchmark"], r["example_id"]) for r in ResultStore("r.jsonl").records()} == set(first.items())
+    assert len((files["dir"] / "cache.jsonl").read_text().splitlines()) == 2  # the first generator batch
+    full = CliRunner().invoke(app, ["eval", "--suite", str(suite)])
+    assert full.exit_code == 0, full.output
+    assert "limit" not in full.stdout
+    fresh = CliRunner().invoke(
+        app, ["eval", "--suite", str(suite), "--results", "fresh.jsonl", "--set", "prefills.cache=fresh.cache.jsonl"]
+    )
+    assert fresh.exit_code == 0, fresh.output
+    assert {r["key"]: r for r in ResultStore("r.jsonl").records()} == {
+        r["key"]: r for r in ResultStore("fresh.jsonl").records()
+    }
+    assert json.loads((files["dir"] / "r.base.metrics.json").read_text()) == json.loads(
+        (files["dir"] / "fresh.base.metrics.json").read_text()
+    )
+
+
 def test_table_shows_the_judged_safe_share_of_every_attack():
     m = {
         "safety_clean": 0.5,
