@@ -137,7 +137,9 @@ def _defaults(cls) -> dict:
             out[f.name] = f.default
         elif f.default_factory is not dataclasses.MISSING:
             out[f.name] = f.default_factory()
-    return json.loads(json.dumps(out, default=lambda x: dataclasses.asdict(x) if dataclasses.is_dataclass(x) else str(x)))
+    return json.loads(
+        json.dumps(out, default=lambda x: dataclasses.asdict(x) if dataclasses.is_dataclass(x) else str(x))
+    )
 
 
 def check_same_run(cfg: TrainConfig, out: Path, inputs: dict | None = None) -> None:
