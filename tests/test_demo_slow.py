@@ -65,12 +65,21 @@ def test_quick_demo_writes_summary_report_and_plots(tmp_path):
         stats = summary["methods"][method]
         # every condition of the paper, plus the malformed share of each attack
         # (H-CoT, the unseen generator and the adaptive attacker run with --compare only)
-        compare_only = {"attack_hcot_success", "attack_prefill_unseen_success", "attack_adaptive_worst_case"}
+        compare_only = {
+            "attack_hcot_success",
+            "attack_prefill_unseen_success",
+            "attack_adaptive_worst_case",
+            "safety_hcot",
+            "safety_prefill_unseen",
+            "safety_adaptive",
+        }
         wanted = (set(METRICS) - compare_only) | {
             "attack_ipr2_success",
             "attack_ipr3_success",
             "invalid_ipr2",
             "invalid_ipr3",
+            "safety_ipr2",
+            "safety_ipr3",
         }
         assert wanted <= set(stats), (method, sorted(wanted - set(stats)))
         for metric, s in stats.items():
@@ -87,9 +96,10 @@ def test_quick_demo_writes_summary_report_and_plots(tmp_path):
         round1 = ipr_chains(out / "results" / f"{method}-seed0.jsonl")[1]
         unsafe_share = sum(r["safe"] is False for r in round1.values()) / len(round1)
         assert stats["attack_ipr1_success"]["mean"] == pytest.approx(unsafe_share), method
-        # safe, unsafe and malformed partition the prefill samples (the world's judge knows both)
-        unsafe, invalid = stats["attack_prefill_success"]["mean"], stats["invalid_prefill"]["mean"]
-        assert unsafe + invalid <= 1.0 + 1e-9
+        # safe, unsafe and malformed partition the samples of every attack (the world's judge knows both)
+        for attack in ("prefill", "hijack", "ipr2", "ipr3"):
+            safe, unsafe = stats[f"safety_{attack}"]["mean"], stats[f"attack_{attack}_success"]["mean"]
+            assert safe + unsafe + stats[f"invalid_{attack}"]["mean"] == pytest.approx(1.0), (method, attack)
 
     assert (out / "report.md").is_file()
     html = (out / "report.html").read_text(encoding="utf-8")
