@@ -805,14 +805,10 @@ def toy_data(out_dir: Path = typer.Option(Path("toy-data"), "--out"), seed: int 
 @friendly_errors
 def toy_pretrain(out_dir: Path = typer.Option(Path("toy-base"), "--out"), steps: int = 600, seed: int = 0):
     """Pre-train the miniature base reasoning model and save it (transformers format)."""
-    import torch
+    from recap.toy.model import PRETRAIN_THREADS, PretrainConfig, ToyModelConfig, pretrain
 
-    from recap.toy.model import PretrainConfig, ToyModelConfig, pretrain
-    from recap.util.threads import cores, threads_for
-
-    # As `recap demo` does: one thread per idle core (threads on a busy core spin against each other).
-    torch.set_num_threads(threads_for(cores()))
-    say(f"pre-training on {torch.get_num_threads()} thread(s)")
+    # As `recap demo` does: a fixed thread count, so the base is the same on an idle or a busy machine.
+    say(f"pre-training on {PRETRAIN_THREADS} thread(s)")
     pretrain(PretrainConfig(steps=steps, seed=seed), ToyModelConfig(), out_dir, log=say)
     out.print(f"base model: {out_dir}")
 

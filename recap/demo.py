@@ -43,7 +43,6 @@ from recap.train.sft import SFTTrainConfig
 from recap.train.verify import VerifyDataConfig
 from recap.util.files import write_text
 from recap.util.security import inside
-from recap.util.threads import threads_for
 
 
 def _toy_rl() -> TrainConfig:
@@ -737,12 +736,9 @@ def _demo_part(cfg: DemoConfig, out: Path, log, progress, clock: _WallClock) -> 
         log(f"[demo] base model: reusing {base}")
     else:
         log(f"[demo] pre-training the base model ({cfg.pretrain.steps} steps)…")
-        import torch
-
-        # As many threads as there are idle cores now (two threads on one free core spin against each other).
+        # On one thread (recap.toy.model.PRETRAIN_THREADS): the base must not depend on how busy the machine is.
         from transformers.utils import logging as hf_logging
 
-        torch.set_num_threads(threads_for(cfg.workers))
         hf_logging.disable_progress_bar()  # no "Writing model shards" bar between the demo's lines
         pretrain(cfg.pretrain, cfg.model, base, log=lambda s: log(f"[demo]   {s}"))
         write_text(stamp_file, json.dumps(stamp, indent=1))

@@ -774,13 +774,13 @@ def plot_curves(data: dict, path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------
 def run(cfg: ExperimentConfig, overrides: dict[str, list[str]], until: str = "") -> dict | None:
 
-    from recap.util.threads import threads_for
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     timings = Timings(out / "timings.json")
     t0, c0 = time.time(), _cpu_seconds()
-    threads = threads_for(cfg.workers * cfg.threads_per_worker)
+    # A fixed thread count, never sized by the load: the number of threads changes how matrix products are
+    # summed, so the sequential stages' samples and weights would depend on how busy the machine was.
+    threads = cfg.workers * cfg.threads_per_worker
     _quiet(threads)
     say(
         f"experiment in {out}: methods {cfg.methods}, seeds {cfg.seeds}; {threads} torch thread(s) for the "

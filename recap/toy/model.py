@@ -168,8 +168,24 @@ def encode_pair(tokenizer, user: str, completion: str) -> tuple[list[int], int]:
     return p_ids + c_ids, len(p_ids)
 
 
+# Pre-training runs on one torch thread, whatever the machine: the number of threads changes how matrix
+# products are summed, so a base trained on 2 threads (an idle machine) differs from one trained on 1 (a busy
+# one), and with it every number of the demo. One thread is also the fastest beside a busy core.
+PRETRAIN_THREADS = 1
+
+
 def pretrain(cfg: PretrainConfig, model_cfg: ToyModelConfig, out_dir: str | Path, log=print):
-    """Train the base model of the world and save model + tokenizer to ``out_dir``."""
+    """Train the base model of the world and save model + tokenizer to ``out_dir`` (on ``PRETRAIN_THREADS``
+    torch threads, so the same config gives the same base on an idle or a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(PRETRAIN_THREADS)
+    try:
+        _pretrain(cfg, model_cfg, out_dir, log)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _pretrain(cfg: PretrainConfig, model_cfg: ToyModelConfig, out_dir: str | Path, log=print):
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, model_cfg, cfg.seed)
