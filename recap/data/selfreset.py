@@ -6,9 +6,10 @@ the mistakes it actually makes, in four moves that this module reproduces:
 
 1. **Where to cut** (``stream_cut``). A streaming guard labels every token of a rollout's *reasoning*
    (``safe``, ``unsafe`` or ``controversial``) in one forward pass. A rollout is unsafe when two
-   consecutive tokens are risky (unsafe or controversial); it is cut at its first risky token, extended
-   to the next punctuation mark (at most ``punctuation_lookahead`` tokens on), so the kept prefix ends on
-   a whole phrase. Only the reasoning is read: text after the closing think tag is never cut.
+   consecutive tokens are risky (unsafe or controversial); it is cut at its first risky token, that token
+   included (the reference launch script's setting). Extending the cut to the next punctuation mark
+   (``extend_to_punctuation``, the reference code's ``--enable-punctuation-after``) is an option, off by
+   default. Only the reasoning is read: text after the closing think tag is never cut.
    Token judges (``TokenJudge``): ``ToyTokenJudge`` (the miniature world's exact judge) and
    ``StreamGuard`` (a guard model with a token-level head, e.g. Qwen3Guard-Stream). The sentence judge
    of ``recap.data.onpolicy`` stays available (``cut: sentence``).
@@ -17,10 +18,11 @@ the mistakes it actually makes, in four moves that this module reproduces:
    item becomes a prompt group of its own (``num_generations`` rollouts) whose prompt is the user's
    request with the cut reasoning as a prefill, so the reused prefix is part of the prompt and never in
    the loss; an optional ``wait`` text follows the cut. Fresh prompts fill the rest of the round; fresh
-   prompts displaced by re-rolls wait for the next round, none is skipped. A re-rolled group is not cut
-   again.
-3. **Benign prompts** whose rollouts refuse (more than ``refusal_threshold`` of a group) are re-queued
-   *whole*: the plain prompt again, no cut.
+   prompts displaced by re-rolls wait for the next round, none is skipped. A re-rolled group (a cut or a
+   re-queued prompt) is never cut again (the reference code marks both as already rolled).
+3. **Benign prompts** whose rollouts refuse (more than ``refusal_threshold`` of a group) can be re-queued
+   *whole*: the plain prompt again, no cut (``requeue_refusals``, the reference code's
+   ``--refusal-in-buffer``; off by default, as in its launch script).
 4. Groups whose rewards are all equal (no reward spread) are neither cut nor re-queued, as in the
    reference code, which scans only the groups the trainer keeps.
 
@@ -86,15 +88,15 @@ def stream_cut(
     risks: Sequence[TokenRisk],
     risky: Sequence[str] = (UNSAFE, CONTROVERSIAL),
     start: str = "first",
-    extend_to_punctuation: bool = True,
+    extend_to_punctuation: bool = False,
     lookahead: int = 100,
 ) -> StreamCut | None:
     """Cut ``reasoning`` the way Self-ReSET does, or None when it is safe.
 
     The reasoning is unsafe when two consecutive tokens have a level in ``risky``. The cut starts at the
     first risky token (``start="first"``, the reference default) or at the first token of that pair
-    (``"pair"``, its ``enable_unsafe2_truncate``), and keeps that token. With ``extend_to_punctuation`` it
-    is extended through the first later token (at most ``lookahead`` tokens on) whose text — with the
+    (``"pair"``, its ``enable_unsafe2_truncate``), and keeps that token. With ``extend_to_punctuation`` (off
+    by default, as in the reference launch script) it is extended through the first later token (at most ``lookahead`` tokens on) whose text — with the
     whitespace before it — holds a punctuation mark; when there is none the cut stays at its start.
     """
     if start not in CUT_STARTS:
@@ -138,20 +140,33 @@ def _safe_sentences() -> list[list[str]]:
     return [t.replace(" .", "").split() for t in texts]
 
 
+TOY_POOLS = ("train", "all")
+
+
 class ToyTokenJudge:
     """The miniature world's exact streaming judge. A token is ``unsafe`` when the sentence it belongs to
-    is one of the world's unsafe sentences (``world.UNSAFE_SENTENCES``, train and eval pools) and the
+    is one of the world's unsafe sentences of ``pool`` and the
     words read so far already tell that sentence apart from every safe sentence of the world (so "i
     should" is safe until "be fully helpful" follows). Over-cautious (refusing) sentences are not unsafe:
     a guard judges content, and Self-ReSET handles over-refusal by re-queueing the prompt. No token is
-    ``controversial``. Tokens are the world's words (whitespace-separated)."""
+    ``controversial``. Tokens are the world's words (whitespace-separated).
+
+    ``pool="train"`` (the default) knows only the training pool of unsafe sentences
+    (``world.flawed_sentences("harmful", "train")``): the sentences of the evaluation pool (the attacks'
+    prefills) read as safe, so no cut, and hence no re-rolled prompt, carries evaluation text into
+    training. ``pool="all"`` knows both pools (an oracle that also cuts at evaluation sentences)."""
 
     name = "toy-exact-stream"
 
-    def __init__(self):
+    def __init__(self, pool: str = "train"):
+        if pool not in TOY_POOLS:
+            raise ValueError(f"pool must be one of {', '.join(TOY_POOLS)}, got {pool!r}")
+        self.pool = pool
+        if pool == "all":
+            self.name = "toy-exact-stream:all"
         safe = {tuple(s[:k]) for s in _safe_sentences() for k in range(1, len(s) + 1)}
         self._distinct: dict[tuple[str, ...], int] = {}
-        for s in world.UNSAFE_SENTENCES:
+        for s in world.flawed_sentences("harmful", pool):
             words = tuple(s.split())
             # The first word index at which no safe sentence starts the same way.
             k = next((i for i in range(len(words)) if words[: i + 1] not in safe), len(words) - 1)
@@ -352,15 +367,18 @@ class StreamGuard:
 
 
 def load_token_judge(spec: str) -> TokenJudge:
-    """``toy`` (the world's exact judge) or ``stream-guard:PATH.yaml`` (a ``StreamGuardConfig``)."""
+    """``toy`` (the world's exact judge, training pool of unsafe sentences), ``toy:all`` (both pools) or
+    ``stream-guard:PATH.yaml`` (a ``StreamGuardConfig``)."""
     if spec == "toy":
         return ToyTokenJudge()
+    if spec == "toy:all":
+        return ToyTokenJudge("all")
     kind, _, arg = spec.partition(":")
     if kind == "stream-guard" and arg:
         from recap.util.config import load_config
 
         return StreamGuard(load_config(StreamGuardConfig, arg))
-    raise ValueError(f"unknown token judge {spec!r} (expected toy, stream-guard or stream-guard:<yaml>)")
+    raise ValueError(f"unknown token judge {spec!r} (expected toy, toy:all, stream-guard or stream-guard:<yaml>)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,8 +387,9 @@ def load_token_judge(spec: str) -> TokenJudge:
 @dataclass
 class SelfResetConfig:
     """Self-ReSET's data mechanism (defaults from the paper and its code): streaming cuts of the policy's
-    own unsafe reasoning, re-rolled as their own groups from a bounded queue; benign prompts whose
-    rollouts refuse are re-queued whole."""
+    own unsafe reasoning, re-rolled as their own groups from a bounded queue. The options the reference
+    code has but its launch script leaves off (punctuation extension, re-queueing refusing benign prompts)
+    are off."""
 
     cut: str = field(
         default="stream",
@@ -381,7 +400,7 @@ class SelfResetConfig:
     judge: str = field(
         default="auto",
         metadata={
-            "help": "stream: auto (the miniature world's exact token judge when the run's judge is toy), toy, stream-guard (the model of stream_guard; Self-ReSET: Qwen3Guard-Stream-8B) or stream-guard:<yaml> (a StreamGuardConfig file). sentence: as prefill_sources.judge (auto, toy, or a judge spec)."
+            "help": "stream: auto (the miniature world's exact token judge when the run's judge is toy: toy), toy (that judge, knowing only the training pool of unsafe sentences, so no cut carries evaluation text), toy:all (both pools), stream-guard (the model of stream_guard; Self-ReSET: Qwen3Guard-Stream-8B) or stream-guard:<yaml> (a StreamGuardConfig file). sentence: as prefill_sources.judge (auto, toy, or a judge spec)."
         },
     )
     stream_guard: StreamGuardConfig = field(
@@ -403,8 +422,10 @@ class SelfResetConfig:
         },
     )
     extend_to_punctuation: bool = field(
-        default=True,
-        metadata={"help": "Extend the cut through the next punctuation mark, so the prefix ends on a whole phrase."},
+        default=False,
+        metadata={
+            "help": "Extend the cut through the next punctuation mark, so the prefix ends on a whole phrase (the reference code's --enable-punctuation-after, off in its launch script: the cut keeps the first risky token and stops there)."
+        },
     )
     punctuation_lookahead: int = field(
         default=100,
@@ -424,7 +445,10 @@ class SelfResetConfig:
         },
     )
     requeue_refusals: bool = field(
-        default=True, metadata={"help": "Re-queue a benign prompt whole (no cut) when its rollouts refuse."}
+        default=False,
+        metadata={
+            "help": "Re-queue a benign prompt whole (no cut) when its rollouts refuse (the reference code's --refusal-in-buffer, off in its launch script)."
+        },
     )
     refusal_threshold: int = field(
         default=0,
@@ -601,9 +625,12 @@ class SelfResetPlanner:
       groups displaced by re-rolls wait, in order, for the next rounds; refill rounds (random draws) drop
       them. Every row gets the columns ``reroll`` (``""``, ``cut`` or ``requeue``) and ``reroll_prefix``.
     * ``harvest(rows, completions, rewards, verdicts, step)``: per group with reward spread (or every
-      group, without ``skip_zero_variance``): each rollout of a group that is not itself a cut re-roll and
-      carries no RECAP prefill is cut (``cutter``) and every cut is queued; a benign group with more than
-      ``refusal_threshold`` refusing rollouts (``verdicts[i].refused``) is re-queued whole.
+      group, without ``skip_zero_variance``) that is not itself a re-roll (cut or re-queued) and carries no
+      RECAP prefill, each rollout is cut (``cutter``) and every cut is queued; with ``requeue_refusals``, a
+      benign group with more than ``refusal_threshold`` refusing rollouts (``verdicts[i].refused``) is
+      re-queued whole. Re-rolled groups (cuts and re-queued prompts) are trained but never cut again (the
+      reference code marks both as already rolled and skips their truncation); their refusals still count
+      for a re-queue, as there.
     """
 
     def __init__(
@@ -664,7 +691,7 @@ class SelfResetPlanner:
         if verdicts is not None and len(verdicts) != len(rows):
             raise ValueError(f"harvest: {len(verdicts)} verdicts for {len(rows)} rows")
         found: list[RerollItem] = []
-        scanned = skipped = cut_rollouts = requeued = 0
+        scanned = skipped = cut_rollouts = requeued = rerolled = 0
         positions: list[tuple[int, int]] = []  # (where the cut starts, reasoning length) of each cut
         for g in range(0, len(rows), size):
             group, texts = rows[g : g + size], completions[g : g + size]
@@ -682,7 +709,8 @@ class SelfResetPlanner:
                 if refusals > self.cfg.refusal_threshold:
                     found.append(RerollItem(row=base, source="requeue"))
                     requeued += 1
-            if head.get("reroll") == "cut":  # a re-rolled group is not cut again
+            if head.get("reroll"):  # a re-rolled group (a cut or a re-queued prompt) is never cut again
+                rerolled += 1
                 continue
             keep = list(range(size))
             if self.cfg.final_safe_only and verdicts is not None:
@@ -708,6 +736,7 @@ class SelfResetPlanner:
             "step": step,
             "scanned_groups": scanned,
             "skipped_groups": skipped,
+            "rerolled_groups": rerolled,
             "cuts": cut_rollouts,
             "requeued": requeued,
             "queue": len(self.queue),
@@ -735,6 +764,7 @@ class SelfResetPlanner:
             "requeued": sum(h["requeued"] for h in self.history),
             "scanned_groups": sum(h["scanned_groups"] for h in self.history),
             "skipped_groups": sum(h["skipped_groups"] for h in self.history),
+            "rerolled_groups": sum(h.get("rerolled_groups", 0) for h in self.history),
             "steps": steps,
             "groups": self.counts["groups"],
             "rerolled_cut": self.counts["rerolled_cut"],

@@ -81,6 +81,8 @@ def grpo_config(cfg: TrainConfig) -> GRPOConfig:
         num_iterations=cfg.num_iterations,
         max_steps=cfg.max_steps,
         warmup_steps=0,
+        weight_decay=cfg.weight_decay,
+        adam_beta2=cfg.adam_beta2,
         temperature=cfg.temperature,
         max_completion_length=cfg.max_completion_length,
         mask_truncated_completions=cfg.mask_truncated_completions,

@@ -65,6 +65,20 @@ class TrainConfig:
         },
     )
     lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name."})
+    weight_decay: float = field(
+        default=0.0,
+        metadata={
+            "range": "[0, inf)",
+            "help": "AdamW weight decay (transformers' default 0; the Self-ReSET launch script: 0.1).",
+        },
+    )
+    adam_beta2: float = field(
+        default=0.999,
+        metadata={
+            "range": "[0, 1)",
+            "help": "AdamW β2 (transformers' default 0.999; the Self-ReSET launch script: 0.98).",
+        },
+    )
     epsilon: float = field(
         default=0.2, metadata={"range": "[0, 1]", "help": "Lower clip range ε_low (DAPO clip-higher: 0.2)."}
     )

@@ -53,26 +53,34 @@ def test_one_risky_token_is_not_enough():
     assert stream_cut(TEXT, _risks(TEXT, "sssssussssusssu")) is None
 
 
-def test_cut_starts_at_the_first_risky_token_and_extends_to_the_next_punctuation():
-    # token 2 ("look") is risky alone; the first consecutive pair is 6-7; the cut starts at token 2
+def test_by_default_the_cut_keeps_the_first_risky_token_and_stops_there():
+    # token 2 ("look") is risky alone; the first consecutive pair is 6-7; the cut starts at token 2 and,
+    # as in the reference launch script (no --enable-punctuation-after), ends on it
     cut = stream_cut(TEXT, _risks(TEXT, "ssusssuusssssss"))
+    assert (cut.first_token, cut.end_token, cut.n_tokens) == (2, 2, 15)
+    assert cut.prefix == "First I look"
+    assert SelfResetConfig().extend_to_punctuation is False
+
+
+def test_cut_starts_at_the_first_risky_token_and_extends_to_the_next_punctuation():
+    cut = stream_cut(TEXT, _risks(TEXT, "ssusssuusssssss"), extend_to_punctuation=True)
     assert (cut.first_token, cut.end_token, cut.n_tokens) == (2, 3, 15)
     assert cut.prefix == "First I look ."
 
 
 def test_pair_start_and_punctuation_inside_a_token():
-    cut = stream_cut(TEXT, _risks(TEXT, "ssusssuusssssss"), start="pair")
+    cut = stream_cut(TEXT, _risks(TEXT, "ssusssuusssssss"), start="pair", extend_to_punctuation=True)
     assert (cut.first_token, cut.end_token) == (6, 9)  # "," is the next punctuation after "do"
     assert cut.prefix == "First I look . Then we do it now ,"
     text = "ok so we do it, then more"
-    cut = stream_cut(text, _risks(text, "ssuusss"))
+    cut = stream_cut(text, _risks(text, "ssuusss"), extend_to_punctuation=True)
     assert cut.prefix == "ok so we do it,"  # the token that carries the comma is kept
 
 
 def test_without_extension_or_punctuation_within_lookahead_the_cut_stays_at_its_start():
     cut = stream_cut(TEXT, _risks(TEXT, "ssssssuusssssss"), extend_to_punctuation=False)
     assert (cut.end_token, cut.prefix) == (6, "First I look . Then we do")
-    cut = stream_cut(TEXT, _risks(TEXT, "ssssssuusssssss"), lookahead=3)  # "," is 3 tokens after "do"
+    cut = stream_cut(TEXT, _risks(TEXT, "ssssssuusssssss"), extend_to_punctuation=True, lookahead=3)  # "," is 3 on
     assert cut.prefix == "First I look . Then we do"
 
 
@@ -92,8 +100,31 @@ def test_toy_judge_labels_from_the_token_that_tells_an_unsafe_sentence_apart():
     assert unsafe == ["be", "fully", "helpful", "will", "explain", "every", "step"]
     assert all(text[r.start : r.end] == w for r, w in zip(risks, words))
     cut = stream_cut(text, risks)
-    assert cut.prefix == "the user wants to steal a car . i should be fully helpful ."
+    assert cut.prefix == "the user wants to steal a car . i should be"  # the first risky token, included
     assert cut.first_token == words.index("be")
+    assert stream_cut(text, risks, extend_to_punctuation=True).prefix.endswith("i should be fully helpful .")
+
+
+def test_toy_judge_knows_only_the_training_pool_of_unsafe_sentences():
+    from recap.data.selfreset import load_token_judge
+    from recap.toy import world
+
+    train, held_out = world.flawed_sentences("harmful", "train"), world.flawed_sentences("harmful", "eval")
+    judge, oracle = ToyTokenJudge(), load_token_judge("toy:all")
+    assert load_token_judge("toy").pool == "train" and oracle.pool == "all"
+    for sentence in held_out:  # the attacks' sentences read as safe: no cut is made at one
+        text = f"the user wants to steal a car . {sentence} . i will explain every step ."
+        assert stream_cut(text, judge.levels(text)).prefix.endswith(". i will")  # at the training sentence
+        before = len(f"the user wants to steal a car . {sentence}".split())
+        assert stream_cut(text, oracle.levels(text)).first_token < before  # the oracle cuts inside it
+        alone = f"the user wants to steal a car . {sentence} ."
+        assert stream_cut(alone, judge.levels(alone)) is None
+        assert stream_cut(alone, oracle.levels(alone)) is not None
+    for sentence in train:
+        text = f"the user wants to steal a car . {sentence} ."
+        assert stream_cut(text, judge.levels(text)) is not None
+    with pytest.raises(ValueError, match="pool"):
+        ToyTokenJudge("eval")
 
 
 @pytest.mark.parametrize(
@@ -111,7 +142,8 @@ def test_toy_judge_leaves_safe_and_over_cautious_reasoning_uncut(text):
 
 def test_stream_and_sentence_cutters_agree_on_world_sentences():
     text = "the user wants to rob a store . they said it is for research . giving the steps is helpful ."
-    stream = stream_cutter(ToyTokenJudge(), SelfResetConfig())("how do i rob a store ?", "harmful", [text])[0]
+    extended = SelfResetConfig(extend_to_punctuation=True)
+    stream = stream_cutter(ToyTokenJudge(), extended)("how do i rob a store ?", "harmful", [text])[0]
     sentence = sentence_cutter(lambda p, k: toy_step_judge(k))("how do i rob a store ?", "harmful", [text])[0]
     assert stream.prefix == sentence.prefix == "the user wants to rob a store . they said it is for research ."
     assert (stream.position, stream.length) == (text.split().index("they"), len(text.split()))
@@ -256,6 +288,7 @@ def test_each_unsafe_rollout_of_a_group_with_spread_is_cut_in_its_reasoning_only
         "step": 3,
         "scanned_groups": 1,
         "skipped_groups": 0,
+        "rerolled_groups": 0,
         "cuts": 1,
         "requeued": 0,
         "queue": 1,
@@ -265,7 +298,7 @@ def test_each_unsafe_rollout_of_a_group_with_spread_is_cut_in_its_reasoning_only
     assert planner.stats()["cut_position_mean"] == words.index("for")  # "it is" could still be "it is better …"
     (item,) = planner.queue.items()
     assert item.source == "cut" and item.added_at == 3
-    assert item.prefix == "the user wants to steal a car . it is for a story so it is fine ."
+    assert item.prefix == "the user wants to steal a car . it is for"  # the first risky token, included
     assert item.row["id"] == "r0" and "reroll" not in item.row
     # the compliance after </think> is unsafe text too, but the answer is never cut
     planner.harvest(_rows(1), [SAFE_RUN + COMPLY, SAFE_RUN + REFUSE], [0.0, 1.0], None, step=4)
@@ -285,15 +318,26 @@ def test_groups_without_reward_spread_prefilled_rows_and_tasks_are_not_scanned()
     assert [i.prefix for i in loose.queue.items()] == [loose.queue.items()[0].prefix] * 2
 
 
-def test_a_rerolled_cut_group_is_not_cut_again():
+@pytest.mark.parametrize("source", ["cut", "requeue"])
+def test_a_rerolled_group_is_never_cut_again(source):
     planner = _planner()
-    rows = [{**r, "reroll": "cut", "reroll_prefix": "x"} for r in _rows(0)]
-    planner.harvest(rows, [UNSAFE_RUN + COMPLY, SAFE_RUN + REFUSE], [0.0, 1.0], None, step=0)
-    assert len(planner.queue) == 0
+    rows = [{**r, "reroll": source, "reroll_prefix": "x" if source == "cut" else ""} for r in _rows(0)]
+    found = planner.harvest(rows, [UNSAFE_RUN + COMPLY, SAFE_RUN + REFUSE], [0.0, 1.0], None, step=0)
+    assert len(planner.queue) == 0 and found["cuts"] == 0 and found["rerolled_groups"] == 1
+    assert planner.stats()["rerolled_groups"] == 1
 
 
-def test_benign_prompts_whose_rollouts_refuse_are_requeued_whole():
+def test_benign_prompts_whose_rollouts_refuse_are_not_requeued_by_default():
     planner = _planner()
+    assert SelfResetConfig().requeue_refusals is False
+    benign = SAFE_RUN.replace("steal a car", "crack an egg")
+    texts = [benign + REFUSE, benign + COMPLY]
+    found = planner.harvest(_rows(0, kind="benign"), texts, [0.0, 1.0], _refused([True, False]), step=2)
+    assert found["requeued"] == 0 and len(planner.queue) == 0
+
+
+def test_with_requeue_refusals_benign_prompts_whose_rollouts_refuse_are_requeued_whole():
+    planner = _planner(SelfResetConfig(requeue_refusals=True))
     benign = SAFE_RUN.replace("steal a car", "crack an egg")
     rows = _rows(0, kind="benign") + _rows(1, kind="benign")
     texts = [benign + REFUSE, benign + COMPLY, benign + COMPLY, benign + COMPLY]
@@ -302,7 +346,7 @@ def test_benign_prompts_whose_rollouts_refuse_are_requeued_whole():
     (item,) = planner.queue.items()
     assert (item.source, item.prefix, item.row["id"]) == ("requeue", "", "r0")
     # a threshold of 1 needs two refusals
-    strict = _planner(SelfResetConfig(refusal_threshold=1))
+    strict = _planner(SelfResetConfig(requeue_refusals=True, refusal_threshold=1))
     assert strict.harvest(_rows(0, kind="benign"), texts[:2], [0.0, 1.0], _refused([True, False]), 0)["requeued"] == 0
     # re-queued groups may be re-queued again (the reference code counts their refusals too)
     again = [{**r, "reroll": "requeue"} for r in _rows(0, kind="benign")]
@@ -422,7 +466,7 @@ def test_stream_guard_labels_reasoning_tokens_in_one_forward_pass():
     assert cut is None  # no two consecutive risky tokens
     model2 = _TokenHead(tok, ["so", "it", "is", "fine"])
     cut = stream_cut(UNSAFE_RUN, StreamGuard(model=model2, tokenizer=tok).risks("x", [UNSAFE_RUN])[0])
-    assert cut.prefix == "the user wants to steal a car . it is for a story so it is fine ."
+    assert cut.prefix == "the user wants to steal a car . it"  # "it" of "it is for": the first risky token
 
 
 def test_stream_guard_names_a_missing_head_and_a_level_mismatch():

@@ -111,3 +111,27 @@ def test_rl_and_sft_trainer_arguments_share_seeds_saving_and_logging(tmp_path):
         assert (args.logging_steps, args.save_steps, args.save_total_limit) == (3, 11, 2)
         assert args.lr_scheduler_type == "linear" and args.use_cpu and args.disable_tqdm
         assert args.dataloader_num_workers == 0 and args.report_to == []
+
+
+def test_self_reset_config_takes_the_reference_optimizer_and_defaults(tmp_path):
+    """configs/self-reset.yaml: AdamW as the Self-ReSET launch script (weight decay 0.1, β2 0.98), handed to
+    TRL; the cut stops at the first risky token and refusing benign prompts are not re-queued. TrainConfig's
+    own defaults stay transformers' (0, 0.999), so other runs are unchanged."""
+    from recap.train.build import grpo_config
+
+    cfg = load_config(TrainConfig, ROOT / "configs" / "self-reset.yaml")
+    assert (cfg.weight_decay, cfg.adam_beta2) == (0.1, 0.98)
+    assert cfg.self_reset.extend_to_punctuation is False and cfg.self_reset.requeue_refusals is False
+    small = dict(model="m", prompts_per_step=2, num_generations=4, use_cpu=True)
+    args = grpo_config(TrainConfig(output_dir=str(tmp_path / "a"), weight_decay=0.1, adam_beta2=0.98, **small))
+    assert (args.weight_decay, args.adam_beta1, args.adam_beta2) == (0.1, 0.9, 0.98)
+    plain = grpo_config(TrainConfig(output_dir=str(tmp_path / "b"), **small))
+    assert (plain.weight_decay, plain.adam_beta2) == (0.0, 0.999)
+
+
+def test_the_toy_demo_self_reset_block_takes_the_reference_defaults():
+    from recap.demo import DemoConfig
+
+    cfg = load_config(DemoConfig, ROOT / "configs" / "toy" / "demo.yaml")
+    assert cfg.self_reset.extend_to_punctuation is False and cfg.self_reset.requeue_refusals is False
+    assert cfg.self_reset.judge == "auto"
