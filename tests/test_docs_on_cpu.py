@@ -23,7 +23,7 @@ def test_shipped_configs_load():
     from recap.data.mixture import MixtureConfig
     from recap.data.prefills import PrefillConfig
     from recap.data.recipe import RecipeConfig
-    from recap.data.selfreset import SelfResetConfig  # noqa: F401  (self-reset.yaml is a TrainConfig with its section)
+    from recap.data.selfreset import StreamGuardConfig  # (self-reset.yaml is a TrainConfig with its section)
     from recap.demo import DemoConfig
     from recap.eval.runner import EvalConfig
     from recap.eval.suite import SuiteConfig
@@ -51,6 +51,8 @@ def test_shipped_configs_load():
         "judges/strongreject-rubric.yaml": RubricConfig,
         "judges/overrefusal-rubric.yaml": RubricConfig,
         "judges/guard.yaml": GuardConfig,
+        "judges/qwen3guard-gen.yaml": GuardConfig,
+        "judges/qwen3guard-stream.yaml": StreamGuardConfig,
         "recap-mixed-curriculum.yaml": TrainConfig,
         "recipe/paper.yaml": RecipeConfig,
         "recipe/cpu.yaml": RecipeConfig,

@@ -56,7 +56,9 @@ Configurations (check ``safe_ids``/``unsafe_ids`` and the verdict share on a few
 * Llama Guard 3: ``safe_tokens=["safe"]``, ``unsafe_tokens=["unsafe"]``,
   ``prefix_after_generation_prompt="\\n\\n"`` (its reply starts with a blank line), ``template_kwargs={}``.
 * Qwen3Guard-Gen (replies ``Safety: <level>``): ``prefix_after_generation_prompt="Safety:"``,
-  ``safe_tokens=[" Safe"]``, ``unsafe_tokens=[" Unsafe", " Controversial"]`` (strict reading).
+  ``safe_tokens=[" Safe"]``, ``unsafe_tokens=[" Unsafe", " Controversial"]`` (strict reading), as
+  ``configs/judges/qwen3guard-gen.yaml`` (Self-ReSET's reward, under ``binary:``). Its ``Refusal:`` line is
+  not read: the refusal beside the verdict comes from the string rules.
 * Guards without a chat template, or whose verdict is not the first thing they write (WildGuard writes
   several fields), need a ``chat_template`` of your own and a prefix that leads straight to the verdict.
 """

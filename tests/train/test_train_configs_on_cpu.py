@@ -135,3 +135,36 @@ def test_the_toy_demo_self_reset_block_takes_the_reference_defaults():
     cfg = load_config(DemoConfig, ROOT / "configs" / "toy" / "demo.yaml")
     assert cfg.self_reset.extend_to_punctuation is False and cfg.self_reset.requeue_refusals is False
     assert cfg.self_reset.judge == "auto"
+
+
+def test_self_reset_rewards_and_cut_judge_are_the_qwen3guard_configs():
+    """Self-ReSET's rewards (rm_hub/safety_rm.py): Qwen3Guard-Gen, harmful 1 only for "Safe" (controversial
+    counts as unsafe), benign 1 for "Safe" and not refused; the cut judge is Qwen3Guard-Stream."""
+    from recap.data.selfreset import StreamGuardConfig
+    from recap.rewards.judges import BinaryJudge, Verdict
+
+    cfg = load_config(TrainConfig, ROOT / "configs" / "self-reset.yaml")
+    spec = "binary:guard:configs/judges/qwen3guard-gen.yaml"
+    assert (cfg.judges["harmful"], cfg.judges["benign"]) == (spec, spec)
+    gen = load_config(GuardConfig, ROOT / "configs" / "judges" / "qwen3guard-gen.yaml")
+    assert gen.model == "Qwen/Qwen3Guard-Gen-8B" and gen.prefix_after_generation_prompt == "Safety:"
+    assert gen.safe_tokens == [" Safe"] and gen.unsafe_tokens == [" Unsafe", " Controversial"]
+    assert gen.kinds == ["harmful", "benign"] and gen.template_kwargs == {}
+    stream = load_config(StreamGuardConfig, ROOT / "configs" / "judges" / "qwen3guard-stream.yaml")
+    assert stream == cfg.self_reset.stream_guard and stream.model == "Qwen/Qwen3Guard-Stream-8B"
+    assert cfg.self_reset.risky == ["unsafe", "controversial"]
+
+    class Fixed:  # what the guard judge returns: P(safe) with safe = P ≥ 0.5, refused from the string rules
+        name = "guard"
+
+        def judge(self, items):
+            return [
+                Verdict(0.9, "safe", safe=True, refused=False),
+                Verdict(0.2, "unsafe", safe=False, refused=False),
+                Verdict(0.9, "safe", safe=True, refused=False),
+                Verdict(0.9, "safe", safe=True, refused=True),
+                Verdict(0.2, "unsafe", safe=False, refused=False),
+            ][: len(items)]
+
+    items = [JudgeItem("h", "a", "harmful")] * 2 + [JudgeItem("b", "a", "benign")] * 3
+    assert [v.score for v in BinaryJudge(Fixed()).judge(items)] == [1.0, 0.0, 1.0, 0.0, 0.0]

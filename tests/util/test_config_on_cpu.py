@@ -484,6 +484,8 @@ def test_every_numeric_config_field_declares_its_range():
 SHIPPED = {  # config file -> its class (module, name)
     "judges/guard.yaml": ("recap.rewards.guard", "GuardConfig"),
     "judges/overrefusal-rubric.yaml": ("recap.rewards.rubric", "RubricConfig"),
+    "judges/qwen3guard-gen.yaml": ("recap.rewards.guard", "GuardConfig"),
+    "judges/qwen3guard-stream.yaml": ("recap.data.selfreset", "StreamGuardConfig"),
     "judges/reflection-rubric.yaml": ("recap.rewards.rubric", "RubricConfig"),
     "judges/strongreject-rubric.yaml": ("recap.rewards.rubric", "RubricConfig"),
     "recap-dapo.yaml": ("recap.train", "TrainConfig"),
