@@ -175,12 +175,12 @@ PRETRAIN_THREADS = 1
 
 
 def pretrain(cfg: PretrainConfig, model_cfg: ToyModelConfig, out_dir: str | Path, log=print):
-    """Train the base model of the world and save model + tokenizer to ``out_dir`` (on ``PRETRAIN_THREADS``
-    torch threads, so the same config gives the same base on an idle or a busy machine)."""
+    """Train the base model of the world, save model + tokenizer to ``out_dir`` and return them (on
+    ``PRETRAIN_THREADS`` torch threads, so the same config gives the same base on an idle or a busy machine)."""
     before = torch.get_num_threads()
     torch.set_num_threads(PRETRAIN_THREADS)
     try:
-        _pretrain(cfg, model_cfg, out_dir, log)
+        return _pretrain(cfg, model_cfg, out_dir, log)
     finally:
         torch.set_num_threads(before)
 
