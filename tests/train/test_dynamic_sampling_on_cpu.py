@@ -316,11 +316,9 @@ def test_gradient_accumulation_gives_the_same_update_with_refill_and_fillers(tok
         torch.testing.assert_close(after[0][n] - start[n], after[1][n] - start[n], atol=1e-7, rtol=1e-3)
 
 
-def test_refill_rounds_get_per_step_prefills_and_one_harvest(tok, tmp_path):
-    from recap.data.onpolicy import BufferEntry
-    from recap.data.prefill_sources import PrefillSourceConfig
-
-    cfg = TrainConfig(
+def _toy_cfg(tmp_path, **kw) -> TrainConfig:
+    """A one-step toy-judge run of 2 prompts × G completions, with ``kw`` on top."""
+    base = dict(
         model="unused",
         output_dir=str(tmp_path),
         judge="toy",
@@ -330,6 +328,16 @@ def test_refill_rounds_get_per_step_prefills_and_one_harvest(tok, tmp_path):
         max_completion_length=6,
         use_cpu=True,
         save_steps=100,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_refill_rounds_get_per_step_prefills_and_one_harvest(tok, tmp_path):
+    from recap.data.onpolicy import BufferEntry
+    from recap.data.prefill_sources import PrefillSourceConfig
+
+    cfg = _toy_cfg(
+        tmp_path,
         dynamic_sampling=True,
         dynamic_sampling_max_extra_rounds=2,
         prefill_sources=PrefillSourceConfig(weights={"on_policy": 1.0}),
@@ -383,17 +391,7 @@ def test_rule_and_tau_config_fields(tmp_path):
 
 
 def test_build_trainer_passes_the_rule_and_the_default_tau(tok, tmp_path):
-    cfg = TrainConfig(
-        model="unused",
-        output_dir=str(tmp_path),
-        judge="toy",
-        num_generations=G,
-        prompts_per_step=2,
-        max_steps=1,
-        max_completion_length=6,
-        use_cpu=True,
-        dynamic_sampling_rule="paper",
-    )
+    cfg = _toy_cfg(tmp_path, dynamic_sampling_rule="paper")
     trainer = build_trainer(cfg, _examples(), model=build_model(tok, TINY, 0), tokenizer=tok)
     assert (trainer.dynamic_sampling_rule, trainer.dynamic_sampling_tau) == ("paper", 0.9)
 
@@ -423,16 +421,9 @@ def test_signal_counts_prefilled_harmful_groups_and_feeds_the_gated_length(tok, 
         ),
         Example(id="b", kind="benign", prompt="how do i kill a python process ?"),
     ]
-    cfg = TrainConfig(
-        model="unused",
-        output_dir=str(tmp_path),
-        judge="toy",
-        num_generations=G,
-        prompts_per_step=2,
+    cfg = _toy_cfg(
+        tmp_path,
         max_steps=4,
-        max_completion_length=6,
-        use_cpu=True,
-        save_steps=100,
         dynamic_sampling=True,
         dynamic_sampling_max_extra_rounds=0,
         prefill_length=LengthSchedule(kind="gated", words=[2, 5], window=1),
