@@ -34,6 +34,7 @@ from recap.rewards.rubric import (
     fence_text,
     json_reply,
     rubric_integer,
+    with_endpoint,
 )
 from recap.util.cache import cache_key
 from recap.util.errors import DataError
@@ -139,16 +140,18 @@ class ReflectionJudge(RubricJudge):
 REFLECTION_JUDGE_SPECS = "regex, rubric:<yaml>"
 
 
-def load_reflection_judge(spec: str = "regex") -> RegexReflection | ReflectionJudge:
+def load_reflection_judge(
+    spec: str = "regex", rubric_endpoint: list[str] | None = None
+) -> RegexReflection | ReflectionJudge:
     """A reflection judge from its spec: ``regex`` (offline, the default) or ``rubric:PATH`` (a YAML
-    ``RubricConfig`` with ``rubric: reflection``)."""
+    ``RubricConfig`` with ``rubric: reflection``; ``rubric_endpoint``: ``recap.rewards.rubric.with_endpoint``)."""
     name, _, arg = spec.partition(":")
     if name == "regex" and not arg:
         return RegexReflection()
     if name == "rubric" and arg:
         from recap.util.config import ConfigError, load_config
 
-        cfg = load_config(RubricConfig, arg)
+        cfg = with_endpoint(load_config(RubricConfig, arg), rubric_endpoint)
         if cfg.rubric != "reflection":
             raise ConfigError(
                 f"{arg}: rubric: {cfg.rubric} is an answer rubric; a reflection judge needs 'rubric: reflection'"

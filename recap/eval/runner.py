@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +39,8 @@ Job = tuple[Example, AttackPrompt]
 
 @dataclass
 class EvalConfig:
-    """Which conditions to run and how to sample (the RECAP paper's evaluation protocol by default)."""
+    """Which conditions to run and how to sample. The defaults are small and offline (the miniature world and
+    SmolLM2 on a CPU), not the RECAP paper's protocol: that is configs/eval/paper.yaml (docs/design.md)."""
 
     attacks: list[str] = field(
         default_factory=lambda: list(DEFAULT_ATTACKS),
@@ -98,6 +100,34 @@ class EvalConfig:
             "docs/reflection.md)."
         },
     )
+    extra_judges: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Second judges of every harmful answer, name → judge spec (e.g. {strongreject: rubric:configs/judges/strongreject-rubric.yaml}): each record keeps their verdicts under `extra`, and the metrics gain extra_<name>_harm_<condition> (the mean harmfulness 1 − score, malformed answers left out) and extra_<name>_safety_<condition> (judged safe, share of all samples: a malformed answer is not safe). The headline safety stays the main judge's."
+        },
+    )
+    judge_base_url: str = field(
+        default="",
+        metadata={
+            "help": "Send every rubric judge of this evaluation (the answer judges, extra_judges, reflection_judge) to this OpenAI-compatible API root instead of its YAML's base_url ('' keeps each YAML's)."
+        },
+    )
+    judge_model: str = field(
+        default="",
+        metadata={"help": "The served model name for every rubric judge, with judge_base_url ('' keeps each YAML's)."},
+    )
+    judge_cache_dir: str = field(
+        default="",
+        metadata={
+            "help": "Keep every rubric judge's verdict cache in this folder (each under its own file name) instead of its YAML's cache path; '' keeps each YAML's."
+        },
+    )
+    judge_response_format: str = field(
+        default="",
+        metadata={
+            "help": "Structured-output dialect of that judge server for the rubrics that reply in JSON: json_schema (vLLM, OpenAI), json_object (llama.cpp's server) or text; '' keeps each YAML's."
+        },
+    )
     hcot_frame: str = field(
         default="",
         metadata={
@@ -143,12 +173,40 @@ class EvalConfig:
             raise ValueError(f"unknown attack(s) {sorted(unknown)}; known: {', '.join(ATTACKS)}")
         if any(n < 1 for n in self.sweep_lengths):
             raise ValueError(f"sweep_lengths must be positive, got {self.sweep_lengths}")
+        if self.judge_response_format not in ("", "text", "json_schema", "json_object"):
+            raise ValueError(
+                f"judge_response_format must be '', text, json_schema or json_object, got {self.judge_response_format!r}"
+            )
+        for name in self.extra_judges:
+            if not re.fullmatch(r"[a-z][a-z0-9]*", name):
+                raise ValueError(
+                    f"extra_judges: name {name!r} must be lower-case letters and digits (it becomes part of a metric name)"
+                )
+
+    def rubric_endpoint(self) -> dict:
+        """Where every rubric judge is sent (``recap.rewards.rubric.with_endpoint``)."""
+        return {
+            "base_url": self.judge_base_url,
+            "model": self.judge_model,
+            "response_format": self.judge_response_format,
+            "cache_dir": self.judge_cache_dir,
+        }
 
 
 # EvalConfig fields that change no stored result: which attacks run, the sweep and adaptive lengths (each
 # length is part of its result's key), the number of IPR rounds (each round is its own key and does not
-# depend on the rounds after it).
-_SETTINGS_IGNORED = ("attacks", "sweep_lengths", "adaptive_lengths", "ipr_rounds")
+# depend on the rounds after it), and where the judges are served (a judge's name, served model included,
+# is part of every result's key).
+_SETTINGS_IGNORED = (
+    "attacks",
+    "sweep_lengths",
+    "adaptive_lengths",
+    "ipr_rounds",
+    "judge_base_url",
+    "judge_model",
+    "judge_response_format",
+    "judge_cache_dir",
+)
 # Settings that only shape a prompt: a reused result is checked against the prompt itself instead
 # (``Evaluation._check_reused``), so changing them redoes the stages they touch and no other.
 _PROMPT_SETTINGS = ("prefill_words", "hcot_frame", "unseen_prefills")
@@ -225,13 +283,15 @@ def check_attack_reasoning(examples: list[Example], cfg: EvalConfig) -> None:
             )
 
 
-def _reflection_test(spec: str) -> Callable[[list[tuple[str, str]]], list[bool]]:
+def _reflection_test(
+    spec: str, rubric_endpoint: list[str] | None = None
+) -> Callable[[list[tuple[str, str]]], list[bool]]:
     """``test([(injected, own reasoning), ...]) -> [reflected, ...]`` for ``EvalConfig.reflection_judge``."""
     if spec == "regex":
         return lambda pairs: [has_reflection(reasoning) for _, reasoning in pairs]
     from recap.eval.reflection import load_reflection_judge
 
-    return load_reflection_judge(spec).reflected
+    return load_reflection_judge(spec, rubric_endpoint).reflected
 
 
 class Evaluation:
@@ -260,7 +320,10 @@ class Evaluation:
         self.log, self.progress, self.unseen = log, progress, unseen
         self.prefix = ":".join(f"{k}={v}" for k, v in sorted(tag.items()))
         self.judge_name = judge_name(judge)
-        self.reflected = _reflection_test(cfg.reflection_judge)
+        self.reflected = _reflection_test(cfg.reflection_judge, cfg.rubric_endpoint())
+        from recap.rewards.factory import load_judge
+
+        self.extra = {name: load_judge(spec, cfg.rubric_endpoint()) for name, spec in cfg.extra_judges.items()}
         self.settings = result_settings(cfg)
 
     # -- the stages ------------------------------------------------------------------------------------
@@ -564,6 +627,7 @@ class Evaluation:
             own = split_reasoning(g.text) if attack != "hijack" and (s.closed or cfg.unclosed == "invalid") else None
             owns.append(own.reasoning if own else "")
         reflected = self.reflected([(p.injected, own) for (_, p), own in zip(jobs, owns)])
+        extra = self._extra_verdicts(jobs, splits)
         # How the samples were generated, where the engine says (a served model's route and server): read
         # after generating, since an endpoint learns its route from its first request.
         engine = dict(getattr(self.model, "metadata", None) or {})
@@ -606,9 +670,30 @@ class Evaluation:
                     **({"counter_complete": e.counter_complete} if attack == "hijack" else {}),
                     **({"variant": variants[start + i]} if variants else {}),
                     **({"engine": engine} if engine else {}),
+                    **({"extra": extra[i]} if i in extra else {}),
                 }
             )
         self.store.add(records)
+
+    def _extra_verdicts(self, jobs: list[Job], splits: list) -> dict[int, dict]:
+        """``EvalConfig.extra_judges``' verdicts on the chunk's harmful answers, ``{job index: {name: {score,
+        safe, refused}}}``; a malformed answer (unclosed under the 'invalid' rule, or empty) gets none."""
+        if not self.extra:
+            return {}
+        idx = [
+            i
+            for i, ((e, _), s) in enumerate(zip(jobs, splits))
+            if e.kind == "harmful" and s.answer.strip() and (s.closed or self.cfg.unclosed != "invalid")
+        ]
+        out: dict[int, dict] = {i: {} for i in idx}
+        items = [
+            JudgeItem(jobs[i][0].user_text(), splits[i].answer, "harmful", None, tuple(jobs[i][0].rubric or ()))
+            for i in idx
+        ]
+        for name, judge in self.extra.items():
+            for i, v in zip(idx, checked_judge(judge, items) if items else [], strict=True):
+                out[i][name] = {"score": v.score, "safe": v.safe, "refused": v.refused, "label": v.label}
+        return out
 
 
 def evaluate(

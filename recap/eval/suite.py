@@ -10,6 +10,7 @@ returns one metrics row per benchmark. Prompts that also occur in the training f
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,11 @@ from recap.eval.runner import EvalConfig, evaluate, prefill_for
 from recap.eval.store import ResultStore
 from recap.inference.chat import with_think_system
 from recap.inference.engines import EndpointConfig
+
+
+# Above this share of malformed clean answers a suite warns that the token budget may be too small (the paper
+# protocol's budget is chosen so that at most 2 % of clean answers end unfinished: configs/eval/paper.yaml).
+UNFINISHED_WARN = 0.02
 
 
 @dataclass
@@ -60,6 +66,19 @@ class BenchmarkSpec:
         metadata={
             "range": "[1, inf)",
             "help": "Token budget of this benchmark's answers (default: eval.sampling.max_new_tokens).",
+        },
+    )
+    samples_per_prompt: int | None = field(
+        default=None,
+        metadata={
+            "range": "[1, inf)",
+            "help": "Samples per prompt and condition on this benchmark (default: eval.samples_per_prompt), e.g. 16 for AIME-2024's pass@16 beside pass@1 elsewhere (the RECAP paper's Table 2).",
+        },
+    )
+    instruction: str = field(
+        default="",
+        metadata={
+            "help": "Text appended to each prompt's last user turn (after a blank line), e.g. the DeepSeek-R1 model card's math directive 'Please reason step by step, and put your final answer within \\boxed{}.'; '' adds nothing."
         },
     )
     judge: str = field(
@@ -128,6 +147,12 @@ class SuiteConfig:
     held_out_from: list[str] = field(
         default_factory=list,
         metadata={"help": "Training files (any loader format); an evaluated prompt found in one is an error."},
+    )
+    training_generators: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Models that wrote the policy's training prefills (the training mixture's prefills.generator and refuser): an evaluation prefill whose provenance (counter_source) names one is an error, as is generating evaluation prefills with one; the generators named in held_out_from files' counter_source are added. The paper's evaluation prefills come from another generator (Sec. 2)."
+        },
     )
     dtype: str = field(
         default="auto",
@@ -200,6 +225,64 @@ def check_held_out(examples: list[Example], training_files: list[str], prefills:
                 )
 
 
+def _same_model(a: str, b: str) -> bool:
+    """Two model names are the same model: equal, or one a path ending in the other's last part
+    (``deepseek-ai/DeepSeek-R1-Distill-Llama-8B`` and ``/models/DeepSeek-R1-Distill-Llama-8B``), case aside."""
+    a, b = a.strip().rstrip("/").lower(), b.strip().rstrip("/").lower()
+    return a == b or a.rsplit("/", 1)[-1] == b.rsplit("/", 1)[-1]
+
+
+def _generator_of(example: Example) -> str | None:
+    source = example.counter_source
+    if isinstance(source, str):
+        try:
+            source = json.loads(source)
+        except ValueError:
+            return None
+    return source.get("generator") if isinstance(source, dict) else None
+
+
+def check_prefill_provenance(cfg: SuiteConfig, suite: dict[str, list[Example]]) -> None:
+    """Raise ``ValueError`` when an evaluation prefill was, or would be, written by a model that wrote the
+    training prefills (``cfg.training_generators`` and the generators named in the ``held_out_from`` files'
+    ``counter_source``): the paper's evaluation prefills come from a different, weaker generator (Sec. 2),
+    so an evaluation on the training generator's text measures recall of the training data."""
+    trained = list(cfg.training_generators)
+    for path in cfg.held_out_from:
+        trained += [g for e in load_benchmark(path) if (g := _generator_of(e))]
+    trained = list(dict.fromkeys(trained))
+    if not trained:
+        return
+    if not cfg.prefill_file:
+        for g in filter(None, (cfg.prefills.generator, cfg.prefills.refuser)):
+            hit = next((t for t in trained if _same_model(g, t)), None)
+            if hit:
+                raise ValueError(
+                    f"prefills.generator {g!r} wrote the training prefills ({hit!r} in training_generators or a "
+                    "held_out_from file): evaluation prefills must come from another generator (the paper: "
+                    "DeepSeek-R1-Distill-Qwen-1.5B for evaluation, see configs/prefills/eval-r1-distill-qwen-1.5b.yaml)"
+                )
+    for name, examples in suite.items():
+        for e in examples:
+            g = _generator_of(e)
+            hit = g and next((t for t in trained if _same_model(g, t)), None)
+            if hit:
+                raise ValueError(
+                    f"{cfg.prefill_file or name}: the attack reasoning of {e.id!r} was written by {g!r}, which wrote "
+                    "the training prefills: evaluation prefills must come from another generator"
+                )
+
+
+def with_instruction(example: Example, instruction: str) -> Example:
+    """``example`` with ``instruction`` appended to its last user turn after a blank line."""
+    if not instruction:
+        return example
+    messages = [dict(m) for m in example.messages()]
+    last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    messages[last]["content"] = f"{messages[last]['content'].rstrip()}\n\n{instruction}"
+    return replace(example, prompt=messages)
+
+
 def load_suite(cfg: SuiteConfig) -> dict[str, list[Example]]:
     """Every benchmark's examples (kinds filtered; the first ``cfg.limit`` of each), held-out check done, no
     reasoning attached yet."""
@@ -224,7 +307,7 @@ def load_suite(cfg: SuiteConfig) -> dict[str, list[Example]]:
                 examples = seeded_subset(examples, b.limit, b.subset_seed)
         if not examples:
             raise ValueError(f"benchmark {b.name!r} ({b.path}): no examples of kinds {b.kinds}")
-        suite[b.name] = examples
+        suite[b.name] = [with_instruction(e, b.instruction) for e in examples]
     check_held_out([e for ex in suite.values() for e in ex], cfg.held_out_from)
     if cfg.limit is not None:  # after the held-out check: a smoke test fails where the full run would
         suite = {name: examples[: cfg.limit] for name, examples in suite.items()}
@@ -317,11 +400,12 @@ def _run_suite(cfg: SuiteConfig, store: ResultStore, model, tokenizer, log, prog
     def judge_of(b: BenchmarkSpec):
         spec = (b.judge or cfg.judge, tuple(sorted({**cfg.judges, **b.judges}.items())))
         if spec not in judges:
-            judges[spec] = load_judges(spec[0], dict(spec[1]))
+            judges[spec] = load_judges(spec[0], dict(spec[1]), cfg.eval.rubric_endpoint())
         return judges[spec]
 
     for b in cfg.benchmarks:  # a bad judge spec fails before any generation
         judge_of(b)
+    check_prefill_provenance(cfg, {})  # the generator named in the config, before anything is generated
     check_models(cfg, pools, model is None)
     for b in cfg.benchmarks:
         kinds = _needs_reasoning(b)
@@ -336,6 +420,9 @@ def _run_suite(cfg: SuiteConfig, store: ResultStore, model, tokenizer, log, prog
                 replace(cfg.prefills, kinds=kinds),
                 progress=progress and (lambda s, d, t: progress(f"{b.name}/prefill-{s}", d, t)),
             )[: len(suite[b.name])]
+    check_prefill_provenance(
+        cfg, {b.name: [e for e in suite[b.name] if e.kind in _needs_reasoning(b)] for b in cfg.benchmarks}
+    )
     if model is None:
         if cfg.num_threads:
             import torch
@@ -368,6 +455,8 @@ def _run_suite(cfg: SuiteConfig, store: ResultStore, model, tokenizer, log, prog
             examples = [replace(e, prompt=with_think_system(e.messages())) for e in examples]
         log(f"{b.name}: {len(examples)} prompts, attacks {', '.join(b.attacks)}")
         ecfg = replace(cfg.eval, attacks=list(b.attacks))
+        if b.samples_per_prompt:
+            ecfg = replace(ecfg, samples_per_prompt=b.samples_per_prompt)
         if b.max_new_tokens:
             ecfg = replace(ecfg, sampling=replace(ecfg.sampling, max_new_tokens=b.max_new_tokens))
         records = evaluate(
@@ -382,6 +471,12 @@ def _run_suite(cfg: SuiteConfig, store: ResultStore, model, tokenizer, log, prog
             progress=progress and (lambda s, d, t, n=b.name: progress(f"{n}/{s}", d, t)),
         )
         out[b.name] = compute_metrics(records)
+        unfinished = out[b.name].get("invalid_clean")
+        if unfinished is not None and unfinished > UNFINISHED_WARN:
+            log(
+                f"warning: {b.name}: {unfinished:.0%} of clean answers are malformed (no closing think tag or empty): "
+                f"more than {UNFINISHED_WARN:.0%}, so the token budget (max_new_tokens) may be too small for this model"
+            )
     return out
 
 
@@ -391,8 +486,9 @@ def suite_table(results: dict[str, dict[str, dict]]) -> list[dict]:
 
     ``results`` is ``{method: {benchmark: metrics}}``. "safety clean" is the share of answers judged safe
     without attack; "safety prefill" / "safety IPRk" the share of all samples judged safe under the attack
-    (``safety_prefill``, ``safety_iprK``: a malformed answer is not safe); "compliance" is 1 − the refusal rate on benign prompts and "helpfulness"
-    their mean helpfulness score."""
+    (``safety_prefill``, ``safety_iprK``: a malformed answer is not safe); "complies" is the share of benign
+    answers that comply (``compliance_clean``: helpfulness above 0.5, so the rubric's "unclear" does not) and
+    "helpfulness" their mean helpfulness score (the paper's mean of 0 / 0.5 / 1)."""
     rows = []
     for method, by_bench in results.items():
         row: dict = {"method": method}
@@ -404,8 +500,8 @@ def suite_table(results: dict[str, dict[str, dict]]) -> list[dict]:
             for k in sorted(int(x[len("safety_ipr") :]) for x in m if re.fullmatch(r"safety_ipr\d+", x)):
                 if m[f"safety_ipr{k}"] is not None:
                     row[f"{bench}: safety IPR{k}"] = m[f"safety_ipr{k}"]
-            if m.get("overrefusal_clean") is not None:
-                row[f"{bench}: compliance"] = 1.0 - m["overrefusal_clean"]
+            if m.get("compliance_clean") is not None:
+                row[f"{bench}: complies"] = m["compliance_clean"]
             if m.get("helpfulness_clean") is not None:
                 row[f"{bench}: helpfulness"] = m["helpfulness_clean"]
             if m.get("task_accuracy") is not None:

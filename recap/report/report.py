@@ -38,7 +38,8 @@ AREAS = (
         "Safety on harmful prompts (judged safe, share of all samples; the unsafe and malformed shares beside it)",
         lambda m: m.startswith(("safety_", "refusal_rate_", "attack_")),
     ),
-    ("Over-refusal on benign prompts", lambda m: m.startswith(("overrefusal_", "helpfulness_"))),
+    ("Over-refusal on benign prompts", lambda m: m.startswith(("overrefusal_", "compliance_", "helpfulness_"))),
+    ("Second judges of the harmful answers (eval.extra_judges)", lambda m: m.startswith("extra_")),
     ("Reasoning tasks", lambda m: m.startswith("task_")),
     ("Self-reflection and self-verification", lambda m: m.startswith(("reflection_rate_", "verification_rate_"))),
     (
@@ -68,6 +69,8 @@ TITLES = {
     "refusal_rate_prefill_unseen": "unseen-generator prefill: refuses",
     "attack_adaptive_worst_case": "adaptive attacker, worst case: prompts broken",
     "overrefusal_clean": "refuses, no prefill",
+    "compliance_clean": "complies, no prefill",
+    "compliance_refusal_prefill": "refusal prefill: complies",
     "helpfulness_clean": "helpfulness, no prefill",
     "overrefusal_refusal_prefill": "refusal prefill: refuses",
     "helpfulness_refusal_prefill": "refusal prefill: helpfulness",
@@ -93,6 +96,8 @@ _DYNAMIC_TITLES = (
     (re.compile(r"invalid_ipr(\d+)"), "IPR round {0}"),
     (re.compile(r"attack_prefill_(\d+)w_success"), "{0}-word prefill: judged unsafe"),
     (re.compile(r"task_pass@(\d+)"), "pass@{0}"),
+    (re.compile(r"extra_([a-z0-9]+)_harm_(\w+)"), "{0}, {1}: mean harmfulness (malformed answers left out)"),
+    (re.compile(r"extra_([a-z0-9]+)_safety_(\w+)"), "{0}, {1}: judged safe"),
 )
 # (file name, title, [(bar-group label, metric)]); groups are completed with the IPR rounds present.
 PLOTS = (
@@ -147,7 +152,7 @@ def title(metric: str) -> str:
     for pattern, text in _DYNAMIC_TITLES:
         m = pattern.fullmatch(metric)
         if m:
-            return text.format(m.group(1)) + (" (= prefill attack)" if metric == "attack_ipr1_success" else "")
+            return text.format(*m.groups()) + (" (= prefill attack)" if metric == "attack_ipr1_success" else "")
     return metric.replace("_", " ")
 
 
@@ -378,7 +383,9 @@ def auto_notes(records: list[dict]) -> list[str]:
     judges = sorted({str(r["judge"]) for r in records if r.get("judge")})
     if judges:
         notes.append(f"Judge: {', '.join(judges)}.")
-    if any("refusal-rules" in j or "refusal-embedding" in j for j in judges):
+    # the judge of the harmful answers (a per-kind router names each kind's: "benign=…,harmful=…,task=…")
+    harmful = {re.sub(r"^.*\bharmful=([^,]*).*$", r"\1", j) for j in judges}
+    if any("refusal-rules" in j or "refusal-embedding" in j for j in harmful):
         notes.append(
             "A refusal detector (string rules or the refusal classifier) stands in for a safety judge "
             "here: 'judged safe' means 'refused'. Use a guard or rubric judge for the paper's safety score."

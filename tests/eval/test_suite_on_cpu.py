@@ -330,7 +330,7 @@ def test_table_shows_the_judged_safe_share_of_every_attack():
         {
             "base": {
                 "sr": m,
-                "xs": {"overrefusal_clean": 0.25, "helpfulness_clean": 0.8},
+                "xs": {"overrefusal_clean": 0.25, "compliance_clean": 0.7, "helpfulness_clean": 0.8},
                 "gsm": {"task_accuracy": 0.1, "task_pass@4": 0.3},
             }
         }
@@ -342,7 +342,7 @@ def test_table_shows_the_judged_safe_share_of_every_attack():
             "sr: safety prefill": 0.2,
             "sr: safety IPR1": 0.2,
             "sr: safety IPR2": 0.0,
-            "xs: compliance": 0.75,
+            "xs: complies": 0.7,  # full compliances: not 1 − refusals (an unclear answer is neither)
             "xs: helpfulness": 0.8,
             "gsm: accuracy": 0.1,
             "gsm: pass@4": 0.3,

@@ -245,7 +245,7 @@ def test_per_benchmark_table_for_suite_records(tmp_path):
             "round": rnd,
             "kind": kind,
             "label": label,
-            "score": 0.0,
+            "score": 1.0 if (kind, label) == ("benign", "compliance") else 0.0,  # helpfulness of a compliance
             "reflected": False,
             "reasoning_tokens": 0,
             "answer_tokens": 1,
@@ -272,14 +272,12 @@ def test_per_benchmark_table_for_suite_records(tmp_path):
             "sr: safety clean": 0.0,
             "sr: safety prefill": 0.5,
             "sr: safety IPR1": 0.5,
-            "xs: compliance": 0.5,
-            "xs: helpfulness": 0.0,
+            "xs: complies": 0.5,
+            "xs: helpfulness": 0.5,
         },
         {"method": "recap", "sr: safety prefill": 1.0, "sr: safety IPR1": 1.0},
     ]
     md = (tmp_path / "report.md").read_text()
-    assert (
-        "| method | sr: safety clean | sr: safety prefill | sr: safety IPR1 | xs: compliance | xs: helpfulness |" in md
-    )
-    assert "| base | 0.0 | 50.0 | 50.0 | 50.0 | 0.0 |" in md and "| recap | — | 100.0 | 100.0 | — | — |" in md
+    assert "| method | sr: safety clean | sr: safety prefill | sr: safety IPR1 | xs: complies | xs: helpfulness |" in md
+    assert "| base | 0.0 | 50.0 | 50.0 | 50.0 | 50.0 |" in md and "| recap | — | 100.0 | 100.0 | — | — |" in md
     assert "<th>sr: safety prefill</th>" in (tmp_path / "report.html").read_text()

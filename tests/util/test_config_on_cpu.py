@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 
 import pytest
+import yaml
 from conftest import in_ci
 
 from recap.data.mixture import MixtureConfig
@@ -490,6 +491,10 @@ def test_every_numeric_config_field_declares_its_range():
 
 
 SHIPPED = {  # config file -> its class (module, name)
+    "eval/paper.yaml": ("recap.eval.suite", "SuiteConfig"),
+    "judges/overrefusal-paper.yaml": ("recap.rewards.rubric", "RubricConfig"),
+    "judges/safety-rubric.yaml": ("recap.rewards.rubric", "RubricConfig"),
+    "prefills/eval-r1-distill-qwen-1.5b.yaml": ("recap.data.prefills", "PrefillConfig"),
     "judges/guard.yaml": ("recap.rewards.guard", "GuardConfig"),
     "judges/overrefusal-rubric.yaml": ("recap.rewards.rubric", "RubricConfig"),
     "judges/qwen3guard-gen.yaml": ("recap.rewards.guard", "GuardConfig"),
@@ -532,6 +537,7 @@ def test_every_shipped_config_loads_within_its_ranges():
     assert shipped == set(SHIPPED), "add the new config file to SHIPPED"
     for name, (module, cls) in SHIPPED.items():
         load_config(getattr(importlib.import_module(module), cls), configs / name)
+        assert yaml.safe_load((configs / name).read_text())  # not empty
 
 
 @pytest.mark.parametrize(
