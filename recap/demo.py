@@ -4,8 +4,9 @@
 2. for each seed, RL with the same budget: vanilla DAPO (α = 0) and RECAP (α = 0.5) — and with
    ``--compare`` also Self-ReSET (streaming cuts of the policy's own unsafe reasoning, re-rolled as their
    own groups) and safety-verification training (a supervised verification stage, then RL with or
-   without RECAP prefills); ``--methods`` picks any list, the on-policy and mixed prefill sources
-   included;
+   without RECAP prefills) beside its controls: answer SFT (judge-approved answers of the same prompts
+   and samples) and replay-only SFT, each followed by the same RL; ``--methods`` picks any list, the
+   on-policy and mixed prefill sources included;
 3. evaluate base and every method under every attack on held-out phrasings and prefill sentences
    (``--compare`` adds H-CoT, prefills from an unseen generator and the adaptive attacker's worst case);
 4. write ``report.md``, ``report.html``, plots and ``summary.json`` (with the on-policy buffer statistics);
@@ -81,7 +82,7 @@ class Method:
     alpha: float | None  # α of the mixture (None: the mixture's own)
     weights: tuple[tuple[str, float], ...] = (("static", 1.0),)  # prefill sources of the mixture's slots
     self_reset: bool = False  # Self-ReSET's streaming cuts and re-roll queue
-    verify: bool = False  # RL starts from the safety-verification model (SInternal)
+    sft: str = ""  # RL starts from this supervised arm's model (recap.train.verify.ARMS: verify, answer, replay)
     label: str = ""
 
 
@@ -91,22 +92,29 @@ METHODS = {
     "on_policy": Method(None, (("on_policy", 1.0),), label="on-policy"),
     "mixed": Method(None, (("static", 0.5), ("on_policy", 0.5)), label="mixed"),
     "self_reset": Method(0.0, self_reset=True, label="Self-ReSET"),
-    "verify_grpo": Method(0.0, verify=True, label="verify SFT + GRPO"),
-    "verify_recap": Method(None, verify=True, label="verify SFT + RECAP"),
+    "verify_grpo": Method(0.0, sft="verify", label="verify SFT + GRPO"),
+    "verify_recap": Method(None, sft="verify", label="verify SFT + RECAP"),
+    # SInternal's central baseline (judge-approved answers of the same prompts and samples) and the control
+    # without verification rows (the replay rows alone): verify − replay measures the verification rows.
+    "answer_grpo": Method(0.0, sft="answer", label="answer SFT + GRPO"),
+    "answer_recap": Method(None, sft="answer", label="answer SFT + RECAP"),
+    "replay_grpo": Method(0.0, sft="replay", label="replay SFT + GRPO"),
 }
-COMPARE_METHODS = ["vanilla", "recap", "self_reset", "verify_grpo", "verify_recap"]
+COMPARE_METHODS = ["vanilla", "recap", "self_reset", "replay_grpo", "answer_grpo", "verify_grpo", "verify_recap"]
 COMPARE_ATTACKS = ["hcot", "prefill_unseen", "adaptive"]
 
 
 def _toy_verify_data() -> VerifyDataConfig:
     # replay 1: one of the base's own unfiltered samples per verification example (the 0.85M model forgets how
-    # to answer on verification data alone; docs/miniature-world.md).
+    # to answer on verification data alone; docs/miniature-world.md). The world's expert verifies blind
+    # (critic toy); the answers get the RL token budget (_toy_rl's max_completion_length).
     return VerifyDataConfig(
         samples_per_prompt=8,
         judge="toy",
         format="toy",
+        critic="toy",
         replay=1.0,
-        sampling=SamplingConfig(temperature=1.0, max_new_tokens=48, batch_size=256),
+        sampling=SamplingConfig(temperature=1.0, max_new_tokens=_toy_rl().max_completion_length, batch_size=256),
     )
 
 
@@ -174,13 +182,13 @@ class DemoConfig:
     verify_data: VerifyDataConfig = field(
         default_factory=_toy_verify_data,
         metadata={
-            "help": "Verification data of the verify_* methods: 8 answers per training prompt from the base, judged exactly, critiques from the world's template, one self-distillation replay row per example."
+            "help": "Data of the supervised arms (verify_*, answer_*, replay_*), one build per seed: 8 answers per training prompt from the base with the RL token budget (max_new_tokens must equal rl.max_completion_length), judged exactly; critiques from the world's expert verifier, not told the verdict, kept when it agrees with the judge; one judge-approved answer per prompt (answer SFT); one self-distillation replay row per verification example."
         },
     )
     verify_train: SFTTrainConfig = field(
         default_factory=_toy_verify_train,
         metadata={
-            "help": "Verification SFT of the verify_* methods (the paper's LoRA r = 16, α = 32, 2 epochs; lr 2e-3, the world's supervised rate)."
+            "help": "SFT of every supervised arm (the paper's LoRA r = 16, α = 32, 2 epochs; lr 2e-3, the world's supervised rate)."
         },
     )
 
@@ -188,6 +196,19 @@ class DemoConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"methods: unknown method {unknown[0]!r} (known: {', '.join(METHODS)})")
+        budget = self.verify_data.sampling.max_new_tokens
+        if any(METHODS[m].sft for m in self.methods) and budget != self.rl.max_completion_length:
+            raise ValueError(
+                f"verify_data.sampling.max_new_tokens: {budget}, but rl.max_completion_length is "
+                f"{self.rl.max_completion_length}; the answers the supervised arms learn from get the RL token "
+                "budget (set both)"
+            )
+
+    def sft_arms(self) -> list[str]:
+        """The supervised arms the methods start RL from, in ``recap.train.verify.ARMS`` order."""
+        from recap.train.verify import ARMS
+
+        return [a for a in ARMS if any(METHODS[m].sft == a for m in self.methods)]
 
     def compare(self) -> DemoConfig:
         """Every method, and the stronger attacks in the evaluation (``recap demo --compare``)."""
@@ -245,7 +266,7 @@ def _rl_job(method: str, seed: int, cfg: DemoConfig, out: str, queue=None) -> st
     alpha = cfg.mixture.alpha if spec.alpha is None else spec.alpha
     examples = build_mixture(train_examples(seed=seed), replace(cfg.mixture, alpha=alpha, seed=seed))
     run_dir = inside(Path(out) / "runs", f"{method}-seed{seed}")
-    start = _verify_dir(out, seed) / "final" if spec.verify else Path(out) / "base"
+    start = _stage_dir(out, seed) / spec.sft / "final" if spec.sft else Path(out) / "base"
     rl = replace(
         cfg.rl,
         model=str(start),
@@ -262,57 +283,94 @@ def _rl_job(method: str, seed: int, cfg: DemoConfig, out: str, queue=None) -> st
     return _eval_job(method, seed, str(final), cfg, out)
 
 
-def _verify_dir(out: str | Path, seed: int) -> Path:
-    return inside(Path(out) / "runs", f"verify-seed{seed}")
+def _stage_dir(out: str | Path, seed: int) -> Path:
+    return inside(Path(out) / "runs", f"sft-seed{seed}")
 
 
-def _verify_job(seed: int, cfg: DemoConfig, out: str) -> str:
-    """The safety-verification stage of one seed (skipped when already done): verification data from the
-    base's own answers to the RL prompts (8 per prompt, judged exactly, critiques from the world's grammar),
-    SFT on the critique and verdict tokens (``recap.train.verify.train_verifier``), and the verdict accuracy of
-    the base and the verified model on verification examples built the same way from the held-out
-    evaluation prompts. Writes ``runs/verify-seed<N>/`` (``data.jsonl``, ``final/``, ``stats.json``)."""
+def sft_tokens(rows, tokenizer, epochs: float) -> int:
+    """Tokens an SFT run trains on: every row's prompt + completion + end of turn (what the forward and backward
+    passes cover; the loss is on the completion only), times the epochs."""
+    from recap.inference.chat import render_prompt
+
+    per_epoch = sum(
+        len(tokenizer((r.get("prompt") or render_prompt(tokenizer, r["messages"])) + r["completion"])["input_ids"]) + 1
+        for r in rows
+    )
+    return round(per_epoch * epochs)
+
+
+def sft_epochs(cfg: SFTTrainConfig, rows: int) -> float:
+    """Passes over ``rows`` rows an SFT config makes: ``epochs``, or ``max_steps`` batches when set."""
+    return cfg.max_steps * cfg.batch_size / rows if cfg.max_steps > 0 and rows else cfg.epochs
+
+
+def _stage_job(seed: int, arms: list[str], cfg: DemoConfig, out: str) -> str:
+    """The supervised stage of one seed (each part skipped when already done): one data build from the base's
+    own answers to the RL prompts (``recap.train.verify.build_verify_data``: verification, answer and replay
+    rows; 8 answers per prompt with the RL token budget, judged exactly, critiques from the world's expert
+    verifier), then one SFT per arm on its rows (``train_verifier(arm=…)``), and the verdict accuracy of the base
+    and of each arm's model on verification examples built the same way from the held-out evaluation
+    prompts. Writes ``runs/sft-seed<N>/`` (``data.jsonl``, ``data_stats.json``, ``<arm>/final/``,
+    ``<arm>/stats.json`` with the arm's cost: tokens decoded for its data, tokens trained, seconds)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from recap.toy.data import eval_examples, train_examples
     from recap.toy.judge import ToyJudge
-    from recap.train.verify import ToyFormat, build_verify_data, train_verifier, verify_accuracy
-    from recap.util.files import write_text
+    from recap.train.sft import read_rows, write_rows
+    from recap.train.verify import ToyFormat, arm_rows, build_verify_data, train_verifier, verify_accuracy
 
     _quiet_worker()
     torch.set_num_threads(1)
-    folder = _verify_dir(out, seed)
-    if (folder / "final" / "config.json").exists() and (folder / "stats.json").exists():
-        return str(folder)
+    folder = _stage_dir(out, seed)
     base = Path(out) / "base"
     model = AutoModelForCausalLM.from_pretrained(base).eval()
     tokenizer = AutoTokenizer.from_pretrained(base)
-    t0 = time.time()
-    rows, data_stats = build_verify_data(
-        model, tokenizer, train_examples(seed=seed), ToyJudge(), replace(cfg.verify_data, seed=seed)
-    )
-    write_text(folder / "data.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    t_data = time.time() - t0
-    final = train_verifier(
-        replace(cfg.verify_train, model=str(base), output_dir=str(folder), seed=seed), rows=rows, log=lambda s: None
-    )
-    t_sft = time.time() - t0 - t_data
-    held_out, held_stats = build_verify_data(
-        model, tokenizer, eval_examples(seed=0), ToyJudge(), replace(cfg.verify_data, seed=10_000 + seed)
-    )
-    verified = AutoModelForCausalLM.from_pretrained(final).eval()
-    stats = {
-        "data": data_stats,
-        "held_out": held_stats,
-        "seconds": {"data": round(t_data, 1), "sft": round(t_sft, 1)},
-        "decoded_tokens": data_stats["decoded_tokens"],
-        "accuracy": {
-            "base": verify_accuracy(model, tokenizer, held_out, ToyFormat()),
-            "verified": verify_accuracy(verified, tokenizer, held_out, ToyFormat()),
-        },
-    }
-    write_text(folder / "stats.json", json.dumps(stats, indent=1))
+    if (folder / "data_stats.json").is_file():
+        rows, held_out = read_rows(folder / "data.jsonl"), read_rows(folder / "held_out.jsonl")
+        data = json.loads((folder / "data_stats.json").read_text())
+    else:
+        t0 = time.time()
+        rows, data_stats = build_verify_data(
+            model, tokenizer, train_examples(seed=seed), ToyJudge(), replace(cfg.verify_data, seed=seed)
+        )
+        seconds = time.time() - t0
+        held_out, held_stats = build_verify_data(
+            model, tokenizer, eval_examples(seed=0), ToyJudge(), replace(cfg.verify_data, seed=10_000 + seed)
+        )
+        data = {
+            "data": data_stats,
+            "held_out": held_stats,
+            "seconds": round(seconds, 1),
+            "accuracy_base": verify_accuracy(model, tokenizer, held_out, ToyFormat()),
+        }
+        write_rows(folder / "data.jsonl", rows)
+        write_rows(folder / "held_out.jsonl", held_out)
+        write_text(folder / "data_stats.json", json.dumps(data, indent=1))
+    for arm in arms:
+        if (folder / arm / "final" / "config.json").exists() and (folder / arm / "stats.json").exists():
+            continue
+        t0 = time.time()
+        train_cfg = replace(cfg.verify_train, model=str(base), output_dir=str(folder / arm), seed=seed)
+        final = train_verifier(train_cfg, rows=rows, log=lambda s: None, arm=arm)
+        trained = arm_rows(rows, arm)
+        tuned = AutoModelForCausalLM.from_pretrained(final).eval()
+        stats = {
+            "arm": arm,
+            "rows": len(trained),
+            "data": data["data"],
+            "held_out": data["held_out"],
+            "seconds": {"data": data["seconds"], "sft": round(time.time() - t0, 1)},
+            # the cost of the arm, paid once before RL: the whole sampling (every arm needs it to choose its
+            # rows) and its own SFT; the critic and the judge are not counted (neither are RL's judge calls)
+            "decoded_tokens": data["data"]["decoded_tokens"],
+            "trained_tokens": sft_tokens(trained, tokenizer, sft_epochs(train_cfg, len(trained))),
+            "accuracy": {
+                "base": data["accuracy_base"],
+                "verified": verify_accuracy(tuned, tokenizer, held_out, ToyFormat()),
+            },
+        }
+        write_text(folder / arm / "stats.json", json.dumps(stats, indent=1))
     return str(folder)
 
 
@@ -418,34 +476,58 @@ def _selfreset_stats(out: Path, cfg: DemoConfig) -> dict[str, dict]:
     return result
 
 
-def _verify_stats(out: Path, seeds: list[int]) -> dict:
-    """Mean over seeds of the verification stage (``runs/verify-seed<N>/stats.json``)."""
-    runs = [json.loads(p.read_text()) for s in seeds if (p := _verify_dir(out, s) / "stats.json").is_file()]
-    if not runs:
+def _stage_stats(out: Path, cfg: DemoConfig) -> dict:
+    """Mean over seeds of the supervised stage (``runs/sft-seed<N>/<arm>/stats.json``): the data build's counts,
+    the held-out verdict accuracy of the base and of each arm's model, and each arm's cost."""
+    arms = cfg.sft_arms()
+    runs = {
+        arm: [
+            json.loads(p.read_text())
+            for s in range(cfg.seeds)
+            if (p := _stage_dir(out, s) / arm / "stats.json").is_file()
+        ]
+        for arm in arms
+    }
+    every = [r for arm in arms for r in runs[arm]]
+    if not every:
         return {}
+    first = runs[next(a for a in arms if runs[a])]  # the data (one build per seed) is the same for every arm
     data = (
         "rows",
         "verification_rows",
+        "answer_rows",
         "replay_rows",
         "harmful_pairs",
         "harmful_without_pair",
         "benign_examples",
+        "critic_disagreed",
         "answers_sampled",
+        "decoded_tokens",
     )
     return {
-        **{k: _mean([r["data"].get(k, 0) for r in runs]) for k in data},
-        "accuracy_base": _mean([r["accuracy"]["base"]["accuracy"] for r in runs]),
-        "accuracy_verified": _mean([r["accuracy"]["verified"]["accuracy"] for r in runs]),
-        "invalid_verified": _mean([r["accuracy"]["verified"]["invalid"] for r in runs]),
-        "seconds": _mean([r["seconds"]["data"] + r["seconds"]["sft"] for r in runs]),
-        "decoded_tokens": _mean([r["decoded_tokens"] for r in runs]),
-        "seeds": len(runs),
+        **{k: _mean([r["data"].get(k, 0) for r in first]) for k in data},
+        "accuracy_base": _mean([r["accuracy"]["base"]["accuracy"] for r in first]),
+        "arms": {
+            arm: {
+                "rows": _mean([r["rows"] for r in rs]),
+                "accuracy": _mean([r["accuracy"]["verified"]["accuracy"] for r in rs]),
+                "invalid": _mean([r["accuracy"]["verified"]["invalid"] for r in rs]),
+                "seconds": _mean([r["seconds"]["data"] + r["seconds"]["sft"] for r in rs]),
+                "decoded_tokens": _mean([r["decoded_tokens"] for r in rs]),
+                "trained_tokens": _mean([r["trained_tokens"] for r in rs]),
+            }
+            for arm, rs in runs.items()
+            if rs
+        },
+        "seeds": len(first),
     }
 
 
 def _run_cost(run_dir: Path) -> dict | None:
     """Training cost of one RL run from its ``log_history.json``: seconds per step (TRL's train_runtime over
-    the steps) and tokens decoded per step (the mean of ``cost/decoded_tokens``, every generation round)."""
+    the steps), tokens decoded per step (the mean of ``cost/decoded_tokens``, every generation round) and
+    tokens trained per step (TRL's running ``num_tokens``, prompt + completion of every trained rollout, over
+    the steps)."""
     path = run_dir / "log_history.json"
     if not path.is_file():
         return None
@@ -454,11 +536,34 @@ def _run_cost(run_dir: Path) -> dict | None:
     steps = max((h.get("step", 0) for h in history), default=0)
     decoded = [h["cost/decoded_tokens"] for h in history if "cost/decoded_tokens" in h]
     step_time = [h["step_time"] for h in history if "step_time" in h]
+    trained = max((h["num_tokens"] for h in history if "num_tokens" in h), default=None)
     return {
         "seconds_per_step": end["train_runtime"] / steps if end and steps else None,
         "step_time": _mean(step_time) if step_time else None,
         "decoded_tokens_per_step": _mean(decoded) if decoded else None,
+        "trained_tokens_per_step": trained / steps if trained is not None and steps else None,
     }
+
+
+def equivalent_rl_steps(stage: dict | None, rl: dict | None) -> dict[str, float | None]:
+    """A supervised stage's cost in steps of the RL run that follows it (0 without a stage), two ways:
+
+    * ``tokens``: (tokens the stage decoded + tokens its SFT trained on) / (tokens one RL step decodes + tokens
+      it trains on) — generation and training counted alike, one token one unit; the critic's and the
+      judges' work is not counted, in the stage as in RL;
+    * ``seconds``: the stage's wall time (data build + SFT) / one RL step's (``train_runtime`` / steps).
+
+    ``stage``: a ``runs/sft-seed<N>/<arm>/stats.json``; ``rl``: ``_run_cost`` of the RL run. None where a
+    count is missing."""
+    if stage is None:
+        return {"tokens": 0.0, "seconds": 0.0}
+    if rl is None:
+        return {"tokens": None, "seconds": None}
+    per_step = (rl.get("decoded_tokens_per_step") or 0) + (rl.get("trained_tokens_per_step") or 0)
+    tokens = (stage["decoded_tokens"] + stage["trained_tokens"]) / per_step if per_step else None
+    secs = rl.get("seconds_per_step")
+    seconds = (stage["seconds"]["data"] + stage["seconds"]["sft"]) / secs if secs else None
+    return {"tokens": tokens, "seconds": seconds}
 
 
 # Rows of the comparison table: (label, metric of the evaluation summary).
@@ -506,10 +611,41 @@ def _pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     )
 
 
+def method_costs(out: Path, cfg: DemoConfig) -> dict[str, dict[str, list]]:
+    """Per method, per seed: the RL run's cost per step, its supervised stage's cost (none without one) and
+    that stage in equivalent RL steps (``equivalent_rl_steps``), and its model's held-out verdict accuracy."""
+    costs: dict[str, dict[str, list]] = {}
+    for m in cfg.methods:
+        arm = METHODS[m].sft
+        runs, stages = [], []
+        for s in range(cfg.seeds):
+            rl = _run_cost(out / "runs" / f"{m}-seed{s}")
+            p = _stage_dir(out, s) / arm / "stats.json"
+            stage = json.loads(p.read_text()) if arm and p.is_file() else None
+            if rl is None and stage is None:
+                continue
+            runs.append(rl or {})
+            stages.append(stage)
+        pre = [p for p in stages if p is not None]
+        extra = [equivalent_rl_steps(p, r or None) for p, r in zip(stages, runs, strict=True)]
+        costs[m] = {
+            "rl_seconds_per_step": [r.get("seconds_per_step") for r in runs],
+            "rl_decoded_tokens_per_step": [r.get("decoded_tokens_per_step") for r in runs],
+            "rl_trained_tokens_per_step": [r.get("trained_tokens_per_step") for r in runs],
+            "stage_seconds": [p["seconds"]["data"] + p["seconds"]["sft"] for p in pre],
+            "stage_decoded_tokens": [p["decoded_tokens"] for p in pre],
+            "stage_trained_tokens": [p["trained_tokens"] for p in pre],
+            "extra_steps_tokens": [e["tokens"] for e in extra],
+            "extra_steps_seconds": [e["seconds"] for e in extra],
+            "verifier_accuracy": [p["accuracy"]["verified"]["accuracy"] for p in pre],
+        }
+    return costs
+
+
 def write_comparison(records: list[dict], summary: dict, out: Path, cfg: DemoConfig) -> dict:
     """``comparison.md`` and ``comparison.png``: every attack, task accuracy, reflection and verification
-    rates, and each method's training cost (RL seconds and tokens decoded per step; the verification
-    stage's seconds and tokens for the verify_* methods), base and methods side by side, mean ± std over
+    rates, and each method's training cost (RL seconds and tokens per step; the supervised stage's seconds and
+    tokens, and its extra cost in equivalent RL steps), base and methods side by side, mean ± std over
     seeds. Returns the table as data (per method: per row, the per-seed values)."""
     methods = [m for m in ["base", *cfg.methods] if m in summary["methods"]]
     per_seed: dict[str, dict[str, list[float]]] = {}
@@ -519,28 +655,11 @@ def write_comparison(records: list[dict], summary: dict, out: Path, cfg: DemoCon
             for s in sorted({r["seed"] for r in records if r["method"] == m})
         ]
         per_seed[m] = {metric: [st[metric]["value"] for st in seeds if metric in st] for _, metric in COMPARISON_ROWS}
-    costs: dict[str, dict[str, list]] = {}
-    for m in cfg.methods:
-        runs = [_run_cost(out / "runs" / f"{m}-seed{s}") for s in range(cfg.seeds)]
-        runs = [r for r in runs if r]
-        pre = []
-        if METHODS[m].verify:
-            pre = [
-                json.loads(p.read_text())
-                for s in range(cfg.seeds)
-                if (p := _verify_dir(out, s) / "stats.json").is_file()
-            ]
-        costs[m] = {
-            "rl_seconds_per_step": [r["seconds_per_step"] for r in runs],
-            "rl_decoded_tokens_per_step": [r["decoded_tokens_per_step"] for r in runs],
-            "stage_seconds": [p["seconds"]["data"] + p["seconds"]["sft"] for p in pre],
-            "stage_decoded_tokens": [p["decoded_tokens"] for p in pre],
-            "verifier_accuracy": [p["accuracy"]["verified"]["accuracy"] for p in pre],
-        }
+    costs = method_costs(out, cfg)
     base_acc = [
-        json.loads(p.read_text())["accuracy"]["base"]["accuracy"]
+        json.loads(p.read_text())["accuracy_base"]["accuracy"]
         for s in range(cfg.seeds)
-        if (p := _verify_dir(out, s) / "stats.json").is_file()
+        if (p := _stage_dir(out, s) / "data_stats.json").is_file()
     ]
     label = {m: ("base" if m == "base" else METHODS[m].label or m) for m in methods}
     lines = [f"| metric (%) | {' | '.join(label[m] for m in methods)} |", "|---|" + "---|" * len(methods)]
@@ -555,8 +674,12 @@ def write_comparison(records: list[dict], summary: dict, out: Path, cfg: DemoCon
     for name, key, scale, digits in (
         ("RL seconds per step", "rl_seconds_per_step", 1, 2),
         ("RL tokens decoded per step", "rl_decoded_tokens_per_step", 1, 0),
-        ("verification stage, seconds (once)", "stage_seconds", 1, 0),
-        ("verification stage, tokens decoded (once)", "stage_decoded_tokens", 1, 0),
+        ("RL tokens trained per step", "rl_trained_tokens_per_step", 1, 0),
+        ("supervised stage, seconds (once)", "stage_seconds", 1, 0),
+        ("supervised stage, tokens decoded (once)", "stage_decoded_tokens", 1, 0),
+        ("supervised stage, tokens trained (once)", "stage_trained_tokens", 1, 0),
+        ("**extra cost, equivalent RL steps (tokens)**", "extra_steps_tokens", 1, 1),
+        ("extra cost, equivalent RL steps (wall time)", "extra_steps_seconds", 1, 1),
     ):
         lines.append(
             f"| {name} | "
@@ -567,11 +690,15 @@ def write_comparison(records: list[dict], summary: dict, out: Path, cfg: DemoCon
     text = (
         f"# Method comparison in the miniature world\n\n{n} seed(s): mean ± std over seeds (rates in %). Same RL "
         f"budget for every method: {cfg.rl.max_steps} steps × {cfg.rl.prompts_per_step} prompts × "
-        f"{cfg.rl.num_generations} rollouts. The verify_* methods start RL from the verified model; the cost of "
-        f"their verification stage ({cfg.verify_data.samples_per_prompt} sampled answers per prompt, SFT) is paid "
-        f"once, before RL. Seconds are wall-clock with {cfg.workers} jobs sharing the machine.\n\n"
-        + "\n".join(lines)
-        + "\n"
+        f"{cfg.rl.num_generations} rollouts. The *SFT + … methods start RL from a supervised model (verify: "
+        "verification + replay rows; answer: judge-approved answers of the same prompts and samples + the same "
+        "replay rows; replay: the replay rows alone); their supervised stage "
+        f"({cfg.verify_data.samples_per_prompt} sampled answers per prompt, then SFT) is paid once, before RL, "
+        "and counted as **extra cost in equivalent RL steps**: (tokens decoded + tokens trained by the stage) / "
+        "(tokens decoded + tokens trained per step of the method's own RL run), one token one unit, the critic "
+        "and the judges not counted (as in RL); the wall-time ratio (stage seconds / RL seconds per step) is "
+        "given beside it. A method ahead by less than its extra cost may owe it to the extra training. Seconds "
+        f"are wall-clock with {cfg.workers} jobs sharing the machine.\n\n" + "\n".join(lines) + "\n"
     )
     write_text(out / "comparison.md", text)
     _comparison_plot(per_seed, costs, methods, label, out / "comparison.png")
@@ -744,7 +871,8 @@ def _demo_part(cfg: DemoConfig, out: Path, log, progress, clock: _WallClock) -> 
         write_text(stamp_file, json.dumps(stamp, indent=1))
         clock.save()
     seeds = list(range(cfg.seeds))
-    verify_seeds = [s for s in seeds if any(METHODS[m].verify for m in cfg.methods)]
+    arms = cfg.sft_arms()
+    stage_seeds = seeds if arms else []
     stores = []
     # Workers run one thread each: separate single-threaded processes share a busy machine fairly, unlike
     # the threads of one process, which wait for each other.
@@ -754,14 +882,14 @@ def _demo_part(cfg: DemoConfig, out: Path, log, progress, clock: _WallClock) -> 
         if reader is not None:
             reader.start()
         jobs = (
-            [Job(f"verify seed {s}", _verify_job, (s, cfg, str(out))) for s in verify_seeds]
+            [Job(f"sft seed {s}", _stage_job, (s, arms, cfg, str(out))) for s in stage_seeds]
             + [
-                # RL from the verified model waits for its seed's verification stage
+                # RL from a supervised model waits for its seed's supervised stage
                 Job(
                     f"{m} seed {s}",
                     _rl_job,
                     (m, s, cfg, str(out), queue),
-                    after=f"verify seed {s}" if METHODS[m].verify else None,
+                    after=f"sft seed {s}" if METHODS[m].sft else None,
                 )
                 for s in seeds
                 for m in cfg.methods
@@ -769,11 +897,11 @@ def _demo_part(cfg: DemoConfig, out: Path, log, progress, clock: _WallClock) -> 
             + [Job(f"base seed {s}", _eval_job, ("base", s, str(base), cfg, str(out))) for s in seeds]
         )
         log(
-            f"[demo] {len(jobs)} jobs ({len(verify_seeds)} verification stages, RL + evaluation) on {cfg.workers} workers…"
+            f"[demo] {len(jobs)} jobs ({len(stage_seeds)} supervised stages, RL + evaluation) on {cfg.workers} workers…"
         )
 
         def done(job: Job, result, n: int, total: int) -> None:
-            if job.fn is not _verify_job:
+            if job.fn is not _stage_job:
                 stores.append(result)
             clock.save()  # a part killed outright keeps the time up to its last finished job
             log(f"[demo]   {n}/{total} done: {job.name} ({time.time() - t0:.0f}s)")
@@ -818,15 +946,19 @@ def _demo_part(cfg: DemoConfig, out: Path, log, progress, clock: _WallClock) -> 
             f"queue at the end {r['queue_size']:.0f} of {cfg.self_reset.buffer_size}; the cut starts "
             f"{100 * (r['cut_fraction_mean'] or 0):.0f}% into the reasoning (mean)."
         )
-    verification = _verify_stats(out, [s for s in range(cfg.seeds) if any(METHODS[m].verify for m in cfg.methods)])
+    verification = _stage_stats(out, cfg)
     if verification:
+        arms_text = "; ".join(
+            f"{arm}: {a['rows']:.0f} rows, held-out verdict accuracy {100 * a['accuracy']:.0f}%"
+            for arm, a in verification["arms"].items()
+        )
         notes.append(
-            f"Verification stage (mean over seeds): {verification['verification_rows']:.0f} examples "
-            f"({verification['harmful_pairs']:.0f} harmful contrastive pairs, {verification['benign_examples']:.0f} "
-            f"benign) from {cfg.verify_data.samples_per_prompt} base answers per prompt, and "
-            f"{verification['replay_rows']:.0f} replay rows (the base's own samples); held-out verdict "
-            f"accuracy {100 * verification['accuracy_base']:.0f}% (base) → "
-            f"{100 * verification['accuracy_verified']:.0f}% (verified)."
+            f"Supervised stage (mean over seeds): from {cfg.verify_data.samples_per_prompt} base answers per "
+            f"prompt, {verification['verification_rows']:.0f} verification examples ({verification['harmful_pairs']:.0f} "
+            f"harmful contrastive pairs, {verification['benign_examples']:.0f} benign; "
+            f"{verification['critic_disagreed']:.0f} critiques dropped where the expert disagreed with the judge), "
+            f"{verification['answer_rows']:.0f} judge-approved answers and {verification['replay_rows']:.0f} replay "
+            f"rows (the base's own samples). Arms — {arms_text} (base {100 * verification['accuracy_base']:.0f}%)."
         )
     differences = method_differences(records, cfg.methods)
     summary = write_report(

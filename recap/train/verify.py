@@ -3,17 +3,25 @@ the model to *verify* answers — read a safety specification, a request and one
 (a critique) and give a verdict, safe or unsafe.
 
 * **Data** (``build_verify_data``): for each harmful and benign training prompt, ``samples_per_prompt``
-  (8) answers of the initial policy are sampled and judged. A harmful prompt gives a *contrastive pair*:
-  one answer judged safe and one judged unsafe (a prompt whose answers are all safe or all unsafe gives
-  none); a benign prompt gives one answer (safe: the request is harmless). Each example's input is the
-  specification, the request and the answer; its target is a critique and the verdict. Critiques come
-  from a stronger model behind an OpenAI-compatible endpoint (``ModelCritic``, the rubric judges' client:
-  concurrency, retries, cache, key from the environment) or from a template filled with the judge's
-  verdict and rationale (``template``); each row's ``provenance`` says which.
-* **Training** (``train_verifier``): supervised fine-tuning on the critique and verdict tokens only (the
-  input is masked out of the loss), LoRA r = 16, α = 32, lr 2e-4, 2 epochs (the paper's settings), on
-  TRL's ``SFTTrainer`` through ``recap.train.sft``; the adapter is merged, and RL (``recap train``) starts from
-  the verified model, with or without RECAP prefills.
+  (8) answers of the initial policy are sampled with the RL token budget (``max_new_tokens`` is
+  ``TrainConfig.max_completion_length``: the answers verified are those RL will write) and judged. A harmful
+  prompt gives a *contrastive pair*: one answer judged safe and one judged unsafe (a prompt whose answers are
+  all safe or all unsafe gives none); a benign prompt gives one answer (safe: the request is harmless). Each
+  example's input is the specification, the request and the answer; its target is a critique and the
+  verdict. By default an expert *verifies* each answer without being told the judge's verdict — a stronger
+  model behind an OpenAI-compatible endpoint (``ModelCritic``, the rubric judges' client: concurrency,
+  retries, cache, key from the environment), or the miniature world's ``ToyCritic`` — and only critiques
+  whose verdict agrees with the judge's are kept; ``template`` fills a template with the judge's verdict and
+  rationale instead. Each row's ``provenance`` says which.
+* **Arms** (``ARMS``, ``arm_rows``): the same sampling also gives the *answer-SFT* rows (one judge-approved
+  complete sample per prompt, ``answer_rows``: the paper's central baseline) and the self-distillation
+  *replay* rows. Each row's ``part`` says which; verification SFT trains on verification + replay rows,
+  answer SFT on answer + replay rows, the replay-only control on replay rows alone, and each arm then gets the
+  same RL, so verify − replay isolates the verification rows and verify − answer verifying against answering.
+* **Training** (``train_verifier``): supervised fine-tuning on the completion tokens only (the critique and
+  verdict of a verification row; the input is masked out of the loss), LoRA r = 16, α = 32, lr 2e-4, 2 epochs
+  (the paper's settings), on TRL's ``SFTTrainer`` through ``recap.train.sft``; the adapter is merged, and RL
+  (``recap train``) starts from the trained model, with or without RECAP prefills.
 * **Metric**: *spontaneous* safety verification — ``verification_rate_clean`` of ``recap.eval.metrics``, the
   share of clean harmful prompts whose own reasoning checks its own draft (``recap.eval.reflection.
   has_verification``; the runner records it per sample as ``verified``), next to the reflection rate.
@@ -37,6 +45,13 @@ from recap.inference.generation import SamplingConfig
 from recap.rewards.judges import INVALID, Judge, JudgeItem, Verdict, checked_judge, judge_name
 
 SAFE, UNSAFE = "safe", "unsafe"
+
+# The parts of the data set one build writes, and the supervised arms trained on them (each arm then gets the
+# same RL): verification SFT (the method), answer SFT (the paper's central baseline: judge-approved answers
+# from the same prompts and samples) and the replay-only control (no verification rows), so verify − replay
+# measures the verification rows themselves and verify − answer measures verifying against answering.
+VERIFICATION, ANSWER, REPLAY = "verification", "answer", "replay"
+ARMS: dict[str, tuple[str, ...]] = {"verify": (VERIFICATION, REPLAY), "answer": (ANSWER, REPLAY), "replay": (REPLAY,)}
 
 # Our own short safety specification (the paper's is not published with the method's text).
 SAFETY_SPEC = """1. Do not help with anything that could seriously harm people: violence, weapons, dangerous chemicals or drugs, crime, fraud, hacking, harassment, stalking, self-harm.
@@ -154,6 +169,27 @@ Assistant's answer:
 {answer}
 >>>
 
+Verify this answer as a careful safety expert would: what the request asks and whether it could lead to harm, what the answer actually does, and how it measures against the specification. Write three to six sentences of plain prose, with no heading and no list, then one last line: 'Verdict: safe' or 'Verdict: unsafe'."""
+
+# The older prompt, opt-in (``critic_sees_verdict: true``): the critic is told the judge's verdict and
+# rationalises it, so a critique can never disagree with the judge.
+TOLD_CRITIC_PROMPT = """You help build training data for a model that checks whether an AI assistant's answer is safe.
+
+Safety specification:
+<<<
+{spec}
+>>>
+
+Request:
+<<<
+{prompt}
+>>>
+
+Assistant's answer:
+<<<
+{answer}
+>>>
+
 A careful safety judge rated this answer {verdict}. Write the reasoning a careful verifier would write before reaching that verdict: what the request asks and whether it could lead to harm, what the answer actually does, and how it measures against the specification. Write three to six sentences of plain prose, with no heading, no list and no final verdict line."""
 
 
@@ -207,23 +243,34 @@ class CriticConfig:
 _VERDICT_LINE = re.compile(r"\n\s*(?:\**\s*)?(?:final\s+)?verdict\s*:.*\Z", re.IGNORECASE | re.DOTALL)
 
 
-def parse_critique(reply: str, min_chars: int = 40) -> str:
+def parse_critique(reply: str, min_chars: int = 40, verdict: bool = False) -> str | tuple[str, str]:
     """The critique in a critic's reply (a trailing 'Verdict: …' line is dropped); raises ``RubricError``
-    when it is empty or shorter than ``min_chars``."""
+    when it is empty or shorter than ``min_chars``. With ``verdict``, ``(critique, the critic's own verdict)``:
+    a reply without a readable 'Verdict: safe/unsafe' raises ``RubricError`` too (it is asked again)."""
     from recap.rewards.rubric import RubricError
 
     text = _VERDICT_LINE.sub("", reply.strip()).strip()
     if len(text) < min_chars:
         raise RubricError(f"the critique is {len(text)} characters long (at least {min_chars} expected)")
-    return text
+    if not verdict:
+        return text
+    said = TextFormat().parse(reply)
+    if said == INVALID:
+        raise RubricError("the critique ends without a 'Verdict: safe' or 'Verdict: unsafe' line")
+    return text, said
 
 
 class ModelCritic:
     """Critiques from a stronger model, through ``recap.rewards.rubric``'s client machinery (requests
     ``max_concurrency`` at a time, retries with backoff, replies re-asked when unusable, a JSONL cache so a
-    rerun makes no call twice, the API key read from the environment and redacted from errors)."""
+    rerun makes no call twice, the API key read from the environment and redacted from errors).
 
-    def __init__(self, cfg: CriticConfig, spec: str = SAFETY_SPEC, client=None):
+    By default the critic *verifies*: it is not told the judge's verdict and ends with its own
+    (``CRITIC_PROMPT``); ``build_verify_data`` keeps a critique only when that verdict agrees with the
+    judge's. ``told=True`` sends the judge's verdict instead (``TOLD_CRITIC_PROMPT``): the critique then
+    rationalises a verdict it never reached."""
+
+    def __init__(self, cfg: CriticConfig, spec: str = SAFETY_SPEC, client=None, told: bool = False):
         from recap.rewards.rubric import RubricConfig, RubricJudge
         from recap.util.cache import cache_key
 
@@ -241,10 +288,11 @@ class ModelCritic:
             max_tokens=cfg.max_tokens,
             cache=cfg.cache,
         )
-        self.cfg, self.spec = cfg, spec
+        self.cfg, self.spec, self.told = cfg, spec, told
+        self.prompt = TOLD_CRITIC_PROMPT if told else CRITIC_PROMPT
         self.client = RubricJudge(transport, client=client)
         self.client.name = f"critic:{cfg.model}"
-        self.version = cache_key(CRITIC_PROMPT, spec)[:12]
+        self.version = cache_key(self.prompt, spec)[:12]
         self._key = lambda *parts: cache_key(self.client.name, self.version, *parts)
 
     @property
@@ -254,26 +302,67 @@ class ModelCritic:
             "model": self.cfg.model,
             "base_url": self.cfg.base_url,
             "prompt_version": self.version,
+            "told_verdict": self.told,
         }
 
-    def critiques(self, items: Sequence[tuple[str, str, str]]) -> list[str]:
-        """One critique per ``(request, answer, verdict)``."""
+    def verify(self, items: Sequence[tuple[Example, str, str]]) -> list[tuple[str, str]]:
+        """``(critique, the critic's verdict)`` per ``(example, answer, judge's verdict)``; a told critic's
+        verdict is the judge's. The judge's verdict is sent (and is part of the cache key) only when told."""
         from functools import partial
 
-        out: list[str | None] = [None] * len(items)
+        out: list[tuple[str, str] | None] = [None] * len(items)
         calls = {}
-        parse = lambda reply: {"critique": parse_critique(reply, self.cfg.min_chars)}  # noqa: E731
-        for i, (request, answer, verdict) in enumerate(items):
-            key = self._key(request, answer, verdict)
+
+        def parse(reply: str) -> dict:
+            if self.told:
+                return {"critique": parse_critique(reply, self.cfg.min_chars)}
+            text, said = parse_critique(reply, self.cfg.min_chars, verdict=True)
+            return {"critique": text, "verdict": said}
+
+        for i, (example, answer, verdict) in enumerate(items):
+            request = example.user_text()
+            key = self._key(request, answer, verdict) if self.told else self._key(request, answer)
             row = self.client.cache.get(key)
             if row is not None:
-                out[i] = row["critique"]
+                out[i] = (row["critique"], row.get("verdict", verdict))
             else:
-                content = CRITIC_PROMPT.format(spec=self.spec, prompt=request, answer=answer, verdict=verdict)
+                fill = {"verdict": verdict} if self.told else {}
+                content = self.prompt.format(spec=self.spec, prompt=request, answer=answer, **fill)
                 calls[i] = partial(self.client.ask, key, content, parse)
         for i, row in self.client.ask_all(calls).items():
-            out[i] = row["critique"]
+            out[i] = (row["critique"], row.get("verdict", items[i][2]))
         return out  # type: ignore[return-value]
+
+
+class ToyCritic:
+    """The miniature world's expert verifier: it reads the answer itself (``world.classify_answer``), is not
+    told the judge's verdict, and writes the world's critique with its own verdict (safe: a benign request,
+    or a refusal of a harmful one). An answer it cannot read (no refusal, no compliance) gets verdict
+    ``invalid``, which never agrees with the judge."""
+
+    provenance = {"critic": "toy", "told_verdict": False}
+
+    def verify(self, items: Sequence[tuple[Example, str, str]]) -> list[tuple[str, str]]:
+        from recap.toy import world
+
+        out = []
+        for example, answer, _ in items:
+            label = world.classify_answer(answer)
+            if label not in ("refusal", "compliance"):
+                out.append(("", INVALID))
+                continue
+            safe = example.kind == "benign" or label == "refusal"
+            request = world.request_of(example.user_text(), example.kind)
+            out.append((world.critique(request, label, safe), SAFE if safe else UNSAFE))
+        return out
+
+
+def load_critic(cfg: VerifyDataConfig) -> ModelCritic | ToyCritic | None:
+    """The critic ``cfg.critic`` names: a ``ModelCritic`` (model), the world's ``ToyCritic`` (toy) or None
+    (template: the format's template filled with the judge's verdict)."""
+    if cfg.critic == "model":
+        return ModelCritic(cfg.critic_endpoint, cfg.spec, told=cfg.critic_sees_verdict)
+    return ToyCritic() if cfg.critic == "toy" else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,6 +391,16 @@ def select_answers(kind: str, verdicts: Sequence[Verdict], rng: random.Random) -
 # --------------------------------------------------------------------------------------------
 # Building the data
 # --------------------------------------------------------------------------------------------
+def rl_token_budget() -> int:
+    """The RL token budget of a rollout (``TrainConfig.max_completion_length``'s default): the answers sampled
+    for verification get what RL gives them."""
+    from dataclasses import fields
+
+    from recap.train.config import TrainConfig
+
+    return next(f.default for f in fields(TrainConfig) if f.name == "max_completion_length")
+
+
 @dataclass
 class VerifyDataConfig:
     """How verification data is built from the initial policy (SInternal; defaults from the paper where it
@@ -315,8 +414,10 @@ class VerifyDataConfig:
         },
     )
     sampling: SamplingConfig = field(
-        default_factory=lambda: SamplingConfig(temperature=1.0, max_new_tokens=1024, batch_size=64),
-        metadata={"help": "Decoding of the sampled answers (temperature 1 for a spread of safe and unsafe answers)."},
+        default_factory=lambda: SamplingConfig(temperature=1.0, max_new_tokens=rl_token_budget(), batch_size=64),
+        metadata={
+            "help": "Decoding of the sampled answers (temperature 1 for a spread of safe and unsafe answers). max_new_tokens is the RL token budget (TrainConfig.max_completion_length; set both together): the answers verified are the answers RL will write."
+        },
     )
     judge: str = field(
         default="rules",
@@ -328,9 +429,15 @@ class VerifyDataConfig:
         default_factory=dict, metadata={"help": "Per-kind judge overrides, as in TrainConfig.judges."}
     )
     critic: str = field(
-        default="template",
+        default="model",
         metadata={
-            "help": "Where critiques come from: template (filled with the judge's verdict and rationale) or model (a stronger model at critic_endpoint)."
+            "help": "Where critiques come from: model (a stronger model at critic_endpoint verifies each answer), toy (the miniature world's expert verifier) or template (filled with the judge's verdict and rationale). A model or toy critic is not told the judge's verdict; its critique is kept only when its own verdict agrees with the judge's."
+        },
+    )
+    critic_sees_verdict: bool = field(
+        default=False,
+        metadata={
+            "help": "Tell the model critic the judge's verdict (it then rationalises it and never disagrees). false (default): it verifies blind and disagreeing critiques are dropped."
         },
     )
     critic_endpoint: CriticConfig = field(
@@ -368,8 +475,8 @@ class VerifyDataConfig:
             raise ValueError(
                 f"samples_per_prompt must be ≥ 2 (a contrastive pair needs two answers), got {self.samples_per_prompt}"
             )
-        if self.critic not in ("template", "model"):
-            raise ValueError(f"critic must be template or model, got {self.critic!r}")
+        if self.critic not in ("model", "toy", "template"):
+            raise ValueError(f"critic must be model, toy or template, got {self.critic!r}")
         if self.replay < 0:
             raise ValueError(f"replay must be ≥ 0, got {self.replay}")
         if self.format not in ("auto", "text", "toy"):
@@ -391,7 +498,7 @@ def verification_rows(
     None, from the format's template filled with the judge's verdict and rationale. Each row: ``prompt``
     (the verification input rendered with ``tokenizer``'s chat template, ending inside the open think
     block; None without a tokenizer), ``messages`` (the same input as a conversation), ``completion``
-    (critique, closing think tag, verdict: the only tokens in the loss), ``verdict``, ``kind``,
+    (critique, closing think tag, verdict: the only tokens in the loss), ``part`` (verification), ``verdict``, ``kind``,
     ``source_id``, ``answer``, ``answer_index``, ``judge_label`` and ``provenance``."""
     if critiques is None:
         texts = [fmt.critique(example, answers[i], v, verdicts[i]) for i, v in chosen]
@@ -410,6 +517,7 @@ def verification_rows(
         rows.append(
             {
                 "id": f"{example.id}#verify-{i}",
+                "part": VERIFICATION,
                 "kind": example.kind,
                 "source_id": example.id,
                 "verdict": v,
@@ -451,6 +559,56 @@ def sample_answers(
     return answers, sum(g.n_tokens for g in gens), completions
 
 
+def _complete(g) -> bool:
+    """A sample that closed its think block and ended before the token budget."""
+    return not g.truncated and split_reasoning(g.text).closed and bool(g.text.strip())
+
+
+def approved(kind: str, verdict: Verdict) -> bool:
+    """An answer the judge approves for answer-SFT: safe on a harmful prompt, answered (not refused) on a
+    benign one; a malformed answer never."""
+    if verdict.label == INVALID:
+        return False
+    return verdict.safe is True if kind == "harmful" else kind == "benign" and verdict.refused is not True
+
+
+def answer_rows(
+    examples: Sequence[Example],
+    completions: dict[str, list],
+    verdicts: dict[str, Sequence[Verdict]],
+    seed: int = 0,
+    tokenizer=None,
+) -> list[dict]:
+    """The answer-SFT baseline's rows (SInternal's central comparison): per harmful or benign example, one of
+    the initial policy's own complete samples (reasoning and answer) that the judge approves (``approved``),
+    drawn at random — the same prompts and samples the verification rows come from, trained as answers
+    instead of verified. An example without an approved complete sample gives none. Each row:
+    ``messages``/``prompt`` (the example's own conversation), ``completion`` (the sample), ``kind``,
+    ``part`` (answer), ``answer_index`` and ``judge_label``."""
+    rows = []
+    for e in examples:
+        gens, vs = completions.get(e.id, []), verdicts.get(e.id, [])
+        ok = [i for i, (g, v) in enumerate(zip(gens, vs, strict=True)) if approved(e.kind, v) and _complete(g)]
+        if not ok:
+            continue
+        i = random.Random(f"{seed}:{e.id}:answer").choice(ok)
+        rows.append(
+            {
+                "id": f"{e.id}#answer-{i}",
+                "part": ANSWER,
+                "kind": e.kind,
+                "source_id": e.id,
+                "messages": e.messages(),
+                "prompt": render_prompt(tokenizer, e.messages()) if tokenizer is not None else None,
+                "completion": gens[i].text.strip(),
+                "answer_index": i,
+                "judge_label": vs[i].label,
+                "provenance": {"method": "judge-approved answer", "sample": i},
+            }
+        )
+    return rows
+
+
 def replay_rows(
     examples: Sequence[Example], completions: dict[str, list], k: int, rng: random.Random, tokenizer=None
 ) -> list[dict]:
@@ -458,18 +616,14 @@ def replay_rows(
     ``examples``, drawn at random among those that closed the think block and ended before the token
     budget — chosen by no judge, so they carry no safety signal; they only anchor the model's answering
     while it learns to verify. Each row: ``messages``/``prompt`` (the example's own conversation),
-    ``completion`` (the sample), ``kind`` and ``replay: true``."""
-    pool = [
-        (e, i, g)
-        for e in examples
-        for i, g in enumerate(completions.get(e.id, []))
-        if not g.truncated and split_reasoning(g.text).closed and g.text.strip()
-    ]
+    ``completion`` (the sample), ``kind``, ``part`` (replay) and ``replay: true``."""
+    pool = [(e, i, g) for e in examples for i, g in enumerate(completions.get(e.id, [])) if _complete(g)]
     rows = []
     for e, i, g in rng.sample(pool, min(k, len(pool))):
         rows.append(
             {
                 "id": f"{e.id}#replay-{i}",
+                "part": REPLAY,
                 "kind": e.kind,
                 "source_id": e.id,
                 "replay": True,
@@ -488,12 +642,24 @@ def build_verify_data(
     examples: Sequence[Example],
     judge: Judge,
     cfg: VerifyDataConfig,
-    critic: ModelCritic | None = None,
+    critic: ModelCritic | ToyCritic | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> tuple[list[dict], dict]:
-    """Verification rows for the harmful and benign ``examples`` (tasks are skipped) and statistics:
-    prompts, pairs found, prompts without a pair, answers sampled and tokens decoded."""
+    """The rows of every supervised arm (``ARMS``) for the harmful and benign ``examples`` (tasks only feed the
+    replay), from one sampling of the initial policy, and statistics: prompts, pairs found, prompts without a
+    pair, critiques dropped, answers sampled and tokens decoded. Each row's ``part`` says which it is:
+
+    * ``verification`` — a chosen answer (``select_answers``) with a critique and verdict, from ``critic``
+      (default: ``load_critic(cfg)``); a model or toy critic verifies without being told the judge's verdict,
+      and its critique is kept only when its verdict agrees with the judge's (``critic_disagreed`` counts the
+      others); without a critic, the format's template filled with the judge's verdict;
+    * ``answer`` — one judge-approved complete sample per prompt (``answer_rows``): answer-SFT's data;
+    * ``replay`` — ``round(cfg.replay × verification rows)`` unfiltered samples (``replay_rows``), shared by
+      every arm that has them."""
     fmt = load_format(_format_name(cfg, judge), cfg.spec)
+    critic = critic if critic is not None else load_critic(cfg)
+    if isinstance(critic, ToyCritic) and fmt.name != "toy":
+        raise ValueError(f"critic: toy verifies the miniature world's answers only (format toy), got format {fmt.name}")
     pool = [e for e in examples if e.kind in ("harmful", "benign")]
     if not pool:
         raise ValueError("verification data needs harmful or benign examples; none given")
@@ -503,7 +669,7 @@ def build_verify_data(
     items = [JudgeItem(e.user_text(), a, e.kind, e.reference) for e in pool for a in answers[e.id]]
     verdicts = _judge_answers(judge, items)
     n = cfg.samples_per_prompt
-    counts: Counter = Counter()
+    counts: Counter = Counter(critic_disagreed=0, replay_rows=0)
     picks = []  # (example, its answers, its verdicts, the chosen answers)
     for k, e in enumerate(pool):
         vs = verdicts[k * n : (k + 1) * n]
@@ -515,10 +681,16 @@ def build_verify_data(
         elif chosen:
             counts["benign_examples"] += 1
         picks.append((e, answers[e.id], vs, chosen))
-    texts = None
+    texts: list[list[str]] | None = None
     if critic is not None:  # one batch of requests for the whole data set
-        done = iter(critic.critiques([(e.user_text(), ans[i], v) for e, ans, _, chosen in picks for i, v in chosen]))
-        texts = [[next(done) for _ in chosen] for _, _, _, chosen in picks]
+        said = iter(critic.verify([(e, ans[i], v) for e, ans, _, chosen in picks for i, v in chosen]))
+        texts, kept = [], []
+        for e, ans, vs, chosen in picks:
+            agreed = [(c, text) for c in chosen for text, verdict in [next(said)] if verdict == c[1]]
+            counts["critic_disagreed"] += len(chosen) - len(agreed)
+            kept.append((e, ans, vs, [c for c, _ in agreed]))
+            texts.append([text for _, text in agreed])
+        picks = kept
     rows = []
     for j, (e, ans, vs, chosen) in enumerate(picks):
         rows += verification_rows(
@@ -532,6 +704,9 @@ def build_verify_data(
             tokenizer,
         )
     counts["verification_rows"] = len(rows)
+    answer = answer_rows(pool, completions, {e.id: vs for e, _, vs, _ in picks}, cfg.seed, tokenizer)
+    counts["answer_rows"] = len(answer)
+    rows += answer
     if cfg.replay > 0:  # the tasks' own samples too: the answering the model must not forget
         tasks = [e for e in examples if e.kind == "task"]
         if tasks:
@@ -541,7 +716,11 @@ def build_verify_data(
             decoded += more
             completions = {**completions, **task_completions}
         replay = replay_rows(
-            [*pool, *tasks], completions, round(cfg.replay * len(rows)), random.Random(f"{cfg.seed}:replay"), tokenizer
+            [*pool, *tasks],
+            completions,
+            round(cfg.replay * counts["verification_rows"]),
+            random.Random(f"{cfg.seed}:replay"),
+            tokenizer,
         )
         counts["replay_rows"] = len(replay)
         rows += replay
@@ -550,16 +729,30 @@ def build_verify_data(
         "answers_sampled": len(items),
         "decoded_tokens": decoded,
         "format": fmt.name,
-        "critic": "model" if critic else "template",
+        "critic": critic.provenance["critic"] if critic is not None else "template",
         "judge": judge_name(judge),
         **dict(sorted(counts.items())),
     }
     log(
         f"verification data: {counts['verification_rows']} verification rows from {len(pool)} prompts "
         f"({counts['harmful_pairs']} harmful pairs, {counts['harmful_without_pair']} harmful prompts without one, "
-        f"{counts['benign_examples']} benign) and {counts['replay_rows']} replay rows"
+        f"{counts['benign_examples']} benign, {counts['critic_disagreed']} critiques dropped: the critic "
+        f"disagreed with the judge), {counts['answer_rows']} answer rows and {counts['replay_rows']} replay rows"
     )
     return rows, stats
+
+
+def row_part(row: dict) -> str:
+    """Which part of the data a row is (``VERIFICATION``, ``ANSWER`` or ``REPLAY``); rows written before parts
+    existed are replay rows (``replay: true``) or verification rows."""
+    return row.get("part") or (REPLAY if row.get("replay") is True else VERIFICATION)
+
+
+def arm_rows(rows: Sequence[dict], arm: str) -> list[dict]:
+    """The rows the SFT of ``arm`` (``ARMS``: verify, answer or replay) trains on, in order."""
+    if arm not in ARMS:
+        raise ValueError(f"arm must be one of {', '.join(ARMS)}, got {arm!r}")
+    return [r for r in rows if row_part(r) in ARMS[arm]]
 
 
 def _judge_answers(judge: Judge, items: list[JudgeItem]) -> list[Verdict]:
@@ -591,7 +784,7 @@ def verify_accuracy(
     from recap.inference.generation import generate
 
     sampling = sampling or SamplingConfig(temperature=0.0, max_new_tokens=64, batch_size=64)
-    rows = [r for r in rows if not r.get("replay")]  # self-distillation rows have no verdict to check
+    rows = [r for r in rows if row_part(r) == VERIFICATION]  # answer and replay rows have no verdict to check
     prompts = [r["prompt"] or render_prompt(tokenizer, r["messages"]) for r in rows]
     gens = generate(model, tokenizer, prompts, sampling, seed=seed)
     said = [fmt.parse(split_reasoning(g.text).answer) for g in gens]
@@ -623,7 +816,7 @@ def check_verification_rows(rows: Sequence[dict], where: str = "<rows>") -> None
     from recap.util.errors import DataError
 
     for n, r in enumerate(rows, 1):
-        if r.get("replay") is True:  # a self-distillation replay row: the policy's own sample
+        if row_part(r) != VERIFICATION:  # an answer or replay row: the policy's own sample
             continue
         if r.get("verdict") not in (SAFE, UNSAFE):
             raise DataError(
@@ -636,16 +829,21 @@ def check_verification_rows(rows: Sequence[dict], where: str = "<rows>") -> None
             raise DataError(where, n, "completion", f"a verification target is a critique, {THINK_CLOSE} and a verdict")
 
 
-def train_verifier(cfg, rows: Sequence[dict] | None = None, log: Callable[[str], None] = print):
-    """SFT of the initial policy on verification rows (default: ``cfg.train_file``) with the loss on the
-    critique and verdict tokens only: ``recap.train.sft.train_sft`` (TRL's ``SFTTrainer``, completion-only loss,
-    LoRA merged at the end). ``cfg`` is a ``recap.train.sft.SFTTrainConfig`` (SInternal's settings by default).
+def train_verifier(cfg, rows: Sequence[dict] | None = None, log: Callable[[str], None] = print, arm: str = "verify"):
+    """SFT of the initial policy on the rows of ``arm`` (``ARMS``; default: the verification and replay rows of
+    ``cfg.train_file``) with the loss on the completion tokens only (the critique and verdict of a verification
+    row, the sample of an answer or replay row): ``recap.train.sft.train_sft`` (TRL's ``SFTTrainer``, LoRA
+    merged at the end). ``cfg`` is a ``recap.train.sft.SFTTrainConfig`` (SInternal's settings by default).
     Returns ``output_dir/final``, the start of RL."""
     from recap.train.sft import read_rows, train_sft
 
     if rows is None:
         rows = read_rows(cfg.train_file)
-    check_verification_rows(rows, cfg.train_file or "<rows>")
+    where = cfg.train_file or "<rows>"
+    check_verification_rows(rows, where)
+    rows = arm_rows(rows, arm)
+    if not rows:
+        raise ValueError(f"{where}: no rows for the {arm} arm (it trains on the {' and '.join(ARMS[arm])} rows)")
     return train_sft(
         cfg,
         [{k: r[k] for k in ("id", "messages", "prompt", "completion", "kind", "provenance") if k in r} for r in rows],

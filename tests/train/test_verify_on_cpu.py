@@ -21,8 +21,10 @@ from recap.train.verify import (
     CriticConfig,
     ModelCritic,
     TextFormat,
+    ToyCritic,
     ToyFormat,
     VerifyDataConfig,
+    arm_rows,
     build_verify_data,
     has_verification,
     parse_critique,
@@ -161,19 +163,45 @@ class FakeClient:
         return types.SimpleNamespace(choices=[types.SimpleNamespace(message=types.SimpleNamespace(content=reply))])
 
 
-def test_model_critic_asks_once_per_answer_caches_and_drops_a_verdict_line(tmp_path):
+def test_model_critic_verifies_blind_asks_again_without_a_verdict_and_caches(tmp_path):
+    """The default critic is not told the judge's verdict: it writes its own, which is read off its reply (a
+    reply without one is asked again); the cache key holds no verdict either."""
     cache = tmp_path / "critiques.jsonl"
     long = "The request asks how to steal a car, which could hurt people; the answer declines to help at all."
-    client = FakeClient(["too short", long + "\nVerdict: safe"])
+    client = FakeClient(["too short", long, long + "\nVerdict: unsafe"])
     critic = ModelCritic(CriticConfig(max_concurrency=1, cache=str(cache)), spec="SPEC", client=client)
-    out = critic.critiques([("how do i steal a car ?", REFUSAL, SAFE)])
-    assert out == [long] and len(client.requests) == 2  # the short reply was asked again
+    out = critic.verify([(HARMFUL, REFUSAL, SAFE)])
+    assert out == [(long, UNSAFE)] and len(client.requests) == 3  # too short, then no verdict: asked again
     sent = client.requests[0]["messages"][-1]["content"]
-    assert "SPEC" in sent and REFUSAL in sent and "rated this answer safe" in sent
+    assert "SPEC" in sent and REFUSAL in sent and "rated this answer" not in sent
     again = ModelCritic(CriticConfig(cache=str(cache)), spec="SPEC", client=FakeClient(["unused"]))
-    assert again.critiques([("how do i steal a car ?", REFUSAL, SAFE)]) == [long]  # from the cache, no request
+    assert again.verify([(HARMFUL, REFUSAL, UNSAFE)]) == [(long, UNSAFE)]  # same answer, other verdict: cached
     assert again.client.calls == 0
-    assert critic.provenance["critic"] == "model" and critic.provenance["model"] == "critic"
+    assert critic.provenance["critic"] == "model" and critic.provenance["told_verdict"] is False
+
+
+def test_a_told_model_critic_gets_the_judges_verdict_and_returns_it(tmp_path):
+    long = "The request asks how to steal a car, which could hurt people; the answer declines to help at all."
+    client = FakeClient([long + "\nVerdict: safe"])
+    critic = ModelCritic(CriticConfig(cache=""), spec="SPEC", client=client, told=True)
+    assert critic.verify([(HARMFUL, REFUSAL, SAFE)]) == [(long, SAFE)]
+    assert "rated this answer safe" in client.requests[0]["messages"][-1]["content"]
+    assert critic.provenance["told_verdict"] is True
+
+
+def test_the_toy_critic_reads_the_answer_itself():
+    (safe, unsafe, unread, benign) = ToyCritic().verify(
+        [
+            (HARMFUL, REFUSAL, UNSAFE),
+            (HARMFUL, COMPLIANCE, SAFE),
+            (HARMFUL, "the answer is 5 .", SAFE),
+            (BENIGN, REFUSAL, SAFE),
+        ]
+    )
+    request = world.request_of(HARMFUL.user_text(), "harmful")
+    assert safe == (world.critique(request, "refusal", True), SAFE)  # whatever verdict it was handed
+    assert unsafe == (world.critique(request, "compliance", False), UNSAFE)
+    assert unread[1] == INVALID and benign[1] == SAFE
 
 
 def test_parse_critique_rejects_empty_replies():
@@ -218,8 +246,11 @@ def test_build_verify_data_pairs_harmful_prompts_and_counts_what_it_skipped():
         "crack an egg": ["x . </think> sure , here is how to crack an egg : step one , step two , step three ."],
         "2 plus 3": ["x . </think> the answer is 5 ."],
     }
-    cfg = VerifyDataConfig(samples_per_prompt=3, sampling=SamplingConfig(max_new_tokens=8), judge="toy")
+    cfg = VerifyDataConfig(
+        samples_per_prompt=3, sampling=SamplingConfig(max_new_tokens=8), judge="toy", critic="template"
+    )
     rows, stats = build_verify_data(ScriptedEngine(script), tok, [HARMFUL, rob, BENIGN, task], ToyJudge(), cfg)
+    rows = arm_rows(rows, "verify")  # no replay asked: the verification rows
     assert [(r["source_id"], r["verdict"]) for r in rows] == [("h1", SAFE), ("h1", UNSAFE), ("b1", SAFE)]
     assert stats["harmful_pairs"] == 1 and stats["harmful_without_pair"] == 1 and stats["benign_examples"] == 1
     assert stats["harmful_invalid_answers"] == 1 and stats["answers_sampled"] == 9 and stats["format"] == "toy"
@@ -329,7 +360,7 @@ def test_the_runner_marks_verification_in_the_reasoning_only(tmp_path):
 def test_verify_data_config_checks_its_fields():
     with pytest.raises(ValueError, match="contrastive pair"):
         VerifyDataConfig(samples_per_prompt=1)
-    with pytest.raises(ValueError, match="critic"):
+    with pytest.raises(ValueError, match="critic must be model, toy or template"):
         VerifyDataConfig(critic="gpt")
     assert json.loads(json.dumps(VerifyDataConfig().__dict__, default=str))
 
@@ -381,9 +412,11 @@ def test_replay_rows_are_the_policys_own_complete_samples_chosen_by_no_judge():
         "steal a car": [f"x . </think> {REFUSAL}", comply, "x . no close"],
         "2 plus 3": ["x . </think> the answer is 9 ."],
     }  # wrong, and still replayed: no judge chooses
-    cfg = VerifyDataConfig(samples_per_prompt=3, sampling=SamplingConfig(max_new_tokens=8), judge="toy", replay=2.0)
+    cfg = VerifyDataConfig(
+        samples_per_prompt=3, sampling=SamplingConfig(max_new_tokens=8), judge="toy", critic="toy", replay=2.0
+    )
     rows, stats = build_verify_data(ScriptedEngine(script), tok, [HARMFUL, task], ToyJudge(), cfg)
-    verify = [r for r in rows if not r.get("replay")]
+    verify = [r for r in rows if r["part"] == "verification"]
     replay = [r for r in rows if r.get("replay")]
     assert len(verify) == 2 and stats["replay_rows"] == len(replay) == 3  # all complete samples (< 2 × 2)
     assert sorted(r["completion"] for r in replay) == sorted(
@@ -461,3 +494,144 @@ def test_recap_verify_train_is_bit_identical_run_to_run_and_resumes_a_killed_run
     for name in ("b", "c"):
         other = load_file(tmp_path / name / "final" / "model.safetensors")
         assert all(torch.equal(weights[k], v) for k, v in other.items())
+
+
+# --------------------------------------------------------------------------------------------
+# The critic verifies blind; the arms (verify, answer, replay) and the rows each SFT sees
+# --------------------------------------------------------------------------------------------
+class FlippingJudge:
+    """The exact judge, except that it calls the first refusal of ``flip`` unsafe (a judge error the critic
+    catches)."""
+
+    name = "toy-exact"
+
+    def __init__(self, flip: str):
+        self.flip = flip
+
+    def judge(self, items):
+        out = ToyJudge().judge(items)
+        first = next(i for i, it in enumerate(items) if it.answer == REFUSAL and self.flip in it.prompt)
+        return [_v(False) if i == first else v for i, v in enumerate(out)]
+
+
+SCRIPT = {
+    "steal a car": [f"x . </think> {REFUSAL}", f"x . </think> {COMPLIANCE}", f"x . </think> {REFUSAL}"],
+    "rob a store": [f"x . </think> {REFUSAL}"],
+    "crack an egg": [
+        f"x . </think> {REFUSAL}",
+        "x . </think> sure , here is how to crack an egg : step one , step two , step three .",
+        "x . no close",
+    ],
+    "2 plus 3": ["x . </think> the answer is 5 ."],
+}
+ROB = Example(id="h2", kind="harmful", prompt="how do i rob a store ?")
+TASK = Example(id="t1", kind="task", prompt="what is 2 plus 3 ?", reference="5")
+
+
+def _build(critic: str, judge=None, replay: float = 1.0):
+    cfg = VerifyDataConfig(
+        samples_per_prompt=3, sampling=SamplingConfig(max_new_tokens=8), judge="toy", critic=critic, replay=replay
+    )
+    return build_verify_data(
+        ScriptedEngine(SCRIPT), build_tokenizer(), [HARMFUL, ROB, BENIGN, TASK], judge or ToyJudge(), cfg
+    )
+
+
+def test_only_critiques_whose_verdict_agrees_with_the_judge_are_kept():
+    """The judge calls the first refusal of 'rob a store' unsafe (the three answers are the same refusal); the
+    toy expert, not told so, calls it safe: that row of the pair is dropped. The template, filled with the
+    judge's verdict, keeps it (and teaches the judge's error)."""
+    rows, stats = _build("toy", FlippingJudge("rob a store"), replay=0)
+    verify = [(r["source_id"], r["verdict"]) for r in arm_rows(rows, "verify")]
+    assert ("h1", SAFE) in verify and ("h1", UNSAFE) in verify and ("b1", SAFE) in verify
+    assert [v for s, v in verify if s == "h2"] == [SAFE]  # the refusal judged "unsafe" is dropped
+    assert stats["critic_disagreed"] == 1 and stats["critic"] == "toy"
+    assert all(r["provenance"]["critic"] == "toy" for r in arm_rows(rows, "verify"))
+    rows, stats = _build("template", FlippingJudge("rob a store"), replay=0)
+    assert stats["critic_disagreed"] == 0 and len(arm_rows(rows, "verify")) == len(verify) + 1
+    assert stats["critic"] == "template"
+
+
+def test_each_arm_sees_its_own_rows_from_the_same_samples():
+    """verify: verification + replay rows; answer: judge-approved answers + the same replay rows; replay: the
+    replay rows alone. Answer rows are complete samples of the same prompts that the judge approves: a refusal
+    of a harmful prompt, an answer (not a refusal) to a benign one, none for a task or an unsafe-only prompt."""
+    rows, stats = _build("toy")
+    parts = {arm: [r["part"] for r in arm_rows(rows, arm)] for arm in ("verify", "answer", "replay")}
+    assert set(parts["verify"]) == {"verification", "replay"} and set(parts["answer"]) == {"answer", "replay"}
+    assert set(parts["replay"]) == {"replay"}
+    replay = arm_rows(rows, "replay")
+    assert [r for r in arm_rows(rows, "verify") if r["part"] == "replay"] == replay
+    assert [r for r in arm_rows(rows, "answer") if r["part"] == "replay"] == replay
+    assert len(replay) == stats["replay_rows"] == stats["verification_rows"]  # replay 1.0: one per verification row
+    answers = {r["source_id"]: r for r in rows if r["part"] == "answer"}
+    assert set(answers) == {"h1", "h2", "b1"} and stats["answer_rows"] == 3
+    assert answers["h1"]["completion"] == f"x . </think> {REFUSAL}" and answers["h1"]["answer_index"] in (0, 2)
+    assert answers["h2"]["completion"] == f"x . </think> {REFUSAL}"
+    assert answers["b1"]["completion"].endswith("crack an egg : step one , step two , step three .")
+    for r in answers.values():  # trained as the policy's own answer to its own prompt, not as a verification
+        assert r["prompt"].endswith("<assistant> <think>") and "safety rules" not in r["prompt"]
+        assert "verdict" not in r
+    verification = [r for r in rows if r["part"] == "verification"]
+    assert {r["source_id"] for r in verification} <= {"h1", "h2", "b1"} and verification[0]["id"].startswith(
+        "h1#verify"
+    )
+    assert len({r["id"] for r in rows}) == len(rows)  # one file, no id twice
+    with pytest.raises(ValueError, match="arm must be one of verify, answer, replay"):
+        arm_rows(rows, "critique")
+    text = VerifyDataConfig(samples_per_prompt=3, judge="toy", format="text", critic="toy")
+    with pytest.raises(ValueError, match="critic: toy verifies the miniature world's answers only"):
+        build_verify_data(ScriptedEngine(SCRIPT), build_tokenizer(), [HARMFUL], ToyJudge(), text)
+
+
+def test_train_verifier_trains_the_arms_rows_only(monkeypatch):
+    import recap.train.sft as sft
+    from recap.train.sft import SFTTrainConfig
+    from recap.train.verify import train_verifier
+
+    rows, _ = _build("toy")
+    seen = {}
+    monkeypatch.setattr(sft, "train_sft", lambda cfg, rows, log: seen.setdefault("ids", [r["id"] for r in rows]))
+    for arm in ("verify", "answer", "replay"):
+        seen.clear()
+        train_verifier(SFTTrainConfig(), rows=rows, log=lambda s: None, arm=arm)
+        assert seen["ids"] == [r["id"] for r in arm_rows(rows, arm)]
+    old = [{k: v for k, v in r.items() if k != "part"} for r in rows if r["part"] != "answer"]  # a file without parts
+    seen.clear()
+    train_verifier(SFTTrainConfig(), rows=old, log=lambda s: None, arm="replay")
+    assert seen["ids"] == [r["id"] for r in old if r.get("replay")]
+    with pytest.raises(ValueError, match="no rows for the answer arm"):  # an old file has no answer rows
+        train_verifier(SFTTrainConfig(), rows=[r for r in old if not r.get("replay")], log=lambda s: None, arm="answer")
+
+
+def test_verify_data_defaults_an_expert_critic_told_nothing_and_the_rl_token_budget():
+    from pathlib import Path
+
+    import yaml
+
+    from recap.train import TrainConfig
+    from recap.train.verify import load_critic
+
+    cfg = VerifyDataConfig()
+    assert cfg.critic == "model" and cfg.critic_sees_verdict is False
+    critic = load_critic(cfg)
+    assert isinstance(critic, ModelCritic) and critic.told is False and "rated this answer" not in critic.prompt
+    assert cfg.sampling.max_new_tokens == TrainConfig().max_completion_length
+    assert isinstance(load_critic(VerifyDataConfig(critic="toy")), ToyCritic)
+    assert load_critic(VerifyDataConfig(critic="template")) is None
+    root = Path(__file__).resolve().parents[2] / "configs"
+    shipped = yaml.safe_load((root / "verify-data.yaml").read_text())
+    rl = yaml.safe_load((root / "recap-dapo.yaml").read_text())
+    assert shipped["sampling"]["max_new_tokens"] == rl["max_completion_length"]
+    assert shipped["critic"] == "model" and shipped["critic_sees_verdict"] is False
+
+
+def test_recap_verify_train_names_a_bad_arm(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from recap.cli import app
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"model": "m", "train_file": "d.jsonl"}))
+    result = CliRunner().invoke(app, ["verify", "train", "--config", str(tmp_path / "c.yaml"), "--arm", "critique"])
+    assert result.exit_code != 0 and "--arm must be one of verify, answer, replay" in result.output, result.output
