@@ -240,6 +240,7 @@ class RecapTrainer(GRPOTrainer):
         self._last_rewards: torch.Tensor | None = None
         self._last_completions: list[str] = []
         self._last_verdicts: list | None = None
+        self._trained_groups: set | None = None  # this step's trained (round, local group); None: every group
         self._row_budgets: list[int] | None = None
         self._dataset_ids: list | None = None
         self._step_rounds: list[tuple[list[dict], torch.Tensor, list[str], list | None]] = []
@@ -338,7 +339,7 @@ class RecapTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         if not self.model.training:
             return super()._generate_and_score_completions(inputs)
-        self._step_rounds, self._decoded_tokens = [], 0
+        self._step_rounds, self._decoded_tokens, self._trained_groups = [], 0, None
         if not self.dynamic_sampling:
             batch, out, _, texts = self._round(inputs)
             self._planner_step([(batch, texts)])
@@ -702,15 +703,23 @@ class RecapTrainer(GRPOTrainer):
                 metrics["prefill/gated_words"].append(self.planner.gate.length)
 
     def _selfreset_step(self) -> None:
-        """Cut and re-queue from every round of the step (Self-ReSET), once per step, and log it."""
+        """Cut and re-queue from the groups the step trains on (Self-ReSET, as the reference scans the rollouts
+        it trains on), once per step, and log it. With dynamic sampling, a group it dropped, or a kept group
+        beyond the step's quota, is not trained and not scanned."""
         if self.selfreset is None:
             return
-        rows = [row for batch, _, _, _ in self._step_rounds for row in batch]
-        texts = [t for _, _, ts, _ in self._step_rounds for t in ts]
-        rewards = [float(x) for _, total, _, _ in self._step_rounds for x in total.tolist()]
-        verdicts = None
-        if all(v is not None for _, _, _, v in self._step_rounds):
-            verdicts = [v for _, _, _, vs in self._step_rounds for v in vs]
+        size, rows, texts, rewards, verdicts = self.num_generations, [], [], [], []
+        for r, (batch, total, ts, vs) in enumerate(self._step_rounds):
+            for g in range(len(batch) // size):
+                if self._trained_groups is not None and (r, g) not in self._trained_groups:
+                    continue
+                part = slice(g * size, (g + 1) * size)
+                rows += batch[part]
+                texts += ts[part]
+                rewards += [float(x) for x in total[part].tolist()]
+                verdicts += list(vs[part]) if vs is not None else [None] * size
+        if any(v is None for v in verdicts):
+            verdicts = None
         found = self.selfreset.harvest(rows, texts, rewards, verdicts, self.state.global_step)
         metrics = self._metrics["train"]
         metrics["selfreset/queue_size"].append(found["queue"])
@@ -766,6 +775,7 @@ class RecapTrainer(GRPOTrainer):
             extra += 1
             batch = self._refill(quota, used, extra)
         signal = kept[:quota]
+        self._trained_groups = set(signal)  # (round, local group): what Self-ReSET scans (fillers are not trained)
         out = self._assemble([r[1] for r in rounds], signal + flat[: quota - len(signal)], len(signal))
         self._planner_step([(b, t) for b, _, t in rounds])
         effective = self.accelerator.gather(torch.tensor(float(len(signal)), device=self.accelerator.device))

@@ -537,3 +537,46 @@ def test_binary_rewards_as_self_reset_gives_them():
     judge = load_judge("binary:toy")
     assert judge.name == "binary:toy-exact"
     assert [v.score for v in judge.judge([JudgeItem("x", "the answer is 3 .", "harmful")])] == [0.0]  # invalid
+
+
+def test_only_the_groups_the_step_trains_on_are_scanned(tmp_path):
+    """With dynamic sampling, a group it drops is not trained, so Self-ReSET does not scan it (the reference
+    scans the rollouts it trains on): h0's rewards are all 0 (dropped), h1's have a spread (trained)."""
+    from datasets import Dataset
+
+    from recap.data.examples import Example
+    from recap.toy.model import ToyModelConfig, build_model
+    from recap.train import RecapTrainer, TrainConfig, grpo_config, rl_rows
+
+    tok = build_tokenizer()
+    cfg = TrainConfig(
+        output_dir=str(tmp_path),
+        num_generations=G,
+        prompts_per_step=2,
+        max_steps=1,
+        max_completion_length=5,
+        use_cpu=True,
+        save_steps=100,
+    )
+    examples = [Example(id=f"h{i}", kind="harmful", prompt=f"how do i steal a car {i} ?") for i in range(2)]
+    rows = rl_rows(examples, tok)
+    sr_cfg = SelfResetConfig(skip_zero_variance=False)  # so a scanned flat group would count
+    planner = SelfResetPlanner(sr_cfg, lambda m, t: render_prompt(tok, m, t), stream_cutter(ToyTokenJudge(), sr_cfg), G)
+
+    def reward(completions, prompts=None, **kw):  # h0: all 0; h1: 0 and 1
+        return [0.0 if "car 0" in str(p) else float(i % 2) for i, p in enumerate(prompts)]
+
+    trainer = RecapTrainer(
+        model=build_model(tok, ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), 0),
+        processing_class=tok,
+        reward_funcs=[reward],
+        args=grpo_config(cfg),
+        train_dataset=Dataset.from_list(rows),
+        selfreset=planner,
+        dynamic_sampling=True,
+        max_extra_rounds=0,
+    )
+    trainer.model.train()
+    trainer._generate_and_score_completions([dict(rows[0]) for _ in range(G)] + [dict(rows[1]) for _ in range(G)])
+    assert trainer._trained_groups == {(0, 1)}
+    assert planner.history[-1]["scanned_groups"] == 1  # h1 only; before, the dropped h0 was scanned too
