@@ -342,6 +342,12 @@ def ordered(metrics: Iterable[str]) -> list[str]:
     judged-unsafe share, then the refusal rate."""
 
     def key(m: str):
+        extra = _EXTRA.fullmatch(m)
+        if extra:  # a second judge's: by judge, then condition as the attacks are ordered, safety before harm
+            name, what, cond = extra.groups()
+            stem = "ipr" if re.fullmatch(r"ipr\d+", cond) else cond
+            where = _CONDITIONS.index(stem) if stem in _CONDITIONS else len(_CONDITIONS)
+            return (1, len(METRICS), [where, *[int(x) for x in re.findall(r"\d+", cond)]], what != "safety", m)
         nums = [int(x) for x in re.findall(r"\d+", m)]
         kind = 0 if m.startswith("safety_") else 2 if m.startswith("refusal_rate_") else 1  # within a condition
         if m == "hijack_complete":

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from recap.cli import app
 from recap.data.examples import Example
 from recap.data.prefills import PrefillConfig
-from recap.eval.metrics import compute_metrics, describe, higher_is_better
+from recap.eval.metrics import compute_metrics, describe, higher_is_better, ordered
 from recap.eval.runner import EvalConfig
 from recap.eval.store import ResultStore
 from recap.eval.suite import SuiteConfig, check_prefill_provenance, load_suite, suite_table
@@ -220,6 +220,14 @@ def test_second_judge_metrics_leave_malformed_answers_out_of_the_mean_and_never_
     assert m["safety_prefill"] + m["attack_prefill_success"] + m["invalid_prefill"] == pytest.approx(1.0)
     assert higher_is_better("extra_strongreject_harm_prefill") is False
     assert "second judge strongreject" in describe("extra_strongreject_safety_prefill")
+    # reported in the attacks' order, whatever the set order: clean, prefill, IPR rounds, hijack
+    names = ["extra_sr_harm_hijack", "extra_sr_safety_ipr3", "extra_sr_harm_prefill", "extra_sr_safety_clean"]
+    assert ordered(names) == [
+        "extra_sr_safety_clean",
+        "extra_sr_harm_prefill",
+        "extra_sr_safety_ipr3",
+        "extra_sr_harm_hijack",
+    ]
 
 
 # -- provenance of the evaluation prefills -----------------------------------------------------------------
