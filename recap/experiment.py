@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from recap.util.config import load_config
+from recap.util.config import load_config, split_overrides
 
 JUDGE_DATA = [
     "../shared/datasets/judge/xstest_v2_completions_gpt4.csv",
@@ -1036,25 +1036,12 @@ def report(cfg: ExperimentConfig, timings: Timings, t0: float, c0: float) -> dic
     return numbers
 
 
-def split_overrides(sets: list[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """``--set`` items for this config, and those for a sub-config (``train.max_steps=10``) by sub-config."""
-    overrides: dict[str, list[str]] = {}
-    own = []
-    for s in sets:
-        head, _, rest = s.partition(".")
-        if head in SUBCONFIGS and rest and "=" in rest and "=" not in head:
-            overrides.setdefault(head, []).append(rest)
-        else:
-            own.append(s)
-    return own, overrides
-
-
 def run_experiment(config: str | Path | None, sets: list[str], until: str = "") -> dict | None:
     """``recap experiment``: load the config (``--set`` applied) and run or resume it; ``until`` stops after
     that stage."""
     if until and until not in STAGES:
         raise ValueError(f"--until: unknown stage {until!r} (stages: {', '.join(STAGES)})")
-    own, overrides = split_overrides(sets)
+    own, overrides = split_overrides(sets, SUBCONFIGS)
     cfg = load_config(ExperimentConfig, config, own)
     for name in SUBCONFIGS:  # every sub-config loads (and its overrides apply) before hours of work start
         load_sub(cfg, name, overrides)

@@ -9,18 +9,19 @@ import pytest
 
 from recap.data.examples import Example, write_examples
 from recap.experiment import (
+    SUBCONFIGS,
     ExperimentConfig,
     conditions,
     make_plan,
     plan_markdown,
     reached,
     run_experiment,
-    split_overrides,
     sweep_lengths,
     training_schedule,
     verdict,
 )
 from recap.report.comparison import compare
+from recap.util.config import split_overrides
 
 
 def _recovery(*rates):
@@ -164,7 +165,7 @@ def test_reached_sums_the_signal_per_run(tmp_path):
 
 
 def test_overrides_reach_the_sub_configs_and_bad_input_is_named(tmp_path):
-    own, subs = split_overrides(["out=x", "train.max_steps=3", "eval.eval.seed=2", "seeds=[0]"])
+    own, subs = split_overrides(["out=x", "train.max_steps=3", "eval.eval.seed=2", "seeds=[0]"], SUBCONFIGS)
     assert own == ["out=x", "seeds=[0]"] and subs == {"train": ["max_steps=3"], "eval": ["eval.seed=2"]}
     with pytest.raises(ValueError, match="--until: unknown stage 'bogus'"):
         run_experiment(None, [], until="bogus")

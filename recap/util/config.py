@@ -438,6 +438,20 @@ def _utf8_text(path: Path) -> str:
         ) from None
 
 
+def split_overrides(sets: list[str], sections: tuple[str, ...]) -> tuple[list[str], dict[str, list[str]]]:
+    """``--set`` items for this config, and those addressed to a separately loaded section (``train.max_steps=10``
+    for a sub-config ``train``; ``endpoint.timeout_s=30``) by section, with the section name taken off."""
+    overrides: dict[str, list[str]] = {}
+    own = []
+    for s in sets:
+        head, _, rest = s.partition(".")
+        if head in sections and rest and "=" in rest and "=" not in head:
+            overrides.setdefault(head, []).append(rest)
+        else:
+            own.append(s)
+    return own, overrides
+
+
 def load_config(
     cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None, defaults: dict | None = None
 ) -> T:
