@@ -746,11 +746,12 @@ def _comparison_plot(per_seed: dict, costs: dict, methods: list[str], label: dic
         fontsize="small",
     )
     ax.set_ylabel("%")
-    ax.set_ylim(0, 105)
+    ax.set_ylim(0, 118)  # room above the bars for the legend, which must not cover them
+    ax.set_yticks(range(0, 101, 20))
     ax.set_title(
         "Judged safe under each attack (share of all samples), accuracy, reflection, verification: higher is better"
     )
-    ax.legend(fontsize="small", ncol=3)
+    ax.legend(fontsize="small", ncol=len(methods), loc="upper center", frameon=False)
     trained = [m for m in methods if m in costs]
     for axis, key, title in (
         (ax_s, "rl_seconds_per_step", "RL seconds per step"),
