@@ -14,6 +14,13 @@ family); ``worst`` is the minimum of the two XSTest directions and ``own held ou
 chosen by ``worst`` (then by the mean of those three).
 
     python benchmarks/judge_accuracy.py [--data-dir ../shared/datasets/judge] [--json out.json]
+    python benchmarks/judge_accuracy.py --variants default --finetune [--finetune-columns all]
+
+``--finetune`` adds the fine-tuned MiniLM (``recap.rewards.finetuned.fit_finetuned_judge``, fitted with
+the shipped set, saved as a folder, loaded with ``load_judge("classifier:FOLDER")``) on the two XSTest
+directions (``--finetune-columns all``: the six family columns too; 2–15 minutes a fit on 2 CPU
+cores, by load), with its fit seconds; ``--variants default`` keeps only the rules, the old and the new default
+of the embedding classifier.
 
 Embeddings are computed once per (text, token limit) (an in-process cache around the encoder), so the
 many variants cost one encoding pass; every judge is fitted, saved, loaded and scored through the
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -36,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recap.rewards.classifier import (  # noqa: E402
+    DEFAULT_ABSTAIN,
     DEFAULT_CLASSES,
     DEFAULT_FEATURES,
     DEFAULT_OVERRIDE,
@@ -44,7 +53,14 @@ from recap.rewards.classifier import (  # noqa: E402
     fit_refusal_judge,
 )
 from recap.rewards.encoder import SentenceEncoder, get_encoder  # noqa: E402
-from recap.rewards.judges import RULE_FAMILIES, RuleJudge, explicit_refusal, refusal_verdict  # noqa: E402
+from recap.rewards.judges import (  # noqa: E402
+    REFUSAL,
+    RULE_FAMILIES,
+    JudgeItem,
+    RuleJudge,
+    explicit_refusal,
+    refusal_verdict,
+)
 from recap.rewards.labelled import BUILTIN_LABELS, read_labelled_completions  # noqa: E402
 
 FILES = {"gpt4": "xstest_v2_completions_gpt4.csv", "llama2new": "xstest_v2_completions_llama2new.csv"}
@@ -110,11 +126,61 @@ def _write_subset(path: Path, src: Path, keep) -> Path:
     return path
 
 
+def _band_stats(judge, test: Path) -> dict:
+    """With the abstain band ``DEFAULT_ABSTAIN``: the share of answers that abstain (score 0.5) and the
+    binary accuracy on the others."""
+    rows = read_labelled_completions(test)
+    judge.abstain = DEFAULT_ABSTAIN
+    try:
+        verdicts = judge.judge([JudgeItem(r.prompt, r.completion, "harmful") for r in rows])
+    finally:
+        judge.abstain = None
+    kept = [(v.label == REFUSAL) == r.refused for v, r in zip(verdicts, rows) if "abstained" not in (v.rationale or "")]
+    return {"abstained": 1 - len(kept) / len(rows), "accuracy_outside": float(np.mean(kept)) if kept else float("nan")}
+
+
+def _finetune_row(args, columns: dict, tmp: Path) -> dict:
+    """The fine-tuned MiniLM, fitted (with the shipped set) per column, saved, loaded by its spec, scored."""
+    from recap.rewards.factory import load_judge
+    from recap.rewards.finetuned import FINETUNE_DEFAULTS, fit_finetuned_judge
+
+    epochs = FINETUNE_DEFAULTS["epochs"] if args.finetune_epochs is None else args.finetune_epochs
+    max_length = args.finetune_max_length or FINETUNE_DEFAULTS["max_length"]
+    row: dict = {
+        "judge": f"finetuned MiniLM ({epochs:g} epochs, {max_length} tokens, +own)",
+        "method": "finetune",
+        "epochs": epochs,
+        "max_length": max_length,
+        "fit_seconds": {},
+        "brier": {},
+    }
+    cols = list(columns)[:2] if args.finetune_columns == "xstest" else list(columns)
+    for c in cols:
+        _, with_own, test = columns[c]
+        out = tmp / "finetuned"
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.perf_counter()
+        fit_finetuned_judge(with_own, out, builtin=False, epochs=epochs, max_length=max_length, seed=args.seed)
+        row["fit_seconds"][c] = time.perf_counter() - t
+        judge = load_judge(f"classifier:{out}")
+        res = evaluate_refusal_judge(judge, test)
+        row[c], row["brier"][c] = res["accuracy"], res["brier"]
+        row.setdefault("band", {})[c] = _band_stats(judge, test)
+        print(f"    finetuned {c}: {res['accuracy']:.3f} (fit {row['fit_seconds'][c]:.0f} s)", flush=True)
+    return row
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets" / "judge"))
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--variants", choices=("all", "default"), default="all", help="embedding-classifier rows")
+    ap.add_argument("--finetune", action="store_true", help="add the fine-tuned MiniLM (minutes per fit)")
+    ap.add_argument("--finetune-columns", choices=("xstest", "all"), default="xstest")
+    ap.add_argument("--finetune-epochs", type=float, default=None, help="default: FINETUNE_DEFAULTS")
+    ap.add_argument("--finetune-max-length", type=int, default=None, help="default: FINETUNE_DEFAULTS")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the fine-tuned fits")
     args = ap.parse_args(argv)
     data = Path(args.data_dir)
     paths = {k: data / v for k, v in FILES.items()}
@@ -176,7 +242,12 @@ def main(argv=None) -> int:
                 },
             }
         )
-        for name, feats, over, classes, own in VARIANTS:
+        variants = (
+            VARIANTS
+            if args.variants == "all"
+            else [v for v in VARIANTS if v[0].lower().startswith(("old default", "new default"))]
+        )
+        for name, feats, over, classes, own in variants:
             row: dict = {
                 "judge": name,
                 "features": feats,
@@ -201,15 +272,23 @@ def main(argv=None) -> int:
                 judge = EmbeddingRefusalJudge.load(out, encoder=enc)  # type: ignore[arg-type]
                 res = evaluate_refusal_judge(judge, test)
                 row[c], row["C"][c], row["brier"][c] = res["accuracy"], judge.meta["classifier"]["C"], res["brier"]
+                if name.startswith("NEW DEFAULT") and c in list(columns)[:2]:
+                    row.setdefault("band", {})[c] = _band_stats(judge, test)
             results.append(row)
             print(f"  fitted {name} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        if args.finetune:
+            results.append(_finetune_row(args, columns, tmp))
+            print(f"  fitted the fine-tuned MiniLM ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     keys = list(columns)
     fam_keys = keys[2:]
     for r in results:
-        r["own held out"] = sum(r[k] * sizes[k] for k in fam_keys) / sum(sizes[k] for k in fam_keys)
-        main3 = [r[keys[0]], r[keys[1]], r["own held out"]]
-        r["worst"], r["mean"] = min(main3), float(np.mean(main3))
+        if all(k in r for k in fam_keys):
+            r["own held out"] = sum(r[k] * sizes[k] for k in fam_keys) / sum(sizes[k] for k in fam_keys)
+        main3 = [r.get(keys[0], np.nan), r.get(keys[1], np.nan), r.get("own held out", np.nan)]
+        r["worst"], r["mean"] = float(np.min(main3)), float(np.mean(main3))
+        for k in [*keys, "own held out"]:
+            r.setdefault(k, float("nan"))  # not measured (printed as nan)
     w = max(len(r["judge"]) for r in results)
     cols = keys + ["own held out", "worst", "mean"]
     print(f"\n{len(enc.cache)} distinct encodings, {time.perf_counter() - t0:.0f} s in all\n")
@@ -217,6 +296,23 @@ def main(argv=None) -> int:
     print(f"|{'-' * (w + 2)}|" + "|".join("-" * (len(c) + 2) for c in cols) + "|")
     for r in results:
         print(f"| {r['judge']:<{w}} | " + " | ".join(f"{r[c]:>{len(c)}.3f}" for c in cols) + " |")
+    for r in results:
+        if "band" in r:
+            print(
+                f"abstain band {DEFAULT_ABSTAIN}, {r['judge']}: "
+                + ", ".join(
+                    f"{k} {v['abstained']:.1%} abstain, {v['accuracy_outside']:.3f} on the rest"
+                    for k, v in r["band"].items()
+                )
+            )
+    if args.finetune:
+        ft = results[-1]
+        print(
+            "fine-tuned: fit seconds per column "
+            + ", ".join(f"{k} {v:.0f}" for k, v in ft["fit_seconds"].items())
+            + "; Brier "
+            + ", ".join(f"{k} {v:.3f}" for k, v in ft["brier"].items())
+        )
     learned = [r for r in results if "features" in r]
     best = max(learned, key=lambda r: (r["worst"], r["mean"]))
     print(f"\nbest worst-column accuracy: {best['judge']} (worst {best['worst']:.3f}, mean {best['mean']:.3f})")

@@ -1,11 +1,13 @@
 """Answers per second of the rule judge and the embedding-classifier judge, on CPU, from one run.
 
     python benchmarks/judge_throughput.py [--data-dir ../shared/datasets/judge] [--threads 2] [--batch-size 32]
+                                          [--judge classifier:runs/judge/refusal-minilm-ft ...]
 
 Both judges score the same answers: the 900 XSTest v2 completions (GPT-4 and Llama-2), as batched
 ``judge(items)`` calls of ``--batch-size`` items (the classifier encodes each call's answers in one
 batch). The classifier is fitted first (not timed) on the GPT-4 completions; the encoder is loaded
-before timing.
+before timing. Each ``--judge SPEC`` (e.g. a fine-tuned folder, ``classifier:FOLDER``) is loaded with
+``load_judge`` and timed the same way, in the same run, after the classifier.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def main(argv=None) -> int:
         help="tokens of each answer the encoder reads (default: the encoder's 256)",
     )
     ap.add_argument("--min-seconds", type=float, default=2.0, help="repeat the rule judge at least this long")
+    ap.add_argument("--judge", action="append", default=[], help="also time this fitted judge spec (repeatable)")
     args = ap.parse_args(argv)
     import torch
 
@@ -63,7 +66,17 @@ def main(argv=None) -> int:
 
     rule_rate, rn, rdt = _rate(RuleJudge(), items, args.batch_size, args.min_seconds)
     clf_rate, cn, cdt = _rate(judge, items, args.batch_size, 0.0)  # one pass over the 900 answers
+    from recap.rewards.factory import load_judge
+
+    extra = []
+    for spec in args.judge:
+        j = load_judge(spec)
+        if hasattr(j, "batch_size"):
+            j.batch_size = args.batch_size
+        j.judge(items[: args.batch_size])  # warm-up
+        extra.append((spec, *_rate(j, items, args.batch_size, 0.0)))
     ml = f" --max-length {args.max_length}" if args.max_length else ""
+    ml += "".join(f" --judge {spec}" for spec in args.judge)
     print(
         f"reproduce: python benchmarks/judge_throughput.py --threads {args.threads} --batch-size {args.batch_size}{ml}"
     )
@@ -74,6 +87,8 @@ def main(argv=None) -> int:
     print("| judge | answers/s | answers timed | seconds |\n|---|---|---|---|")
     print(f"| rules (recap family) | {rule_rate:,.0f} | {rn} | {rdt:.2f} |")
     print(f"| classifier ({judge.features}) | {clf_rate:,.1f} | {cn} | {cdt:.2f} |")
+    for spec, rate, n, dt in extra:
+        print(f"| {spec} | {rate:,.1f} | {n} | {dt:.2f} |")
     print(f"ratio rules/classifier: {rule_rate / clf_rate:,.0f}x")
     return 0
 

@@ -200,12 +200,12 @@ def demo(
     compare: bool = typer.Option(
         False,
         "--compare",
-        help="Compare vanilla, RECAP, Self-ReSET, verification SFT + GRPO and verification SFT + RECAP (same RL budget and seeds), add H-CoT, unseen-generator prefills and the adaptive attacker's worst case to the evaluation, and write comparison.md / comparison.png.",
+        help="Compare vanilla, RECAP, Self-ReSET, replay-only SFT + GRPO, answer SFT + GRPO, verification SFT + GRPO and verification SFT + RECAP (same RL budget and seeds; each supervised stage's extra cost in equivalent RL steps), add H-CoT, unseen-generator prefills and the adaptive attacker's worst case to the evaluation, and write comparison.md / comparison.png.",
     ),
     methods: Optional[str] = typer.Option(
         None,
         "--methods",
-        help="Comma-separated methods to train instead of the preset's: vanilla, recap, on_policy, mixed, self_reset, verify_grpo, verify_recap.",
+        help="Comma-separated methods to train instead of the preset's: vanilla, recap, on_policy, mixed, self_reset, verify_grpo, verify_recap, answer_grpo, answer_recap, replay_grpo.",
     ),
     config: Optional[Path] = typer.Option(None, help="YAML DemoConfig."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
@@ -354,13 +354,17 @@ def eval_(
         raise ConfigError("give --suite FILE, or --model, --data and --results")
     from recap.data.examples import read_examples
     from recap.inference.engines import EndpointConfig, load_engine
+    from recap.util.config import split_overrides
 
     # ``--set endpoint.timeout_s=30`` (any EndpointConfig field) goes to the served model's endpoint, the
     # rest to the EvalConfig, as in a suite.
-    endpoint_sets = [s.partition(".")[2] for s in set_ if s.startswith("endpoint.")]
-    cfg = load_config(EvalConfig, config, [s for s in set_ if not s.startswith("endpoint.")])
+    own, sections = split_overrides(set_, ("endpoint",))
+    cfg = load_config(EvalConfig, config, own)
     endpoint_cfg = load_config(
-        EndpointConfig, None, endpoint_sets, defaults={"base_url": base_url or "", "model": served_model or ""}
+        EndpointConfig,
+        None,
+        sections.get("endpoint", []),
+        defaults={"base_url": base_url or "", "model": served_model or ""},
     )
     examples = read_examples(data)[:limit]
     judges = load_judges(judge or "rules")  # a bad judge fails before the model loads
@@ -641,14 +645,21 @@ def judge_fit(
     data: list[Path] = typer.Option(
         ..., "--data", help="Labelled completions (XSTest format: prompt, completion, final_label). Repeatable."
     ),
-    out_file: Path = typer.Option(..., "--out", help="Where to save the fitted judge (.npz)."),
+    out_file: Path = typer.Option(
+        ..., "--out", help="Where to save the fitted judge: a .npz file (embedding) or a folder (finetune)."
+    ),
+    method: str = typer.Option(
+        "embedding",
+        help="'embedding' (logistic regression on frozen MiniLM features, one .npz) or 'finetune' (MiniLM "
+        "fine-tuned end to end, a folder; a few minutes on 2 CPU cores).",
+    ),
     features: Optional[str] = typer.Option(
         None,
-        help="Feature blocks joined by '+': answer (required), opening, prompt, rules, flags (default: classifier.DEFAULT_FEATURES).",
+        help="embedding: feature blocks joined by '+': answer (required), opening, prompt, rules, flags (default: classifier.DEFAULT_FEATURES).",
     ),
     override: Optional[str] = typer.Option(
         None,
-        help="Rule whose match forces 'refusal': explicit, recap, xstest, gcg, or 'none' (default: classifier.DEFAULT_OVERRIDE).",
+        help="embedding: rule whose match forces 'refusal': explicit, recap, xstest, gcg, or 'none' (default: classifier.DEFAULT_OVERRIDE).",
     ),
     classes: Optional[str] = typer.Option(
         None, help="'partial' (compliance / full / partial refusal) or 'binary' (default: classifier.DEFAULT_CLASSES)."
@@ -658,10 +669,52 @@ def judge_fit(
         "--builtin/--no-builtin",
         help="Also fit on the labelled set shipped with recap (recap/rewards/data/refusal_labels.csv).",
     ),
+    epochs: Optional[float] = typer.Option(None, help="finetune: passes over the data (default 3)."),
+    max_length: Optional[int] = typer.Option(None, help="finetune: tokens of each answer read (default 128)."),
+    seed: int = typer.Option(0, help="Random seed (finetune: initialisation and batch order)."),
+    abstain: Optional[str] = typer.Option(
+        None,
+        help="Abstain band 'LO,HI' saved with the judge: a P(refusal) inside it scores 0.5 (e.g. 0.35,0.65; default: none).",
+    ),
 ):
-    """Fit the offline refusal classifier (MiniLM embeddings + logistic regression) and save it."""
+    """Fit the offline refusal classifier (MiniLM embeddings + logistic regression, or MiniLM fine-tuned) and save it."""
     from recap.rewards import classifier
 
+    band = classifier.check_abstain(abstain)
+    if method == "finetune":
+        from recap.rewards import finetuned
+
+        d = finetuned.FINETUNE_DEFAULTS
+        if features is not None or override is not None:
+            raise typer.BadParameter("--features and --override apply to --method embedding only")
+        ft = finetuned.fit_finetuned_judge(
+            [str(p) for p in data],
+            out_file,
+            classes=classes or classifier.DEFAULT_CLASSES,
+            builtin=builtin,
+            epochs=d["epochs"] if epochs is None else epochs,
+            max_length=max_length or d["max_length"],
+            seed=seed,
+            abstain=band,
+        )
+        out.print_json(
+            json.dumps(
+                {
+                    "out": str(out_file),
+                    "method": "finetune",
+                    "n": ft.meta["training"]["n"],
+                    "classes": list(ft.classes),
+                    "max_length": ft.max_length,
+                    "epochs": ft.meta["training"]["epochs"],
+                    "abstain": ft.meta["abstain"],
+                }
+            )
+        )
+        return
+    if method != "embedding":
+        raise typer.BadParameter(f"unknown method {method!r} (expected embedding or finetune)")
+    if epochs is not None or max_length is not None:
+        raise typer.BadParameter("--epochs and --max-length apply to --method finetune only")
     over = classifier.DEFAULT_OVERRIDE if override is None else (None if override == "none" else override)
     judge = classifier.fit_refusal_judge(
         [str(p) for p in data],
@@ -670,16 +723,20 @@ def judge_fit(
         override=over,
         classes=classes or classifier.DEFAULT_CLASSES,
         builtin=builtin,
+        seed=seed,
+        abstain=band,
     )
     out.print_json(
         json.dumps(
             {
                 "out": str(out_file),
+                "method": "embedding",
                 "n": judge.meta["training"]["n"],
                 "features": judge.features,
                 "classes": list(judge.classes),
                 "override": judge.override,
                 "C": judge.meta["classifier"]["C"],
+                "abstain": judge.meta["abstain"],
             }
         )
     )
@@ -751,22 +808,23 @@ def verify_data(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
     """Sample answers of the initial policy, judge them, keep contrastive pairs (harmful) and one answer
-    (benign), and write critique + verdict targets (template or a stronger model)."""
+    (benign), and write critique + verdict targets (a stronger model verifying blind, kept when it agrees with
+    the judge; or a template), with the answer-SFT and replay rows of the same samples."""
     from recap.data.benchmarks import load_benchmark
     from recap.inference.engines import load_engine
     from recap.rewards.factory import load_judges
-    from recap.train.verify import ModelCritic, VerifyDataConfig, build_verify_data
+    from recap.train.verify import VerifyDataConfig, build_verify_data
 
     cfg = load_config(VerifyDataConfig, config, set_)
     examples = list(load_benchmark(file, format=format, limit=limit))
     mdl, tok = load_engine(engine, model)
-    critic = ModelCritic(cfg.critic_endpoint, cfg.spec) if cfg.critic == "model" else None
-    rows, stats = build_verify_data(mdl, tok, examples, load_judges(cfg.judge, cfg.judges), cfg, critic, log=note)
+    rows, stats = build_verify_data(mdl, tok, examples, load_judges(cfg.judge, cfg.judges), cfg, log=note)
     write_text(out_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     write_text(Path(f"{out_file}.stats.json"), json.dumps({**stats, "model": model, "source": file}, indent=1))
     out.print(
         f"{out_file}: {stats['verification_rows']} verification examples ({stats.get('harmful_pairs', 0)} harmful "
-        f"pairs, {stats.get('benign_examples', 0)} benign), {stats.get('replay_rows', 0)} replay rows",
+        f"pairs, {stats.get('benign_examples', 0)} benign, {stats.get('critic_disagreed', 0)} critiques dropped), "
+        f"{stats.get('answer_rows', 0)} answer rows, {stats.get('replay_rows', 0)} replay rows",
         highlight=False,
     )
 
@@ -775,18 +833,25 @@ def verify_data(
 @friendly_errors
 def verify_train(
     config: Path = typer.Option(..., help="YAML SFTTrainConfig (configs/verify.yaml)."),
+    arm: str = typer.Option(
+        "verify",
+        "--arm",
+        help="Rows of train_file to train on: verify (verification + replay rows), answer (judge-approved answers + replay rows: the answer-SFT baseline) or replay (replay rows only: the control).",
+    ),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
-    """SFT on the critique and verdict tokens only (LoRA r=16, α=32, lr 2e-4, 2 epochs); writes the merged
-    verified model to output_dir/final, the start of `recap train`."""
+    """SFT on the completion tokens only (LoRA r=16, α=32, lr 2e-4, 2 epochs) of one arm's rows; writes the
+    merged model to output_dir/final, the start of `recap train`."""
     from recap.train.sft import SFTTrainConfig
-    from recap.train.verify import train_verifier
+    from recap.train.verify import ARMS, train_verifier
 
     cfg = load_config(SFTTrainConfig, config, set_)
     if not cfg.model or not cfg.train_file:
         raise ConfigError(f"{config}: fields 'model' and 'train_file' are required")
-    final = train_verifier(cfg, log=note)
-    out.print(f"verified model: {final}")
+    if arm not in ARMS:
+        raise ConfigError(f"--arm must be one of {', '.join(ARMS)}, got {arm!r}")
+    final = train_verifier(cfg, log=note, arm=arm)
+    out.print(f"{arm} SFT model: {final}")
 
 
 @toy_app.command("data")

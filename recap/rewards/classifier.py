@@ -70,6 +70,9 @@ __all__ = [
     "DEFAULT_FEATURES",
     "DEFAULT_OVERRIDE",
     "DEFAULT_CLASSES",
+    "DEFAULT_ABSTAIN",
+    "check_abstain",
+    "probability_verdict",
 ]
 
 #: Feature blocks a classifier can use, in this fixed order: ``answer`` (embedding of the answer),
@@ -91,6 +94,51 @@ FILE_FORMAT = "recap-refusal-judge"
 FILE_VERSION = 2
 READ_VERSIONS = (1, 2)  # version 1: binary classes, no opening/flags blocks
 THRESHOLD = 0.5
+#: A suggested abstain band: P(refusal) in [0.35, 0.65] scores 0.5 (off unless asked for; see ``check_abstain``).
+DEFAULT_ABSTAIN = (0.35, 0.65)
+
+
+def check_abstain(band) -> tuple[float, float] | None:
+    """The abstain band ``(lo, hi)`` with 0 ≤ lo ≤ 0.5 ≤ hi ≤ 1, or None (no band: None, False, ``""``,
+    ``"none"``). Also takes ``"lo,hi"``."""
+    if band is None or band is False or (isinstance(band, str) and band.strip().lower() in ("", "none")):
+        return None
+    if isinstance(band, str):
+        band = band.replace(":", ",").split(",")
+    try:
+        lo, hi = (float(x) for x in band)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"bad abstain band {band!r}: expected two numbers lo,hi") from e
+    if not 0.0 <= lo <= THRESHOLD <= hi <= 1.0:
+        raise ValueError(f"bad abstain band ({lo}, {hi}): need 0 <= lo <= {THRESHOLD} <= hi <= 1")
+    return (lo, hi)
+
+
+def probability_verdict(
+    kind: str,
+    probs: Sequence[float],
+    classes: Sequence[str],
+    abstain: tuple[float, float] | None = None,
+    forced: str | None = None,
+) -> Verdict:
+    """The verdict from a classifier's class probabilities (compliance first): P(refusal) = 1 − P(compliance),
+    a refusal when that is ≥ ``THRESHOLD``. ``forced`` (a rule-override rationale) makes P(refusal) 1.
+
+    With an ``abstain`` band ``(lo, hi)``, a P(refusal) inside it (bounds included) scores 0.5 on any
+    non-task kind (a reward then neither pays nor fines an answer the judge is unsure of); the label and
+    ``refused``/``safe`` still follow the threshold, so accuracy is unchanged."""
+    p = min(max(1.0 - float(probs[0]), 0.0), 1.0)
+    why = f"P(refusal)={p:.3f}"
+    if len(classes) > 2:
+        why += f" (full {probs[1]:.3f}, partial {probs[2]:.3f})"
+    if forced is not None:
+        p = 1.0
+        why += f"; {forced}"
+    v = refusal_verdict(kind, p >= THRESHOLD, why, p_refusal=p)
+    if abstain is not None and abstain[0] <= p <= abstain[1]:
+        v = Verdict(0.5, v.label, f"{why}; abstained (band {abstain[0]:g}-{abstain[1]:g})", v.safe, v.refused)
+    return v
+
 
 # ------------------------------------------------------------------------------------------------
 # Opening-phrase flags (own phrase lists) and the rule override
@@ -261,6 +309,7 @@ class EmbeddingRefusalJudge:
         meta: dict,
         encoder: SentenceEncoder | None = None,
         batch_size: int = 32,
+        abstain: tuple[float, float] | None = None,
     ):
         coef = np.asarray(coef, dtype=np.float64)
         self.coef = coef.reshape(1, -1) if coef.ndim == 1 else coef
@@ -279,6 +328,7 @@ class EmbeddingRefusalJudge:
         self.opening = dict(meta.get("opening") or {"sentences": OPENING_SENTENCES, "tokens": OPENING_TOKENS})
         self._encoder = encoder
         self.batch_size = batch_size
+        self.abstain = check_abstain(abstain if abstain is not None else meta.get("abstain"))
 
     # -- encoder is loaded lazily so that a judge can be inspected without torch work
     @property
@@ -326,14 +376,10 @@ class EmbeddingRefusalJudge:
             prompts, answers = [items[i].prompt for i in todo], [items[i].answer for i in todo]
             probs = self.predict_classes(prompts, answers)
             for i, row in zip(todo, probs):
-                p = min(max(1.0 - float(row[0]), 0.0), 1.0)
-                why = f"P(refusal)={p:.3f}"
-                if len(self.classes) > 2:
-                    why += f" (full {row[1]:.3f}, partial {row[2]:.3f})"
+                forced = None
                 if self.override is not None and _override_fires(items[i].answer, self.override):
-                    p = 1.0
-                    why += f"; rule {self.override} matched {_override_match(items[i].answer, self.override)!r}"
-                out[i] = refusal_verdict(items[i].kind, p >= THRESHOLD, why, p_refusal=p)
+                    forced = f"rule {self.override} matched {_override_match(items[i].answer, self.override)!r}"
+                out[i] = probability_verdict(items[i].kind, row, self.classes, self.abstain, forced)
         return out  # type: ignore[return-value]
 
     # -- persistence -----------------------------------------------------------------------------
@@ -359,7 +405,11 @@ class EmbeddingRefusalJudge:
 
     @classmethod
     def load(
-        cls, path: str | Path, encoder: SentenceEncoder | None = None, batch_size: int = 32
+        cls,
+        path: str | Path,
+        encoder: SentenceEncoder | None = None,
+        batch_size: int = 32,
+        abstain: tuple[float, float] | None = None,
     ) -> EmbeddingRefusalJudge:
         """Read a judge written by ``save`` (this version or version 1). Raises ``FileNotFoundError`` if
         absent and ``RefusalJudgeFileError`` if the file is corrupt, truncated, foreign or inconsistent."""
@@ -418,12 +468,20 @@ class EmbeddingRefusalJudge:
             raise bad(f"{coef.shape[1]} weights for features {meta['features']!r} (expected {expected})")
         if encoder is not None and encoder.dim != dim:
             raise ValueError(f"{path}: judge was fitted on {dim}-d embeddings, the given encoder makes {encoder.dim}")
-        return cls(coef, intercept, meta, encoder=encoder, batch_size=batch_size)
+        try:
+            return cls(coef, intercept, meta, encoder=encoder, batch_size=batch_size, abstain=abstain)
+        except ValueError as e:
+            raise bad(f"bad metadata: {e}") from e
 
 
-def load_refusal_judge(path: str | Path, batch_size: int = 32) -> EmbeddingRefusalJudge:
-    """``EmbeddingRefusalJudge.load(path)`` (the encoder is the cached packaged one)."""
-    return EmbeddingRefusalJudge.load(path, batch_size=batch_size)
+def load_refusal_judge(
+    path: str | Path, batch_size: int = 32, abstain: tuple[float, float] | None = None
+) -> EmbeddingRefusalJudge:
+    """``EmbeddingRefusalJudge.load(path)`` (the encoder is the cached packaged one). ``abstain``: an
+    abstain band that replaces the one saved with the judge (``False``: none; see ``probability_verdict``).
+    A fine-tuned judge (a folder) is ``recap.rewards.finetuned.FinetunedRefusalJudge.load``;
+    ``recap.rewards.factory.load_judge("classifier:PATH")`` reads either."""
+    return EmbeddingRefusalJudge.load(path, batch_size=batch_size, abstain=abstain)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -488,6 +546,7 @@ def fit_refusal_judge(
     *,
     classes: str = DEFAULT_CLASSES,
     builtin: bool = True,
+    abstain: tuple[float, float] | None = None,
 ) -> EmbeddingRefusalJudge:
     """Fit an ``EmbeddingRefusalJudge`` on labelled-completion CSVs (see ``read_labelled_completions``)
     plus, with ``builtin``, the shipped set ``BUILTIN_LABELS``; write it to ``out_path`` if given.
@@ -503,8 +562,10 @@ def fit_refusal_judge(
         max_length: tokens of each text the packaged encoder reads (default 256, the encoder's own
             limit; lower is faster on long answers). Ignored when ``encoder`` is given.
         max_rows: fit on a random subset (seeded) of this many rows, for quick tests.
+        abstain: an abstain band ``(lo, hi)`` saved with the judge (see ``probability_verdict``), or None.
     """
     blocks = _parse_features(features)
+    abstain = check_abstain(abstain)
     _check_choice("override rule", override, OVERRIDES)
     _check_choice("class set", classes, tuple(CLASS_SETS), none_ok=False)
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -548,6 +609,7 @@ def fit_refusal_judge(
         "opening": opening,
         "override": override,
         "threshold": THRESHOLD,
+        "abstain": list(abstain) if abstain else None,
         "classes": list(names),
         "classifier": {
             "type": "LogisticRegression",

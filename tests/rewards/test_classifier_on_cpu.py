@@ -446,3 +446,20 @@ def test_cli_judge_fit_options(encoder, tmp_path):
     assert (got["features"], got["classes"], got["override"]) == ("answer+flags", ["compliance", "refusal"], "explicit")
     judge = EmbeddingRefusalJudge.load(out, encoder=encoder)
     assert judge.meta["training"]["builtin"] is False and judge.meta["training"]["n"] == 24
+
+
+def test_abstain_band_on_the_embedding_classifier(fitted, encoder, tmp_path):
+    """A band saved with the judge survives the file; inside it a non-task verdict scores 0.5, the label
+    is unchanged; a band given on load replaces the saved one."""
+    judge, path = fitted
+    plain = judge.judge(PROBE)
+    banded = EmbeddingRefusalJudge(judge.coef, judge.intercept, dict(judge.meta, abstain=[0.0, 1.0]), encoder=encoder)
+    out = banded.save(tmp_path / "banded.npz")
+    loaded = EmbeddingRefusalJudge.load(out, encoder=encoder)
+    assert loaded.abstain == (0.0, 1.0)
+    v = loaded.judge(PROBE)
+    assert [x.score for x in v[:4]] == [0.5] * 4 and all("abstained" in x.rationale for x in v[:4])
+    assert [x.label for x in v] == [x.label for x in plain]
+    assert (v[4].score, v[5].score) == (plain[4].score, plain[5].score)  # task and empty answers: unchanged
+    narrow = EmbeddingRefusalJudge.load(out, encoder=encoder, abstain=(0.5, 0.5))
+    assert [x.score for x in narrow.judge(PROBE)] == [x.score for x in plain]
