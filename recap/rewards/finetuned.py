@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from recap.rewards.encoder import ENCODER_ID, ENCODER_PACKAGE, encoder_package_version, find_encoder
-from recap.rewards.judges import CORRECT, INCORRECT, INVALID, JudgeItem, Verdict, math_equal
+from recap.rewards.judges import JudgeItem, Verdict
 from recap.rewards.labelled import BUILTIN_LABELS, read_labelled_files
 
 __all__ = [
@@ -127,23 +127,13 @@ class FinetunedRefusalJudge:
         return 1.0 - self.predict_classes(prompts, answers)[:, 0]
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
-        from recap.rewards.classifier import probability_verdict
+        from recap.rewards.classifier import judge_with_classes, probability_verdict
 
-        out: list[Verdict | None] = [None] * len(items)
-        todo = []
-        for i, it in enumerate(items):
-            if not it.answer.strip():
-                out[i] = Verdict(0.0, INVALID, "empty answer")
-            elif it.kind == "task":
-                ok = math_equal(it.answer, it.reference)
-                out[i] = Verdict(float(ok), CORRECT if ok else INCORRECT)
-            else:
-                todo.append(i)
-        if todo:
-            probs = self.predict_classes([items[i].prompt for i in todo], [items[i].answer for i in todo])
-            for i, row in zip(todo, probs):
-                out[i] = probability_verdict(items[i].kind, row, self.classes, self.abstain)
-        return out  # type: ignore[return-value]
+        return judge_with_classes(
+            items,
+            self.predict_classes,
+            lambda item, row: probability_verdict(item.kind, row, self.classes, self.abstain),
+        )
 
     # -- persistence -----------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
