@@ -18,8 +18,10 @@ the mistakes it actually makes, in four moves that this module reproduces:
    item becomes a prompt group of its own (``num_generations`` rollouts) whose prompt is the user's
    request with the cut reasoning as a prefill, so the reused prefix is part of the prompt and never in
    the loss; an optional ``wait`` text follows the cut. Fresh prompts fill the rest of the round; fresh
-   prompts displaced by re-rolls wait for the next round, none is skipped. A re-rolled group (a cut or a
-   re-queued prompt) is never cut again (the reference code marks both as already rolled).
+   prompts displaced by re-rolls wait for the next round, none is skipped. Re-rolls add steps to the run
+   (``reroll_steps: add``): it ends once every fresh prompt of its ``max_steps`` has been trained, as the
+   reference's ``train_epoch.py`` runs until its fresh-prompt epochs are done. A re-rolled group (a cut or
+   a re-queued prompt) is never cut again (the reference code marks both as already rolled).
 3. **Benign prompts** whose rollouts refuse (more than ``refusal_threshold`` of a group) can be re-queued
    *whole*: the plain prompt again, no cut (``requeue_refusals``, the reference code's
    ``--refusal-in-buffer``; off by default, as in its launch script).
@@ -50,6 +52,7 @@ LEVELS = (SAFE, UNSAFE, CONTROVERSIAL)
 PUNCTUATION = frozenset(string.punctuation) | frozenset("。！？，；：、…—「」『』（）【】《》")
 CUT_MODES = ("stream", "sentence")
 CUT_STARTS = ("first", "pair")
+REROLL_STEPS = ("add", "displace")
 
 
 # --------------------------------------------------------------------------------------------
@@ -469,6 +472,19 @@ class SelfResetConfig:
             "help": "Cut only rollouts whose final answer was judged safe (the reference code's stream_unsafe_final_safe; off in the paper's run)."
         },
     )
+    reroll_steps: str = field(
+        default="add",
+        metadata={
+            "help": "add (re-rolls add steps: the run trains every fresh prompt of its max_steps and then stops, as the reference's train_epoch.py loops until its fresh-prompt epochs are done; past them, prompts of the next pass fill a round only where the queue and the displaced fresh prompts cannot; needs a constant learning rate) or displace (the run has max_steps steps; re-rolls displace fresh prompts, and those still waiting at the end are never trained)."
+        },
+    )
+    max_added_steps: int | None = field(
+        default=None,
+        metadata={
+            "range": "[0, inf)",
+            "help": "With reroll_steps: add, at most this many steps beyond max_steps. Empty: max_steps × ⌈buffer_size / groups per generation round⌉, room to drain a full queue after every fresh round. A run stopped by the limit reports its untrained fresh groups (pending_fresh_groups) and says so in its log.",
+        },
+    )
 
     def __post_init__(self):
         if self.cut not in CUT_MODES:
@@ -484,6 +500,20 @@ class SelfResetConfig:
             raise ValueError(f"refusal_threshold must be ≥ 0, got {self.refusal_threshold}")
         if not self.judge:
             raise ValueError("judge must be 'auto' or a judge spec, got an empty string")
+        if self.reroll_steps not in REROLL_STEPS:
+            raise ValueError(f"reroll_steps must be one of {', '.join(REROLL_STEPS)}, got {self.reroll_steps!r}")
+        if self.max_added_steps is not None and self.max_added_steps < 0:
+            raise ValueError(f"max_added_steps must be ≥ 0 or empty, got {self.max_added_steps}")
+
+    def step_limit(self, max_steps: int, groups_per_round: int) -> int:
+        """The trainer's step limit for a run planned at ``max_steps`` steps of fresh prompts: ``max_steps``
+        itself with ``reroll_steps: displace``, else ``max_steps`` plus ``max_added_steps`` (empty: room to
+        drain a full queue after every fresh round)."""
+        if self.reroll_steps == "displace":
+            return max_steps
+        if self.max_added_steps is not None:
+            return max_steps + self.max_added_steps
+        return max_steps * (1 + -(-self.buffer_size // max(1, groups_per_round)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -623,7 +653,12 @@ class SelfResetPlanner:
       each item replaces one group by its own prompt, rendered with the cut reasoning (and ``wait``) as a
       prefill, or plainly for a re-queued prompt. With ``fresh=True`` (the dataloader's round) the fresh
       groups displaced by re-rolls wait, in order, for the next rounds; refill rounds (random draws) drop
-      them. Every row gets the columns ``reroll`` (``""``, ``cut`` or ``requeue``) and ``reroll_prefix``.
+      them. With ``fresh_until`` (``reroll_steps: add``; the run's planned ``max_steps``), a dataloader
+      round at or after that step is past the run's fresh prompts: its groups only fill what the queue and
+      the waiting fresh groups leave (``overflow_groups``). Every row gets the columns ``reroll`` (``""``,
+      ``cut`` or ``requeue``) and ``reroll_prefix``.
+    * ``fresh_done(next_step)``: whether every fresh group of the planned steps has been composed once the
+      run reaches ``next_step`` — the trainer stops there.
     * ``harvest(rows, completions, rewards, verdicts, step)``: per group with reward spread (or every
       group, without ``skip_zero_variance``) that is not itself a re-roll (cut or re-queued) and carries no
       RECAP prefill, each rollout is cut (``cutter``) and every cut is queued; with ``requeue_refusals``, a
@@ -640,11 +675,13 @@ class SelfResetPlanner:
         cutter: Cutter,
         group_size: int,
         tolerance: float = 1e-6,
+        fresh_until: int | None = None,
     ):
         if group_size < 1:
             raise ValueError(f"group_size must be at least 1, got {group_size}")
         self.cfg, self.render, self.cutter = cfg, render, cutter
         self.group_size, self.tolerance = group_size, tolerance
+        self.fresh_until = fresh_until  # the first step past the run's fresh prompts (None: re-rolls displace)
         self.queue = RerollQueue(cfg.buffer_size)
         self.pending: deque[list[dict]] = deque()  # fresh groups displaced by re-rolls, oldest first
         self.history: list[dict] = []
@@ -666,17 +703,28 @@ class SelfResetPlanner:
         groups = [rows[i : i + size] for i in range(0, len(rows), size)]
         items = self.queue.pop(len(groups))
         out = [r for item in items for r in self._reroll_rows(item)]
-        if fresh:
+        room = len(groups) - len(items)
+        if fresh and self.fresh_until is not None and step >= self.fresh_until:
+            chosen = [self.pending.popleft() for _ in range(min(room, len(self.pending)))]
+            fill = groups[: room - len(chosen)]  # past the run's fresh prompts: the next pass only fills
+            self.counts["overflow_groups"] += len(fill)
+            chosen += fill
+        elif fresh:
             self.pending.extend(groups)
-            chosen = [self.pending.popleft() for _ in range(len(groups) - len(items))]
+            chosen = [self.pending.popleft() for _ in range(room)]
         else:
-            chosen = groups[: len(groups) - len(items)]
+            chosen = groups[:room]
         for group in chosen:
             out += [{**r, "reroll": "", "reroll_prefix": ""} for r in group]
         self.counts["groups"] += len(groups)
         self.counts["rerolled_cut"] += sum(i.source == "cut" for i in items)
         self.counts["rerolled_requeue"] += sum(i.source == "requeue" for i in items)
         return out
+
+    def fresh_done(self, next_step: int) -> bool:
+        """With ``fresh_until``: every fresh group of the planned steps has been composed into a round by
+        the time the run reaches ``next_step`` (none waits). Always False without it."""
+        return self.fresh_until is not None and next_step >= self.fresh_until and not self.pending
 
     # -- harvesting a step ---------------------------------------------------------------------------
     def harvest(
@@ -760,6 +808,8 @@ class SelfResetPlanner:
             "popped": self.queue.popped,
             "evicted": self.queue.evicted,
             "pending_fresh_groups": len(self.pending),
+            "overflow_groups": self.counts["overflow_groups"],
+            "fresh_steps": self.fresh_until,
             "cuts": sum(h["cuts"] for h in self.history),
             "requeued": sum(h["requeued"] for h in self.history),
             "scanned_groups": sum(h["scanned_groups"] for h in self.history),

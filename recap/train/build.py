@@ -57,6 +57,15 @@ def _vllm_usable() -> bool:
     return vllm_usable()
 
 
+def step_limit(cfg: TrainConfig) -> int:
+    """The optimizer steps TRL may run: ``max_steps``, or with Self-ReSET's re-rolls adding steps the limit of
+    ``SelfResetConfig.step_limit`` (each process re-rolls from its own queue into its share of a round)."""
+    if cfg.self_reset is None:
+        return cfg.max_steps
+    share = cfg.prompts_per_step * cfg.updates_per_generation // world_size()
+    return cfg.self_reset.step_limit(cfg.max_steps, share)
+
+
 def grpo_config(cfg: TrainConfig) -> GRPOConfig:
     check_train_config(cfg)
     total = cfg.prompts_per_step * cfg.num_generations
@@ -79,7 +88,7 @@ def grpo_config(cfg: TrainConfig) -> GRPOConfig:
         gradient_accumulation_steps=accumulation,
         steps_per_generation=accumulation * cfg.updates_per_generation,  # TRL counts micro-batches
         num_iterations=cfg.num_iterations,
-        max_steps=cfg.max_steps,
+        max_steps=step_limit(cfg),
         warmup_steps=0,
         weight_decay=cfg.weight_decay,
         adam_beta2=cfg.adam_beta2,
@@ -152,6 +161,7 @@ def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model
             cutter_for(cfg.self_reset, judges),
             cfg.num_generations,
             tolerance=cfg.dynamic_sampling_tolerance,
+            fresh_until=cfg.max_steps if cfg.self_reset.reroll_steps == "add" else None,
         )
     return RecapTrainer(
         model=model,

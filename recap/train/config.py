@@ -18,6 +18,7 @@ SHARED_PREFIX_MODES = get_args(SharedPrefixMode)
 DynamicSamplingRule = Literal["zero_variance", "paper"]  # TrainConfig.dynamic_sampling_rule
 DYNAMIC_SAMPLING_RULES = get_args(DynamicSamplingRule)
 PAPER_TAU = 0.9  # τ of the paper rule when dynamic_sampling_tau is unset (see its help)
+CONSTANT_LR = ("constant", "constant_with_warmup")  # schedules that do not depend on the run's length
 
 
 @dataclass
@@ -56,7 +57,13 @@ class TrainConfig:
             "help": "Prompts per optimizer step over all processes (global batch = prompts × generations).",
         },
     )
-    max_steps: int = field(default=100, metadata={"range": "[1, inf)", "help": "Optimizer steps."})
+    max_steps: int = field(
+        default=100,
+        metadata={
+            "range": "[1, inf)",
+            "help": "Optimizer steps (with Self-ReSET's self_reset.reroll_steps: add, the steps of fresh prompts; its re-rolls add steps to them).",
+        },
+    )
     learning_rate: float = field(
         default=1e-6,
         metadata={
@@ -342,6 +349,13 @@ def check_train_config(cfg: TrainConfig) -> None:
             raise ValueError(f"{name} must be ≥ 1, got {getattr(cfg, name)}")
     if cfg.dynamic_sampling_tolerance < 0:
         raise ValueError(f"dynamic_sampling_tolerance must be ≥ 0, got {cfg.dynamic_sampling_tolerance}")
+    if cfg.self_reset is not None and cfg.self_reset.reroll_steps == "add" and cfg.lr_scheduler_type not in CONSTANT_LR:
+        raise ValueError(
+            f"self_reset.reroll_steps: add makes the run's length known only at its end (re-rolls add steps), "
+            f"so the learning rate cannot follow lr_scheduler_type {cfg.lr_scheduler_type!r} over max_steps: use "
+            "lr_scheduler_type: constant (the Self-ReSET reference's --lr-decay-style constant), or "
+            "self_reset.reroll_steps: displace for a fixed number of steps"
+        )
     world = world_size()
     share = cfg.prompts_per_step * cfg.num_generations / world
     if cfg.dynamic_sampling and world > 1 and share % cfg.num_generations:

@@ -59,9 +59,11 @@ def _stop_on_write_failures(trainer: RecapTrainer, out: Path) -> None:
 TRAIN_LOG = "train_log.jsonl"  # every log of the run, one JSON object a line
 
 
-def _train_log_callback(path: Path, progress: Callable[[int, int, dict], None] | None):
+def _train_log_callback(path: Path, progress: Callable[[int, int, dict], None] | None, planned: int):
     """A ``TrainerCallback`` that appends every log of the run to ``path`` (instead of printing TRL's dicts)
-    and tells ``progress(step, max_steps, latest logs)`` after every optimizer step."""
+    and tells ``progress(step, total, latest logs)`` after every optimizer step: ``total`` is the ``planned``
+    steps (``max_steps``), or the step itself once Self-ReSET's re-rolls add steps beyond them (TRL's own
+    ``max_steps`` is then only a limit)."""
     from transformers import TrainerCallback
 
     class TrainLog(TrainerCallback):
@@ -76,7 +78,7 @@ def _train_log_callback(path: Path, progress: Callable[[int, int, dict], None] |
 
         def on_step_end(self, args, state, control, **kwargs):
             if progress is not None and state.is_world_process_zero:
-                progress(state.global_step, state.max_steps, self.latest)
+                progress(state.global_step, max(planned, state.global_step), self.latest)
 
     return TrainLog()
 
@@ -142,7 +144,7 @@ def _train(cfg: TrainConfig, examples, log, progress) -> Path:
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # the logs go to train_log.jsonl (and to `progress`) instead
-    trainer.add_callback(_train_log_callback(out / TRAIN_LOG, progress))
+    trainer.add_callback(_train_log_callback(out / TRAIN_LOG, progress, cfg.max_steps))
     _stop_on_write_failures(trainer, out)
     if trainer.planner is not None and ckpt is not None and (ckpt / PLANNER_STATE).is_file():
         trainer.planner.load_state(json.loads((ckpt / PLANNER_STATE).read_text(encoding="utf-8")))

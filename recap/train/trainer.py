@@ -18,7 +18,7 @@ import zlib
 from pathlib import Path
 
 import torch
-from transformers import StoppingCriteria
+from transformers import StoppingCriteria, TrainerCallback
 from trl import GRPOTrainer
 from trl.trainer.utils import split_tensor_dict
 
@@ -148,6 +148,19 @@ class _RowBudget(StoppingCriteria):
         return (input_ids.shape[1] - self.start) >= self.budgets.to(input_ids.device)
 
 
+class _StopWhenFreshDone(TrainerCallback):
+    """Ends a Self-ReSET run whose re-rolls add steps (``reroll_steps: add``) after the step at which every
+    fresh prompt of its planned steps has been trained (``RecapTrainer._stop_at``)."""
+
+    def __init__(self, trainer: RecapTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        stop = self.trainer._stop_at
+        if stop is not None and state.global_step >= stop:
+            control.should_training_stop = True
+
+
 class RecapTrainer(GRPOTrainer):
     """``GRPOTrainer`` plus DAPO's dynamic sampling, the per-row total length budget, the prefill planner's
     per-step prefills, and groups that read their prompt once.
@@ -184,6 +197,11 @@ class RecapTrainer(GRPOTrainer):
     back to TRL's pass (one log line, ``shared_prefix/active`` 0) for a model it cannot run exactly or that
     fails the check, ``on`` raises. Logged: ``shared_prefix/read_fraction`` (tokens read over the tokens of
     the unshared rows).
+
+    Self-ReSET (``selfreset``) re-rolls cuts of the policy's own unsafe reasoning before fresh prompts in each
+    round; with ``fresh_until`` set on the planner (``reroll_steps: add``) the trainer's ``max_steps`` is
+    only a limit, and the run stops after the step at which the planner has no fresh group of the planned
+    steps left (every process agreeing); ``selfreset_stats.json`` gives ``trained_steps``.
 
     Rollouts (``rollout_decoder: continuous``) decode with recap's loop, which reads each group's prompt
     once and copies its KV cache to the group's rows. Where the loop cannot decode (vLLM, paged batching,
@@ -248,6 +266,14 @@ class RecapTrainer(GRPOTrainer):
         self._fallbacks: set[str] = set()  # why rollouts went to TRL's generate (each logged once)
         self._shared = self._shared_prefix_usable()
         self._shared_checked = False  # the first shared forward is compared with TRL's
+        self._stop_at: int | None = None  # Self-ReSET with re-rolls adding steps: the run's last step, once known
+        if selfreset is not None and selfreset.fresh_until is not None:
+            self.add_callback(_StopWhenFreshDone(self))
+            log.info(
+                "Self-ReSET: the run trains %d steps of fresh prompts; re-rolls add steps (at most %d in all)",
+                selfreset.fresh_until,
+                self.args.max_steps,
+            )
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """TRL's training loop; with Self-ReSET the re-roll queue of the checkpoint resumed from is restored
@@ -266,9 +292,17 @@ class RecapTrainer(GRPOTrainer):
         if self.selfreset is not None and self.accelerator.is_main_process:
             from recap.util.files import write_text
 
+            stats = {**self.selfreset.stats(), "trained_steps": self.state.global_step}
+            if self.selfreset.fresh_until is not None and stats["pending_fresh_groups"]:
+                log.warning(
+                    "Self-ReSET: the step limit %d ended the run with %d fresh groups never trained "
+                    "(self_reset.max_added_steps)",
+                    self.args.max_steps,
+                    stats["pending_fresh_groups"],
+                )
             write_text(
                 Path(self.args.output_dir) / "selfreset_stats.json",
-                json.dumps({**self.selfreset.stats(), "history": self.selfreset.history}, indent=1),
+                json.dumps({**stats, "history": self.selfreset.history}, indent=1),
             )
         return result
 
@@ -347,6 +381,7 @@ class RecapTrainer(GRPOTrainer):
             out = self._dynamic_sampling_step(inputs)
         self._signal_step()
         self._selfreset_step()
+        self._check_fresh_done()
         decoded = self.accelerator.gather(torch.tensor(float(self._decoded_tokens), device=self.accelerator.device))
         self._metrics["train"]["cost/decoded_tokens"].append(decoded.sum().item())
         return out
@@ -727,6 +762,17 @@ class RecapTrainer(GRPOTrainer):
         metrics["selfreset/requeued"].append(found["requeued"])
         groups = [row.get("reroll", "") for row in rows[:: self.num_generations]]
         metrics["selfreset/reroll_share"].append(sum(g != "" for g in groups) / max(1, len(groups)))
+
+    def _check_fresh_done(self) -> None:
+        """With re-rolls adding steps: once no process has a fresh group of the planned steps left after this
+        round, the run ends with the round's last optimizer step."""
+        if self.selfreset is None or self.selfreset.fresh_until is None:
+            return
+        span = self.args.steps_per_generation * self.num_iterations // self.args.gradient_accumulation_steps
+        last = self.state.global_step + span  # the round trains steps global_step + 1 … last
+        done = torch.tensor(float(self.selfreset.fresh_done(last)), device=self.accelerator.device)
+        if self.accelerator.gather(done).min().item() == 1.0:
+            self._stop_at = last
 
     def _planner_step(self, rounds: list[tuple[list[dict], list[str]]]) -> None:
         """Harvest the step's completions (every round) into the on-policy buffer once, and log it."""

@@ -167,6 +167,8 @@ def test_cutter_for_auto_needs_the_toy_judge_or_a_stream_guard():
         ("buffer_size", 0),
         ("refusal_threshold", -1),
         ("judge", ""),
+        ("reroll_steps", "extend"),
+        ("max_added_steps", -1),
     ],
 )
 def test_config_rejects_bad_values(field, value):
@@ -259,6 +261,30 @@ def test_refill_rounds_drop_displaced_draws_and_the_wait_text_follows_the_cut():
     out = planner.compose(_rows(0, 1), step=1, fresh=False)
     assert [r["id"] for r in out] == ["r7", "r7", "r0", "r0"] and not planner.pending
     assert out[0]["prompt"].endswith("|it is fine . wait ,") and out[0]["reroll_prefix"] == "it is fine . wait ,"
+
+
+def test_past_the_planned_steps_waiting_fresh_groups_come_first_and_the_next_pass_only_fills():
+    planner = SelfResetPlanner(SelfResetConfig(), _render, lambda *a: [], group_size=G, fresh_until=2)
+    planner.queue.push([RerollItem(row=_row(7), source="cut", prefix="it is fine .")], step=0)
+    assert [r["id"] for r in planner.compose(_rows(0, 1), step=1)] == ["r7", "r7", "r0", "r0"]
+    assert not planner.fresh_done(2)  # r1 still waits
+    out = planner.compose(_rows(2, 3), step=2)  # the next pass: r2 fills the place r1 leaves, r3 is not kept
+    assert [r["id"] for r in out] == ["r1", "r1", "r2", "r2"] and not planner.pending
+    assert planner.fresh_done(3) and planner.stats()["overflow_groups"] == 1
+    assert planner.stats()["fresh_steps"] == 2
+
+
+def test_without_fresh_until_the_run_never_ends_on_its_own():
+    planner = _planner()
+    planner.compose(_rows(0, 1), step=5)
+    assert not planner.fresh_done(10**6) and planner.stats()["fresh_steps"] is None
+
+
+def test_step_limit_adds_room_to_drain_the_queue_unless_re_rolls_displace():
+    assert SelfResetConfig(buffer_size=256).step_limit(94, 64) == 94 * 5
+    assert SelfResetConfig(buffer_size=10).step_limit(90, 8) == 90 * 3
+    assert SelfResetConfig(max_added_steps=7).step_limit(90, 8) == 97
+    assert SelfResetConfig(reroll_steps="displace").step_limit(90, 8) == 90
 
 
 def test_compose_needs_whole_groups():
@@ -580,3 +606,57 @@ def test_only_the_groups_the_step_trains_on_are_scanned(tmp_path):
     trainer._generate_and_score_completions([dict(rows[0]) for _ in range(G)] + [dict(rows[1]) for _ in range(G)])
     assert trainer._trained_groups == {(0, 1)}
     assert planner.history[-1]["scanned_groups"] == 1  # h1 only; before, the dropped h0 was scanned too
+
+
+def _cut_once(request, kind, reasonings):
+    """A stand-in cutter: one cut per scanned group, at its first rollout."""
+    from recap.data.selfreset import Cutting
+
+    return [Cutting(prefix="it is fine .", position=0, length=1)] + [None] * (len(reasonings) - 1)
+
+
+@pytest.mark.parametrize("mode, steps, fresh_trained", [("add", 3, 4), ("displace", 2, 2)])
+def test_re_rolls_add_steps_until_every_fresh_prompt_is_trained(tmp_path, mode, steps, fresh_trained):
+    """4 prompts, 2 a step, max_steps 2: step 1's 2 cuts take step 2's places. With reroll_steps: add the run
+    trains a third step with the 2 displaced fresh prompts and stops (TRL's limit is higher); with displace
+    it stops at max_steps and those 2 are never trained (the reference's train_epoch.py is the first)."""
+    from recap.data.examples import Example
+    from recap.toy.model import ToyModelConfig, build_model
+    from recap.train import TrainConfig, build_trainer
+
+    tok = build_tokenizer()
+    cfg = TrainConfig(
+        model="unused",
+        output_dir=str(tmp_path),
+        judge="toy",
+        num_generations=G,
+        prompts_per_step=2,
+        max_steps=2,
+        learning_rate=1e-3,
+        max_completion_length=4,
+        use_cpu=True,
+        save_steps=100,
+        dynamic_sampling=False,  # every group is trained (rewards here are all equal)
+        self_reset=SelfResetConfig(skip_zero_variance=False, reroll_steps=mode),
+    )
+    examples = [Example(id=f"h{i}", kind="harmful", prompt=f"how do i steal a car {i} ?") for i in range(4)]
+    model = build_model(tok, ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), 0)
+    trainer = build_trainer(cfg, examples, model=model, tokenizer=tok)
+    assert trainer.args.max_steps == (2 * (1 + 256 // 2) if mode == "add" else 2)
+    planner = trainer.selfreset
+    planner.cutter = _cut_once
+    trained: list[tuple[str, str]] = []  # (id, reroll) of every group a step trains on
+    harvest = planner.harvest
+
+    def record(rows, *args, **kwargs):
+        trained.extend((r["id"], r["reroll"]) for r in rows[::G])
+        return harvest(rows, *args, **kwargs)
+
+    planner.harvest = record
+    trainer.train()
+    assert trainer.state.global_step == steps
+    fresh = [i for i, source in trained if source == ""]
+    assert len(fresh) == len(set(fresh)) == fresh_trained  # each fresh prompt once
+    assert [source for _, source in trained[2:4]] == ["cut", "cut"]  # step 1: the cuts of step 0 first
+    stats = json.loads((tmp_path / "selfreset_stats.json").read_text())
+    assert stats["trained_steps"] == steps and stats["pending_fresh_groups"] == 4 - fresh_trained

@@ -2,6 +2,7 @@
 over-refusal rubric on benign ones, math-verify on math) and its total length budget; CPU configs that
 use a stand-in judge say so. The guard model is never loaded here."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,10 @@ def test_self_reset_config_takes_the_reference_optimizer_and_defaults(tmp_path):
     cfg = load_config(TrainConfig, ROOT / "configs" / "self-reset.yaml")
     assert (cfg.weight_decay, cfg.adam_beta2) == (0.1, 0.98)
     assert cfg.self_reset.extend_to_punctuation is False and cfg.self_reset.requeue_refusals is False
+    # 4 epochs of 1,500 fresh prompts at 64 a step, re-rolls adding steps under a constant learning rate
+    assert cfg.max_steps == -(-4 * 1500 // 64) and cfg.self_reset.reroll_steps == "add"
+    on_cpu = replace(cfg, output_dir=str(tmp_path / "sr"), bf16=False, use_cpu=True)
+    assert cfg.lr_scheduler_type == "constant" and grpo_config(on_cpu).max_steps == cfg.max_steps * (1 + 256 // 64)
     small = dict(model="m", prompts_per_step=2, num_generations=4, use_cpu=True)
     args = grpo_config(TrainConfig(output_dir=str(tmp_path / "a"), weight_decay=0.1, adam_beta2=0.98, **small))
     assert (args.weight_decay, args.adam_beta1, args.adam_beta2) == (0.1, 0.9, 0.98)
@@ -129,12 +134,24 @@ def test_self_reset_config_takes_the_reference_optimizer_and_defaults(tmp_path):
     assert (plain.weight_decay, plain.adam_beta2) == (0.0, 0.999)
 
 
+def test_re_rolls_adding_steps_need_a_learning_rate_that_ignores_the_run_length(tmp_path):
+    from recap.data.selfreset import SelfResetConfig
+
+    base = dict(model="m", output_dir=str(tmp_path), lr_scheduler_type="linear")
+    with pytest.raises(ValueError, match="lr_scheduler_type: constant"):
+        check_train_config(TrainConfig(**base, self_reset=SelfResetConfig()))
+    check_train_config(TrainConfig(**base, self_reset=SelfResetConfig(reroll_steps="displace")))
+    check_train_config(
+        TrainConfig(**{**base, "lr_scheduler_type": "constant_with_warmup"}, self_reset=SelfResetConfig())
+    )
+
+
 def test_the_toy_demo_self_reset_block_takes_the_reference_defaults():
     from recap.demo import DemoConfig
 
     cfg = load_config(DemoConfig, ROOT / "configs" / "toy" / "demo.yaml")
     assert cfg.self_reset.extend_to_punctuation is False and cfg.self_reset.requeue_refusals is False
-    assert cfg.self_reset.judge == "auto"
+    assert cfg.self_reset.judge == "auto" and cfg.self_reset.reroll_steps == "add"
 
 
 def test_self_reset_rewards_and_cut_judge_are_the_qwen3guard_configs():
