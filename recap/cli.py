@@ -823,7 +823,9 @@ def verify_data(
     write_text(Path(f"{out_file}.stats.json"), json.dumps({**stats, "model": model, "source": file}, indent=1))
     out.print(
         f"{out_file}: {stats['verification_rows']} verification examples ({stats.get('harmful_pairs', 0)} harmful "
-        f"pairs, {stats.get('benign_examples', 0)} benign, {stats.get('critic_disagreed', 0)} critiques dropped), "
+        f"pairs, {stats.get('benign_examples', 0)} benign; critiques dropped: {stats.get('critic_disagreed', 0)} "
+        f"disagreeing with the judge, {stats.get('critic_unreadable', 0)} without a verdict; "
+        f"{stats.get('critic_decoded_tokens', 0)} critic tokens), "
         f"{stats.get('answer_rows', 0)} answer rows, {stats.get('replay_rows', 0)} replay rows",
         highlight=False,
     )

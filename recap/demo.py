@@ -304,6 +304,16 @@ def sft_epochs(cfg: SFTTrainConfig, rows: int) -> float:
     return cfg.max_steps * cfg.batch_size / rows if cfg.max_steps > 0 and rows else cfg.epochs
 
 
+def critic_tokens(arm: str, data: dict) -> int | None:
+    """The critic's decoded tokens charged to ``arm``'s supervised stage: all of the data build's
+    (``critic_decoded_tokens``, kept and dropped critiques alike) when the arm trains on verification rows
+    (``recap.train.verify.ARMS``), whose critiques they are; 0 for an arm without them (answer, replay), whose
+    rows need no critique. None where ``data`` (a data build's stats) predates the count."""
+    from recap.train.verify import ARMS, VERIFICATION
+
+    return data.get("critic_decoded_tokens") if VERIFICATION in ARMS[arm] else 0
+
+
 def _stage_job(seed: int, arms: list[str], cfg: DemoConfig, out: str) -> str:
     """The supervised stage of one seed (each part skipped when already done): one data build from the base's
     own answers to the RL prompts (``recap.train.verify.build_verify_data``: verification, answer and replay
@@ -311,7 +321,8 @@ def _stage_job(seed: int, arms: list[str], cfg: DemoConfig, out: str) -> str:
     verifier), then one SFT per arm on its rows (``train_verifier(arm=…)``), and the verdict accuracy of the base
     and of each arm's model on verification examples built the same way from the held-out evaluation
     prompts. Writes ``runs/sft-seed<N>/`` (``data.jsonl``, ``data_stats.json``, ``<arm>/final/``,
-    ``<arm>/stats.json`` with the arm's cost: tokens decoded for its data, tokens trained, seconds)."""
+    ``<arm>/stats.json`` with the arm's cost: tokens the base decoded for its data and the critic's tokens when
+    it trains on critiques (``critic_tokens``), tokens trained, seconds)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -362,8 +373,10 @@ def _stage_job(seed: int, arms: list[str], cfg: DemoConfig, out: str) -> str:
             "held_out": data["held_out"],
             "seconds": {"data": data["seconds"], "sft": round(time.time() - t0, 1)},
             # the cost of the arm, paid once before RL: the whole sampling (every arm needs it to choose its
-            # rows) and its own SFT; the critic and the judge are not counted (neither are RL's judge calls)
+            # rows), the critic's tokens where the arm trains on its critiques, and its own SFT; the judge is
+            # not counted (neither are RL's judge calls)
             "decoded_tokens": data["data"]["decoded_tokens"],
+            "critic_decoded_tokens": critic_tokens(arm, data["data"]),
             "trained_tokens": sft_tokens(trained, tokenizer, sft_epochs(train_cfg, len(trained))),
             "accuracy": {
                 "base": data["accuracy_base"],
@@ -471,6 +484,9 @@ def _selfreset_stats(out: Path, cfg: DemoConfig) -> dict[str, dict]:
                 "rerolled_requeue",
                 "scanned_groups",
                 "skipped_groups",
+                "trained_steps",
+                "pending_fresh_groups",
+                "overflow_groups",
             )
             result[method] = {k: _mean([r.get(k) for r in runs]) for k in keys} | {"seeds": len(runs)}
     return result
@@ -503,6 +519,7 @@ def _stage_stats(out: Path, cfg: DemoConfig) -> dict:
         "critic_disagreed",
         "answers_sampled",
         "decoded_tokens",
+        "critic_decoded_tokens",
     )
     return {
         **{k: _mean([r["data"].get(k, 0) for r in first]) for k in data},
@@ -514,6 +531,7 @@ def _stage_stats(out: Path, cfg: DemoConfig) -> dict:
                 "invalid": _mean([r["accuracy"]["verified"]["invalid"] for r in rs]),
                 "seconds": _mean([r["seconds"]["data"] + r["seconds"]["sft"] for r in rs]),
                 "decoded_tokens": _mean([r["decoded_tokens"] for r in rs]),
+                "critic_decoded_tokens": _mean([r.get("critic_decoded_tokens") for r in rs]),
                 "trained_tokens": _mean([r["trained_tokens"] for r in rs]),
             }
             for arm, rs in runs.items()
@@ -524,8 +542,8 @@ def _stage_stats(out: Path, cfg: DemoConfig) -> dict:
 
 
 def _run_cost(run_dir: Path) -> dict | None:
-    """Training cost of one RL run from its ``log_history.json``: seconds per step (TRL's train_runtime over
-    the steps), tokens decoded per step (the mean of ``cost/decoded_tokens``, every generation round) and
+    """Training cost of one RL run from its ``log_history.json``: the steps trained, seconds per step (TRL's
+    train_runtime over the steps), tokens decoded per step (the mean of ``cost/decoded_tokens``, every generation round) and
     tokens trained per step (TRL's running ``num_tokens``, prompt + completion of every trained rollout, over
     the steps)."""
     path = run_dir / "log_history.json"
@@ -538,6 +556,7 @@ def _run_cost(run_dir: Path) -> dict | None:
     step_time = [h["step_time"] for h in history if "step_time" in h]
     trained = max((h["num_tokens"] for h in history if "num_tokens" in h), default=None)
     return {
+        "steps": steps or None,
         "seconds_per_step": end["train_runtime"] / steps if end and steps else None,
         "step_time": _mean(step_time) if step_time else None,
         "decoded_tokens_per_step": _mean(decoded) if decoded else None,
@@ -548,19 +567,24 @@ def _run_cost(run_dir: Path) -> dict | None:
 def equivalent_rl_steps(stage: dict | None, rl: dict | None) -> dict[str, float | None]:
     """A supervised stage's cost in steps of the RL run that follows it (0 without a stage), two ways:
 
-    * ``tokens``: (tokens the stage decoded + tokens its SFT trained on) / (tokens one RL step decodes + tokens
-      it trains on) — generation and training counted alike, one token one unit; the critic's and the
-      judges' work is not counted, in the stage as in RL;
-    * ``seconds``: the stage's wall time (data build + SFT) / one RL step's (``train_runtime`` / steps).
+    * ``tokens``: (tokens the stage decoded — the base's sampling and the critic's critiques
+      (``critic_tokens``: verification arms only) — + tokens its SFT trained on) / (tokens one RL step decodes +
+      tokens it trains on) — generation and training counted alike, one token one unit; the judges' calls are
+      not counted, in the stage as in RL;
+    * ``seconds``: the stage's wall time (the whole data build, the critic's time included for every arm, + SFT)
+      / one RL step's (``train_runtime`` / steps).
 
     ``stage``: a ``runs/sft-seed<N>/<arm>/stats.json``; ``rl``: ``_run_cost`` of the RL run. None where a
-    count is missing."""
+    count is missing (a stats file without ``critic_decoded_tokens`` was written before the critic was
+    counted: its token ratio is None, not an undercount)."""
     if stage is None:
         return {"tokens": 0.0, "seconds": 0.0}
     if rl is None:
         return {"tokens": None, "seconds": None}
     per_step = (rl.get("decoded_tokens_per_step") or 0) + (rl.get("trained_tokens_per_step") or 0)
-    tokens = (stage["decoded_tokens"] + stage["trained_tokens"]) / per_step if per_step else None
+    critic = stage.get("critic_decoded_tokens")
+    spent = None if critic is None else stage["decoded_tokens"] + critic + stage["trained_tokens"]
+    tokens = spent / per_step if per_step and spent is not None else None
     secs = rl.get("seconds_per_step")
     seconds = (stage["seconds"]["data"] + stage["seconds"]["sft"]) / secs if secs else None
     return {"tokens": tokens, "seconds": seconds}
@@ -612,8 +636,9 @@ def _pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
 
 
 def method_costs(out: Path, cfg: DemoConfig) -> dict[str, dict[str, list]]:
-    """Per method, per seed: the RL run's cost per step, its supervised stage's cost (none without one) and
-    that stage in equivalent RL steps (``equivalent_rl_steps``), and its model's held-out verdict accuracy."""
+    """Per method, per seed: the RL run's steps and cost per step, its supervised stage's cost (none without
+    one), the extra cost in equivalent RL steps (the stage's, ``equivalent_rl_steps``, plus the RL steps trained
+    beyond ``rl.max_steps``: Self-ReSET's re-rolls add steps), and its model's held-out verdict accuracy."""
     costs: dict[str, dict[str, list]] = {}
     for m in cfg.methods:
         arm = METHODS[m].sft
@@ -627,13 +652,18 @@ def method_costs(out: Path, cfg: DemoConfig) -> dict[str, dict[str, list]]:
             runs.append(rl or {})
             stages.append(stage)
         pre = [p for p in stages if p is not None]
-        extra = [equivalent_rl_steps(p, r or None) for p, r in zip(stages, runs, strict=True)]
+        extra = []
+        for p, r in zip(stages, runs, strict=True):
+            added = max(0, (r.get("steps") or cfg.rl.max_steps) - cfg.rl.max_steps)  # RL steps past the plan
+            extra.append({k: None if v is None else v + added for k, v in equivalent_rl_steps(p, r or None).items()})
         costs[m] = {
+            "rl_steps": [r.get("steps") for r in runs],
             "rl_seconds_per_step": [r.get("seconds_per_step") for r in runs],
             "rl_decoded_tokens_per_step": [r.get("decoded_tokens_per_step") for r in runs],
             "rl_trained_tokens_per_step": [r.get("trained_tokens_per_step") for r in runs],
             "stage_seconds": [p["seconds"]["data"] + p["seconds"]["sft"] for p in pre],
             "stage_decoded_tokens": [p["decoded_tokens"] for p in pre],
+            "stage_critic_tokens": [p.get("critic_decoded_tokens") for p in pre],
             "stage_trained_tokens": [p["trained_tokens"] for p in pre],
             "extra_steps_tokens": [e["tokens"] for e in extra],
             "extra_steps_seconds": [e["seconds"] for e in extra],
@@ -672,11 +702,13 @@ def write_comparison(records: list[dict], summary: dict, out: Path, cfg: DemoCon
     )
     lines.append("| **training cost** | " + " | ".join("" for _ in methods) + " |")
     for name, key, scale, digits in (
+        ("RL steps trained", "rl_steps", 1, 1),
         ("RL seconds per step", "rl_seconds_per_step", 1, 2),
         ("RL tokens decoded per step", "rl_decoded_tokens_per_step", 1, 0),
         ("RL tokens trained per step", "rl_trained_tokens_per_step", 1, 0),
         ("supervised stage, seconds (once)", "stage_seconds", 1, 0),
-        ("supervised stage, tokens decoded (once)", "stage_decoded_tokens", 1, 0),
+        ("supervised stage, base tokens decoded (once)", "stage_decoded_tokens", 1, 0),
+        ("supervised stage, critic tokens decoded (once)", "stage_critic_tokens", 1, 0),
         ("supervised stage, tokens trained (once)", "stage_trained_tokens", 1, 0),
         ("**extra cost, equivalent RL steps (tokens)**", "extra_steps_tokens", 1, 1),
         ("extra cost, equivalent RL steps (wall time)", "extra_steps_seconds", 1, 1),
@@ -690,13 +722,17 @@ def write_comparison(records: list[dict], summary: dict, out: Path, cfg: DemoCon
     text = (
         f"# Method comparison in the miniature world\n\n{n} seed(s): mean ± std over seeds (rates in %). Same RL "
         f"budget for every method: {cfg.rl.max_steps} steps × {cfg.rl.prompts_per_step} prompts × "
-        f"{cfg.rl.num_generations} rollouts. The *SFT + … methods start RL from a supervised model (verify: "
+        f"{cfg.rl.num_generations} rollouts of fresh prompts; Self-ReSET's re-rolls add steps to these (as its "
+        "reference code runs them), each counted as one equivalent RL step of extra cost. The *SFT + … methods start RL from a supervised model (verify: "
         "verification + replay rows; answer: judge-approved answers of the same prompts and samples + the same "
         "replay rows; replay: the replay rows alone); their supervised stage "
         f"({cfg.verify_data.samples_per_prompt} sampled answers per prompt, then SFT) is paid once, before RL, "
         "and counted as **extra cost in equivalent RL steps**: (tokens decoded + tokens trained by the stage) / "
-        "(tokens decoded + tokens trained per step of the method's own RL run), one token one unit, the critic "
-        "and the judges not counted (as in RL); the wall-time ratio (stage seconds / RL seconds per step) is "
+        "(tokens decoded + tokens trained per step of the method's own RL run), one token one unit. The stage's "
+        "decoded tokens are the base's sampling and, for verify SFT only, the critic's critiques (the world's "
+        "expert is a rule: its critique and verdict counted under the policy tokenizer, as an expert model "
+        "would decode them; answer and replay rows need no critique); the judges are not counted (nor in RL). "
+        "The wall-time ratio (stage seconds / RL seconds per step) is "
         "given beside it. A method ahead by less than its extra cost may owe it to the extra training. Seconds "
         f"are wall-clock with {cfg.workers} jobs sharing the machine.\n\n" + "\n".join(lines) + "\n"
     )
@@ -945,7 +981,13 @@ def _demo_part(cfg: DemoConfig, out: Path, log, progress, clock: _WallClock) -> 
             f"{method} (mean over seeds): {r['cuts']:.0f} cuts and {r['requeued']:.0f} re-queued benign "
             f"prompts over the run, {100 * r['reroll_share']:.0f}% of the groups trained were re-rolls, "
             f"queue at the end {r['queue_size']:.0f} of {cfg.self_reset.buffer_size}; the cut starts "
-            f"{100 * (r['cut_fraction_mean'] or 0):.0f}% into the reasoning (mean)."
+            f"{100 * (r['cut_fraction_mean'] or 0):.0f}% into the reasoning (mean); "
+            + (
+                f"{r['trained_steps']:.1f} steps trained for {cfg.rl.max_steps} of fresh prompts, "
+                f"{r['pending_fresh_groups']:.1f} fresh groups never trained."
+                if r["trained_steps"]
+                else "steps trained not recorded."
+            )
         )
     verification = _stage_stats(out, cfg)
     if verification:

@@ -12,7 +12,9 @@ the model to *verify* answers — read a safety specification, a request and one
   model behind an OpenAI-compatible endpoint (``ModelCritic``, the rubric judges' client: concurrency,
   retries, cache, key from the environment), or the miniature world's ``ToyCritic`` — and only critiques
   whose verdict agrees with the judge's are kept; ``template`` fills a template with the judge's verdict and
-  rationale instead. Each row's ``provenance`` says which.
+  rationale instead. Each row's ``provenance`` says which. The tokens the critic decodes are part of the
+  data's cost, beside the policy's sampling (``critic_decoded_tokens``: the endpoint's reported usage, or
+  the critique under the policy's tokenizer; see ``Critique``); the judge's calls are not counted, as in RL.
 * **Arms** (``ARMS``, ``arm_rows``): the same sampling also gives the *answer-SFT* rows (one judge-approved
   complete sample per prompt, ``answer_rows``: the paper's central baseline) and the self-distillation
   *replay* rows. Each row's ``part`` says which; verification SFT trains on verification + replay rows,
@@ -34,13 +36,16 @@ from __future__ import annotations
 
 import random
 import re
+import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from recap.data.examples import Example
 from recap.eval.reflection import VERIFICATION_RE, has_verification  # noqa: F401  (the metric lives with reflection)
 from recap.inference.chat import THINK_CLOSE, final_answer, render_prompt, split_reasoning
+from recap.inference.endpoint import Endpoint
 from recap.inference.generation import SamplingConfig
 from recap.rewards.judges import INVALID, Judge, JudgeItem, Verdict, checked_judge, judge_name
 
@@ -213,7 +218,7 @@ class CriticConfig:
         default=2,
         metadata={
             "range": "[0, inf)",
-            "help": "Asks again when the reply is empty or too short, then fails quoting it.",
+            "help": "Asks again when the reply is empty, too short or (blind critic) without a 'Verdict:' line. After the last try a reply too short to be a critique fails quoting it; a blind critique still without a verdict is kept as unreadable and dropped (critic_unreadable), never guessed.",
         },
     )
     temperature: float = field(
@@ -251,6 +256,49 @@ def parse_critique(reply: str, min_chars: int = 40, verdict: bool = False) -> st
     return text, said
 
 
+# How the tokens a critic decoded were counted (``Critique.counted_by``).
+ENDPOINT_USAGE, POLICY_TOKENIZER = "endpoint usage", "policy tokenizer"
+
+
+class Critique(NamedTuple):
+    """A critic's work on one answer: the critique, the critic's verdict (``invalid`` when none can be read:
+    never guessed) and ``tokens``, the tokens the critic decoded for it (every try, replies asked again
+    included), counted as ``counted_by`` says: ``endpoint usage`` (the server's ``usage.completion_tokens``)
+    or ``policy tokenizer`` (the text tokenized with the policy's tokenizer)."""
+
+    text: str
+    verdict: str
+    tokens: int
+    counted_by: str
+
+
+def count_tokens(tokenizer, text: str) -> int:
+    """Tokens of ``text`` under ``tokenizer``, no special token added."""
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def counted_by(ways: Iterable[str]) -> str | None:
+    """How a sum of token counts was made: ``endpoint usage``, ``policy tokenizer``, both (joined by ' + ')
+    or None (nothing counted)."""
+    return " + ".join(sorted(set(ways))) or None
+
+
+class _UsageEndpoint(Endpoint):
+    """The critic's endpoint: each call also keeps, for the thread that made it, the tokens the server says
+    the reply decoded (``usage.completion_tokens``; None when it reports none). ``RubricJudge.ask`` reads a
+    reply in the thread that asked for it, right after the call."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reported = threading.local()
+
+    def call(self, request):
+        self.reported.tokens = None
+        resp = super().call(request)
+        self.reported.tokens = getattr(getattr(resp, "usage", None), "completion_tokens", None)
+        return resp
+
+
 class ModelCritic:
     """Critiques from a stronger model, through ``recap.rewards.rubric``'s client machinery (requests
     ``max_concurrency`` at a time, retries with backoff, replies re-asked when unusable, a JSONL cache so a
@@ -262,7 +310,7 @@ class ModelCritic:
     rationalises a verdict it never reached."""
 
     def __init__(self, cfg: CriticConfig, spec: str = SAFETY_SPEC, client=None, told: bool = False):
-        from recap.rewards.rubric import RubricConfig, RubricJudge
+        from recap.rewards.rubric import RubricConfig, RubricError, RubricJudge
         from recap.util.cache import cache_key
 
         # The rubric judge is the transport: its rubric field is unused (we send our own prompt).
@@ -283,6 +331,15 @@ class ModelCritic:
         self.prompt = TOLD_CRITIC_PROMPT if told else CRITIC_PROMPT
         self.client = RubricJudge(transport, client=client)
         self.client.name = f"critic:{cfg.model}"
+        self.client.endpoint = _UsageEndpoint(
+            cfg.base_url,
+            cfg.api_key_env,
+            cfg.timeout_s,
+            cfg.max_retries,
+            what="critic endpoint",
+            error=RubricError,
+            client=client,
+        )
         self.version = cache_key(self.prompt, spec)[:12]
         self._key = lambda *parts: cache_key(self.client.name, self.version, *parts)
 
@@ -296,33 +353,66 @@ class ModelCritic:
             "told_verdict": self.told,
         }
 
-    def verify(self, items: Sequence[tuple[Example, str, str]]) -> list[tuple[str, str]]:
-        """``(critique, the critic's verdict)`` per ``(example, answer, judge's verdict)``; a told critic's
-        verdict is the judge's. The judge's verdict is sent (and is part of the cache key) only when told."""
+    def verify(self, items: Sequence[tuple[Example, str, str]], tokenizer) -> list[Critique]:
+        """A ``Critique`` per ``(example, answer, judge's verdict)``. Blind (default): the critic's verdict is
+        read off its reply ('Verdict: safe/unsafe'); a reply without one is asked again (``parse_retries``),
+        then kept with verdict ``invalid``. Told: the verdict is the judge's, sent (and part of the cache key)
+        only then. ``tokens``: the endpoint's ``usage.completion_tokens`` of every try or, where the server
+        reports none, each reply tokenized with ``tokenizer`` (the policy's); a cached critique counts the
+        tokens recorded with it, so a rerun that makes no call costs the data the same."""
         from functools import partial
 
-        out: list[tuple[str, str] | None] = [None] * len(items)
+        out: list[Critique | None] = [None] * len(items)
         calls = {}
-
-        def parse(reply: str) -> dict:
-            if self.told:
-                return {"critique": parse_critique(reply, self.cfg.min_chars)}
-            text, said = parse_critique(reply, self.cfg.min_chars, verdict=True)
-            return {"critique": text, "verdict": said}
-
         for i, (example, answer, verdict) in enumerate(items):
             request = example.user_text()
             key = self._key(request, answer, verdict) if self.told else self._key(request, answer)
             row = self.client.cache.get(key)
             if row is not None:
-                out[i] = (row["critique"], row.get("verdict", verdict))
+                out[i] = self._critique(row, verdict, tokenizer)
             else:
                 fill = {"verdict": verdict} if self.told else {}
                 content = self.prompt.format(spec=self.spec, prompt=request, answer=answer, **fill)
-                calls[i] = partial(self.client.ask, key, content, parse)
+                calls[i] = partial(self.client.ask, key, content, self._parser(tokenizer))
         for i, row in self.client.ask_all(calls).items():
-            out[i] = (row["critique"], row.get("verdict", items[i][2]))
+            out[i] = self._critique(row, items[i][2], tokenizer)
         return out  # type: ignore[return-value]
+
+    def _parser(self, tokenizer) -> Callable[[str], dict]:
+        """Reply → the fields cached for one request (``RubricJudge.ask`` calls it on every try): the critique,
+        the critic's verdict (blind: ``invalid`` when the last try still has no readable one; a reply too short
+        to be a critique stays an error), and the tokens decoded over the tries so far."""
+        from recap.rewards.rubric import RubricError
+
+        spent: list[tuple[int, str]] = []  # (tokens, how counted) per try
+
+        def parse(reply: str) -> dict:
+            reported = self.client.endpoint.reported.tokens
+            spent.append(
+                (count_tokens(tokenizer, reply), POLICY_TOKENIZER) if reported is None else (reported, ENDPOINT_USAGE)
+            )
+            cost = {"decoded_tokens": sum(n for n, _ in spent), "counted_by": counted_by(how for _, how in spent)}
+            if self.told:
+                return {"critique": parse_critique(reply, self.cfg.min_chars), **cost}
+            try:
+                text, said = parse_critique(reply, self.cfg.min_chars, verdict=True)
+            except RubricError:
+                if len(spent) <= self.cfg.parse_retries:
+                    raise  # asked again
+                text, said = parse_critique(reply, self.cfg.min_chars), INVALID
+            return {"critique": text, "verdict": said, **cost}
+
+        return parse
+
+    @staticmethod
+    def _critique(row: dict, verdict: str, tokenizer) -> Critique:
+        """A cached row as a ``Critique`` (a told critic's verdict is the judge's); a row cached before tokens
+        were recorded counts its critique under the policy tokenizer."""
+        if "decoded_tokens" in row:
+            tokens, how = row["decoded_tokens"], row["counted_by"]
+        else:
+            tokens, how = count_tokens(tokenizer, row["critique"]), POLICY_TOKENIZER
+        return Critique(row["critique"], row.get("verdict", verdict), tokens, how)
 
 
 class ToyCritic:
@@ -333,18 +423,24 @@ class ToyCritic:
 
     provenance = {"critic": "toy", "told_verdict": False}
 
-    def verify(self, items: Sequence[tuple[Example, str, str]]) -> list[tuple[str, str]]:
+    def verify(self, items: Sequence[tuple[Example, str, str]], tokenizer) -> list[Critique]:
+        """A ``Critique`` per ``(example, answer, judge's verdict)``, the judge's verdict unread. ``tokens``: the
+        critique and its verdict as a verification row's completion writes them (``ToyFormat.completion``),
+        tokenized with ``tokenizer`` (the policy's) — what an expert model writing them would have decoded;
+        none for an answer it cannot read."""
         from recap.toy import world
 
         out = []
         for example, answer, _ in items:
             label = world.classify_answer(answer)
             if label not in ("refusal", "compliance"):
-                out.append(("", INVALID))
+                out.append(Critique("", INVALID, 0, POLICY_TOKENIZER))
                 continue
             safe = example.kind == "benign" or label == "refusal"
-            request = world.request_of(example.user_text(), example.kind)
-            out.append((world.critique(request, label, safe), SAFE if safe else UNSAFE))
+            verdict = SAFE if safe else UNSAFE
+            text = world.critique(world.request_of(example.user_text(), example.kind), label, safe)
+            tokens = count_tokens(tokenizer, ToyFormat().completion(text, verdict))
+            out.append(Critique(text, verdict, tokens, POLICY_TOKENIZER))
         return out
 
 
@@ -638,12 +734,16 @@ def build_verify_data(
 ) -> tuple[list[dict], dict]:
     """The rows of every supervised arm (``ARMS``) for the harmful and benign ``examples`` (tasks only feed the
     replay), from one sampling of the initial policy, and statistics: prompts, pairs found, prompts without a
-    pair, critiques dropped, answers sampled and tokens decoded. Each row's ``part`` says which it is:
+    pair, critiques dropped, answers sampled, tokens the policy decoded (``decoded_tokens``) and tokens the
+    critic decoded (``critic_decoded_tokens``, every critique requested, kept or dropped; counted as
+    ``critic_tokens_counted_by`` says, see ``Critique``; 0 for the template). Each row's ``part`` says which
+    it is:
 
     * ``verification`` — a chosen answer (``select_answers``) with a critique and verdict, from ``critic``
       (default: ``load_critic(cfg)``); a model or toy critic verifies without being told the judge's verdict,
       and its critique is kept only when its verdict agrees with the judge's (``critic_disagreed`` counts the
-      others); without a critic, the format's template filled with the judge's verdict;
+      critiques whose verdict differs, ``critic_unreadable`` those without a readable one); without a critic,
+      the format's template filled with the judge's verdict;
     * ``answer`` — one judge-approved complete sample per prompt (``answer_rows``): answer-SFT's data;
     * ``replay`` — ``round(cfg.replay × verification rows)`` unfiltered samples (``replay_rows``), shared by
       every arm that has them."""
@@ -660,7 +760,7 @@ def build_verify_data(
     items = [JudgeItem(e.user_text(), a, e.kind, e.reference) for e in pool for a in answers[e.id]]
     verdicts = _judge_answers(judge, items)
     n = cfg.samples_per_prompt
-    counts: Counter = Counter(critic_disagreed=0, replay_rows=0)
+    counts: Counter = Counter(critic_disagreed=0, critic_unreadable=0, critic_decoded_tokens=0, replay_rows=0)
     picks = []  # (example, its answers, its verdicts, the chosen answers)
     for k, e in enumerate(pool):
         vs = verdicts[k * n : (k + 1) * n]
@@ -673,13 +773,21 @@ def build_verify_data(
             counts["benign_examples"] += 1
         picks.append((e, answers[e.id], vs, chosen))
     texts: list[list[str]] | None = None
+    ways: set[str] = set()  # how the critic's tokens were counted
     if critic is not None:  # one batch of requests for the whole data set
-        said = iter(critic.verify([(e, ans[i], v) for e, ans, _, chosen in picks for i, v in chosen]))
+        said = iter(critic.verify([(e, ans[i], v) for e, ans, _, chosen in picks for i, v in chosen], tokenizer))
         texts, kept = [], []
         for e, ans, vs, chosen in picks:
-            agreed = [(c, text) for c in chosen for text, verdict in [next(said)] if verdict == c[1]]
-            counts["critic_disagreed"] += len(chosen) - len(agreed)
-            kept.append((e, ans, vs, [c for c, _ in agreed]))
+            agreed = []
+            for pick in chosen:
+                c = next(said)
+                counts["critic_decoded_tokens"] += c.tokens
+                ways.add(c.counted_by)
+                if c.verdict == pick[1]:
+                    agreed.append((pick, c.text))
+                else:
+                    counts["critic_unreadable" if c.verdict == INVALID else "critic_disagreed"] += 1
+            kept.append((e, ans, vs, [pick for pick, _ in agreed]))
             texts.append([text for _, text in agreed])
         picks = kept
     rows = []
@@ -721,14 +829,17 @@ def build_verify_data(
         "decoded_tokens": decoded,
         "format": fmt.name,
         "critic": critic.provenance["critic"] if critic is not None else "template",
+        "critic_tokens_counted_by": counted_by(ways),
         "judge": judge_name(judge),
         **dict(sorted(counts.items())),
     }
     log(
         f"verification data: {counts['verification_rows']} verification rows from {len(pool)} prompts "
         f"({counts['harmful_pairs']} harmful pairs, {counts['harmful_without_pair']} harmful prompts without one, "
-        f"{counts['benign_examples']} benign, {counts['critic_disagreed']} critiques dropped: the critic "
-        f"disagreed with the judge), {counts['answer_rows']} answer rows and {counts['replay_rows']} replay rows"
+        f"{counts['benign_examples']} benign; critiques dropped: {counts['critic_disagreed']} where the critic "
+        f"disagreed with the judge, {counts['critic_unreadable']} without a readable verdict), "
+        f"{counts['answer_rows']} answer rows and {counts['replay_rows']} replay rows; tokens decoded: "
+        f"{decoded} by the policy, {counts['critic_decoded_tokens']} by the critic"
     )
     return rows, stats
 

@@ -10,6 +10,7 @@ from recap.demo import (
     COMPARE_METHODS,
     METHODS,
     DemoConfig,
+    critic_tokens,
     equivalent_rl_steps,
     method_costs,
     sft_epochs,
@@ -40,13 +41,32 @@ def test_the_demo_verifies_blind_with_the_rl_token_budget():
 
 
 def test_equivalent_rl_steps_counts_tokens_generated_and_trained_and_wall_time():
-    stage = {"decoded_tokens": 30_000, "trained_tokens": 50_000, "seconds": {"data": 40.0, "sft": 20.0}}
+    stage = {
+        "decoded_tokens": 30_000,
+        "critic_decoded_tokens": 8_000,
+        "trained_tokens": 42_000,
+        "seconds": {"data": 40.0, "sft": 20.0},
+    }
     rl = {"decoded_tokens_per_step": 3_000, "trained_tokens_per_step": 5_000, "seconds_per_step": 1.5}
-    assert equivalent_rl_steps(stage, rl) == {"tokens": 10.0, "seconds": 40.0}
+    assert equivalent_rl_steps(stage, rl) == {"tokens": 10.0, "seconds": 40.0}  # (30k + 8k + 42k) / 8k
+    assert equivalent_rl_steps({**stage, "critic_decoded_tokens": 0}, rl)["tokens"] == 9.0  # the critic counts
     assert equivalent_rl_steps(None, rl) == {"tokens": 0.0, "seconds": 0.0}  # no stage, no extra cost
     assert equivalent_rl_steps(stage, None) == {"tokens": None, "seconds": None}
     missing = {"decoded_tokens_per_step": None, "trained_tokens_per_step": None, "seconds_per_step": None}
     assert equivalent_rl_steps(stage, missing) == {"tokens": None, "seconds": None}
+    # a stage recorded before the critic was counted: no token ratio rather than an undercount
+    old = {k: v for k, v in stage.items() if k != "critic_decoded_tokens"}
+    assert equivalent_rl_steps(old, rl) == {"tokens": None, "seconds": 40.0}
+
+
+def test_only_the_arms_trained_on_critiques_pay_for_the_critic():
+    """The critic's tokens (every critique the data build asked for) are charged to the verify arm, whose
+    verification rows hold them; the answer and replay arms train on the policy's own samples, which need no
+    critique. A data build without the count leaves the verify arm's critic cost unknown (None)."""
+    data = {"decoded_tokens": 300, "critic_decoded_tokens": 200}
+    assert [critic_tokens(arm, data) for arm in ("verify", "answer", "replay")] == [200, 0, 0]
+    assert critic_tokens("verify", {"decoded_tokens": 300}) is None
+    assert critic_tokens("answer", {"decoded_tokens": 300}) == 0
 
 
 def _write(path, obj):
@@ -64,10 +84,12 @@ def test_method_costs_charge_each_arm_its_stage_in_its_own_rl_steps(tmp_path):
             _write(
                 tmp_path / "runs" / f"{m}-seed{s}" / "log_history.json", [*history, {"train_runtime": 8.0, "step": 4}]
             )
-    for arm, trained in (("answer", 300), ("verify", 700)):
+    data = {"decoded_tokens": 300, "critic_decoded_tokens": 200}  # one data build per seed, shared by the arms
+    for arm, trained in (("answer", 300), ("verify", 500)):
         for s in range(2):
             stats = {
-                "decoded_tokens": 300,
+                "decoded_tokens": data["decoded_tokens"],
+                "critic_decoded_tokens": critic_tokens(arm, data),
                 "trained_tokens": trained + 100 * s,
                 "seconds": {"data": 2.0, "sft": 4.0},
                 "accuracy": {"verified": {"accuracy": 0.5}},
@@ -76,10 +98,28 @@ def test_method_costs_charge_each_arm_its_stage_in_its_own_rl_steps(tmp_path):
     costs = method_costs(tmp_path, cfg)
     assert costs["vanilla"]["extra_steps_tokens"] == [0.0, 0.0] and costs["vanilla"]["stage_trained_tokens"] == []
     assert costs["vanilla"]["rl_trained_tokens_per_step"] == [50.0, 50.0]
-    # answer: (300 + 300) / (100 + 100) = 3, then (300 + 400) / 200; verify: (300 + 700) / (50 + 50) = 10, 11
+    # answer: (300 + 0 + 300) / (100 + 100) = 3, then (300 + 0 + 400) / 200; verify, the critic's 200 tokens
+    # included: (300 + 200 + 500) / (50 + 50) = 10, then 11
     assert costs["answer_grpo"]["extra_steps_tokens"] == [3.0, 3.5]
+    assert costs["answer_grpo"]["stage_critic_tokens"] == [0, 0]
     assert costs["verify_grpo"]["extra_steps_tokens"] == [10.0, 11.0]
+    assert costs["verify_grpo"]["stage_critic_tokens"] == [200, 200]
     assert costs["verify_grpo"]["extra_steps_seconds"] == [3.0, 3.0]  # 6 s of stage / 2 s per RL step
+
+
+def test_rl_steps_past_the_plan_count_as_extra_cost(tmp_path):
+    """Self-ReSET's re-rolls add steps to rl.max_steps: each one is an RL step of extra cost."""
+    from dataclasses import replace
+
+    cfg = DemoConfig(seeds=1, methods=["vanilla", "self_reset"])
+    cfg = replace(cfg, rl=replace(cfg.rl, max_steps=4))
+    for m, steps in (("vanilla", 4), ("self_reset", 6)):
+        history = [{"step": k, "cost/decoded_tokens": 50.0, "num_tokens": k * 50.0} for k in range(1, steps + 1)]
+        _write(tmp_path / "runs" / f"{m}-seed0" / "log_history.json", [*history, {"train_runtime": 2.0 * steps}])
+    costs = method_costs(tmp_path, cfg)
+    assert costs["vanilla"]["rl_steps"] == [4] and costs["vanilla"]["extra_steps_tokens"] == [0.0]
+    assert costs["self_reset"]["rl_steps"] == [6]
+    assert costs["self_reset"]["extra_steps_tokens"] == costs["self_reset"]["extra_steps_seconds"] == [2.0]
 
 
 def test_sft_tokens_are_every_rows_prompt_and_completion_per_epoch():

@@ -16,9 +16,12 @@ from recap.toy import world
 from recap.toy.judge import ToyJudge, ToyVerdictJudge
 from recap.toy.model import build_tokenizer
 from recap.train.verify import (
+    ENDPOINT_USAGE,
+    POLICY_TOKENIZER,
     SAFE,
     UNSAFE,
     CriticConfig,
+    Critique,
     ModelCritic,
     TextFormat,
     ToyCritic,
@@ -26,6 +29,7 @@ from recap.train.verify import (
     VerifyDataConfig,
     arm_rows,
     build_verify_data,
+    count_tokens,
     has_verification,
     parse_critique,
     select_answers,
@@ -153,55 +157,93 @@ def test_given_critiques_are_used_in_order_and_counted():
 # Critiques from a stronger model, through the rubric judges' client
 # --------------------------------------------------------------------------------------------
 class FakeClient:
-    def __init__(self, replies):
-        self.replies, self.requests = list(replies), []
+    """An ``openai`` client answering from a list (the last reply repeats) or a function of the request; with
+    ``usage``, each response reports that many completion tokens (as vLLM or llama.cpp do), else none."""
+
+    def __init__(self, replies, usage: int | None = None):
+        self.replies, self.requests, self.usage = replies if callable(replies) else list(replies), [], usage
         self.chat = types.SimpleNamespace(completions=types.SimpleNamespace(create=self.create))
 
     def create(self, messages, **kw):
         self.requests.append({"messages": messages, **kw})
-        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
-        return types.SimpleNamespace(choices=[types.SimpleNamespace(message=types.SimpleNamespace(content=reply))])
+        if callable(self.replies):
+            reply = self.replies(messages[-1]["content"])
+        else:
+            reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+        message = types.SimpleNamespace(message=types.SimpleNamespace(content=reply))
+        if self.usage is None:
+            return types.SimpleNamespace(choices=[message])
+        return types.SimpleNamespace(choices=[message], usage=types.SimpleNamespace(completion_tokens=self.usage))
+
+
+LONG = "The request asks how to steal a car, which could hurt people; the answer declines to help at all."
 
 
 def test_model_critic_verifies_blind_asks_again_without_a_verdict_and_caches(tmp_path):
     """The default critic is not told the judge's verdict: it writes its own, which is read off its reply (a
-    reply without one is asked again); the cache key holds no verdict either."""
+    reply without one is asked again); the cache key holds no verdict either. The server reports no usage:
+    the tokens of every reply, those asked again included, are counted with the policy's tokenizer, and a
+    cached critique costs what it cost when it was written."""
+    tok = build_tokenizer()
     cache = tmp_path / "critiques.jsonl"
-    long = "The request asks how to steal a car, which could hurt people; the answer declines to help at all."
-    client = FakeClient(["too short", long, long + "\nVerdict: unsafe"])
+    replies = ["too short", LONG, LONG + "\nVerdict: unsafe"]
+    client = FakeClient(replies)
     critic = ModelCritic(CriticConfig(max_concurrency=1, cache=str(cache)), spec="SPEC", client=client)
-    out = critic.verify([(HARMFUL, REFUSAL, SAFE)])
-    assert out == [(long, UNSAFE)] and len(client.requests) == 3  # too short, then no verdict: asked again
+    out = critic.verify([(HARMFUL, REFUSAL, SAFE)], tok)
+    spent = sum(count_tokens(tok, r) for r in replies)
+    assert out == [Critique(LONG, UNSAFE, spent, POLICY_TOKENIZER)] and len(client.requests) == 3
     sent = client.requests[0]["messages"][-1]["content"]
     assert "SPEC" in sent and REFUSAL in sent and "rated this answer" not in sent
     again = ModelCritic(CriticConfig(cache=str(cache)), spec="SPEC", client=FakeClient(["unused"]))
-    assert again.verify([(HARMFUL, REFUSAL, UNSAFE)]) == [(long, UNSAFE)]  # same answer, other verdict: cached
+    assert again.verify([(HARMFUL, REFUSAL, UNSAFE)], tok) == out  # same answer, other verdict: cached
     assert again.client.calls == 0
     assert critic.provenance["critic"] == "model" and critic.provenance["told_verdict"] is False
 
 
+def test_a_reply_still_without_a_verdict_is_unreadable_never_guessed_and_every_try_is_counted():
+    """After ``parse_retries`` a critique without a 'Verdict:' line is kept as unreadable (``invalid``), whatever
+    it says in prose; the server's reported usage counts every try. A reply too short to be a critique stays
+    an error."""
+    from recap.rewards.rubric import RubricError
+
+    prose = LONG + " The answer is safe."  # says "safe", but not as a verdict line
+    client = FakeClient([prose], usage=21)
+    critic = ModelCritic(CriticConfig(cache="", parse_retries=1), spec="SPEC", client=client)
+    assert critic.verify([(HARMFUL, REFUSAL, SAFE)], build_tokenizer()) == [
+        Critique(prose, INVALID, 2 * 21, ENDPOINT_USAGE)
+    ]
+    assert len(client.requests) == 2
+    short = ModelCritic(CriticConfig(cache="", parse_retries=1), spec="SPEC", client=FakeClient(["no."]))
+    with pytest.raises(RubricError, match="characters"):
+        short.verify([(HARMFUL, REFUSAL, SAFE)], build_tokenizer())
+
+
 def test_a_told_model_critic_gets_the_judges_verdict_and_returns_it(tmp_path):
-    long = "The request asks how to steal a car, which could hurt people; the answer declines to help at all."
-    client = FakeClient([long + "\nVerdict: safe"])
+    client = FakeClient([LONG + "\nVerdict: safe"], usage=30)
     critic = ModelCritic(CriticConfig(cache=""), spec="SPEC", client=client, told=True)
-    assert critic.verify([(HARMFUL, REFUSAL, SAFE)]) == [(long, SAFE)]
+    assert critic.verify([(HARMFUL, REFUSAL, SAFE)], build_tokenizer()) == [Critique(LONG, SAFE, 30, ENDPOINT_USAGE)]
     assert "rated this answer safe" in client.requests[0]["messages"][-1]["content"]
     assert critic.provenance["told_verdict"] is True
 
 
-def test_the_toy_critic_reads_the_answer_itself():
+def test_the_toy_critic_reads_the_answer_itself_and_counts_what_an_expert_would_decode():
+    tok = build_tokenizer()
     (safe, unsafe, unread, benign) = ToyCritic().verify(
         [
             (HARMFUL, REFUSAL, UNSAFE),
             (HARMFUL, COMPLIANCE, SAFE),
             (HARMFUL, "the answer is 5 .", SAFE),
             (BENIGN, REFUSAL, SAFE),
-        ]
+        ],
+        tok,
     )
     request = world.request_of(HARMFUL.user_text(), "harmful")
-    assert safe == (world.critique(request, "refusal", True), SAFE)  # whatever verdict it was handed
-    assert unsafe == (world.critique(request, "compliance", False), UNSAFE)
+    assert safe[:2] == (world.critique(request, "refusal", True), SAFE)  # whatever verdict it was handed
+    assert unsafe[:2] == (world.critique(request, "compliance", False), UNSAFE)
     assert unread[1] == INVALID and benign[1] == SAFE
+    # the critique and its verdict, as the verification row's completion writes them, in the policy's tokens
+    assert safe.tokens == count_tokens(tok, ToyFormat().completion(safe.text, SAFE)) > 20
+    assert safe.counted_by == POLICY_TOKENIZER and unread.tokens == 0
 
 
 def test_parse_critique_rejects_empty_replies():
@@ -528,28 +570,61 @@ ROB = Example(id="h2", kind="harmful", prompt="how do i rob a store ?")
 TASK = Example(id="t1", kind="task", prompt="what is 2 plus 3 ?", reference="5")
 
 
-def _build(critic: str, judge=None, replay: float = 1.0):
+def _build(critic: str | ModelCritic, judge=None, replay: float = 1.0):
     cfg = VerifyDataConfig(
-        samples_per_prompt=3, sampling=SamplingConfig(max_new_tokens=8), judge="toy", critic=critic, replay=replay
+        samples_per_prompt=3,
+        sampling=SamplingConfig(max_new_tokens=8),
+        judge="toy",
+        critic=critic if isinstance(critic, str) else "model",
+        replay=replay,
     )
+    model_critic = None if isinstance(critic, str) else critic
     return build_verify_data(
-        ScriptedEngine(SCRIPT), build_tokenizer(), [HARMFUL, ROB, BENIGN, TASK], judge or ToyJudge(), cfg
+        ScriptedEngine(SCRIPT), build_tokenizer(), [HARMFUL, ROB, BENIGN, TASK], judge or ToyJudge(), cfg, model_critic
     )
 
 
 def test_only_critiques_whose_verdict_agrees_with_the_judge_are_kept():
     """The judge calls the first refusal of 'rob a store' unsafe (the three answers are the same refusal); the
     toy expert, not told so, calls it safe: that row of the pair is dropped. The template, filled with the
-    judge's verdict, keeps it (and teaches the judge's error)."""
+    judge's verdict, keeps it (and teaches the judge's error). The expert's tokens are the data's cost, the
+    dropped critique's included; the template costs none."""
+    tok = build_tokenizer()
     rows, stats = _build("toy", FlippingJudge("rob a store"), replay=0)
-    verify = [(r["source_id"], r["verdict"]) for r in arm_rows(rows, "verify")]
+    kept = arm_rows(rows, "verify")
+    verify = [(r["source_id"], r["verdict"]) for r in kept]
     assert ("h1", SAFE) in verify and ("h1", UNSAFE) in verify and ("b1", SAFE) in verify
     assert [v for s, v in verify if s == "h2"] == [SAFE]  # the refusal judged "unsafe" is dropped
-    assert stats["critic_disagreed"] == 1 and stats["critic"] == "toy"
-    assert all(r["provenance"]["critic"] == "toy" for r in arm_rows(rows, "verify"))
+    assert stats["critic_disagreed"] == 1 and stats["critic_unreadable"] == 0 and stats["critic"] == "toy"
+    assert all(r["provenance"]["critic"] == "toy" for r in kept)
+    # each critique is its row's completion; the dropped one is the same refusal's, the same as h2's kept row
+    h2 = next(r for r in kept if r["source_id"] == "h2")
+    spent = sum(count_tokens(tok, r["completion"]) for r in kept) + count_tokens(tok, h2["completion"])
+    assert stats["critic_decoded_tokens"] == spent and stats["critic_tokens_counted_by"] == POLICY_TOKENIZER
     rows, stats = _build("template", FlippingJudge("rob a store"), replay=0)
     assert stats["critic_disagreed"] == 0 and len(arm_rows(rows, "verify")) == len(verify) + 1
     assert stats["critic"] == "template"
+    assert stats["critic_decoded_tokens"] == 0 and stats["critic_tokens_counted_by"] is None
+
+
+def test_a_model_critics_unreadable_and_disagreeing_critiques_are_dropped_and_all_its_tokens_counted():
+    """A blind model critic (a scripted server reporting 25 completion tokens a reply): the compliance is unsafe,
+    the egg recipe gets prose without a verdict line (asked again, then unreadable), the rest safe — so the
+    refusal the judge calls unsafe is a disagreement. Every reply's tokens are the data's cost."""
+
+    def reply(content: str) -> str:
+        said = "unsafe" if "step one , step two" in content and "steal" in content else "safe"
+        return LONG + ("" if "crack an egg" in content else f"\nVerdict: {said}")
+
+    client = FakeClient(reply, usage=25)
+    critic = ModelCritic(CriticConfig(cache="", parse_retries=1, max_concurrency=1), client=client)
+    rows, stats = _build(critic, FlippingJudge("rob a store"), replay=0)
+    verify = sorted((r["source_id"], r["verdict"]) for r in arm_rows(rows, "verify"))
+    assert verify == [("h1", SAFE), ("h1", UNSAFE), ("h2", SAFE)]
+    assert stats["critic_disagreed"] == 1 and stats["critic_unreadable"] == 1  # h2's "unsafe" refusal; b1
+    assert len(client.requests) == 5 + 1  # five answers chosen, b1's asked again
+    assert stats["critic_decoded_tokens"] == 25 * 6 and stats["critic_tokens_counted_by"] == ENDPOINT_USAGE
+    assert all("Verdict" not in r["completion"].split("</think>")[0] for r in arm_rows(rows, "verify"))
 
 
 def test_each_arm_sees_its_own_rows_from_the_same_samples():
