@@ -200,7 +200,7 @@ def demo(
     compare: bool = typer.Option(
         False,
         "--compare",
-        help="Compare vanilla, RECAP, Self-ReSET, replay-only SFT + GRPO, answer SFT + GRPO, verification SFT + GRPO and verification SFT + RECAP (same RL budget and seeds; each supervised stage's extra cost in equivalent RL steps), add H-CoT, unseen-generator prefills and the adaptive attacker's worst case to the evaluation, and write comparison.md / comparison.png.",
+        help="Compare vanilla, RECAP, Self-ReSET, replay-only SFT + GRPO, answer SFT + GRPO, verification SFT + GRPO and verification SFT + RECAP (same planned RL budget and seeds; each supervised stage, and each step Self-ReSET's re-rolls add, as extra cost in equivalent RL steps), add H-CoT, unseen-generator prefills and the adaptive attacker's worst case to the evaluation, and write comparison.md / comparison.png.",
     ),
     methods: Optional[str] = typer.Option(
         None,
