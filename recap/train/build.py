@@ -13,7 +13,14 @@ from recap.data.onpolicy import step_judge_for
 from recap.data.prefill_sources import PrefillPlanner
 from recap.data.selfreset import SelfResetPlanner, cutter_for
 from recap.inference.chat import render_prompt, with_think_system
-from recap.train.config import PAPER_TAU, TrainConfig, check_train_config, common_trainer_args, dynamic_prefills
+from recap.train.config import (
+    PAPER_TAU,
+    TrainConfig,
+    check_train_config,
+    common_trainer_args,
+    dynamic_prefills,
+    with_epochs,
+)
 from recap.train.distributed import world_size
 from recap.train.trainer import RecapTrainer, completion_budget
 
@@ -117,6 +124,7 @@ def build_trainer(cfg: TrainConfig, examples: list[Example] | None = None, model
         torch.set_num_threads(cfg.num_threads)
     if examples is None:
         examples = read_examples(cfg.train_file)
+    cfg = with_epochs(cfg, len(examples))
     if model is None or tokenizer is None:
         loaded, loaded_tok = load_model(
             cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights

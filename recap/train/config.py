@@ -3,7 +3,8 @@ settings that the trainer cannot run, and the trainer arguments RL and SFT share
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 from recap.data.prefill_sources import PrefillSourceConfig
@@ -61,7 +62,14 @@ class TrainConfig:
         default=100,
         metadata={
             "range": "[1, inf)",
-            "help": "Optimizer steps (with Self-ReSET's self_reset.reroll_steps: add, the steps of fresh prompts; its re-rolls add steps to them).",
+            "help": "Optimizer steps (with Self-ReSET's self_reset.reroll_steps: add, the steps of fresh prompts; its re-rolls add steps to them). Replaced by epochs when that is set.",
+        },
+    )
+    epochs: float | None = field(
+        default=None,
+        metadata={
+            "range": "(0, inf)",
+            "help": "Passes over the training prompts; when set, max_steps = ⌈epochs × prompts / prompts_per_step⌉ (Self-ReSET's reference counts its run so: --num-epoch 4). Empty: max_steps as given.",
         },
     )
     learning_rate: float = field(
@@ -321,6 +329,14 @@ def dynamic_prefills(cfg: TrainConfig) -> bool:
     """Whether prefills are chosen at each step (on-policy source or a length schedule) rather than fixed
     by the mixture file."""
     return cfg.prefill_sources.weights.get("on_policy", 0.0) > 0 or cfg.prefill_length is not None
+
+
+def with_epochs(cfg: TrainConfig, prompts: int) -> TrainConfig:
+    """``cfg`` with ``max_steps`` = ⌈epochs × prompts / prompts_per_step⌉ when ``epochs`` is set (``prompts``:
+    the training set's size), else ``cfg`` itself."""
+    if cfg.epochs is None:
+        return cfg
+    return replace(cfg, max_steps=max(1, math.ceil(cfg.epochs * prompts / cfg.prompts_per_step)))
 
 
 def check_train_config(cfg: TrainConfig) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from recap.data.examples import Example
 from recap.train.build import build_trainer
-from recap.train.config import TrainConfig
+from recap.train.config import TrainConfig, with_epochs
 from recap.train.distributed import broadcast_checkpoint, world_size
 from recap.train.resume import (
     RESUME_MODES,
@@ -110,6 +110,10 @@ def _train(cfg: TrainConfig, examples, log, progress) -> Path:
 
     if cfg.resume not in RESUME_MODES:
         raise ValueError(f"resume must be one of {', '.join(RESUME_MODES)}, got {cfg.resume!r}")
+    if cfg.epochs is not None:  # the run's length in steps, from the training set's size
+        from recap.data.examples import read_examples
+
+        cfg = with_epochs(cfg, len(examples) if examples is not None else len(read_examples(cfg.train_file)))
     out = Path(cfg.output_dir)
     final = out / "final"
     if (final / "config.json").exists():

@@ -13,6 +13,7 @@ from recap.rewards.guard import GuardConfig
 from recap.rewards.judges import JudgeItem, RuleJudge
 from recap.rewards.rubric import RubricConfig
 from recap.train import TrainConfig, check_train_config
+from recap.train.config import with_epochs
 from recap.util.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,9 +125,10 @@ def test_self_reset_config_takes_the_reference_optimizer_and_defaults(tmp_path):
     assert (cfg.weight_decay, cfg.adam_beta2) == (0.1, 0.98)
     assert cfg.self_reset.extend_to_punctuation is False and cfg.self_reset.requeue_refusals is False
     # 4 epochs of 1,500 fresh prompts at 64 a step, re-rolls adding steps under a constant learning rate
-    assert cfg.max_steps == -(-4 * 1500 // 64) and cfg.self_reset.reroll_steps == "add"
-    on_cpu = replace(cfg, output_dir=str(tmp_path / "sr"), bf16=False, use_cpu=True)
-    assert cfg.lr_scheduler_type == "constant" and grpo_config(on_cpu).max_steps == cfg.max_steps * (1 + 256 // 64)
+    assert cfg.epochs == 4 and cfg.self_reset.reroll_steps == "add"
+    on_cpu = with_epochs(replace(cfg, output_dir=str(tmp_path / "sr"), bf16=False, use_cpu=True), 1500)
+    assert on_cpu.max_steps == 94
+    assert cfg.lr_scheduler_type == "constant" and grpo_config(on_cpu).max_steps == 94 * (1 + 256 // 64)
     small = dict(model="m", prompts_per_step=2, num_generations=4, use_cpu=True)
     args = grpo_config(TrainConfig(output_dir=str(tmp_path / "a"), weight_decay=0.1, adam_beta2=0.98, **small))
     assert (args.weight_decay, args.adam_beta1, args.adam_beta2) == (0.1, 0.9, 0.98)

@@ -4,6 +4,8 @@ latest rewards by kind (the CLI draws one line from it)."""
 
 import json
 
+import pytest
+
 from recap.data.examples import Example
 from recap.toy.model import ToyModelConfig, build_model, build_tokenizer
 from recap.train import TRAIN_LOG, TrainConfig, train
@@ -44,3 +46,36 @@ def test_logs_go_to_a_file_and_progress_follows_every_step(tmp_path, capsys):
     lines = [json.loads(x) for x in (tmp_path / "run" / TRAIN_LOG).read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3]
     assert "{'loss'" not in capsys.readouterr().out  # no raw TRL dicts on the terminal
+
+
+def test_epochs_set_the_run_length_from_the_training_prompts(tmp_path):
+    """epochs 1.5 over 4 prompts at 2 a step: ⌈1.5 × 4 / 2⌉ = 3 steps, whatever max_steps said; the run's
+    record holds the steps it was planned with."""
+    from dataclasses import replace
+
+    tok = build_tokenizer()
+    base = tmp_path / "base"
+    build_model(tok, TINY, 0).save_pretrained(base)
+    tok.save_pretrained(base)
+    cfg = TrainConfig(
+        model=str(base),
+        output_dir=str(tmp_path / "run"),
+        judge="toy",
+        num_generations=2,
+        prompts_per_step=2,
+        max_steps=100,
+        epochs=1.5,
+        max_completion_length=4,
+        use_cpu=True,
+        save_steps=10,
+        gradient_checkpointing=False,
+    )
+    seen = []
+    train(cfg, EXAMPLES, log=lambda s: None, progress=lambda step, total, logs: seen.append((step, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["max_steps"] == 3
+    notes = []
+    train(cfg, EXAMPLES, log=notes.append)  # the finished run is this config's: nothing left to train
+    assert "nothing left to train" in notes[-1]
+    with pytest.raises(ValueError, match="field 'epochs' was 1.5 in the run being resumed, now 2.0"):
+        train(replace(cfg, epochs=2.0), EXAMPLES, log=notes.append)  # another run: refused
