@@ -13,6 +13,7 @@ import base64
 import html
 import re
 import statistics
+import textwrap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -274,7 +275,8 @@ def _plot(summary: dict, groups: list[tuple[str, str]], plot_title: str, path: P
     ax.set_ylabel("%")
     ax.set_ylim(0, 118)
     ax.set_yticks(range(0, 101, 20))
-    ax.set_title(plot_title, fontsize=10)
+    width_chars = int(fig.get_figwidth() * 12)  # what a 10-point title fits per inch of figure, with margin
+    ax.set_title(textwrap.fill(plot_title, width_chars), fontsize=10)  # a long title wraps, never clipped
     ax.legend(fontsize="small", loc="upper center", ncol=max(len(methods), 1))
     fig.tight_layout()
     _save(fig, path)

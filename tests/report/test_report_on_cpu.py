@@ -281,3 +281,21 @@ def test_per_benchmark_table_for_suite_records(tmp_path):
     assert "| method | sr: safety clean | sr: safety prefill | sr: safety IPR1 | xs: complies | xs: helpfulness |" in md
     assert "| base | 0.0 | 50.0 | 50.0 | 50.0 | 50.0 |" in md and "| recap | — | 100.0 | 100.0 | — | — |" in md
     assert "<th>sr: safety prefill</th>" in (tmp_path / "report.html").read_text()
+
+
+def test_a_long_plot_title_wraps_inside_its_figure(tmp_path, monkeypatch):
+    """A chart title longer than its figure is wide was clipped at both ends; it wraps instead."""
+    import recap.report.report as report
+
+    seen = {}
+    monkeypatch.setattr(report, "_save", lambda fig, path: seen.update(title=fig.axes[0].get_title(), fig=fig))
+    summary = {"methods": {"base": {"safety_prefill": {"mean": 0.5, "std": 0.0}}}}
+    title = (
+        "Safety under attack: answers judged safe, share of all samples (higher is better; malformed ones are not safe)"
+    )
+    assert report._plot(summary, [("prefill", "safety_prefill")], title, tmp_path / "p.png")
+    lines = seen["title"].splitlines()
+    assert len(lines) == 2 and " ".join(lines) == title
+    fig = seen["fig"]
+    box = fig.axes[0].title.get_window_extent(fig.canvas.get_renderer())
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width  # drawn inside the figure
