@@ -196,7 +196,9 @@ SET_HELP = "Override a config field: key=value (YAML value; dotted keys for nest
 def demo(
     out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Output folder (resumable)."),
     seeds: Optional[int] = typer.Option(None, help="Number of seeds (default 3; 1 with --quick)."),
-    quick: bool = typer.Option(False, "--quick", help="1-seed pipeline check in about 2.5 minutes (no effect expected)."),
+    quick: bool = typer.Option(
+        False, "--quick", help="1-seed pipeline check in about 2.5 minutes (no effect expected)."
+    ),
     compare: bool = typer.Option(
         False,
         "--compare",
