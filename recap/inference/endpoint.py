@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +51,8 @@ class Endpoint:
         self.timeout_s, self.max_retries, self.what, self.error = timeout_s, max_retries, what, error
         self._client = client
         self.secret: str | None = None
+        # per thread, the tokens the server says the last reply decoded (usage.completion_tokens; None: unsaid)
+        self.usage = threading.local()
 
     def client(self):
         if self._client is None:
@@ -74,14 +77,18 @@ class Endpoint:
         return self._client
 
     def call(self, request: Callable[[Any], Any]):
-        """``request(client)``; what the client's retries could not fix becomes one ``self.error`` line."""
+        """``request(client)``; what the client's retries could not fix becomes one ``self.error`` line. The
+        reply's ``usage.completion_tokens`` is kept for the calling thread in ``usage.completion_tokens``."""
         import openai
 
         attempts = self.max_retries + 1
+        self.usage.completion_tokens = None
         try:
             for attempt in range(attempts):
                 try:
-                    return request(self.client())
+                    resp = request(self.client())
+                    self.usage.completion_tokens = getattr(getattr(resp, "usage", None), "completion_tokens", None)
+                    return resp
                 except json.JSONDecodeError as e:  # a 200 whose body is not JSON (a proxy's page, a cut reply)
                     if attempt + 1 < attempts:
                         time.sleep(min(8.0, 0.5 * 2**attempt))  # the client's own backoff does not cover it

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import random
 import re
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +44,6 @@ from typing import NamedTuple
 from recap.data.examples import Example
 from recap.eval.reflection import VERIFICATION_RE, has_verification  # noqa: F401  (the metric lives with reflection)
 from recap.inference.chat import THINK_CLOSE, final_answer, render_prompt, split_reasoning
-from recap.inference.endpoint import Endpoint
 from recap.inference.generation import SamplingConfig
 from recap.rewards.judges import INVALID, Judge, JudgeItem, Verdict, checked_judge, judge_name
 
@@ -283,22 +281,6 @@ def counted_by(ways: Iterable[str]) -> str | None:
     return " + ".join(sorted(set(ways))) or None
 
 
-class _UsageEndpoint(Endpoint):
-    """The critic's endpoint: each call also keeps, for the thread that made it, the tokens the server says
-    the reply decoded (``usage.completion_tokens``; None when it reports none). ``RubricJudge.ask`` reads a
-    reply in the thread that asked for it, right after the call."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.reported = threading.local()
-
-    def call(self, request):
-        self.reported.tokens = None
-        resp = super().call(request)
-        self.reported.tokens = getattr(getattr(resp, "usage", None), "completion_tokens", None)
-        return resp
-
-
 class ModelCritic:
     """Critiques from a stronger model, through ``recap.rewards.rubric``'s client machinery (requests
     ``max_concurrency`` at a time, retries with backoff, replies re-asked when unusable, a JSONL cache so a
@@ -310,7 +292,7 @@ class ModelCritic:
     rationalises a verdict it never reached."""
 
     def __init__(self, cfg: CriticConfig, spec: str = SAFETY_SPEC, client=None, told: bool = False):
-        from recap.rewards.rubric import RubricConfig, RubricError, RubricJudge
+        from recap.rewards.rubric import RubricConfig, RubricJudge
         from recap.util.cache import cache_key
 
         # The rubric judge is the transport: its rubric field is unused (we send our own prompt).
@@ -331,15 +313,7 @@ class ModelCritic:
         self.prompt = TOLD_CRITIC_PROMPT if told else CRITIC_PROMPT
         self.client = RubricJudge(transport, client=client)
         self.client.name = f"critic:{cfg.model}"
-        self.client.endpoint = _UsageEndpoint(
-            cfg.base_url,
-            cfg.api_key_env,
-            cfg.timeout_s,
-            cfg.max_retries,
-            what="critic endpoint",
-            error=RubricError,
-            client=client,
-        )
+        self.client.endpoint.what = "critic endpoint"  # named so in its errors
         self.version = cache_key(self.prompt, spec)[:12]
         self._key = lambda *parts: cache_key(self.client.name, self.version, *parts)
 
@@ -387,7 +361,7 @@ class ModelCritic:
         spent: list[tuple[int, str]] = []  # (tokens, how counted) per try
 
         def parse(reply: str) -> dict:
-            reported = self.client.endpoint.reported.tokens
+            reported = self.client.endpoint.usage.completion_tokens
             spent.append(
                 (count_tokens(tokenizer, reply), POLICY_TOKENIZER) if reported is None else (reported, ENDPOINT_USAGE)
             )
