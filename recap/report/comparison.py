@@ -1,5 +1,12 @@
 """Two methods compared over seeds: per condition, the safe (or compliant) share with per-seed values, a pooled
-95 % Wilson interval and the invalid share, then the treatment − baseline difference with its 95 % interval.
+95 % Wilson interval and the invalid share, then the treatment − baseline difference with two 95 % intervals.
+
+The two intervals answer two questions. The *pooled* one (normal, all seeds' samples pooled) holds the trained
+models fixed: is the difference more than the sampling noise of these evaluations? The *seed-level* one
+(paired t over the seeds both methods ran, from the per-seed differences) treats each training seed as one
+draw: would the difference hold for another training run? Run-to-run spread is often larger than sampling
+noise, so the seed-level interval is usually the wider and more demanding (it is never narrower than the pooled
+one); with 2 seeds its t quantile is 12.7, and with one seed there is none.
 
 A *condition* is a name and a selector of evaluation records (``Condition``): "safe under the prefilling
 attack at 40 words" selects the harmful records of that attack; "XSTest compliance" selects the benign clean
@@ -16,6 +23,8 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from scipy.stats import t as student_t
 
 from recap.eval.metrics import wilson
 from recap.rewards.judges import INVALID
@@ -79,7 +88,9 @@ def compare(
     treatment: str,
 ) -> dict:
     """Per method and condition: per-seed rates, their mean, the pooled Wilson interval, the invalid share;
-    and per condition the treatment − baseline difference of pooled rates with a 95 % normal interval."""
+    and per condition the treatment − baseline difference of pooled rates with a 95 % normal interval
+    (``ci``), plus, where both methods ran the same two or more seeds, the mean per-seed difference
+    (``seed_diff``) with its paired-t 95 % interval (``seed_ci``) over those ``seeds``."""
     table: dict[str, dict] = {}
     for method in methods:
         seeds = sorted({r["seed"] for r in records if r["method"] == method})
@@ -110,8 +121,26 @@ def compare(
             continue
         pa, pb = a["k"] / a["n"], b["k"] / b["n"]
         half = Z95 * math.sqrt(pa * (1 - pa) / a["n"] + pb * (1 - pb) / b["n"])
-        diffs[c.name] = {"diff": pb - pa, "ci": (pb - pa - half, pb - pa + half)}
+        diffs[c.name] = {"diff": pb - pa, "ci": (pb - pa - half, pb - pa + half)} | seed_interval(
+            a["per_seed"], b["per_seed"], floor=half
+        )
     return {"table": table, "diff": diffs, "baseline": baseline, "treatment": treatment}
+
+
+def seed_interval(baseline: dict, treatment: dict, floor: float = 0.0) -> dict:
+    """The treatment − baseline difference over the seeds both ran (per-seed rates ``{seed: rate}``): the
+    mean per-seed difference and its paired-t 95 % interval; empty with fewer than two common seeds.
+
+    The half-width is never below ``floor`` (the pooled interval's): a few seeds can agree by chance, and
+    two seeds with the same difference would otherwise give an interval of width 0."""
+    seeds = sorted(set(baseline) & set(treatment))
+    if len(seeds) < 2:
+        return {}
+    ds = [treatment[s] - baseline[s] for s in seeds]
+    mean = statistics.fmean(ds)
+    half = float(student_t.ppf(0.975, len(ds) - 1)) * statistics.stdev(ds) / math.sqrt(len(ds))
+    half = max(half, floor)
+    return {"seed_diff": mean, "seed_ci": (mean - half, mean + half), "seeds": len(seeds)}
 
 
 def _detail(x: dict, invalid: str) -> str:
@@ -146,16 +175,34 @@ def comparison_markdown(result: dict, conditions: Sequence[Condition], labels: d
             "",
             f"| {labels.get(t, t)} − {labels.get(b, b)}, points | " + " | ".join(names) + " |",
             "|---|" + "---|" * len(names),
-            "| difference [95 % CI] | "
-            + " | ".join(
-                f"{d['diff'] * 100:+.1f} [{d['ci'][0] * 100:+.0f}, {d['ci'][1] * 100:+.0f}]"
-                if (d := result["diff"].get(n))
-                else "—"
-                for n in names
-            )
+            "| difference [95 % CI, samples pooled] | "
+            + " | ".join(_interval(result["diff"].get(n), "diff", "ci") for n in names)
             + " |",
         ]
+        if seeds := _seeds(result):
+            lines.append(
+                f"| over {seeds} seeds [95 % CI, paired t] | "
+                + " | ".join(_interval(result["diff"].get(n), "seed_diff", "seed_ci") for n in names)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def _interval(d: dict | None, value: str, ci: str) -> str:
+    """ "+12.3 [+4, +20]" in points, or "—" where the difference has no such interval."""
+    if not d or ci not in d:
+        return "—"
+    return f"{d[value] * 100:+.1f} {_bounds(d[ci])}"
+
+
+def _bounds(ci: tuple[float, float]) -> str:
+    """ "[+4, +20]" in whole points; a bound that rounds to zero is "0" (not "-0")."""
+    return "[" + ", ".join("0" if (b := f"{x * 100:+.0f}") in ("+0", "-0") else b for x in ci) + "]"
+
+
+def _seeds(result: dict) -> int:
+    """The number of seeds of the seed-level intervals (0 when there are none)."""
+    return max((d.get("seeds", 0) for d in result["diff"].values()), default=0)
 
 
 def beyond_noise(result: dict) -> str:
@@ -164,13 +211,25 @@ def beyond_noise(result: dict) -> str:
     up = [n for n, d in result["diff"].items() if d["ci"][0] > 0]
     down = [n for n, d in result["diff"].items() if d["ci"][1] < 0]
     if not up and not down:
-        return f"No {t} − {b} difference exceeds its 95 % interval (none is distinguishable from noise)."
+        line = f"No {t} − {b} difference exceeds its 95 % interval (none is distinguishable from noise)."
+    else:
+        line = f"Differences beyond their 95 % interval — {_directions(t, up, down)}."
+    if seeds := _seeds(result):
+        up = [n for n, d in result["diff"].items() if "seed_ci" in d and d["seed_ci"][0] > 0]
+        down = [n for n, d in result["diff"].items() if "seed_ci" in d and d["seed_ci"][1] < 0]
+        line += f" Over the {seeds} training seeds (paired t): " + (
+            f"{_directions(t, up, down)}." if up or down else "none exceeds its interval."
+        )
+    return line
+
+
+def _directions(t: str, up: list[str], down: list[str]) -> str:
     parts = []
     if up:
         parts.append(f"higher with {t}: {', '.join(up)}")
     if down:
         parts.append(f"lower with {t}: {', '.join(down)}")
-    return f"Differences beyond their 95 % interval — {'; '.join(parts)}."
+    return "; ".join(parts)
 
 
 def comparison_html(result: dict, conditions: Sequence[Condition], labels: dict | None = None) -> str:
@@ -192,11 +251,16 @@ def comparison_html(result: dict, conditions: Sequence[Condition], labels: dict 
         rows.append(f"<tr><td>{e(labels.get(method, method))}</td>{''.join(cells)}</tr>")
     if result["diff"]:
         t, b = result["treatment"], result["baseline"]
-        cells = "".join(
-            f'<td>{d["diff"] * 100:+.1f}<span class="ci">[{d["ci"][0] * 100:+.0f}, {d["ci"][1] * 100:+.0f}]</span></td>'
-            if (d := result["diff"].get(n))
-            else "<td>—</td>"
-            for n in names
-        )
-        rows.append(f'<tr class="area"><td>{e(labels.get(t, t))} − {e(labels.get(b, b))}, points</td>{cells}</tr>')
+        head_ = f"{labels.get(t, t)} − {labels.get(b, b)}, points"
+        kinds = [(f"{head_} (samples pooled)", "diff", "ci")]
+        if seeds := _seeds(result):
+            kinds.append((f"{head_} (over {seeds} seeds, paired t)", "seed_diff", "seed_ci"))
+        for label, value, ci in kinds:
+            cells = "".join(
+                f'<td>{d[value] * 100:+.1f}<span class="ci">{_bounds(d[ci])}</span></td>'
+                if (d := result["diff"].get(n)) and ci in d
+                else "<td>—</td>"
+                for n in names
+            )
+            rows.append(f'<tr class="area"><td>{e(label)}</td>{cells}</tr>')
     return f'<div class="tablewrap"><table><tr><th>model</th>{head}</tr>{"".join(rows)}</table></div>'

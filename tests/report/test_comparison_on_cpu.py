@@ -90,12 +90,19 @@ def test_the_report_shows_the_difference_and_says_which_exceed_their_interval(tm
         records += [rec("vanilla", seed, "prefill", "harmful", i < 1, i < 1, round=1) for i in range(20)]
         records += [rec("recap", seed, "prefill", "harmful", i < 18, i < 18, round=1) for i in range(20)]
     result = compare(records, [cond], ["vanilla", "recap"], "vanilla", "recap")
-    assert beyond_noise(result) == "Differences beyond their 95 % interval — higher with recap: prefill."
+    assert beyond_noise(result) == (
+        "Differences beyond their 95 % interval — higher with recap: prefill."
+        " Over the 2 training seeds (paired t): higher with recap: prefill."
+    )
+    # both seeds give the same difference: the seed-level interval falls back to the pooled half-width, not 0
+    d = result["diff"]["prefill"]
+    assert d["seed_ci"] == pytest.approx(d["ci"]) and d["seeds"] == 2
     write_report(records, tmp_path, comparisons=[("recap − vanilla", result, [cond])])
     md = (tmp_path / "report.md").read_text()
     assert "## recap − vanilla" in md and "+85.0 [" in md and "higher with recap: prefill" in md
     page = (tmp_path / "report.html").read_text()
     assert "<h2>recap − vanilla</h2>" in page and "+85.0" in page
+    assert "over 2 seeds, paired t" in page and "| over 2 seeds [95 % CI, paired t] | +85.0 [" in md
     same = compare(
         [dict(r, method="recap") for r in records if r["method"] == "vanilla"]
         + [r for r in records if r["method"] == "vanilla"],
@@ -105,3 +112,46 @@ def test_the_report_shows_the_difference_and_says_which_exceed_their_interval(tm
         "recap",
     )
     assert beyond_noise(same).startswith("No recap − vanilla difference exceeds its 95 % interval")
+
+
+def test_the_seed_level_interval_counts_run_to_run_spread_that_pooling_hides():
+    """Three seeds whose differences scatter (+40, +5, −10 points on 100 prompts each): pooled, the +11.7 looks
+    beyond noise; over seeds (paired t, 2 degrees of freedom) it does not, and the line says both."""
+    cond = attack("prefill", "prefill")
+    records = []
+    for seed, (van, rc) in enumerate([(30, 70), (40, 45), (50, 40)]):
+        records += [rec("vanilla", seed, "prefill", "harmful", i < van, i < van) for i in range(100)]
+        records += [rec("recap", seed, "prefill", "harmful", i < rc, i < rc) for i in range(100)]
+    out = compare(records, [cond], ["vanilla", "recap"], "vanilla", "recap")
+    d = out["diff"]["prefill"]
+    assert d["diff"] == pytest.approx(35 / 300) and d["ci"][0] > 0  # pooled: beyond sampling noise
+    ds = [0.40, 0.05, -0.10]
+    mean = sum(ds) / 3
+    sd = math.sqrt(sum((x - mean) ** 2 for x in ds) / 2)
+    half = 4.302653 * sd / math.sqrt(3)  # t(0.975, 2 df)
+    assert d["seed_diff"] == pytest.approx(mean) and d["seed_ci"] == pytest.approx((mean - half, mean + half))
+    assert d["seeds"] == 3 and d["seed_ci"][0] < 0
+    assert beyond_noise(out) == (
+        "Differences beyond their 95 % interval — higher with recap: prefill."
+        " Over the 3 training seeds (paired t): none exceeds its interval."
+    )
+    text = comparison_markdown(out, [cond])
+    assert "| difference [95 % CI, samples pooled] | +11.7 [" in text
+    assert (
+        f"| over 3 seeds [95 % CI, paired t] | +11.7 [{(mean - half) * 100:+.0f}, {(mean + half) * 100:+.0f}] |" in text
+    )
+
+
+def test_one_seed_or_unpaired_seeds_give_no_seed_level_interval():
+    cond = attack("prefill", "prefill")
+    records = [rec("vanilla", 0, "prefill", "harmful", i < 3, i < 3) for i in range(10)]
+    records += [rec("recap", s, "prefill", "harmful", i < 7, i < 7) for s in (0, 1) for i in range(10)]
+    out = compare(records, [cond], ["vanilla", "recap"], "vanilla", "recap")  # recap has seed 1, vanilla not
+    assert "seed_ci" not in out["diff"]["prefill"]
+    assert "paired t" not in beyond_noise(out) and "paired t" not in comparison_markdown(out, [cond])
+
+
+def test_a_bound_that_rounds_to_zero_reads_0():
+    from recap.report.comparison import _bounds
+
+    assert _bounds((-0.003, 0.069)) == "[0, +7]" and _bounds((-0.12, -0.004)) == "[-12, 0]"
