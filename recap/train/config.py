@@ -383,6 +383,15 @@ def check_train_config(cfg: TrainConfig) -> None:
         )
 
 
+def _checkpointing_field() -> str:
+    """The TrainingArguments field of ``gradient_checkpointing``: later transformers 5.x releases renamed it
+    ``activation_checkpointing`` and warn at every run that sets the old name; earlier ones know only the old."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+
+
 def common_trainer_args(cfg) -> dict:
     """The ``transformers.TrainingArguments`` both of our TRL configs (``GRPOConfig`` for RL, ``SFTConfig`` for
     SFT) set the same way, from the fields ``TrainConfig`` and ``SFTTrainConfig`` share: where and how often to
@@ -401,7 +410,7 @@ def common_trainer_args(cfg) -> dict:
         "report_to": cfg.report_to,
         "use_cpu": cfg.use_cpu,
         "bf16": cfg.bf16,
-        "gradient_checkpointing": cfg.gradient_checkpointing,
+        _checkpointing_field(): cfg.gradient_checkpointing,
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
     }

@@ -115,6 +115,25 @@ def test_rl_and_sft_trainer_arguments_share_seeds_saving_and_logging(tmp_path):
         assert args.dataloader_num_workers == 0 and args.report_to == []
 
 
+def test_activation_checkpointing_reaches_both_trainers_without_a_deprecation_warning(tmp_path):
+    """``gradient_checkpointing: true`` turns recomputation on in GRPOConfig and SFTConfig under the field name
+    the installed transformers uses, so a run no longer prints transformers' FutureWarning about the old name."""
+    import warnings
+
+    from recap.train.build import grpo_config
+    from recap.train.sft import SFTTrainConfig, sft_args
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
+        on = dict(use_cpu=True, gradient_checkpointing=True)
+        rl = grpo_config(TrainConfig(model="m", output_dir=str(tmp_path / "rl"), **on))
+        sft = sft_args(SFTTrainConfig(model="m", train_file="f", output_dir=str(tmp_path / "sft"), **on))
+        off = grpo_config(
+            TrainConfig(model="m", output_dir=str(tmp_path / "off"), use_cpu=True, gradient_checkpointing=False)
+        )
+    assert rl.gradient_checkpointing and sft.gradient_checkpointing and not off.gradient_checkpointing
+
+
 def test_self_reset_config_takes_the_reference_optimizer_and_defaults(tmp_path):
     """configs/self-reset.yaml: AdamW as the Self-ReSET launch script (weight decay 0.1, β2 0.98), handed to
     TRL; the cut stops at the first risky token and refusing benign prompts are not re-queued. TrainConfig's
