@@ -3,6 +3,7 @@ output_dir/train_log.jsonl, not to the terminal, and a progress callback follows
 latest rewards by kind (the CLI draws one line from it)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -19,26 +20,25 @@ EXAMPLES = [
 ]
 
 
-def test_logs_go_to_a_file_and_progress_follows_every_step(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny toy model and its tokenizer, saved once for the module."""
     tok = build_tokenizer()
-    base = tmp_path / "base"
-    build_model(tok, TINY, 0).save_pretrained(base)
-    tok.save_pretrained(base)
-    cfg = TrainConfig(
-        model=str(base),
-        output_dir=str(tmp_path / "run"),
-        judge="toy",
-        num_generations=2,
-        prompts_per_step=2,
-        max_steps=3,
-        learning_rate=1e-2,
-        max_completion_length=6,
-        use_cpu=True,
-        save_steps=10,
-        logging_steps=1,
-        gradient_checkpointing=False,
-        seed=0,
-    )
+    path = tmp_path_factory.mktemp("base")
+    build_model(tok, TINY, 0).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def small_run(base, out, **over) -> TrainConfig:
+    """Two prompts a step, two rollouts each, on the toy judge; ``over`` sets what a test varies."""
+    fields = dict(judge="toy", num_generations=2, prompts_per_step=2, use_cpu=True, save_steps=10)
+    fields |= dict(gradient_checkpointing=False, max_completion_length=6, seed=0)
+    return replace(TrainConfig(model=str(base), output_dir=str(out), **fields), **over)
+
+
+def test_logs_go_to_a_file_and_progress_follows_every_step(base, tmp_path, capsys):
+    cfg = small_run(base, tmp_path / "run", max_steps=3, learning_rate=1e-2, logging_steps=1)
     seen = []
     train(cfg, EXAMPLES, log=lambda s: None, progress=lambda step, total, logs: seen.append((step, total, logs)))
     assert [(step, total) for step, total, _ in seen] == [(1, 3), (2, 3), (3, 3)]
@@ -48,28 +48,10 @@ def test_logs_go_to_a_file_and_progress_follows_every_step(tmp_path, capsys):
     assert "{'loss'" not in capsys.readouterr().out  # no raw TRL dicts on the terminal
 
 
-def test_epochs_set_the_run_length_from_the_training_prompts(tmp_path):
+def test_epochs_set_the_run_length_from_the_training_prompts(base, tmp_path):
     """epochs 1.5 over 4 prompts at 2 a step: ⌈1.5 × 4 / 2⌉ = 3 steps, whatever max_steps said; the run's
     record holds the steps it was planned with."""
-    from dataclasses import replace
-
-    tok = build_tokenizer()
-    base = tmp_path / "base"
-    build_model(tok, TINY, 0).save_pretrained(base)
-    tok.save_pretrained(base)
-    cfg = TrainConfig(
-        model=str(base),
-        output_dir=str(tmp_path / "run"),
-        judge="toy",
-        num_generations=2,
-        prompts_per_step=2,
-        max_steps=100,
-        epochs=1.5,
-        max_completion_length=4,
-        use_cpu=True,
-        save_steps=10,
-        gradient_checkpointing=False,
-    )
+    cfg = small_run(base, tmp_path / "run", max_steps=100, epochs=1.5, max_completion_length=4)
     seen = []
     train(cfg, EXAMPLES, log=lambda s: None, progress=lambda step, total, logs: seen.append((step, total)))
     assert seen == [(1, 3), (2, 3), (3, 3)]
