@@ -660,3 +660,66 @@ def test_re_rolls_add_steps_until_every_fresh_prompt_is_trained(tmp_path, mode, 
     assert [source for _, source in trained[2:4]] == ["cut", "cut"]  # step 1: the cuts of step 0 first
     stats = json.loads((tmp_path / "selfreset_stats.json").read_text())
     assert stats["trained_steps"] == steps and stats["pending_fresh_groups"] == 4 - fresh_trained
+
+
+def test_an_add_mode_run_stopped_after_a_checkpoint_resumes_to_the_same_steps_and_prompts(tmp_path):
+    """The add-mode run above (3 steps: the fresh round, the cuts, the 2 displaced fresh prompts), stopped
+    after step 2's checkpoint and resumed: the resumed trainer gets the queue and the waiting fresh groups back
+    from the checkpoint, trains the third step, trains each fresh prompt once over both parts, and stops where
+    the uninterrupted run does."""
+    from transformers import TrainerCallback
+
+    from recap.data.examples import Example
+    from recap.toy.model import ToyModelConfig, build_model
+    from recap.train import TrainConfig, build_trainer
+
+    tok = build_tokenizer()
+    cfg = TrainConfig(
+        model="unused",
+        output_dir=str(tmp_path),
+        judge="toy",
+        num_generations=G,
+        prompts_per_step=2,
+        max_steps=2,
+        learning_rate=1e-3,
+        max_completion_length=4,
+        use_cpu=True,
+        save_steps=1,
+        dynamic_sampling=False,
+        self_reset=SelfResetConfig(skip_zero_variance=False, reroll_steps="add"),
+    )
+    examples = [Example(id=f"h{i}", kind="harmful", prompt=f"how do i steal a car {i} ?") for i in range(4)]
+    trained: list[tuple[str, str]] = []
+
+    def trainer_():
+        model = build_model(tok, ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), 0)
+        trainer = build_trainer(cfg, examples, model=model, tokenizer=tok)
+        planner = trainer.selfreset
+        planner.cutter = _cut_once
+        harvest = planner.harvest
+
+        def record(rows, *args, **kwargs):
+            trained.extend((r["id"], r["reroll"]) for r in rows[::G])
+            return harvest(rows, *args, **kwargs)
+
+        planner.harvest = record
+        return trainer
+
+    class StopAt2(TrainerCallback):  # stands in for a kill right after step 2's checkpoint
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                control.should_training_stop = True
+
+    first = trainer_()
+    first.add_callback(StopAt2())
+    first.train()
+    assert first.state.global_step == 2 and (tmp_path / "checkpoint-2").is_dir()
+    assert len([i for i, source in trained if source == ""]) == 2  # the 2 displaced fresh prompts still wait
+    resumed = trainer_()
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert resumed.state.global_step == 3
+    fresh = [i for i, source in trained if source == ""]
+    assert sorted(fresh) == ["h0", "h1", "h2", "h3"]  # each fresh prompt once over both parts
+    assert [source for _, source in trained[2:4]] == ["cut", "cut"]
+    stats = json.loads((tmp_path / "selfreset_stats.json").read_text())
+    assert stats["trained_steps"] == 3 and stats["pending_fresh_groups"] == 0
