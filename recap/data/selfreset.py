@@ -828,6 +828,31 @@ class SelfResetPlanner:
             "cut_fraction_mean": sum(h.get("cut_fraction_sum", 0) for h in self.history) / n_cuts if n_cuts else None,
         }
 
+    #: ``stats`` fields that are the same on every process of a run (the rest are counts, or ratios of them).
+    SHARED_STATS = ("capacity", "fresh_steps", "steps")
+
+    @staticmethod
+    def combine(every: Sequence[dict]) -> dict:
+        """The ``stats`` of several processes' planners (each re-rolls its own groups) as one run's: counts
+        summed, the re-roll share and mean cut positions recomputed over all groups and cuts, the fields
+        every process shares taken once. One process's stats come back as they are (``history`` left out)."""
+        if len(every) == 1:
+            return {k: v for k, v in every[0].items() if k != "history"}
+        ratios = ("reroll_share", "cut_position_mean", "cut_fraction_mean")
+        out = {}
+        for key, value in every[0].items():
+            if key in SelfResetPlanner.SHARED_STATS:
+                out[key] = value
+            elif key not in ratios and key != "history":
+                out[key] = sum(s[key] for s in every)
+        groups = out["groups"]
+        out["reroll_share"] = (out["rerolled_cut"] + out["rerolled_requeue"]) / groups if groups else None
+        for key in ("cut_position_mean", "cut_fraction_mean"):
+            weighted = [(s[key], s["cuts"]) for s in every if s[key] is not None]
+            cuts = sum(n for _, n in weighted)
+            out[key] = sum(v * n for v, n in weighted) / cuts if cuts else None
+        return out
+
     def state(self) -> dict:
         return {
             "queue": self.queue.to_rows(),

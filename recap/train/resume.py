@@ -12,7 +12,8 @@ from pathlib import Path
 
 from recap.data.examples import Example
 from recap.train.config import TrainConfig, dynamic_prefills
-from recap.train.trainer import PLANNER_STATE, SELFRESET_STATE
+from recap.train.distributed import world_size
+from recap.train.trainer import PLANNER_STATE, SELFRESET_STATE, process_state_files, saved_processes
 
 RESUME_MODES = ("auto", "must", "never")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -205,15 +206,40 @@ def check_finished_length(out: Path, was, now) -> None:
     )
 
 
+def check_processes(out: Path, names: tuple[str, ...], processes: int) -> None:
+    """Refuse to resume, with a ``ValueError`` naming the file, when the newest checkpoint that holds process
+    0's state files (``names``) was saved by a run of another number of processes: each process's on-policy
+    buffer and re-roll queue belong to its share of the data. Checked before torn checkpoints are set aside,
+    so that a checkpoint of another number of processes is never mistaken for a torn one."""
+    if not names or not out.is_dir():
+        return
+    folders = sorted(
+        (f for f in out.iterdir() if _CHECKPOINT.match(f.name) and f.is_dir()),
+        key=lambda f: int(_CHECKPOINT.match(f.name).group(1)),
+        reverse=True,
+    )
+    for folder in folders:
+        if checkpoint_complete(folder, names):
+            saved = saved_processes(folder / names[0])
+            if saved != processes:
+                raise ValueError(
+                    f"{folder / names[0]}: saved by a run of {saved} process(es); this one has {processes}: "
+                    f"resume it with {saved}, or start a new run in another output_dir"
+                )
+            return
+
+
 def resume_point(cfg: TrainConfig, out: Path, inputs: dict, log: Callable[[str], None]) -> Path | None:
     """Where the run starts (the checkpoint to resume, None: step 0), or a ``ValueError`` saying why it
     may not. Torn checkpoints are set aside first, so they never decide: an earlier run that left no
     complete checkpoint restarts from step 0 (when it trained the same thing) instead of being a dead
     end."""
-    # A checkpoint whose on-policy buffer or Self-ReSET queue was not written is torn: resuming without it
-    # would train on other data than an uninterrupted run.
-    require = ((PLANNER_STATE,) if dynamic_prefills(cfg) else ()) + ((SELFRESET_STATE,) if cfg.self_reset else ())
-    ckpt = last_checkpoint(out, log, require=require)
+    # A checkpoint whose on-policy buffer or Self-ReSET queue was not written (by every process: each keeps its
+    # own) is torn: resuming without it would train on other data than an uninterrupted run.
+    processes = world_size()
+    names = ((PLANNER_STATE,) if dynamic_prefills(cfg) else ()) + ((SELFRESET_STATE,) if cfg.self_reset else ())
+    check_processes(out, names, processes)
+    ckpt = last_checkpoint(out, log, require=tuple(f for n in names for f in process_state_files(n, processes)))
     torn = sorted(p.name for p in out.glob("incomplete-checkpoint-*")) if out.is_dir() else []
     if ckpt is not None:
         if cfg.resume == "never":

@@ -23,7 +23,7 @@ from recap.train.resume import (
     input_hashes,
     resume_point,
 )
-from recap.train.trainer import PLANNER_STATE, RecapTrainer
+from recap.train.trainer import RecapTrainer
 
 
 def _stop_on_write_failures(trainer: RecapTrainer, out: Path) -> None:
@@ -150,8 +150,6 @@ def _train(cfg: TrainConfig, examples, log, progress) -> Path:
     trainer.remove_callback(PrinterCallback)  # the logs go to train_log.jsonl (and to `progress`) instead
     trainer.add_callback(_train_log_callback(out / TRAIN_LOG, progress, cfg.max_steps))
     _stop_on_write_failures(trainer, out)
-    if trainer.planner is not None and ckpt is not None and (ckpt / PLANNER_STATE).is_file():
-        trainer.planner.load_state(json.loads((ckpt / PLANNER_STATE).read_text(encoding="utf-8")))
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
     accelerator = trainer.accelerator
     accelerator.wait_for_everyone()

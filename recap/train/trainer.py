@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteria, TrainerCallback
 from trl import GRPOTrainer
+from trl.trainer.grpo_trainer import RepeatSampler
 from trl.trainer.utils import split_tensor_dict
 
 from recap.data.prefill_sources import PrefillPlanner
@@ -32,9 +33,36 @@ log = logging.getLogger(__name__)
 PLANNER_STATE = "prefix_buffer.json"  # the on-policy buffer, saved with each checkpoint
 SELFRESET_STATE = "selfreset_queue.json"  # the Self-ReSET re-roll queue, saved with each checkpoint
 
+
+def process_state_file(name: str, index: int) -> str:
+    """The checkpoint file of process ``index``'s ``name`` state (``PLANNER_STATE``, ``SELFRESET_STATE``):
+    each process's buffer and queue hold what its own groups found. Process 0 keeps ``name`` (a
+    single-process checkpoint is unchanged); process r writes ``<stem>.rank<r>.json``."""
+    if index == 0:
+        return name
+    stem, _, suffix = name.rpartition(".")
+    return f"{stem}.rank{index}.{suffix}"
+
+
+def process_state_files(name: str, processes: int) -> tuple[str, ...]:
+    """Every process's file of ``name`` in a checkpoint of a run of ``processes`` processes."""
+    return tuple(process_state_file(name, i) for i in range(processes))
+
+
+def saved_processes(path: Path) -> int:
+    """The number of processes of the run that saved process 0's state file ``path`` (1 for a checkpoint
+    written before the number was recorded, when only one process's state was saved)."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); the checkpoint is torn") from None
+    return int(state.get("processes", 1)) if isinstance(state, dict) else 1
+
+
 #: The private ``GRPOTrainer`` methods ``RecapTrainer`` overrides or calls, with the parameters it passes (TRL
 #: 1.16.0). A TRL release that renames or drops one would make the override dead code or a crash deep in a step.
 TRL_PRIVATE_API = {
+    "_get_train_sampler": ("dataset",),
     "_save_checkpoint": ("model", "trial"),
     "_prepare_inputs": ("generation_batch",),
     "_generate_and_score_completions": ("inputs",),
@@ -161,6 +189,29 @@ class _StopWhenFreshDone(TrainerCallback):
             control.should_training_stop = True
 
 
+class EpochSampler(RepeatSampler):
+    """TRL's ``RepeatSampler`` whose shuffled order depends only on the seed and the pass over the prompts.
+
+    TRL's sampler draws each pass's order from one generator that every pass advances, so a run resumed in
+    its second or a later pass (a fresh sampler) drew the first pass's order again. Before each pass,
+    transformers and accelerate call ``set_epoch(epoch)``: the generator is re-seeded and advanced past
+    ``epoch`` orders, where an uninterrupted run's generator stands; an uninterrupted run's order is
+    unchanged."""
+
+    @classmethod
+    def of(cls, sampler: RepeatSampler) -> EpochSampler:
+        out = cls.__new__(cls)
+        out.__dict__.update(sampler.__dict__)
+        return out
+
+    def set_epoch(self, epoch: int) -> None:
+        if not self.shuffle or self.seed is None:
+            return  # an unseeded order is not reproducible anyway
+        self.generator.manual_seed(self.seed)
+        for _ in range(epoch):
+            torch.randperm(self.num_samples, generator=self.generator)
+
+
 class RecapTrainer(GRPOTrainer):
     """``GRPOTrainer`` plus DAPO's dynamic sampling, the per-row total length budget, the prefill planner's
     per-step prefills, and groups that read their prompt once.
@@ -279,20 +330,53 @@ class RecapTrainer(GRPOTrainer):
         """TRL's training loop; with Self-ReSET the re-roll queue of the checkpoint resumed from is restored
         first, and ``output_dir/selfreset_stats.json`` is written at the end. The shared-prefix attention is
         taken off the model at the end (it is the model's own attention without a layout in any case)."""
-        if self.selfreset is not None and isinstance(resume_from_checkpoint, str):
-            saved = Path(resume_from_checkpoint) / SELFRESET_STATE
-            if saved.is_file():
-                self.selfreset.load_state(json.loads(saved.read_text(encoding="utf-8")))
+        if isinstance(resume_from_checkpoint, str):
+            for holder, name in ((self.planner, PLANNER_STATE), (self.selfreset, SELFRESET_STATE)):
+                if holder is not None:
+                    self._restore(Path(resume_from_checkpoint), name, holder)
         try:
             result = super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
             for model in (self.model, self.ref_model):
                 if model is not None:
                     sp.uninstall(self.accelerator.unwrap_model(model))
-        if self.selfreset is not None and self.accelerator.is_main_process:
+        if self.selfreset is not None:
+            self._write_selfreset_stats()
+        return result
+
+    def _restore(self, checkpoint: Path, name: str, holder) -> None:
+        """Give ``holder`` (the on-policy planner or the Self-ReSET planner) this process's saved ``name``
+        state from ``checkpoint``. A checkpoint saved by another number of processes is refused on every
+        process alike (process 0's file records the number): its buffers and queues belong to other shares
+        of the data."""
+        first = checkpoint / name
+        if not first.is_file():
+            return  # nothing saved (the run wrote no state of this kind)
+        index, processes = self.accelerator.process_index, self.accelerator.num_processes
+        saved = saved_processes(first)
+        if saved != processes:
+            raise ValueError(
+                f"{first}: saved by a run of {saved} process(es); this one has {processes}: resume it with "
+                f"{saved}, or start a new run in another output_dir"
+            )
+        path = checkpoint / process_state_file(name, index)
+        if not path.is_file():
+            raise ValueError(f"{path}: missing (the checkpoint is torn); resume from an earlier checkpoint")
+        holder.load_state(json.loads(path.read_text(encoding="utf-8")))
+
+    def _write_selfreset_stats(self) -> None:
+        """``output_dir/selfreset_stats.json``: the counters of every process's planner combined (each
+        process re-rolls its own groups), with each process's own under ``processes`` when there are
+        several; a run stopped by the step limit with fresh groups still waiting says so."""
+        from accelerate.utils import gather_object
+
+        every = gather_object([{**self.selfreset.stats(), "history": self.selfreset.history}])
+        if self.accelerator.is_main_process:
             from recap.util.files import write_text
 
-            stats = {**self.selfreset.stats(), "trained_steps": self.state.global_step}
+            stats = {**SelfResetPlanner.combine(every), "trained_steps": self.state.global_step}
+            if len(every) > 1:
+                stats["processes"] = every
             if self.selfreset.fresh_until is not None and stats["pending_fresh_groups"]:
                 log.warning(
                     "Self-ReSET: the step limit %d ended the run with %d fresh groups never trained "
@@ -300,11 +384,9 @@ class RecapTrainer(GRPOTrainer):
                     self.args.max_steps,
                     stats["pending_fresh_groups"],
                 )
-            write_text(
-                Path(self.args.output_dir) / "selfreset_stats.json",
-                json.dumps({**stats, "history": self.selfreset.history}, indent=1),
-            )
-        return result
+            if len(every) == 1:
+                stats["history"] = every[0]["history"]
+            write_text(Path(self.args.output_dir) / "selfreset_stats.json", json.dumps(stats, indent=1))
 
     def length_buckets(self, inputs: dict) -> list[dict] | None:
         """Split a micro-batch into ``loss_length_buckets`` chunks of rows sorted by length, each with the
@@ -347,16 +429,25 @@ class RecapTrainer(GRPOTrainer):
     # Overrides of GRPOTrainer's private methods (TRL_PRIVATE_API lists them; keep both in step).
     # ---------------------------------------------------------------------------------------------------
 
+    def _get_train_sampler(self, dataset=None):
+        """TRL's sampler, with a ``set_epoch`` that makes a resumed run's later passes draw the prompts in
+        the uninterrupted run's order (``EpochSampler``)."""
+        sampler = super()._get_train_sampler(dataset)
+        return EpochSampler.of(sampler) if type(sampler) is RepeatSampler else sampler
+
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        if (self.planner is not None or self.selfreset is not None) and self.args.should_save:
+        if self.planner is not None or self.selfreset is not None:
             from recap.util.files import write_text
 
+            # Every process writes its own buffer and queue (as transformers writes each one's RNG state).
             folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-            if folder.is_dir() and self.planner is not None:  # the buffer resumes with the run
-                write_text(folder / PLANNER_STATE, json.dumps(self.planner.state()))
-            if folder.is_dir() and self.selfreset is not None:  # so does the re-roll queue
-                write_text(folder / SELFRESET_STATE, json.dumps(self.selfreset.state()))
+            folder.mkdir(parents=True, exist_ok=True)
+            index, processes = self.accelerator.process_index, self.accelerator.num_processes
+            for holder, name in ((self.planner, PLANNER_STATE), (self.selfreset, SELFRESET_STATE)):
+                if holder is not None:  # the on-policy buffer and the re-roll queue resume with the run
+                    state = {**holder.state(), "processes": processes}
+                    write_text(folder / process_state_file(name, index), json.dumps(state))
 
     def _prepare_inputs(self, generation_batch):
         """TRL's buffering of a rollout batch into micro-batches, except that with the shared prefix on the

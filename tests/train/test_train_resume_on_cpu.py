@@ -194,6 +194,31 @@ def test_a_self_reset_checkpoint_without_its_queue_is_torn(tmp_path):
     assert (out / "incomplete-checkpoint-2").is_dir()
 
 
+def test_a_checkpoint_of_another_number_of_processes_is_refused_not_set_aside(tmp_path, monkeypatch):
+    """Each process saves its own re-roll queue; process 0's file records how many there were. Resuming with
+    another number of processes is one error naming the file, and the checkpoint stays where it is (it is
+    not torn). With the same number, a checkpoint missing another process's queue is torn."""
+    from recap.data.selfreset import SelfResetConfig
+
+    cfg = _cfg(tmp_path / "run", self_reset=SelfResetConfig(), resume="must")
+    out = _started(cfg, EXAMPLES, complete=(1, 2))
+    for step in (1, 2):
+        (out / f"checkpoint-{step}" / SELFRESET_STATE).write_text(json.dumps({"queue": [], "processes": 2}))
+    (out / "checkpoint-1" / "selfreset_queue.rank1.json").write_text(json.dumps({"queue": []}))
+    inputs = input_hashes(cfg, EXAMPLES)
+    with pytest.raises(
+        ValueError, match=r"checkpoint-2/selfreset_queue.json: saved by a run of 2 process\(es\); this one has 1"
+    ):
+        resume_point(cfg, out, inputs, log=lambda s: None)
+    assert (out / "checkpoint-2").is_dir() and not list(out.glob("incomplete-*"))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # the same number: checkpoint 2 lacks process 1's queue, so it is torn
+    assert resume_point(cfg, out, inputs, log=lambda s: None) == out / "checkpoint-1"
+    assert (out / "incomplete-checkpoint-2").is_dir()
+    (out / "checkpoint-1" / SELFRESET_STATE).write_text(json.dumps({"queue": []}))  # an older, 1-process one
+    with pytest.raises(ValueError, match="saved by a run of 1 process"):
+        resume_point(cfg, out, inputs, log=lambda s: None)
+
+
 def test_resume_on_a_finished_run_checks_its_inputs_and_length_instead_of_ignoring_them(base, tmp_path):
     """`recap train --resume` on a finished run returns it only when it is the run of the config: a rebuilt
     training file, another field or a larger max_steps is one `error:` line (exit 2) saying what differs and
@@ -245,3 +270,62 @@ def test_a_finished_run_whose_judge_file_changed_is_refused(tmp_path):
     rubric.write_text("base_url: http://127.0.0.1:9/v1\nmodel: another\n")
     with pytest.raises(ValueError, match=rf"judges.harmful {rubric} changed since the run started"):
         train(cfg, EXAMPLES, log=lambda s: None)
+
+
+@pytest.mark.parametrize("stop", [3, 4])
+def test_a_run_resumed_in_a_later_pass_over_the_prompts_draws_them_in_the_uninterrupted_order(base, tmp_path, stop):
+    """6 prompts, 2 a step: each pass (epoch) is 3 steps, shuffled anew. A run stopped after step 3 (at the
+    end of the first pass) or step 4 (inside the second) and resumed trains the same prompts at every step as
+    the uninterrupted run. TRL's sampler draws each pass's order from a generator that a resumed run has not
+    advanced; ``set_epoch`` now puts it where the uninterrupted run's is."""
+    from transformers import TrainerCallback
+
+    from recap.train import build_trainer
+
+    examples = [
+        Example(id=f"t{i}", kind="task", prompt=f"what is {i} plus 3 ?", reference=str(i + 3)) for i in range(6)
+    ]
+    cfg = _cfg(tmp_path / "run", model=str(base), max_steps=6, max_completion_length=3, seed=1)
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            control.should_training_stop = state.global_step == stop
+
+    def trained(out, stop_early=False, resume=None):
+        trainer = build_trainer(replace(cfg, output_dir=str(out)), examples)
+        seen, real = [], trainer._generate_and_score_completions
+
+        def spy(inputs):
+            seen.append(sorted({x["id"] for x in inputs}))
+            return real(inputs)
+
+        trainer._generate_and_score_completions = spy
+        if stop_early:
+            trainer.add_callback(Stop())
+        trainer.train(resume_from_checkpoint=resume)
+        return seen
+
+    whole = trained(tmp_path / "whole")
+    assert len(whole) == 6 and sorted(sum(whole[:3], [])) == sorted(sum(whole[3:], [])) == [e.id for e in examples]
+    first = trained(tmp_path / "parts", stop_early=True)
+    rest = trained(tmp_path / "parts", resume=str(tmp_path / "parts" / f"checkpoint-{stop}"))
+    assert first + rest == whole
+
+
+def test_the_epoch_sampler_keeps_trls_order_for_an_uninterrupted_run_and_reproduces_any_pass():
+    from trl.trainer.grpo_trainer import RepeatSampler
+
+    from recap.train.trainer import EpochSampler
+
+    def sampler():
+        return RepeatSampler(list(range(7)), mini_repeat_count=2, batch_size=3, repeat_count=2, seed=5)
+
+    trl, ours = sampler(), EpochSampler.of(sampler())
+    passes = []
+    for epoch in range(4):
+        ours.set_epoch(epoch)
+        passes.append(list(ours))
+        assert passes[-1] == list(trl)  # TRL's chained generator, pass after pass
+    late = EpochSampler.of(sampler())  # a resumed run's fresh sampler, in pass 3
+    late.set_epoch(3)
+    assert list(late) == passes[3] and passes[3] != passes[0]
