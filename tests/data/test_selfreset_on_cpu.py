@@ -723,3 +723,23 @@ def test_an_add_mode_run_stopped_after_a_checkpoint_resumes_to_the_same_steps_an
     assert [source for _, source in trained[2:4]] == ["cut", "cut"]
     stats = json.loads((tmp_path / "selfreset_stats.json").read_text())
     assert stats["trained_steps"] == 3 and stats["pending_fresh_groups"] == 0
+
+
+def test_the_stats_of_several_processes_combine_into_the_runs():
+    """Counts add up, the shared fields are taken once, the re-roll share and the mean cut positions are
+    recomputed over all groups and cuts (not averaged per process)."""
+    one = dict(capacity=256, fresh_steps=4, steps=5, cuts=3, groups=10, rerolled_cut=2, rerolled_requeue=0)
+    one |= dict(pending_fresh_groups=1, overflow_groups=0, cut_position_mean=2.0, cut_fraction_mean=0.5)
+    two = dict(one, cuts=1, groups=10, rerolled_cut=1, pending_fresh_groups=0, overflow_groups=2)
+    two |= dict(cut_position_mean=6.0, cut_fraction_mean=0.1)
+    none = dict(one, cuts=0, groups=0, rerolled_cut=0, pending_fresh_groups=0, cut_position_mean=None)
+    none |= dict(cut_fraction_mean=None)
+    for s in (one, two, none):
+        s["reroll_share"] = (s["rerolled_cut"] + s["rerolled_requeue"]) / s["groups"] if s["groups"] else None
+    out = SelfResetPlanner.combine([{**one, "history": [1]}, two, none])
+    assert (out["capacity"], out["fresh_steps"], out["steps"]) == (256, 4, 5)
+    assert (out["cuts"], out["groups"], out["pending_fresh_groups"], out["overflow_groups"]) == (4, 20, 1, 2)
+    assert out["reroll_share"] == pytest.approx(3 / 20)
+    assert out["cut_position_mean"] == pytest.approx((2.0 * 3 + 6.0 * 1) / 4)
+    assert out["cut_fraction_mean"] == pytest.approx((0.5 * 3 + 0.1 * 1) / 4)
+    assert "history" not in out and SelfResetPlanner.combine([{**one, "history": [1]}]) == one
