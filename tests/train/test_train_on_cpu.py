@@ -280,7 +280,8 @@ def test_on_policy_buffer_is_saved_with_checkpoints_and_stats_written(tok, tmp_p
     )
     train(cfg, _examples(), log=lambda s: None)
     state = json.loads((tmp_path / "run" / "checkpoint-2" / "prefix_buffer.json").read_text())
-    assert set(state) == {"entries", "history", "sources"} and len(state["history"]) == 2
+    assert set(state) == {"entries", "history", "sources", "processes"} and len(state["history"]) == 2
+    assert state["processes"] == 1  # one process saved it (each process saves its own buffer)
     stats = json.loads((tmp_path / "run" / "prefix_buffer_stats.json").read_text())
     assert stats["scans"] == 2 and stats["capacity"] == 512 and "refresh_rate" in stats
 
