@@ -108,7 +108,7 @@ INTERRUPTED = textwrap.dedent(
 
     def job(path):
         Path(path).write_text(str(os.getpid()))
-        time.sleep(120)  # an RL run in hand
+        time.sleep(600)  # an RL run in hand
 
     if __name__ == "__main__":
         out = Path(sys.argv[1])
@@ -136,10 +136,10 @@ def test_ctrl_c_reaches_only_the_parent_which_stops_its_workers(tmp_path):
     )
     try:
         worker, manager = _wait_for(tmp_path / "worker"), _wait_for(tmp_path / "manager")
-        start = time.time()
         os.killpg(parent.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
-        out, err = parent.communicate(timeout=30)
-        assert time.time() - start < 15  # not the 120 s of the job in hand
+        # A hang guard, not a timing threshold: well under the 600 s of the job in hand, with room for a
+        # loaded machine (30 s was exceeded with two test suites sharing 2 cores).
+        out, err = parent.communicate(timeout=180)
         assert parent.returncode == 0 and out == "stopped\n", (out, err)
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
         assert not _alive(worker) and not _alive(manager)
