@@ -133,6 +133,10 @@ def test_ctrl_c_reaches_only_the_parent_which_stops_its_workers(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, as a shell gives a command
+        # and SIGINT at its default, as a terminal's shell gives it: a test run started in the background
+        # or under nohup ignores SIGINT, and a child inherits an ignored signal (Python then never raises
+        # KeyboardInterrupt)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         worker, manager = _wait_for(tmp_path / "worker"), _wait_for(tmp_path / "manager")
