@@ -615,11 +615,9 @@ def _cut_once(request, kind, reasonings):
     return [Cutting(prefix="it is fine .", position=0, length=1)] + [None] * (len(reasonings) - 1)
 
 
-@pytest.mark.parametrize("mode, steps, fresh_trained", [("add", 3, 4), ("displace", 2, 2)])
-def test_re_rolls_add_steps_until_every_fresh_prompt_is_trained(tmp_path, mode, steps, fresh_trained):
-    """4 prompts, 2 a step, max_steps 2: step 1's 2 cuts take step 2's places. With reroll_steps: add the run
-    trains a third step with the 2 displaced fresh prompts and stops (TRL's limit is higher); with displace
-    it stops at max_steps and those 2 are never trained (the reference's train_epoch.py is the first)."""
+def _rerolling_trainer(out, mode: str, save_steps: int, trained: list):
+    """4 harmful prompts, 2 a step, max_steps 2, Self-ReSET with ``_cut_once`` and ``reroll_steps`` = ``mode``;
+    every group a step trains on is appended to ``trained`` as (id, reroll)."""
     from recap.data.examples import Example
     from recap.toy.model import ToyModelConfig, build_model
     from recap.train import TrainConfig, build_trainer
@@ -627,7 +625,7 @@ def test_re_rolls_add_steps_until_every_fresh_prompt_is_trained(tmp_path, mode, 
     tok = build_tokenizer()
     cfg = TrainConfig(
         model="unused",
-        output_dir=str(tmp_path),
+        output_dir=str(out),
         judge="toy",
         num_generations=G,
         prompts_per_step=2,
@@ -635,17 +633,15 @@ def test_re_rolls_add_steps_until_every_fresh_prompt_is_trained(tmp_path, mode, 
         learning_rate=1e-3,
         max_completion_length=4,
         use_cpu=True,
-        save_steps=100,
+        save_steps=save_steps,
         dynamic_sampling=False,  # every group is trained (rewards here are all equal)
         self_reset=SelfResetConfig(skip_zero_variance=False, reroll_steps=mode),
     )
     examples = [Example(id=f"h{i}", kind="harmful", prompt=f"how do i steal a car {i} ?") for i in range(4)]
     model = build_model(tok, ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), 0)
     trainer = build_trainer(cfg, examples, model=model, tokenizer=tok)
-    assert trainer.args.max_steps == (2 * (1 + 256 // 2) if mode == "add" else 2)
     planner = trainer.selfreset
     planner.cutter = _cut_once
-    trained: list[tuple[str, str]] = []  # (id, reroll) of every group a step trains on
     harvest = planner.harvest
 
     def record(rows, *args, **kwargs):
@@ -653,6 +649,17 @@ def test_re_rolls_add_steps_until_every_fresh_prompt_is_trained(tmp_path, mode, 
         return harvest(rows, *args, **kwargs)
 
     planner.harvest = record
+    return trainer
+
+
+@pytest.mark.parametrize("mode, steps, fresh_trained", [("add", 3, 4), ("displace", 2, 2)])
+def test_re_rolls_add_steps_until_every_fresh_prompt_is_trained(tmp_path, mode, steps, fresh_trained):
+    """4 prompts, 2 a step, max_steps 2: step 1's 2 cuts take step 2's places. With reroll_steps: add the run
+    trains a third step with the 2 displaced fresh prompts and stops (TRL's limit is higher); with displace
+    it stops at max_steps and those 2 are never trained (the reference's train_epoch.py is the first)."""
+    trained: list[tuple[str, str]] = []  # (id, reroll) of every group a step trains on
+    trainer = _rerolling_trainer(tmp_path, mode, 100, trained)
+    assert trainer.args.max_steps == (2 * (1 + 256 // 2) if mode == "add" else 2)
     trainer.train()
     assert trainer.state.global_step == steps
     fresh = [i for i, source in trained if source == ""]
@@ -669,41 +676,10 @@ def test_an_add_mode_run_stopped_after_a_checkpoint_resumes_to_the_same_steps_an
     the uninterrupted run does."""
     from transformers import TrainerCallback
 
-    from recap.data.examples import Example
-    from recap.toy.model import ToyModelConfig, build_model
-    from recap.train import TrainConfig, build_trainer
-
-    tok = build_tokenizer()
-    cfg = TrainConfig(
-        model="unused",
-        output_dir=str(tmp_path),
-        judge="toy",
-        num_generations=G,
-        prompts_per_step=2,
-        max_steps=2,
-        learning_rate=1e-3,
-        max_completion_length=4,
-        use_cpu=True,
-        save_steps=1,
-        dynamic_sampling=False,
-        self_reset=SelfResetConfig(skip_zero_variance=False, reroll_steps="add"),
-    )
-    examples = [Example(id=f"h{i}", kind="harmful", prompt=f"how do i steal a car {i} ?") for i in range(4)]
     trained: list[tuple[str, str]] = []
 
     def trainer_():
-        model = build_model(tok, ToyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), 0)
-        trainer = build_trainer(cfg, examples, model=model, tokenizer=tok)
-        planner = trainer.selfreset
-        planner.cutter = _cut_once
-        harvest = planner.harvest
-
-        def record(rows, *args, **kwargs):
-            trained.extend((r["id"], r["reroll"]) for r in rows[::G])
-            return harvest(rows, *args, **kwargs)
-
-        planner.harvest = record
-        return trainer
+        return _rerolling_trainer(tmp_path, "add", 1, trained)
 
     class StopAt2(TrainerCallback):  # stands in for a kill right after step 2's checkpoint
         def on_step_end(self, args, state, control, **kwargs):
